@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Builds and caches the real components the tests and the local demo start:
+# etcd, kube-apiserver, kube-controller-manager, kubectl, nats-server (Go module proxy),
+# and promtool (Debian). Everything lands in ~/.cache/flowplane/bin, keyed by version, so
+# a warm run is a no-op. Safe to run concurrently with itself (flock).
+set -euo pipefail
+
+K8S_VERSION="${K8S_VERSION:-1.37.2}"
+ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
+NATS_VERSION="${NATS_VERSION:-2.15.2}"
+HELM_VERSION="${HELM_VERSION:-3.22.0}"
+
+CACHE="${FLOWPLANE_CACHE:-$HOME/.cache/flowplane}"
+BIN="$CACHE/bin"
+mkdir -p "$BIN" "$CACHE/go-build"
+export GOPATH="${GOPATH:-$HOME/go}"
+export GOFLAGS="-mod=mod"
+export CGO_ENABLED=0
+
+exec 9>"$CACHE/install.lock"
+flock 9
+
+log() { printf '[install-tools] %s\n' "$*" >&2; }
+
+# build_go_module NAME VERSION PACKAGE [go.mod extra lines...]
+# Builds PACKAGE inside a throwaway module in $CACHE/src/NAME-VERSION.
+go_tool() {
+  local out="$1" modpath="$2" pkg="$3"
+  shift 3
+  if [ -x "$BIN/$out" ]; then return 0; fi
+  local dir="$CACHE/src/$out"
+  rm -rf "$dir" && mkdir -p "$dir"
+  (
+    cd "$dir"
+    printf 'module flowplane.local/tools\n\ngo 1.26\n' >go.mod
+    printf '%s\n' "$@" >>go.mod
+    printf 'package tools\n\nimport _ "%s"\n' "$pkg" >tools.go
+    log "resolving $modpath for $out"
+    go get "$modpath" >/dev/null
+    log "building $out (cold builds take minutes)"
+    go build -trimpath -ldflags='-s -w' -o "$BIN/$out.tmp" "$pkg"
+    mv "$BIN/$out.tmp" "$BIN/$out"
+  )
+}
+
+# k8s.io/kubernetes pins its staging modules to v0.0.0 and `replace`s them with ./staging;
+# outside its repository each must be replaced by its published v0.<minor>.<patch> tag.
+k8s_replaces() {
+  local gomod
+  gomod="$(go mod download -json "k8s.io/kubernetes@v$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+  echo "replace ("
+  sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/src/.*#\1#p' "$gomod" | while read -r m; do
+    echo "  $m => $m v0.${K8S_VERSION#1.}"
+  done
+  echo ")"
+}
+
+k8s_tool() {
+  local name="$1"
+  local out="$name-v$K8S_VERSION"
+  [ -x "$BIN/$out" ] && return 0
+  local dir="$CACHE/src/kubernetes-v$K8S_VERSION"
+  if [ ! -f "$dir/go.sum.done" ]; then
+    rm -rf "$dir" && mkdir -p "$dir"
+    (
+      cd "$dir"
+      printf 'module flowplane.local/k8s\n\ngo 1.26\n\nrequire k8s.io/kubernetes v%s\n\n' "$K8S_VERSION" >go.mod
+      k8s_replaces >>go.mod
+      printf 'package tools\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\t_ "k8s.io/kubernetes/cmd/kube-controller-manager/app"\n\t_ "k8s.io/kubernetes/cmd/kubectl"\n)\n' >tools.go
+      log "resolving k8s.io/kubernetes v$K8S_VERSION"
+      go mod tidy >/dev/null 2>&1 || true
+      go mod download >/dev/null
+      touch go.sum.done
+    )
+  fi
+  (
+    cd "$dir"
+    log "building $name v$K8S_VERSION (cold builds take many minutes)"
+    go build -trimpath -ldflags='-s -w' -o "$BIN/$out.tmp" "k8s.io/kubernetes/cmd/$name"
+    mv "$BIN/$out.tmp" "$BIN/$out"
+  )
+}
+
+link() { ln -sf "$BIN/$1" "$BIN/$2"; }
+
+go_tool "etcd-v$ETCD_VERSION" "go.etcd.io/etcd/server/v3@v$ETCD_VERSION" "go.etcd.io/etcd/server/v3"
+link "etcd-v$ETCD_VERSION" etcd
+go_tool "nats-server-v$NATS_VERSION" "github.com/nats-io/nats-server/v2@v$NATS_VERSION" "github.com/nats-io/nats-server/v2"
+link "nats-server-v$NATS_VERSION" nats-server
+for t in kube-apiserver kube-controller-manager kubectl; do
+  k8s_tool "$t"
+  link "$t-v$K8S_VERSION" "$t"
+done
+
+if [ "${FLOWPLANE_WITH_HELM:-0}" = 1 ]; then
+  go_tool "helm-v$HELM_VERSION" "helm.sh/helm/v3@v$HELM_VERSION" "helm.sh/helm/v3/cmd/helm"
+  link "helm-v$HELM_VERSION" helm
+fi
+
+if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$BIN/promtool" ]; then
+  log "installing promtool (Debian prometheus package)"
+  if command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null 2>&1 || log "promtool install failed"
+  fi
+fi
+command -v promtool >/dev/null 2>&1 && ln -sf "$(command -v promtool)" "$BIN/promtool" || true
+
+log "tools ready in $BIN"

@@ -1,0 +1,243 @@
+//! ConnectorBinding: one endpoint of an external system (ERP, forecasting platform, WMS, ...).
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Condition, DURATION_PATTERN, Resilience, SecretKeyRef, SecretRef};
+
+/// One endpoint of an external system and how workers talk to it: protocol, address, TLS,
+/// credentials (by Secret reference only), rate limits and resilience defaults for its flows.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, kube::KubeSchema)]
+#[kube(
+    group = "flowplane.io",
+    version = "v1alpha1",
+    kind = "ConnectorBinding",
+    namespaced,
+    status = "ConnectorBindingStatus",
+    shortname = "cb",
+    category = "flowplane",
+    cel,
+    doc = "One endpoint of an external system (ERP, forecasting platform, warehouse, ...) and how flowplane workers talk to it.",
+    printcolumn(name = "System", type_ = "string", json_path = ".spec.system"),
+    printcolumn(name = "Protocol", type_ = "string", json_path = ".spec.protocol"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    selectable = ".spec.system"
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.protocol != 'Nats' || self.endpoint.url.startsWith('nats://') || self.endpoint.url.startsWith('tls://')").message("protocol Nats needs an endpoint.url starting with nats:// or tls://"))]
+#[x_kube(validation = Rule::new("self.protocol != 'Files' || self.endpoint.url.startsWith('file://')").message("protocol Files needs an endpoint.url starting with file://"))]
+#[x_kube(validation = Rule::new("!(self.protocol in ['OData', 'Rest']) || self.endpoint.url.startsWith('https://') || self.endpoint.url.startsWith('http://')").message("protocols OData and Rest need an endpoint.url starting with https:// or http://"))]
+#[x_kube(validation = Rule::new("!has(self.healthCheck) || self.protocol in ['OData', 'Rest']").message("healthCheck probes over HTTP and is only supported for protocols OData and Rest"))]
+pub struct ConnectorBindingSpec {
+    /// The role this system plays in the distributor's landscape.
+    pub system: System,
+    /// How workers talk to the endpoint: OData v4, REST/JSON, NATS subjects or file drops.
+    pub protocol: Protocol,
+    /// Where the system is and how its TLS is verified.
+    pub endpoint: Endpoint,
+    /// How workers authenticate. Credentials are only ever read from a Secret.
+    #[serde(default)]
+    pub auth: Auth,
+    /// Client-side rate limits that keep flows within the system's quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Default timeout, retry and circuit-breaker policy; flows inherit it and may override it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resilience: Option<Resilience>,
+    /// Optional HTTP probe that proves the endpoint answers (condition `Reachable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+}
+
+/// The role a system plays.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum System {
+    /// Enterprise resource planning: orders, purchasing, item masters, replenishment.
+    Erp,
+    /// Demand forecasting / planning platform.
+    Forecasting,
+    /// Warehouse management system.
+    Warehouse,
+    /// Transport management system.
+    Transport,
+    /// Anything else.
+    Other,
+}
+
+/// Wire protocol of a connector.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Protocol {
+    /// OData v4: server-driven paging with `@odata.nextLink`, `$filter` on a cursor, delta links.
+    OData,
+    /// JSON over HTTP with cursor or offset paging.
+    Rest,
+    /// NATS subjects, for event-driven sources.
+    Nats,
+    /// CSV or JSONL files dropped in a directory.
+    Files,
+}
+
+/// Address of the system.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// Base URL: https://, http://, nats://, tls:// or file://.
+    #[schemars(
+        length(min = 1, max = 2048),
+        pattern(r"^(https?|nats|tls|file)://[^\s]+$")
+    )]
+    pub url: String,
+    /// CA bundle (PEM) used to verify the server certificate, from a Secret key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+}
+
+/// Authentication of workers against the endpoint.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.type == 'None' || has(self.secretRef)").message("auth.secretRef is required for auth types Basic, Bearer and OAuth2ClientCredentials: credentials are read from a Secret, never written inline"))]
+#[x_kube(validation = Rule::new("self.type != 'None' || !has(self.secretRef)").message("auth.secretRef is only allowed with an auth type that uses credentials"))]
+#[x_kube(validation = Rule::new("self.type != 'OAuth2ClientCredentials' || has(self.tokenUrl)").message("auth.tokenUrl is required for OAuth2ClientCredentials"))]
+pub struct Auth {
+    /// None, Basic (Secret keys `username`, `password`), Bearer (key `token`) or
+    /// OAuth2ClientCredentials (keys `clientId`, `clientSecret`).
+    #[serde(default, rename = "type")]
+    pub type_: AuthType,
+    /// Secret in the same namespace holding the credentials for this auth type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretRef>,
+    /// OAuth2 token endpoint (OAuth2ClientCredentials only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), pattern(r"^https?://[^\s]+$"))]
+    pub token_url: Option<String>,
+    /// OAuth2 scopes to request (OAuth2ClientCredentials only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(max = 256)))]
+    pub scopes: Vec<String>,
+}
+
+/// Authentication scheme.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum AuthType {
+    /// No authentication.
+    #[default]
+    None,
+    /// HTTP Basic; Secret keys `username` and `password`.
+    Basic,
+    /// A static bearer token; Secret key `token`.
+    Bearer,
+    /// OAuth2 client-credentials grant; Secret keys `clientId` and `clientSecret`.
+    OAuth2ClientCredentials,
+}
+
+impl AuthType {
+    /// The Secret keys this auth type reads.
+    pub fn required_secret_keys(self) -> &'static [&'static str] {
+        match self {
+            AuthType::None => &[],
+            AuthType::Basic => &["username", "password"],
+            AuthType::Bearer => &["token"],
+            AuthType::OAuth2ClientCredentials => &["clientId", "clientSecret"],
+        }
+    }
+}
+
+/// Client-side rate limit (a token bucket per binding, shared by all flows of a worker).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.burst >= 1").message("rateLimit.burst must be at least 1"))]
+pub struct RateLimit {
+    /// Sustained requests per second.
+    #[schemars(range(min = 1, max = 100000))]
+    pub requests_per_second: u32,
+    /// Requests allowed at once above the sustained rate.
+    #[serde(default = "default_burst")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub burst: u32,
+    /// Requests in flight at once; also bounds the flow's unacknowledged messages.
+    #[serde(default = "default_max_concurrent")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub max_concurrent: u32,
+}
+
+fn default_burst() -> u32 {
+    10
+}
+fn default_max_concurrent() -> u32 {
+    4
+}
+
+/// An HTTP probe of the endpoint.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    /// Path below the endpoint URL, e.g. "/$metadata" for OData.
+    #[serde(default = "default_probe_path")]
+    #[schemars(length(max = 1024), pattern(r"^/[^\s]*$"))]
+    pub path: String,
+    /// How often to probe, e.g. "1m".
+    #[serde(default = "default_probe_interval")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub interval: String,
+    /// Timeout of one probe, e.g. "5s".
+    #[serde(default = "default_probe_timeout")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub timeout: String,
+}
+
+fn default_probe_path() -> String {
+    "/".into()
+}
+fn default_probe_interval() -> String {
+    "1m".into()
+}
+fn default_probe_timeout() -> String {
+    "5s".into()
+}
+
+/// Observed state of a ConnectorBinding.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectorBindingStatus {
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `SecretResolved` and `Reachable`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// Result of the last health probe that changed something.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_probe: Option<ProbeResult>,
+}
+
+/// Outcome of a health probe.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeResult {
+    /// Whether the endpoint answered with a non-5xx status in time.
+    pub reachable: bool,
+    /// HTTP status code, when one came back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    /// Short description of the outcome (never contains credentials).
+    pub message: String,
+    /// When the probe result last changed (RFC 3339).
+    pub since: String,
+}

@@ -1,0 +1,600 @@
+//! IntegrationFlow: one directed data flow from a source binding to a target binding.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Condition, DURATION_PATTERN, NAME_PATTERN, Resilience, RetryPolicy};
+use super::data_contract::FIELD_NAME_PATTERN;
+
+/// A semver range such as "^1.2", "~1.4.0", ">=1.0.0, <3" or "*".
+pub const VERSION_RANGE_PATTERN: &str = r"^\s*(\*|(\^|~|=|>=|<=|>|<)?\s*[0-9]+(\.([0-9]+|\*|x))?(\.([0-9]+|\*|x))?(-[0-9A-Za-z.-]+)?)(\s*,\s*(\^|~|=|>=|<=|>|<)?\s*[0-9]+(\.([0-9]+|\*|x))?(\.([0-9]+|\*|x))?(-[0-9A-Za-z.-]+)?)*\s*$";
+/// Five-field cron (minute hour day-of-month month day-of-week) or a macro such as @daily.
+pub const CRON_PATTERN: &str = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|([0-9*/,?LW#A-Za-z-]+\s+){4}[0-9*/,?LW#A-Za-z-]+)$";
+
+/// One directed flow of data between two ConnectorBindings, governed by a DataContract:
+/// reconciled into sync workers, a JetStream queue with a dead-letter queue, autoscaling and
+/// alert rules. Ready means the data is flowing and fresh.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, kube::KubeSchema)]
+#[kube(
+    group = "flowplane.io",
+    version = "v1alpha1",
+    kind = "IntegrationFlow",
+    namespaced,
+    status = "IntegrationFlowStatus",
+    shortname = "iflow",
+    category = "flowplane",
+    cel,
+    doc = "One directed data flow between two ConnectorBindings, governed by a DataContract.",
+    scale(
+        spec_replicas_path = ".spec.scaling.minReplicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Fresh",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Fresh\")].status"
+    ),
+    printcolumn(
+        name = "Source",
+        type_ = "string",
+        json_path = ".spec.source.bindingRef"
+    ),
+    printcolumn(
+        name = "Target",
+        type_ = "string",
+        json_path = ".spec.target.bindingRef"
+    ),
+    printcolumn(
+        name = "Contract",
+        type_ = "string",
+        json_path = ".status.contractVersion"
+    ),
+    printcolumn(name = "Lag", type_ = "integer", json_path = ".status.sync.lag"),
+    printcolumn(
+        name = "Workers",
+        type_ = "string",
+        json_path = ".status.workers",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
+    selectable = ".spec.region"
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.source.bindingRef != self.target.bindingRef || self.source.entity != self.target.entity").message("source and target are the same binding and entity: a flow must move data somewhere else"))]
+#[x_kube(validation = Rule::new("!has(self.approval) || !has(self.approval.escalateTo) || self.approval.escalateTo.bindingRef != self.target.bindingRef || self.approval.escalateTo.entity != self.target.entity").message("approval.escalateTo must differ from the flow's target"))]
+pub struct IntegrationFlowSpec {
+    /// Where the data comes from.
+    pub source: Source,
+    /// Where the data goes.
+    pub target: Target,
+    /// The contract records are validated against, and the versions this flow accepts.
+    pub contract: ContractRef,
+    /// How source fields become the contract's canonical fields, and code translations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<Mapping>,
+    /// Polling and the periodic full refresh that recovers anything an incremental sync missed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<Schedule>,
+    /// Queue retention, redelivery and dead-letter policy.
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// Overrides of the bindings' resilience defaults for this flow's calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resilience: Option<Resilience>,
+    /// Approval rules for forecast -> ERP feedback flows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Approval>,
+    /// Worker replicas and autoscaling on queue lag.
+    #[serde(default)]
+    pub scaling: Scaling,
+    /// Service levels; breaching them makes the flow not Fresh and fires alerts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sla: Option<FlowSla>,
+    /// Extra labels for this flow's alerts (e.g. team, severity routing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerting: Option<Alerting>,
+    /// Region whose operator runs this flow; unset means every region's operator does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63), pattern(NAME_PATTERN))]
+    pub region: Option<String>,
+    /// Stops the flow: workers scale to zero, extraction and refresh stop; the queue is kept.
+    #[serde(default)]
+    pub suspend: bool,
+    /// What happens to the flow's JetStream streams when the flow is deleted.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// The source of a flow.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.syncMode != 'Incremental' || has(self.cursorField)").message("syncMode Incremental needs source.cursorField: the field whose value marks progress"))]
+pub struct Source {
+    /// Name of the ConnectorBinding to read from (same namespace).
+    #[schemars(length(min = 1, max = 63), pattern(NAME_PATTERN))]
+    pub binding_ref: String,
+    /// Entity set, resource path, subject or file pattern to read, e.g. "A_SalesOrderItem".
+    #[schemars(length(min = 1, max = 256))]
+    pub entity: String,
+    /// FullRefresh re-reads everything; Incremental reads changes after a cursor; Events subscribes.
+    pub sync_mode: SyncMode,
+    /// Source field that orders changes (e.g. "LastChangeDateTime"); required for Incremental.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub cursor_field: Option<String>,
+    /// Only these source fields are requested (OData `$select`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 200), inner(length(max = 128)))]
+    pub select: Vec<String>,
+}
+
+/// How the source is read.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum SyncMode {
+    /// Re-read the whole entity on each run.
+    FullRefresh,
+    /// Read what changed after the stored cursor (or delta link).
+    Incremental,
+    /// Subscribe to events (NATS source bindings).
+    Events,
+}
+
+/// The target of a flow.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    /// Name of the ConnectorBinding to write to (same namespace).
+    #[schemars(length(min = 1, max = 63), pattern(NAME_PATTERN))]
+    pub binding_ref: String,
+    /// Entity set or resource path to write, e.g. "/v1/ingest/sales-history".
+    #[schemars(length(min = 1, max = 256))]
+    pub entity: String,
+    /// Append adds records; Upsert replaces by the contract's primary key.
+    #[serde(default)]
+    pub write_mode: WriteMode,
+    /// Records per delivery request.
+    #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub batch_size: u32,
+}
+
+fn default_batch_size() -> u32 {
+    500
+}
+
+/// How records are written.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum WriteMode {
+    /// Add every record.
+    Append,
+    /// Insert or replace by primary key (idempotent).
+    #[default]
+    Upsert,
+}
+
+/// Reference to the DataContract a flow follows.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContractRef {
+    /// Name of the DataContract (same namespace). Immutable: the flow's queue holds records of
+    /// this contract's domain.
+    #[schemars(length(min = 1, max = 253), pattern(NAME_PATTERN))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("contract.name is immutable: the flow's queue holds records of that contract's domain; create a new flow for another contract"))]
+    pub name: String,
+    /// Semver range of contract versions this flow accepts, e.g. "^1.2". The flow follows the
+    /// newest compatible version inside the range.
+    #[serde(default = "default_versions")]
+    #[schemars(length(min = 1, max = 128), pattern(VERSION_RANGE_PATTERN))]
+    pub versions: String,
+}
+
+fn default_versions() -> String {
+    "*".into()
+}
+
+/// Field mapping and code translation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.fields.all(f, !has(f.codeMap) || self.codeMaps.exists(c, c.name == f.codeMap))").message("every mapping.fields[].codeMap must name an entry of mapping.codeMaps"))]
+pub struct Mapping {
+    /// Canonical field <- source field (or constant). Unmapped canonical fields are taken from
+    /// the source field of the same name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 200))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["to".into()]))]
+    pub fields: Vec<FieldMapping>,
+    /// Code translation tables (ERP plant -> planning location, material -> SKU, unit of measure).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub code_maps: Vec<CodeMap>,
+}
+
+/// Where one canonical field comes from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.from) != has(self.value)").message("a field mapping needs exactly one of from (a source field) or value (a constant)"))]
+pub struct FieldMapping {
+    /// Canonical (contract) field name.
+    #[schemars(length(min = 1, max = 63), pattern(FIELD_NAME_PATTERN))]
+    pub to: String,
+    /// Source field name; nested fields with dots, e.g. "to_Item.Material".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub from: Option<String>,
+    /// Constant value instead of a source field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub value: Option<String>,
+    /// Name of a code map (in `codeMaps`) that translates the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub code_map: Option<String>,
+}
+
+/// A code translation table kept in a ConfigMap (key = source code, value = target code).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.onUnmapped != 'Default' || has(self.default)").message("onUnmapped Default needs codeMaps[].default"))]
+pub struct CodeMap {
+    /// Name used by `fields[].codeMap`, e.g. "plant-to-location".
+    #[schemars(length(min = 1, max = 63), pattern(NAME_PATTERN))]
+    pub name: String,
+    /// ConfigMap (same namespace) whose data holds the table.
+    #[schemars(length(min = 1, max = 253), pattern(NAME_PATTERN))]
+    pub config_map_ref: String,
+    /// What happens to a code the table does not know.
+    #[serde(default)]
+    pub on_unmapped: OnUnmapped,
+    /// Value used for unknown codes when onUnmapped is Default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub default: Option<String>,
+}
+
+/// Handling of codes a table does not know.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum OnUnmapped {
+    /// Dead-letter the record (fix the table, then redrive).
+    #[default]
+    DeadLetter,
+    /// Keep the source code as it is.
+    PassThrough,
+    /// Use the code map's default.
+    Default,
+}
+
+/// Polling and scheduled full refresh.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Schedule {
+    /// Cron (5 fields, or @daily/@hourly...) for the periodic full refresh run as a CronJob.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128), pattern(CRON_PATTERN))]
+    pub cron: Option<String>,
+    /// IANA time zone of the cron, e.g. "Europe/Berlin"; UTC when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), pattern(r"^[A-Za-z_]+(/[A-Za-z0-9_+-]+)*$"))]
+    pub time_zone: Option<String>,
+    /// How often the extractor polls the source for changes (Incremental and FullRefresh).
+    #[serde(default = "default_poll_interval")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub poll_interval: String,
+}
+
+fn default_poll_interval() -> String {
+    "1m".into()
+}
+
+/// Queue and dead-letter policy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    /// How long records stay in the flow's stream.
+    #[serde(default = "default_retention")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub retention: String,
+    /// Deliveries of one record before it is dead-lettered.
+    #[serde(default = "default_max_deliver")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_deliver: u32,
+    /// How long a worker may hold a record before it is redelivered.
+    #[serde(default = "default_ack_wait")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub ack_wait: String,
+    /// Backoff of redeliveries after transient failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// How long dead letters are kept.
+    #[serde(default = "default_dead_letter_retention")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub dead_letter_retention: String,
+    /// Window in which a record with the same idempotency key is dropped as a duplicate.
+    #[serde(default = "default_dedupe_window")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub dedupe_window: String,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery {
+            retention: default_retention(),
+            max_deliver: default_max_deliver(),
+            ack_wait: default_ack_wait(),
+            retry: None,
+            dead_letter_retention: default_dead_letter_retention(),
+            dedupe_window: default_dedupe_window(),
+        }
+    }
+}
+
+fn default_retention() -> String {
+    "168h".into()
+}
+fn default_max_deliver() -> u32 {
+    10
+}
+fn default_ack_wait() -> String {
+    "30s".into()
+}
+fn default_dead_letter_retention() -> String {
+    "336h".into()
+}
+fn default_dedupe_window() -> String {
+    "2m".into()
+}
+
+/// Approval routing of forecast deltas. Rules are checked in order; the first whose
+/// `belowPercent` exceeds |delta| decides; otherwise `otherwise` does.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(self.rules.exists(r, r.action == 'Review') || self.otherwise == 'Review') || has(self.reviewTimeout)").message("a Review approval rule needs approval.reviewTimeout, or reviews would wait forever"))]
+#[x_kube(validation = Rule::new("!(self.rules.exists(r, r.action == 'Escalate') || self.otherwise == 'Escalate' || self.onTimeout == 'Escalate') || has(self.escalateTo)").message("an Escalate approval action needs approval.escalateTo (the supplier-collaboration target)"))]
+#[x_kube(validation = Rule::new("self.rules.all(r, self.rules.all(s, self.rules.indexOf(r) >= self.rules.indexOf(s) || r.belowPercent < s.belowPercent))").message("approval.rules must be ordered by increasing belowPercent"))]
+pub struct Approval {
+    /// Contract field holding the new value (e.g. the forecast quantity).
+    #[schemars(length(min = 1, max = 63), pattern(FIELD_NAME_PATTERN))]
+    pub value_field: String,
+    /// Contract field holding the value currently in the ERP; delta% = (value - baseline) / baseline.
+    #[schemars(length(min = 1, max = 63), pattern(FIELD_NAME_PATTERN))]
+    pub baseline_field: String,
+    /// Thresholds, smallest first.
+    #[schemars(length(min = 1, max = 10))]
+    pub rules: Vec<ApprovalRule>,
+    /// Action when no rule matches.
+    #[serde(default = "default_otherwise")]
+    pub otherwise: ApprovalAction,
+    /// How long a delta waits for a planner's decision, e.g. "24h".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub review_timeout: Option<String>,
+    /// What happens to a review nobody decided in time.
+    #[serde(default = "default_on_timeout")]
+    pub on_timeout: ReviewTimeoutAction,
+    /// Supplier-collaboration target for escalated deltas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalate_to: Option<EscalationTarget>,
+}
+
+fn default_otherwise() -> ApprovalAction {
+    ApprovalAction::Escalate
+}
+fn default_on_timeout() -> ReviewTimeoutAction {
+    ReviewTimeoutAction::Reject
+}
+
+/// One approval threshold.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalRule {
+    /// The rule matches when |delta%| is below this value.
+    #[schemars(range(min = 0.0, max = 100000.0))]
+    pub below_percent: f64,
+    /// What happens to a matching delta.
+    pub action: ApprovalAction,
+}
+
+/// Routing of a forecast delta.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ApprovalAction {
+    /// Deliver to the ERP.
+    Apply,
+    /// Park until a planner approves or rejects it.
+    Review,
+    /// Deliver to the supplier-collaboration target instead.
+    Escalate,
+}
+
+/// What happens when a review times out.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ReviewTimeoutAction {
+    /// Deliver to the ERP.
+    Apply,
+    /// Drop the delta (it is recorded in the dead-letter stream with reason ReviewTimeout).
+    Reject,
+    /// Deliver to the supplier-collaboration target.
+    Escalate,
+}
+
+/// Where escalated deltas go.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EscalationTarget {
+    /// Name of the ConnectorBinding (same namespace).
+    #[schemars(length(min = 1, max = 63), pattern(NAME_PATTERN))]
+    pub binding_ref: String,
+    /// Entity to write.
+    #[schemars(length(min = 1, max = 256))]
+    pub entity: String,
+}
+
+/// Worker scaling.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("scaling.minReplicas must not exceed scaling.maxReplicas"))]
+pub struct Scaling {
+    /// Fewest workers (the scale subresource sets this; 0 allows scale to zero with KEDA).
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 0, max = 100))]
+    pub min_replicas: i32,
+    /// Most workers.
+    #[serde(default = "default_max_replicas")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_replicas: i32,
+    /// Pending records per worker the autoscaler aims for.
+    #[serde(default = "default_lag_per_replica")]
+    #[schemars(range(min = 1, max = 10000000))]
+    pub lag_per_replica: u32,
+}
+
+impl Default for Scaling {
+    fn default() -> Self {
+        Scaling {
+            min_replicas: default_min_replicas(),
+            max_replicas: default_max_replicas(),
+            lag_per_replica: default_lag_per_replica(),
+        }
+    }
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+fn default_max_replicas() -> i32 {
+    4
+}
+fn default_lag_per_replica() -> u32 {
+    1000
+}
+
+/// Service levels of a flow.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowSla {
+    /// Longest time since the last successful delivery before the flow is not Fresh, e.g. "15m".
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub freshness: String,
+    /// Highest share of failed records (0..1) over 15 minutes before alerting.
+    #[serde(default = "default_max_error_ratio")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_error_ratio: f64,
+    /// Dead letters tolerated before alerting.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000000000))]
+    pub max_dead_letters: u64,
+}
+
+fn default_max_error_ratio() -> f64 {
+    0.01
+}
+
+/// Alert routing.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Alerting {
+    /// Labels added to every alert of this flow (e.g. team: demand-planning).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Deletion policy of a flow's queues.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Keep the streams (and their undelivered records) when the flow is deleted.
+    #[default]
+    Retain,
+    /// Delete the streams with the flow.
+    Delete,
+}
+
+/// Observed state of an IntegrationFlow.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IntegrationFlowStatus {
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// kstatus `Ready`, `Reconciling`, `Stalled`, plus `ContractCompatible`, `BindingsReady`,
+    /// `QueueReady`, `WorkersAvailable` and `Fresh`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// Contract version the workers run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract_version: Option<String>,
+    /// Desired workers (scale subresource).
+    #[serde(default)]
+    pub replicas: i32,
+    /// Workers ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// "ready/desired", for the printer column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<String>,
+    /// Label selector of the workers (scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Progress of the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncStatus>,
+    /// Forecast deltas waiting for a planner's decision.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_approvals: Vec<PendingApproval>,
+    /// One-off operations (annotations) handled, with the annotation value acknowledged.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub operations: BTreeMap<String, String>,
+}
+
+/// Data progress reported by the workers.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStatus {
+    /// Last successful delivery (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_time: Option<String>,
+    /// Records waiting in the queue.
+    #[serde(default)]
+    pub lag: u64,
+    /// Records in the dead-letter stream.
+    #[serde(default)]
+    pub dead_letters: u64,
+    /// Records delivered since the flow started.
+    #[serde(default)]
+    pub delivered: u64,
+    /// Source cursor the extractor resumes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+/// A forecast delta parked for review.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingApproval {
+    /// Review id, used by the approve/reject annotation.
+    pub id: String,
+    /// Primary key of the record.
+    pub key: String,
+    /// Delta in percent.
+    pub delta_percent: f64,
+    /// When the review times out (RFC 3339).
+    pub expires: String,
+}

@@ -1,0 +1,34 @@
+//! `flowplane crdgen`: writes the CRDs generated from the Rust types into `crds/`.
+
+use std::path::{Path, PathBuf};
+
+use crate::api;
+
+/// File name of a CRD in `crds/`, e.g. `integrationflows.flowplane.io.yaml`.
+fn file_name(name: &str) -> String {
+    format!("{name}.yaml")
+}
+
+/// The YAML of every CRD keyed by its file name.
+pub fn render() -> anyhow::Result<Vec<(String, String)>> {
+    api::crds()
+        .into_iter()
+        .map(|crd| {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            Ok((file_name(&name), serde_yaml::to_string(&crd)?))
+        })
+        .collect()
+}
+
+/// Writes every CRD into `dir`, returning the paths written.
+pub fn write(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    render()?
+        .into_iter()
+        .map(|(file, yaml)| {
+            let path = dir.join(file);
+            std::fs::write(&path, yaml)?;
+            Ok(path)
+        })
+        .collect()
+}

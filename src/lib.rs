@@ -1,0 +1,5 @@
+//! flowplane: a Kubernetes operator that makes every ERP <-> demand-forecasting data flow a
+//! declarative, observable, governed object. The same crate is the sync worker.
+
+pub mod api;
+pub mod crdgen;
