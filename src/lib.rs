@@ -2,4 +2,5 @@
 //! declarative, observable, governed object. The same crate is the sync worker.
 
 pub mod api;
+pub mod contract;
 pub mod crdgen;

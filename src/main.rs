@@ -18,6 +18,8 @@ enum Command {
         #[arg(long, default_value = "crds")]
         out: PathBuf,
     },
+    /// Work with DataContract manifests offline (compatibility checks for CI).
+    Contract(flowplane::contract::cli::ContractArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -27,6 +29,7 @@ fn main() -> anyhow::Result<()> {
                 println!("wrote {}", path.display());
             }
         }
+        Command::Contract(args) => std::process::exit(flowplane::contract::cli::run(args)),
     }
     Ok(())
 }
