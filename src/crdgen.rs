@@ -32,3 +32,23 @@ pub fn write(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// crds/ is what users apply; it must be exactly what the Rust types generate.
+    #[test]
+    fn crds_folder_matches_the_rust_types() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+        let rendered = render().unwrap();
+        assert_eq!(rendered.len(), 3);
+        for (file, yaml) in rendered {
+            let on_disk = std::fs::read_to_string(dir.join(&file)).unwrap_or_default();
+            assert!(
+                on_disk == yaml,
+                "crds/{file} is out of date with src/api: run `cargo run -- crdgen` and commit the result"
+            );
+        }
+    }
+}

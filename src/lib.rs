@@ -4,3 +4,5 @@
 pub mod api;
 pub mod contract;
 pub mod crdgen;
+pub mod queue;
+pub mod worker;

@@ -114,6 +114,7 @@ pub struct Endpoint {
 #[x_kube(validation = Rule::new("self.type == 'None' || has(self.secretRef)").message("auth.secretRef is required for auth types Basic, Bearer and OAuth2ClientCredentials: credentials are read from a Secret, never written inline"))]
 #[x_kube(validation = Rule::new("self.type != 'None' || !has(self.secretRef)").message("auth.secretRef is only allowed with an auth type that uses credentials"))]
 #[x_kube(validation = Rule::new("self.type != 'OAuth2ClientCredentials' || has(self.tokenUrl)").message("auth.tokenUrl is required for OAuth2ClientCredentials"))]
+#[x_kube(validation = Rule::new("self.type == 'OAuth2ClientCredentials' || !(has(self.tokenUrl) || has(self.scopes))").message("auth.tokenUrl and auth.scopes are only allowed with OAuth2ClientCredentials"))]
 pub struct Auth {
     /// None, Basic (Secret keys `username`, `password`), Bearer (key `token`) or
     /// OAuth2ClientCredentials (keys `clientId`, `clientSecret`).
@@ -159,9 +160,8 @@ impl AuthType {
 }
 
 /// Client-side rate limit (a token bucket per binding, shared by all flows of a worker).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, kube::KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.burst >= 1").message("rateLimit.burst must be at least 1"))]
 pub struct RateLimit {
     /// Sustained requests per second.
     #[schemars(range(min = 1, max = 100000))]

@@ -47,7 +47,7 @@ pub const FIELD_NAME_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]*$";
     selectable = ".spec.domain"
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.quality.all(q, !has(q.field) || self.schema.fields.exists(f, f.name == q.field))").message("every quality rule's field must be declared in schema.fields"))]
+#[x_kube(validation = Rule::new("!has(self.quality) || self.quality.all(q, !has(q.field) || self.schema.fields.exists(f, f.name == q.field))").message("every quality rule's field must be declared in schema.fields"))]
 pub struct DataContractSpec {
     /// The data domain, e.g. "sales-order-lines". Immutable: a contract describes one domain.
     #[schemars(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
@@ -152,12 +152,13 @@ pub enum AdditionalFields {
 /// One typed field.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, kube::KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.type != 'Enum' || size(self.values) > 0").message("a field of type Enum needs values"))]
-#[x_kube(validation = Rule::new("self.type == 'Enum' || size(self.values) == 0").message("values are only allowed on fields of type Enum"))]
+#[x_kube(validation = Rule::new("self.type != 'Enum' || (has(self.values) && size(self.values) > 0)").message("a field of type Enum needs values"))]
+#[x_kube(validation = Rule::new("self.type == 'Enum' || !has(self.values) || size(self.values) == 0").message("values are only allowed on fields of type Enum"))]
 #[x_kube(validation = Rule::new("self.type != 'Enum' || !has(self.default) || self.default in self.values").message("the default of an Enum field must be one of its values"))]
 #[x_kube(validation = Rule::new("self.type != 'Decimal' || has(self.precision)").message("a field of type Decimal needs precision"))]
 #[x_kube(validation = Rule::new("!has(self.scale) || (has(self.precision) && self.scale <= self.precision)").message("scale must not exceed precision"))]
 #[x_kube(validation = Rule::new("!has(self.minimum) || !has(self.maximum) || self.minimum <= self.maximum").message("minimum must not exceed maximum"))]
+#[x_kube(validation = Rule::new("!(has(self.minimum) || has(self.maximum)) || self.type in ['Int', 'Decimal']").message("minimum and maximum are only allowed on fields of type Int or Decimal"))]
 #[x_kube(validation = Rule::new("!(has(self.pattern) || has(self.maxLength)) || self.type == 'String'").message("pattern and maxLength are only allowed on fields of type String"))]
 pub struct FieldSpec {
     /// Canonical field name.
@@ -233,7 +234,7 @@ pub enum FieldType {
 #[x_kube(validation = Rule::new("self.check == 'DuplicateKeys' || has(self.field)").message("quality rule needs a field (every check but DuplicateKeys applies to one field)"))]
 #[x_kube(validation = Rule::new("self.check != 'Range' || has(self.min) || has(self.max)").message("a Range check needs min or max"))]
 #[x_kube(validation = Rule::new("self.check != 'Regex' || has(self.pattern)").message("a Regex check needs pattern"))]
-#[x_kube(validation = Rule::new("self.check != 'AllowedValues' || size(self.values) > 0").message("an AllowedValues check needs values"))]
+#[x_kube(validation = Rule::new("self.check != 'AllowedValues' || (has(self.values) && size(self.values) > 0)").message("an AllowedValues check needs values"))]
 #[x_kube(validation = Rule::new("self.check != 'NullRatio' || has(self.maxRatio)").message("a NullRatio check needs maxRatio"))]
 pub struct QualityRule {
     /// Rule name, shown in dead-letter reasons and alerts.
@@ -327,8 +328,9 @@ pub struct DataContractStatus {
     pub breaks: Vec<String>,
 }
 
-/// A version the contract has published, with the hash of its canonical schema and the
-/// schema itself, so flows can keep running on it after a later version is refused.
+/// A version the contract has published, with the hash of its canonical schema. The schemas
+/// themselves are kept in the contract's history ConfigMap (`<name>-history`), not in status:
+/// CEL cost budgets and etcd's object size both argue against nesting schemas in status.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PublishedVersion {
@@ -338,6 +340,4 @@ pub struct PublishedVersion {
     pub schema_hash: String,
     /// When the controller first saw this version (RFC 3339).
     pub first_seen: String,
-    /// The schema as published.
-    pub schema: RecordSchema,
 }

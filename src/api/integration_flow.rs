@@ -28,6 +28,7 @@ pub const CRON_PATTERN: &str = r"^(@(yearly|annually|monthly|weekly|daily|midnig
     category = "flowplane",
     cel,
     doc = "One directed data flow between two ConnectorBindings, governed by a DataContract.",
+    validation = Rule::new("self.metadata.name.size() <= 45 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("an IntegrationFlow name must be a DNS label of at most 45 characters: it names the flow's workers, CronJob and JetStream streams"),
     scale(
         spec_replicas_path = ".spec.scaling.minReplicas",
         status_replicas_path = ".status.replicas",
@@ -214,7 +215,7 @@ fn default_versions() -> String {
 /// Field mapping and code translation.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, kube::KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.fields.all(f, !has(f.codeMap) || self.codeMaps.exists(c, c.name == f.codeMap))").message("every mapping.fields[].codeMap must name an entry of mapping.codeMaps"))]
+#[x_kube(validation = Rule::new("!has(self.fields) || self.fields.all(f, !has(f.codeMap) || (has(self.codeMaps) && self.codeMaps.exists(c, c.name == f.codeMap)))").message("every mapping.fields[].codeMap must name an entry of mapping.codeMaps"))]
 pub struct Mapping {
     /// Canonical field <- source field (or constant). Unmapped canonical fields are taken from
     /// the source field of the same name.

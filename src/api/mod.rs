@@ -1,4 +1,7 @@
 //! The `flowplane.io/v1alpha1` API: three namespaced kinds and the types they share.
+// kube's derive repeats `type_ = "string"` across printcolumns, which clippy mistakes for
+// duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
 
 pub mod common;
 pub mod connector_binding;

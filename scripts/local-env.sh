@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Starts (or stops) the real components flowplane runs against, on loopback, the way
+# controller-runtime's envtest does: etcd, kube-apiserver (RBAC on, TLS with a generated CA),
+# kube-controller-manager (garbage collector, namespace, deployment, replicaset and service
+# account controllers), and nats-server with JetStream.
+#
+#   scripts/local-env.sh up     start what is not running; print the env file to source
+#   scripts/local-env.sh down   stop only the processes this script started
+#   scripts/local-env.sh env    print the env file path (fails if not up)
+#
+# State (certs, data, logs, pids) lives in $FLOWPLANE_STATE (default ~/.cache/flowplane/run/<name>).
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+CACHE="${FLOWPLANE_CACHE:-$HOME/.cache/flowplane}"
+BIN="$CACHE/bin"
+STATE="${FLOWPLANE_STATE:-$CACHE/run/${FLOWPLANE_ENV_NAME:-default}}"
+ENV_FILE="$STATE/env"
+
+log() { printf '[local-env] %s\n' "$*" >&2; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+alive() { [ -f "$STATE/$1.pid" ] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
+
+start() { # name, then the command
+  local name="$1"; shift
+  "$@" >"$STATE/$name.log" 2>&1 &
+  echo $! >"$STATE/$name.pid"
+}
+
+stop() {
+  local name="$1"
+  if alive "$name"; then
+    local pid; pid="$(cat "$STATE/$name.pid")"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$STATE/$name.pid"
+}
+
+wait_for() { # description, seconds, command...
+  local what="$1" secs="$2"; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    if [ $SECONDS -ge $deadline ] || ! alive "$what"; then
+      log "$what did not become ready (waited up to ${secs}s); last log lines:"
+      tail -n 20 "$STATE/$what.log" >&2 || true
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+certs() {
+  local d="$STATE/pki"
+  [ -f "$d/admin.crt" ] && return 0
+  mkdir -p "$d"
+  (
+    cd "$d"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 -subj "/CN=flowplane-local-ca" 2>/dev/null
+    cat >server.ext <<EXT
+subjectAltName = IP:127.0.0.1, DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc
+extendedKeyUsage = serverAuth
+EXT
+    openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj "/CN=kube-apiserver" 2>/dev/null
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 3650 -extfile server.ext 2>/dev/null
+    printf 'extendedKeyUsage = clientAuth\n' >client.ext
+    openssl req -newkey rsa:2048 -nodes -keyout admin.key -out admin.csr -subj "/O=system:masters/CN=flowplane-admin" 2>/dev/null
+    openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out admin.crt -days 3650 -extfile client.ext 2>/dev/null
+    openssl genrsa -out sa.key 2048 2>/dev/null
+    openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+  )
+}
+
+kubeconfig() { # path, server
+  local d="$STATE/pki"
+  cat >"$1" <<KC
+apiVersion: v1
+kind: Config
+clusters:
+- name: flowplane-local
+  cluster:
+    server: $2
+    certificate-authority-data: $(base64 -w0 <"$d/ca.crt")
+users:
+- name: flowplane-admin
+  user:
+    client-certificate-data: $(base64 -w0 <"$d/admin.crt")
+    client-key-data: $(base64 -w0 <"$d/admin.key")
+contexts:
+- name: flowplane-local
+  context: {cluster: flowplane-local, user: flowplane-admin}
+current-context: flowplane-local
+KC
+}
+
+up() {
+  "$here/install-tools.sh"
+  mkdir -p "$STATE"
+  if [ -f "$ENV_FILE" ] && alive etcd && alive kube-apiserver && alive kube-controller-manager && alive nats-server; then
+    # shellcheck disable=SC1090
+    . "$ENV_FILE"
+    if "$BIN/kubectl" --kubeconfig "$KUBECONFIG" get --raw /readyz >/dev/null 2>&1; then
+      log "already up"
+      echo "$ENV_FILE"
+      return 0
+    fi
+  fi
+  down_quiet
+  local t0=$SECONDS
+  certs
+  local etcd_port etcd_peer api_port nats_port nats_mon
+  etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port); nats_port=$(free_port); nats_mon=$(free_port)
+  rm -rf "$STATE/etcd-data" "$STATE/jetstream"
+  start etcd "$BIN/etcd" --name flowplane --data-dir "$STATE/etcd-data" \
+    --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+    --initial-cluster "flowplane=http://127.0.0.1:$etcd_peer" --unsafe-no-fsync --quota-backend-bytes 4294967296
+  start nats-server "$BIN/nats-server" -js -a 127.0.0.1 -p "$nats_port" -m "$nats_mon" -sd "$STATE/jetstream"
+  wait_for etcd 30 curl -sf "http://127.0.0.1:$etcd_port/health"
+  local pki="$STATE/pki"
+  start kube-apiserver "$BIN/kube-apiserver" \
+    --etcd-servers "http://127.0.0.1:$etcd_port" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --tls-cert-file "$pki/server.crt" --tls-private-key-file "$pki/server.key" \
+    --client-ca-file "$pki/ca.crt" \
+    --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
+    --service-account-issuer https://kubernetes.default.svc \
+    --service-cluster-ip-range 10.96.0.0/16 \
+    --authorization-mode RBAC --allow-privileged=true \
+    --endpoint-reconciler-type none \
+    --enable-priority-and-fairness=false --profiling=false
+  kubeconfig "$STATE/kubeconfig" "https://127.0.0.1:$api_port"
+  wait_for kube-apiserver 120 "$BIN/kubectl" --kubeconfig "$STATE/kubeconfig" get --raw /readyz
+  start kube-controller-manager "$BIN/kube-controller-manager" \
+    --kubeconfig "$STATE/kubeconfig" --authentication-kubeconfig "$STATE/kubeconfig" --authorization-kubeconfig "$STATE/kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false \
+    --controllers garbage-collector-controller,namespace-controller,deployment-controller,replicaset-controller,serviceaccount-controller,serviceaccount-token-controller,job-controller,cronjob-controller,horizontal-pod-autoscaler-controller,disruption-controller \
+    --root-ca-file "$pki/ca.crt" --service-account-private-key-file "$pki/sa.key" \
+    --concurrent-gc-syncs 5
+  wait_for nats-server 30 curl -sf "http://127.0.0.1:$nats_mon/healthz?js-enabled-only=true"
+  cat >"$ENV_FILE" <<ENV
+export KUBECONFIG="$STATE/kubeconfig"
+export NATS_URL="nats://127.0.0.1:$nats_port"
+export NATS_MONITOR_URL="http://127.0.0.1:$nats_mon"
+export FLOWPLANE_ETCD_URL="http://127.0.0.1:$etcd_port"
+export PATH="$BIN:\$PATH"
+ENV
+  log "up in $((SECONDS - t0))s: KUBECONFIG=$STATE/kubeconfig NATS_URL=nats://127.0.0.1:$nats_port"
+  echo "$ENV_FILE"
+}
+
+down_quiet() {
+  for p in kube-controller-manager kube-apiserver nats-server etcd; do stop "$p"; done
+  rm -f "$ENV_FILE"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down_quiet; log "stopped" ;;
+  env) [ -f "$ENV_FILE" ] && echo "$ENV_FILE" || { log "not up"; exit 1; } ;;
+  *) echo "usage: $0 up|down|env" >&2; exit 2 ;;
+esac

@@ -1,0 +1,100 @@
+//! The JetStream side of a flow, shared by the operator (which creates and inspects it) and the
+//! worker (which uses it): resource names, and the progress record workers keep in the
+//! key-value bucket so the operator can tell whether data is flowing and fresh.
+
+use serde::{Deserialize, Serialize};
+
+/// Names of one flow's JetStream resources. Deterministic from namespace and name, so the
+/// operator, the workers and a person at a terminal all find the same objects.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueNames {
+    /// Stream holding the flow's raw records.
+    pub stream: String,
+    /// Subject prefix of the stream; records go to `<subject>.<partition>`.
+    pub subject: String,
+    /// Durable pull consumer shared by the flow's workers.
+    pub consumer: String,
+    /// Stream holding dead letters (with their reason in headers).
+    pub dead_letter_stream: String,
+    /// Subject of the dead-letter stream.
+    pub dead_letter_subject: String,
+    /// Key-value bucket holding the cursor and the progress record.
+    pub kv_bucket: String,
+}
+
+impl QueueNames {
+    /// JetStream names allow `[A-Za-z0-9_-]`; Kubernetes names add `.`, which we map to `_`.
+    pub fn for_flow(namespace: &str, name: &str) -> QueueNames {
+        let id = format!("{}_{}", sanitize(namespace), sanitize(name));
+        QueueNames {
+            stream: format!("FP_{id}"),
+            subject: format!("flowplane.{id}.records"),
+            consumer: "workers".to_string(),
+            dead_letter_stream: format!("FP_{id}_DLQ"),
+            dead_letter_subject: format!("flowplane.{id}.dead"),
+            kv_bucket: format!("FP_{id}_STATE"),
+        }
+    }
+}
+
+fn sanitize(part: &str) -> String {
+    part.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Key of the progress record in the flow's bucket.
+pub const PROGRESS_KEY: &str = "progress";
+/// Key of the extraction cursor in the flow's bucket.
+pub const CURSOR_KEY: &str = "cursor";
+
+/// What the workers report about a flow's data. Written by workers after each delivered batch,
+/// read by the operator for the `Fresh` condition and the sync figures in status.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowProgress {
+    /// Unix seconds of the last batch delivered to the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_unix: Option<i64>,
+    /// Records read from the source since the flow started.
+    #[serde(default)]
+    pub read: u64,
+    /// Records delivered to the target.
+    #[serde(default)]
+    pub delivered: u64,
+    /// Records moved to the dead-letter stream.
+    #[serde(default)]
+    pub dead_lettered: u64,
+    /// Source cursor (or delta token) the extractor resumes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// Contract version the worker validated with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract_version: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_valid_jetstream_names_and_distinct_per_flow() {
+        let a = QueueNames::for_flow("team-eu", "orders.history");
+        assert_eq!(a.stream, "FP_team-eu_orders_history");
+        assert!(
+            a.stream
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        );
+        let b = QueueNames::for_flow("team-us", "orders.history");
+        assert_ne!(a.stream, b.stream);
+        assert_ne!(a.kv_bucket, b.kv_bucket);
+    }
+}

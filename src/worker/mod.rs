@@ -1,0 +1,3 @@
+//! The data plane: `flowplane worker` moves one flow's records through JetStream.
+
+pub mod config;
