@@ -4,6 +4,15 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod headers;
+pub mod jetstream;
+pub mod redrive;
+
+pub use jetstream::{
+    QueueError, QueuePolicy, delete_queue, ensure_queue, read_progress, reset_cursor,
+};
+pub use redrive::{DeadLetter, RedriveReport, list_dead_letters, redrive};
+
 /// Names of one flow's JetStream resources. Deterministic from namespace and name, so the
 /// operator, the workers and a person at a terminal all find the same objects.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -78,6 +87,9 @@ pub struct FlowProgress {
     /// Contract version the worker validated with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contract_version: Option<String>,
+    /// Records waiting in the flow's consumer (pending plus unacknowledged) when last sampled.
+    #[serde(default)]
+    pub lag: u64,
 }
 
 #[cfg(test)]

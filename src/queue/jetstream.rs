@@ -1,0 +1,307 @@
+//! Creating, inspecting and deleting a flow's JetStream resources. The operator calls
+//! [`ensure_queue`] when it reconciles a flow and [`delete_queue`] when a flow with
+//! `deletionPolicy: Delete` goes away; every worker calls [`ensure_queue`] at start too, so a
+//! worker never depends on the operator having run first. Both are idempotent.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+use bytes::Bytes;
+
+use super::{CURSOR_KEY, FlowProgress, PROGRESS_KEY, QueueNames};
+use crate::api::common::parse_duration;
+use crate::api::integration_flow::Delivery;
+
+/// Number of subject partitions records are spread over (`<subject>.<partition>`), by a hash of
+/// the record's primary key. Fixed, because changing it would move keys between partitions.
+pub const PARTITIONS: u32 = 16;
+
+/// The queue policy of a flow, with durations parsed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueuePolicy {
+    /// How long records stay in the flow's stream.
+    pub retention: Duration,
+    /// How long dead letters stay.
+    pub dead_letter_retention: Duration,
+    /// Window in which JetStream drops a record whose `Nats-Msg-Id` it has already stored.
+    pub dedupe_window: Duration,
+    /// Deliveries of one record before the worker dead-letters it.
+    pub max_deliver: i64,
+    /// How long a worker may hold a record before JetStream redelivers it.
+    pub ack_wait: Duration,
+    /// Unacknowledged records in flight across all workers.
+    pub max_ack_pending: i64,
+}
+
+impl QueuePolicy {
+    /// The policy an IntegrationFlow's `delivery` asks for. `max_ack_pending` comes from the
+    /// source binding's rate limit when it has one (the operator knows it); 1000 otherwise.
+    pub fn from_delivery(delivery: &Delivery, max_ack_pending: u32) -> Result<QueuePolicy, String> {
+        Ok(QueuePolicy {
+            retention: parse_duration(&delivery.retention)?,
+            dead_letter_retention: parse_duration(&delivery.dead_letter_retention)?,
+            dedupe_window: parse_duration(&delivery.dedupe_window)?,
+            max_deliver: i64::from(delivery.max_deliver),
+            ack_wait: parse_duration(&delivery.ack_wait)?,
+            max_ack_pending: i64::from(max_ack_pending.max(1)),
+        })
+    }
+}
+
+impl Default for QueuePolicy {
+    fn default() -> Self {
+        QueuePolicy::from_delivery(&Delivery::default(), 1000)
+            .unwrap_or_else(|_| unreachable!("the default delivery durations parse"))
+    }
+}
+
+/// Errors talking to JetStream, with the resource that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// A stream could not be created, updated, read or deleted.
+    #[error("stream {name}: {message}")]
+    Stream { name: String, message: String },
+    /// The durable consumer could not be created or read.
+    #[error("consumer {name}: {message}")]
+    Consumer { name: String, message: String },
+    /// The key-value bucket could not be created, read or written.
+    #[error("key-value bucket {name}: {message}")]
+    Bucket { name: String, message: String },
+}
+
+fn stream_error(name: &str, e: impl std::fmt::Display) -> QueueError {
+    QueueError::Stream {
+        name: name.to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn bucket_error(name: &str, e: impl std::fmt::Display) -> QueueError {
+    QueueError::Bucket {
+        name: name.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Subject of one partition of the flow's stream.
+pub fn partition_subject(names: &QueueNames, partition: u32) -> String {
+    format!("{}.{partition}", names.subject)
+}
+
+/// Partition of a record key: FNV-1a, stable across processes and releases.
+pub fn partition_of(key: &str) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in key.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash % PARTITIONS
+}
+
+/// Creates the flow's stream, dead-letter stream, durable consumer and key-value bucket, or
+/// brings existing ones to `policy`. Safe to call from every worker and every reconcile.
+pub async fn ensure_queue(
+    js: &jetstream::Context,
+    names: &QueueNames,
+    policy: &QueuePolicy,
+) -> Result<(), QueueError> {
+    let records = stream::Config {
+        name: names.stream.clone(),
+        subjects: vec![format!("{}.>", names.subject)],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: policy.retention,
+        duplicate_window: policy.dedupe_window,
+        ..Default::default()
+    };
+    js.create_or_update_stream(records)
+        .await
+        .map_err(|e| stream_error(&names.stream, e))?;
+
+    let dead_letters = stream::Config {
+        name: names.dead_letter_stream.clone(),
+        subjects: vec![names.dead_letter_subject.clone()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: policy.dead_letter_retention,
+        // Redrive deletes single dead letters; keep that possible.
+        deny_delete: false,
+        ..Default::default()
+    };
+    js.create_or_update_stream(dead_letters)
+        .await
+        .map_err(|e| stream_error(&names.dead_letter_stream, e))?;
+
+    let consumer_config = consumer::pull::Config {
+        durable_name: Some(names.consumer.clone()),
+        description: Some("flowplane workers of this flow".into()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        deliver_policy: consumer::DeliverPolicy::All,
+        max_deliver: policy.max_deliver,
+        ack_wait: policy.ack_wait,
+        max_ack_pending: policy.max_ack_pending,
+        ..Default::default()
+    };
+    let stream = js
+        .get_stream(&names.stream)
+        .await
+        .map_err(|e| stream_error(&names.stream, e))?;
+    let consumer_error = |e: &dyn std::fmt::Display| QueueError::Consumer {
+        name: names.consumer.clone(),
+        message: e.to_string(),
+    };
+    match stream
+        .get_consumer::<consumer::pull::Config>(&names.consumer)
+        .await
+    {
+        Ok(existing) => {
+            let current = &existing.cached_info().config;
+            if current.max_deliver != policy.max_deliver
+                || current.ack_wait != policy.ack_wait
+                || current.max_ack_pending != policy.max_ack_pending
+            {
+                stream
+                    .update_consumer(consumer_config)
+                    .await
+                    .map_err(|e| consumer_error(&e))?;
+            }
+        }
+        Err(_) => {
+            stream
+                .get_or_create_consumer(&names.consumer, consumer_config)
+                .await
+                .map_err(|e| consumer_error(&e))?;
+        }
+    }
+
+    if js.get_key_value(&names.kv_bucket).await.is_err() {
+        js.create_key_value(kv::Config {
+            bucket: names.kv_bucket.clone(),
+            description: "flowplane flow state: cursor, progress, leases, reviews".into(),
+            history: 1,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| bucket_error(&names.kv_bucket, e))?;
+    }
+    Ok(())
+}
+
+/// Deletes the flow's streams (with their consumer) and bucket. Resources already gone are
+/// not an error, so a finalizer can call it again after a partial failure.
+pub async fn delete_queue(js: &jetstream::Context, names: &QueueNames) -> Result<(), QueueError> {
+    for name in [&names.stream, &names.dead_letter_stream] {
+        if let Err(e) = js.delete_stream(name).await
+            && !is_not_found(&e.to_string())
+        {
+            return Err(stream_error(name, e));
+        }
+    }
+    if let Err(e) = js.delete_key_value(&names.kv_bucket).await
+        && !is_not_found(&e.to_string())
+    {
+        return Err(bucket_error(&names.kv_bucket, e));
+    }
+    Ok(())
+}
+
+fn is_not_found(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    message.contains("not found") || message.contains("10059")
+}
+
+/// Opens the flow's bucket.
+pub async fn bucket(js: &jetstream::Context, names: &QueueNames) -> Result<kv::Store, QueueError> {
+    js.get_key_value(&names.kv_bucket)
+        .await
+        .map_err(|e| bucket_error(&names.kv_bucket, e))
+}
+
+/// The progress record of a flow, as workers last wrote it (the default when none wrote yet).
+/// This is what the operator reads for the `Fresh` condition and the sync figures.
+pub async fn read_progress(
+    js: &jetstream::Context,
+    names: &QueueNames,
+) -> Result<FlowProgress, QueueError> {
+    let store = bucket(js, names).await?;
+    Ok(read_progress_entry(&store).await?.0)
+}
+
+/// Progress and the revision it was read at (0 when absent), for compare-and-set updates.
+pub async fn read_progress_entry(store: &kv::Store) -> Result<(FlowProgress, u64), QueueError> {
+    let entry = store
+        .entry(PROGRESS_KEY)
+        .await
+        .map_err(|e| bucket_error(&store.name, e))?;
+    Ok(match entry {
+        Some(entry) if entry.operation == kv::Operation::Put => (
+            serde_json::from_slice(&entry.value).unwrap_or_default(),
+            entry.revision,
+        ),
+        Some(entry) => (FlowProgress::default(), entry.revision),
+        None => (FlowProgress::default(), 0),
+    })
+}
+
+/// Changes the progress record with compare-and-set, retrying when another worker wrote
+/// in between; returns the record as written.
+pub async fn update_progress(
+    store: &kv::Store,
+    change: impl Fn(&mut FlowProgress),
+) -> Result<FlowProgress, QueueError> {
+    for _ in 0..50 {
+        let (mut progress, revision) = read_progress_entry(store).await?;
+        change(&mut progress);
+        let value = Bytes::from(serde_json::to_vec(&progress).unwrap_or_default());
+        let written = if revision == 0 {
+            store.create(PROGRESS_KEY, value).await.map(|_| ()).ok()
+        } else {
+            store
+                .update(PROGRESS_KEY, value, revision)
+                .await
+                .map(|_| ())
+                .ok()
+        };
+        if written.is_some() {
+            return Ok(progress);
+        }
+    }
+    Err(bucket_error(
+        &store.name,
+        "progress update lost 50 compare-and-set races in a row",
+    ))
+}
+
+/// Forgets the extraction cursor, so the next extraction re-reads the whole source (the
+/// operator's reset-cursor annotation).
+pub async fn reset_cursor(js: &jetstream::Context, names: &QueueNames) -> Result<(), QueueError> {
+    let store = bucket(js, names).await?;
+    store
+        .purge(CURSOR_KEY)
+        .await
+        .map_err(|e| bucket_error(&names.kv_bucket, e))?;
+    update_progress(&store, |p| p.cursor = None).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_stable_and_in_range() {
+        assert_eq!(partition_of("4711/10"), partition_of("4711/10"));
+        let spread: std::collections::BTreeSet<u32> =
+            (0..1000).map(|i| partition_of(&format!("{i}/10"))).collect();
+        assert_eq!(spread.len(), PARTITIONS as usize);
+        assert!(spread.iter().all(|p| *p < PARTITIONS));
+    }
+
+    #[test]
+    fn default_policy_follows_the_flow_defaults() {
+        let policy = QueuePolicy::default();
+        assert_eq!(policy.dedupe_window, Duration::from_secs(120));
+        assert_eq!(policy.max_deliver, 10);
+    }
+}
