@@ -3,6 +3,9 @@
 
 pub mod api;
 pub mod contract;
+pub mod controller;
 pub mod crdgen;
 pub mod queue;
+pub mod render;
+pub mod sim;
 pub mod worker;

@@ -18,8 +18,14 @@ enum Command {
         #[arg(long, default_value = "crds")]
         out: PathBuf,
     },
+    /// Run the operator (reconciles IntegrationFlows, DataContracts and ConnectorBindings).
+    Controller(flowplane::controller::OperatorConfig),
+    /// Print the objects the operator would apply for the given manifests (offline).
+    Render(flowplane::render::cli::RenderArgs),
     /// Work with DataContract manifests offline (compatibility checks for CI).
     Contract(flowplane::contract::cli::ContractArgs),
+    /// Run a simulated ERP (OData v4) or forecasting platform, for tests and the demo.
+    Sim(flowplane::sim::SimArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,7 +35,10 @@ fn main() -> anyhow::Result<()> {
                 println!("wrote {}", path.display());
             }
         }
+        Command::Controller(config) => flowplane::controller::cli::main(config)?,
+        Command::Render(args) => print!("{}", flowplane::render::cli::render(&args)?),
         Command::Contract(args) => std::process::exit(flowplane::contract::cli::run(args)),
+        Command::Sim(args) => flowplane::sim::run(args)?,
     }
     Ok(())
 }

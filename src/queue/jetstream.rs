@@ -292,8 +292,9 @@ mod tests {
     #[test]
     fn partitions_are_stable_and_in_range() {
         assert_eq!(partition_of("4711/10"), partition_of("4711/10"));
-        let spread: std::collections::BTreeSet<u32> =
-            (0..1000).map(|i| partition_of(&format!("{i}/10"))).collect();
+        let spread: std::collections::BTreeSet<u32> = (0..1000)
+            .map(|i| partition_of(&format!("{i}/10")))
+            .collect();
         assert_eq!(spread.len(), PARTITIONS as usize);
         assert!(spread.iter().all(|p| *p < PARTITIONS));
     }

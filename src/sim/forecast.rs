@@ -1,0 +1,288 @@
+//! `flowplane sim forecast`: a demand-planning platform's bulk-ingest REST API.
+//!
+//! `POST /api/v1/{entity}/bulk-upsert` with `{"key": [fields], "records": [{"version": n,
+//! "data": {...}}]}` upserts each record by its key, conditionally on its source version: a
+//! newer version is applied, the same version is an idempotent no-op (counted as a duplicate),
+//! an older one is ignored (counted as stale). That version precondition is how the flow keeps
+//! a key's changes in source order with many workers and redeliveries. Records without their
+//! key fields are rejected per item (`rejected: [{index, reason}]`), as bulk APIs do.
+//!
+//! `GET /admin/received/{entity}` reports exactly what arrived, per key: writes applied,
+//! duplicates, stale writes, the applied versions and the last value, plus request totals, so
+//! tests can check exactly-once delivery. `/admin/faults` switches latency, 5xx and 429s.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::faults::{FaultSpec, Faults, lock};
+
+/// A bulk upsert request.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct BulkUpsert {
+    /// Fields that identify a record.
+    pub key: Vec<String>,
+    /// Records in the order they are to be applied.
+    pub records: Vec<VersionedRecord>,
+}
+
+/// One record with the version of the source change it carries.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct VersionedRecord {
+    /// Source version; only a higher version replaces the stored one.
+    pub version: u64,
+    /// The record.
+    pub data: Value,
+}
+
+/// The answer to a bulk upsert.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct BulkResult {
+    /// Records that changed the stored state.
+    pub applied: u64,
+    /// Records whose version was already stored.
+    pub duplicates: u64,
+    /// Records older than the stored version.
+    pub stale: u64,
+    /// Records refused, by index in the request.
+    #[serde(default)]
+    pub rejected: Vec<Rejection>,
+}
+
+/// A record the target refused.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// Index in the request's `records`.
+    pub index: usize,
+    /// Why.
+    pub reason: String,
+}
+
+/// What one key received.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyReport {
+    /// Versions applied, in the order they were applied.
+    pub applied_versions: Vec<u64>,
+    /// Writes of a version already stored.
+    pub duplicates: u64,
+    /// Writes older than the stored version.
+    pub stale: u64,
+    /// The stored record.
+    pub value: Value,
+}
+
+/// What one entity received.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EntityReport {
+    /// Bulk requests that reached the handler (not failed by injected faults).
+    pub requests: u64,
+    /// Records in those requests.
+    pub records: u64,
+    /// Per key.
+    pub keys: BTreeMap<String, KeyReport>,
+}
+
+impl EntityReport {
+    /// Writes applied over all keys.
+    pub fn applied(&self) -> u64 {
+        self.keys
+            .values()
+            .map(|k| k.applied_versions.len() as u64)
+            .sum()
+    }
+
+    /// Redundant writes (same version again) over all keys.
+    pub fn duplicates(&self) -> u64 {
+        self.keys.values().map(|k| k.duplicates).sum()
+    }
+}
+
+/// The simulator's received data and faults; share it with tests through `Arc`.
+#[derive(Default)]
+pub struct ForecastState {
+    entities: Mutex<BTreeMap<String, EntityReport>>,
+    /// Switchable misbehaviour.
+    pub faults: Faults,
+}
+
+impl ForecastState {
+    /// An empty simulator.
+    pub fn new() -> Arc<ForecastState> {
+        Arc::new(ForecastState::default())
+    }
+
+    /// Everything `entity` received so far.
+    pub fn received(&self, entity: &str) -> EntityReport {
+        lock(&self.entities)
+            .get(entity)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Forgets everything received.
+    pub fn reset(&self) {
+        lock(&self.entities).clear();
+    }
+
+    /// Applies a bulk upsert (what the HTTP handler does after fault injection).
+    pub fn apply(&self, entity: &str, request: BulkUpsert) -> BulkResult {
+        let mut entities = lock(&self.entities);
+        let report = entities.entry(entity.to_string()).or_default();
+        report.requests += 1;
+        report.records += request.records.len() as u64;
+        let mut result = BulkResult::default();
+        for (index, record) in request.records.into_iter().enumerate() {
+            let key = match record_key(&request.key, &record.data) {
+                Ok(key) => key,
+                Err(reason) => {
+                    result.rejected.push(Rejection { index, reason });
+                    continue;
+                }
+            };
+            let stored = report.keys.entry(key).or_default();
+            match stored.applied_versions.last() {
+                Some(last) if *last == record.version => {
+                    stored.duplicates += 1;
+                    result.duplicates += 1;
+                }
+                Some(last) if *last > record.version => {
+                    stored.stale += 1;
+                    result.stale += 1;
+                }
+                _ => {
+                    stored.applied_versions.push(record.version);
+                    stored.value = record.data;
+                    result.applied += 1;
+                }
+            }
+        }
+        result
+    }
+}
+
+fn record_key(fields: &[String], data: &Value) -> Result<String, String> {
+    if fields.is_empty() {
+        return Err("the request names no key fields".into());
+    }
+    let mut parts = Vec::with_capacity(fields.len());
+    for field in fields {
+        match data.get(field) {
+            Some(Value::String(s)) => parts.push(s.clone()),
+            Some(Value::Null) | None => return Err(format!("key field {field:?} is missing")),
+            Some(other) => parts.push(other.to_string()),
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+/// The ingest API and its admin endpoints.
+pub fn router(state: Arc<ForecastState>) -> Router {
+    Router::new()
+        .route("/api/v1/{entity}/bulk-upsert", post(bulk_upsert))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/admin/received/{entity}", get(received))
+        .route("/admin/reset", post(reset))
+        .route("/admin/faults", post(set_faults).delete(clear_faults))
+        .with_state(state)
+}
+
+/// Serves the simulator on `listener` until the task is dropped.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<ForecastState>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).await
+}
+
+async fn bulk_upsert(
+    State(state): State<Arc<ForecastState>>,
+    Path(entity): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(failure) = state.faults.intercept().await {
+        return failure;
+    }
+    match serde_json::from_slice::<BulkUpsert>(&body) {
+        Ok(request) => Json(state.apply(&entity, request)).into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": format!("not a bulk upsert: {e}")})),
+        )
+            .into_response(),
+    }
+}
+
+async fn received(
+    State(state): State<Arc<ForecastState>>,
+    Path(entity): Path<String>,
+) -> Json<EntityReport> {
+    Json(state.received(&entity))
+}
+
+async fn reset(State(state): State<Arc<ForecastState>>) -> StatusCode {
+    state.reset();
+    StatusCode::NO_CONTENT
+}
+
+async fn set_faults(
+    State(state): State<Arc<ForecastState>>,
+    Json(spec): Json<FaultSpec>,
+) -> StatusCode {
+    state.faults.set(spec);
+    StatusCode::NO_CONTENT
+}
+
+async fn clear_faults(State(state): State<Arc<ForecastState>>) -> StatusCode {
+    state.faults.clear();
+    StatusCode::NO_CONTENT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(version: u64, qty: u64) -> VersionedRecord {
+        VersionedRecord {
+            version,
+            data: json!({"order": "1", "item": "10", "qty": qty}),
+        }
+    }
+
+    #[test]
+    fn upserts_apply_only_newer_versions() {
+        let state = ForecastState::new();
+        let key = vec!["order".to_string(), "item".to_string()];
+        let result = state.apply(
+            "lines",
+            BulkUpsert {
+                key: key.clone(),
+                records: vec![record(2, 20), record(1, 10), record(2, 20), record(3, 30)],
+            },
+        );
+        assert_eq!((result.applied, result.stale, result.duplicates), (2, 1, 1));
+        let rejected = state.apply(
+            "lines",
+            BulkUpsert {
+                key,
+                records: vec![VersionedRecord {
+                    version: 9,
+                    data: json!({"order": "1"}),
+                }],
+            },
+        );
+        assert_eq!(rejected.rejected.len(), 1);
+        let report = state.received("lines");
+        assert_eq!(report.keys["1/10"].applied_versions, vec![2, 3]);
+        assert_eq!(report.keys["1/10"].value["qty"], 30);
+        assert_eq!((report.requests, report.records), (2, 5));
+    }
+}

@@ -1,0 +1,94 @@
+//! Simulators of the systems a flow connects, for tests, the demo and benchmarks: an ERP
+//! speaking OData v4 and a forecasting platform with a bulk-ingest REST API. Both run
+//! in-process (`serve(listener, state)`) or as `flowplane sim erp|forecast`.
+
+pub mod erp;
+pub mod faults;
+pub mod forecast;
+
+use clap::{Args, Subcommand};
+
+/// `flowplane sim ...`
+#[derive(Args, Debug)]
+pub struct SimArgs {
+    #[command(subcommand)]
+    pub system: SimSystem,
+}
+
+/// Which simulator to run.
+#[derive(Subcommand, Debug)]
+pub enum SimSystem {
+    /// OData v4 ERP with sales order lines, inventory and returns.
+    Erp {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: String,
+        /// Sales order lines to start with.
+        #[arg(long, default_value_t = 1000)]
+        order_lines: u32,
+        /// Inventory positions to start with.
+        #[arg(long, default_value_t = 100)]
+        inventory: u32,
+        /// Return lines to start with.
+        #[arg(long, default_value_t = 50)]
+        returns: u32,
+        /// Every n-th order line is bad (unknown plant or invalid quantity); 0 for none.
+        #[arg(long, default_value_t = 0)]
+        bad_every: u32,
+        /// Server page size.
+        #[arg(long, default_value_t = 100)]
+        page_size: usize,
+    },
+    /// Forecasting platform with a bulk upsert API and a report of what it received.
+    Forecast {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8082")]
+        listen: String,
+    },
+}
+
+/// Runs a simulator until interrupted.
+pub fn run(args: SimArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        match args.system {
+            SimSystem::Erp {
+                listen,
+                order_lines,
+                inventory,
+                returns,
+                bad_every,
+                page_size,
+            } => {
+                let state = erp::ErpState::new(&erp::ErpSeed {
+                    order_lines,
+                    inventory,
+                    returns,
+                    bad_every,
+                    page_size,
+                });
+                let listener = tokio::net::TcpListener::bind(&listen).await?;
+                eprintln!(
+                    "ERP simulator (OData v4) on http://{}/odata",
+                    listener.local_addr()?
+                );
+                tokio::select! {
+                    served = erp::serve(listener, state) => served?,
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            SimSystem::Forecast { listen } => {
+                let listener = tokio::net::TcpListener::bind(&listen).await?;
+                eprintln!(
+                    "forecast simulator on http://{}/api/v1",
+                    listener.local_addr()?
+                );
+                tokio::select! {
+                    served = forecast::serve(listener, forecast::ForecastState::new()) => served?,
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+        }
+        Ok(())
+    })
+}
