@@ -5,6 +5,7 @@
 pub mod canonical;
 pub mod cli;
 pub mod compatibility;
+pub mod history;
 pub mod validate;
 pub mod value;
 

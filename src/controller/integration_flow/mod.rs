@@ -1,0 +1,506 @@
+//! The IntegrationFlow controller: dereference -> validate -> build (crate::render) -> apply ->
+//! status, plus the flow's queues on JetStream (finalizer) and one-off operations by annotation.
+
+pub mod apply;
+pub mod dereference;
+pub mod status;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+
+use crate::api::integration_flow::{DeletionPolicy, IntegrationFlowStatus};
+use crate::api::{ConnectorBinding, DataContract, IntegrationFlow};
+use crate::contract::history;
+use crate::controller::conditions::{Desired, transitions};
+use crate::controller::{Context, Error, FIELD_MANAGER, Result};
+use crate::queue::QueueNames;
+use crate::queue::jetstream::{QueuePolicy, delete_queue, ensure_queue, reset_cursor};
+use crate::queue::redrive::redrive;
+use crate::render::labels::{flow_name, namespace};
+use crate::render::{self, FlowInputs, RenderSettings};
+
+pub const KIND: &str = "IntegrationFlow";
+/// Finalizer that removes (or deliberately keeps) the flow's JetStream resources.
+pub const FINALIZER: &str = "flowplane.io/queues";
+/// Annotation asking to move dead letters back to the stream (any new value; "reason=X" for one reason).
+pub const REDRIVE_ANNOTATION: &str = "flowplane.io/redrive";
+/// Annotation asking to forget the source cursor and re-sync fully (any new value).
+pub const RESET_CURSOR_ANNOTATION: &str = "flowplane.io/reset-cursor";
+use crate::render::workload::RESTART_ANNOTATION;
+
+/// Flows this operator is responsible for: its region's and the region-less ones.
+fn in_region(flow: &IntegrationFlow, region: Option<&str>) -> bool {
+    match (region, flow.spec.region.as_deref()) {
+        (Some(mine), Some(theirs)) => mine == theirs,
+        _ => true,
+    }
+}
+
+/// Flows in `namespace` for which `pred` holds, as reconcile requests.
+fn flows_where(
+    store: &Store<IntegrationFlow>,
+    namespace: Option<String>,
+    pred: impl Fn(&IntegrationFlow) -> bool,
+) -> Vec<ObjectRef<IntegrationFlow>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|f| f.metadata.namespace == namespace && pred(f))
+        .map(|f| ObjectRef::from_obj(&*f))
+        .collect()
+}
+
+fn uses_binding(flow: &IntegrationFlow, binding: &str) -> bool {
+    let spec = &flow.spec;
+    spec.source.binding_ref == binding
+        || spec.target.binding_ref == binding
+        || spec
+            .approval
+            .as_ref()
+            .and_then(|a| a.escalate_to.as_ref())
+            .is_some_and(|e| e.binding_ref == binding)
+}
+
+fn uses_config_map(flow: &IntegrationFlow, config_map: &str) -> bool {
+    let contract_history = history::config_map_name(&flow.spec.contract.name);
+    contract_history == config_map
+        || flow
+            .spec
+            .mapping
+            .iter()
+            .flat_map(|m| &m.code_maps)
+            .any(|c| c.config_map_ref == config_map)
+}
+
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let flows: Api<IntegrationFlow> = Api::all(client.clone());
+    let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=flowplane");
+    let controller = Controller::new(flows, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let (contract_store, binding_store, cm_store) = (store.clone(), store.clone(), store.clone());
+
+    // Installing or removing KEDA or the Prometheus Operator changes every flow's children.
+    let crd_ctx = ctx.clone();
+    let optional_crds = watcher(
+        Api::<CustomResourceDefinition>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .touched_objects()
+    .filter_map(move |crd| {
+        let ctx = crd_ctx.clone();
+        async move {
+            let name = crd.ok()?.name_any();
+            if !name.ends_with("keda.sh") && !name.ends_with("monitoring.coreos.com") {
+                return None;
+            }
+            ctx.optional_apis.refresh().await.ok()?.then_some(())
+        }
+    });
+    if let Err(e) = ctx.optional_apis.refresh().await {
+        tracing::warn!(error = %e, "could not probe optional APIs; assuming none");
+    }
+
+    controller
+        .owns(Api::<Deployment>::all(client.clone()), managed.clone())
+        .owns(Api::<ConfigMap>::all(client.clone()), managed)
+        .watches(
+            Api::<DataContract>::all(client.clone()),
+            watcher::Config::default(),
+            move |dc| {
+                let name = dc.name_any();
+                flows_where(&contract_store, dc.metadata.namespace.clone(), |f| {
+                    f.spec.contract.name == name
+                })
+            },
+        )
+        .watches(
+            Api::<ConnectorBinding>::all(client.clone()),
+            watcher::Config::default(),
+            move |cb| {
+                let name = cb.name_any();
+                flows_where(&binding_store, cb.metadata.namespace.clone(), |f| {
+                    uses_binding(f, &name)
+                })
+            },
+        )
+        // Code maps and contract histories: metadata only, never the whole cluster's data.
+        .watches(
+            Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
+            watcher::Config::default(),
+            move |cm| {
+                let name = cm.name_any();
+                flows_where(&cm_store, cm.metadata.namespace.clone(), |f| {
+                    uses_config_map(f, &name)
+                })
+            },
+        )
+        .reconcile_all_on(optional_crds)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| std::future::ready(()))
+        .await;
+}
+
+fn error_policy(_flow: Arc<IntegrationFlow>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(KIND, error.metric_label());
+    tracing::warn!(error = %error, "reconcile failed");
+    error.action(Duration::from_secs(10))
+}
+
+async fn reconcile(flow: Arc<IntegrationFlow>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile(KIND);
+    if !in_region(&flow, ctx.config.region.as_deref()) {
+        return Ok(Action::await_change());
+    }
+    let api: Api<IntegrationFlow> = Api::namespaced(ctx.client.clone(), &namespace(&flow));
+    finalizer(&api, FINALIZER, flow, |event| async {
+        match event {
+            finalizer::Event::Apply(flow) => apply_flow(&flow, &ctx).await,
+            finalizer::Event::Cleanup(flow) => cleanup(&flow, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
+        other => Error::spec("FinalizerFailed", other.to_string()),
+    })
+}
+
+/// Deletes or keeps the flow's queues per `deletionPolicy`; the children go with the flow
+/// through their owner references (garbage collector).
+async fn cleanup(flow: &IntegrationFlow, ctx: &Context) -> Result<Action> {
+    let names = QueueNames::for_flow(&namespace(flow), &flow_name(flow));
+    if flow.spec.deletion_policy == DeletionPolicy::Delete {
+        delete_queue(&ctx.jetstream, &names)
+            .await
+            .map_err(|e| Error::Nats(e.to_string()))?;
+    }
+    ctx.applied.forget_flow(&namespace(flow), &flow_name(flow));
+    Ok(Action::await_change())
+}
+
+async fn apply_flow(flow: &IntegrationFlow, ctx: &Context) -> Result<Action> {
+    let ns = namespace(flow);
+    let deref = dereference::dereference(flow, ctx).await?;
+
+    // validate
+    let history = match &deref.contract {
+        Some(_) => {
+            let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+            cms.get_opt(&history::config_map_name(&flow.spec.contract.name))
+                .await?
+                .and_then(|cm| cm.data)
+                .map(|data| history::from_config_map_data(&data))
+                .unwrap_or_default()
+        }
+        None => Vec::new(),
+    };
+    let mut blocked: Option<(&'static str, String)> = None;
+    let choice = match validate::choose_contract(flow, deref.contract.as_ref(), &history) {
+        Ok(choice) => choice,
+        Err(message) => {
+            blocked = Some(("InvalidSpec", message.clone()));
+            validate::ContractChoice {
+                resolved: None,
+                condition: Desired::new("ContractCompatible", false, "InvalidSpec", message),
+            }
+        }
+    };
+    let mut binding_refs = vec![
+        (flow.spec.source.binding_ref.as_str(), deref.source.as_ref()),
+        (flow.spec.target.binding_ref.as_str(), deref.target.as_ref()),
+    ];
+    if let Some(to) = flow
+        .spec
+        .approval
+        .as_ref()
+        .and_then(|a| a.escalate_to.as_ref())
+    {
+        binding_refs.push((to.binding_ref.as_str(), deref.escalation.as_ref()));
+    }
+    let bindings = validate::bindings_condition(&binding_refs);
+    if let Some((map, cm)) = deref.missing_code_maps.first() {
+        blocked.get_or_insert((
+            "CodeMapNotFound",
+            format!("code map {map}: ConfigMap {cm} does not exist"),
+        ));
+    }
+
+    // build + apply (only with a usable contract and both bindings present; otherwise the
+    // last applied configuration keeps running)
+    let installed = ctx.optional_apis.installed();
+    let settings = RenderSettings {
+        worker_image: ctx.config.worker_image.clone(),
+        nats_url: ctx.config.nats_url.clone(),
+        nats_monitoring_endpoint: ctx.config.nats_monitoring_endpoint.clone(),
+        keda: installed.keda,
+        prometheus_operator: installed.prometheus_operator,
+    };
+    let mut deployment = deref.deployment.clone();
+    let mut max_ack_pending = 1000;
+    if let (None, Some(contract), Some(source), Some(target)) =
+        (&blocked, &choice.resolved, &deref.source, &deref.target)
+    {
+        let inputs = FlowInputs {
+            flow,
+            contract,
+            source,
+            target,
+            escalation: deref.escalation.as_ref(),
+            code_maps: deref.code_maps.clone(),
+            settings: &settings,
+        };
+        match render::children(&inputs) {
+            Ok(children) => {
+                max_ack_pending = children.worker_config.delivery.max_ack_pending;
+                let live = apply::Live {
+                    config_map: deref.applied_config.is_some(),
+                    deployment: deref.deployment.is_some(),
+                };
+                if apply::apply_children(
+                    &ctx.client,
+                    &ctx.applied,
+                    flow,
+                    &children,
+                    live,
+                    installed,
+                )
+                .await?
+                {
+                    // Read back what the workers now run, for honest status.
+                    deployment = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
+                        .get_opt(&render::labels::workers_name(flow))
+                        .await?;
+                }
+            }
+            Err(e) => blocked = Some(("InvalidSpec", e.message)),
+        }
+    }
+    let contract_version = match (&blocked, &choice.resolved) {
+        (None, Some(c)) if deref.source.is_some() && deref.target.is_some() => {
+            Some(c.version.clone())
+        }
+        _ => validate::applied_contract_version(deref.applied_config.as_ref()),
+    };
+
+    // queues
+    let names = QueueNames::for_flow(&ns, &flow_name(flow));
+    let queue = match QueuePolicy::from_delivery(&flow.spec.delivery, max_ack_pending) {
+        Ok(policy) => match ensure_queue_once(ctx, &names, &policy).await {
+            Ok(()) => dereference::queue_state(&ctx.jetstream, &names).await,
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(format!("spec.delivery: {e}")),
+    };
+
+    let operations = handle_operations(flow, ctx, &names).await;
+
+    // status
+    let status = status::build(status::Observed {
+        flow,
+        bindings,
+        contract: choice.condition,
+        contract_version,
+        blocked,
+        queue,
+        deployment: deployment.as_ref(),
+        operations,
+        now: Timestamp::now(),
+    });
+    write_status(flow, ctx, status).await?;
+    Ok(Action::requeue(Duration::from_secs(
+        ctx.config.resync_seconds,
+    )))
+}
+
+/// Ensures the queue unless this process already did so with the same policy.
+async fn ensure_queue_once(
+    ctx: &Context,
+    names: &QueueNames,
+    policy: &QueuePolicy,
+) -> std::result::Result<(), String> {
+    let key = format!("queue/{}", names.stream);
+    let fingerprint = format!("{policy:?}");
+    if ctx.applied.get(&key).as_deref() == Some(fingerprint.as_str()) {
+        return Ok(());
+    }
+    ensure_queue(&ctx.jetstream, names, policy)
+        .await
+        .map_err(|e| e.to_string())?;
+    ctx.applied.set(key, fingerprint);
+    Ok(())
+}
+
+/// Handles one-off operations whose annotation value differs from the one acknowledged in
+/// status; returns the acknowledged values. A failed operation is retried on the next pass.
+async fn handle_operations(
+    flow: &IntegrationFlow,
+    ctx: &Context,
+    names: &QueueNames,
+) -> BTreeMap<String, String> {
+    let mut acknowledged = flow
+        .status
+        .as_ref()
+        .map(|s| s.operations.clone())
+        .unwrap_or_default();
+    let annotations = flow.metadata.annotations.clone().unwrap_or_default();
+    for key in [
+        RESTART_ANNOTATION,
+        REDRIVE_ANNOTATION,
+        RESET_CURSOR_ANNOTATION,
+    ] {
+        let Some(value) = annotations.get(key) else {
+            continue;
+        };
+        let short = key.trim_start_matches("flowplane.io/").to_string();
+        if acknowledged.get(&short) == Some(value) {
+            continue;
+        }
+        let outcome = match key {
+            // The restart itself is the pod-template annotation the Deployment already got.
+            RESTART_ANNOTATION => Ok(()),
+            REDRIVE_ANNOTATION => {
+                let reason = value.strip_prefix("reason=");
+                redrive(&ctx.jetstream, names, reason)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            _ => reset_cursor(&ctx.jetstream, names)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        match outcome {
+            Ok(()) => {
+                acknowledged.insert(short, value.clone());
+                publish_event(
+                    ctx,
+                    flow,
+                    EventType::Normal,
+                    "OperationHandled",
+                    format!("{key}={value} handled"),
+                )
+                .await;
+            }
+            Err(e) => {
+                publish_event(
+                    ctx,
+                    flow,
+                    EventType::Warning,
+                    "OperationFailed",
+                    format!("{key}={value}: {e}"),
+                )
+                .await;
+            }
+        }
+    }
+    acknowledged
+}
+
+async fn publish_event(
+    ctx: &Context,
+    flow: &IntegrationFlow,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &flow.object_ref(&())).await {
+        tracing::debug!(error = %e, "could not publish event");
+    }
+}
+
+/// Writes status only when it changed, and publishes an event per condition transition.
+async fn write_status(
+    flow: &IntegrationFlow,
+    ctx: &Context,
+    status: IntegrationFlowStatus,
+) -> Result<()> {
+    let previous = flow.status.clone().unwrap_or_default();
+    if previous == status {
+        return Ok(());
+    }
+    for changed in transitions(&previous.conditions, &status.conditions) {
+        if matches!(
+            changed.type_.as_str(),
+            "Ready" | "ContractCompatible" | "Stalled"
+        ) {
+            let type_ = if changed.status == "True"
+                || changed.type_ == "Stalled" && changed.status == "False"
+            {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            };
+            publish_event(
+                ctx,
+                flow,
+                type_,
+                &changed.reason,
+                format!(
+                    "{} is {}: {}",
+                    changed.type_, changed.status, changed.message
+                ),
+            )
+            .await;
+        }
+    }
+    let api: Api<IntegrationFlow> = Api::namespaced(ctx.client.clone(), &namespace(flow));
+    let patch = serde_json::json!({
+        "apiVersion": "flowplane.io/v1alpha1",
+        "kind": KIND,
+        "status": status,
+    });
+    api.patch_status(
+        &flow_name(flow),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(region: Option<&str>) -> IntegrationFlow {
+        let mut f: IntegrationFlow = serde_yaml::from_str(
+            "apiVersion: flowplane.io/v1alpha1\nkind: IntegrationFlow\nmetadata: {name: f, namespace: n}\nspec:\n  source: {bindingRef: a, entity: x, syncMode: FullRefresh}\n  target: {bindingRef: b, entity: y}\n  contract: {name: c}\n",
+        )
+        .unwrap();
+        f.spec.region = region.map(str::to_string);
+        f
+    }
+
+    #[test]
+    fn an_operator_takes_its_regions_flows_and_the_regionless_ones() {
+        assert!(in_region(&flow(None), Some("eu")));
+        assert!(in_region(&flow(Some("eu")), Some("eu")));
+        assert!(!in_region(&flow(Some("us")), Some("eu")));
+        assert!(in_region(&flow(Some("us")), None));
+    }
+}

@@ -1,0 +1,247 @@
+//! Status: the conditions and figures of a flow, computed purely from what reconcile saw, so
+//! the same world always gives the same status (and no write).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::IntegrationFlow;
+use crate::api::common::parse_duration;
+use crate::api::integration_flow::{IntegrationFlowStatus, SyncStatus};
+use crate::controller::conditions::{Desired, merge};
+use crate::render::labels::{worker_selector_string, workers_name};
+
+use super::dereference::QueueState;
+
+/// Freshness used when the flow sets no SLA.
+const DEFAULT_FRESHNESS_SECS: u64 = 3600;
+
+/// What reconcile learned, as input to the status.
+pub struct Observed<'a> {
+    pub flow: &'a IntegrationFlow,
+    pub bindings: Desired,
+    pub contract: Desired,
+    /// Contract version the workers run (from the applied configuration).
+    pub contract_version: Option<String>,
+    /// A spec problem that blocks the flow: (reason, message).
+    pub blocked: Option<(&'static str, String)>,
+    /// Queue readiness: Ok(state) or the error talking to JetStream.
+    pub queue: Result<QueueState, String>,
+    pub deployment: Option<&'a Deployment>,
+    pub operations: BTreeMap<String, String>,
+    pub now: Timestamp,
+}
+
+fn workers(flow: &IntegrationFlow, deployment: Option<&Deployment>) -> (i32, i32, Desired, bool) {
+    let name = workers_name(flow);
+    let Some(deployment) = deployment else {
+        return (
+            0,
+            0,
+            Desired::new(
+                "WorkersAvailable",
+                false,
+                "DeploymentMissing",
+                format!("Deployment {name} does not exist yet"),
+            ),
+            true,
+        );
+    };
+    let desired = deployment.spec.replicas.unwrap_or(1);
+    let status = deployment.status.clone().unwrap_or_default();
+    let ready = status.ready_replicas.unwrap_or(0);
+    let available = status.available_replicas.unwrap_or(0);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let rolled_out = status.observed_generation == deployment.metadata.generation
+        && updated >= desired
+        && status.replicas.unwrap_or(0) <= desired;
+    let condition = if flow.spec.suspend {
+        Desired::new(
+            "WorkersAvailable",
+            false,
+            "Suspended",
+            "the flow is suspended; workers are scaled to zero",
+        )
+    } else if available >= 1 {
+        Desired::new(
+            "WorkersAvailable",
+            true,
+            "WorkersAvailable",
+            format!("{available} of {desired} workers available"),
+        )
+    } else {
+        Desired::new(
+            "WorkersAvailable",
+            false,
+            "NoWorkerAvailable",
+            format!("Deployment {name}: 0 of {desired} workers available"),
+        )
+    };
+    (desired, ready, condition, !rolled_out)
+}
+
+fn freshness(
+    flow: &IntegrationFlow,
+    queue: &Result<QueueState, String>,
+    now: Timestamp,
+) -> Desired {
+    let limit = flow
+        .spec
+        .sla
+        .as_ref()
+        .and_then(|s| parse_duration(&s.freshness).ok())
+        .map(|d| d.as_secs())
+        .unwrap_or(DEFAULT_FRESHNESS_SECS);
+    let Ok(state) = queue else {
+        return Desired::new(
+            "Fresh",
+            false,
+            "ProgressUnknown",
+            "the queue's progress record cannot be read",
+        );
+    };
+    match state.progress.last_success_unix {
+        None => Desired::new(
+            "Fresh",
+            false,
+            "NoDataYet",
+            "no batch has been delivered yet",
+        ),
+        Some(last) => {
+            let age = now.as_second().saturating_sub(last).max(0) as u64;
+            if age <= limit {
+                Desired::new(
+                    "Fresh",
+                    true,
+                    "Fresh",
+                    format!("last delivery within the {limit}s freshness SLA"),
+                )
+            } else {
+                Desired::new(
+                    "Fresh",
+                    false,
+                    "Stale",
+                    format!("last delivery is older than the {limit}s freshness SLA"),
+                )
+            }
+        }
+    }
+}
+
+/// Builds the flow's status. `Ready` means data flows and is fresh; when it is False its
+/// reason and message are those of the first blocking condition.
+pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
+    let flow = observed.flow;
+    let generation = flow.metadata.generation;
+    let (desired, ready_replicas, workers_condition, rolling) = workers(flow, observed.deployment);
+    let queue_condition = match &observed.queue {
+        Ok(_) => Desired::new(
+            "QueueReady",
+            true,
+            "QueueReady",
+            "stream, consumer and dead-letter stream exist",
+        ),
+        Err(e) => Desired::new("QueueReady", false, "QueueUnavailable", e.clone()),
+    };
+    let fresh = freshness(flow, &observed.queue, observed.now);
+    let running_contract = observed.contract_version.is_some();
+    let stalled = match &observed.blocked {
+        Some((reason, message)) => Desired::new("Stalled", true, *reason, message.clone()),
+        None => Desired::new("Stalled", false, "NotStalled", ""),
+    };
+    let reconciling = if rolling && observed.blocked.is_none() && !flow.spec.suspend {
+        Desired::new(
+            "Reconciling",
+            true,
+            "RollingOut",
+            format!("Deployment {} is rolling out", workers_name(flow)),
+        )
+    } else {
+        Desired::new("Reconciling", false, "Settled", "")
+    };
+    let ready = if flow.spec.suspend {
+        Desired::new("Ready", false, "Suspended", "the flow is suspended")
+    } else if let Some((reason, message)) = &observed.blocked {
+        Desired::new("Ready", false, *reason, message.clone())
+    } else if !running_contract {
+        Desired::new(
+            "Ready",
+            false,
+            observed.contract.reason.clone(),
+            observed.contract.message.clone(),
+        )
+    } else {
+        [
+            &observed.bindings,
+            &queue_condition,
+            &workers_condition,
+            &fresh,
+        ]
+        .into_iter()
+        .find(|c| !c.status)
+        .map(|c| {
+            Desired::new(
+                "Ready",
+                false,
+                c.reason.clone(),
+                format!("{}: {}", c.type_, c.message),
+            )
+        })
+        .unwrap_or_else(|| {
+            Desired::new(
+                "Ready",
+                true,
+                "DataFlowing",
+                "workers are available and data is fresh",
+            )
+        })
+    };
+    let previous = flow
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let conditions = merge(
+        previous,
+        &[
+            ready,
+            reconciling,
+            stalled,
+            observed.contract,
+            observed.bindings,
+            queue_condition,
+            workers_condition,
+            fresh,
+        ],
+        generation,
+        observed.now,
+    );
+    let sync = observed.queue.as_ref().ok().map(|q| SyncStatus {
+        last_success_time: q
+            .progress
+            .last_success_unix
+            .and_then(|s| Timestamp::from_second(s).ok())
+            .map(|t| t.to_string()),
+        lag: q.lag,
+        dead_letters: q.dead_letters,
+        delivered: q.progress.delivered,
+        cursor: q.progress.cursor.clone(),
+    });
+    IntegrationFlowStatus {
+        observed_generation: generation,
+        conditions,
+        contract_version: observed.contract_version,
+        replicas: desired,
+        ready_replicas,
+        workers: Some(format!("{ready_replicas}/{desired}")),
+        selector: Some(worker_selector_string(flow)),
+        sync,
+        pending_approvals: flow
+            .status
+            .as_ref()
+            .map(|s| s.pending_approvals.clone())
+            .unwrap_or_default(),
+        operations: observed.operations,
+    }
+}

@@ -1,0 +1,204 @@
+//! Validate: decide from what was dereferenced whether the flow can run, which contract
+//! version it runs, and which conditions say why not.
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use semver::{Version, VersionReq};
+
+use crate::api::common::Condition;
+use crate::api::{ConnectorBinding, DataContract, IntegrationFlow};
+use crate::contract::canonical::schema_hash;
+use crate::contract::history::PublishedContract;
+use crate::controller::conditions::{Desired, is_true};
+use crate::render::ResolvedContract;
+
+/// The contract version a flow will run, and the ContractCompatible condition.
+pub struct ContractChoice {
+    /// None: nothing usable; the flow keeps its last applied configuration (if any).
+    pub resolved: Option<ResolvedContract>,
+    pub condition: Desired,
+}
+
+fn condition_true(conditions: &[Condition], type_: &str) -> Option<bool> {
+    is_true(conditions, type_)
+}
+
+/// Chooses the newest usable contract version inside the flow's range: the contract's current
+/// spec when its compatibility check passed, otherwise a published version from its history.
+pub fn choose_contract(
+    flow: &IntegrationFlow,
+    contract: Option<&DataContract>,
+    history: &[PublishedContract],
+) -> Result<ContractChoice, String> {
+    let range = VersionReq::parse(&flow.spec.contract.versions).map_err(|e| {
+        format!(
+            "spec.contract.versions {:?} is not a semver range: {e}",
+            flow.spec.contract.versions
+        )
+    })?;
+    let name = &flow.spec.contract.name;
+    let Some(contract) = contract else {
+        return Ok(ContractChoice {
+            resolved: None,
+            condition: Desired::new(
+                "ContractCompatible",
+                false,
+                "ContractNotFound",
+                format!("DataContract {name} does not exist"),
+            ),
+        });
+    };
+    let status = contract.status.clone().unwrap_or_default();
+    let checked = status.observed_generation.is_some()
+        && status.observed_generation == contract.metadata.generation;
+    let spec_ok = checked && condition_true(&status.conditions, "Compatible") == Some(true);
+    let spec_version = Version::parse(&contract.spec.version).ok();
+
+    let mut candidates: Vec<(Version, ResolvedContract)> = history
+        .iter()
+        .filter_map(|p| {
+            let v = Version::parse(&p.version).ok()?;
+            Some((
+                v,
+                ResolvedContract {
+                    name: name.clone(),
+                    version: p.version.clone(),
+                    schema_hash: p.schema_hash.clone(),
+                    schema: p.schema.clone(),
+                    quality: p.quality.clone(),
+                },
+            ))
+        })
+        .collect();
+    if let (true, Some(v)) = (spec_ok, spec_version.clone()) {
+        candidates.push((
+            v,
+            ResolvedContract {
+                name: name.clone(),
+                version: contract.spec.version.clone(),
+                schema_hash: schema_hash(&contract.spec.schema),
+                schema: contract.spec.schema.clone(),
+                quality: contract.spec.quality.clone(),
+            },
+        ));
+    }
+    let chosen = candidates
+        .into_iter()
+        .filter(|(v, _)| range.matches(v))
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, r)| r);
+
+    let condition = if !checked {
+        Desired::new(
+            "ContractCompatible",
+            false,
+            "ContractPending",
+            format!(
+                "DataContract {name} {} has not been checked yet",
+                contract.spec.version
+            ),
+        )
+    } else if !spec_ok {
+        let breaks = if status.breaks.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", status.breaks.join("; "))
+        };
+        let running = chosen
+            .as_ref()
+            .map(|c| format!("; running {}", c.version))
+            .unwrap_or_default();
+        Desired::new(
+            "ContractCompatible",
+            false,
+            "ContractIncompatible",
+            format!(
+                "DataContract {name} {} was refused{breaks}{running}",
+                contract.spec.version
+            ),
+        )
+    } else if !spec_version.as_ref().is_some_and(|v| range.matches(v)) {
+        let running = chosen
+            .as_ref()
+            .map(|c| format!("; running {}", c.version))
+            .unwrap_or_default();
+        Desired::new(
+            "ContractCompatible",
+            false,
+            "VersionOutOfRange",
+            format!(
+                "DataContract {name} {} is outside the flow's range {}{running}",
+                contract.spec.version, flow.spec.contract.versions
+            ),
+        )
+    } else {
+        Desired::new(
+            "ContractCompatible",
+            true,
+            "Compatible",
+            format!("running DataContract {name} {}", contract.spec.version),
+        )
+    };
+    Ok(ContractChoice {
+        resolved: chosen,
+        condition,
+    })
+}
+
+/// BindingsReady: every referenced binding exists and is Ready; the message names the first
+/// one that is not.
+pub fn bindings_condition(refs: &[(&str, Option<&ConnectorBinding>)]) -> Desired {
+    for (name, binding) in refs {
+        let Some(binding) = binding else {
+            return Desired::new(
+                "BindingsReady",
+                false,
+                "BindingNotFound",
+                format!("ConnectorBinding {name} does not exist"),
+            );
+        };
+        let conditions = binding
+            .status
+            .as_ref()
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or_default();
+        let ready = conditions.iter().find(|c| c.type_ == "Ready");
+        match ready {
+            Some(c) if c.status == "True" => {}
+            Some(c) => {
+                return Desired::new(
+                    "BindingsReady",
+                    false,
+                    "BindingNotReady",
+                    format!(
+                        "ConnectorBinding {name} is not ready: {}: {}",
+                        c.reason, c.message
+                    ),
+                );
+            }
+            None => {
+                return Desired::new(
+                    "BindingsReady",
+                    false,
+                    "BindingNotReady",
+                    format!("ConnectorBinding {name} has not been checked yet"),
+                );
+            }
+        }
+    }
+    Desired::new(
+        "BindingsReady",
+        true,
+        "BindingsReady",
+        "all bindings are ready",
+    )
+}
+
+/// The contract version in the worker ConfigMap currently applied, if any.
+pub fn applied_contract_version(config_map: Option<&ConfigMap>) -> Option<String> {
+    let json = config_map?
+        .data
+        .as_ref()?
+        .get(crate::worker::config::CONFIG_FILE)?;
+    let config: crate::worker::config::WorkerConfig = serde_json::from_str(json).ok()?;
+    Some(config.contract.version)
+}

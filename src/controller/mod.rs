@@ -1,0 +1,131 @@
+//! `flowplane controller`: the operator. One module per kind, each a pipeline
+//! dereference -> validate -> build (pure, in `crate::render`) -> apply -> status.
+
+pub mod cli;
+pub mod conditions;
+pub mod error;
+pub mod integration_flow;
+pub mod metrics;
+pub mod optional_apis;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+
+pub use error::{Error, Result};
+use metrics::Metrics;
+use optional_apis::OptionalApis;
+
+/// The one field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "flowplane-operator";
+
+/// Operator configuration (flags or environment; the Helm chart sets them).
+#[derive(clap::Args, Clone, Debug)]
+pub struct OperatorConfig {
+    /// Reconcile only flows whose spec.region is this region (or unset).
+    #[arg(long, env = "FLOWPLANE_REGION")]
+    pub region: Option<String>,
+    /// NATS server with JetStream that holds the flows' queues.
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://nats.flowplane-system.svc:4222"
+    )]
+    pub nats_url: String,
+    /// NATS credentials file (mounted from a Secret); never logged.
+    #[arg(long, env = "FLOWPLANE_NATS_CREDS")]
+    pub nats_creds_file: Option<PathBuf>,
+    /// NATS monitoring endpoint (host:port) for KEDA's nats-jetstream scaler.
+    #[arg(
+        long,
+        env = "FLOWPLANE_NATS_MONITORING",
+        default_value = "nats.flowplane-system.svc:8222"
+    )]
+    pub nats_monitoring_endpoint: String,
+    /// Image of the sync workers (the operator's own image by default).
+    #[arg(
+        long,
+        env = "FLOWPLANE_WORKER_IMAGE",
+        default_value = "ghcr.io/flowplane/flowplane:0.1.0"
+    )]
+    pub worker_image: String,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "FLOWPLANE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// How often a flow is re-reconciled without any event, to re-evaluate freshness (seconds).
+    #[arg(long, env = "FLOWPLANE_RESYNC_SECONDS", default_value_t = 60)]
+    pub resync_seconds: u64,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub config: OperatorConfig,
+    pub jetstream: async_nats::jetstream::Context,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    pub optional_apis: OptionalApis,
+    /// What this process last applied, so a settled system makes no writes.
+    pub applied: integration_flow::apply::AppliedCache,
+}
+
+impl Context {
+    pub async fn new(client: Client, config: OperatorConfig) -> anyhow::Result<Arc<Context>> {
+        let mut options = async_nats::ConnectOptions::new()
+            .name("flowplane-operator")
+            // Start even when NATS is down: flows then report QueueReady=False instead of
+            // the whole operator crash-looping.
+            .retry_on_initial_connect();
+        if let Some(creds) = &config.nats_creds_file {
+            options = options
+                .credentials_file(creds)
+                .await
+                .map_err(|e| anyhow::anyhow!("reading NATS credentials file: {e}"))?;
+        }
+        let nats = options
+            .connect(config.nats_url.as_str())
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to NATS at {}: {e}", config.nats_url))?;
+        let reporter = Reporter {
+            controller: "flowplane-operator".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Ok(Arc::new(Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            optional_apis: OptionalApis::new(client.clone()),
+            client,
+            config,
+            jetstream: async_nats::jetstream::new(nats),
+            metrics: Metrics::default(),
+            applied: Default::default(),
+        }))
+    }
+}
+
+/// Runs every controller until one stops (which only happens on shutdown).
+pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
+    tokio::select! {
+        () = integration_flow::run(ctx.clone()) => {},
+        served = serve_http(ctx.clone()) => served?,
+    }
+    Ok(())
+}
+
+/// /metrics, /healthz and /readyz.
+async fn serve_http(ctx: Arc<Context>) -> anyhow::Result<()> {
+    use axum::routing::get;
+    let metrics = ctx.metrics.clone();
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || std::future::ready(metrics.encode())),
+        )
+        .route("/healthz", get(|| std::future::ready("ok")))
+        .route("/readyz", get(|| std::future::ready("ok")));
+    let listener = tokio::net::TcpListener::bind(ctx.config.http_addr).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}

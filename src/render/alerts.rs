@@ -1,0 +1,180 @@
+//! Alert rules of a flow: freshness, error ratio, dead letters, lag growth, throttling and
+//! workers down. A PrometheusRule + ServiceMonitor with the Prometheus Operator, otherwise a
+//! ConfigMap holding a rule file for a plain Prometheus.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::DynamicObject;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::api::IntegrationFlow;
+use crate::api::common::parse_duration;
+use crate::controller::optional_apis;
+
+use super::labels::{flow_name, metadata, namespace, rules_name, worker_selector, workers_name};
+use super::scaling::LAG_METRIC;
+
+/// File name of the rule file in the rules ConfigMap.
+pub const RULES_FILE: &str = "flowplane-rules.yaml";
+
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct RuleGroup {
+    pub name: String,
+    pub rules: Vec<AlertRule>,
+}
+
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct AlertRule {
+    pub alert: String,
+    pub expr: String,
+    #[serde(rename = "for")]
+    pub for_: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Default freshness when the flow sets no SLA.
+const DEFAULT_FRESHNESS_SECS: u64 = 3600;
+
+pub fn rule_groups(flow: &IntegrationFlow) -> Vec<RuleGroup> {
+    let name = flow_name(flow);
+    let ns = namespace(flow);
+    let selector = format!(r#"namespace="{ns}",flow="{name}""#);
+    let sla = flow.spec.sla.as_ref();
+    let freshness_secs = sla
+        .and_then(|s| parse_duration(&s.freshness).ok())
+        .map(|d| d.as_secs())
+        .unwrap_or(DEFAULT_FRESHNESS_SECS);
+    let max_error_ratio = sla.map(|s| s.max_error_ratio).unwrap_or(0.01);
+    let max_dead_letters = sla.map(|s| s.max_dead_letters).unwrap_or(0);
+    let lag_ceiling =
+        u64::from(flow.spec.scaling.lag_per_replica) * flow.spec.scaling.max_replicas.max(1) as u64;
+    let mut labels = BTreeMap::from([
+        ("namespace".to_string(), ns.clone()),
+        ("flow".to_string(), name.clone()),
+    ]);
+    if let Some(alerting) = &flow.spec.alerting {
+        labels.extend(alerting.labels.clone());
+    }
+    let rule =
+        |alert: &str, expr: String, for_: &str, severity: &str, summary: String, runbook: &str| {
+            AlertRule {
+                alert: alert.to_string(),
+                expr,
+                for_: for_.to_string(),
+                labels: {
+                    let mut l = labels.clone();
+                    l.entry("severity".to_string())
+                        .or_insert_with(|| severity.to_string());
+                    l
+                },
+                annotations: BTreeMap::from([
+                    ("summary".to_string(), summary),
+                    ("runbook".to_string(), runbook.to_string()),
+                ]),
+            }
+        };
+    let rules = vec![
+        rule(
+            "FlowplaneFlowStale",
+            format!(
+                "time() - max(flowplane_worker_last_success_timestamp_seconds{{{selector}}}) > {freshness_secs}"
+            ),
+            "5m",
+            "critical",
+            format!("Flow {ns}/{name} has delivered nothing for more than {freshness_secs}s"),
+            "Check the flow's Fresh and WorkersAvailable conditions, the source binding's Reachable condition and the worker logs.",
+        ),
+        rule(
+            "FlowplaneErrorRatioHigh",
+            format!(
+                "sum(rate(flowplane_worker_records_dead_lettered_total{{{selector}}}[15m])) / clamp_min(sum(rate(flowplane_worker_records_read_total{{{selector}}}[15m])), 1e-9) > {max_error_ratio}"
+            ),
+            "15m",
+            "warning",
+            format!("More than {max_error_ratio} of flow {ns}/{name}'s records fail"),
+            "List the dead letters with `flowplane dlq list`; fix the code map or contract, then redrive.",
+        ),
+        rule(
+            "FlowplaneDeadLetters",
+            format!("max(flowplane_worker_dead_letters{{{selector}}}) > {max_dead_letters}"),
+            "5m",
+            "warning",
+            format!("Flow {ns}/{name} holds more than {max_dead_letters} dead letters"),
+            "Inspect with `flowplane dlq list`, fix the cause, then annotate the flow with flowplane.io/redrive.",
+        ),
+        rule(
+            "FlowplaneLagGrowing",
+            format!(
+                "max({LAG_METRIC}{{{selector}}}) > {lag_ceiling} and deriv(max({LAG_METRIC}{{{selector}}})[15m:1m]) > 0"
+            ),
+            "15m",
+            "warning",
+            format!("Flow {ns}/{name} falls behind beyond what its maximum workers absorb"),
+            "Raise scaling.maxReplicas or the target's rateLimit, or check the target's latency.",
+        ),
+        rule(
+            "FlowplaneThrottled",
+            format!("sum(rate(flowplane_worker_throttled_total{{{selector}}}[5m])) > 0"),
+            "15m",
+            "info",
+            format!("Flow {ns}/{name} is being throttled (HTTP 429) by an endpoint"),
+            "Lower the binding's rateLimit or ask the system owner for a higher quota.",
+        ),
+        rule(
+            "FlowplaneWorkersDown",
+            format!(
+                r#"absent(up{{namespace="{ns}",service="{}"}} == 1)"#,
+                workers_name(flow)
+            ),
+            "10m",
+            "critical",
+            format!("No worker of flow {ns}/{name} is up"),
+            "Check the flow's WorkersAvailable condition and the worker pods' events.",
+        ),
+    ];
+    vec![RuleGroup {
+        name: format!("flowplane-{ns}-{name}"),
+        rules,
+    }]
+}
+
+/// The rule file as Prometheus reads it.
+pub fn rule_file(groups: &[RuleGroup]) -> String {
+    serde_yaml::to_string(&json!({ "groups": groups })).unwrap_or_default()
+}
+
+pub fn rules_config_map(flow: &IntegrationFlow, groups: &[RuleGroup]) -> ConfigMap {
+    let mut meta = metadata(flow, rules_name(flow), "alerts");
+    // Picked up by sidecars that load rule files (e.g. the kube-prometheus stack's).
+    meta.labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert("prometheus_rule".into(), "1".into());
+    ConfigMap {
+        metadata: meta,
+        data: Some(BTreeMap::from([(
+            RULES_FILE.to_string(),
+            rule_file(groups),
+        )])),
+        ..ConfigMap::default()
+    }
+}
+
+pub fn prometheus_rule(flow: &IntegrationFlow, groups: &[RuleGroup]) -> DynamicObject {
+    let mut object = DynamicObject::new(&rules_name(flow), &optional_apis::prometheus_rule());
+    object.metadata = metadata(flow, rules_name(flow), "alerts");
+    object.data = json!({ "spec": { "groups": groups } });
+    object
+}
+
+pub fn service_monitor(flow: &IntegrationFlow) -> DynamicObject {
+    let mut object = DynamicObject::new(&workers_name(flow), &optional_apis::service_monitor());
+    object.metadata = metadata(flow, workers_name(flow), "worker");
+    object.data = json!({ "spec": {
+        "selector": {"matchLabels": worker_selector(flow)},
+        "endpoints": [{"port": "metrics", "interval": "30s"}]
+    }});
+    object
+}

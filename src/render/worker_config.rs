@@ -1,0 +1,191 @@
+//! The resolved worker configuration of a flow: bindings, contract version, code tables and
+//! policies merged into the one document workers read.
+
+use crate::api::ConnectorBinding;
+use crate::api::common::{CircuitBreaker, Resilience, RetryPolicy};
+use crate::api::connector_binding::AuthType;
+use crate::queue::QueueNames;
+use crate::worker::config::{
+    ApprovalConfig, CodeTable, ContractConfig, DeliveryConfig, EndpointConfig, FieldMappingConfig,
+    MappingConfig, ResilienceConfig, SECRETS_DIR, SourceConfig, TargetConfig, WorkerConfig,
+};
+
+use super::labels::{flow_name, namespace};
+use super::{FlowInputs, RenderError};
+
+const DEFAULT_TIMEOUT: &str = "30s";
+/// In-flight records per worker when the target binding sets no concurrency limit.
+const DEFAULT_MAX_ACK_PENDING: u32 = 1000;
+
+fn default_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 5,
+        initial_backoff: "500ms".into(),
+        max_backoff: "1m".into(),
+    }
+}
+
+fn default_circuit_breaker() -> CircuitBreaker {
+    CircuitBreaker {
+        failure_threshold: 5,
+        open_for: "30s".into(),
+    }
+}
+
+/// The flow's overrides over the binding's defaults over ours, part by part.
+fn resilience(flow: Option<&Resilience>, binding: Option<&Resilience>) -> ResilienceConfig {
+    let pick = |f: fn(&Resilience) -> Option<_>| flow.and_then(f).or_else(|| binding.and_then(f));
+    ResilienceConfig {
+        timeout: pick(|r| r.timeout.clone()).unwrap_or_else(|| DEFAULT_TIMEOUT.into()),
+        retry: flow
+            .and_then(|r| r.retry.clone())
+            .or_else(|| binding.and_then(|r| r.retry.clone()))
+            .unwrap_or_else(default_retry),
+        circuit_breaker: flow
+            .and_then(|r| r.circuit_breaker.clone())
+            .or_else(|| binding.and_then(|r| r.circuit_breaker.clone()))
+            .unwrap_or_else(default_circuit_breaker),
+    }
+}
+
+/// Directory of a binding's mounted Secret files.
+pub fn secret_dir(binding: &str) -> String {
+    format!("{SECRETS_DIR}/{binding}")
+}
+/// Directory of a binding's mounted CA bundle.
+pub fn ca_dir(binding: &str) -> String {
+    format!("{SECRETS_DIR}/{binding}-ca")
+}
+
+fn endpoint(binding: &ConnectorBinding, flow_resilience: Option<&Resilience>) -> EndpointConfig {
+    let name = binding.metadata.name.clone().unwrap_or_default();
+    let spec = &binding.spec;
+    EndpointConfig {
+        system: spec.system,
+        protocol: spec.protocol,
+        url: spec.endpoint.url.clone(),
+        ca_file: spec
+            .endpoint
+            .ca_secret_ref
+            .as_ref()
+            .map(|ca| format!("{}/{}", ca_dir(&name), ca.key)),
+        auth: spec.auth.type_,
+        secret_dir: (spec.auth.type_ != AuthType::None).then(|| secret_dir(&name)),
+        token_url: spec.auth.token_url.clone(),
+        scopes: spec.auth.scopes.clone(),
+        rate_limit: spec.rate_limit.clone(),
+        resilience: resilience(flow_resilience, spec.resilience.as_ref()),
+        binding: name,
+    }
+}
+
+pub fn build(inputs: &FlowInputs<'_>) -> Result<WorkerConfig, RenderError> {
+    let flow = inputs.flow;
+    let spec = &flow.spec;
+    let mapping = spec.mapping.clone().unwrap_or_default();
+    let mut code_maps = std::collections::BTreeMap::new();
+    for map in &mapping.code_maps {
+        let entries = inputs
+            .code_maps
+            .get(&map.name)
+            .cloned()
+            .ok_or_else(|| RenderError {
+                message: format!(
+                    "code map {} (ConfigMap {}) was not resolved",
+                    map.name, map.config_map_ref
+                ),
+            })?;
+        code_maps.insert(
+            map.name.clone(),
+            CodeTable {
+                on_unmapped: map.on_unmapped,
+                default: map.default.clone(),
+                entries,
+            },
+        );
+    }
+    let target = TargetConfig {
+        endpoint: endpoint(inputs.target, spec.resilience.as_ref()),
+        entity: spec.target.entity.clone(),
+        write_mode: spec.target.write_mode,
+        batch_size: spec.target.batch_size,
+    };
+    let approval = match (&spec.approval, inputs.escalation) {
+        (None, _) => None,
+        (Some(approval), escalation) => Some(ApprovalConfig {
+            value_field: approval.value_field.clone(),
+            baseline_field: approval.baseline_field.clone(),
+            rules: approval.rules.clone(),
+            otherwise: approval.otherwise,
+            review_timeout: approval.review_timeout.clone(),
+            on_timeout: approval.on_timeout,
+            escalate_to: match (&approval.escalate_to, escalation) {
+                (Some(to), Some(binding)) => Some(TargetConfig {
+                    endpoint: endpoint(binding, spec.resilience.as_ref()),
+                    entity: to.entity.clone(),
+                    write_mode: spec.target.write_mode,
+                    batch_size: spec.target.batch_size,
+                }),
+                (Some(to), None) => {
+                    return Err(RenderError {
+                        message: format!("escalation binding {} was not resolved", to.binding_ref),
+                    });
+                }
+                (None, _) => None,
+            },
+        }),
+    };
+    let max_ack_pending = inputs
+        .target
+        .spec
+        .rate_limit
+        .as_ref()
+        .map(|r| r.max_concurrent * spec.target.batch_size)
+        .unwrap_or(DEFAULT_MAX_ACK_PENDING);
+    Ok(WorkerConfig {
+        namespace: namespace(flow),
+        flow: flow_name(flow),
+        nats_url: inputs.settings.nats_url.clone(),
+        queue: QueueNames::for_flow(&namespace(flow), &flow_name(flow)),
+        source: SourceConfig {
+            endpoint: endpoint(inputs.source, spec.resilience.as_ref()),
+            entity: spec.source.entity.clone(),
+            sync_mode: spec.source.sync_mode,
+            cursor_field: spec.source.cursor_field.clone(),
+            select: spec.source.select.clone(),
+            poll_interval: spec
+                .schedule
+                .as_ref()
+                .map(|s| s.poll_interval.clone())
+                .unwrap_or_else(|| "1m".into()),
+        },
+        target,
+        contract: ContractConfig {
+            name: inputs.contract.name.clone(),
+            version: inputs.contract.version.clone(),
+            schema_hash: inputs.contract.schema_hash.clone(),
+            schema: inputs.contract.schema.clone(),
+            quality: inputs.contract.quality.clone(),
+        },
+        mapping: MappingConfig {
+            fields: mapping
+                .fields
+                .iter()
+                .map(|f| FieldMappingConfig {
+                    to: f.to.clone(),
+                    from: f.from.clone(),
+                    value: f.value.clone(),
+                    code_map: f.code_map.clone(),
+                })
+                .collect(),
+            code_maps,
+        },
+        delivery: DeliveryConfig {
+            max_deliver: spec.delivery.max_deliver,
+            ack_wait: spec.delivery.ack_wait.clone(),
+            retry: spec.delivery.retry.clone().unwrap_or_else(default_retry),
+            max_ack_pending,
+        },
+        approval,
+    })
+}

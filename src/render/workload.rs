@@ -1,0 +1,226 @@
+//! The workers: configuration ConfigMap, Deployment, Service, PodDisruptionBudget,
+//! NetworkPolicy and the CronJob of the scheduled full refresh.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::{ConfigMap, PodSpec, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::api::IntegrationFlow;
+use crate::api::connector_binding::AuthType;
+use crate::worker::config::{CONFIG_DIR, CONFIG_FILE, WorkerConfig};
+
+use super::labels::{
+    CONFIG_HASH_ANNOTATION, RESTARTED_AT_ANNOTATION, config_map_name, cron_job_name, metadata,
+    worker_selector, workers_name,
+};
+use super::worker_config::{ca_dir, secret_dir};
+use super::{FlowInputs, RenderError};
+
+/// Port of the worker's /metrics, /healthz and /readyz.
+pub const METRICS_PORT: i32 = 9090;
+/// Annotation on the flow asking for a rolling restart of its workers (any new value).
+pub const RESTART_ANNOTATION: &str = "flowplane.io/restart";
+/// Non-root user of the distroless-style image.
+const WORKER_UID: i64 = 65532;
+
+/// Builds a typed object from JSON; the shapes here are ours, so a failure is a bug we report
+/// instead of panicking.
+pub(super) fn typed<T: DeserializeOwned>(value: Value) -> T {
+    match serde_json::from_value(value) {
+        Ok(v) => v,
+        Err(e) => unreachable!("rendered object does not match its Kubernetes type: {e}"),
+    }
+}
+
+pub fn config_map(flow: &IntegrationFlow, config: &WorkerConfig) -> Result<ConfigMap, RenderError> {
+    let json = serde_json::to_string_pretty(config).map_err(|e| RenderError {
+        message: e.to_string(),
+    })?;
+    Ok(ConfigMap {
+        metadata: metadata(flow, config_map_name(flow), "worker"),
+        data: Some(BTreeMap::from([(CONFIG_FILE.to_string(), json)])),
+        ..ConfigMap::default()
+    })
+}
+
+/// The pod spec shared by the workers and the refresh CronJob.
+fn pod_spec(inputs: &FlowInputs<'_>, args: &[&str], restart_policy: &str) -> PodSpec {
+    let flow = inputs.flow;
+    let mut volumes = vec![json!({"name": "config", "configMap": {"name": config_map_name(flow)}})];
+    let mut mounts = vec![json!({"name": "config", "mountPath": CONFIG_DIR, "readOnly": true})];
+    let mut bindings = vec![inputs.source, inputs.target];
+    bindings.extend(inputs.escalation);
+    bindings.dedup_by_key(|b| b.metadata.name.clone());
+    for binding in bindings {
+        let name = binding.metadata.name.clone().unwrap_or_default();
+        if let (true, Some(secret)) = (
+            binding.spec.auth.type_ != AuthType::None,
+            &binding.spec.auth.secret_ref,
+        ) {
+            let volume = format!("secret-{name}");
+            volumes.push(json!({"name": volume, "secret": {"secretName": secret.name, "defaultMode": 0o440}}));
+            mounts.push(json!({"name": volume, "mountPath": secret_dir(&name), "readOnly": true}));
+        }
+        if let Some(ca) = &binding.spec.endpoint.ca_secret_ref {
+            let volume = format!("ca-{name}");
+            volumes.push(json!({"name": volume, "secret": {"secretName": ca.name, "items": [{"key": ca.key, "path": ca.key}]}}));
+            mounts.push(json!({"name": volume, "mountPath": ca_dir(&name), "readOnly": true}));
+        }
+    }
+    typed(json!({
+        "automountServiceAccountToken": false,
+        "enableServiceLinks": false,
+        "restartPolicy": restart_policy,
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": WORKER_UID,
+            "runAsGroup": WORKER_UID,
+            "fsGroup": WORKER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"}
+        },
+        "containers": [{
+            "name": "worker",
+            "image": inputs.settings.worker_image,
+            "args": args,
+            "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
+            "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+            "resources": {
+                "requests": {"cpu": "50m", "memory": "64Mi"},
+                "limits": {"memory": "256Mi"}
+            },
+            "securityContext": {
+                "allowPrivilegeEscalation": false,
+                "readOnlyRootFilesystem": true,
+                "runAsNonRoot": true,
+                "capabilities": {"drop": ["ALL"]},
+                "seccompProfile": {"type": "RuntimeDefault"}
+            },
+            "volumeMounts": mounts
+        }],
+        "volumes": volumes
+    }))
+}
+
+/// The worker Deployment. `replicas` is left out when an autoscaler owns it, so the two never
+/// fight over the field; a suspended flow is pinned to zero.
+pub fn deployment(inputs: &FlowInputs<'_>, config_hash: &str, autoscaled: bool) -> Deployment {
+    let flow = inputs.flow;
+    let config_path = format!("{CONFIG_DIR}/{CONFIG_FILE}");
+    let mut pod = pod_spec(inputs, &["worker", "--config", &config_path], "Always");
+    if let Some(container) = pod.containers.first_mut() {
+        let probe =
+            |path: &str| json!({"httpGet": {"path": path, "port": "metrics"}, "periodSeconds": 10});
+        container.liveness_probe = Some(typed(probe("/healthz")));
+        container.readiness_probe = Some(typed(probe("/readyz")));
+    }
+    let mut annotations =
+        BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), config_hash.to_string())]);
+    if let Some(restart) = flow
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(RESTART_ANNOTATION))
+    {
+        annotations.insert(RESTARTED_AT_ANNOTATION.to_string(), restart.clone());
+    }
+    let mut labels = super::labels::labels(flow, "worker");
+    labels.extend(worker_selector(flow));
+    let mut spec = json!({
+        "selector": {"matchLabels": worker_selector(flow)},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "template": {
+            "metadata": {"labels": labels, "annotations": annotations},
+            "spec": pod
+        }
+    });
+    if flow.spec.suspend {
+        spec["replicas"] = json!(0);
+    } else if !autoscaled {
+        spec["replicas"] = json!(flow.spec.scaling.min_replicas);
+    }
+    Deployment {
+        metadata: metadata(flow, workers_name(flow), "worker"),
+        spec: typed(spec),
+        status: None,
+    }
+}
+
+pub fn service(flow: &IntegrationFlow) -> Service {
+    Service {
+        metadata: metadata(flow, workers_name(flow), "worker"),
+        spec: Some(typed(json!({
+            "selector": worker_selector(flow),
+            "ports": [{"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"}]
+        }))),
+        status: None,
+    }
+}
+
+/// One worker may be evicted at a time; with a single replica a drain is still possible.
+pub fn pod_disruption_budget(flow: &IntegrationFlow) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: metadata(flow, workers_name(flow), "worker"),
+        spec: Some(typed(json!({
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": worker_selector(flow)}
+        }))),
+        status: None,
+    }
+}
+
+/// Workers accept traffic only on their metrics port. Egress stays open: the endpoints are
+/// external systems whose addresses the operator cannot know.
+pub fn network_policy(flow: &IntegrationFlow) -> NetworkPolicy {
+    NetworkPolicy {
+        metadata: metadata(flow, workers_name(flow), "worker"),
+        spec: Some(typed(json!({
+            "podSelector": {"matchLabels": worker_selector(flow)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"ports": [{"protocol": "TCP", "port": METRICS_PORT}]}]
+        }))),
+    }
+}
+
+/// The scheduled full refresh, when the flow sets a cron.
+pub fn cron_job(inputs: &FlowInputs<'_>, config_hash: &str) -> Option<CronJob> {
+    let flow = inputs.flow;
+    let schedule = flow.spec.schedule.as_ref()?;
+    let cron = schedule.cron.as_ref()?;
+    let config_path = format!("{CONFIG_DIR}/{CONFIG_FILE}");
+    let pod = pod_spec(
+        inputs,
+        &["worker", "--config", &config_path, "--full-refresh"],
+        "Never",
+    );
+    let mut spec = json!({
+        "schedule": cron,
+        "suspend": flow.spec.suspend,
+        "concurrencyPolicy": "Forbid",
+        "successfulJobsHistoryLimit": 3,
+        "failedJobsHistoryLimit": 3,
+        "jobTemplate": {"spec": {
+            "backoffLimit": 2,
+            "template": {
+                "metadata": {
+                    "labels": super::labels::labels(flow, "refresh"),
+                    "annotations": {CONFIG_HASH_ANNOTATION: config_hash}
+                },
+                "spec": pod
+            }
+        }}
+    });
+    if let Some(zone) = &schedule.time_zone {
+        spec["timeZone"] = json!(zone);
+    }
+    Some(CronJob {
+        metadata: metadata(flow, cron_job_name(flow), "refresh"),
+        spec: typed(spec),
+        status: None,
+    })
+}
