@@ -9,6 +9,8 @@ K8S_VERSION="${K8S_VERSION:-1.37.2}"
 ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
 NATS_VERSION="${NATS_VERSION:-2.15.2}"
 HELM_VERSION="${HELM_VERSION:-3.22.0}"
+KEDA_VERSION="${KEDA_VERSION:-2.21.0}"
+PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-0.90.1}"
 
 CACHE="${FLOWPLANE_CACHE:-$HOME/.cache/flowplane}"
 BIN="$CACHE/bin"
@@ -90,6 +92,22 @@ link "nats-server-v$NATS_VERSION" nats-server
 for t in kube-apiserver kube-controller-manager kubectl; do
   k8s_tool "$t"
   link "$t-v$K8S_VERSION" "$t"
+done
+
+# The real upstream CRDs of the optional integrations (KEDA, Prometheus Operator), from their
+# Go modules, so tests exercise both rendering paths against the real schemas.
+crd_from_module() { # module@version, path inside the module, output name
+  local out="$CACHE/crds/$3"
+  [ -f "$out" ] && return 0
+  mkdir -p "$CACHE/crds"
+  local dir
+  dir="$(cd "$CACHE" && go mod download -json "$1" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
+  cp "$dir/$2" "$out.tmp" && mv "$out.tmp" "$out"
+}
+crd_from_module "github.com/kedacore/keda/v2@v$KEDA_VERSION" config/crd/bases/keda.sh_scaledobjects.yaml keda-scaledobjects.yaml
+for kind in prometheusrules servicemonitors; do
+  crd_from_module "github.com/prometheus-operator/prometheus-operator@v$PROMETHEUS_OPERATOR_VERSION" \
+    "example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" "prometheus-operator-$kind.yaml"
 done
 
 if [ "${FLOWPLANE_WITH_HELM:-0}" = 1 ]; then

@@ -163,3 +163,155 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The operator, running in-process on a runtime of its own (so it outlives each test's
+/// runtime), once per test binary, against the local control plane and NATS. `writes` counts
+/// every non-GET request its client makes.
+pub struct Operator {
+    pub writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+pub fn operator() -> &'static Operator {
+    static OPERATOR: OnceLock<Operator> = OnceLock::new();
+    OPERATOR.get_or_init(|| {
+        let writes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = writes.clone();
+        let env = local_env();
+        let (kubeconfig, nats_url) = (env.kubeconfig.clone(), env.nats_url.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let kc = Kubeconfig::read_from(&kubeconfig).unwrap();
+                let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                    .await
+                    .unwrap();
+                let count = tower::util::MapRequestLayer::new(
+                    move |req: http::Request<kube::client::Body>| {
+                        if req.method() != http::Method::GET {
+                            counter.fetch_add(1, Ordering::Relaxed);
+                        }
+                        req
+                    },
+                );
+                let client = kube::client::ClientBuilder::try_from(config)
+                    .unwrap()
+                    .with_layer(&count)
+                    .build();
+                install_crds(&client).await;
+                let settings = flowplane::controller::OperatorConfig {
+                    region: None,
+                    nats_url,
+                    nats_creds_file: None,
+                    nats_monitoring_endpoint: "127.0.0.1:8222".into(),
+                    worker_image: "flowplane:test".into(),
+                    http_addr: "127.0.0.1:0".parse().unwrap(),
+                    resync_seconds: 5,
+                };
+                let ctx = flowplane::controller::Context::new(client, settings)
+                    .await
+                    .unwrap();
+                ready_tx.send(()).unwrap();
+                flowplane::controller::run(ctx).await.unwrap();
+            });
+        });
+        ready_rx.recv().expect("operator started");
+        Operator { writes }
+    })
+}
+
+/// Polls `check` until it returns Some, or fails the test after `secs` seconds with `what`.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Does what a kubelet would for the pods matching `selector` in `namespace`: binds them to a
+/// fake Node and reports them Running and Ready. Waits until at least one such pod exists.
+pub async fn fake_kubelet(client: &Client, namespace: &str, selector: &str) {
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    use kube::api::ListParams;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "fake-node", "labels": {"kubernetes.io/hostname": "fake-node"}}
+    }))
+    .unwrap();
+    nodes
+        .patch(
+            "fake-node",
+            &PatchParams::apply("fake-kubelet").force(),
+            &Patch::Apply(&node),
+        )
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let list = eventually(60, "worker pods", || async {
+        let list = pods
+            .list(&ListParams::default().labels(selector))
+            .await
+            .ok()?;
+        (!list.items.is_empty()).then_some(list)
+    })
+    .await;
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    for pod in list.items {
+        let name = pod.metadata.name.clone().unwrap();
+        if pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .is_none()
+        {
+            let binding = serde_json::json!({
+                "apiVersion": "v1", "kind": "Binding",
+                "metadata": {"name": name},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": "fake-node"}
+            });
+            let request = http::Request::post(format!(
+                "/api/v1/namespaces/{namespace}/pods/{name}/binding"
+            ))
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&binding).unwrap())
+            .unwrap();
+            client.request_text(request).await.unwrap();
+        }
+        let containers: Vec<_> = pod
+            .spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .map(|c| serde_json::json!({"name": c.name, "image": c.image, "imageID": "", "ready": true, "restartCount": 0, "started": true, "state": {"running": {"startedAt": now}}}))
+            .collect();
+        let status = serde_json::json!({"status": {
+            "phase": "Running",
+            "conditions": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+                {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+                {"type": "Ready", "status": "True", "lastTransitionTime": now}
+            ],
+            "containerStatuses": containers,
+            "startTime": now
+        }});
+        pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap();
+    }
+}

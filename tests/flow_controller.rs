@@ -1,0 +1,546 @@
+//! The IntegrationFlow controller on a real control plane and a real nats-server: children,
+//! updates, pruning, optional APIs, deletion, operations and honest status.
+
+mod support;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
+};
+use kube::{Client, Resource};
+use serde_json::json;
+
+use flowplane::api::{ConnectorBinding, DataContract, IntegrationFlow};
+use flowplane::queue::QueueNames;
+use flowplane::queue::jetstream::{bucket, update_progress};
+use support::{TestNamespace, client, eventually, local_env, operator};
+
+const MANAGER: &str = "flowplane-tests";
+
+/// Installing KEDA or the Prometheus Operator changes every flow's children; the test that
+/// does it holds this exclusively, the others share it.
+static OPTIONAL_APIS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(MANAGER).force()
+}
+
+async fn apply_yaml<K>(client: &Client, ns: &str, yaml: &str) -> K
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let object: K = serde_yaml::from_str(yaml).unwrap();
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let name = object.meta().name.clone().unwrap();
+    api.patch(&name, &apply_params(), &Patch::Apply(&object))
+        .await
+        .unwrap()
+}
+
+const BINDINGS: &str = r#"
+apiVersion: flowplane.io/v1alpha1
+kind: ConnectorBinding
+metadata: {name: erp}
+spec: {system: Erp, protocol: OData, endpoint: {url: "http://127.0.0.1:9/odata"}}
+---
+apiVersion: flowplane.io/v1alpha1
+kind: ConnectorBinding
+metadata: {name: forecasting}
+spec: {system: Forecasting, protocol: Rest, endpoint: {url: "http://127.0.0.1:9/api"}, rateLimit: {requestsPerSecond: 10, maxConcurrent: 2}}
+"#;
+
+const CONTRACT: &str = r#"
+apiVersion: flowplane.io/v1alpha1
+kind: DataContract
+metadata: {name: sales-order-lines}
+spec:
+  domain: sales-order-lines
+  version: 1.0.0
+  owner: {team: demand-planning}
+  schema:
+    primaryKey: [orderId, line]
+    fields:
+    - {name: orderId, type: String, required: true}
+    - {name: line, type: Int, required: true}
+    - {name: location, type: String}
+    - {name: quantity, type: Decimal, precision: 15, scale: 3}
+"#;
+
+const CODE_MAP: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: plant-to-location}
+data: {"1000": "DC-HAMBURG", "2000": "DC-LYON"}
+"#;
+
+fn flow_yaml(name: &str, extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: flowplane.io/v1alpha1
+kind: IntegrationFlow
+metadata: {{name: {name}}}
+spec:
+  source: {{bindingRef: erp, entity: A_SalesOrderItem, syncMode: Incremental, cursorField: LastChangeDateTime}}
+  target: {{bindingRef: forecasting, entity: /v1/sales-history, batchSize: 100}}
+  contract: {{name: sales-order-lines, versions: "^1"}}
+  mapping:
+    fields:
+    - {{to: location, from: Plant, codeMap: plants}}
+    codeMaps:
+    - {{name: plants, configMapRef: plant-to-location, onUnmapped: DeadLetter}}
+  scaling: {{minReplicas: 1, maxReplicas: 3, lagPerReplica: 500}}
+  deletionPolicy: Delete
+{extra}"#
+    )
+}
+
+/// Bindings, contract and code map of a flow. Until the binding and contract controllers
+/// report, the test marks them ready the way they would (status only).
+async fn dependencies(client: &Client, ns: &str) {
+    for doc in BINDINGS.split("---") {
+        let cb: ConnectorBinding = apply_yaml(client, ns, doc).await;
+        mark(
+            client,
+            ns,
+            &ApiResource::erase::<ConnectorBinding>(&()),
+            &cb.metadata.name.unwrap(),
+            &["Ready"],
+        )
+        .await;
+    }
+    let dc: DataContract = apply_yaml(client, ns, CONTRACT).await;
+    mark(
+        client,
+        ns,
+        &ApiResource::erase::<DataContract>(&()),
+        &dc.metadata.name.unwrap(),
+        &["Ready", "Compatible"],
+    )
+    .await;
+    let _: ConfigMap = apply_yaml(client, ns, CODE_MAP).await;
+}
+
+async fn mark(client: &Client, ns: &str, resource: &ApiResource, name: &str, types: &[&str]) {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, resource);
+    let current = api.get(name).await.unwrap();
+    let generation = current.metadata.generation;
+    let conditions: Vec<_> = types
+        .iter()
+        .map(|t| json!({"type": t, "status": "True", "reason": "Test", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": generation}))
+        .collect();
+    let patch = json!({"apiVersion": resource.api_version, "kind": resource.kind, "status": {"observedGeneration": generation, "conditions": conditions}});
+    api.patch_status(
+        name,
+        &PatchParams::apply("test-status").force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .unwrap();
+}
+
+async fn flow_status(client: &Client, ns: &str, name: &str) -> IntegrationFlow {
+    Api::<IntegrationFlow>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .unwrap()
+}
+
+fn condition(flow: &IntegrationFlow, type_: &str) -> Option<(String, String, String)> {
+    flow.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+async fn get_opt<K>(client: &Client, ns: &str, name: &str) -> Option<K>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_flow_gets_its_children_follows_edits_and_prunes() {
+    let _shared = OPTIONAL_APIS.read().await;
+    let client = client().await;
+    operator();
+    let ns = TestNamespace::new(&client, "flow-children").await;
+    dependencies(&client, &ns.name).await;
+    let extra = "  schedule: {cron: \"0 2 * * *\", pollInterval: 30s}\n";
+    let flow: IntegrationFlow = apply_yaml(&client, &ns.name, &flow_yaml("orders", extra)).await;
+    let uid = flow.metadata.uid.clone().unwrap();
+
+    let deployment: Deployment = eventually(60, "worker Deployment", || {
+        get_opt(&client, &ns.name, "orders-worker")
+    })
+    .await;
+    let owner = &deployment.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+        ("IntegrationFlow", uid.as_str(), Some(true))
+    );
+    let labels = deployment.metadata.labels.clone().unwrap();
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "flowplane");
+    assert_eq!(labels["app.kubernetes.io/instance"], "orders");
+    // An autoscaler owns replicas: the operator never applies the field.
+    assert!(
+        !operator_owns_replicas(&deployment),
+        "operator must not own spec.replicas"
+    );
+    let hash = deployment
+        .spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .as_ref()
+        .unwrap()["flowplane.io/config-hash"]
+        .clone();
+
+    let config: ConfigMap = get_opt(&client, &ns.name, "orders-worker-config")
+        .await
+        .unwrap();
+    let worker_json = &config.data.unwrap()["worker.json"];
+    assert!(
+        worker_json.contains("DC-HAMBURG"),
+        "code map resolved into the worker config"
+    );
+    assert!(worker_json.contains("\"version\": \"1.0.0\""));
+    assert!(
+        get_opt::<Service>(&client, &ns.name, "orders-worker")
+            .await
+            .is_some()
+    );
+    assert!(
+        get_opt::<PodDisruptionBudget>(&client, &ns.name, "orders-worker")
+            .await
+            .is_some()
+    );
+    assert!(
+        get_opt::<NetworkPolicy>(&client, &ns.name, "orders-worker")
+            .await
+            .is_some()
+    );
+    assert!(
+        get_opt::<CronJob>(&client, &ns.name, "orders-refresh")
+            .await
+            .is_some()
+    );
+    assert!(
+        get_opt::<HorizontalPodAutoscaler>(&client, &ns.name, "orders-worker")
+            .await
+            .is_some()
+    );
+    let rules: ConfigMap = get_opt(&client, &ns.name, "orders-alerts").await.unwrap();
+    assert!(rules.data.unwrap()["flowplane-rules.yaml"].contains("FlowplaneFlowStale"));
+
+    // The queue exists on NATS and status says so, naming what blocks readiness.
+    let flow = eventually(60, "status with QueueReady", || async {
+        let f = flow_status(&client, &ns.name, "orders").await;
+        (condition(&f, "QueueReady")?.0 == "True").then_some(f)
+    })
+    .await;
+    assert_eq!(
+        flow.status.as_ref().unwrap().observed_generation,
+        flow.metadata.generation
+    );
+    assert_eq!(
+        flow.status.as_ref().unwrap().contract_version.as_deref(),
+        Some("1.0.0")
+    );
+    let (ready, reason, message) = condition(&flow, "Ready").unwrap();
+    assert_eq!(ready, "False");
+    assert_eq!(reason, "NoWorkerAvailable", "{message}");
+    assert!(
+        message.contains("orders-worker"),
+        "names the blocking child: {message}"
+    );
+
+    // Editing the spec updates the configuration and rolls the workers.
+    let edited = flow_yaml("orders", extra).replace("batchSize: 100", "batchSize: 250");
+    let _: IntegrationFlow = apply_yaml(&client, &ns.name, &edited).await;
+    eventually(60, "config hash to change", || async {
+        let d: Deployment = get_opt(&client, &ns.name, "orders-worker").await?;
+        let h = d.spec.template.metadata?.annotations?["flowplane.io/config-hash"].clone();
+        (h != hash).then_some(())
+    })
+    .await;
+
+    // Removing the cron prunes the CronJob.
+    let _: IntegrationFlow = apply_yaml(&client, &ns.name, &flow_yaml("orders", "")).await;
+    eventually(60, "CronJob pruned", || async {
+        get_opt::<CronJob>(&client, &ns.name, "orders-refresh")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
+fn operator_owns_replicas(d: &Deployment) -> bool {
+    d.metadata.managed_fields.iter().flatten().any(|m| {
+        m.manager.as_deref() == Some("flowplane-operator")
+            && m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.to_string().contains("f:replicas"))
+    })
+}
+
+/// Pretends a kubelet ran the workers (there is none here): binds their pods to a fake node
+/// and marks them Running and Ready, so the real ReplicaSet and Deployment controllers report
+/// them available. Then records a delivered batch in the flow's progress.
+async fn workers_ran(client: &Client, ns: &str, flow: &str) {
+    support::fake_kubelet(client, ns, &format!("flowplane.io/flow={flow}")).await;
+    let nats = async_nats::connect(local_env().nats_url.as_str())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let bucket = bucket(&js, &QueueNames::for_flow(ns, flow)).await.unwrap();
+    update_progress(&bucket, |p| {
+        p.last_success_unix = Some(now);
+        p.delivered += 42;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn ready_means_workers_available_and_data_fresh() {
+    let client = client().await;
+    operator();
+    let ns = TestNamespace::new(&client, "flow-ready").await;
+    dependencies(&client, &ns.name).await;
+    let _: IntegrationFlow = apply_yaml(
+        &client,
+        &ns.name,
+        &flow_yaml("fresh", "  sla: {freshness: 15m}\n"),
+    )
+    .await;
+    eventually(60, "worker Deployment", || {
+        get_opt::<Deployment>(&client, &ns.name, "fresh-worker")
+    })
+    .await;
+    eventually(60, "queue", || async {
+        let f = flow_status(&client, &ns.name, "fresh").await;
+        (condition(&f, "QueueReady")?.0 == "True").then_some(())
+    })
+    .await;
+    workers_ran(&client, &ns.name, "fresh").await;
+    let flow = eventually(60, "Ready=True", || async {
+        let f = flow_status(&client, &ns.name, "fresh").await;
+        (condition(&f, "Ready")?.0 == "True").then_some(f)
+    })
+    .await;
+    assert_eq!(condition(&flow, "Fresh").unwrap().0, "True");
+    let sync = flow.status.unwrap().sync.unwrap();
+    assert_eq!(sync.delivered, 42);
+    assert!(sync.last_success_time.is_some());
+}
+
+#[tokio::test]
+async fn suspend_and_operations_are_acknowledged() {
+    let client = client().await;
+    operator();
+    let ns = TestNamespace::new(&client, "flow-ops").await;
+    dependencies(&client, &ns.name).await;
+    let _: IntegrationFlow =
+        apply_yaml(&client, &ns.name, &flow_yaml("ops", "  suspend: true\n")).await;
+    let flow = eventually(60, "suspended status", || async {
+        let f = flow_status(&client, &ns.name, "ops").await;
+        (condition(&f, "Ready")?.1 == "Suspended"
+            && f.status.as_ref()?.observed_generation == f.metadata.generation)
+            .then_some(f)
+    })
+    .await;
+    assert_eq!(condition(&flow, "Stalled").unwrap().0, "False");
+    let d: Deployment = get_opt(&client, &ns.name, "ops-worker").await.unwrap();
+    assert_eq!(d.spec.replicas, Some(0), "suspended workers scale to zero");
+
+    let flows: Api<IntegrationFlow> = Api::namespaced(client.clone(), &ns.name);
+    let annotate = json!({"metadata": {"annotations": {
+        "flowplane.io/restart": "2026-11-26T10:00:00Z",
+        "flowplane.io/redrive": "1",
+        "flowplane.io/reset-cursor": "a"
+    }}});
+    flows
+        .patch("ops", &PatchParams::default(), &Patch::Merge(&annotate))
+        .await
+        .unwrap();
+    let flow = eventually(60, "operations acknowledged", || async {
+        let f = flow_status(&client, &ns.name, "ops").await;
+        (f.status.as_ref()?.operations.len() == 3).then_some(f)
+    })
+    .await;
+    let ops = flow.status.unwrap().operations;
+    assert_eq!(ops["restart"], "2026-11-26T10:00:00Z");
+    assert_eq!(ops["redrive"], "1");
+    assert_eq!(ops["reset-cursor"], "a");
+    let d: Deployment = get_opt(&client, &ns.name, "ops-worker").await.unwrap();
+    assert_eq!(
+        d.spec.template.metadata.unwrap().annotations.unwrap()["flowplane.io/restarted-at"],
+        "2026-11-26T10:00:00Z"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_flow_removes_children_and_queues_per_policy() {
+    let client = client().await;
+    operator();
+    let ns = TestNamespace::new(&client, "flow-delete").await;
+    dependencies(&client, &ns.name).await;
+    let _: IntegrationFlow = apply_yaml(&client, &ns.name, &flow_yaml("gone", "")).await;
+    let retain = flow_yaml("kept", "").replace("deletionPolicy: Delete", "deletionPolicy: Retain");
+    let _: IntegrationFlow = apply_yaml(&client, &ns.name, &retain).await;
+    let js = async_nats::jetstream::new(
+        async_nats::connect(local_env().nats_url.as_str())
+            .await
+            .unwrap(),
+    );
+    for flow in ["gone", "kept"] {
+        eventually(60, "queue", || async {
+            let f = flow_status(&client, &ns.name, flow).await;
+            (condition(&f, "QueueReady")?.0 == "True").then_some(())
+        })
+        .await;
+    }
+    let flows: Api<IntegrationFlow> = Api::namespaced(client.clone(), &ns.name);
+    for flow in ["gone", "kept"] {
+        flows
+            .delete(flow, &DeleteParams::background())
+            .await
+            .unwrap();
+    }
+    for flow in ["gone", "kept"] {
+        eventually(60, "flow deleted (finalizer done)", || async {
+            flows.get_opt(flow).await.unwrap().is_none().then_some(())
+        })
+        .await;
+        eventually(90, "children garbage-collected", || async {
+            get_opt::<Deployment>(&client, &ns.name, &format!("{flow}-worker"))
+                .await
+                .is_none()
+                .then_some(())
+        })
+        .await;
+    }
+    let gone = QueueNames::for_flow(&ns.name, "gone");
+    let kept = QueueNames::for_flow(&ns.name, "kept");
+    assert!(
+        js.get_stream(&gone.stream).await.is_err(),
+        "Delete policy removes the stream"
+    );
+    assert!(js.get_stream(&gone.dead_letter_stream).await.is_err());
+    assert!(
+        js.get_stream(&kept.stream).await.is_ok(),
+        "Retain policy keeps the stream"
+    );
+    js.delete_stream(&kept.stream).await.ok();
+    js.delete_stream(&kept.dead_letter_stream).await.ok();
+}
+
+#[tokio::test]
+async fn optional_apis_swap_autoscaler_and_alert_objects() {
+    let _exclusive = OPTIONAL_APIS.write().await;
+    let client = client().await;
+    operator();
+    let ns = TestNamespace::new(&client, "flow-optional").await;
+    dependencies(&client, &ns.name).await;
+    let _: IntegrationFlow = apply_yaml(&client, &ns.name, &flow_yaml("scaled", "")).await;
+    eventually(60, "HPA", || {
+        get_opt::<HorizontalPodAutoscaler>(&client, &ns.name, "scaled-worker")
+    })
+    .await;
+
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let cache =
+        std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/flowplane/crds");
+    let mut installed = Vec::new();
+    for file in [
+        "keda-scaledobjects.yaml",
+        "prometheus-operator-prometheusrules.yaml",
+        "prometheus-operator-servicemonitors.yaml",
+    ] {
+        let crd: CustomResourceDefinition =
+            serde_yaml::from_str(&std::fs::read_to_string(cache.join(file)).unwrap()).unwrap();
+        let name = crd.metadata.name.clone().unwrap();
+        crds.patch(&name, &apply_params(), &Patch::Apply(&crd))
+            .await
+            .unwrap();
+        installed.push(name);
+    }
+    let scaled_objects = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "keda.sh",
+        "v1alpha1",
+        "ScaledObject",
+    ));
+    let rules = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "monitoring.coreos.com",
+        "v1",
+        "PrometheusRule",
+    ));
+    let so_api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns.name, &scaled_objects);
+    let rule_api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns.name, &rules);
+    let (client2, ns_name) = (client.clone(), ns.name.clone());
+    let result = async move {
+        let (client, ns) = (client2, ns_name);
+        let so = eventually(90, "ScaledObject", || async {
+            so_api.get_opt("scaled-worker").await.ok().flatten()
+        })
+        .await;
+        assert_eq!(so.data["spec"]["triggers"][0]["type"], "nats-jetstream");
+        eventually(60, "HPA pruned", || async {
+            get_opt::<HorizontalPodAutoscaler>(&client, &ns, "scaled-worker")
+                .await
+                .is_none()
+                .then_some(())
+        })
+        .await;
+        eventually(60, "PrometheusRule", || async {
+            rule_api.get_opt("scaled-alerts").await.ok().flatten()
+        })
+        .await;
+        eventually(60, "rules ConfigMap pruned", || async {
+            get_opt::<ConfigMap>(&client, &ns, "scaled-alerts")
+                .await
+                .is_none()
+                .then_some(())
+        })
+        .await;
+        let d: Deployment = get_opt(&client, &ns, "scaled-worker").await.unwrap();
+        assert!(!operator_owns_replicas(&d));
+    };
+    // Remove the CRDs whatever happened, so other tests see a cluster without them.
+    let outcome = tokio::spawn(result).await;
+    for name in installed {
+        crds.delete(&name, &DeleteParams::default()).await.ok();
+    }
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic.into_panic());
+    }
+}
