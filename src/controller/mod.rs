@@ -3,6 +3,8 @@
 
 pub mod cli;
 pub mod conditions;
+pub mod connector_binding;
+pub mod data_contract;
 pub mod error;
 pub mod integration_flow;
 pub mod metrics;
@@ -109,6 +111,8 @@ impl Context {
 pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
     tokio::select! {
         () = integration_flow::run(ctx.clone()) => {},
+        () = data_contract::run(ctx.clone()) => {},
+        () = connector_binding::run(ctx.clone()) => {},
         served = serve_http(ctx.clone()) => served?,
     }
     Ok(())

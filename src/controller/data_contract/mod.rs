@@ -1,0 +1,260 @@
+//! The DataContract controller: dereference (the history ConfigMap) -> validate and check
+//! compatibility ([`plan`], pure) -> apply (the history ConfigMap) -> status.
+//!
+//! A contract's status is the gate flows read: `Compatible=True` with `observedGeneration`
+//! equal to the generation lets flows in range move to the spec's version; otherwise they keep
+//! the newest published version from the history ConfigMap, which this controller writes
+//! before the status that announces it.
+
+pub mod plan;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+
+use crate::api::DataContract;
+use crate::api::data_contract::DataContractStatus;
+use crate::contract::history;
+use crate::controller::conditions::transitions;
+use crate::controller::{Context, Error, FIELD_MANAGER, Result};
+
+pub const KIND: &str = "DataContract";
+/// Label of the history ConfigMap naming its contract.
+pub const CONTRACT_LABEL: &str = "flowplane.io/contract";
+/// A contract's status depends only on its spec and history, both watched; the periodic
+/// pass only repairs a history ConfigMap changed behind the controller's back.
+const RESYNC: Duration = Duration::from_secs(600);
+/// Events carry at most 1 kB of note.
+const NOTE_LIMIT: usize = 1000;
+
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let contracts: Api<DataContract> = Api::all(client.clone());
+    let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=flowplane");
+    Controller::new(contracts, watcher::Config::default().any_semantic())
+        // The history ConfigMaps: metadata only; a change or deletion re-reconciles the owner.
+        .owns(
+            Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
+            managed,
+        )
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| std::future::ready(()))
+        .await;
+}
+
+fn error_policy(_contract: Arc<DataContract>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(KIND, error.metric_label());
+    tracing::warn!(error = %error, "DataContract reconcile failed");
+    error.action(Duration::from_secs(10))
+}
+
+async fn reconcile(contract: Arc<DataContract>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile(KIND);
+    if contract.metadata.deletion_timestamp.is_some() {
+        // The history ConfigMap goes with the contract (owner reference).
+        return Ok(Action::await_change());
+    }
+    let ns = contract.namespace().unwrap_or_default();
+    let name = contract.name_any();
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let cm_name = history::config_map_name(&name);
+
+    // dereference
+    let live = config_maps.get_opt(&cm_name).await?;
+    let stored = live
+        .as_ref()
+        .and_then(|cm| cm.data.clone())
+        .unwrap_or_default();
+
+    // validate + check (pure)
+    let plan = plan::plan(&contract, &stored, Timestamp::now());
+
+    // apply: the history first, so a flow that sees the new status finds the schema
+    if needs_write(live.as_ref(), &contract, &plan.history_data) {
+        let desired = history_config_map(&contract, &cm_name, &ns, plan.history_data.clone());
+        config_maps
+            .patch(
+                &cm_name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&desired),
+            )
+            .await?;
+    }
+    if let Some(version) = &plan.newly_published {
+        publish_event(
+            &ctx,
+            &contract,
+            EventType::Normal,
+            "VersionPublished",
+            format!(
+                "published {version}; flows whose range admits it move to it ({})",
+                plan.status
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == "Compatible")
+                    .map(|c| c.message.as_str())
+                    .unwrap_or_default()
+            ),
+        )
+        .await;
+    }
+
+    // status
+    write_status(&contract, &ctx, plan.status).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+fn labels(contract: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "flowplane-contract-history".to_string(),
+        ),
+        (
+            "app.kubernetes.io/instance".to_string(),
+            contract.to_string(),
+        ),
+        (
+            "app.kubernetes.io/managed-by".to_string(),
+            "flowplane".to_string(),
+        ),
+        (CONTRACT_LABEL.to_string(), contract.to_string()),
+    ])
+}
+
+fn history_config_map(
+    contract: &DataContract,
+    name: &str,
+    namespace: &str,
+    data: BTreeMap<String, String>,
+) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(labels(&contract.name_any())),
+            owner_references: contract.controller_owner_ref(&()).map(|o| vec![o]),
+            ..Default::default()
+        },
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+/// Whether the live ConfigMap differs from what we want: data, our labels, our owner.
+fn needs_write(
+    live: Option<&ConfigMap>,
+    contract: &DataContract,
+    data: &BTreeMap<String, String>,
+) -> bool {
+    let Some(live) = live else {
+        return !data.is_empty();
+    };
+    let live_data = live.data.clone().unwrap_or_default();
+    let live_labels = live.metadata.labels.clone().unwrap_or_default();
+    let owned = live.metadata.owner_references.as_ref().is_some_and(|o| {
+        o.iter()
+            .any(|r| Some(&r.uid) == contract.metadata.uid.as_ref())
+    });
+    &live_data != data
+        || !labels(&contract.name_any())
+            .iter()
+            .all(|(k, v)| live_labels.get(k) == Some(v))
+        || !owned
+}
+
+fn truncate(mut note: String) -> String {
+    if note.len() > NOTE_LIMIT {
+        let mut cut = NOTE_LIMIT - 3;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push_str("...");
+    }
+    note
+}
+
+async fn publish_event(
+    ctx: &Context,
+    contract: &DataContract,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(truncate(note)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx
+        .recorder
+        .publish(&event, &contract.object_ref(&()))
+        .await
+    {
+        tracing::debug!(error = %e, "could not publish event");
+    }
+}
+
+/// Writes status only when it changed, with an event per condition transition (a refused
+/// version is a Warning naming its breaks).
+async fn write_status(
+    contract: &DataContract,
+    ctx: &Context,
+    status: DataContractStatus,
+) -> Result<()> {
+    let previous = contract.status.clone().unwrap_or_default();
+    if previous == status {
+        return Ok(());
+    }
+    for changed in transitions(&previous.conditions, &status.conditions) {
+        let healthy = changed.status == "True";
+        // Compatible=True after a publication is covered by VersionPublished.
+        if healthy && changed.type_ == "Compatible" && previous.conditions.is_empty() {
+            continue;
+        }
+        let mut note = format!(
+            "{} is {}: {}",
+            changed.type_, changed.status, changed.message
+        );
+        if changed.type_ == "Compatible" && changed.reason == "BreakingChange" {
+            note.push_str(": ");
+            note.push_str(&status.breaks.join("; "));
+        }
+        let type_ = if healthy {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        publish_event(ctx, contract, type_, &changed.reason, note).await;
+    }
+    let api: Api<DataContract> = Api::namespaced(
+        ctx.client.clone(),
+        &contract.namespace().unwrap_or_default(),
+    );
+    let patch = serde_json::json!({
+        "apiVersion": "flowplane.io/v1alpha1",
+        "kind": KIND,
+        "status": status,
+    });
+    api.patch_status(
+        &contract.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
