@@ -26,6 +26,8 @@ enum Command {
     Contract(flowplane::contract::cli::ContractArgs),
     /// Run a simulated ERP (OData v4) or forecasting platform, for tests and the demo.
     Sim(flowplane::sim::SimArgs),
+    /// Run the sync worker of one flow (the data plane).
+    Worker(flowplane::worker::WorkerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         Command::Render(args) => print!("{}", flowplane::render::cli::render(&args)?),
         Command::Contract(args) => std::process::exit(flowplane::contract::cli::run(args)),
         Command::Sim(args) => flowplane::sim::run(args)?,
+        Command::Worker(args) => flowplane::worker::run_cli(args)?,
     }
     Ok(())
 }

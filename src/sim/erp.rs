@@ -66,6 +66,9 @@ impl Default for ErpSeed {
     }
 }
 
+/// A record with the sequence of its last change.
+type Row = (u64, Map<String, Value>);
+
 /// One entity set: current records by key, and keys by the sequence of their last change.
 #[derive(Default)]
 struct EntitySet {
@@ -169,7 +172,7 @@ impl ErpState {
         after: u64,
         changed_after_nanos: Option<(i64, bool)>,
         limit: usize,
-    ) -> Option<(Vec<(u64, Map<String, Value>)>, bool)> {
+    ) -> Option<(Vec<Row>, bool)> {
         let guard = lock(&self.sets);
         let sets = &guard.1;
         let entities = sets.get(set)?;

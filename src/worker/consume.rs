@@ -1,0 +1,315 @@
+//! Consumption: fetch a batch from the flow's shared durable consumer, map and validate each
+//! record, dead-letter the ones that cannot be delivered, deliver the rest in one bulk upsert,
+//! then ack. A transient delivery failure NAKs the batch with a full-jitter delay; a record
+//! that has used up maxDeliver is dead-lettered instead of being dropped by JetStream.
+//!
+//! Ordering: several workers (and several loops per worker) take batches from the same
+//! consumer, and redeliveries come late, so batches can reach the target out of order. Each
+//! record therefore carries its source version and the target applies it only when it is
+//! newer than what it holds (see `connectors::target`). We chose this over partition leases
+//! with ordered consumers because it also survives the case partition leases cannot: a paused
+//! worker that wakes up after losing its lease and still sends its old batch.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::connectors::target::{Outgoing, Target};
+use super::dead_letter::dead_letter;
+use super::http::CallError;
+use super::metrics::Metrics;
+use super::progress::ProgressDeltas;
+use super::resilience::Backoff;
+use super::trace::trace_id;
+use super::transform::{Plan, Reason};
+use crate::queue::{QueueNames, headers};
+
+/// Everything a consume loop needs.
+pub struct Consumer {
+    /// JetStream of the flow.
+    pub js: jetstream::Context,
+    /// The flow's names.
+    pub names: QueueNames,
+    /// The compiled mapping.
+    pub plan: Arc<Plan>,
+    /// Where records go.
+    pub target: Arc<Target>,
+    /// Records per fetch and per bulk request.
+    pub batch_size: usize,
+    /// Deliveries before a record is dead-lettered.
+    pub max_deliver: i64,
+    /// Redelivery delay after transient failures.
+    pub redelivery: Backoff,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Progress to flush.
+    pub progress: Arc<ProgressDeltas>,
+}
+
+/// A record mapped and ready to deliver.
+struct Ready {
+    message: usize,
+    range: std::ops::Range<usize>,
+    version: u64,
+}
+
+fn header<'a>(message: &'a jetstream::Message, name: &str) -> &'a str {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str())
+        .unwrap_or("")
+}
+
+impl Consumer {
+    /// Consumes until `shutdown`.
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
+        let mut consumer: Option<PullConsumer> = None;
+        let mut buffer = Vec::with_capacity(self.batch_size * 512);
+        while !*shutdown.borrow() {
+            let open = self.target.http.breaker.open_remaining();
+            if !open.is_zero() {
+                // The target is down: stop fetching instead of burning deliveries.
+                tokio::select! {
+                    _ = tokio::time::sleep(open) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            let pull = match &consumer {
+                Some(c) => c.clone(),
+                None => match self.open().await {
+                    Ok(c) => {
+                        consumer = Some(c.clone());
+                        c
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot open the flow's consumer; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                },
+            };
+            let fetched = tokio::select! {
+                fetched = self.fetch(&pull) => fetched,
+                _ = shutdown.changed() => break,
+            };
+            match fetched {
+                Ok(messages) if messages.is_empty() => {}
+                Ok(messages) => self.process(&messages, &mut buffer).await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "fetch failed; retrying");
+                    consumer = None;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    async fn open(&self) -> anyhow::Result<PullConsumer> {
+        let stream = self.js.get_stream(&self.names.stream).await?;
+        stream
+            .get_consumer(&self.names.consumer)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    async fn fetch(&self, consumer: &PullConsumer) -> anyhow::Result<Vec<jetstream::Message>> {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(self.batch_size)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await?;
+        let mut messages = Vec::with_capacity(self.batch_size);
+        while let Some(message) = batch.next().await {
+            match message {
+                Ok(m) => messages.push(m),
+                Err(e) => {
+                    if messages.is_empty() {
+                        return Err(anyhow::anyhow!("{e}"));
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(messages)
+    }
+
+    /// Maps, validates, routes and delivers one batch.
+    async fn process(&self, messages: &[jetstream::Message], buffer: &mut Vec<u8>) {
+        let started = Instant::now();
+        buffer.clear();
+        let mut ready = Vec::with_capacity(messages.len());
+        for (index, message) in messages.iter().enumerate() {
+            let traceparent = header(message, headers::TRACEPARENT);
+            let record: Value = match serde_json::from_slice(&message.payload) {
+                Ok(record) => record,
+                Err(e) => {
+                    self.reject(message, Reason::Undecodable, "decode", &e.to_string())
+                        .await;
+                    continue;
+                }
+            };
+            let start = buffer.len();
+            match self.plan.map_into(&record, buffer) {
+                Ok(alerts) => {
+                    if alerts.0 > 0 {
+                        self.metrics.quality_alerts.inc_by(u64::from(alerts.0));
+                    }
+                    tracing::debug!(
+                        trace_id = trace_id(traceparent),
+                        stage = "validate",
+                        "record mapped"
+                    );
+                    ready.push(Ready {
+                        message: index,
+                        range: start..buffer.len(),
+                        version: header(message, headers::SOURCE_VERSION)
+                            .parse()
+                            .unwrap_or(0),
+                    });
+                }
+                Err(rejection) => {
+                    buffer.truncate(start);
+                    let stage = if rejection.reason == Reason::UnmappedCode {
+                        "translate"
+                    } else {
+                        "validate"
+                    };
+                    self.reject(message, rejection.reason, stage, &rejection.detail)
+                        .await;
+                }
+            }
+        }
+        if !ready.is_empty() {
+            self.deliver(messages, buffer, &ready).await;
+        }
+        self.metrics
+            .batch_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Dead-letters one record; if even that fails, NAKs it so it comes back.
+    pub(crate) async fn reject(
+        &self,
+        message: &jetstream::Message,
+        reason: Reason,
+        stage: &str,
+        detail: &str,
+    ) {
+        let traceparent = header(message, headers::TRACEPARENT);
+        tracing::warn!(
+            trace_id = trace_id(traceparent),
+            key = header(message, headers::KEY),
+            reason = reason.as_str(),
+            stage,
+            detail,
+            "record dead-lettered"
+        );
+        match dead_letter(&self.js, &self.names, message, reason, stage, detail).await {
+            Ok(()) => {
+                self.metrics.dead_letter(reason);
+                self.progress.add_dead_lettered(1);
+            }
+            Err(e) => {
+                tracing::warn!(trace_id = trace_id(traceparent), error = %e, "dead-lettering failed; redelivering");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+            }
+        }
+    }
+
+    async fn deliver(&self, messages: &[jetstream::Message], buffer: &[u8], ready: &[Ready]) {
+        let outgoing: Vec<Outgoing<'_>> = ready
+            .iter()
+            .map(|r| Outgoing {
+                version: r.version,
+                data: &buffer[r.range.clone()],
+            })
+            .collect();
+        match self.target.deliver(&outgoing).await {
+            Ok(outcome) => {
+                let mut refused = vec![None; ready.len()];
+                for rejected in outcome.rejected {
+                    if let Some(slot) = refused.get_mut(rejected.index) {
+                        *slot = Some(rejected.reason);
+                    }
+                }
+                let mut delivered = 0;
+                for (r, refusal) in ready.iter().zip(refused) {
+                    let message = &messages[r.message];
+                    match refusal {
+                        Some(reason) => {
+                            self.reject(message, Reason::TargetRejected, "deliver", &reason)
+                                .await
+                        }
+                        None => {
+                            tracing::debug!(
+                                trace_id = trace_id(header(message, headers::TRACEPARENT)),
+                                stage = "deliver",
+                                "record delivered"
+                            );
+                            let _ = message.ack().await;
+                            delivered += 1;
+                        }
+                    }
+                }
+                self.metrics.delivered.inc_by(delivered);
+                self.metrics
+                    .last_success
+                    .set(super::clock::now_unix_ms() / 1000);
+                self.progress.add_delivered(delivered);
+            }
+            Err(CallError::Permanent { status, .. }) if ready.len() > 1 => {
+                // One bad record must not sink its batch: find it by sending one at a time.
+                tracing::warn!(
+                    status,
+                    "target refused a batch; delivering its records one by one"
+                );
+                for r in ready {
+                    Box::pin(self.deliver(messages, buffer, std::slice::from_ref(r))).await;
+                }
+            }
+            Err(CallError::Permanent { status, body }) => {
+                let message = &messages[ready[0].message];
+                self.reject(
+                    message,
+                    Reason::TargetRejected,
+                    "deliver",
+                    &format!("HTTP {status}: {body}"),
+                )
+                .await;
+            }
+            Err(CallError::Transient(error)) => {
+                tracing::warn!(error = %error, records = ready.len(), "delivery failed; redelivering later");
+                for r in ready {
+                    let message = &messages[r.message];
+                    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+                    if delivered >= self.max_deliver {
+                        self.reject(
+                            message,
+                            Reason::MaxDeliveries,
+                            "deliver",
+                            &format!("{delivered} deliveries failed, last: {error}"),
+                        )
+                        .await;
+                    } else {
+                        self.metrics.retried.inc();
+                        let delay = self
+                            .redelivery
+                            .delay(delivered.saturating_sub(1) as u32)
+                            .max(self.target.http.breaker.open_remaining());
+                        let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
+                    }
+                }
+            }
+        }
+    }
+}

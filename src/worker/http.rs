@@ -1,0 +1,287 @@
+//! One binding's HTTP client: rate limit (token bucket), bounded concurrency, credentials from
+//! mounted Secret files, timeouts, retries with full-jitter backoff, `Retry-After` on 429/503,
+//! and a circuit breaker. Connectors build requests; this decides when and how often to send.
+
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::{RequestBuilder, Response, StatusCode};
+use tokio::sync::{Mutex, Semaphore};
+
+use super::metrics::Metrics;
+use super::resilience::{Backoff, Breaker};
+use crate::api::common::parse_duration;
+use crate::api::connector_binding::AuthType;
+use crate::worker::config::EndpointConfig;
+
+/// Why a call gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Worth trying again later (timeouts, connection errors, 5xx, 429, open breaker).
+    #[error("{0}")]
+    Transient(String),
+    /// The request itself is wrong (4xx other than 408/429): retrying cannot help.
+    #[error("HTTP {status}: {body}")]
+    Permanent { status: u16, body: String },
+}
+
+enum Credentials {
+    None,
+    Basic {
+        username: String,
+        password: String,
+    },
+    Bearer(String),
+    OAuth2 {
+        token_url: String,
+        client_id: String,
+        client_secret: String,
+        scopes: Vec<String>,
+        token: Mutex<Option<(String, std::time::Instant)>>,
+    },
+}
+
+/// A resilient client for one binding.
+pub struct HttpClient {
+    client: reqwest::Client,
+    limiter: Option<DefaultDirectRateLimiter>,
+    in_flight: Semaphore,
+    credentials: Credentials,
+    backoff: Backoff,
+    /// Shared with the consume loop, which stops fetching while it is open.
+    pub breaker: Breaker,
+    metrics: Arc<Metrics>,
+}
+
+fn read_secret(dir: Option<&str>, key: &str) -> anyhow::Result<String> {
+    let dir = dir.ok_or_else(|| anyhow::anyhow!("auth needs a mounted secret directory"))?;
+    let path = Path::new(dir).join(key);
+    // The error names the file, never its content.
+    std::fs::read_to_string(&path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| anyhow::anyhow!("reading credential file {}: {e}", path.display()))
+}
+
+/// Installs rustls' ring provider once per process (reqwest is built without a provider so
+/// the tree carries no aws-lc).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl HttpClient {
+    /// A client for `endpoint`, reading its credential files now.
+    pub fn new(endpoint: &EndpointConfig, metrics: Arc<Metrics>) -> anyhow::Result<HttpClient> {
+        install_crypto_provider();
+        let timeout =
+            parse_duration(&endpoint.resilience.timeout).unwrap_or(Duration::from_secs(30));
+        let mut builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .pool_max_idle_per_host(32);
+        if let Some(ca_file) = &endpoint.ca_file {
+            let pem = std::fs::read(ca_file)
+                .map_err(|e| anyhow::anyhow!("reading CA bundle {ca_file}: {e}"))?;
+            for certificate in reqwest::Certificate::from_pem_bundle(&pem)? {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let secret_dir = endpoint.secret_dir.as_deref();
+        let credentials = match endpoint.auth {
+            AuthType::None => Credentials::None,
+            AuthType::Basic => Credentials::Basic {
+                username: read_secret(secret_dir, "username")?,
+                password: read_secret(secret_dir, "password")?,
+            },
+            AuthType::Bearer => Credentials::Bearer(read_secret(secret_dir, "token")?),
+            AuthType::OAuth2ClientCredentials => Credentials::OAuth2 {
+                token_url: endpoint
+                    .token_url
+                    .clone()
+                    .ok_or_else(|| anyhow::anyhow!("OAuth2ClientCredentials needs a tokenUrl"))?,
+                client_id: read_secret(secret_dir, "clientId")?,
+                client_secret: read_secret(secret_dir, "clientSecret")?,
+                scopes: endpoint.scopes.clone(),
+                token: Mutex::new(None),
+            },
+        };
+        let limiter = endpoint.rate_limit.as_ref().and_then(|limit| {
+            let rate = NonZeroU32::new(limit.requests_per_second)?;
+            let burst = NonZeroU32::new(limit.burst).unwrap_or(rate);
+            Some(RateLimiter::direct(
+                Quota::per_second(rate).allow_burst(burst),
+            ))
+        });
+        let concurrency = endpoint
+            .rate_limit
+            .as_ref()
+            .map(|l| l.max_concurrent as usize)
+            .unwrap_or(16)
+            .max(1);
+        Ok(HttpClient {
+            client: builder.build()?,
+            limiter,
+            in_flight: Semaphore::new(concurrency),
+            credentials,
+            backoff: Backoff::new(&endpoint.resilience.retry),
+            breaker: Breaker::new(&endpoint.resilience.circuit_breaker),
+            metrics,
+        })
+    }
+
+    /// The underlying client, to build requests with.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    async fn authorize(&self, request: RequestBuilder) -> Result<RequestBuilder, CallError> {
+        Ok(match &self.credentials {
+            Credentials::None => request,
+            Credentials::Basic { username, password } => {
+                request.basic_auth(username, Some(password))
+            }
+            Credentials::Bearer(token) => request.bearer_auth(token),
+            Credentials::OAuth2 {
+                token_url,
+                client_id,
+                client_secret,
+                scopes,
+                token,
+            } => {
+                let mut cached = token.lock().await;
+                let fresh = cached
+                    .as_ref()
+                    .filter(|(_, expires)| *expires > std::time::Instant::now());
+                let access = match fresh {
+                    Some((access, _)) => access.clone(),
+                    None => {
+                        let mut form = vec![("grant_type", "client_credentials".to_string())];
+                        if !scopes.is_empty() {
+                            form.push(("scope", scopes.join(" ")));
+                        }
+                        let response = self
+                            .client
+                            .post(token_url)
+                            .basic_auth(client_id, Some(client_secret))
+                            .query(&form)
+                            .send()
+                            .await
+                            .map_err(|e| CallError::Transient(format!("token request: {e}")))?;
+                        if !response.status().is_success() {
+                            return Err(CallError::Transient(format!(
+                                "token endpoint answered {}",
+                                response.status()
+                            )));
+                        }
+                        let body: serde_json::Value = response
+                            .json()
+                            .await
+                            .map_err(|e| CallError::Transient(format!("token response: {e}")))?;
+                        let access = body["access_token"]
+                            .as_str()
+                            .ok_or_else(|| {
+                                CallError::Transient("token response has no access_token".into())
+                            })?
+                            .to_string();
+                        let lifetime = body["expires_in"]
+                            .as_u64()
+                            .unwrap_or(300)
+                            .saturating_sub(30);
+                        *cached = Some((
+                            access.clone(),
+                            std::time::Instant::now() + Duration::from_secs(lifetime),
+                        ));
+                        access
+                    }
+                };
+                request.bearer_auth(access)
+            }
+        })
+    }
+
+    /// Sends the request `build` makes, retrying transient failures per the binding's policy.
+    /// Returns the successful (2xx) response.
+    pub async fn send(
+        &self,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+    ) -> Result<Response, CallError> {
+        let mut last_error = String::new();
+        for attempt in 0..self.backoff.max_attempts {
+            if attempt > 0 {
+                self.metrics.retried.inc();
+            }
+            if let Err(wait) = self.breaker.admit() {
+                return Err(CallError::Transient(format!(
+                    "circuit open for another {}ms after repeated failures ({last_error})",
+                    wait.as_millis()
+                )));
+            }
+            if let Some(limiter) = &self.limiter
+                && limiter.check().is_err()
+            {
+                self.metrics.throttled.inc();
+                limiter.until_ready().await;
+            }
+            let permit = self.in_flight.acquire().await;
+            let request = self.authorize(build(&self.client)).await?;
+            let outcome = request.send().await;
+            drop(permit);
+            let delay = match outcome {
+                Ok(response) if response.status().is_success() => {
+                    self.breaker.succeeded();
+                    return Ok(response);
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    let retry_after = retry_after(&response);
+                    let body = response.text().await.unwrap_or_default();
+                    let body: String = body.chars().take(300).collect();
+                    match status {
+                        StatusCode::TOO_MANY_REQUESTS => {
+                            // The system is alive and asks us to slow down: not a breaker failure.
+                            self.metrics.throttled.inc();
+                            last_error = format!("HTTP 429 {body}");
+                            retry_after.unwrap_or_else(|| self.backoff.delay(attempt))
+                        }
+                        s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT => {
+                            self.breaker.failed();
+                            last_error = format!("HTTP {} {body}", s.as_u16());
+                            retry_after.unwrap_or_else(|| self.backoff.delay(attempt))
+                        }
+                        s => {
+                            self.breaker.succeeded();
+                            return Err(CallError::Permanent {
+                                status: s.as_u16(),
+                                body,
+                            });
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.breaker.failed();
+                    last_error = format!("request failed: {e}");
+                    self.backoff.delay(attempt)
+                }
+            };
+            if attempt + 1 < self.backoff.max_attempts {
+                tokio::time::sleep(delay.min(Duration::from_secs(300))).await;
+            }
+        }
+        Err(CallError::Transient(last_error))
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare from APIs; it falls back to backoff).
+fn retry_after(response: &Response) -> Option<Duration> {
+    response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}

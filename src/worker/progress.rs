@@ -1,0 +1,92 @@
+//! Progress bookkeeping: counters kept locally and added to the flow's shared progress record
+//! (compare-and-set in the bucket) about once a second, so the per-batch hot path never waits
+//! for a key-value write.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use async_nats::jetstream::kv;
+
+use crate::queue::jetstream::update_progress;
+use crate::queue::{FlowProgress, QueueError};
+
+/// Changes not yet written to the bucket.
+#[derive(Default)]
+pub struct ProgressDeltas {
+    read: AtomicU64,
+    delivered: AtomicU64,
+    dead_lettered: AtomicU64,
+    last_success_unix: AtomicI64,
+    lag: AtomicU64,
+    lag_known: std::sync::atomic::AtomicBool,
+    cursor: Mutex<Option<String>>,
+}
+
+impl ProgressDeltas {
+    /// Records read from the source.
+    pub fn add_read(&self, n: u64) {
+        self.read.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Records delivered, just now.
+    pub fn add_delivered(&self, n: u64) {
+        self.delivered.fetch_add(n, Ordering::Relaxed);
+        self.last_success_unix
+            .store(super::clock::now_unix_ms() / 1000, Ordering::Relaxed);
+    }
+
+    /// Records dead-lettered.
+    pub fn add_dead_lettered(&self, n: u64) {
+        self.dead_lettered.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The extraction cursor reached.
+    pub fn set_cursor(&self, cursor: Option<String>) {
+        *self.cursor.lock().unwrap_or_else(|p| p.into_inner()) = cursor;
+    }
+
+    /// The consumer's lag when last sampled.
+    pub fn set_lag(&self, lag: u64) {
+        self.lag.store(lag, Ordering::Relaxed);
+        self.lag_known.store(true, Ordering::Relaxed);
+    }
+
+    /// Adds what happened since the last flush to the shared record.
+    pub async fn flush(&self, store: &kv::Store, contract_version: &str) -> Result<(), QueueError> {
+        let read = self.read.swap(0, Ordering::Relaxed);
+        let delivered = self.delivered.swap(0, Ordering::Relaxed);
+        let dead = self.dead_lettered.swap(0, Ordering::Relaxed);
+        let last_success = self.last_success_unix.swap(0, Ordering::Relaxed);
+        let cursor = self.cursor.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let lag = self
+            .lag_known
+            .swap(false, Ordering::Relaxed)
+            .then(|| self.lag.load(Ordering::Relaxed));
+        if read == 0 && delivered == 0 && dead == 0 && cursor.is_none() && lag.is_none() {
+            return Ok(());
+        }
+        let result = update_progress(store, |p: &mut FlowProgress| {
+            p.read += read;
+            p.delivered += delivered;
+            p.dead_lettered += dead;
+            if last_success > 0 {
+                p.last_success_unix = Some(last_success.max(p.last_success_unix.unwrap_or(0)));
+            }
+            if let Some(cursor) = &cursor {
+                p.cursor = Some(cursor.clone());
+            }
+            if let Some(lag) = lag {
+                p.lag = lag;
+            }
+            p.contract_version = Some(contract_version.to_string());
+        })
+        .await;
+        if result.is_err() {
+            // Not lost: added again on the next flush.
+            self.read.fetch_add(read, Ordering::Relaxed);
+            self.delivered.fetch_add(delivered, Ordering::Relaxed);
+            self.dead_lettered.fetch_add(dead, Ordering::Relaxed);
+        }
+        result.map(|_| ())
+    }
+}

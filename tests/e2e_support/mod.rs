@@ -1,0 +1,293 @@
+//! Helpers of the worker end-to-end tests: the simulators in-process, workers in-process or as
+//! child processes, a private nats-server that can be restarted, and polling with deadlines.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flowplane::queue::{FlowProgress, QueueNames};
+use flowplane::sim::erp::{ErpSeed, ErpState};
+use flowplane::sim::forecast::ForecastState;
+use flowplane::worker::config::WorkerConfig;
+use flowplane::worker::{RunOptions, run};
+use tokio::sync::watch;
+
+/// A flow name no other test run uses.
+pub fn unique_flow(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// Both simulators, served on free loopback ports for the test's lifetime.
+pub struct Sims {
+    pub erp: Arc<ErpState>,
+    pub forecast: Arc<ForecastState>,
+    pub erp_url: String,
+    pub forecast_url: String,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Sims {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+pub async fn start_sims(seed: ErpSeed) -> Sims {
+    let erp = ErpState::new(&seed);
+    let forecast = ForecastState::new();
+    let erp_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let forecast_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let erp_url = format!("http://{}/odata", erp_listener.local_addr().unwrap());
+    let forecast_url = format!("http://{}", forecast_listener.local_addr().unwrap());
+    let tasks = vec![
+        tokio::spawn({
+            let erp = erp.clone();
+            async move {
+                let _ = flowplane::sim::erp::serve(erp_listener, erp).await;
+            }
+        }),
+        tokio::spawn({
+            let forecast = forecast.clone();
+            async move {
+                let _ = flowplane::sim::forecast::serve(forecast_listener, forecast).await;
+            }
+        }),
+    ];
+    Sims {
+        erp,
+        forecast,
+        erp_url,
+        forecast_url,
+        tasks,
+    }
+}
+
+/// A worker running as a task of the test; stopped (gracefully) on drop.
+pub struct InProcessWorker {
+    stop: watch::Sender<bool>,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl InProcessWorker {
+    pub fn start(config: WorkerConfig, id: &str) -> InProcessWorker {
+        let (stop, shutdown) = watch::channel(false);
+        let options = RunOptions {
+            lease_ttl: Duration::from_secs(3),
+            ..RunOptions::new(id)
+        };
+        let handle = tokio::spawn(run(config, options, shutdown));
+        InProcessWorker {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops gracefully and returns the worker's result.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        let handle = self.handle.take().unwrap();
+        tokio::time::timeout(Duration::from_secs(60), handle)
+            .await
+            .expect("worker stops within 60s")
+            .expect("worker task")
+    }
+}
+
+impl Drop for InProcessWorker {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(handle) = &self.handle {
+            handle.abort();
+        }
+    }
+}
+
+/// A worker as a child process of the real binary; killed on drop.
+pub struct WorkerProcess {
+    child: Child,
+}
+
+impl WorkerProcess {
+    pub fn start(config: &WorkerConfig, dir: &std::path::Path, id: &str) -> WorkerProcess {
+        let path = dir.join(format!("{id}.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_flowplane"))
+            .args(["worker", "--config"])
+            .arg(&path)
+            .args(["--listen", "127.0.0.1:0", "--worker-id", id])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start worker process");
+        WorkerProcess { child }
+    }
+
+    /// SIGKILL: no graceful shutdown, no final flush, unacked messages left behind.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(unique_flow(prefix));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A nats-server of the test's own, restartable on the same port and store.
+pub struct PrivateNats {
+    child: Option<Child>,
+    pub port: u16,
+    store: TempDir,
+}
+
+impl PrivateNats {
+    pub fn start() -> PrivateNats {
+        let port = StdListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut nats = PrivateNats {
+            child: None,
+            port,
+            store: TempDir::new("nats-store"),
+        };
+        nats.restart();
+        nats
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn binary() -> PathBuf {
+        let cache = std::env::var("FLOWPLANE_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| {
+                PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/flowplane")
+            });
+        cache.join("bin/nats-server")
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// (Re)starts the server and waits until it accepts connections.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new(Self::binary())
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.store.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server (run scripts/install-tools.sh)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start in 30s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub async fn jetstream(url: &str) -> async_nats::jetstream::Context {
+    let client = async_nats::connect(url).await.expect("connect to NATS");
+    async_nats::jetstream::new(client)
+}
+
+/// Polls `check` every 200ms until it returns Some, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn progress(js: &async_nats::jetstream::Context, names: &QueueNames) -> FlowProgress {
+    flowplane::queue::read_progress(js, names)
+        .await
+        .unwrap_or_default()
+}
+
+/// Deletes the flow's JetStream resources when the test ends.
+pub struct QueueCleanup {
+    pub url: String,
+    pub names: QueueNames,
+}
+
+impl Drop for QueueCleanup {
+    fn drop(&mut self) {
+        let url = self.url.clone();
+        let names = self.names.clone();
+        // Drop runs inside the test's runtime: clean up from a thread with its own.
+        let _ = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Runtime::new() {
+                runtime.block_on(async {
+                    if let Ok(client) = async_nats::connect(url.as_str()).await {
+                        let js = async_nats::jetstream::new(client);
+                        let _ = flowplane::queue::delete_queue(&js, &names).await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
