@@ -266,10 +266,10 @@ mod tests {
     }
 
     fn binding(auth: &str, ca: bool, health: bool) -> ConnectorBinding {
-        let mut yaml = format!(
+        let mut yaml = String::from(
             "apiVersion: flowplane.io/v1alpha1\nkind: ConnectorBinding\n\
-             metadata: {{name: erp, namespace: n, generation: 3}}\n\
-             spec:\n  system: Erp\n  protocol: Rest\n  endpoint:\n    url: https://erp.example.com\n"
+             metadata: {name: erp, namespace: n, generation: 3}\n\
+             spec:\n  system: Erp\n  protocol: Rest\n  endpoint:\n    url: https://erp.example.com\n",
         );
         if ca {
             yaml.push_str("    caSecretRef: {name: erp-ca, key: ca.crt}\n");

@@ -32,6 +32,9 @@ use crate::controller::{Context, Error, FIELD_MANAGER, Result};
 pub const KIND: &str = "DataContract";
 /// Label of the history ConfigMap naming its contract.
 pub const CONTRACT_LABEL: &str = "flowplane.io/contract";
+/// Annotation of the history ConfigMap: version -> firstSeen (JSON), so that a reconcile on
+/// a stale cache, or after status was lost, restores the same `firstSeen`.
+pub const FIRST_SEEN_ANNOTATION: &str = "flowplane.io/first-seen";
 /// A contract's status depends only on its spec and history, both watched; the periodic
 /// pass only repairs a history ConfigMap changed behind the controller's back.
 const RESYNC: Duration = Duration::from_secs(600);
@@ -76,13 +79,29 @@ async fn reconcile(contract: Arc<DataContract>, ctx: Arc<Context>) -> Result<Act
         .as_ref()
         .and_then(|cm| cm.data.clone())
         .unwrap_or_default();
+    let first_seen = plan::parse_first_seen(
+        live.as_ref()
+            .and_then(|cm| cm.metadata.annotations.as_ref())
+            .and_then(|a| a.get(FIRST_SEEN_ANNOTATION))
+            .map(String::as_str),
+    );
 
     // validate + check (pure)
-    let plan = plan::plan(&contract, &stored, Timestamp::now());
+    let plan = plan::plan(&contract, &stored, &first_seen, Timestamp::now());
+    let annotations = BTreeMap::from([(
+        FIRST_SEEN_ANNOTATION.to_string(),
+        plan::first_seen_annotation(&plan.status.history),
+    )]);
 
     // apply: the history first, so a flow that sees the new status finds the schema
-    if needs_write(live.as_ref(), &contract, &plan.history_data) {
-        let desired = history_config_map(&contract, &cm_name, &ns, plan.history_data.clone());
+    let desired = history_config_map(
+        &contract,
+        &cm_name,
+        &ns,
+        plan.history_data.clone(),
+        annotations,
+    );
+    if needs_write(live.as_ref(), &contract, &desired) {
         config_maps
             .patch(
                 &cm_name,
@@ -138,12 +157,14 @@ fn history_config_map(
     name: &str,
     namespace: &str,
     data: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
 ) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             namespace: Some(namespace.to_string()),
             labels: Some(labels(&contract.name_any())),
+            annotations: Some(annotations),
             owner_references: contract.controller_owner_ref(&()).map(|o| vec![o]),
             ..Default::default()
         },
@@ -152,25 +173,24 @@ fn history_config_map(
     }
 }
 
-/// Whether the live ConfigMap differs from what we want: data, our labels, our owner.
-fn needs_write(
-    live: Option<&ConfigMap>,
-    contract: &DataContract,
-    data: &BTreeMap<String, String>,
-) -> bool {
+/// Whether the live ConfigMap differs from what we want: data, our labels and annotations,
+/// our owner reference.
+fn needs_write(live: Option<&ConfigMap>, contract: &DataContract, desired: &ConfigMap) -> bool {
     let Some(live) = live else {
-        return !data.is_empty();
+        return desired.data.as_ref().is_some_and(|d| !d.is_empty());
     };
-    let live_data = live.data.clone().unwrap_or_default();
-    let live_labels = live.metadata.labels.clone().unwrap_or_default();
+    let contains = |live: &Option<BTreeMap<String, String>>,
+                    want: &Option<BTreeMap<String, String>>| {
+        let live = live.clone().unwrap_or_default();
+        want.iter().flatten().all(|(k, v)| live.get(k) == Some(v))
+    };
     let owned = live.metadata.owner_references.as_ref().is_some_and(|o| {
         o.iter()
             .any(|r| Some(&r.uid) == contract.metadata.uid.as_ref())
     });
-    &live_data != data
-        || !labels(&contract.name_any())
-            .iter()
-            .all(|(k, v)| live_labels.get(k) == Some(v))
+    live.data.clone().unwrap_or_default() != desired.data.clone().unwrap_or_default()
+        || !contains(&live.metadata.labels, &desired.metadata.labels)
+        || !contains(&live.metadata.annotations, &desired.metadata.annotations)
         || !owned
 }
 

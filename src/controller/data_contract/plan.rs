@@ -71,33 +71,48 @@ fn parse_stored(data: &BTreeMap<String, String>) -> BTreeMap<String, Stored> {
 }
 
 /// The published history: status is authoritative for versions and hashes; versions only
-/// the ConfigMap still knows (status lost, e.g. restored from a backup without status) are
-/// taken back, oldest version first, ahead of the ones status lists.
+/// the ConfigMap knows are taken back, with the `firstSeen` the ConfigMap recorded for them.
+/// That covers a status lost (restored from a backup without status) and, more often, a
+/// reconcile that read the object from a cache older than the last publication: it then
+/// computes the very status that publication wrote, instead of a new `firstSeen`.
+/// Oldest first, by `firstSeen`.
 fn known_history(
     previous: &[PublishedVersion],
     stored: &BTreeMap<String, Stored>,
+    first_seen: &BTreeMap<String, String>,
     now: Timestamp,
 ) -> Vec<PublishedVersion> {
-    let mut recovered: Vec<(Version, PublishedVersion)> = stored
+    let recovered = stored
         .values()
         .filter(|s| !previous.iter().any(|p| p.version == s.parsed.version))
-        .filter_map(|s| {
-            Some((
-                Version::parse(&s.parsed.version).ok()?,
-                PublishedVersion {
-                    version: s.parsed.version.clone(),
-                    schema_hash: s.parsed.schema_hash.clone(),
-                    first_seen: now.to_string(),
-                },
-            ))
-        })
+        .map(|s| PublishedVersion {
+            version: s.parsed.version.clone(),
+            schema_hash: s.parsed.schema_hash.clone(),
+            first_seen: first_seen
+                .get(&s.parsed.version)
+                .cloned()
+                .unwrap_or_else(|| now.to_string()),
+        });
+    let mut history: Vec<PublishedVersion> = previous.iter().cloned().chain(recovered).collect();
+    // Stable: entries whose time does not parse keep their place relative to each other.
+    history.sort_by_key(|h| h.first_seen.parse::<Timestamp>().ok());
+    history
+}
+
+/// The `firstSeen` of every version in `history`, as kept on the history ConfigMap.
+pub fn first_seen_annotation(history: &[PublishedVersion]) -> String {
+    let map: BTreeMap<&str, &str> = history
+        .iter()
+        .map(|h| (h.version.as_str(), h.first_seen.as_str()))
         .collect();
-    recovered.sort_by(|a, b| a.0.cmp(&b.0));
-    recovered
-        .into_iter()
-        .map(|(_, p)| p)
-        .chain(previous.iter().cloned())
-        .collect()
+    serde_json::to_string(&map).unwrap_or_default()
+}
+
+/// Reads [`first_seen_annotation`] back; anything unreadable is an empty map.
+pub fn parse_first_seen(annotation: Option<&str>) -> BTreeMap<String, String> {
+    annotation
+        .and_then(|a| serde_json::from_str(a).ok())
+        .unwrap_or_default()
 }
 
 fn latest_good(history: &[PublishedVersion]) -> Option<String> {
@@ -187,13 +202,14 @@ fn judge(
 pub fn plan(
     contract: &DataContract,
     stored_data: &BTreeMap<String, String>,
+    first_seen: &BTreeMap<String, String>,
     now: Timestamp,
 ) -> Plan {
     let spec = &contract.spec;
     let generation = contract.metadata.generation;
     let previous = contract.status.clone().unwrap_or_default();
     let stored = parse_stored(stored_data);
-    let mut history = known_history(&previous.history, &stored, now);
+    let mut history = known_history(&previous.history, &stored, first_seen, now);
     let problems = validate_contract(spec);
     let hash = schema_hash(&spec.schema);
 
@@ -355,6 +371,10 @@ mod tests {
             c.spec.schema.fields.push(f);
         }
         c
+    }
+
+    fn plan(c: &DataContract, data: &BTreeMap<String, String>, now: Timestamp) -> Plan {
+        super::plan(c, data, &BTreeMap::new(), now)
     }
 
     /// Runs the plan and feeds its output back as the next pass would see it.
@@ -519,5 +539,32 @@ mod tests {
         let ready = condition(&p, "Ready");
         assert_eq!(ready.status, "True");
         assert!(ready.message.contains("Retired"), "{}", ready.message);
+    }
+
+    #[test]
+    fn a_reconcile_on_a_stale_cache_computes_what_the_publication_wrote() {
+        let mut data = BTreeMap::new();
+        let (c, _) = settle(contract("1.0.0", None), &mut data, 100);
+        let mut next = contract("1.1.0", None);
+        next.spec
+            .schema
+            .fields
+            .push(serde_yaml::from_str("{name: note, type: String, nullable: true}").unwrap());
+        next.status = c.status.clone();
+        let published = plan(&next, &data, at(200));
+        let annotation = parse_first_seen(Some(&first_seen_annotation(&published.status.history)));
+        // Another pass (or another replica) still sees the status before 1.1.0 was published,
+        // but reads the ConfigMap written since: same history, same times, same order.
+        let stale = super::plan(&next, &published.history_data, &annotation, at(300));
+        assert_eq!(stale.status, published.status);
+        assert_eq!(
+            stale
+                .status
+                .history
+                .iter()
+                .map(|h| h.version.as_str())
+                .collect::<Vec<_>>(),
+            ["1.0.0", "1.1.0"]
+        );
     }
 }

@@ -1,0 +1,339 @@
+//! The ConnectorBinding controller on a real control plane, with the whole operator
+//! in-process: Secret problems are named (never their values), creating the Secret makes the
+//! binding and its flows Ready without a manual step, a Secret of another namespace cannot
+//! even be written down, and the health probe follows an endpoint that goes down and back.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+
+use flowplane::api::{ConnectorBinding, DataContract, IntegrationFlow};
+use support::{TestNamespace, client, eventually, kubectl, operator};
+
+const MANAGER: &str = "flowplane-tests";
+
+async fn apply<K>(client: &Client, ns: &str, yaml: &str) -> K
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let object: K = serde_yaml::from_str(yaml).unwrap();
+    let name = object.meta().name.clone().unwrap();
+    Api::<K>::namespaced(client.clone(), ns)
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply {name}: {e}"))
+}
+
+fn condition(conditions: &[Condition], type_: &str) -> Option<(String, String, String)> {
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Waits until binding `name`'s condition `type_` has `status` at its current generation;
+/// returns (reason, message) and the binding.
+async fn binding_condition(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    type_: &str,
+    status: &str,
+) -> (String, String, ConnectorBinding) {
+    let api: Api<ConnectorBinding> = Api::namespaced(client.clone(), ns);
+    eventually(60, &format!("binding {name} {type_}={status}"), || async {
+        let binding = api.get(name).await.ok()?;
+        let s = binding.status.as_ref()?;
+        if s.observed_generation != binding.metadata.generation {
+            return None;
+        }
+        let (st, reason, message) = condition(&s.conditions, type_)?;
+        (st == status).then_some((reason, message, binding))
+    })
+    .await
+}
+
+fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
+    let mut secret = Secret::default();
+    secret.metadata.name = Some(name.into());
+    secret.string_data = Some(
+        data.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>(),
+    );
+    secret
+}
+
+const ERP: &str = r#"
+apiVersion: flowplane.io/v1alpha1
+kind: ConnectorBinding
+metadata: {name: erp}
+spec:
+  system: Erp
+  protocol: OData
+  endpoint: {url: "http://127.0.0.1:1/odata"}
+  auth: {type: Basic, secretRef: {name: erp-user}}
+"#;
+
+const PLANNING: &str = r#"
+apiVersion: flowplane.io/v1alpha1
+kind: ConnectorBinding
+metadata: {name: planning}
+spec: {system: Forecasting, protocol: Rest, endpoint: {url: "http://127.0.0.1:1/api"}}
+"#;
+
+const CONTRACT: &str = r#"
+apiVersion: flowplane.io/v1alpha1
+kind: DataContract
+metadata: {name: order-lines}
+spec:
+  domain: order-lines
+  version: 1.0.0
+  owner: {team: demand-planning}
+  schema:
+    primaryKey: [orderId]
+    fields:
+    - {name: orderId, type: String, required: true}
+"#;
+
+const FLOW: &str = r#"
+apiVersion: flowplane.io/v1alpha1
+kind: IntegrationFlow
+metadata: {name: orders}
+spec:
+  source: {bindingRef: erp, entity: A_SalesOrderItem, syncMode: FullRefresh}
+  target: {bindingRef: planning, entity: /sales-history}
+  contract: {name: order-lines, versions: "^1"}
+  deletionPolicy: Delete
+"#;
+
+async fn bindings_ready(client: &Client, ns: &str, status: &str) -> String {
+    let flows: Api<IntegrationFlow> = Api::namespaced(client.clone(), ns);
+    eventually(90, &format!("flow BindingsReady={status}"), || async {
+        let flow = flows.get("orders").await.ok()?;
+        let (st, _, message) = condition(&flow.status?.conditions, "BindingsReady")?;
+        (st == status).then_some(message)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn secret_problems_are_named_and_creating_the_secret_makes_binding_and_flow_ready() {
+    let client = client().await;
+    operator();
+    let ns = TestNamespace::new(&client, "binding-secret").await;
+    let ns = ns.name.as_str();
+    let _: ConnectorBinding = apply(&client, ns, ERP).await;
+    let _: ConnectorBinding = apply(&client, ns, PLANNING).await;
+    let _: DataContract = apply(&client, ns, CONTRACT).await;
+    let _: IntegrationFlow = apply(&client, ns, FLOW).await;
+
+    // No Secret at all.
+    let (reason, message, _) =
+        binding_condition(&client, ns, "erp", "SecretResolved", "False").await;
+    assert_eq!(reason, "SecretNotFound", "{message}");
+    assert!(
+        message.contains("Secret erp-user") && message.contains(ns),
+        "{message}"
+    );
+    let (reason, _, _) = binding_condition(&client, ns, "erp", "Ready", "False").await;
+    assert_eq!(reason, "SecretNotFound");
+    let flow_message = bindings_ready(&client, ns, "False").await;
+    assert!(
+        flow_message.contains("ConnectorBinding erp") && flow_message.contains("erp-user"),
+        "{flow_message}"
+    );
+    // The binding without credentials is Ready.
+    binding_condition(&client, ns, "planning", "Ready", "True").await;
+
+    // A Secret that lacks a key: named, and no value ever shows up in status.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    secrets
+        .patch(
+            "erp-user",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&secret("erp-user", &[("username", "s3cr3t-user")])),
+        )
+        .await
+        .unwrap();
+    let api: Api<ConnectorBinding> = Api::namespaced(client.clone(), ns);
+    let message = eventually(60, "SecretKeyMissing", || async {
+        let b = api.get("erp").await.ok()?;
+        let (_, reason, message) = condition(&b.status?.conditions, "SecretResolved")?;
+        (reason == "SecretKeyMissing").then_some(message)
+    })
+    .await;
+    assert!(message.contains("lacks key password"), "{message}");
+    let status = serde_json::to_string(&api.get("erp").await.unwrap().status).unwrap();
+    assert!(
+        !status.contains("s3cr3t"),
+        "a Secret value leaked: {status}"
+    );
+    let flow_message = eventually(60, "the flow to name the missing key", || async {
+        let message = bindings_ready(&client, ns, "False").await;
+        message.contains("password").then_some(message)
+    })
+    .await;
+    assert!(flow_message.contains("SecretKeyMissing"), "{flow_message}");
+
+    // Completing the Secret: binding and flow follow without any manual step.
+    secrets
+        .patch(
+            "erp-user",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&secret(
+                "erp-user",
+                &[("username", "s3cr3t-user"), ("password", "s3cr3t-pass")],
+            )),
+        )
+        .await
+        .unwrap();
+    let (_, message, binding) = binding_condition(&client, ns, "erp", "Ready", "True").await;
+    assert!(!message.contains("s3cr3t"), "{message}");
+    let (_, message) = condition(&binding.status.unwrap().conditions, "SecretResolved")
+        .map(|(_, r, m)| (r, m))
+        .unwrap();
+    assert!(message.contains("username, password"), "{message}");
+    bindings_ready(&client, ns, "True").await;
+}
+
+#[tokio::test]
+async fn a_secret_in_another_namespace_cannot_be_referenced() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "binding-xns").await;
+    // Nothing in the schema can name another namespace ...
+    let crd = serde_json::to_value(<ConnectorBinding as kube::CustomResourceExt>::crd()).unwrap();
+    let secret_ref = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["properties"]["auth"]["properties"]["secretRef"];
+    let properties: Vec<&String> = secret_ref["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    assert_eq!(properties, ["name"]);
+    // ... and the apiserver refuses a manifest that tries.
+    let manifest = r#"
+apiVersion: flowplane.io/v1alpha1
+kind: ConnectorBinding
+metadata: {name: erp}
+spec:
+  system: Erp
+  protocol: OData
+  endpoint: {url: "https://erp.example.com/odata"}
+  auth: {type: Basic, secretRef: {name: erp-user, namespace: shared-credentials}}
+"#;
+    let (ok, out, err) = kubectl(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager",
+            MANAGER,
+            "-n",
+            &ns.name,
+            "-f",
+            "-",
+        ],
+        Some(manifest),
+    );
+    assert!(!ok, "accepted: {out}");
+    assert!(
+        err.contains("spec.auth.secretRef.namespace"),
+        "error does not name the field: {err}"
+    );
+}
+
+/// A local HTTP endpoint whose health answer can be switched between 200 and 503.
+async fn endpoint(up: Arc<AtomicBool>) -> std::net::SocketAddr {
+    use axum::http::StatusCode;
+    let app = axum::Router::new().route(
+        "/api/healthz",
+        axum::routing::get(move || {
+            let up = up.clone();
+            async move {
+                if up.load(Ordering::SeqCst) {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+#[tokio::test]
+async fn a_probe_flips_reachable_when_the_endpoint_goes_down_and_comes_back() {
+    let client = client().await;
+    operator();
+    let ns = TestNamespace::new(&client, "binding-probe").await;
+    let ns = ns.name.as_str();
+    let up = Arc::new(AtomicBool::new(true));
+    let addr = endpoint(up.clone()).await;
+    let _: ConnectorBinding = apply(
+        &client,
+        ns,
+        &format!(
+            "apiVersion: flowplane.io/v1alpha1\nkind: ConnectorBinding\nmetadata: {{name: wms}}\n\
+             spec:\n  system: Warehouse\n  protocol: Rest\n  endpoint: {{url: \"http://{addr}/api\"}}\n  \
+             healthCheck: {{path: /healthz, interval: 1s, timeout: 2s}}\n"
+        ),
+    )
+    .await;
+    let api: Api<ConnectorBinding> = Api::namespaced(client.clone(), ns);
+
+    // Up: reachable.
+    let (_, message, binding) = binding_condition(&client, ns, "wms", "Reachable", "True").await;
+    assert!(message.contains("HTTP 200"), "{message}");
+    let probe = binding.status.as_ref().unwrap().last_probe.clone().unwrap();
+    assert!(probe.reachable);
+    assert_eq!(probe.status_code, Some(200));
+    binding_condition(&client, ns, "wms", "Ready", "True").await;
+
+    // Identical probes (one a second) write nothing: the object does not change.
+    let version = api.get("wms").await.unwrap().metadata.resource_version;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        api.get("wms").await.unwrap().metadata.resource_version,
+        version,
+        "a repeated identical probe rewrote the status"
+    );
+
+    // Down (5xx): not reachable, not Ready, and lastProbe.since moves.
+    up.store(false, Ordering::SeqCst);
+    let (reason, message, binding) =
+        binding_condition(&client, ns, "wms", "Reachable", "False").await;
+    assert_eq!(reason, "Unreachable");
+    assert!(message.contains("HTTP 503"), "{message}");
+    let down = binding.status.as_ref().unwrap().last_probe.clone().unwrap();
+    assert_eq!((down.reachable, down.status_code), (false, Some(503)));
+    assert_ne!(down.since, probe.since);
+    let (reason, _, _) = binding_condition(&client, ns, "wms", "Ready", "False").await;
+    assert_eq!(reason, "Unreachable");
+
+    // Back: reachable and Ready again.
+    up.store(true, Ordering::SeqCst);
+    let (_, _, binding) = binding_condition(&client, ns, "wms", "Reachable", "True").await;
+    let back = binding.status.unwrap().last_probe.unwrap();
+    assert!(back.reachable);
+    assert_ne!(back.since, down.since);
+    binding_condition(&client, ns, "wms", "Ready", "True").await;
+}
