@@ -240,7 +240,9 @@ impl HttpClient {
                     let body: String = body.chars().take(300).collect();
                     match status {
                         StatusCode::TOO_MANY_REQUESTS => {
-                            // The system is alive and asks us to slow down: not a breaker failure.
+                            // The system is alive and asks us to slow down: that closes the
+                            // breaker (and ends a trial call) rather than counting as a failure.
+                            self.breaker.succeeded();
                             self.metrics.throttled.inc();
                             last_error = format!("HTTP 429 {body}");
                             retry_after.unwrap_or_else(|| self.backoff.delay(attempt))
