@@ -28,6 +28,8 @@ enum Command {
     Sim(flowplane::sim::SimArgs),
     /// Run the sync worker of one flow (the data plane).
     Worker(flowplane::worker::WorkerArgs),
+    /// List or redrive a flow's dead letters.
+    Dlq(flowplane::queue::cli::DlqArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,6 +44,7 @@ fn main() -> anyhow::Result<()> {
         Command::Contract(args) => std::process::exit(flowplane::contract::cli::run(args)),
         Command::Sim(args) => flowplane::sim::run(args)?,
         Command::Worker(args) => flowplane::worker::run_cli(args)?,
+        Command::Dlq(args) => flowplane::queue::cli::run(args)?,
     }
     Ok(())
 }

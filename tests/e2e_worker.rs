@@ -198,3 +198,72 @@ async fn every_record_arrives_once_bad_ones_are_dead_lettered_and_redrive_recove
     assert!(letters.iter().all(|l| l.reason != "UnmappedCode"));
     worker.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_refresh_rereads_everything_and_only_changes_get_through() {
+    let nats_url = support::local_env().nats_url.clone();
+    let sims = start_sims(ErpSeed {
+        order_lines: 200,
+        bad_every: 0,
+        ..seed()
+    })
+    .await;
+    let flow = unique_flow("refresh");
+    let config =
+        sample::sales_order_flow("e2e", &flow, &nats_url, &sims.erp_url, &sims.forecast_url);
+    let _cleanup = QueueCleanup {
+        url: nats_url.clone(),
+        names: config.queue.clone(),
+    };
+    let entity = config.target.entity.clone();
+    let worker = InProcessWorker::start(config.clone(), "refresh-a");
+    eventually(TIMEOUT, "the first 200 records", || {
+        let report = sims.forecast.received(&entity);
+        async move { (report.applied() == 200).then_some(()) }
+    })
+    .await;
+    worker.stop().await.unwrap();
+
+    // Two changes the incremental worker has not seen; then the CronJob's full refresh.
+    for key in ["1000003/10", "1000004/10"] {
+        sims.erp
+            .update(
+                SALES_ORDER_LINES,
+                key,
+                json!({"RequestedQuantity": "7"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            )
+            .unwrap();
+    }
+    let dir = TempDir::new("refresh");
+    let path = dir.0.join("worker.json");
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_flowplane"))
+        .args(["worker", "--full-refresh", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(
+        report,
+        json!({"read": 200, "published": 2, "duplicates": 198})
+    );
+
+    let worker = InProcessWorker::start(config, "refresh-b");
+    let report = eventually(TIMEOUT, "the two changes at the target", || {
+        let report = sims.forecast.received(&entity);
+        async move { (report.applied() == 202).then_some(report) }
+    })
+    .await;
+    assert_eq!(report.keys["1000003/10"].value["orderedQuantity"], 7);
+    assert_eq!(report.duplicates(), 0);
+    worker.stop().await.unwrap();
+}

@@ -1,0 +1,64 @@
+//! `flowplane dlq list|redrive`: a flow's dead letters from a terminal.
+
+use clap::{Args, Subcommand};
+
+use super::{QueueNames, list_dead_letters, redrive};
+
+/// `flowplane dlq ...`
+#[derive(Args, Debug)]
+pub struct DlqArgs {
+    #[command(subcommand)]
+    pub command: DlqCommand,
+    /// NATS server of the flow.
+    #[arg(
+        long,
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        global = true
+    )]
+    pub nats_url: String,
+    /// Namespace of the flow.
+    #[arg(long, short = 'n', default_value = "default", global = true)]
+    pub namespace: String,
+    /// Name of the IntegrationFlow.
+    #[arg(long, global = true)]
+    pub flow: Option<String>,
+    /// Only dead letters with this reason (e.g. UnmappedCode).
+    #[arg(long, global = true)]
+    pub reason: Option<String>,
+}
+
+/// What to do with the dead letters.
+#[derive(Subcommand, Debug)]
+pub enum DlqCommand {
+    /// Print the dead letters as JSON lines.
+    List,
+    /// Move the dead letters back to the flow's stream.
+    Redrive,
+}
+
+/// Runs the command.
+pub fn run(args: DlqArgs) -> anyhow::Result<()> {
+    let flow = args
+        .flow
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("--flow is required"))?;
+    let names = QueueNames::for_flow(&args.namespace, &flow);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let client = async_nats::connect(args.nats_url.as_str()).await?;
+        let js = async_nats::jetstream::new(client);
+        match args.command {
+            DlqCommand::List => {
+                for letter in list_dead_letters(&js, &names, args.reason.as_deref()).await? {
+                    println!("{}", serde_json::to_string(&letter)?);
+                }
+            }
+            DlqCommand::Redrive => {
+                let report = redrive(&js, &names, args.reason.as_deref()).await?;
+                println!("{}", serde_json::to_string(&report)?);
+            }
+        }
+        Ok(())
+    })
+}
