@@ -43,10 +43,18 @@ impl Error {
         }
     }
 
+    /// The apiserver refuses new objects in a namespace being deleted; retrying cannot help,
+    /// and the deletion brings its own events.
+    pub fn is_namespace_terminating(&self) -> bool {
+        matches!(self, Error::Kube(kube::Error::Api(status))
+            if status.code == 403 && status.message.contains("being terminated"))
+    }
+
     /// What the controller does after this error. Spec errors have already been written to
     /// status; a slow periodic retry covers references that appear without an event.
     pub fn action(&self, attempt_backoff: Duration) -> Action {
         match self {
+            _ if self.is_namespace_terminating() => Action::await_change(),
             Error::Spec { .. } => Action::requeue(Duration::from_secs(300)),
             _ => Action::requeue(attempt_backoff),
         }

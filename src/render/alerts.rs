@@ -99,10 +99,12 @@ pub fn rule_groups(flow: &IntegrationFlow) -> Vec<RuleGroup> {
         ),
         rule(
             "FlowplaneDeadLetters",
-            format!("max(flowplane_worker_dead_letters{{{selector}}}) > {max_dead_letters}"),
+            format!(
+                "sum(increase(flowplane_worker_records_dead_lettered_total{{{selector}}}[24h])) > {max_dead_letters}"
+            ),
             "5m",
             "warning",
-            format!("Flow {ns}/{name} holds more than {max_dead_letters} dead letters"),
+            format!("Flow {ns}/{name} dead-lettered more than {max_dead_letters} records in 24h"),
             "Inspect with `flowplane dlq list`, fix the cause, then annotate the flow with flowplane.io/redrive.",
         ),
         rule(
@@ -117,7 +119,7 @@ pub fn rule_groups(flow: &IntegrationFlow) -> Vec<RuleGroup> {
         ),
         rule(
             "FlowplaneThrottled",
-            format!("sum(rate(flowplane_worker_throttled_total{{{selector}}}[5m])) > 0"),
+            format!("sum(rate(flowplane_worker_requests_throttled_total{{{selector}}}[5m])) > 0"),
             "15m",
             "info",
             format!("Flow {ns}/{name} is being throttled (HTTP 429) by an endpoint"),

@@ -13,7 +13,7 @@ use super::RenderSettings;
 use super::labels::{flow_name, metadata, workers_name};
 
 /// Metric the workers export with the flow's consumer lag (pending records).
-pub const LAG_METRIC: &str = "flowplane_worker_consumer_lag";
+pub const LAG_METRIC: &str = "flowplane_worker_lag_records";
 
 /// A flow is autoscaled when it is running and its replica range is a range.
 pub fn autoscaled(flow: &IntegrationFlow) -> bool {

@@ -169,6 +169,8 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
 /// every non-GET request its client makes.
 pub struct Operator {
     pub writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The most recent write requests (method and path), to explain a failing count.
+    pub recent_writes: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
 }
 
 pub fn operator() -> &'static Operator {
@@ -176,6 +178,9 @@ pub fn operator() -> &'static Operator {
     OPERATOR.get_or_init(|| {
         let writes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = writes.clone();
+        let recent_writes =
+            std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let recent = recent_writes.clone();
         let env = local_env();
         let (kubeconfig, nats_url) = (env.kubeconfig.clone(), env.nats_url.clone());
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -194,6 +199,11 @@ pub fn operator() -> &'static Operator {
                     move |req: http::Request<kube::client::Body>| {
                         if req.method() != http::Method::GET {
                             counter.fetch_add(1, Ordering::Relaxed);
+                            let mut recent = recent.lock().unwrap();
+                            recent.push_back(format!("{} {}", req.method(), req.uri().path()));
+                            if recent.len() > 20 {
+                                recent.pop_front();
+                            }
                         }
                         req
                     },
@@ -220,7 +230,10 @@ pub fn operator() -> &'static Operator {
             });
         });
         ready_rx.recv().expect("operator started");
-        Operator { writes }
+        Operator {
+            writes,
+            recent_writes,
+        }
     })
 }
 

@@ -1,0 +1,161 @@
+//! The generated alert rules pass `promtool check rules`, and `promtool test rules` shows each
+//! alert firing on the series that should fire it and silent otherwise.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use flowplane::api::IntegrationFlow;
+use flowplane::render::alerts::{rule_file, rule_groups};
+
+fn promtool() -> PathBuf {
+    let cached =
+        PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/flowplane/bin/promtool");
+    if cached.exists() {
+        cached
+    } else {
+        PathBuf::from("promtool")
+    }
+}
+
+fn flow() -> IntegrationFlow {
+    serde_yaml::from_str(
+        r#"
+apiVersion: flowplane.io/v1alpha1
+kind: IntegrationFlow
+metadata: {name: orders, namespace: eu}
+spec:
+  source: {bindingRef: erp, entity: A_SalesOrderItem, syncMode: FullRefresh}
+  target: {bindingRef: forecasting, entity: /v1/sales}
+  contract: {name: sales-order-lines}
+  scaling: {minReplicas: 1, maxReplicas: 3, lagPerReplica: 500}
+  sla: {freshness: 15m, maxErrorRatio: 0.05, maxDeadLetters: 10}
+  alerting: {labels: {team: demand-planning}}
+"#,
+    )
+    .unwrap()
+}
+
+/// Series of the flow, and the same series of another flow (never matched).
+fn series(name: &str, values: &str) -> String {
+    format!(
+        "      - series: '{name}{{namespace=\"eu\",flow=\"orders\"}}'\n        values: '{values}'\n      - series: '{name}{{namespace=\"eu\",flow=\"other\"}}'\n        values: '{values}'\n"
+    )
+}
+
+fn alert(name: &str, at: &str, firing: bool, severity: &str, extra_labels: &str) -> String {
+    let rule = rule_groups(&flow())[0]
+        .rules
+        .iter()
+        .find(|r| r.alert == name)
+        .cloned()
+        .unwrap();
+    let annotations = serde_json::to_string(&rule.annotations).unwrap();
+    let exp = if firing {
+        format!(
+            "        exp_alerts:\n          - exp_labels: {{alertname: {name}, namespace: eu, flow: orders, team: demand-planning, severity: {severity}{extra_labels}}}\n            exp_annotations: {annotations}\n"
+        )
+    } else {
+        "        exp_alerts: []\n".to_string()
+    };
+    format!("      - eval_time: {at}\n        alertname: {name}\n{exp}")
+}
+
+fn test_case(series: String, alerts: String) -> String {
+    format!("  - interval: 1m\n    input_series:\n{series}    alert_rule_test:\n{alerts}")
+}
+
+fn run_promtool(args: &[&str]) -> String {
+    let out = Command::new(promtool())
+        .args(args)
+        .output()
+        .expect("promtool (installed by scripts/install-tools.sh)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn generated_rules_pass_promtool_check_and_fire_when_they_should() {
+    let dir = std::env::temp_dir().join(format!("flowplane-rules-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rules = dir.join("rules.yaml");
+    std::fs::write(&rules, rule_file(&rule_groups(&flow()))).unwrap();
+    let checked = run_promtool(&["check", "rules", rules.to_str().unwrap()]);
+    assert!(checked.contains("SUCCESS: 6 rules found"), "{checked}");
+
+    let mut cases = Vec::new();
+    // Stale: the last success stays at t=0 while time passes; fresh: it follows time.
+    cases.push(test_case(
+        series("flowplane_worker_last_success_timestamp_seconds", "0x40"),
+        alert("FlowplaneFlowStale", "10m", false, "critical", "")
+            + &alert("FlowplaneFlowStale", "25m", true, "critical", ""),
+    ));
+    cases.push(test_case(
+        series("flowplane_worker_last_success_timestamp_seconds", "0+60x40"),
+        alert("FlowplaneFlowStale", "35m", false, "critical", ""),
+    ));
+    // Error ratio 10% > 5%; 1% stays silent.
+    cases.push(test_case(
+        series("flowplane_worker_records_read_total", "0+100x60")
+            + &series("flowplane_worker_records_dead_lettered_total", "0+10x60"),
+        alert("FlowplaneErrorRatioHigh", "40m", true, "warning", ""),
+    ));
+    cases.push(test_case(
+        series("flowplane_worker_records_read_total", "0+100x60")
+            + &series("flowplane_worker_records_dead_lettered_total", "0+1x60"),
+        alert("FlowplaneErrorRatioHigh", "40m", false, "warning", "")
+            + &alert("FlowplaneDeadLetters", "40m", true, "warning", ""),
+    ));
+    // Dead letters: 10 allowed, 5 silent.
+    cases.push(test_case(
+        series(
+            "flowplane_worker_records_dead_lettered_total",
+            "0 0 0 0 0 5 5 5 5 5 5 5 5 5 5 5 5 5",
+        ),
+        alert("FlowplaneDeadLetters", "15m", false, "warning", ""),
+    ));
+    // Lag above what 3 workers absorb (1500) and growing; high but shrinking stays silent.
+    cases.push(test_case(
+        series("flowplane_worker_lag_records", "2000+100x60"),
+        alert("FlowplaneLagGrowing", "45m", true, "warning", ""),
+    ));
+    cases.push(test_case(
+        series("flowplane_worker_lag_records", "8000-100x60"),
+        alert("FlowplaneLagGrowing", "45m", false, "warning", ""),
+    ));
+    // Throttling for 15 minutes.
+    cases.push(test_case(
+        series("flowplane_worker_requests_throttled_total", "0+3x60"),
+        alert("FlowplaneThrottled", "30m", true, "info", ""),
+    ));
+    cases.push(test_case(
+        series("flowplane_worker_requests_throttled_total", "7x60"),
+        alert("FlowplaneThrottled", "30m", false, "info", ""),
+    ));
+    // Workers down: no `up` series of the workers' Service; up=1 keeps it silent.
+    cases.push(test_case(
+        "      - series: 'up{namespace=\"eu\",service=\"other-worker\"}'\n        values: '1x30'\n"
+            .to_string(),
+        alert("FlowplaneWorkersDown", "20m", true, "critical", ""),
+    ));
+    cases.push(test_case(
+        "      - series: 'up{namespace=\"eu\",service=\"orders-worker\"}'\n        values: '1x30'\n".to_string(),
+        alert("FlowplaneWorkersDown", "20m", false, "critical", ""),
+    ));
+    let tests = dir.join("tests.yaml");
+    std::fs::write(
+        &tests,
+        format!(
+            "rule_files: [rules.yaml]\nevaluation_interval: 1m\ntests:\n{}",
+            cases.join("")
+        ),
+    )
+    .unwrap();
+    let tested = run_promtool(&["test", "rules", tests.to_str().unwrap()]);
+    assert!(tested.contains("SUCCESS"), "{tested}");
+    std::fs::remove_dir_all(&dir).ok();
+}

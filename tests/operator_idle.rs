@@ -1,0 +1,89 @@
+//! Once the system settles, the operator makes zero write requests: no status rewrites, no
+//! re-applies, no events, no matter how often flows are resynced (every 5 s here).
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, Patch, PatchParams};
+
+use flowplane::api::IntegrationFlow;
+use support::{TestNamespace, client, eventually, operator, repo_root};
+
+#[tokio::test]
+async fn a_settled_operator_makes_no_writes_for_30_seconds() {
+    let client = client().await;
+    let operator = operator();
+    let ns = TestNamespace::new(&client, "idle").await;
+    // The whole example scenario: bindings, contracts, code maps and five flows.
+    let (ok, rendered, err) = support::kubectl(
+        &[
+            "kustomize",
+            repo_root().join("examples/base").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = support::kubectl(
+        &["apply", "--server-side", "-n", &ns.name, "-f", "-"],
+        Some(&rendered),
+    );
+    assert!(ok, "{err}");
+    let flows: Api<IntegrationFlow> = Api::namespaced(client.clone(), &ns.name);
+    eventually(90, "every flow's status at its generation", || async {
+        let list = flows.list(&Default::default()).await.ok()?;
+        (list.items.len() == 5
+            && list.items.iter().all(|f| {
+                f.status.as_ref().and_then(|s| s.observed_generation) == f.metadata.generation
+            }))
+        .then_some(())
+    })
+    .await;
+
+    // Settled: no write for 10 s in a row (bounded at 120 s).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last = operator.writes.load(Ordering::Relaxed);
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(10) {
+        assert!(
+            Instant::now() < deadline,
+            "the operator never stopped writing; recent writes: {:#?}",
+            operator.recent_writes.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = operator.writes.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
+    }
+    let before = operator.writes.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let after = operator.writes.load(Ordering::Relaxed);
+    println!(
+        "operator write requests in 30 s of idleness: {}",
+        after - before
+    );
+    assert_eq!(
+        after - before,
+        0,
+        "a settled operator must not write; recent writes: {:#?}",
+        operator.recent_writes.lock().unwrap()
+    );
+
+    // And it is not simply asleep: an edit is acted on.
+    let patch = serde_json::json!({"spec": {"suspend": true}});
+    flows
+        .patch(
+            "order-history-to-forecasting",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    eventually(60, "the edit to be reconciled", || async {
+        (operator.writes.load(Ordering::Relaxed) > after).then_some(())
+    })
+    .await;
+}
