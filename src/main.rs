@@ -19,7 +19,7 @@ enum Command {
         out: PathBuf,
     },
     /// Run the operator (reconciles IntegrationFlows, DataContracts and ConnectorBindings).
-    Controller(flowplane::controller::OperatorConfig),
+    Controller(flowplane::controller::cli::ControllerArgs),
     /// Print the objects the operator would apply for the given manifests (offline).
     Render(flowplane::render::cli::RenderArgs),
     /// Work with DataContract manifests offline (compatibility checks for CI).
@@ -39,7 +39,7 @@ fn main() -> anyhow::Result<()> {
                 println!("wrote {}", path.display());
             }
         }
-        Command::Controller(config) => flowplane::controller::cli::main(config)?,
+        Command::Controller(args) => flowplane::controller::cli::main(args)?,
         Command::Render(args) => print!("{}", flowplane::render::cli::render(&args)?),
         Command::Contract(args) => std::process::exit(flowplane::contract::cli::run(args)),
         Command::Sim(args) => flowplane::sim::run(args)?,

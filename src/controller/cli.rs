@@ -1,10 +1,32 @@
-//! `flowplane controller`: process setup around [`super::run`].
+//! `flowplane controller`: process setup around [`super::run`]: logging, the HTTP endpoints,
+//! and leader election when several replicas run.
+
+use std::time::Duration;
 
 use kube::Client;
 
+use super::leader::LeaderElector;
 use super::{Context, OperatorConfig};
 
-pub fn main(config: OperatorConfig) -> anyhow::Result<()> {
+#[derive(clap::Args, Debug)]
+pub struct ControllerArgs {
+    #[command(flatten)]
+    pub operator: OperatorConfig,
+    /// Run only while holding the Lease (for more than one replica).
+    #[arg(long, env = "FLOWPLANE_LEADER_ELECTION")]
+    pub leader_election: bool,
+    /// Namespace of the Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "flowplane-system")]
+    pub lease_namespace: String,
+    /// Name of the Lease.
+    #[arg(long, default_value = "flowplane-operator")]
+    pub lease_name: String,
+    /// How long a lease lasts without renewal (seconds).
+    #[arg(long, default_value_t = 15)]
+    pub lease_seconds: u64,
+}
+
+pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(
@@ -17,8 +39,25 @@ pub fn main(config: OperatorConfig) -> anyhow::Result<()> {
         .build()?
         .block_on(async {
             let client = Client::try_default().await?;
-            let ctx = Context::new(client, config).await?;
+            let ctx = Context::new(client.clone(), args.operator).await?;
+            tokio::spawn(super::serve_http(ctx.clone()));
             tracing::info!(region = ?ctx.config.region, "flowplane operator starting");
-            super::run(ctx).await
+            if !args.leader_election {
+                return super::run(ctx).await;
+            }
+            let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("flowplane-{}", std::process::id()));
+            let elector = LeaderElector::new(
+                client,
+                &args.lease_namespace,
+                &args.lease_name,
+                &identity,
+                Duration::from_secs(args.lease_seconds),
+            );
+            elector.acquire().await;
+            tracing::info!(%identity, "leading");
+            tokio::select! {
+                result = super::run(ctx) => result,
+                () = elector.keep_renewing() => anyhow::bail!("lost the leader lease; exiting so no two replicas write"),
+            }
         })
 }

@@ -7,6 +7,7 @@ pub mod connector_binding;
 pub mod data_contract;
 pub mod error;
 pub mod integration_flow;
+pub mod leader;
 pub mod metrics;
 pub mod optional_apis;
 
@@ -113,13 +114,12 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
         () = integration_flow::run(ctx.clone()) => {},
         () = data_contract::run(ctx.clone()) => {},
         () = connector_binding::run(ctx.clone()) => {},
-        served = serve_http(ctx.clone()) => served?,
     }
     Ok(())
 }
 
-/// /metrics, /healthz and /readyz.
-async fn serve_http(ctx: Arc<Context>) -> anyhow::Result<()> {
+/// /metrics, /healthz and /readyz (served by leader and followers alike).
+pub async fn serve_http(ctx: Arc<Context>) -> anyhow::Result<()> {
     use axum::routing::get;
     let metrics = ctx.metrics.clone();
     let app = axum::Router::new()
