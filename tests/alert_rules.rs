@@ -87,65 +87,66 @@ fn generated_rules_pass_promtool_check_and_fire_when_they_should() {
     let checked = run_promtool(&["check", "rules", rules.to_str().unwrap()]);
     assert!(checked.contains("SUCCESS: 6 rules found"), "{checked}");
 
-    let mut cases = Vec::new();
+    let cases = vec![
     // Stale: the last success stays at t=0 while time passes; fresh: it follows time.
-    cases.push(test_case(
+    test_case(
         series("flowplane_worker_last_success_timestamp_seconds", "0x40"),
         alert("FlowplaneFlowStale", "10m", false, "critical", "")
             + &alert("FlowplaneFlowStale", "25m", true, "critical", ""),
-    ));
-    cases.push(test_case(
+    ),
+    test_case(
         series("flowplane_worker_last_success_timestamp_seconds", "0+60x40"),
         alert("FlowplaneFlowStale", "35m", false, "critical", ""),
-    ));
+    ),
     // Error ratio 10% > 5%; 1% stays silent.
-    cases.push(test_case(
+    test_case(
         series("flowplane_worker_records_read_total", "0+100x60")
             + &series("flowplane_worker_records_dead_lettered_total", "0+10x60"),
         alert("FlowplaneErrorRatioHigh", "40m", true, "warning", ""),
-    ));
-    cases.push(test_case(
+    ),
+    test_case(
         series("flowplane_worker_records_read_total", "0+100x60")
             + &series("flowplane_worker_records_dead_lettered_total", "0+1x60"),
         alert("FlowplaneErrorRatioHigh", "40m", false, "warning", "")
             + &alert("FlowplaneDeadLetters", "40m", true, "warning", ""),
-    ));
+    ),
     // Dead letters: 10 allowed, 5 silent.
-    cases.push(test_case(
+    test_case(
         series(
             "flowplane_worker_records_dead_lettered_total",
             "0 0 0 0 0 5 5 5 5 5 5 5 5 5 5 5 5 5",
         ),
         alert("FlowplaneDeadLetters", "15m", false, "warning", ""),
-    ));
+    ),
     // Lag above what 3 workers absorb (1500) and growing; high but shrinking stays silent.
-    cases.push(test_case(
+    test_case(
         series("flowplane_worker_lag_records", "2000+100x60"),
         alert("FlowplaneLagGrowing", "45m", true, "warning", ""),
-    ));
-    cases.push(test_case(
+    ),
+    test_case(
         series("flowplane_worker_lag_records", "8000-100x60"),
         alert("FlowplaneLagGrowing", "45m", false, "warning", ""),
-    ));
+    ),
     // Throttling for 15 minutes.
-    cases.push(test_case(
+    test_case(
         series("flowplane_worker_requests_throttled_total", "0+3x60"),
         alert("FlowplaneThrottled", "30m", true, "info", ""),
-    ));
-    cases.push(test_case(
+    ),
+    test_case(
         series("flowplane_worker_requests_throttled_total", "7x60"),
         alert("FlowplaneThrottled", "30m", false, "info", ""),
-    ));
+    ),
     // Workers down: no `up` series of the workers' Service; up=1 keeps it silent.
-    cases.push(test_case(
+    test_case(
         "      - series: 'up{namespace=\"eu\",service=\"other-worker\"}'\n        values: '1x30'\n"
             .to_string(),
         alert("FlowplaneWorkersDown", "20m", true, "critical", ""),
-    ));
-    cases.push(test_case(
+    ),
+    test_case(
         "      - series: 'up{namespace=\"eu\",service=\"orders-worker\"}'\n        values: '1x30'\n".to_string(),
         alert("FlowplaneWorkersDown", "20m", false, "critical", ""),
-    ));
+    ),
+    ];
     let tests = dir.join("tests.yaml");
     std::fs::write(
         &tests,

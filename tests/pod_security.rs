@@ -18,7 +18,6 @@ fn load<T: serde::de::DeserializeOwned>(path: &str) -> Vec<T> {
         .collect()
 }
 
-use serde::Deserialize;
 
 fn worker_pod(namespace: &str) -> Pod {
     let flow: IntegrationFlow =
