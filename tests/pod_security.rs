@@ -18,7 +18,6 @@ fn load<T: serde::de::DeserializeOwned>(path: &str) -> Vec<T> {
         .collect()
 }
 
-
 fn worker_pod(namespace: &str) -> Pod {
     let flow: IntegrationFlow =
         load("examples/base/flows/order-history-to-forecasting.yaml").remove(0);
