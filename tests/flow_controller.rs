@@ -106,48 +106,14 @@ spec:
     )
 }
 
-/// Bindings, contract and code map of a flow. Until the binding and contract controllers
-/// report, the test marks them ready the way they would (status only).
+/// Bindings, contract and code map of a flow; the operator's binding and contract
+/// controllers make them Ready and Compatible.
 async fn dependencies(client: &Client, ns: &str) {
     for doc in BINDINGS.split("---") {
-        let cb: ConnectorBinding = apply_yaml(client, ns, doc).await;
-        mark(
-            client,
-            ns,
-            &ApiResource::erase::<ConnectorBinding>(&()),
-            &cb.metadata.name.unwrap(),
-            &["Ready"],
-        )
-        .await;
+        let _: ConnectorBinding = apply_yaml(client, ns, doc).await;
     }
-    let dc: DataContract = apply_yaml(client, ns, CONTRACT).await;
-    mark(
-        client,
-        ns,
-        &ApiResource::erase::<DataContract>(&()),
-        &dc.metadata.name.unwrap(),
-        &["Ready", "Compatible"],
-    )
-    .await;
+    let _: DataContract = apply_yaml(client, ns, CONTRACT).await;
     let _: ConfigMap = apply_yaml(client, ns, CODE_MAP).await;
-}
-
-async fn mark(client: &Client, ns: &str, resource: &ApiResource, name: &str, types: &[&str]) {
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, resource);
-    let current = api.get(name).await.unwrap();
-    let generation = current.metadata.generation;
-    let conditions: Vec<_> = types
-        .iter()
-        .map(|t| json!({"type": t, "status": "True", "reason": "Test", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": generation}))
-        .collect();
-    let patch = json!({"apiVersion": resource.api_version, "kind": resource.kind, "status": {"observedGeneration": generation, "conditions": conditions}});
-    api.patch_status(
-        name,
-        &PatchParams::apply("test-status").force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .unwrap();
 }
 
 async fn flow_status(client: &Client, ns: &str, name: &str) -> IntegrationFlow {
@@ -218,6 +184,11 @@ async fn a_flow_gets_its_children_follows_edits_and_prunes() {
         .unwrap()["flowplane.io/config-hash"]
         .clone();
 
+    // Children are applied in order; the rules ConfigMap comes last.
+    eventually(60, "every child", || {
+        get_opt::<ConfigMap>(&client, &ns.name, "orders-alerts")
+    })
+    .await;
     let config: ConfigMap = get_opt(&client, &ns.name, "orders-worker-config")
         .await
         .unwrap();
