@@ -132,6 +132,19 @@ impl Drop for TestNamespace {
     // Drop is synchronous and the client's connection task lives on the test's runtime, which
     // is blocked here; kubectl deletes without it. The namespace controller finishes the job.
     fn drop(&mut self) {
+        // Pods bound by the fake kubelet would wait forever for a kubelet to confirm.
+        let _ = kubectl(
+            &[
+                "delete",
+                "pods",
+                "--all",
+                "-n",
+                &self.name,
+                "--grace-period=0",
+                "--force",
+            ],
+            None,
+        );
         let _ = kubectl(&["delete", "namespace", &self.name, "--wait=false"], None);
     }
 }
