@@ -153,7 +153,8 @@ ENV
 }
 
 down_quiet() {
-  for p in kube-controller-manager kube-apiserver nats-server etcd; do stop "$p"; done
+  # The operator (started by demo.sh with the same pid files) first, then the control plane.
+  for p in operator kube-controller-manager kube-apiserver nats-server etcd; do stop "$p"; done
   rm -f "$ENV_FILE"
 }
 

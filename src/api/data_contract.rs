@@ -329,7 +329,7 @@ pub struct DataContractStatus {
 }
 
 /// A version the contract has published, with the hash of its canonical schema. The schemas
-/// themselves are kept in the contract's history ConfigMap (`<name>-history`), not in status:
+/// themselves are kept in the contract's history ConfigMap (`<name>-contract-history`), not in status:
 /// CEL cost budgets and etcd's object size both argue against nesting schemas in status.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
