@@ -96,3 +96,27 @@ impl Drop for ReconcileTimer<'_> {
             .observe(self.start.elapsed().as_secs_f64());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconciles_errors_and_durations_are_exported_by_kind() {
+        let metrics = Metrics::default();
+        drop(metrics.reconcile("IntegrationFlow"));
+        metrics.error("IntegrationFlow", "kube");
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"flowplane_operator_reconciles_total{kind="IntegrationFlow"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"flowplane_operator_reconcile_errors_total{kind="IntegrationFlow",error="kube"} 1"#), "{text}");
+        assert!(
+            text.contains(
+                r#"flowplane_operator_reconcile_duration_seconds_count{kind="IntegrationFlow"} 1"#
+            ),
+            "{text}"
+        );
+    }
+}
