@@ -17,9 +17,38 @@ use kube::CustomResourceExt;
 
 /// Every CRD of the API, in the order they are installed.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![
+    [
         ConnectorBinding::crd(),
         DataContract::crd(),
         IntegrationFlow::crd(),
     ]
+    .into_iter()
+    .map(without_unsigned_formats)
+    .collect()
+}
+
+/// schemars marks unsigned integers `format: uint32`, which the apiserver does not know and
+/// warns about on every apply; the ranges already say what the format would.
+fn without_unsigned_formats(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn strip(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if map
+                    .get("format")
+                    .and_then(|f| f.as_str())
+                    .is_some_and(|f| f.starts_with("uint"))
+                {
+                    map.remove("format");
+                }
+                map.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let Ok(mut value) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    strip(&mut value);
+    serde_json::from_value(value).unwrap_or(crd)
 }
