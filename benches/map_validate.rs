@@ -30,7 +30,8 @@ fn map_validate(c: &mut Criterion) {
         b.iter(|| {
             buffer.clear();
             for record in &records {
-                plan.map_into(record, &mut buffer).expect("valid sample record");
+                plan.map_into(record, &mut buffer)
+                    .expect("valid sample record");
             }
             std::hint::black_box(&buffer);
         })

@@ -24,9 +24,12 @@ impl Drop for Nats {
 }
 
 fn start_nats() -> (Nats, String) {
-    let binary = std::env::var("NATS_SERVER").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/flowplane/bin/nats-server")
-    });
+    let binary = std::env::var("NATS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/flowplane/bin/nats-server")
+        });
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -38,7 +41,12 @@ fn start_nats() -> (Nats, String) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("start {}: {e} (run scripts/install-tools.sh)", binary.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "start {}: {e} (run scripts/install-tools.sh)",
+                binary.display()
+            )
+        });
     let nats = Nats(child, store);
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -73,7 +81,11 @@ async fn raw_jetstream(url: &str, payloads: &[Bytes]) -> Duration {
     for chunk in payloads.chunks(1000) {
         let mut acks = Vec::with_capacity(chunk.len());
         for (i, payload) in chunk.iter().enumerate() {
-            acks.push(js.publish(format!("raw.{}", i % 16), payload.clone()).await.expect("publish"));
+            acks.push(
+                js.publish(format!("raw.{}", i % 16), payload.clone())
+                    .await
+                    .expect("publish"),
+            );
         }
         for ack in acks {
             ack.await.expect("ack");
@@ -92,12 +104,19 @@ async fn raw_jetstream(url: &str, payloads: &[Bytes]) -> Duration {
 /// ERP simulator -> worker -> forecast simulator, until every record is applied.
 async fn end_to_end(url: &str, erp: std::sync::Arc<ErpState>, count: u64) -> Duration {
     let forecast = ForecastState::new();
-    let erp_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let forecast_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let erp_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let forecast_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let erp_url = format!("http://{}/odata", erp_listener.local_addr().expect("addr"));
     let forecast_url = format!("http://{}", forecast_listener.local_addr().expect("addr"));
     tokio::spawn(flowplane::sim::erp::serve(erp_listener, erp));
-    tokio::spawn(flowplane::sim::forecast::serve(forecast_listener, forecast.clone()));
+    tokio::spawn(flowplane::sim::forecast::serve(
+        forecast_listener,
+        forecast.clone(),
+    ));
     let mut config = sample::sales_order_flow("bench", "orders", url, &erp_url, &forecast_url);
     config.target.batch_size = 500;
     config.delivery.max_ack_pending = 10_000;
@@ -115,7 +134,10 @@ async fn end_to_end(url: &str, erp: std::sync::Arc<ErpState>, count: u64) -> Dur
 
 fn main() {
     // `cargo bench` passes --bench; nothing else is accepted.
-    let count: u32 = std::env::var("RECORDS").ok().and_then(|n| n.parse().ok()).unwrap_or(50_000);
+    let count: u32 = std::env::var("RECORDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(50_000);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         let (_nats, url) = start_nats();
@@ -137,8 +159,17 @@ fn main() {
         let raw_rate = f64::from(count) / raw.as_secs_f64();
         let e2e_rate = f64::from(count) / e2e.as_secs_f64();
         println!("records: {count} sales order lines, {average} bytes each");
-        println!("raw JetStream publish+consume: {raw_rate:>10.0} records/s ({:.2}s)", raw.as_secs_f64());
-        println!("worker end to end:             {e2e_rate:>10.0} records/s ({:.2}s)", e2e.as_secs_f64());
-        println!("ratio end-to-end / raw:        {:>10.1}%", 100.0 * e2e_rate / raw_rate);
+        println!(
+            "raw JetStream publish+consume: {raw_rate:>10.0} records/s ({:.2}s)",
+            raw.as_secs_f64()
+        );
+        println!(
+            "worker end to end:             {e2e_rate:>10.0} records/s ({:.2}s)",
+            e2e.as_secs_f64()
+        );
+        println!(
+            "ratio end-to-end / raw:        {:>10.1}%",
+            100.0 * e2e_rate / raw_rate
+        );
     });
 }
