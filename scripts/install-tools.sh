@@ -110,9 +110,16 @@ for kind in prometheusrules servicemonitors; do
     "example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" "prometheus-operator-$kind.yaml"
 done
 
-if [ "${FLOWPLANE_WITH_HELM:-0}" = 1 ]; then
-  go_tool "helm-v$HELM_VERSION" "helm.sh/helm/v3@v$HELM_VERSION" "helm.sh/helm/v3/cmd/helm"
-  link "helm-v$HELM_VERSION" helm
+# helm lints and renders the chart (tests/chart.rs).
+go_tool "helm-v$HELM_VERSION" "helm.sh/helm/v3@v$HELM_VERSION" "helm.sh/helm/v3/cmd/helm"
+link "helm-v$HELM_VERSION" helm
+
+# A Lua interpreter runs the Argo CD health checks (tests/argocd_health.rs).
+if ! command -v lua5.4 >/dev/null 2>&1; then
+  log "installing lua5.4 (Debian)"
+  if command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lua5.4) >/dev/null 2>&1 || log "lua5.4 install failed"
+  fi
 fi
 
 if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$BIN/promtool" ]; then
