@@ -1,0 +1,45 @@
+# syntax=docker/dockerfile:1
+# flowplane: one static binary (`flowplane controller`, `flowplane worker`, `flowplane render`,
+# ...) in a distroless image, running as the non-root user 65532.
+#
+#   docker build -t flowplane:dev .
+#   docker buildx build --platform linux/amd64,linux/arm64 -t ghcr.io/flowplane/flowplane:0.1.0 .
+#
+# The Helm chart runs it as `flowplane controller`; the operator deploys the same image as the
+# sync workers (`flowplane worker`) unless worker.image is set.
+
+# The toolchain the test suite runs on.
+ARG RUST_VERSION=1.95
+
+FROM --platform=$BUILDPLATFORM rust:${RUST_VERSION}-bookworm AS build
+ARG TARGETARCH
+# A static musl binary: no libc in the runtime image. ring (TLS) needs a C compiler for musl.
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends musl-tools \
+ && rm -rf /var/lib/apt/lists/*
+RUN case "$TARGETARCH" in \
+      amd64|"") echo x86_64-unknown-linux-musl > /rust-target ;; \
+      arm64) echo aarch64-unknown-linux-musl > /rust-target \
+             && apt-get update && apt-get install -y --no-install-recommends gcc-aarch64-linux-gnu \
+             && rm -rf /var/lib/apt/lists/* ;; \
+      *) echo "unsupported TARGETARCH $TARGETARCH" >&2; exit 1 ;; \
+    esac \
+ && rustup target add "$(cat /rust-target)"
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY benches ./benches
+COPY src ./src
+ENV CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc \
+    CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin flowplane --target "$(cat /rust-target)" \
+ && cp "target/$(cat /rust-target)/release/flowplane" /flowplane
+
+# distroless/static: CA certificates, /etc/passwd with nonroot (65532), no shell, no libc.
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /flowplane /flowplane
+USER 65532:65532
+EXPOSE 8080 9090
+ENTRYPOINT ["/flowplane"]
+CMD ["controller"]
