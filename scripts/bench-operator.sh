@@ -14,4 +14,4 @@ trap cleanup EXIT
 cargo build --release --locked --quiet --bin flowplane
 kubectl apply --server-side -f crds/ >/dev/null
 kubectl wait --for condition=Established crd --all --timeout=60s >/dev/null
-FLOWPLANE_BIN="$(pwd)/target/release/flowplane" cargo bench --locked --bench operator_scale
+FLOWPLANE_BIN="${CARGO_TARGET_DIR:-$(pwd)/target}/release/flowplane" cargo bench --locked --bench operator_scale
