@@ -30,6 +30,8 @@ enum Command {
     Worker(flowplane::worker::WorkerArgs),
     /// List or redrive a flow's dead letters.
     Dlq(flowplane::queue::cli::DlqArgs),
+    /// List, approve or reject a flow's forecast deltas parked for review.
+    Review(flowplane::worker::approval::ReviewArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         Command::Sim(args) => flowplane::sim::run(args)?,
         Command::Worker(args) => flowplane::worker::run_cli(args)?,
         Command::Dlq(args) => flowplane::queue::cli::run(args)?,
+        Command::Review(args) => flowplane::worker::approval::run_cli(args)?,
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod approvals;
 pub mod cli;
 pub mod headers;
 pub mod jetstream;

@@ -18,6 +18,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use super::approval::Approvals;
 use super::connectors::target::{Outgoing, Target};
 use super::dead_letter::dead_letter;
 use super::http::CallError;
@@ -26,6 +27,7 @@ use super::progress::ProgressDeltas;
 use super::resilience::Backoff;
 use super::trace::trace_id;
 use super::transform::{Plan, Reason};
+use crate::api::integration_flow::ApprovalAction;
 use crate::queue::{QueueNames, headers};
 
 /// Everything a consume loop needs.
@@ -48,6 +50,8 @@ pub struct Consumer {
     pub metrics: Arc<Metrics>,
     /// Progress to flush.
     pub progress: Arc<ProgressDeltas>,
+    /// Approval routing, when the flow has `approval`.
+    pub approval: Option<Arc<Approvals>>,
 }
 
 /// A record mapped and ready to deliver.
@@ -187,12 +191,80 @@ impl Consumer {
                 }
             }
         }
+        let escalate = match &self.approval {
+            Some(approvals) if !ready.is_empty() => {
+                self.route(approvals, messages, buffer, &mut ready).await
+            }
+            _ => Vec::new(),
+        };
         if !ready.is_empty() {
-            self.deliver(messages, buffer, &ready).await;
+            self.deliver(&self.target, messages, buffer, &ready).await;
+        }
+        if !escalate.is_empty() {
+            match self.approval.as_ref().and_then(|a| a.escalate.as_ref()) {
+                Some(target) => self.deliver(target, messages, buffer, &escalate).await,
+                None => {
+                    for r in &escalate {
+                        self.reject(
+                            &messages[r.message],
+                            Reason::TargetRejected,
+                            "approval",
+                            "delta escalated but the flow has no approval.escalateTo",
+                        )
+                        .await;
+                    }
+                }
+            }
         }
         self.metrics
             .batch_seconds
             .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Approval routing: keeps the Apply records in `ready`, parks the Review ones (acked once
+    /// parked, NAKed if parking failed) and returns the Escalate ones.
+    async fn route(
+        &self,
+        approvals: &Approvals,
+        messages: &[jetstream::Message],
+        buffer: &[u8],
+        ready: &mut Vec<Ready>,
+    ) -> Vec<Ready> {
+        let mut apply = Vec::with_capacity(ready.len());
+        let mut escalate = Vec::new();
+        for r in ready.drain(..) {
+            let data = &buffer[r.range.clone()];
+            let message = &messages[r.message];
+            let (action, delta) = approvals.evaluate(data);
+            let trace = trace_id(header(message, headers::TRACEPARENT));
+            tracing::debug!(
+                trace_id = trace,
+                stage = "approval",
+                ?action,
+                delta,
+                "delta routed"
+            );
+            match action {
+                ApprovalAction::Apply => apply.push(r),
+                ApprovalAction::Escalate => escalate.push(r),
+                ApprovalAction::Review => {
+                    match approvals.park(message, data, r.version, delta).await {
+                        Ok(id) => {
+                            tracing::info!(trace_id = trace, stage = "approval", review = %id, delta, "delta parked for review");
+                            let _ = message.ack().await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(trace_id = trace, error = %e, "parking failed; redelivering");
+                            let _ = message
+                                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                                .await;
+                        }
+                    }
+                }
+            }
+        }
+        *ready = apply;
+        escalate
     }
 
     /// Dead-letters one record; if even that fails, NAKs it so it comes back.
@@ -226,7 +298,13 @@ impl Consumer {
         }
     }
 
-    async fn deliver(&self, messages: &[jetstream::Message], buffer: &[u8], ready: &[Ready]) {
+    async fn deliver(
+        &self,
+        target: &Target,
+        messages: &[jetstream::Message],
+        buffer: &[u8],
+        ready: &[Ready],
+    ) {
         let outgoing: Vec<Outgoing<'_>> = ready
             .iter()
             .map(|r| Outgoing {
@@ -234,7 +312,7 @@ impl Consumer {
                 data: &buffer[r.range.clone()],
             })
             .collect();
-        match self.target.deliver(&outgoing).await {
+        match target.deliver(&outgoing).await {
             Ok(outcome) => {
                 let mut refused = vec![None; ready.len()];
                 for rejected in outcome.rejected {
@@ -274,7 +352,7 @@ impl Consumer {
                     "target refused a batch; delivering its records one by one"
                 );
                 for r in ready {
-                    Box::pin(self.deliver(messages, buffer, std::slice::from_ref(r))).await;
+                    Box::pin(self.deliver(target, messages, buffer, std::slice::from_ref(r))).await;
                 }
             }
             Err(CallError::Permanent { status, body }) => {
@@ -305,7 +383,7 @@ impl Consumer {
                         let delay = self
                             .redelivery
                             .delay(delivered.saturating_sub(1) as u32)
-                            .max(self.target.http.breaker.open_remaining());
+                            .max(target.http.breaker.open_remaining());
                         let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
                     }
                 }

@@ -5,6 +5,7 @@
 //! extractor lease (so the source is read once per flow), several consume loops on the flow's
 //! shared durable consumer, a progress flusher, and the metrics/health server.
 
+pub mod approval;
 pub mod clock;
 pub mod config;
 pub mod connectors;
@@ -179,6 +180,34 @@ pub async fn run(
             tracing::error!(error = %e, "extractor stopped");
         }
     });
+    let approval = match &flow.config.approval {
+        Some(config) => {
+            let escalate = match &config.escalate_to {
+                Some(to) => Some(Arc::new(Target::new(
+                    to,
+                    flow.plan.key_names(),
+                    flow.metrics.clone(),
+                )?)),
+                None => None,
+            };
+            let approvals = Arc::new(approval::Approvals::new(
+                config,
+                escalate,
+                flow.store.clone(),
+            )?);
+            let resolver = approval::Resolver {
+                worker_id: options.worker_id.clone(),
+                js: flow.js.clone(),
+                names: names.clone(),
+                target: target.clone(),
+                metrics: flow.metrics.clone(),
+                progress: flow.progress.clone(),
+            };
+            tasks.spawn(approvals.clone().run(resolver, shutdown.clone()));
+            Some(approvals)
+        }
+        None => None,
+    };
     let consumer = Arc::new(consume::Consumer {
         js: flow.js.clone(),
         names: names.clone(),
@@ -189,6 +218,7 @@ pub async fn run(
         redelivery: resilience::Backoff::new(&flow.config.delivery.retry),
         metrics: flow.metrics.clone(),
         progress: flow.progress.clone(),
+        approval,
     });
     for _ in 0..options.concurrency.max(1) {
         let consumer = consumer.clone();

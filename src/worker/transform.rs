@@ -34,8 +34,10 @@ pub enum Reason {
     TargetRejected,
     /// Transient failures outlasted the flow's maxDeliver.
     MaxDeliveries,
-    /// A planner rejected the forecast delta, or its review timed out with onTimeout Reject.
+    /// A planner rejected the forecast delta.
     ReviewRejected,
+    /// Nobody decided on the forecast delta in time and onTimeout is Reject.
+    ReviewTimeout,
 }
 
 impl Reason {
@@ -49,11 +51,12 @@ impl Reason {
             Reason::TargetRejected => "TargetRejected",
             Reason::MaxDeliveries => "MaxDeliveries",
             Reason::ReviewRejected => "ReviewRejected",
+            Reason::ReviewTimeout => "ReviewTimeout",
         }
     }
 
     /// Every reason, for metrics.
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::Undecodable,
         Reason::UnmappedCode,
         Reason::ContractViolation,
@@ -61,6 +64,7 @@ impl Reason {
         Reason::TargetRejected,
         Reason::MaxDeliveries,
         Reason::ReviewRejected,
+        Reason::ReviewTimeout,
     ];
 }
 

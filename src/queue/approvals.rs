@@ -1,0 +1,246 @@
+//! Forecast deltas parked for review, in the flow's key-value bucket: `review.<id>` holds the
+//! parked record, `decision.<id>` a planner's decision. The workers act on decisions and
+//! timeouts (see `worker::approval`); the operator (status.pendingApprovals and the
+//! `flowplane.io/approve|reject` annotations) and `flowplane review` use [`list_pending`] and
+//! [`decide`]. The id is derived from the record's key and source version, so a redelivered
+//! record is parked once.
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::QueueNames;
+use super::jetstream::{QueueError, bucket};
+
+/// Key prefix of parked records.
+pub const REVIEW_PREFIX: &str = "review.";
+/// Key prefix of decisions.
+pub const DECISION_PREFIX: &str = "decision.";
+
+/// A planner's decision on a parked delta.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Deliver the record to the flow's target.
+    Approve,
+    /// Drop it (dead-lettered with reason `ReviewRejected`).
+    Reject,
+}
+
+/// A pending review as the operator's status and `flowplane review list` show it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingReview {
+    /// Review id (for approve/reject).
+    pub id: String,
+    /// Primary key of the record.
+    pub key: String,
+    /// Delta in percent (infinite when the baseline is 0 or missing, shown as null in JSON).
+    pub delta_percent: f64,
+    /// When the review times out, Unix seconds.
+    pub expires: i64,
+    /// A decision recorded but not yet carried out by a worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
+}
+
+/// Who is carrying out a decision or timeout right now (so workers do not act twice).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Claim {
+    /// Worker id.
+    pub holder: String,
+    /// Unix ms after which another worker may take over.
+    pub until_unix_ms: i64,
+}
+
+/// A parked record, as stored under `review.<id>`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ParkedReview {
+    /// Review id.
+    pub id: String,
+    /// Primary key of the record.
+    pub key: String,
+    /// Source version of the record.
+    pub version: u64,
+    /// Delta in percent (None when infinite).
+    pub delta_percent: Option<f64>,
+    /// Expiry, Unix seconds.
+    pub expires: i64,
+    /// The mapped, validated record (what the target receives).
+    pub record: serde_json::Value,
+    /// The original record as it was in the flow's stream (what a dead letter keeps).
+    pub original: String,
+    /// Subject the record had in the flow's stream.
+    pub subject: String,
+    /// Its `Nats-Msg-Id`.
+    pub msg_id: String,
+    /// Its correlation id.
+    pub traceparent: String,
+    /// Set while a worker carries out the outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<Claim>,
+}
+
+impl ParkedReview {
+    /// The delta with infinity restored.
+    pub fn delta(&self) -> f64 {
+        self.delta_percent.unwrap_or(f64::INFINITY)
+    }
+}
+
+/// Deterministic review id of a record: FNV-1a 64 of key and source version, in hex.
+pub fn review_id(key: &str, version: u64) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key
+        .bytes()
+        .chain([0u8])
+        .chain(version.to_string().into_bytes())
+    {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// Bucket key of a parked record.
+pub fn review_key(id: &str) -> String {
+    format!("{REVIEW_PREFIX}{id}")
+}
+
+/// Bucket key of a decision.
+pub fn decision_key(id: &str) -> String {
+    format!("{DECISION_PREFIX}{id}")
+}
+
+fn bucket_error(name: &str, e: impl std::fmt::Display) -> QueueError {
+    QueueError::Bucket {
+        name: name.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Ids of all parked records in the bucket.
+pub async fn parked_ids(store: &kv::Store) -> Result<Vec<String>, QueueError> {
+    let keys: Vec<String> = store
+        .keys()
+        .await
+        .map_err(|e| bucket_error(&store.name, e))?
+        .try_collect()
+        .await
+        .map_err(|e| bucket_error(&store.name, e))?;
+    let mut ids: Vec<String> = keys
+        .into_iter()
+        .filter_map(|k| k.strip_prefix(REVIEW_PREFIX).map(str::to_string))
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// A parked record and its revision, None when absent.
+pub async fn read_parked(
+    store: &kv::Store,
+    id: &str,
+) -> Result<Option<(ParkedReview, u64)>, QueueError> {
+    let entry = store
+        .entry(review_key(id))
+        .await
+        .map_err(|e| bucket_error(&store.name, e))?;
+    Ok(match entry {
+        Some(entry) if entry.operation == kv::Operation::Put => {
+            serde_json::from_slice(&entry.value)
+                .ok()
+                .map(|p| (p, entry.revision))
+        }
+        _ => None,
+    })
+}
+
+/// The decision recorded for `id`, if any.
+pub async fn read_decision(store: &kv::Store, id: &str) -> Result<Option<Decision>, QueueError> {
+    let entry = store
+        .entry(decision_key(id))
+        .await
+        .map_err(|e| bucket_error(&store.name, e))?;
+    Ok(match entry {
+        Some(entry) if entry.operation == kv::Operation::Put => {
+            serde_json::from_slice(&entry.value).ok()
+        }
+        _ => None,
+    })
+}
+
+/// The flow's pending reviews, ordered by id.
+pub async fn list_pending(
+    js: &jetstream::Context,
+    names: &QueueNames,
+) -> Result<Vec<PendingReview>, QueueError> {
+    let store = bucket(js, names).await?;
+    let mut pending = Vec::new();
+    for id in parked_ids(&store).await? {
+        if let Some((parked, _)) = read_parked(&store, &id).await? {
+            pending.push(PendingReview {
+                decision: read_decision(&store, &id).await?,
+                id: parked.id.clone(),
+                key: parked.key.clone(),
+                delta_percent: parked.delta(),
+                expires: parked.expires,
+            });
+        }
+    }
+    Ok(pending)
+}
+
+/// Records a decision on review `id` for the workers, which carry it out within seconds.
+/// An id that is not pending (unknown, or already carried out) is an error naming it.
+/// Deciding again overwrites an earlier decision not yet carried out.
+pub async fn decide(
+    js: &jetstream::Context,
+    names: &QueueNames,
+    id: &str,
+    decision: Decision,
+) -> Result<(), QueueError> {
+    let store = bucket(js, names).await?;
+    if read_parked(&store, id).await?.is_none() {
+        return Err(bucket_error(
+            &names.kv_bucket,
+            format!("no pending review {id}"),
+        ));
+    }
+    let value = Bytes::from(serde_json::to_vec(&decision).unwrap_or_default());
+    store
+        .put(decision_key(id), value)
+        .await
+        .map_err(|e| bucket_error(&names.kv_bucket, e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_deterministic_valid_keys_and_differ_by_version() {
+        let a = review_id("SKU-1/DC-NORTH", 7);
+        assert_eq!(a, review_id("SKU-1/DC-NORTH", 7));
+        assert_ne!(a, review_id("SKU-1/DC-NORTH", 8));
+        assert_ne!(a, review_id("SKU-1/DC-SOUTH", 7));
+        assert_eq!(a.len(), 16);
+        assert!(
+            review_key(&a)
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.')
+        );
+    }
+
+    #[test]
+    fn decisions_round_trip() {
+        let text = serde_json::to_string(&Decision::Approve).unwrap();
+        assert_eq!(text, "\"Approve\"");
+        assert_eq!(
+            serde_json::from_str::<Decision>("\"Reject\"").unwrap(),
+            Decision::Reject
+        );
+    }
+}
