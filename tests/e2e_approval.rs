@@ -298,7 +298,7 @@ async fn deltas_are_applied_reviewed_or_escalated_and_reviews_are_approved_or_re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_review_nobody_decides_is_rejected_or_applied_as_on_timeout_says() {
+async fn a_review_nobody_decides_is_rejected_applied_or_escalated_as_on_timeout_says() {
     let nats_url = support::local_env().nats_url.clone();
     let sims = start_sims(seed()).await;
     let js = jetstream(&nats_url).await;
@@ -308,6 +308,7 @@ async fn a_review_nobody_decides_is_rejected_or_applied_as_on_timeout_says() {
     for (name, on_timeout) in [
         ("timeout-reject", ReviewTimeoutAction::Reject),
         ("timeout-apply", ReviewTimeoutAction::Apply),
+        ("timeout-escalate", ReviewTimeoutAction::Escalate),
     ] {
         let flow = unique_flow(name);
         let subject = format!("planning.{flow}");
@@ -319,8 +320,13 @@ async fn a_review_nobody_decides_is_rejected_or_applied_as_on_timeout_says() {
             "2s",
             on_timeout,
         );
-        // One ERP entity per flow, so the two flows' deliveries are told apart.
+        // Entities of their own per flow, so the flows' deliveries are told apart.
         config.target.entity = format!("{ERP}-{name}");
+        if let Some(approval) = config.approval.as_mut()
+            && let Some(escalate) = approval.escalate_to.as_mut()
+        {
+            escalate.entity = format!("{SUPPLIER}-{name}");
+        }
         cleanups.push(QueueCleanup {
             url: nats_url.clone(),
             names: config.queue.clone(),
@@ -352,15 +358,28 @@ async fn a_review_nobody_decides_is_rejected_or_applied_as_on_timeout_says() {
         .await;
         let letters = list_dead_letters(&js, &names, None).await.unwrap();
         let arrived = skus(&sims.forecast.received(&entity));
+        let escalated = skus(&sims.forecast.received(&format!(
+            "{SUPPLIER}-{}",
+            entity.trim_start_matches(&format!("{ERP}-"))
+        )));
         match on_timeout {
             ReviewTimeoutAction::Reject => {
-                assert!(arrived.is_empty(), "{arrived:?}");
+                assert!(
+                    arrived.is_empty() && escalated.is_empty(),
+                    "{arrived:?} {escalated:?}"
+                );
                 assert_eq!(letters.len(), 1, "{letters:#?}");
                 assert_eq!(letters[0].reason, "ReviewTimeout");
                 assert_eq!(letters[0].record["sku"], "SKU-T");
             }
-            _ => {
+            ReviewTimeoutAction::Apply => {
                 assert_eq!(arrived, ["SKU-T"]);
+                assert!(escalated.is_empty(), "{escalated:?}");
+                assert!(letters.is_empty(), "{letters:#?}");
+            }
+            ReviewTimeoutAction::Escalate => {
+                assert_eq!(escalated, ["SKU-T"]);
+                assert!(arrived.is_empty(), "{arrived:?}");
                 assert!(letters.is_empty(), "{letters:#?}");
             }
         }

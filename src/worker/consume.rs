@@ -251,7 +251,11 @@ impl Consumer {
                     match approvals.park(message, data, r.version, delta).await {
                         Ok(id) => {
                             tracing::info!(trace_id = trace, stage = "approval", review = %id, delta, "delta parked for review");
-                            let _ = message.ack().await;
+                            // Confirmed ack: a redelivery after the review was carried out
+                            // would park the record a second time.
+                            if let Err(e) = message.double_ack().await {
+                                tracing::warn!(trace_id = trace, error = %e, "ack of a parked record not confirmed");
+                            }
                         }
                         Err(e) => {
                             tracing::warn!(trace_id = trace, error = %e, "parking failed; redelivering");
