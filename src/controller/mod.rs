@@ -108,6 +108,41 @@ impl Context {
     }
 }
 
+/// Publishes a Kubernetes Event about `object` (on transitions only; callers decide). Event
+/// notes are capped at the 1 kB the API allows; a failure to publish never fails a reconcile.
+pub async fn publish_event<K: kube::Resource<DynamicType = ()>>(
+    ctx: &Context,
+    object: &K,
+    type_: kube::runtime::events::EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = kube::runtime::events::Event {
+        type_,
+        reason: reason.into(),
+        note: Some(truncate(note)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+        tracing::debug!(error = %e, "could not publish event");
+    }
+}
+
+/// Events carry at most 1 kB of note; longer ones are cut at a character boundary.
+fn truncate(mut note: String) -> String {
+    const NOTE_LIMIT: usize = 1000;
+    if note.len() > NOTE_LIMIT {
+        let mut cut = NOTE_LIMIT - 3;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push_str("...");
+    }
+    note
+}
+
 /// Runs every controller until one stops (which only happens on shutdown).
 pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
     tokio::select! {

@@ -17,13 +17,13 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Resource, ResourceExt};
 
 use crate::api::ConnectorBinding;
 use crate::api::common::parse_duration;
@@ -136,25 +136,6 @@ async fn reconcile(binding: Arc<ConnectorBinding>, ctx: Arc<Context>) -> Result<
     Ok(Action::requeue(requeue))
 }
 
-async fn publish_event(
-    ctx: &Context,
-    binding: &ConnectorBinding,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &binding.object_ref(&())).await {
-        tracing::debug!(error = %e, "could not publish event");
-    }
-}
-
 /// Writes status only when it changed, with an event per transition of `Ready`,
 /// `SecretResolved` or `Reachable`.
 async fn write_status(
@@ -176,7 +157,7 @@ async fn write_status(
         } else {
             EventType::Warning
         };
-        publish_event(
+        super::publish_event(
             ctx,
             binding,
             type_,

@@ -19,7 +19,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
@@ -38,8 +38,6 @@ pub const FIRST_SEEN_ANNOTATION: &str = "flowplane.io/first-seen";
 /// A contract's status depends only on its spec and history, both watched; the periodic
 /// pass only repairs a history ConfigMap changed behind the controller's back.
 const RESYNC: Duration = Duration::from_secs(600);
-/// Events carry at most 1 kB of note.
-const NOTE_LIMIT: usize = 1000;
 
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
@@ -111,9 +109,9 @@ async fn reconcile(contract: Arc<DataContract>, ctx: Arc<Context>) -> Result<Act
             .await?;
     }
     if let Some(version) = &plan.newly_published {
-        publish_event(
+        super::publish_event(
             &ctx,
-            &contract,
+            contract.as_ref(),
             EventType::Normal,
             "VersionPublished",
             format!(
@@ -194,41 +192,6 @@ fn needs_write(live: Option<&ConfigMap>, contract: &DataContract, desired: &Conf
         || !owned
 }
 
-fn truncate(mut note: String) -> String {
-    if note.len() > NOTE_LIMIT {
-        let mut cut = NOTE_LIMIT - 3;
-        while !note.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        note.truncate(cut);
-        note.push_str("...");
-    }
-    note
-}
-
-async fn publish_event(
-    ctx: &Context,
-    contract: &DataContract,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(truncate(note)),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx
-        .recorder
-        .publish(&event, &contract.object_ref(&()))
-        .await
-    {
-        tracing::debug!(error = %e, "could not publish event");
-    }
-}
-
 /// Writes status only when it changed, with an event per condition transition (a refused
 /// version is a Warning naming its breaks).
 async fn write_status(
@@ -259,7 +222,7 @@ async fn write_status(
         } else {
             EventType::Warning
         };
-        publish_event(ctx, contract, type_, &changed.reason, note).await;
+        super::publish_event(ctx, contract, type_, &changed.reason, note).await;
     }
     let api: Api<DataContract> = Api::namespaced(
         ctx.client.clone(),

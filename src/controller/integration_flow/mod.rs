@@ -15,14 +15,14 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Resource, ResourceExt};
 
 use crate::api::integration_flow::{DeletionPolicy, IntegrationFlowStatus};
 use crate::api::{ConnectorBinding, DataContract, IntegrationFlow};
@@ -390,7 +390,7 @@ async fn handle_operations(
         match outcome {
             Ok(()) => {
                 acknowledged.insert(short, value.clone());
-                publish_event(
+                super::publish_event(
                     ctx,
                     flow,
                     EventType::Normal,
@@ -400,7 +400,7 @@ async fn handle_operations(
                 .await;
             }
             Err(e) => {
-                publish_event(
+                super::publish_event(
                     ctx,
                     flow,
                     EventType::Warning,
@@ -412,25 +412,6 @@ async fn handle_operations(
         }
     }
     acknowledged
-}
-
-async fn publish_event(
-    ctx: &Context,
-    flow: &IntegrationFlow,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &flow.object_ref(&())).await {
-        tracing::debug!(error = %e, "could not publish event");
-    }
 }
 
 /// Writes status only when it changed, and publishes an event per condition transition.
@@ -455,7 +436,7 @@ async fn write_status(
             } else {
                 EventType::Warning
             };
-            publish_event(
+            super::publish_event(
                 ctx,
                 flow,
                 type_,
