@@ -515,3 +515,99 @@ async fn optional_apis_swap_autoscaler_and_alert_objects() {
         std::panic::resume_unwind(panic.into_panic());
     }
 }
+
+#[tokio::test]
+async fn pending_reviews_show_in_status_and_annotations_decide_them() {
+    use flowplane::queue::approvals::{
+        Decision, ParkedReview, read_decision, review_id, review_key,
+    };
+    let client = client().await;
+    operator();
+    let ns = TestNamespace::new(&client, "flow-review").await;
+    dependencies(&client, &ns.name).await;
+    let approval = "  approval:\n    valueField: quantity\n    baselineField: quantity\n    rules: [{belowPercent: 5, action: Apply}, {belowPercent: 20, action: Review}]\n    otherwise: Review\n    reviewTimeout: 24h\n";
+    let _: IntegrationFlow = apply_yaml(&client, &ns.name, &flow_yaml("deltas", approval)).await;
+    eventually(60, "queue", || async {
+        let f = flow_status(&client, &ns.name, "deltas").await;
+        (condition(&f, "QueueReady")?.0 == "True").then_some(())
+    })
+    .await;
+
+    // What a worker parks for a 12% delta.
+    let js = async_nats::jetstream::new(
+        async_nats::connect(local_env().nats_url.as_str())
+            .await
+            .unwrap(),
+    );
+    let names = QueueNames::for_flow(&ns.name, "deltas");
+    let store = bucket(&js, &names).await.unwrap();
+    let expires = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + 3600;
+    let mut ids = Vec::new();
+    for (key, delta) in [("SKU-1|DC-HAMBURG", 12.0), ("SKU-2|DC-LYON", -15.5)] {
+        let id = review_id(key, 7);
+        let parked = ParkedReview {
+            id: id.clone(),
+            key: key.into(),
+            version: 7,
+            delta_percent: Some(delta),
+            expires,
+            record: json!({"sku": key}),
+            original: "{}".into(),
+            subject: format!("{}.0", names.subject),
+            msg_id: format!("{key}@7"),
+            traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            claim: None,
+        };
+        store
+            .put(review_key(&id), serde_json::to_vec(&parked).unwrap().into())
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let flow = eventually(60, "pending approvals in status", || async {
+        let f = flow_status(&client, &ns.name, "deltas").await;
+        (f.status.as_ref()?.pending_approvals.len() == 2).then_some(f)
+    })
+    .await;
+    let pending = flow.status.unwrap().pending_approvals;
+    let first = pending.iter().find(|p| p.id == ids[0]).unwrap();
+    assert_eq!(
+        (first.key.as_str(), first.delta_percent),
+        ("SKU-1|DC-HAMBURG", 12.0)
+    );
+    assert!(first.expires.ends_with('Z'), "RFC 3339: {}", first.expires);
+
+    let flows: Api<IntegrationFlow> = Api::namespaced(client.clone(), &ns.name);
+    let annotate = json!({"metadata": {"annotations": {
+        "flowplane.io/approve": ids[0],
+        "flowplane.io/reject": format!("{}, unknown-review", ids[1]),
+    }}});
+    flows
+        .patch("deltas", &PatchParams::default(), &Patch::Merge(&annotate))
+        .await
+        .unwrap();
+    eventually(60, "decisions recorded and acknowledged", || async {
+        let f = flow_status(&client, &ns.name, "deltas").await;
+        let ops = f.status?.operations;
+        (ops.get("approve") == Some(&ids[0]) && ops.contains_key("reject")).then_some(())
+    })
+    .await;
+    assert_eq!(
+        read_decision(&store, &ids[0]).await.unwrap(),
+        Some(Decision::Approve)
+    );
+    assert_eq!(
+        read_decision(&store, &ids[1]).await.unwrap(),
+        Some(Decision::Reject)
+    );
+    // Decided reviews leave the pending list.
+    eventually(60, "decided reviews leave status", || async {
+        let f = flow_status(&client, &ns.name, "deltas").await;
+        f.status?.pending_approvals.is_empty().then_some(())
+    })
+    .await;
+}

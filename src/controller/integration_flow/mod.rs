@@ -30,6 +30,7 @@ use crate::contract::history;
 use crate::controller::conditions::{Desired, transitions};
 use crate::controller::{Context, Error, FIELD_MANAGER, Result};
 use crate::queue::QueueNames;
+use crate::queue::approvals::{Decision, decide, list_pending};
 use crate::queue::jetstream::{QueuePolicy, delete_queue, ensure_queue, reset_cursor};
 use crate::queue::redrive::redrive;
 use crate::render::labels::{flow_name, namespace};
@@ -40,6 +41,10 @@ pub const KIND: &str = "IntegrationFlow";
 pub const FINALIZER: &str = "flowplane.io/queues";
 /// Annotation asking to move dead letters back to the stream (any new value; "reason=X" for one reason).
 pub const REDRIVE_ANNOTATION: &str = "flowplane.io/redrive";
+/// Annotation approving pending reviews: comma-separated review ids from status.pendingApprovals.
+pub const APPROVE_ANNOTATION: &str = "flowplane.io/approve";
+/// Annotation rejecting pending reviews: comma-separated review ids.
+pub const REJECT_ANNOTATION: &str = "flowplane.io/reject";
 /// Annotation asking to forget the source cursor and re-sync fully (any new value).
 pub const RESET_CURSOR_ANNOTATION: &str = "flowplane.io/reset-cursor";
 use crate::render::workload::RESTART_ANNOTATION;
@@ -311,6 +316,19 @@ async fn apply_flow(flow: &IntegrationFlow, ctx: &Context) -> Result<Action> {
     };
 
     let operations = handle_operations(flow, ctx, &names).await;
+    let pending_approvals = match &queue {
+        Ok(_) if flow.spec.approval.is_some() => list_pending(&ctx.jetstream, &names)
+            .await
+            .map(|reviews| {
+                reviews
+                    .into_iter()
+                    .filter(|r| r.decision.is_none())
+                    .map(status::pending_approval)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
 
     // status
     let status = status::build(status::Observed {
@@ -322,6 +340,7 @@ async fn apply_flow(flow: &IntegrationFlow, ctx: &Context) -> Result<Action> {
         queue,
         deployment: deployment.as_ref(),
         operations,
+        pending_approvals,
         now: Timestamp::now(),
     });
     write_status(flow, ctx, status).await?;
@@ -348,6 +367,26 @@ async fn ensure_queue_once(
     Ok(())
 }
 
+/// Records a planner's decision on each listed review. A review that is no longer pending
+/// (decided already, timed out) counts as handled: the annotation is history, not a request
+/// to retry forever.
+async fn decide_all(
+    ctx: &Context,
+    names: &QueueNames,
+    ids: &str,
+    decision: Decision,
+) -> std::result::Result<(), String> {
+    for id in ids.split(',').map(str::trim).filter(|id| !id.is_empty()) {
+        if let Err(e) = decide(&ctx.jetstream, names, id, decision).await {
+            let message = e.to_string();
+            if !message.contains("no pending review") {
+                return Err(message);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Handles one-off operations whose annotation value differs from the one acknowledged in
 /// status; returns the acknowledged values. A failed operation is retried on the next pass.
 async fn handle_operations(
@@ -365,6 +404,8 @@ async fn handle_operations(
         RESTART_ANNOTATION,
         REDRIVE_ANNOTATION,
         RESET_CURSOR_ANNOTATION,
+        APPROVE_ANNOTATION,
+        REJECT_ANNOTATION,
     ] {
         let Some(value) = annotations.get(key) else {
             continue;
@@ -383,6 +424,8 @@ async fn handle_operations(
                     .map(|_| ())
                     .map_err(|e| e.to_string())
             }
+            APPROVE_ANNOTATION => decide_all(ctx, names, value, Decision::Approve).await,
+            REJECT_ANNOTATION => decide_all(ctx, names, value, Decision::Reject).await,
             _ => reset_cursor(&ctx.jetstream, names)
                 .await
                 .map_err(|e| e.to_string()),

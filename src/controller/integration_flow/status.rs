@@ -8,8 +8,9 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::api::IntegrationFlow;
 use crate::api::common::parse_duration;
-use crate::api::integration_flow::{IntegrationFlowStatus, SyncStatus};
+use crate::api::integration_flow::{IntegrationFlowStatus, PendingApproval, SyncStatus};
 use crate::controller::conditions::{Desired, merge};
+use crate::queue::approvals::PendingReview;
 use crate::render::labels::{worker_selector_string, workers_name};
 
 use super::dereference::QueueState;
@@ -30,6 +31,8 @@ pub struct Observed<'a> {
     pub queue: Result<QueueState, String>,
     pub deployment: Option<&'a Deployment>,
     pub operations: BTreeMap<String, String>,
+    /// Reviews parked by the workers, undecided.
+    pub pending_approvals: Vec<PendingApproval>,
     pub now: Timestamp,
 }
 
@@ -126,6 +129,23 @@ fn freshness(
                 )
             }
         }
+    }
+}
+
+/// A parked review as status shows it (expiry in RFC 3339; an infinite delta, from a zero
+/// baseline, as the largest finite number so the status stays valid JSON).
+pub fn pending_approval(review: PendingReview) -> PendingApproval {
+    PendingApproval {
+        expires: Timestamp::from_second(review.expires)
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+        delta_percent: if review.delta_percent.is_finite() {
+            review.delta_percent
+        } else {
+            f64::MAX
+        },
+        id: review.id,
+        key: review.key,
     }
 }
 
@@ -237,11 +257,7 @@ pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
         workers: Some(format!("{ready_replicas}/{desired}")),
         selector: Some(worker_selector_string(flow)),
         sync,
-        pending_approvals: flow
-            .status
-            .as_ref()
-            .map(|s| s.pending_approvals.clone())
-            .unwrap_or_default(),
+        pending_approvals: observed.pending_approvals,
         operations: observed.operations,
     }
 }
