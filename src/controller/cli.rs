@@ -6,7 +6,25 @@ use std::time::Duration;
 use kube::Client;
 
 use super::leader::LeaderElector;
+use super::metrics::Metrics;
 use super::{Context, OperatorConfig};
+
+/// A client that counts the write requests it sends, so "a settled operator writes nothing"
+/// is visible in production as `flowplane_operator_kube_write_requests_total`.
+async fn counting_client(
+    writes: prometheus_client::metrics::counter::Counter,
+) -> anyhow::Result<Client> {
+    let config = kube::Config::infer().await?;
+    let count = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        if req.method() != http::Method::GET {
+            writes.inc();
+        }
+        req
+    });
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&count)
+        .build())
+}
 
 #[derive(clap::Args, Debug)]
 pub struct ControllerArgs {
@@ -38,8 +56,9 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(async {
-            let client = Client::try_default().await?;
-            let ctx = Context::new(client.clone(), args.operator).await?;
+            let metrics = Metrics::default();
+            let client = counting_client(metrics.kube_writes.clone()).await?;
+            let ctx = Context::with_metrics(client.clone(), args.operator, metrics).await?;
             tokio::spawn(super::serve_http(ctx.clone()));
             tracing::info!(region = ?ctx.config.region, "flowplane operator starting");
             if !args.leader_election {

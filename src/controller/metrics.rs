@@ -25,6 +25,8 @@ pub struct Metrics {
     pub reconciles: Family<KindLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
     pub duration: Family<KindLabels, Histogram>,
+    /// Write requests (anything but GET) the operator's client sent to the apiserver.
+    pub kube_writes: Counter,
     pub registry: Arc<Registry>,
 }
 
@@ -42,12 +44,19 @@ impl Default for Metrics {
             "Failed reconciles, by kind and error class",
             errors.clone(),
         );
+        let kube_writes = Counter::default();
+        registry.register(
+            "kube_write_requests",
+            "Write requests sent to the Kubernetes API (a settled operator sends none)",
+            kube_writes.clone(),
+        );
         registry.register(
             "reconcile_duration_seconds",
             "Duration of reconciles, by kind",
             duration.clone(),
         );
         Metrics {
+            kube_writes,
             reconciles,
             errors,
             duration,

@@ -77,6 +77,15 @@ pub struct Context {
 
 impl Context {
     pub async fn new(client: Client, config: OperatorConfig) -> anyhow::Result<Arc<Context>> {
+        Self::with_metrics(client, config, Metrics::default()).await
+    }
+
+    /// As [`Context::new`], with metrics the caller already wired (e.g. into the client).
+    pub async fn with_metrics(
+        client: Client,
+        config: OperatorConfig,
+        metrics: Metrics,
+    ) -> anyhow::Result<Arc<Context>> {
         let mut options = async_nats::ConnectOptions::new()
             .name("flowplane-operator")
             // Start even when NATS is down: flows then report QueueReady=False instead of
@@ -102,7 +111,7 @@ impl Context {
             client,
             config,
             jetstream: async_nats::jetstream::new(nats),
-            metrics: Metrics::default(),
+            metrics,
             applied: Default::default(),
         }))
     }

@@ -37,6 +37,8 @@ use crate::render::labels::{flow_name, namespace};
 use crate::render::{self, FlowInputs, RenderSettings};
 
 pub const KIND: &str = "IntegrationFlow";
+/// Flows reconciled at the same time.
+const RECONCILE_CONCURRENCY: u16 = 16;
 /// Finalizer that removes (or deliberately keeps) the flow's JetStream resources.
 pub const FINALIZER: &str = "flowplane.io/queues";
 /// Annotation asking to move dead letters back to the stream (any new value; "reason=X" for one reason).
@@ -157,6 +159,11 @@ pub async fn run(ctx: Arc<Context>) {
             },
         )
         .reconcile_all_on(optional_crds)
+        // Bounded: thousands of flows reconciling at once only queue at the apiserver and NATS
+        // and inflate memory; a few in flight keep both busy.
+        .with_config(
+            kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
+        )
         .run(reconcile, error_policy, ctx)
         .for_each(|_| std::future::ready(()))
         .await;
