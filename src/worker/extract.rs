@@ -7,14 +7,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::{self, kv};
+use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::connectors::Source;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use tokio::sync::mpsc;
+
+use super::connectors::{Page, Source};
+use super::http::CallError;
 use super::lease::Lease;
 use super::metrics::Metrics;
 use super::progress::ProgressDeltas;
@@ -23,9 +28,15 @@ use super::transform::Plan;
 use super::version::version_of;
 use crate::api::common::parse_duration;
 use crate::api::integration_flow::SyncMode;
-use crate::queue::jetstream::{partition_of, partition_subject};
+use crate::queue::jetstream::{PARTITIONS, partition_of, partition_subject};
 use crate::queue::{CURSOR_KEY, QueueNames, headers};
 use crate::worker::config::WorkerConfig;
+
+/// Pages fetched ahead of the one being published.
+const PREFETCH_PAGES: usize = 2;
+/// Published pages whose acks may be outstanding at once (bounded by the client's
+/// `max_ack_inflight` too).
+const IN_FLIGHT_PAGES: usize = 4;
 
 /// What a full-refresh run did.
 #[derive(Serialize, Debug, Default, Clone, PartialEq, Eq)]
@@ -59,7 +70,13 @@ pub struct Extractor {
 
 impl Extractor {
     /// One record's headers and subject.
-    fn envelope(&self, record: &Value, fallback_version: u64, body: &[u8]) -> (String, HeaderMap) {
+    fn envelope(
+        &self,
+        record: &Value,
+        fallback_version: u64,
+        body: &[u8],
+        subjects: &[Subject],
+    ) -> (Subject, HeaderMap) {
         let key = self.plan.source_key(record);
         let version = self
             .config
@@ -82,31 +99,41 @@ impl Extractor {
         map.insert(headers::TRACEPARENT, traceparent.as_str());
         map.insert(headers::KEY, key.as_str());
         map.insert(headers::SOURCE_VERSION, version.to_string().as_str());
-        (partition_subject(&self.names, partition_of(&key)), map)
+        (subjects[partition_of(&key) as usize].clone(), map)
     }
 
-    /// Publishes one page; returns (stored, duplicates). Publishes are pipelined and all acks
-    /// awaited before the caller moves the cursor.
+    /// Publishes one page without waiting for JetStream's acks; the returned future resolves
+    /// to (stored, duplicates) once every record of the page is acknowledged.
     async fn publish(
         &self,
-        records: &[Value],
+        records: Vec<Value>,
         fallback_version: u64,
-    ) -> anyhow::Result<(u64, u64)> {
+    ) -> anyhow::Result<impl Future<Output = anyhow::Result<(u64, u64)>> + Send + 'static> {
         let mut acks = Vec::with_capacity(records.len());
-        for record in records {
-            let body = Bytes::from(serde_json::to_vec(record)?);
-            let (subject, headers) = self.envelope(record, fallback_version, &body);
+        let mut body = Vec::with_capacity(512);
+        let subjects: Vec<Subject> = (0..PARTITIONS)
+            .map(|p| Subject::from(partition_subject(&self.names, p)))
+            .collect();
+        for record in &records {
+            body.clear();
+            serde_json::to_writer(&mut body, record)?;
+            let body = Bytes::copy_from_slice(&body);
+            let (subject, headers) = self.envelope(record, fallback_version, &body, &subjects);
             acks.push(self.js.publish_with_headers(subject, headers, body).await?);
         }
-        let (mut stored, mut duplicates) = (0, 0);
-        for ack in acks {
-            if ack.await?.duplicate {
-                duplicates += 1;
-            } else {
-                stored += 1;
+        // Free the page's records on this task, not in the ack future.
+        drop(records);
+        Ok(async move {
+            let (mut stored, mut duplicates) = (0, 0);
+            for ack in acks {
+                if ack.await?.duplicate {
+                    duplicates += 1;
+                } else {
+                    stored += 1;
+                }
             }
-        }
-        Ok((stored, duplicates))
+            Ok((stored, duplicates))
+        })
     }
 
     async fn stored_cursor(&self) -> Option<String> {
@@ -123,7 +150,6 @@ impl Extractor {
         lease: Option<&Lease>,
         full: bool,
     ) -> anyhow::Result<RefreshReport> {
-        let mut report = RefreshReport::default();
         let cursor = if full {
             None
         } else {
@@ -132,28 +158,100 @@ impl Extractor {
         source.begin(cursor.as_deref());
         // Without a cursor field, a pass's records are newer than every earlier pass's.
         let fallback_version = super::clock::now_unix_ms() as u64 * 1_000_000;
-        while let Some(page) = source.next_page().await? {
-            if let Some(lease) = lease
-                && !lease.acquire().await
-            {
-                tracing::info!("extractor lease lost; another worker extracts now");
-                break;
+        // A bounded pipeline: the next pages are fetched while earlier ones are published
+        // and their acks are in flight. Pages settle in source order, and the cursor only
+        // moves past a page once every record of it (and of every page before it) is stored.
+        let (pages_tx, pages_rx) = mpsc::channel(PREFETCH_PAGES);
+        let fetcher = async move {
+            loop {
+                let next = source.next_page().await;
+                let last = !matches!(next, Ok(Some(_)));
+                if pages_tx.send(next).await.is_err() || last {
+                    break;
+                }
             }
-            let n = page.records.len() as u64;
-            let (stored, duplicates) = self.publish(&page.records, fallback_version).await?;
-            report.read += n;
-            report.published += stored;
-            report.duplicates += duplicates;
-            self.metrics.read.inc_by(n);
-            self.progress.add_read(n);
-            if !full && let Some(cursor) = page.cursor {
-                self.store
-                    .put(CURSOR_KEY, Bytes::from(cursor.clone()))
-                    .await?;
-                self.progress.set_cursor(Some(cursor));
+        };
+        let publisher = self.publish_pages(pages_rx, lease, full, fallback_version);
+        tokio::pin!(fetcher, publisher);
+        let mut fetching = true;
+        loop {
+            tokio::select! {
+                // Whatever the publisher returns ends the pass (dropping a fetch in progress).
+                result = &mut publisher => return result,
+                _ = &mut fetcher, if fetching => fetching = false,
             }
         }
-        Ok(report)
+    }
+
+    /// The publishing half of a pass: publishes pages as they come, keeps at most
+    /// `IN_FLIGHT_PAGES` of them waiting for acks, and stores the cursor after each page
+    /// whose acks (and all earlier pages' acks) arrived.
+    async fn publish_pages(
+        &self,
+        mut pages: mpsc::Receiver<Result<Option<Page>, CallError>>,
+        lease: Option<&Lease>,
+        full: bool,
+        fallback_version: u64,
+    ) -> anyhow::Result<RefreshReport> {
+        let mut report = RefreshReport::default();
+        let mut in_flight = FuturesOrdered::new();
+        // Set when the lease is lost: earlier pages still settle, but the new holder owns
+        // the cursor from now on.
+        let mut lease_lost = false;
+        let mut failure: Option<CallError> = None;
+        let mut fetching = true;
+        while fetching || !in_flight.is_empty() {
+            tokio::select! {
+                biased;
+                settled = in_flight.next(), if !in_flight.is_empty() => {
+                    let Some(settled) = settled else { continue };
+                    let (n, cursor, acks): (u64, Option<String>, anyhow::Result<(u64, u64)>) = settled;
+                    let (stored, duplicates) = acks?;
+                    report.read += n;
+                    report.published += stored;
+                    report.duplicates += duplicates;
+                    self.metrics.read.inc_by(n);
+                    self.progress.add_read(n);
+                    if !full && !lease_lost && let Some(cursor) = cursor {
+                        self.store
+                            .put(CURSOR_KEY, Bytes::from(cursor.clone()))
+                            .await?;
+                        self.progress.set_cursor(Some(cursor));
+                    }
+                }
+                page = pages.recv(), if fetching && in_flight.len() < IN_FLIGHT_PAGES => {
+                    let page = match page {
+                        Some(Ok(Some(page))) => page,
+                        Some(Err(e)) => {
+                            // Settle what is already published first, so the cursor keeps it.
+                            failure = Some(e);
+                            fetching = false;
+                            continue;
+                        }
+                        Some(Ok(None)) | None => {
+                            fetching = false;
+                            continue;
+                        }
+                    };
+                    if let Some(lease) = lease
+                        && !lease.acquire().await
+                    {
+                        tracing::info!("extractor lease lost; another worker extracts now");
+                        lease_lost = true;
+                        fetching = false;
+                        continue;
+                    }
+                    let n = page.records.len() as u64;
+                    let acks = self.publish(page.records, fallback_version).await?;
+                    let cursor = page.cursor;
+                    in_flight.push_back(async move { (n, cursor, acks.await) });
+                }
+            }
+        }
+        match failure {
+            Some(e) => Err(e.into()),
+            None => Ok(report),
+        }
     }
 
     /// Extracts while holding the lease, until `shutdown`.

@@ -91,12 +91,12 @@ impl ODataSource {
                     .header("prefer", prefer)
             })
             .await?;
-        let body: Value = response
+        let mut body: Value = response
             .json()
             .await
             .map_err(|e| CallError::Transient(format!("OData response is not JSON: {e}")))?;
-        let records = match body.get("value") {
-            Some(Value::Array(records)) => records.clone(),
+        let records = match body.get_mut("value").map(Value::take) {
+            Some(Value::Array(records)) => records,
             _ => {
                 return Err(CallError::Permanent {
                     status: 200,
