@@ -173,9 +173,26 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
 
-    // Idle: let in-flight work finish, then count the operator's writes for 60 s. (The
-    // apiserver's own counters would include kube-controller-manager's HPA status updates.)
-    tokio::time::sleep(Duration::from_secs(15)).await;
+    // Quiet: the reconciles that owned-object events queue up (Deployment status from
+    // kube-controller-manager, and so on) drain; wait until no write for 20 s (at most 10 min).
+    let quiet_start = Instant::now();
+    let mut last = operator_writes(&metrics_url).await?;
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(20) {
+        anyhow::ensure!(
+            quiet_start.elapsed() < Duration::from_secs(600),
+            "the operator never went quiet"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = operator_writes(&metrics_url).await?;
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
+    }
+    let time_to_quiet = quiet_start.elapsed() - Duration::from_secs(20);
+    // Idle: count the operator's writes for 60 s. (The apiserver's own counters would include
+    // kube-controller-manager updating every HPA's status.)
     let before = operator_writes(&metrics_url).await?;
     tokio::time::sleep(Duration::from_secs(60)).await;
     let idle_writes = operator_writes(&metrics_url).await? - before;
@@ -199,6 +216,10 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "ratio operator / floor:                 {:.2}",
         operator_time.as_secs_f64() / floor.as_secs_f64()
+    );
+    println!(
+        "then until no write for 20 s:           {:.1} s",
+        time_to_quiet.as_secs_f64()
     );
     println!("operator write requests in 60 s idle:   {idle_writes}");
     println!("operator peak RSS:                      {rss:.1} MiB");
