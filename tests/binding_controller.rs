@@ -16,29 +16,9 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 
 use flowplane::api::{ConnectorBinding, DataContract, IntegrationFlow};
-use support::{TestNamespace, client, eventually, kubectl, operator};
+use support::{TestNamespace, apply_yaml, client, eventually, kubectl, operator};
 
 const MANAGER: &str = "flowplane-tests";
-
-async fn apply<K>(client: &Client, ns: &str, yaml: &str) -> K
-where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let object: K = serde_yaml::from_str(yaml).unwrap();
-    let name = object.meta().name.clone().unwrap();
-    Api::<K>::namespaced(client.clone(), ns)
-        .patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&object),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("apply {name}: {e}"))
-}
 
 fn condition(conditions: &[Condition], type_: &str) -> Option<(String, String, String)> {
     conditions
@@ -139,10 +119,10 @@ async fn secret_problems_are_named_and_creating_the_secret_makes_binding_and_flo
     operator();
     let ns = TestNamespace::new(&client, "binding-secret").await;
     let ns = ns.name.as_str();
-    let _: ConnectorBinding = apply(&client, ns, ERP).await;
-    let _: ConnectorBinding = apply(&client, ns, PLANNING).await;
-    let _: DataContract = apply(&client, ns, CONTRACT).await;
-    let _: IntegrationFlow = apply(&client, ns, FLOW).await;
+    let _: ConnectorBinding = apply_yaml(&client, ns, ERP).await;
+    let _: ConnectorBinding = apply_yaml(&client, ns, PLANNING).await;
+    let _: DataContract = apply_yaml(&client, ns, CONTRACT).await;
+    let _: IntegrationFlow = apply_yaml(&client, ns, FLOW).await;
 
     // No Secret at all.
     let (reason, message, _) =
@@ -288,7 +268,7 @@ async fn a_probe_flips_reachable_when_the_endpoint_goes_down_and_comes_back() {
     let ns = ns.name.as_str();
     let up = Arc::new(AtomicBool::new(true));
     let addr = endpoint(up.clone()).await;
-    let _: ConnectorBinding = apply(
+    let _: ConnectorBinding = apply_yaml(
         &client,
         ns,
         &format!(

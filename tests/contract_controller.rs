@@ -9,34 +9,12 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 
 use flowplane::api::data_contract::DataContractStatus;
 use flowplane::api::{ConnectorBinding, DataContract, IntegrationFlow};
 use flowplane::worker::config::{CONFIG_FILE, WorkerConfig};
-use support::{TestNamespace, client, eventually, operator};
-
-const MANAGER: &str = "flowplane-tests";
-
-async fn apply<K>(client: &Client, ns: &str, yaml: &str) -> K
-where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let object: K = serde_yaml::from_str(yaml).unwrap();
-    let name = object.meta().name.clone().unwrap();
-    Api::<K>::namespaced(client.clone(), ns)
-        .patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&object),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("apply {name}: {e}"))
-}
+use support::{TestNamespace, apply_yaml, client, eventually, operator};
 
 const BINDINGS: [&str; 2] = [
     "apiVersion: flowplane.io/v1alpha1\nkind: ConnectorBinding\nmetadata: {name: erp}\n\
@@ -170,11 +148,11 @@ async fn contract_versions_gate_flow_rollouts() {
     let ns = TestNamespace::new(&client, "contract-gate").await;
     let ns = ns.name.as_str();
     for binding in BINDINGS {
-        let _: ConnectorBinding = apply(&client, ns, binding).await;
+        let _: ConnectorBinding = apply_yaml(&client, ns, binding).await;
     }
 
     // 1.0.0: the first version of line 1 is published.
-    let _: DataContract = apply(&client, ns, &contract("1.0.0", "")).await;
+    let _: DataContract = apply_yaml(&client, ns, &contract("1.0.0", "")).await;
     let (dc, status) = checked(&client, ns, "1.0.0 checked").await;
     assert_eq!(
         condition(&status.conditions, "Compatible").unwrap().0,
@@ -197,11 +175,11 @@ async fn contract_versions_gate_flow_rollouts() {
     );
     assert_eq!(history_keys(&client, ns).await, ["1.0.0.json"]);
 
-    let _: IntegrationFlow = apply(&client, ns, &flow_yaml("orders", "^1")).await;
+    let _: IntegrationFlow = apply_yaml(&client, ns, &flow_yaml("orders", "^1")).await;
     flow_runs(&client, ns, "orders", "1.0.0").await;
 
     // 1.1.0 adds an optional field: Backward compatible, the flow rolls to it.
-    let _: DataContract = apply(&client, ns, &contract("1.1.0", NOTE)).await;
+    let _: DataContract = apply_yaml(&client, ns, &contract("1.1.0", NOTE)).await;
     let (_, status) = checked(&client, ns, "1.1.0 checked").await;
     assert_eq!(
         condition(&status.conditions, "Compatible").unwrap().0,
@@ -215,7 +193,8 @@ async fn contract_versions_gate_flow_rollouts() {
     let hash = config_hash(&client, ns, "orders").await;
 
     // 1.2.0 adds a required field: breaking. The contract says so, the flow stays on 1.1.0.
-    let _: DataContract = apply(&client, ns, &contract("1.2.0", &format!("{NOTE}{PRICE}"))).await;
+    let _: DataContract =
+        apply_yaml(&client, ns, &contract("1.2.0", &format!("{NOTE}{PRICE}"))).await;
     let (_, status) = checked(&client, ns, "1.2.0 checked").await;
     let (compatible, reason, _) = condition(&status.conditions, "Compatible").unwrap();
     assert_eq!(
@@ -258,7 +237,8 @@ async fn contract_versions_gate_flow_rollouts() {
     );
 
     // 2.0.0 makes the breaking change a new major: a new line, compatible by definition.
-    let _: DataContract = apply(&client, ns, &contract("2.0.0", &format!("{NOTE}{PRICE}"))).await;
+    let _: DataContract =
+        apply_yaml(&client, ns, &contract("2.0.0", &format!("{NOTE}{PRICE}"))).await;
     let (_, status) = checked(&client, ns, "2.0.0 checked").await;
     assert_eq!(
         condition(&status.conditions, "Compatible").unwrap().0,
@@ -277,7 +257,7 @@ async fn contract_versions_gate_flow_rollouts() {
     .await;
     assert!(message.contains("running 1.1.0"), "{message}");
     assert_eq!(config_hash(&client, ns, "orders").await, hash);
-    let _: IntegrationFlow = apply(&client, ns, &flow_yaml("orders-v2", "^2")).await;
+    let _: IntegrationFlow = apply_yaml(&client, ns, &flow_yaml("orders-v2", "^2")).await;
     flow_runs(&client, ns, "orders-v2", "2.0.0").await;
     flow_runs(&client, ns, "orders", "1.1.0").await;
 }
@@ -288,7 +268,7 @@ async fn editing_a_published_version_is_refused() {
     operator();
     let ns = TestNamespace::new(&client, "contract-edit").await;
     let ns = ns.name.as_str();
-    let _: DataContract = apply(&client, ns, &contract("1.0.0", "")).await;
+    let _: DataContract = apply_yaml(&client, ns, &contract("1.0.0", "")).await;
     let (_, published) = checked(&client, ns, "1.0.0 published").await;
     assert_eq!(versions(&published), ["1.0.0"]);
     let stored = Api::<ConfigMap>::namespaced(client.clone(), ns)
@@ -299,7 +279,7 @@ async fn editing_a_published_version_is_refused() {
         .unwrap();
 
     // Same version, another schema.
-    let _: DataContract = apply(&client, ns, &contract("1.0.0", NOTE)).await;
+    let _: DataContract = apply_yaml(&client, ns, &contract("1.0.0", NOTE)).await;
     let (_, status) = checked(&client, ns, "the edit checked").await;
     let (compatible, reason, message) = condition(&status.conditions, "Compatible").unwrap();
     assert_eq!(
@@ -338,7 +318,7 @@ async fn editing_a_published_version_is_refused() {
     .await;
 
     // Putting the published schema back is accepted again.
-    let _: DataContract = apply(&client, ns, &contract("1.0.0", "")).await;
+    let _: DataContract = apply_yaml(&client, ns, &contract("1.0.0", "")).await;
     let (_, status) = checked(&client, ns, "the revert checked").await;
     assert_eq!(
         condition(&status.conditions, "Compatible").unwrap().0,
@@ -356,7 +336,7 @@ async fn an_invalid_schema_is_not_ready_with_a_precise_message() {
     let ns = ns.name.as_str();
     // A default that does not satisfy its own field's type: CEL cannot tell, the controller can.
     let bad = "    - {name: unit, type: Int, default: \"EA\"}\n";
-    let _: DataContract = apply(&client, ns, &contract("1.0.0", bad)).await;
+    let _: DataContract = apply_yaml(&client, ns, &contract("1.0.0", bad)).await;
     let (_, status) = checked(&client, ns, "the invalid contract checked").await;
     let (ready, reason, message) = condition(&status.conditions, "Ready").unwrap();
     assert_eq!(

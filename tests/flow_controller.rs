@@ -21,7 +21,7 @@ use serde_json::json;
 use flowplane::api::{ConnectorBinding, DataContract, IntegrationFlow};
 use flowplane::queue::QueueNames;
 use flowplane::queue::jetstream::{bucket, update_progress};
-use support::{TestNamespace, client, eventually, local_env, operator};
+use support::{TestNamespace, apply_yaml, client, eventually, local_env, operator};
 
 const MANAGER: &str = "flowplane-tests";
 
@@ -31,22 +31,6 @@ static OPTIONAL_APIS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new((
 
 fn apply_params() -> PatchParams {
     PatchParams::apply(MANAGER).force()
-}
-
-async fn apply_yaml<K>(client: &Client, ns: &str, yaml: &str) -> K
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::Serialize
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let object: K = serde_yaml::from_str(yaml).unwrap();
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let name = object.meta().name.clone().unwrap();
-    api.patch(&name, &apply_params(), &Patch::Apply(&object))
-        .await
-        .unwrap()
 }
 
 const BINDINGS: &str = r#"

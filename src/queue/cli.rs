@@ -4,11 +4,9 @@ use clap::{Args, Subcommand};
 
 use super::{QueueNames, list_dead_letters, redrive};
 
-/// `flowplane dlq ...`
+/// Which flow's queue a terminal command (`dlq`, `review`) works on.
 #[derive(Args, Debug)]
-pub struct DlqArgs {
-    #[command(subcommand)]
-    pub command: DlqCommand,
+pub struct FlowQueueArgs {
     /// NATS server of the flow.
     #[arg(
         long,
@@ -23,6 +21,30 @@ pub struct DlqArgs {
     /// Name of the IntegrationFlow.
     #[arg(long, global = true)]
     pub flow: Option<String>,
+}
+
+impl FlowQueueArgs {
+    /// Connects to NATS and names the flow's queue resources.
+    pub async fn connect(&self) -> anyhow::Result<(async_nats::jetstream::Context, QueueNames)> {
+        let flow = self
+            .flow
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("--flow is required"))?;
+        let client = async_nats::connect(self.nats_url.as_str()).await?;
+        Ok((
+            async_nats::jetstream::new(client),
+            QueueNames::for_flow(&self.namespace, flow),
+        ))
+    }
+}
+
+/// `flowplane dlq ...`
+#[derive(Args, Debug)]
+pub struct DlqArgs {
+    #[command(subcommand)]
+    pub command: DlqCommand,
+    #[command(flatten)]
+    pub queue: FlowQueueArgs,
     /// Only dead letters with this reason (e.g. UnmappedCode).
     #[arg(long, global = true)]
     pub reason: Option<String>,
@@ -39,15 +61,9 @@ pub enum DlqCommand {
 
 /// Runs the command.
 pub fn run(args: DlqArgs) -> anyhow::Result<()> {
-    let flow = args
-        .flow
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("--flow is required"))?;
-    let names = QueueNames::for_flow(&args.namespace, &flow);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let client = async_nats::connect(args.nats_url.as_str()).await?;
-        let js = async_nats::jetstream::new(client);
+        let (js, names) = args.queue.connect().await?;
         match args.command {
             DlqCommand::List => {
                 for letter in list_dead_letters(&js, &names, args.reason.as_deref()).await? {

@@ -375,20 +375,8 @@ impl Resolver {
 pub struct ReviewArgs {
     #[command(subcommand)]
     pub command: ReviewCommand,
-    /// NATS server of the flow.
-    #[arg(
-        long,
-        env = "NATS_URL",
-        default_value = "nats://127.0.0.1:4222",
-        global = true
-    )]
-    pub nats_url: String,
-    /// Namespace of the flow.
-    #[arg(long, short = 'n', default_value = "default", global = true)]
-    pub namespace: String,
-    /// Name of the IntegrationFlow.
-    #[arg(long, global = true)]
-    pub flow: Option<String>,
+    #[command(flatten)]
+    pub queue: crate::queue::cli::FlowQueueArgs,
 }
 
 /// What to do with the flow's pending reviews.
@@ -410,15 +398,9 @@ pub enum ReviewCommand {
 
 /// Runs `flowplane review`.
 pub fn run_cli(args: ReviewArgs) -> anyhow::Result<()> {
-    let flow = args
-        .flow
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("--flow is required"))?;
-    let names = QueueNames::for_flow(&args.namespace, &flow);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
-        let client = async_nats::connect(args.nats_url.as_str()).await?;
-        let js = jetstream::new(client);
+        let (js, names) = args.queue.connect().await?;
         match args.command {
             ReviewCommand::List => {
                 for review in list_pending(&js, &names).await? {

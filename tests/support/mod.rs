@@ -149,6 +149,27 @@ impl Drop for TestNamespace {
     }
 }
 
+/// Server-side applies one object from YAML into `namespace` (field manager `flowplane-tests`).
+pub async fn apply_yaml<K>(client: &Client, namespace: &str, yaml: &str) -> K
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let object: K = serde_yaml::from_str(yaml).unwrap();
+    let name = object.meta().name.clone().unwrap();
+    Api::<K>::namespaced(client.clone(), namespace)
+        .patch(
+            &name,
+            &PatchParams::apply("flowplane-tests").force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("apply {name}: {e}"))
+}
+
 /// Runs kubectl against the local control plane; returns (success, stdout, stderr).
 pub fn kubectl(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     use std::io::Write;
