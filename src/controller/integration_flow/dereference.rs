@@ -39,29 +39,49 @@ pub async fn dereference(flow: &IntegrationFlow, ctx: &Context) -> Result<Derefe
     let deployments: Api<Deployment> = Api::namespaced(client, &ns);
     let spec = &flow.spec;
 
+    // The reads are independent: issue them together rather than one round trip at a time.
+    let (workers, config) = (workers_name(flow), config_map_name(flow));
+    let config_maps = &config_maps;
+    let code_map_reads =
+        futures::future::try_join_all(spec.mapping.iter().flat_map(|m| &m.code_maps).map(
+            |map| async move {
+                Ok::<_, kube::Error>((map, config_maps.get_opt(&map.config_map_ref).await?))
+            },
+        ));
+    let escalation = async {
+        match spec.approval.as_ref().and_then(|a| a.escalate_to.as_ref()) {
+            Some(to) => bindings.get_opt(&to.binding_ref).await,
+            None => Ok(None),
+        }
+    };
+    let (code_map_reads, escalation, contract, source, target, deployment, applied_config) = tokio::try_join!(
+        code_map_reads,
+        escalation,
+        contracts.get_opt(&spec.contract.name),
+        bindings.get_opt(&spec.source.binding_ref),
+        bindings.get_opt(&spec.target.binding_ref),
+        deployments.get_opt(&workers),
+        config_maps.get_opt(&config),
+    )?;
     let mut code_maps = BTreeMap::new();
     let mut missing_code_maps = Vec::new();
-    for map in spec.mapping.iter().flat_map(|m| &m.code_maps) {
-        match config_maps.get_opt(&map.config_map_ref).await? {
+    for (map, found) in code_map_reads {
+        match found {
             Some(cm) => {
                 code_maps.insert(map.name.clone(), cm.data.unwrap_or_default());
             }
             None => missing_code_maps.push((map.name.clone(), map.config_map_ref.clone())),
         }
     }
-    let escalation = match spec.approval.as_ref().and_then(|a| a.escalate_to.as_ref()) {
-        Some(to) => bindings.get_opt(&to.binding_ref).await?,
-        None => None,
-    };
     Ok(Dereferenced {
-        contract: contracts.get_opt(&spec.contract.name).await?,
-        source: bindings.get_opt(&spec.source.binding_ref).await?,
-        target: bindings.get_opt(&spec.target.binding_ref).await?,
+        contract,
+        source,
+        target,
         escalation,
         code_maps,
         missing_code_maps,
-        deployment: deployments.get_opt(&workers_name(flow)).await?,
-        applied_config: config_maps.get_opt(&config_map_name(flow)).await?,
+        deployment,
+        applied_config,
     })
 }
 
