@@ -211,9 +211,12 @@ async fn a_flow_gets_its_children_follows_edits_and_prunes() {
     assert!(rules.data.unwrap()["flowplane-rules.yaml"].contains("FlowplaneFlowStale"));
 
     // The queue exists on NATS and status says so, naming what blocks readiness.
-    let flow = eventually(60, "status with QueueReady", || async {
+    // The binding controller marks the bindings Ready on its own schedule; wait for it so
+    // the only thing left blocking is the workers.
+    let flow = eventually(60, "status with QueueReady and BindingsReady", || async {
         let f = flow_status(&client, &ns.name, "orders").await;
-        (condition(&f, "QueueReady")?.0 == "True").then_some(f)
+        (condition(&f, "QueueReady")?.0 == "True" && condition(&f, "BindingsReady")?.0 == "True")
+            .then_some(f)
     })
     .await;
     assert_eq!(

@@ -138,6 +138,36 @@ pub async fn publish_event<K: kube::Resource<DynamicType = ()>>(
     }
 }
 
+/// Server-side applies `status` to the status subresource of `object` under the operator's
+/// field manager. Callers compare before calling: an unchanged status is never written.
+pub async fn apply_status<K>(
+    ctx: &Context,
+    object: &K,
+    status: &impl serde::Serialize,
+) -> Result<()>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    use kube::ResourceExt;
+    let api: kube::Api<K> =
+        kube::Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &object.name_any(),
+        &kube::api::PatchParams::apply(FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Events carry at most 1 kB of note; longer ones are cut at a character boundary.
 fn truncate(mut note: String) -> String {
     const NOTE_LIMIT: usize = 1000;

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
@@ -29,7 +29,7 @@ use crate::api::ConnectorBinding;
 use crate::api::common::parse_duration;
 use crate::api::connector_binding::ConnectorBindingStatus;
 use crate::controller::conditions::transitions;
-use crate::controller::{Context, Error, FIELD_MANAGER, Result};
+use crate::controller::{Context, Error, Result};
 
 use status::Probe;
 
@@ -169,18 +169,5 @@ async fn write_status(
         )
         .await;
     }
-    let api: Api<ConnectorBinding> =
-        Api::namespaced(ctx.client.clone(), &binding.namespace().unwrap_or_default());
-    let patch = serde_json::json!({
-        "apiVersion": "flowplane.io/v1alpha1",
-        "kind": KIND,
-        "status": status,
-    });
-    api.patch_status(
-        &binding.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    super::apply_status(ctx, binding, &status).await
 }

@@ -224,20 +224,5 @@ async fn write_status(
         };
         super::publish_event(ctx, contract, type_, &changed.reason, note).await;
     }
-    let api: Api<DataContract> = Api::namespaced(
-        ctx.client.clone(),
-        &contract.namespace().unwrap_or_default(),
-    );
-    let patch = serde_json::json!({
-        "apiVersion": "flowplane.io/v1alpha1",
-        "kind": KIND,
-        "status": status,
-    });
-    api.patch_status(
-        &contract.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    super::apply_status(ctx, contract, &status).await
 }

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
@@ -28,7 +28,7 @@ use crate::api::integration_flow::{DeletionPolicy, IntegrationFlowStatus};
 use crate::api::{ConnectorBinding, DataContract, IntegrationFlow};
 use crate::contract::history;
 use crate::controller::conditions::{Desired, transitions};
-use crate::controller::{Context, Error, FIELD_MANAGER, Result};
+use crate::controller::{Context, Error, Result};
 use crate::queue::QueueNames;
 use crate::queue::approvals::{Decision, decide, list_pending};
 use crate::queue::jetstream::{QueuePolicy, delete_queue, ensure_queue, reset_cursor};
@@ -499,19 +499,7 @@ async fn write_status(
             .await;
         }
     }
-    let api: Api<IntegrationFlow> = Api::namespaced(ctx.client.clone(), &namespace(flow));
-    let patch = serde_json::json!({
-        "apiVersion": "flowplane.io/v1alpha1",
-        "kind": KIND,
-        "status": status,
-    });
-    api.patch_status(
-        &flow_name(flow),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    super::apply_status(ctx, flow, &status).await
 }
 
 #[cfg(test)]
