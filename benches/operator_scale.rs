@@ -131,7 +131,10 @@ async fn main() -> anyhow::Result<()> {
             "--resync-seconds",
             "60",
         ])
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("OPERATOR_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .spawn()?;
     apply(&client, &ns, json!({"apiVersion": "flowplane.io/v1alpha1", "kind": "ConnectorBinding", "metadata": {"name": "erp"},
         "spec": {"system": "Erp", "protocol": "OData", "endpoint": {"url": "http://127.0.0.1:9/odata"}}})).await?;
@@ -197,6 +200,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(60)).await;
     let idle_writes = operator_writes(&metrics_url).await? - before;
     let rss = peak_rss_mib(&operator);
+    let reconcile_figures = reqwest::get(&metrics_url).await?.text().await?;
     operator.kill().ok();
     operator.wait().ok();
 
@@ -223,5 +227,10 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("operator write requests in 60 s idle:   {idle_writes}");
     println!("operator peak RSS:                      {rss:.1} MiB");
+    println!("the operator's own reconcile figures, for where the time went:");
+    reconcile_figures
+        .lines()
+        .filter(|l| l.contains("IntegrationFlow") && !l.contains("_bucket"))
+        .for_each(|l| println!("  {l}"));
     Ok(())
 }

@@ -61,6 +61,42 @@ pub struct OperatorConfig {
     /// How often a flow is re-reconciled without any event, to re-evaluate freshness (seconds).
     #[arg(long, env = "FLOWPLANE_RESYNC_SECONDS", default_value_t = 60)]
     pub resync_seconds: u64,
+    /// Watch only these namespaces (comma-separated) instead of the whole cluster, for an
+    /// operator granted Roles in those namespaces only.
+    #[arg(long, env = "FLOWPLANE_WATCH_NAMESPACES", value_delimiter = ',')]
+    pub watch_namespaces: Vec<String>,
+}
+
+/// Where a controller watches: the whole cluster, or one namespace.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WatchScope {
+    Cluster,
+    Namespace(String),
+}
+
+impl WatchScope {
+    /// One scope per watched namespace, or the cluster when none is listed.
+    pub fn from_config(config: &OperatorConfig) -> Vec<WatchScope> {
+        if config.watch_namespaces.is_empty() {
+            return vec![WatchScope::Cluster];
+        }
+        let mut namespaces = config.watch_namespaces.clone();
+        namespaces.sort();
+        namespaces.dedup();
+        namespaces.into_iter().map(WatchScope::Namespace).collect()
+    }
+
+    /// An API for namespaced objects of kind `K` in this scope.
+    pub fn api<K>(&self, client: &Client) -> kube::Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match self {
+            WatchScope::Cluster => kube::Api::all(client.clone()),
+            WatchScope::Namespace(ns) => kube::Api::namespaced(client.clone(), ns),
+        }
+    }
 }
 
 /// What every reconcile shares.
@@ -182,13 +218,22 @@ fn truncate(mut note: String) -> String {
     note
 }
 
-/// Runs every controller until one stops (which only happens on shutdown).
+/// Runs every controller, once per watch scope, until one stops (which only happens on
+/// shutdown).
 pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
-    tokio::select! {
-        () = integration_flow::run(ctx.clone()) => {},
-        () = data_contract::run(ctx.clone()) => {},
-        () = connector_binding::run(ctx.clone()) => {},
-    }
+    let scopes = WatchScope::from_config(&ctx.config);
+    tracing::info!(?scopes, "watching");
+    let controllers = scopes.into_iter().map(|scope| {
+        let ctx = ctx.clone();
+        Box::pin(async move {
+            tokio::select! {
+                () = integration_flow::run(ctx.clone(), &scope) => {},
+                () = data_contract::run(ctx.clone(), &scope) => {},
+                () = connector_binding::run(ctx.clone(), &scope) => {},
+            }
+        })
+    });
+    futures::future::select_all(controllers).await;
     Ok(())
 }
 

@@ -255,6 +255,7 @@ pub fn operator() -> &'static Operator {
                     worker_image: "flowplane:test".into(),
                     http_addr: "127.0.0.1:0".parse().unwrap(),
                     resync_seconds: 5,
+                    watch_namespaces: Vec::new(),
                 };
                 let ctx = flowplane::controller::Context::new(client, settings)
                     .await

@@ -29,7 +29,7 @@ use crate::api::ConnectorBinding;
 use crate::api::common::parse_duration;
 use crate::api::connector_binding::ConnectorBindingStatus;
 use crate::controller::conditions::transitions;
-use crate::controller::{Context, Error, Result};
+use crate::controller::{Context, Error, Result, WatchScope};
 
 use status::Probe;
 
@@ -38,14 +38,14 @@ pub const KIND: &str = "ConnectorBinding";
 /// periodic pass is only a safety net.
 const RESYNC: Duration = Duration::from_secs(600);
 
-pub async fn run(ctx: Arc<Context>) {
+pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
     let client = ctx.client.clone();
-    let bindings: Api<ConnectorBinding> = Api::all(client.clone());
+    let bindings: Api<ConnectorBinding> = scope.api(&client);
     let controller = Controller::new(bindings, watcher::Config::default().any_semantic());
     let store = controller.store();
     controller
         .watches(
-            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            scope.api::<PartialObjectMeta<Secret>>(&client),
             watcher::Config::default(),
             move |secret| {
                 let name = secret.name_any();

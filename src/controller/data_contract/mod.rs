@@ -27,7 +27,7 @@ use crate::api::DataContract;
 use crate::api::data_contract::DataContractStatus;
 use crate::contract::history;
 use crate::controller::conditions::transitions;
-use crate::controller::{Context, Error, FIELD_MANAGER, Result};
+use crate::controller::{Context, Error, FIELD_MANAGER, Result, WatchScope};
 
 pub const KIND: &str = "DataContract";
 /// Label of the history ConfigMap naming its contract.
@@ -39,16 +39,13 @@ pub const FIRST_SEEN_ANNOTATION: &str = "flowplane.io/first-seen";
 /// pass only repairs a history ConfigMap changed behind the controller's back.
 const RESYNC: Duration = Duration::from_secs(600);
 
-pub async fn run(ctx: Arc<Context>) {
+pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
     let client = ctx.client.clone();
-    let contracts: Api<DataContract> = Api::all(client.clone());
+    let contracts: Api<DataContract> = scope.api(&client);
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=flowplane");
     Controller::new(contracts, watcher::Config::default().any_semantic())
         // The history ConfigMaps: metadata only; a change or deletion re-reconciles the owner.
-        .owns(
-            Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
-            managed,
-        )
+        .owns(scope.api::<PartialObjectMeta<ConfigMap>>(&client), managed)
         .run(reconcile, error_policy, ctx)
         .for_each(|_| std::future::ready(()))
         .await;

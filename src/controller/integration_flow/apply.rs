@@ -1,5 +1,5 @@
-//! Apply: server-side apply of a flow's children under one field manager, in dependency
-//! order, and pruning of children no longer wanted. Writes are skipped when the desired object
+//! Apply: server-side apply of a flow's children under one field manager, the configuration
+//! first and the rest together, and pruning of children no longer wanted. Writes are skipped when the desired object
 //! is unchanged since this process last applied it, so a settled system makes no writes.
 
 use std::collections::HashMap;
@@ -64,8 +64,8 @@ struct Applier<'a> {
 
 impl Applier<'_> {
     /// Applies `object` unless this process already applied the same object and, where the
-    /// caller knows it, the live object still exists.
-    async fn apply<K>(&self, object: &K, live_exists: Option<bool>) -> Result<bool>
+    /// caller knows it, the live object still exists. Returns the object as applied, if sent.
+    async fn apply<K>(&self, object: &K, live_exists: Option<bool>) -> Result<Option<K>>
     where
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
             + Clone
@@ -77,28 +77,29 @@ impl Applier<'_> {
         let key = format!("{}/{}/{name}", K::kind(&()), self.namespace);
         let hash = hash_of(object)?;
         if self.cache.get(&key).as_deref() == Some(hash.as_str()) && live_exists != Some(false) {
-            return Ok(false);
+            return Ok(None);
         }
         let api: Api<K> = Api::namespaced(self.client.clone(), self.namespace);
-        api.patch(&name, &self.params, &Patch::Apply(object))
+        let applied = api
+            .patch(&name, &self.params, &Patch::Apply(object))
             .await?;
         self.cache.set(key, hash);
-        Ok(true)
+        Ok(Some(applied))
     }
 
-    async fn apply_dynamic(&self, object: &DynamicObject, resource: &ApiResource) -> Result<bool> {
+    async fn apply_dynamic(&self, object: &DynamicObject, resource: &ApiResource) -> Result<()> {
         let name = object.metadata.name.clone().unwrap_or_default();
         let key = format!("{}/{}/{name}", resource.kind, self.namespace);
         let hash = hash_of(object)?;
         if self.cache.get(&key).as_deref() == Some(hash.as_str()) {
-            return Ok(false);
+            return Ok(());
         }
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), self.namespace, resource);
         api.patch(&name, &self.params, &Patch::Apply(object))
             .await?;
         self.cache.set(key, hash);
-        Ok(true)
+        Ok(())
     }
 
     /// Deletes a child that must not exist, once.
@@ -155,8 +156,14 @@ pub struct Live {
     pub deployment: bool,
 }
 
-/// Applies every child in dependency order (configuration before the workers that mount it),
-/// then prunes what is no longer wanted. Returns whether anything was written.
+/// What an apply pass changed that the status needs.
+pub struct Applied {
+    /// The worker Deployment as the apiserver answered its apply, when it was applied.
+    pub deployment: Option<Deployment>,
+}
+
+/// Applies the worker configuration first (the workers mount it), then every other child at
+/// once, then prunes what is no longer wanted.
 pub async fn apply_children(
     client: &Client,
     cache: &AppliedCache,
@@ -164,73 +171,81 @@ pub async fn apply_children(
     children: &Children,
     live: Live,
     installed: Installed,
-) -> Result<bool> {
+) -> Result<Applied> {
     let namespace = &namespace(flow);
-    let applier = Applier {
+    let applier = &Applier {
         client,
         namespace,
         cache,
         params: PatchParams::apply(FIELD_MANAGER).force(),
     };
-    let flow_workers = workers_name(flow);
-    let mut wrote = applier
+    let flow_workers = &workers_name(flow);
+    let rules = &rules_name(flow);
+    let cron_name = &cron_job_name(flow);
+    applier
         .apply::<ConfigMap>(&children.config_map, Some(live.config_map))
         .await?;
-    wrote |= applier
-        .apply::<Deployment>(&children.deployment, Some(live.deployment))
-        .await?;
-    wrote |= applier.apply::<Service>(&children.service, None).await?;
-    wrote |= applier
-        .apply::<PodDisruptionBudget>(&children.pod_disruption_budget, None)
-        .await?;
-    wrote |= applier
-        .apply::<NetworkPolicy>(&children.network_policy, None)
-        .await?;
 
-    let cron_name = cron_job_name(flow);
-    match &children.cron_job {
-        Some(cron) => wrote |= applier.apply::<CronJob>(cron, None).await?,
-        None => applier.prune::<CronJob>(&cron_name).await?,
-    }
-    match &children.horizontal_pod_autoscaler {
-        Some(hpa) => wrote |= applier.apply::<HorizontalPodAutoscaler>(hpa, None).await?,
-        None => {
-            applier
-                .prune::<HorizontalPodAutoscaler>(&flow_workers)
-                .await?
+    let cron_job = async {
+        match &children.cron_job {
+            Some(cron) => applier.apply::<CronJob>(cron, None).await.map(drop),
+            None => applier.prune::<CronJob>(cron_name).await,
         }
-    }
-    if installed.keda {
+    };
+    let autoscaler = async {
+        match &children.horizontal_pod_autoscaler {
+            Some(hpa) => applier
+                .apply::<HorizontalPodAutoscaler>(hpa, None)
+                .await
+                .map(drop),
+            None => applier.prune::<HorizontalPodAutoscaler>(flow_workers).await,
+        }
+    };
+    let scaled_object = async {
+        if !installed.keda {
+            return Ok(());
+        }
         let resource = optional_apis::scaled_object();
         match &children.scaled_object {
-            Some(object) => wrote |= applier.apply_dynamic(object, &resource).await?,
-            None => applier.prune_dynamic(&flow_workers, &resource).await?,
+            Some(object) => applier.apply_dynamic(object, &resource).await,
+            None => applier.prune_dynamic(flow_workers, &resource).await,
         }
-    }
-    let rules = rules_name(flow);
-    if installed.prometheus_operator {
+    };
+    let prometheus_operator_rules = async {
+        if !installed.prometheus_operator {
+            return Ok(());
+        }
+        let (rule_resource, monitor_resource) = (
+            optional_apis::prometheus_rule(),
+            optional_apis::service_monitor(),
+        );
         match (&children.prometheus_rule, &children.service_monitor) {
             (Some(rule), Some(monitor)) => {
-                wrote |= applier
-                    .apply_dynamic(rule, &optional_apis::prometheus_rule())
-                    .await?;
-                wrote |= applier
-                    .apply_dynamic(monitor, &optional_apis::service_monitor())
-                    .await?;
+                applier.apply_dynamic(rule, &rule_resource).await?;
+                applier.apply_dynamic(monitor, &monitor_resource).await
             }
             _ => {
-                applier
-                    .prune_dynamic(&rules, &optional_apis::prometheus_rule())
-                    .await?;
-                applier
-                    .prune_dynamic(&flow_workers, &optional_apis::service_monitor())
-                    .await?;
+                applier.prune_dynamic(rules, &rule_resource).await?;
+                applier.prune_dynamic(flow_workers, &monitor_resource).await
             }
         }
-    }
-    match &children.rules_config_map {
-        Some(cm) => wrote |= applier.apply::<ConfigMap>(cm, None).await?,
-        None => applier.prune::<ConfigMap>(&rules).await?,
-    }
-    Ok(wrote)
+    };
+    let rules_config_map = async {
+        match &children.rules_config_map {
+            Some(cm) => applier.apply::<ConfigMap>(cm, None).await.map(drop),
+            None => applier.prune::<ConfigMap>(rules).await,
+        }
+    };
+    let (deployment, ..) = tokio::try_join!(
+        applier.apply::<Deployment>(&children.deployment, Some(live.deployment)),
+        applier.apply::<Service>(&children.service, None),
+        applier.apply::<PodDisruptionBudget>(&children.pod_disruption_budget, None),
+        applier.apply::<NetworkPolicy>(&children.network_policy, None),
+        cron_job,
+        autoscaler,
+        scaled_object,
+        prometheus_operator_rules,
+        rules_config_map,
+    )?;
+    Ok(Applied { deployment })
 }

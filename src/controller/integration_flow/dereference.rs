@@ -1,16 +1,15 @@
-//! Dereference: read everything a flow points at (contract, bindings, code-map ConfigMaps),
-//! its running children, and its queue's progress. Missing references are not errors here;
-//! `validate` turns them into conditions.
+//! Dereference: what a flow points at (contract, bindings, code-map ConfigMaps), its running
+//! children, and its queue's progress, read from the controller's stores. Missing references
+//! are not errors here; `validate` turns them into conditions.
 
 use std::collections::BTreeMap;
 
 use async_nats::jetstream;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::Api;
 
+use super::stores::{ConfigMapData, Stores};
 use crate::api::{ConnectorBinding, DataContract, IntegrationFlow};
-use crate::controller::{Context, Result};
+use crate::controller::Result;
 use crate::queue::jetstream::read_progress;
 use crate::queue::{FlowProgress, QueueNames};
 use crate::render::labels::{config_map_name, namespace, workers_name};
@@ -26,63 +25,60 @@ pub struct Dereferenced {
     /// Code maps whose ConfigMap is missing: (code map, ConfigMap name).
     pub missing_code_maps: Vec<(String, String)>,
     pub deployment: Option<Deployment>,
-    /// The worker ConfigMap currently applied (the last good configuration).
-    pub applied_config: Option<ConfigMap>,
+    /// Whether the worker ConfigMap (the last good configuration) exists.
+    pub applied_config: bool,
 }
 
-pub async fn dereference(flow: &IntegrationFlow, ctx: &Context) -> Result<Dereferenced> {
+pub async fn dereference(
+    flow: &IntegrationFlow,
+    client: &kube::Client,
+    stores: &Stores,
+) -> Result<Dereferenced> {
     let ns = namespace(flow);
-    let client = ctx.client.clone();
-    let contracts: Api<DataContract> = Api::namespaced(client.clone(), &ns);
-    let bindings: Api<ConnectorBinding> = Api::namespaced(client.clone(), &ns);
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let deployments: Api<Deployment> = Api::namespaced(client, &ns);
     let spec = &flow.spec;
+    let binding = |name: &str| Stores::get(&stores.bindings, &ns, name);
 
-    // The reads are independent: issue them together rather than one round trip at a time.
-    let (workers, config) = (workers_name(flow), config_map_name(flow));
-    let config_maps = &config_maps;
-    let code_map_reads =
-        futures::future::try_join_all(spec.mapping.iter().flat_map(|m| &m.code_maps).map(
-            |map| async move {
-                Ok::<_, kube::Error>((map, config_maps.get_opt(&map.config_map_ref).await?))
-            },
-        ));
-    let escalation = async {
-        match spec.approval.as_ref().and_then(|a| a.escalate_to.as_ref()) {
-            Some(to) => bindings.get_opt(&to.binding_ref).await,
-            None => Ok(None),
-        }
-    };
-    let (code_map_reads, escalation, contract, source, target, deployment, applied_config) = tokio::try_join!(
-        code_map_reads,
-        escalation,
-        contracts.get_opt(&spec.contract.name),
-        bindings.get_opt(&spec.source.binding_ref),
-        bindings.get_opt(&spec.target.binding_ref),
-        deployments.get_opt(&workers),
-        config_maps.get_opt(&config),
-    )?;
     let mut code_maps = BTreeMap::new();
     let mut missing_code_maps = Vec::new();
-    for (map, found) in code_map_reads {
-        match found {
-            Some(cm) => {
-                code_maps.insert(map.name.clone(), cm.data.unwrap_or_default());
+    for map in spec.mapping.iter().flat_map(|m| &m.code_maps) {
+        match stores
+            .config_maps
+            .data(client, &ns, &map.config_map_ref)
+            .await?
+        {
+            Some(data) => {
+                code_maps.insert(map.name.clone(), (*data).clone());
             }
             None => missing_code_maps.push((map.name.clone(), map.config_map_ref.clone())),
         }
     }
     Ok(Dereferenced {
-        contract,
-        source,
-        target,
-        escalation,
+        contract: Stores::get(&stores.contracts, &ns, &spec.contract.name),
+        source: binding(&spec.source.binding_ref),
+        target: binding(&spec.target.binding_ref),
+        escalation: spec
+            .approval
+            .as_ref()
+            .and_then(|a| a.escalate_to.as_ref())
+            .and_then(|to| binding(&to.binding_ref)),
         code_maps,
         missing_code_maps,
-        deployment,
-        applied_config,
+        deployment: Stores::get(&stores.deployments, &ns, &workers_name(flow)),
+        applied_config: stores.config_maps.exists(&ns, &config_map_name(flow)),
     })
+}
+
+/// The worker configuration currently applied, read only when it is needed (a blocked flow
+/// reports the contract version its workers still run).
+pub async fn applied_config(
+    flow: &IntegrationFlow,
+    client: &kube::Client,
+    stores: &Stores,
+) -> Result<Option<ConfigMapData>> {
+    stores
+        .config_maps
+        .data(client, &namespace(flow), &config_map_name(flow))
+        .await
 }
 
 /// The data side of a flow, read from JetStream.

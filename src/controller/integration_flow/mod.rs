@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod dereference;
 pub mod status;
+pub mod stores;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -14,27 +15,29 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, finalizer};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
+use kube::{Resource, ResourceExt};
 
 use crate::api::integration_flow::{DeletionPolicy, IntegrationFlowStatus};
 use crate::api::{ConnectorBinding, DataContract, IntegrationFlow};
 use crate::contract::history;
 use crate::controller::conditions::{Desired, transitions};
-use crate::controller::{Context, Error, Result};
+use crate::controller::{Context, Error, Result, WatchScope};
 use crate::queue::QueueNames;
 use crate::queue::approvals::{Decision, decide, list_pending};
 use crate::queue::jetstream::{QueuePolicy, delete_queue, ensure_queue, reset_cursor};
 use crate::queue::redrive::redrive;
 use crate::render::labels::{flow_name, namespace};
 use crate::render::{self, FlowInputs, RenderSettings};
+use stores::{ConfigMaps, Stores};
 
 pub const KIND: &str = "IntegrationFlow";
 /// Flows reconciled at the same time.
@@ -95,13 +98,89 @@ fn uses_config_map(flow: &IntegrationFlow, config_map: &str) -> bool {
             .any(|c| c.config_map_ref == config_map)
 }
 
-pub async fn run(ctx: Arc<Context>) {
+/// What a flow reconcile shares: the operator's context and this controller's stores.
+pub struct FlowContext {
+    pub ctx: Arc<Context>,
+    pub stores: Stores,
+}
+
+/// Keeps stored objects small: the field-ownership bookkeeping is never read here.
+fn without_managed_fields<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+}
+
+/// The owning flow of a child, from its owner references.
+fn owning_flow(meta: &ObjectMeta) -> Option<ObjectRef<IntegrationFlow>> {
+    let owner = meta
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.kind == KIND && o.api_version == IntegrationFlow::api_version(&()))?;
+    Some(ObjectRef::new(&owner.name).within(meta.namespace.as_deref()?))
+}
+
+pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
     let client = ctx.client.clone();
-    let flows: Api<IntegrationFlow> = Api::all(client.clone());
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=flowplane");
-    let controller = Controller::new(flows, watcher::Config::default().any_semantic());
-    let store = controller.store();
-    let (contract_store, binding_store, cm_store) = (store.clone(), store.clone(), store.clone());
+
+    let (flows, flow_writer) = reflector::store();
+    let (contracts, contract_writer) = reflector::store();
+    let (bindings, binding_writer) = reflector::store();
+    let (deployments, deployment_writer) = reflector::store();
+    let (config_maps, config_map_writer) = reflector::store();
+    // Status-only changes (most of them the operator's own writes) need no reconcile: only
+    // the spec (generation), the operation annotations and the finalizers do.
+    let flow_changes = watcher(
+        scope.api::<IntegrationFlow>(&client),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .modify(without_managed_fields)
+    .reflect(flow_writer)
+    .applied_objects()
+    .predicate_filter(
+        predicates::generation
+            .combine(predicates::annotations)
+            .combine(predicates::finalizers),
+        Default::default(),
+    );
+    let contract_changes = watcher(scope.api::<DataContract>(&client), Default::default())
+        .default_backoff()
+        .modify(without_managed_fields)
+        .reflect(contract_writer)
+        .touched_objects();
+    let binding_changes = watcher(scope.api::<ConnectorBinding>(&client), Default::default())
+        .default_backoff()
+        .modify(without_managed_fields)
+        .reflect(binding_writer)
+        .touched_objects();
+    let deployment_changes = watcher(scope.api::<Deployment>(&client), managed)
+        .default_backoff()
+        .modify(without_managed_fields)
+        .reflect(deployment_writer)
+        .touched_objects();
+    // Every ConfigMap, metadata only: a flow's own children, its code maps and its contract's
+    // history; never the whole cluster's data.
+    let config_map_changes = watcher(
+        scope.api::<PartialObjectMeta<ConfigMap>>(&client),
+        Default::default(),
+    )
+    .default_backoff()
+    .modify(without_managed_fields)
+    .reflect(config_map_writer)
+    .touched_objects();
+
+    let fctx = Arc::new(FlowContext {
+        ctx: ctx.clone(),
+        stores: Stores::new(
+            flows.clone(),
+            contracts,
+            bindings,
+            deployments,
+            ConfigMaps::new(config_maps),
+        ),
+    });
+    let (contract_store, binding_store, cm_store) = (flows.clone(), flows.clone(), flows.clone());
 
     // Installing or removing KEDA or the Prometheus Operator changes every flow's children.
     let crd_ctx = ctx.clone();
@@ -124,67 +203,57 @@ pub async fn run(ctx: Arc<Context>) {
         tracing::warn!(error = %e, "could not probe optional APIs; assuming none");
     }
 
-    controller
-        .owns(Api::<Deployment>::all(client.clone()), managed.clone())
-        .owns(Api::<ConfigMap>::all(client.clone()), managed)
-        .watches(
-            Api::<DataContract>::all(client.clone()),
-            watcher::Config::default(),
-            move |dc| {
-                let name = dc.name_any();
-                flows_where(&contract_store, dc.metadata.namespace.clone(), |f| {
-                    f.spec.contract.name == name
-                })
-            },
-        )
-        .watches(
-            Api::<ConnectorBinding>::all(client.clone()),
-            watcher::Config::default(),
-            move |cb| {
-                let name = cb.name_any();
-                flows_where(&binding_store, cb.metadata.namespace.clone(), |f| {
-                    uses_binding(f, &name)
-                })
-            },
-        )
-        // Code maps and contract histories: metadata only, never the whole cluster's data.
-        .watches(
-            Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
-            watcher::Config::default(),
-            move |cm| {
-                let name = cm.name_any();
-                flows_where(&cm_store, cm.metadata.namespace.clone(), |f| {
-                    uses_config_map(f, &name)
-                })
-            },
-        )
+    Controller::for_stream(flow_changes, flows)
+        .owns_stream(deployment_changes)
+        .watches_stream(contract_changes, move |dc| {
+            let name = dc.name_any();
+            flows_where(&contract_store, dc.metadata.namespace.clone(), |f| {
+                f.spec.contract.name == name
+            })
+        })
+        .watches_stream(binding_changes, move |cb| {
+            let name = cb.name_any();
+            flows_where(&binding_store, cb.metadata.namespace.clone(), |f| {
+                uses_binding(f, &name)
+            })
+        })
+        .watches_stream(config_map_changes, move |cm| {
+            let name = cm.name_any();
+            let mut flows = flows_where(&cm_store, cm.metadata.namespace.clone(), |f| {
+                uses_config_map(f, &name)
+            });
+            flows.extend(owning_flow(&cm.metadata));
+            flows
+        })
         .reconcile_all_on(optional_crds)
         // Bounded: thousands of flows reconciling at once only queue at the apiserver and NATS
         // and inflate memory; a few in flight keep both busy.
         .with_config(
             kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
         )
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, fctx)
         .for_each(|_| std::future::ready(()))
         .await;
 }
 
-fn error_policy(_flow: Arc<IntegrationFlow>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.error(KIND, error.metric_label());
+fn error_policy(_flow: Arc<IntegrationFlow>, error: &Error, fctx: Arc<FlowContext>) -> Action {
+    fctx.ctx.metrics.error(KIND, error.metric_label());
     tracing::warn!(error = %error, "reconcile failed");
     error.action(Duration::from_secs(10))
 }
 
-async fn reconcile(flow: Arc<IntegrationFlow>, ctx: Arc<Context>) -> Result<Action> {
+async fn reconcile(flow: Arc<IntegrationFlow>, fctx: Arc<FlowContext>) -> Result<Action> {
+    let ctx = &fctx.ctx;
     let _timer = ctx.metrics.reconcile(KIND);
     if !in_region(&flow, ctx.config.region.as_deref()) {
         return Ok(Action::await_change());
     }
+    fctx.stores.ready().await;
     let api: Api<IntegrationFlow> = Api::namespaced(ctx.client.clone(), &namespace(&flow));
     finalizer(&api, FINALIZER, flow, |event| async {
         match event {
-            finalizer::Event::Apply(flow) => apply_flow(&flow, &ctx).await,
-            finalizer::Event::Cleanup(flow) => cleanup(&flow, &ctx).await,
+            finalizer::Event::Apply(flow) => apply_flow(&flow, &fctx).await,
+            finalizer::Event::Cleanup(flow) => cleanup(&flow, ctx).await,
         }
     })
     .await
@@ -208,20 +277,25 @@ async fn cleanup(flow: &IntegrationFlow, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
-async fn apply_flow(flow: &IntegrationFlow, ctx: &Context) -> Result<Action> {
+async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action> {
+    let ctx = &*fctx.ctx;
     let ns = namespace(flow);
-    let deref = dereference::dereference(flow, ctx).await?;
+    let started = std::time::Instant::now();
+    let deref = dereference::dereference(flow, &ctx.client, &fctx.stores).await?;
 
     // validate
     let history = match &deref.contract {
-        Some(_) => {
-            let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-            cms.get_opt(&history::config_map_name(&flow.spec.contract.name))
-                .await?
-                .and_then(|cm| cm.data)
-                .map(|data| history::from_config_map_data(&data))
-                .unwrap_or_default()
-        }
+        Some(_) => fctx
+            .stores
+            .config_maps
+            .data(
+                &ctx.client,
+                &ns,
+                &history::config_map_name(&flow.spec.contract.name),
+            )
+            .await?
+            .map(|data| history::from_config_map_data(&data))
+            .unwrap_or_default(),
         None => Vec::new(),
     };
     let mut blocked: Option<(&'static str, String)> = None;
@@ -283,10 +357,10 @@ async fn apply_flow(flow: &IntegrationFlow, ctx: &Context) -> Result<Action> {
             Ok(children) => {
                 max_ack_pending = children.worker_config.delivery.max_ack_pending;
                 let live = apply::Live {
-                    config_map: deref.applied_config.is_some(),
+                    config_map: deref.applied_config,
                     deployment: deref.deployment.is_some(),
                 };
-                if apply::apply_children(
+                let applied = apply::apply_children(
                     &ctx.client,
                     &ctx.applied,
                     flow,
@@ -294,12 +368,10 @@ async fn apply_flow(flow: &IntegrationFlow, ctx: &Context) -> Result<Action> {
                     live,
                     installed,
                 )
-                .await?
-                {
-                    // Read back what the workers now run, for honest status.
-                    deployment = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
-                        .get_opt(&render::labels::workers_name(flow))
-                        .await?;
+                .await?;
+                // What the workers now run, as the apiserver answered the apply.
+                if applied.deployment.is_some() {
+                    deployment = applied.deployment;
                 }
             }
             Err(e) => blocked = Some(("InvalidSpec", e.message)),
@@ -309,9 +381,14 @@ async fn apply_flow(flow: &IntegrationFlow, ctx: &Context) -> Result<Action> {
         (None, Some(c)) if deref.source.is_some() && deref.target.is_some() => {
             Some(c.version.clone())
         }
-        _ => validate::applied_contract_version(deref.applied_config.as_ref()),
+        _ => validate::applied_contract_version(
+            dereference::applied_config(flow, &ctx.client, &fctx.stores)
+                .await?
+                .as_deref(),
+        ),
     };
 
+    let applied_at = started.elapsed();
     // queues
     let names = QueueNames::for_flow(&ns, &flow_name(flow));
     let queue = match QueuePolicy::from_delivery(&flow.spec.delivery, max_ack_pending) {
@@ -337,6 +414,7 @@ async fn apply_flow(flow: &IntegrationFlow, ctx: &Context) -> Result<Action> {
         _ => Vec::new(),
     };
 
+    let queued_at = started.elapsed();
     // status
     let status = status::build(status::Observed {
         flow,
@@ -351,6 +429,12 @@ async fn apply_flow(flow: &IntegrationFlow, ctx: &Context) -> Result<Action> {
         now: Timestamp::now(),
     });
     write_status(flow, ctx, status).await?;
+    tracing::debug!(
+        apply_ms = applied_at.as_millis() as u64,
+        queue_ms = (queued_at - applied_at).as_millis() as u64,
+        status_ms = (started.elapsed() - queued_at).as_millis() as u64,
+        "flow reconciled"
+    );
     Ok(Action::requeue(Duration::from_secs(
         ctx.config.resync_seconds,
     )))

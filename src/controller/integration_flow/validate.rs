@@ -1,7 +1,8 @@
 //! Validate: decide from what was dereferenced whether the flow can run, which contract
 //! version it runs, and which conditions say why not.
 
-use k8s_openapi::api::core::v1::ConfigMap;
+use std::collections::BTreeMap;
+
 use semver::{Version, VersionReq};
 
 use crate::api::data_contract::Lifecycle;
@@ -202,11 +203,8 @@ pub fn bindings_condition(refs: &[(&str, Option<&ConnectorBinding>)]) -> Desired
 }
 
 /// The contract version in the worker ConfigMap currently applied, if any.
-pub fn applied_contract_version(config_map: Option<&ConfigMap>) -> Option<String> {
-    let json = config_map?
-        .data
-        .as_ref()?
-        .get(crate::worker::config::CONFIG_FILE)?;
+pub fn applied_contract_version(config_map: Option<&BTreeMap<String, String>>) -> Option<String> {
+    let json = config_map?.get(crate::worker::config::CONFIG_FILE)?;
     let config: crate::worker::config::WorkerConfig = serde_json::from_str(json).ok()?;
     Some(config.contract.version)
 }
