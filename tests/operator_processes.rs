@@ -46,7 +46,10 @@ fn flow_yaml(name: &str, region: &str) -> String {
         r#"
 apiVersion: flowplane.io/v1alpha1
 kind: IntegrationFlow
-metadata: {{name: {name}}}
+metadata:
+  name: {name}
+  # Handled by the reconciling operator, which says so in an Event under its own name.
+  annotations: {{flowplane.io/redrive: "1"}}
 spec:
   region: {region}
   source: {{bindingRef: erp, entity: Orders, syncMode: FullRefresh}}
@@ -128,7 +131,8 @@ async fn reconciled(flows: &Api<IntegrationFlow>, name: &str) {
     .await;
 }
 
-/// The operator instances (POD_NAME) that published events about a flow.
+/// The operator instances (POD_NAME) that published events about a flow (the redrive
+/// annotation's OperationHandled, at least).
 async fn reporters(client: &Client, namespace: &str, flow: &str) -> Vec<String> {
     let events: Api<Event> = Api::namespaced(client.clone(), namespace);
     let mut instances: Vec<String> = events

@@ -26,6 +26,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Resource, ResourceExt};
 
+use crate::api::common::Condition;
 use crate::api::integration_flow::{DeletionPolicy, IntegrationFlowStatus};
 use crate::api::{ConnectorBinding, DataContract, IntegrationFlow};
 use crate::contract::history;
@@ -548,7 +549,24 @@ async fn handle_operations(
     acknowledged
 }
 
-/// Writes status only when it changed, and publishes an event per condition transition.
+/// Whether a condition change is news for `kubectl get events`: Ready or ContractCompatible
+/// flipping, Stalled starting or ending, a flow Ready from its first pass, and a problem
+/// present from the first pass. A new
+/// flow's Ready=False (workers still starting) and reason-only changes are in status alone:
+/// at thousands of flows, events for them were a third of the operator's writes.
+fn worth_an_event(previous: &[Condition], changed: &Condition) -> bool {
+    let before = previous.iter().find(|p| p.type_ == changed.type_);
+    match (changed.type_.as_str(), before) {
+        ("Ready" | "ContractCompatible" | "Stalled", Some(before)) => {
+            before.status != changed.status
+        }
+        ("Ready" | "Stalled", None) => changed.status == "True",
+        ("ContractCompatible", None) => changed.status == "False",
+        _ => false,
+    }
+}
+
+/// Writes status only when it changed, and publishes an event per transition worth one.
 async fn write_status(
     flow: &IntegrationFlow,
     ctx: &Context,
@@ -558,30 +576,27 @@ async fn write_status(
     if previous == status {
         return Ok(());
     }
-    for changed in transitions(&previous.conditions, &status.conditions) {
-        if matches!(
-            changed.type_.as_str(),
-            "Ready" | "ContractCompatible" | "Stalled"
-        ) {
-            let type_ = if changed.status == "True"
-                || changed.type_ == "Stalled" && changed.status == "False"
-            {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            };
-            super::publish_event(
-                ctx,
-                flow,
-                type_,
-                &changed.reason,
-                format!(
-                    "{} is {}: {}",
-                    changed.type_, changed.status, changed.message
-                ),
-            )
-            .await;
-        }
+    for changed in transitions(&previous.conditions, &status.conditions)
+        .into_iter()
+        .filter(|c| worth_an_event(&previous.conditions, c))
+    {
+        let healthy = (changed.status == "True") != (changed.type_ == "Stalled");
+        let type_ = if healthy {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        super::publish_event(
+            ctx,
+            flow,
+            type_,
+            &changed.reason,
+            format!(
+                "{} is {}: {}",
+                changed.type_, changed.status, changed.message
+            ),
+        )
+        .await;
     }
     super::apply_status(ctx, flow, &status).await
 }
@@ -605,5 +620,40 @@ mod tests {
         assert!(in_region(&flow(Some("eu")), Some("eu")));
         assert!(!in_region(&flow(Some("us")), Some("eu")));
         assert!(in_region(&flow(Some("us")), None));
+    }
+
+    fn condition(type_: &'static str, status: bool, reason: &'static str) -> Condition {
+        let desired = Desired::new(type_, status, reason, "m");
+        crate::controller::conditions::merge(&[], &[desired], Some(1), Timestamp::UNIX_EPOCH)
+            .remove(0)
+    }
+
+    #[test]
+    fn events_report_flips_and_problems_not_a_new_flows_first_steps() {
+        let ready = condition("Ready", true, "Ready");
+        let not_ready = condition("Ready", false, "WorkersUnavailable");
+        let not_fresh = condition("Ready", false, "NotFresh");
+        let stalled = condition("Stalled", true, "InvalidSpec");
+        let incompatible = condition("ContractCompatible", false, "VersionOutOfRange");
+        // A new flow: not ready yet is expected; a problem from the start is news.
+        assert!(!worth_an_event(&[], &not_ready));
+        assert!(worth_an_event(&[], &ready));
+        assert!(worth_an_event(&[], &stalled));
+        assert!(worth_an_event(&[], &incompatible));
+        assert!(!worth_an_event(
+            &[],
+            &condition("ContractCompatible", true, "Compatible")
+        ));
+        assert!(!worth_an_event(
+            &[],
+            &condition("QueueReady", false, "NatsDown")
+        ));
+        // Later: flips are news, reason-only changes are not.
+        assert!(worth_an_event(std::slice::from_ref(&ready), &not_ready));
+        assert!(worth_an_event(std::slice::from_ref(&not_ready), &ready));
+        assert!(!worth_an_event(
+            std::slice::from_ref(&not_ready),
+            &not_fresh
+        ));
     }
 }
