@@ -87,7 +87,7 @@ if [ -n "$kubeconfig" ] || $current_context; then
   [ -n "$kubeconfig" ] && export KUBECONFIG="$kubeconfig"
   [ -x "$BIN/nats-server" ] || scripts/install-tools.sh
   command -v kubectl >/dev/null || export PATH="$BIN:$PATH"
-  kubectl version >/dev/null || { say "cannot reach the cluster (kubectl version failed)"; exit 1; }
+  kubectl get --raw /version >/dev/null || { say "cannot reach the cluster (kubectl get --raw /version failed)"; exit 1; }
   say "using the cluster of kubectl context $(kubectl config current-context)"
 else
   if ! scripts/local-env.sh env >/dev/null 2>&1; then stop_env=true; fi
