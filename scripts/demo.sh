@@ -17,7 +17,11 @@
 # workers run here as processes. The demo's "kubelet stand-in" binds each flow's worker pods to
 # a node named flowplane-demo-node and reports them Ready exactly while that flow's local worker
 # answers /readyz, so the Deployment's availability (WorkersAvailable) follows the real worker.
-# It only does so on a cluster without other nodes; on a real cluster the kubelet decides.
+# It only does so on a cluster without other nodes; on a real cluster the kubelet decides, and
+# the worker pods it starts (image --worker-image, default ghcr.io/flowplane/flowplane:0.1.0)
+# cannot reach this machine's loopback NATS and simulators, so there the flows report
+# WorkersAvailable=False while the data moves through the local workers (not verified on a real
+# cluster here: only on an existing local control plane).
 #
 # Environment: FLOWPLANE_BIN (a built flowplane binary; skips cargo build), FLOWPLANE_ENV_NAME /
 # FLOWPLANE_STATE (which local environment, see scripts/local-env.sh), CARGO_TARGET_DIR.
@@ -32,7 +36,7 @@ while [ $# -gt 0 ]; do
     --use-current-context) current_context=true; shift ;;
     --check) check=true; shift ;;
     --timeout) timeout="$2"; shift 2 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
