@@ -159,12 +159,22 @@ start_worker() {
   background "worker-$flow" "$flowplane" worker --config "$dir/worker.json" \
     --listen "127.0.0.1:${worker_port[$flow]}" --worker-id "$flow-local-0"
 }
+rendered_for_this_run() { # the ConfigMap exists and names this run's NATS and forecasting simulator
+  local config
+  config=$(kubectl get configmap "$1-worker-config" -n "$NS" -o jsonpath='{.data.worker\.json}' 2>/dev/null) || return 1
+  [[ "$config" == *"$NATS_URL"* && "$config" == *"$FORECAST_URL"* ]]
+}
 for flow in $flows; do
   for _ in $(seq 120); do
-    kubectl get configmap "$flow-worker-config" -n "$NS" >/dev/null 2>&1 && break
+    rendered_for_this_run "$flow" && break
     kill -0 "$operator_pid" 2>/dev/null || { say "the operator exited:"; tail -n 20 "$run_dir/operator.log" >&2; exit 1; }
     sleep 0.5
   done
+  rendered_for_this_run "$flow" || {
+    say "the operator did not render $flow's worker configuration within 60s; the end of its log:"
+    tail -n 20 "$run_dir/operator.log" >&2
+    exit 1
+  }
   start_worker "$flow"
 done
 say "workers started as local processes (flowplane worker --config <the operator's worker.json>)"
