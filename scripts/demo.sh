@@ -1,39 +1,263 @@
 #!/usr/bin/env bash
-# The main job, locally: builds what it needs, starts a local control plane and NATS,
-# installs the CRDs, starts the operator, applies the example flows (EU overlay) and shows them.
-# Stop everything it started with: scripts/local-env.sh down
+# The main job, on this machine, end to end:
+#   builds flowplane, starts a local control plane (scripts/local-env.sh), NATS, the ERP and
+#   forecasting simulators, installs the CRDs, starts the operator, applies the example flows
+#   (examples/overlays/demo: the EU overlay with its systems replaced by the simulators), runs
+#   each flow's worker as a local process from the configuration the operator rendered, plays
+#   the warehouse and the ERP (events and new order lines), and shows the flows becoming Ready
+#   and Fresh and the records arriving. Ctrl-C stops everything it started.
+#
+#   scripts/demo.sh                       local control plane (started, and stopped on exit)
+#   scripts/demo.sh --kubeconfig PATH     an existing cluster instead (kind, minikube, ...)
+#   scripts/demo.sh --use-current-context the cluster of your current kubectl context
+#   scripts/demo.sh --check [--timeout S] exit 0 once every flow is Ready and Fresh and records
+#                                         arrived, 1 after S seconds (default 240); then stop
+#
+# There is no kubelet on the local control plane, so worker pods are never started there: the
+# workers run here as processes. The demo's "kubelet stand-in" binds each flow's worker pods to
+# a node named flowplane-demo-node and reports them Ready exactly while that flow's local worker
+# answers /readyz, so the Deployment's availability (WorkersAvailable) follows the real worker.
+# It only does so on a cluster without other nodes; on a real cluster the kubelet decides, and
+# the worker pods it starts (image --worker-image, default ghcr.io/flowplane/flowplane:0.1.0)
+# cannot reach this machine's loopback NATS and simulators, so there the flows report
+# WorkersAvailable=False while the data moves through the local workers (not verified on a real
+# cluster here: only on an existing local control plane).
+#
+# Environment: FLOWPLANE_BIN (a built flowplane binary; skips cargo build), FLOWPLANE_ENV_NAME /
+# FLOWPLANE_STATE (which local environment, see scripts/local-env.sh), CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root="$(pwd)"
+
+kubeconfig="" current_context=false check=false timeout=240
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --kubeconfig) kubeconfig="$(realpath "$2")"; shift 2 ;;
+    --use-current-context) current_context=true; shift ;;
+    --check) check=true; shift ;;
+    --timeout) timeout="$2"; shift 2 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
 
 export FLOWPLANE_CACHE="${FLOWPLANE_CACHE:-$HOME/.cache/flowplane}"
-env_file="$(scripts/local-env.sh up)"
-# shellcheck disable=SC1090
-. "$env_file"
+BIN="$FLOWPLANE_CACHE/bin"
+NS=flowplane-eu
+ENTITIES=(sales-history inventory-positions returns)
+say() { printf '\033[1m[demo]\033[0m %s\n' "$*" >&2; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-cargo build --locked --quiet
-flowplane=target/debug/flowplane
+# --- everything this run starts is recorded here and stopped on exit ---------------------------
+run_dir="$(mktemp -d "${TMPDIR:-/tmp}/flowplane-demo.XXXXXX")"
+chmod 700 "$run_dir"
+pids=() names=()
+stop_env=false
+cleanup() {
+  local status=$?
+  trap - EXIT INT TERM
+  say "stopping what the demo started"
+  # Newest first (workers before the NATS server and the simulators they talk to).
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    kill "${pids[$i]}" 2>/dev/null || continue
+    for _ in $(seq 50); do kill -0 "${pids[$i]}" 2>/dev/null || break; sleep 0.1; done
+    if kill -9 "${pids[$i]}" 2>/dev/null; then say "${names[$i]} did not stop within 5s; killed"; fi
+  done
+  if $stop_env; then scripts/local-env.sh down >/dev/null 2>&1 || true; fi
+  rm -rf "$run_dir" # worker configs and the demo Secrets' files
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+background() { # name, command... ; logs to $run_dir/name.log
+  local name="$1"; shift
+  "$@" >"$run_dir/$name.log" 2>&1 &
+  pids+=($!) names+=("$name")
+  disown $! # no job-control chatter; cleanup() stops it
+}
 
-"$flowplane" crdgen --out crds >/dev/null
-kubectl apply --server-side --field-manager=flowplane-demo -f crds/
-kubectl wait --for condition=Established crd --all --timeout=60s >/dev/null
-
-state="$(dirname "$env_file")"
-if ! { [ -f "$state/operator.pid" ] && kill -0 "$(cat "$state/operator.pid")" 2>/dev/null; }; then
-  "$flowplane" controller --nats-url "$NATS_URL" --nats-monitoring-endpoint "${NATS_MONITOR_URL#http://}" \
-    --http-addr 127.0.0.1:0 --region eu --resync-seconds 15 >"$state/operator.log" 2>&1 &
-  echo $! >"$state/operator.pid"
+# --- build ---------------------------------------------------------------------------------------
+if [ -n "${FLOWPLANE_BIN:-}" ]; then
+  flowplane="$FLOWPLANE_BIN"
+else
+  say "building flowplane (cargo build)"
+  cargo build --locked --quiet --bin flowplane
+  flowplane="${CARGO_TARGET_DIR:-$root/target}/debug/flowplane"
 fi
 
-kubectl apply -k examples/overlays/eu
-kubectl apply -n flowplane-eu -f examples/local-secrets/
+# --- cluster and NATS ----------------------------------------------------------------------------
+if [ -n "$kubeconfig" ] || $current_context; then
+  [ -n "$kubeconfig" ] && export KUBECONFIG="$kubeconfig"
+  [ -x "$BIN/nats-server" ] || scripts/install-tools.sh
+  command -v kubectl >/dev/null || export PATH="$BIN:$PATH"
+  kubectl get --raw /version >/dev/null || { say "cannot reach the cluster (kubectl get --raw /version failed)"; exit 1; }
+  say "using the cluster of kubectl context $(kubectl config current-context)"
+else
+  if ! scripts/local-env.sh env >/dev/null 2>&1; then stop_env=true; fi
+  say "starting the local control plane (scripts/local-env.sh up; a cold first run builds it)"
+  env_file="$(scripts/local-env.sh up)"
+  # shellcheck disable=SC1090
+  . "$env_file"
+fi
+# A NATS server of the demo's own, so every run starts with empty queues and cursors (the
+# simulators start from scratch too).
+nats_port=$(free_port) nats_mon=$(free_port)
+NATS_URL="nats://127.0.0.1:$nats_port" NATS_MONITOR_URL="http://127.0.0.1:$nats_mon"
+background nats-server "$BIN/nats-server" -js -a 127.0.0.1 -p "$nats_port" -m "$nats_mon" -sd "$run_dir/jetstream"
+for _ in $(seq 100); do curl -sf "$NATS_MONITOR_URL/healthz" >/dev/null && break; sleep 0.1; done
+say "NATS with JetStream on $NATS_URL"
 
-# Give the operator a moment to reconcile, then show what it made of the flows.
-sleep 10
-echo
-kubectl get flowplane -A
-echo
-kubectl get deploy,cm,svc,cronjob,hpa -n flowplane-eu -l app.kubernetes.io/managed-by=flowplane
-echo
-echo "KUBECONFIG=$KUBECONFIG NATS_URL=$NATS_URL"
-echo "Operator log: $state/operator.log"
-echo "Stop: scripts/local-env.sh down"
+# --- simulators ----------------------------------------------------------------------------------
+erp_port=$(free_port) forecast_port=$(free_port)
+ERP_URL="http://127.0.0.1:$erp_port" FORECAST_URL="http://127.0.0.1:$forecast_port"
+background sim-erp "$flowplane" sim erp --listen "127.0.0.1:$erp_port" --order-lines 1000 --bad-every 100
+background sim-forecast "$flowplane" sim forecast --listen "127.0.0.1:$forecast_port"
+for url in "$ERP_URL/odata/\$metadata" "$FORECAST_URL/healthz"; do
+  for _ in $(seq 100); do curl -sf "$url" >/dev/null && break; sleep 0.1; done
+done
+say "ERP simulator on $ERP_URL/odata (1,000 order lines, every 100th bad), forecasting simulator on $FORECAST_URL"
+
+# --- CRDs and the operator -----------------------------------------------------------------------
+say "installing the CRDs (kubectl apply --server-side -f crds/)"
+kubectl apply --server-side --force-conflicts --field-manager=flowplane-demo -f crds/ >/dev/null
+kubectl wait --for condition=Established crd/integrationflows.flowplane.io crd/datacontracts.flowplane.io crd/connectorbindings.flowplane.io --timeout=60s >/dev/null
+operator_port=$(free_port)
+say "starting the operator (region eu; log: flowplane controller ... > operator.log)"
+background operator "$flowplane" controller --region eu --nats-url "$NATS_URL" \
+  --nats-monitoring-endpoint "${NATS_MONITOR_URL#http://}" --http-addr "127.0.0.1:$operator_port" \
+  --resync-seconds 10
+operator_pid=${pids[-1]}
+
+# --- the example flows ---------------------------------------------------------------------------
+say "applying examples/overlays/demo (the EU overlay, bindings pointed at the simulators and NATS)"
+kubectl kustomize examples/overlays/demo |
+  sed -e "s#http://127.0.0.1:18081/odata#$ERP_URL/odata#" \
+      -e "s#http://127.0.0.1:18082#$FORECAST_URL#" \
+      -e "s#nats://127.0.0.1:14222#$NATS_URL#" |
+  kubectl apply --server-side --force-conflicts --field-manager=flowplane-demo -f - >/dev/null
+# Fake credentials for the demo only (their values are never printed).
+kubectl apply --server-side --force-conflicts --field-manager=flowplane-demo -n "$NS" -f examples/local-secrets/ >/dev/null
+flows=$(kubectl get integrationflows -n "$NS" -o jsonpath='{.items[*].metadata.name}')
+say "flows: $flows"
+
+# --- the traffic: warehouse events and new ERP order lines -----------------------------------------
+background traffic python3 scripts/demo-helper.py traffic "$NATS_URL" "$ERP_URL"
+
+# --- each flow's worker, from the configuration the operator rendered -------------------------------
+declare -A worker_port
+start_worker() {
+  local flow="$1" dir="$run_dir/workers/$1"
+  mkdir -p "$dir"
+  {
+    printf '{"configMap":'; kubectl get configmap "$flow-worker-config" -n "$NS" -o json
+    printf ',"bindings":'; kubectl get connectorbindings -n "$NS" -o json
+    printf ',"secrets":'; kubectl get secrets -n "$NS" -o json
+    printf '}'
+  } | python3 scripts/demo-helper.py worker-config "$dir"
+  worker_port[$flow]=$(free_port)
+  background "worker-$flow" "$flowplane" worker --config "$dir/worker.json" \
+    --listen "127.0.0.1:${worker_port[$flow]}" --worker-id "$flow-local-0"
+}
+rendered_for_this_run() { # the ConfigMap exists and names this run's NATS and forecasting simulator
+  local config
+  config=$(kubectl get configmap "$1-worker-config" -n "$NS" -o jsonpath='{.data.worker\.json}' 2>/dev/null) || return 1
+  [[ "$config" == *"$NATS_URL"* && "$config" == *"$FORECAST_URL"* ]]
+}
+for flow in $flows; do
+  for _ in $(seq 120); do
+    rendered_for_this_run "$flow" && break
+    kill -0 "$operator_pid" 2>/dev/null || { say "the operator exited:"; tail -n 20 "$run_dir/operator.log" >&2; exit 1; }
+    sleep 0.5
+  done
+  rendered_for_this_run "$flow" || {
+    say "the operator did not render $flow's worker configuration within 60s; the end of its log:"
+    tail -n 20 "$run_dir/operator.log" >&2
+    exit 1
+  }
+  start_worker "$flow"
+done
+say "workers started as local processes (flowplane worker --config <the operator's worker.json>)"
+
+# --- the kubelet stand-in ------------------------------------------------------------------------
+standin=false
+if [ -z "$(kubectl get nodes -o name 2>/dev/null | grep -v '^node/\(flowplane-demo-node\|fake-node\)$' || true)" ]; then
+  standin=true
+  say "no kubelet on this cluster: the demo marks each flow's worker pods Ready while its local worker answers /readyz"
+  kubectl apply --server-side --field-manager=flowplane-demo -f - >/dev/null <<'NODE'
+apiVersion: v1
+kind: Node
+metadata:
+  name: flowplane-demo-node
+  labels: {kubernetes.io/hostname: flowplane-demo-node, flowplane.io/demo: "true"}
+NODE
+fi
+kubelet_standin() {
+  local now flow pod node ready
+  now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  for flow in $flows; do
+    ready=False
+    curl -sf "http://127.0.0.1:${worker_port[$flow]}/readyz" >/dev/null 2>&1 && ready=True
+    kubectl get pods -n "$NS" -l "flowplane.io/flow=$flow,app.kubernetes.io/component=worker" \
+      -o jsonpath='{range .items[*]}{.metadata.name} {.spec.nodeName}{"\n"}{end}' 2>/dev/null |
+      while read -r pod node; do
+        [ -n "$pod" ] || continue
+        if [ -z "$node" ]; then
+          printf '{"apiVersion":"v1","kind":"Binding","metadata":{"name":"%s"},"target":{"apiVersion":"v1","kind":"Node","name":"flowplane-demo-node"}}' "$pod" |
+            kubectl create --raw "/api/v1/namespaces/$NS/pods/$pod/binding" -f - >/dev/null 2>&1 || continue
+        fi
+        kubectl patch pod "$pod" -n "$NS" --subresource=status --type=merge -p "{\"status\":{\"phase\":\"Running\",\"startTime\":\"$now\",
+          \"conditions\":[{\"type\":\"PodScheduled\",\"status\":\"True\"},{\"type\":\"Initialized\",\"status\":\"True\"},
+          {\"type\":\"ContainersReady\",\"status\":\"$ready\"},{\"type\":\"Ready\",\"status\":\"$ready\",\"lastTransitionTime\":\"$now\"}],
+          \"containerStatuses\":[{\"name\":\"worker\",\"image\":\"local-process\",\"imageID\":\"\",\"ready\":$([ $ready = True ] && echo true || echo false),
+          \"restartCount\":0,\"started\":true,\"state\":{\"running\":{\"startedAt\":\"$now\"}}}]}}" >/dev/null 2>&1 || true
+      done
+  done
+}
+
+# --- watch ---------------------------------------------------------------------------------------
+show() {
+  echo
+  echo "=== $(date +%H:%M:%S)  kubectl get flowplane -A"
+  kubectl get flowplane -A 2>&1 | sed 's/^/  /'
+  echo "=== the flows' sync figures (status.sync)"
+  kubectl get integrationflows -n "$NS" -o custom-columns='FLOW:.metadata.name,DELIVERED:.status.sync.delivered,DEAD LETTERS:.status.sync.deadLetters,LAG:.status.sync.lag,LAST SUCCESS:.status.sync.lastSuccessTime' 2>&1 | sed 's/^/  /'
+  printf '=== records received by the forecasting simulator: '
+  python3 scripts/demo-helper.py received "$FORECAST_URL" "${ENTITIES[@]}"
+}
+started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+flows_ready() {
+  kubectl get integrationflows -n "$NS" -o json |
+    python3 scripts/demo-helper.py check "$NS" "$started_at" "$FORECAST_URL" "${ENTITIES[@]}"
+}
+deadline=$((SECONDS + timeout))
+last_show=-100
+if ! $check; then
+  say "watching (Ctrl-C stops the demo and everything it started)"
+  say "logs: $run_dir/*.log   KUBECONFIG=${KUBECONFIG:-}   NATS_URL=$NATS_URL"
+fi
+while true; do
+  for i in "${!pids[@]}"; do
+    kill -0 "${pids[$i]}" 2>/dev/null && continue
+    say "${names[$i]} exited; the end of its log:"
+    tail -n 20 "$run_dir/${names[$i]}.log" >&2
+    exit 1
+  done
+  $standin && kubelet_standin
+  if $check; then
+    if flows_ready >"$run_dir/check.out" 2>&1; then
+      show
+      say "check passed: every demo flow is Ready and Fresh and records arrived (${SECONDS}s)"
+      exit 0
+    fi
+    if [ $SECONDS -ge $deadline ]; then
+      show
+      cat "$run_dir/check.out" >&2
+      say "check failed after ${timeout}s; operator log tail:"
+      tail -n 20 "$run_dir/operator.log" >&2
+      exit 1
+    fi
+  fi
+  if [ $((SECONDS - last_show)) -ge 5 ]; then show; last_show=$SECONDS; fi
+  sleep 2
+done

@@ -15,7 +15,7 @@ command -v cargo >/dev/null || { echo "cargo is needed (https://rustup.rs)" >&2;
 command -v go >/dev/null || { echo "go is needed to build the control plane" >&2; exit 2; }
 
 scripts/install-tools.sh
-cleanup() { scripts/local-env.sh down || true; rm -rf "$FLOWPLANE_STATE"; }
+cleanup() { scripts/local-env.sh down || true; rm -rf "$FLOWPLANE_STATE" "$FLOWPLANE_STATE-demo"; }
 trap cleanup EXIT
 scripts/local-env.sh up >/dev/null
 

@@ -12,11 +12,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write the CustomResourceDefinitions generated from the Rust types.
+    /// Write the CustomResourceDefinitions generated from the Rust types, and the API reference
+    /// generated from them.
     Crdgen {
         /// Directory to write into.
         #[arg(long, default_value = "crds")]
         out: PathBuf,
+        /// Where to write the API reference (markdown); `-` for none.
+        #[arg(long, default_value = flowplane::crdgen::API_REFERENCE)]
+        api_reference: PathBuf,
     },
     /// Run the operator (reconciles IntegrationFlows, DataContracts and ConnectorBindings).
     Controller(flowplane::controller::cli::ControllerArgs),
@@ -36,8 +40,12 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Crdgen { out } => {
+        Command::Crdgen { out, api_reference } => {
             for path in flowplane::crdgen::write(&out)? {
+                println!("wrote {}", path.display());
+            }
+            if api_reference.as_os_str() != "-" {
+                let path = flowplane::crdgen::write_api_reference(&api_reference)?;
                 println!("wrote {}", path.display());
             }
         }

@@ -8,7 +8,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
@@ -17,42 +16,10 @@ use kube::Api;
 use kube::api::PostParams;
 use serde_json::Value;
 
-const KUBE_VERSION: &str = "v1.37.2";
+use support::{KUBE_VERSION, helm};
 
 fn chart_dir() -> PathBuf {
     support::repo_root().join("charts/flowplane")
-}
-
-fn helm_bin() -> PathBuf {
-    let cache = std::env::var("FLOWPLANE_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/flowplane"));
-    let helm = cache.join("bin/helm");
-    if !helm.exists() {
-        let out = Command::new("bash")
-            .arg(support::repo_root().join("scripts/install-tools.sh"))
-            .output()
-            .expect("run scripts/install-tools.sh");
-        assert!(
-            out.status.success(),
-            "install-tools.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    helm
-}
-
-/// Runs helm; returns (success, stdout, stderr).
-fn helm(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(helm_bin())
-        .args(args)
-        .output()
-        .expect("spawn helm");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// `helm template` of the chart as release `release` in `namespace` with extra `--set`s.
@@ -690,4 +657,119 @@ async fn service_account_is_granted_what_the_operator_calls_and_nothing_else() {
         excess.is_empty(),
         "the chart grants what the operator never calls: {excess:?}"
     );
+}
+
+fn refused<T: std::fmt::Debug>(what: &str, result: Result<T, kube::Error>) -> Option<String> {
+    match result {
+        Err(kube::Error::Api(status)) if status.code == 403 => None,
+        other => Some(format!("{what}: expected 403 Forbidden, got {other:?}")),
+    }
+}
+
+/// The identity the in-process operator of every controller test runs as (the chart's
+/// ServiceAccount, impersonated): granted what the operator calls, refused what it never does.
+#[tokio::test]
+async fn the_operator_identity_is_refused_what_the_chart_does_not_grant() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+
+    let admin = support::client().await;
+    let ns = support::TestNamespace::new(&admin, "denied").await;
+    let operator = support::operator_client().await;
+
+    // Granted: what every controller reads, and its own Lease.
+    Api::<flowplane::api::IntegrationFlow>::all(operator.clone())
+        .list(&ListParams::default().limit(1))
+        .await
+        .expect("the operator lists IntegrationFlows cluster-wide");
+    Api::<Secret>::namespaced(operator.clone(), &ns.name)
+        .list(&ListParams::default().limit(1))
+        .await
+        .expect("the operator reads Secrets (binding credentials are checked)");
+    Api::<Lease>::namespaced(operator.clone(), support::OPERATOR_NAMESPACE)
+        .get_opt("flowplane-operator")
+        .await
+        .expect("the operator reads its Lease in its own namespace");
+
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "stolen"}, "stringData": {"k": "v"}
+    }))
+    .unwrap();
+    let lease: Lease =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "elsewhere"}})).unwrap();
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}]}
+    }))
+    .unwrap();
+    let role: ClusterRole =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "escalate"}, "rules": []}))
+            .unwrap();
+    let post = PostParams::default();
+    let problems: Vec<String> = [
+        refused(
+            "create a Secret",
+            Api::<Secret>::namespaced(operator.clone(), &ns.name)
+                .create(&post, &secret)
+                .await,
+        ),
+        refused(
+            "create a Pod",
+            Api::<Pod>::namespaced(operator.clone(), &ns.name)
+                .create(&post, &pod)
+                .await,
+        ),
+        refused(
+            "delete a Deployment",
+            Api::<Deployment>::namespaced(operator.clone(), &ns.name)
+                .delete("workers", &DeleteParams::default())
+                .await,
+        ),
+        refused(
+            "delete a Namespace",
+            Api::<Namespace>::all(operator.clone())
+                .delete(&ns.name, &DeleteParams::default())
+                .await,
+        ),
+        refused(
+            "create a ClusterRole",
+            Api::<ClusterRole>::all(operator.clone())
+                .create(&post, &role)
+                .await,
+        ),
+        refused(
+            "patch a CustomResourceDefinition",
+            Api::<CustomResourceDefinition>::all(operator.clone())
+                .patch(
+                    "integrationflows.flowplane.io",
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({"metadata": {"labels": {"x": "y"}}})),
+                )
+                .await,
+        ),
+        refused(
+            "create a Lease outside the operator's namespace",
+            Api::<Lease>::namespaced(operator.clone(), &ns.name)
+                .create(&post, &lease)
+                .await,
+        ),
+        refused(
+            "delete an IntegrationFlow",
+            Api::<flowplane::api::IntegrationFlow>::namespaced(operator.clone(), &ns.name)
+                .delete("any", &DeleteParams::default())
+                .await,
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    assert!(problems.is_empty(), "{problems:#?}");
+    // The namespace is still there: the refusal was real.
+    Api::<Namespace>::all(admin.clone())
+        .get(&ns.name)
+        .await
+        .expect("namespace survives");
 }

@@ -68,16 +68,124 @@ fn read_env_file(path: &Path) -> HashMap<String, String> {
         .collect()
 }
 
-/// A client for the local control plane, with the flowplane CRDs installed and Established.
-pub async fn client() -> Client {
+/// The admin's (`system:masters`) configuration of the local control plane.
+pub async fn admin_config() -> Config {
     let env = local_env();
     let kubeconfig = Kubeconfig::read_from(&env.kubeconfig).expect("read kubeconfig");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
-        .expect("kubeconfig to config");
-    let client = Client::try_from(config).expect("client");
+        .expect("kubeconfig to config")
+}
+
+/// An admin client for the local control plane, with the flowplane CRDs installed and
+/// Established. Test setup uses it; the operator does not (see [`operator_config`]).
+pub async fn client() -> Client {
+    let client = Client::try_from(admin_config().await).expect("client");
     install_crds(&client).await;
     client
+}
+
+/// Kubernetes version the chart is rendered for.
+pub const KUBE_VERSION: &str = "v1.37.2";
+/// Namespace of the chart "release" whose ServiceAccount the in-process operator runs as.
+pub const OPERATOR_NAMESPACE: &str = "flowplane-tests-system";
+/// Name of that ServiceAccount (and of the chart's ClusterRole and bindings).
+pub const OPERATOR_SERVICE_ACCOUNT: &str = "flowplane-tests";
+
+/// The user the API server sees for the chart's ServiceAccount.
+pub fn operator_user() -> String {
+    format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}")
+}
+
+/// helm, built by `scripts/install-tools.sh` (run here when it is missing).
+pub fn helm_bin() -> PathBuf {
+    let helm = kubeconfig_dir_bin().join("helm");
+    if !helm.exists() {
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/install-tools.sh"))
+            .output()
+            .expect("run scripts/install-tools.sh");
+        assert!(
+            out.status.success(),
+            "install-tools.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    helm
+}
+
+/// Runs helm; returns (success, stdout, stderr).
+pub fn helm(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(helm_bin())
+        .args(args)
+        .output()
+        .expect("spawn helm");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Renders the chart's ServiceAccount and RBAC (`helm template`, default values, so the
+/// cluster-wide ClusterRole and the leader-election Role in [`OPERATOR_NAMESPACE`]) and applies
+/// them as admin; once per test process (server-side apply, so concurrent test binaries agree).
+pub fn install_operator_rbac() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let namespace =
+            format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {OPERATOR_NAMESPACE}\n");
+        let apply = [
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=flowplane-tests",
+            "-f",
+            "-",
+        ];
+        let (ok, out, err) = kubectl(&apply, Some(&namespace));
+        assert!(ok, "create {OPERATOR_NAMESPACE}:\n{out}\n{err}");
+        let chart = repo_root().join("charts/flowplane");
+        let (ok, rendered, err) = helm(&[
+            "template",
+            OPERATOR_SERVICE_ACCOUNT,
+            chart.to_str().unwrap(),
+            "--namespace",
+            OPERATOR_NAMESPACE,
+            "--kube-version",
+            KUBE_VERSION,
+            "--set",
+            &format!("fullnameOverride={OPERATOR_SERVICE_ACCOUNT}"),
+            "--show-only",
+            "templates/serviceaccount.yaml",
+            "--show-only",
+            "templates/rbac.yaml",
+        ]);
+        assert!(ok, "helm template of the chart's RBAC failed:\n{err}");
+        assert!(rendered.contains("kind: ClusterRole\n"), "{rendered}");
+        let (ok, out, err) = kubectl(&apply, Some(&rendered));
+        assert!(ok, "applying the chart's RBAC failed:\n{out}\n{err}");
+    });
+}
+
+/// The configuration the operator runs with in tests: the admin's credentials impersonating
+/// the chart's ServiceAccount (user and the groups the API server gives a ServiceAccount), so
+/// every request is authorized by the chart's RBAC and nothing else.
+pub async fn operator_config() -> Config {
+    install_operator_rbac();
+    let mut config = admin_config().await;
+    config.auth_info.impersonate = Some(operator_user());
+    config.auth_info.impersonate_groups = Some(vec![
+        "system:serviceaccounts".into(),
+        format!("system:serviceaccounts:{OPERATOR_NAMESPACE}"),
+        "system:authenticated".into(),
+    ]);
+    config
+}
+
+/// A client with the chart's ServiceAccount permissions (see [`operator_config`]).
+pub async fn operator_client() -> Client {
+    Client::try_from(operator_config().await).expect("client")
 }
 
 /// Applies the generated CRDs (server-side apply) and waits until each is Established.
@@ -199,24 +307,118 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
 }
 
 /// The operator, running in-process on a runtime of its own (so it outlives each test's
-/// runtime), once per test binary, against the local control plane and NATS. `writes` counts
-/// every non-GET request its client makes.
+/// runtime), once per test binary, against the local control plane and NATS, with the chart's
+/// ServiceAccount permissions ([`operator_config`]), not as admin. `writes` counts every
+/// non-GET request its client makes.
 pub struct Operator {
     pub writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// The most recent write requests (method and path), to explain a failing count.
     pub recent_writes: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+    /// Every request the API server's authorizer refused (method, path and message): what
+    /// the chart's RBAC does not grant but the operator tried.
+    pub forbidden: Forbidden,
 }
 
+/// Requests refused by RBAC, shared with the client's service stack.
+pub type Forbidden = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// The operator's requests the API server refused (empty when no operator runs here).
+pub fn operator_forbidden() -> Vec<String> {
+    OPERATOR
+        .get()
+        .map(|o| o.forbidden.lock().unwrap().clone())
+        .unwrap_or_default()
+}
+
+/// A tower layer that records every request the API server's authorizer refused (403 with
+/// "cannot <verb> resource"), with the refusal. A 403 from admission (e.g. creating in a
+/// namespace being terminated, which happens when a test's namespace goes away under the
+/// operator) is not an RBAC refusal and is not recorded.
+#[derive(Clone)]
+pub struct RecordForbidden(pub Forbidden);
+
+impl<S> tower::Layer<S> for RecordForbidden {
+    type Service = RecordForbiddenService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RecordForbiddenService {
+            inner,
+            log: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RecordForbiddenService<S> {
+    inner: S,
+    log: Forbidden,
+}
+
+type MaybeRead<B> = http_body_util::Either<B, http_body_util::Full<bytes::Bytes>>;
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for RecordForbiddenService<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+{
+    type Response = http::Response<MaybeRead<ResBody>>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, S::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        use http_body_util::BodyExt;
+        let what = format!("{} {}", req.method(), req.uri());
+        let log = self.log.clone();
+        let response = self.inner.call(req);
+        Box::pin(async move {
+            let response = response.await?;
+            if response.status() != http::StatusCode::FORBIDDEN {
+                return Ok(response.map(http_body_util::Either::Left));
+            }
+            let (parts, body) = response.into_parts();
+            let bytes = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let text = String::from_utf8_lossy(&bytes);
+            if text.contains("cannot ") && !text.contains("being terminated") {
+                let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v["message"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| text.into_owned());
+                log.lock().unwrap().push(format!("{what}: {message}"));
+            }
+            Ok(http::Response::from_parts(
+                parts,
+                http_body_util::Either::Right(http_body_util::Full::new(bytes)),
+            ))
+        })
+    }
+}
+
+static OPERATOR: OnceLock<Operator> = OnceLock::new();
+
 pub fn operator() -> &'static Operator {
-    static OPERATOR: OnceLock<Operator> = OnceLock::new();
     OPERATOR.get_or_init(|| {
         let writes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = writes.clone();
         let recent_writes =
             std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
         let recent = recent_writes.clone();
+        let forbidden = Forbidden::default();
+        let record_forbidden = RecordForbidden(forbidden.clone());
         let env = local_env();
-        let (kubeconfig, nats_url) = (env.kubeconfig.clone(), env.nats_url.clone());
+        let nats_url = env.nats_url.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -225,10 +427,9 @@ pub fn operator() -> &'static Operator {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let kc = Kubeconfig::read_from(&kubeconfig).unwrap();
-                let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                    .await
-                    .unwrap();
+                // CRDs are the installer's business (admin); the operator only reads them.
+                install_crds(&Client::try_from(admin_config().await).unwrap()).await;
+                let config = operator_config().await;
                 let count = tower::util::MapRequestLayer::new(
                     move |req: http::Request<kube::client::Body>| {
                         if req.method() != http::Method::GET {
@@ -245,8 +446,8 @@ pub fn operator() -> &'static Operator {
                 let client = kube::client::ClientBuilder::try_from(config)
                     .unwrap()
                     .with_layer(&count)
+                    .with_layer(&record_forbidden)
                     .build();
-                install_crds(&client).await;
                 let settings = flowplane::controller::OperatorConfig {
                     region: None,
                     nats_url,
@@ -268,11 +469,14 @@ pub fn operator() -> &'static Operator {
         Operator {
             writes,
             recent_writes,
+            forbidden,
         }
     })
 }
 
 /// Polls `check` until it returns Some, or fails the test after `secs` seconds with `what`.
+/// Also fails as soon as the API server has refused any request of the in-process operator:
+/// the operator runs with the chart's RBAC, and every scenario must pass within it.
 pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
@@ -280,6 +484,12 @@ where
 {
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
     loop {
+        let forbidden = operator_forbidden();
+        assert!(
+            forbidden.is_empty(),
+            "the chart's RBAC (charts/flowplane/templates/rbac.yaml) refused the operator's \
+             requests while waiting for {what}: {forbidden:?}"
+        );
         if let Some(value) = check().await {
             return value;
         }
