@@ -75,6 +75,14 @@ struct OperatorProcess {
 
 impl OperatorProcess {
     fn start(identity: &str, args: &[&str]) -> OperatorProcess {
+        Self::start_with_kubeconfig(identity, args, &local_env().kubeconfig)
+    }
+
+    fn start_with_kubeconfig(
+        identity: &str,
+        args: &[&str],
+        kubeconfig: &std::path::Path,
+    ) -> OperatorProcess {
         let env = local_env();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -85,7 +93,7 @@ impl OperatorProcess {
             .arg("controller")
             .args(["--http-addr", &format!("127.0.0.1:{port}")])
             .args(args)
-            .env("KUBECONFIG", &env.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env("NATS_URL", &env.nats_url)
             .env("POD_NAME", identity)
             .env("RUST_LOG", "warn")
@@ -141,7 +149,11 @@ async fn reporters(client: &Client, namespace: &str, flow: &str) -> Vec<String> 
         .unwrap()
         .items
         .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(flow))
+        .filter(|e| {
+            e.regarding.as_ref().is_some_and(|r| {
+                r.kind.as_deref() == Some("IntegrationFlow") && r.name.as_deref() == Some(flow)
+            })
+        })
         .filter_map(|e| e.reporting_instance)
         .collect();
     instances.sort();
@@ -256,4 +268,102 @@ async fn only_the_lease_holder_reconciles_and_the_other_replica_takes_over() {
         reporters(&client, &ns.name, "second").await,
         [survivor.to_string()]
     );
+}
+
+/// A kubeconfig like the test environment's whose user impersonates `service_account` in
+/// `namespace`, so a process runs with exactly that ServiceAccount's permissions.
+fn impersonating_kubeconfig(namespace: &str, service_account: &str) -> std::path::PathBuf {
+    let env = local_env();
+    let text = std::fs::read_to_string(&env.kubeconfig).unwrap();
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    for user in config["users"].as_sequence_mut().unwrap() {
+        let user = user["user"].as_mapping_mut().unwrap();
+        user.insert(
+            "as".into(),
+            format!("system:serviceaccount:{namespace}:{service_account}").into(),
+        );
+        user.insert(
+            "as-groups".into(),
+            serde_yaml::to_value([
+                "system:serviceaccounts".to_string(),
+                format!("system:serviceaccounts:{namespace}"),
+                "system:authenticated".to_string(),
+            ])
+            .unwrap(),
+        );
+    }
+    let path = env
+        .kubeconfig
+        .with_file_name(format!("kubeconfig-{namespace}-{service_account}"));
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn a_namespace_scoped_operator_runs_on_roles_and_leaves_other_namespaces_alone() {
+    let client = client().await;
+    let watched = TestNamespace::new(&client, "watched").await;
+    let outside = TestNamespace::new(&client, "outside").await;
+    let region = "region-scoped";
+    for ns in [&watched.name, &outside.name] {
+        apply_references(ns);
+        apply_yaml::<IntegrationFlow>(&client, ns, &flow_yaml("orders", region)).await;
+    }
+
+    // The chart with watchNamespaces: Roles in the watched namespace, a ClusterRole that only
+    // reads CRDs. Its ServiceAccount lives in the watched namespace (the release namespace).
+    let release = format!("fp-{}", watched.name);
+    let (ok, rendered, err) = support::helm(&[
+        "template",
+        &release,
+        support::repo_root()
+            .join("charts/flowplane")
+            .to_str()
+            .unwrap(),
+        "--namespace",
+        &watched.name,
+        "--kube-version",
+        support::KUBE_VERSION,
+        "--set",
+        &format!("fullnameOverride={release}"),
+        "--set",
+        &format!("watchNamespaces={{{}}}", watched.name),
+        "--show-only",
+        "templates/serviceaccount.yaml",
+        "--show-only",
+        "templates/rbac.yaml",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = support::kubectl(&["apply", "--server-side", "-f", "-"], Some(&rendered));
+    assert!(ok, "{err}");
+    let kubeconfig = impersonating_kubeconfig(&watched.name, &release);
+
+    let _operator = OperatorProcess::start_with_kubeconfig(
+        "operator-scoped",
+        &["--watch-namespaces", &watched.name],
+        &kubeconfig,
+    );
+    // Reconciling at all proves every watch it needs is allowed by the Roles: a flow is only
+    // reconciled once all of the flow controller's stores have listed.
+    let flows: Api<IntegrationFlow> = Api::namespaced(client.clone(), &watched.name);
+    reconciled(&flows, "orders").await;
+    assert_eq!(
+        reporters(&client, &watched.name, "orders").await,
+        ["operator-scoped"]
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let elsewhere = Api::<IntegrationFlow>::namespaced(client.clone(), &outside.name)
+        .get("orders")
+        .await
+        .unwrap();
+    assert!(
+        elsewhere.status.is_none() && elsewhere.finalizers().is_empty(),
+        "a flow outside the watched namespace was touched"
+    );
+
+    // Cluster-scoped leftovers of this release.
+    for kind in ["clusterrole", "clusterrolebinding"] {
+        support::kubectl(&["delete", kind, &release, "--ignore-not-found"], None);
+    }
+    let _ = std::fs::remove_file(kubeconfig);
 }
