@@ -199,6 +199,26 @@ pub struct DeliveryConfig {
     pub retry: RetryPolicy,
     /// Most unacknowledged records in flight across workers.
     pub max_ack_pending: u32,
+    /// How long records stay in the flow's stream (for a worker that creates the queue).
+    #[serde(default = "default_retention")]
+    pub retention: String,
+    /// How long dead letters stay.
+    #[serde(default = "default_dead_letter_retention")]
+    pub dead_letter_retention: String,
+    /// Window in which a republished idempotency key is dropped.
+    #[serde(default = "default_dedupe_window")]
+    pub dedupe_window: String,
+}
+
+// Configurations rendered before these fields existed get the flow defaults.
+fn default_retention() -> String {
+    crate::api::integration_flow::Delivery::default().retention
+}
+fn default_dead_letter_retention() -> String {
+    crate::api::integration_flow::Delivery::default().dead_letter_retention
+}
+fn default_dedupe_window() -> String {
+    crate::api::integration_flow::Delivery::default().dedupe_window
 }
 
 /// Approval routing.

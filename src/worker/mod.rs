@@ -31,7 +31,6 @@ use async_nats::jetstream;
 use clap::Args;
 use tokio::sync::watch;
 
-use crate::api::common::parse_duration;
 use crate::queue::jetstream::{QueuePolicy, bucket, ensure_queue};
 use config::WorkerConfig;
 use connectors::target::Target;
@@ -112,14 +111,8 @@ impl Flow {
         if js.get_stream(&config.queue.stream).await.is_err()
             || js.get_key_value(&config.queue.kv_bucket).await.is_err()
         {
-            let mut policy = QueuePolicy {
-                max_deliver: i64::from(config.delivery.max_deliver),
-                max_ack_pending: i64::from(config.delivery.max_ack_pending.max(1)),
-                ..QueuePolicy::default()
-            };
-            if let Ok(ack_wait) = parse_duration(&config.delivery.ack_wait) {
-                policy.ack_wait = ack_wait;
-            }
+            let policy = QueuePolicy::from_worker(&config.delivery)
+                .map_err(|e| anyhow::anyhow!("worker configuration: {e}"))?;
             ensure_queue(&js, &config.queue, &policy).await?;
         }
         let store = bucket(&js, &config.queue).await?;
