@@ -1,13 +1,18 @@
 //! End-to-end, on a real nats-server of the test's own: the flow's queue policy (retention,
-//! dead-letter retention, dedupe window) applied to new and existing streams.
+//! dead-letter retention, dedupe window) applied to new and existing streams; the contract's
+//! batch quality rules on a running flow.
 
 mod e2e_support;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use e2e_support::*;
 use flowplane::api::integration_flow::Delivery;
-use flowplane::queue::{QueueNames, QueuePolicy, ensure_queue};
+use flowplane::queue::{QueueNames, QueuePolicy, ensure_queue, list_dead_letters};
+use flowplane::sim::erp::{ErpSeed, SALES_ORDER_LINES, key_of, sales_order_line};
+use flowplane::worker::sample;
+use serde_json::json;
 
 async fn stream_limits(js: &async_nats::jetstream::Context, name: &str) -> (Duration, Duration) {
     let mut stream = js.get_stream(name).await.unwrap();
@@ -70,5 +75,125 @@ async fn the_queue_policy_creates_the_streams_and_updates_them_in_place() {
     assert_eq!(
         stream_limits(&js, &names.stream).await,
         (Duration::from_secs(12 * 3600), Duration::from_secs(3600))
+    );
+}
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Batch quality rules on a real flow: a NullRatio rule that allows no nulls dead-letters
+/// exactly the records without the field; a FailBatch rule keeps the whole batch of a bad
+/// record from the target and dead-letters it, so every record is in exactly one place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_quality_rules_dead_letter_offenders_and_fail_batches_whole() {
+    let nats = PrivateNats::start();
+    let sims = start_sims(ErpSeed {
+        order_lines: 300,
+        inventory: 0,
+        returns: 0,
+        bad_every: 0,
+        page_size: 100,
+    })
+    .await;
+    // Every 10th line loses its customer; line 150 orders far too much.
+    for i in (3..300).step_by(10) {
+        let mut line = sales_order_line(i, None);
+        line["to_SalesOrder"]
+            .as_object_mut()
+            .unwrap()
+            .remove("SoldToParty");
+        sims.erp.upsert(SALES_ORDER_LINES, line);
+    }
+    let mut huge = sales_order_line(150, None);
+    huge.insert("RequestedQuantity".into(), json!("5000"));
+    sims.erp.upsert(SALES_ORDER_LINES, huge);
+    let huge_key = "1000015/10";
+
+    let flow = unique_flow("quality");
+    let mut config =
+        sample::sales_order_flow("e2e", &flow, &nats.url(), &sims.erp_url, &sims.forecast_url);
+    config.contract.quality = serde_json::from_value(json!([
+        {"name": "customer-known", "check": "NullRatio", "field": "customer", "maxRatio": 0.0, "action": "DeadLetter"},
+        {"name": "no-huge-orders", "check": "Range", "field": "orderedQuantity", "max": 1000.0, "action": "FailBatch"},
+        {"name": "one-row-per-line", "check": "DuplicateKeys", "action": "DeadLetter"}
+    ]))
+    .unwrap();
+    let names = config.queue.clone();
+    let js = jetstream(&nats.url()).await;
+    let entity = config.target.entity.clone();
+    let worker = InProcessWorker::start(config, "quality-a");
+    let progress = eventually(
+        TIMEOUT,
+        "all 300 records delivered or dead-lettered",
+        || {
+            let js = js.clone();
+            let names = names.clone();
+            async move {
+                let p = progress(&js, &names).await;
+                (p.read == 300 && p.delivered + p.dead_lettered == 300).then_some(p)
+            }
+        },
+    )
+    .await;
+    worker.stop().await.unwrap();
+
+    let report = sims.forecast.received(&entity);
+    let letters = list_dead_letters(&js, &names, None).await.unwrap();
+    assert_eq!(letters.len() as u64, progress.dead_lettered);
+    assert_eq!(report.applied(), progress.delivered);
+    let dead: BTreeSet<&str> = letters.iter().map(|l| l.key.as_str()).collect();
+    assert_eq!(dead.len(), letters.len(), "each record dead-lettered once");
+    // Every record is in exactly one place.
+    for line in sims.erp.all(SALES_ORDER_LINES) {
+        let key = key_of(SALES_ORDER_LINES, &line);
+        let delivered = report.keys.contains_key(&key);
+        assert_ne!(
+            delivered,
+            dead.contains(key.as_str()),
+            "{key} is at the target or in the DLQ"
+        );
+        if line["to_SalesOrder"].get("SoldToParty").is_none() {
+            assert!(
+                !delivered,
+                "{key} has no customer and must not be delivered"
+            );
+        }
+    }
+    assert!(letters.iter().all(|l| l.reason == "QualityRule"));
+    let no_customer: Vec<_> = letters
+        .iter()
+        .filter(|l| l.detail.contains("\"customer-known\""))
+        .collect();
+    assert!(
+        no_customer
+            .iter()
+            .all(|l| l.stage == "quality" && l.detail.contains("have no \"customer\""))
+    );
+    let culprit = letters.iter().find(|l| l.key == huge_key).unwrap();
+    assert!(
+        culprit.detail.contains("\"no-huge-orders\""),
+        "{}",
+        culprit.detail
+    );
+    let collateral: Vec<_> = letters
+        .iter()
+        .filter(|l| {
+            l.detail
+                .starts_with(&format!("batch failed: record {huge_key}"))
+        })
+        .collect();
+    assert!(
+        !collateral.is_empty(),
+        "the batch of line {huge_key} is dead-lettered with it: {letters:#?}"
+    );
+    assert!(collateral.iter().all(|l| l.stage == "quality"));
+    // 30 without customer; those in the failed batch carry the batch's detail instead.
+    let without_customer_in_batch = collateral
+        .iter()
+        .filter(|l| l.record["to_SalesOrder"].get("SoldToParty").is_none())
+        .count();
+    assert_eq!(no_customer.len() + without_customer_in_batch, 30);
+    assert_eq!(
+        letters.len(),
+        30 + 1 + collateral.len() - without_customer_in_batch
     );
 }

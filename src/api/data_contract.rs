@@ -260,10 +260,17 @@ pub struct QualityRule {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256), inner(length(max = 128)))]
     pub values: Vec<String>,
-    /// Highest allowed share of nulls in a batch, 0..1 (NullRatio).
+    /// Highest allowed share of nulls in a batch, 0..1 (NullRatio). A batch is what one worker
+    /// delivers together: up to the flow's `target.batchSize` records that passed the
+    /// per-record checks. A field absent after mapping (and without a default) counts as null.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub max_ratio: Option<f64>,
+    /// Smallest batch a NullRatio rule judges; smaller batches pass (a trickle of single
+    /// records would otherwise turn a ratio into a not-null check). Unset judges every batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub min_records: Option<u32>,
     /// What a violation does.
     #[serde(default)]
     pub action: QualityAction,
@@ -280,19 +287,25 @@ pub enum QualityCheck {
     Regex,
     /// The value is one of values.
     AllowedValues,
-    /// The share of nulls in a batch stays below maxRatio.
+    /// The share of nulls of field in a batch does not exceed maxRatio. With action
+    /// DeadLetter, the records without the field are dead-lettered when it does.
     NullRatio,
-    /// No two records of a batch share a primary key.
+    /// No two records of a batch share a primary key. With action DeadLetter, the newest
+    /// version of a repeated key is delivered and the others are dead-lettered.
     DuplicateKeys,
 }
 
 /// What a quality violation does.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 pub enum QualityAction {
-    /// Move the record to the dead-letter stream with the rule as reason.
+    /// Move the offending record to the dead-letter stream with the rule as reason; the rest
+    /// of the batch is delivered.
     #[default]
     DeadLetter,
-    /// Reject the whole batch (it is retried, then dead-lettered).
+    /// Deliver none of the batch: every record of the batch the violation occurred in goes to
+    /// the dead-letter stream with the rule as reason (reason QualityRule), nothing of it
+    /// reaches the target. Not retried: the records would fail the same way; redrive them
+    /// (`flowplane dlq redrive --reason QualityRule`) once the source or the rule is fixed.
     FailBatch,
     /// Deliver the record but count the violation (alerted on).
     Alert,

@@ -16,6 +16,7 @@ pub mod http;
 pub mod lease;
 pub mod metrics;
 pub mod progress;
+pub mod quality;
 pub mod resilience;
 pub mod sample;
 pub mod trace;
@@ -98,9 +99,6 @@ impl Flow {
     async fn connect(config: WorkerConfig) -> anyhow::Result<Flow> {
         let plan = Plan::compile(&config.mapping, &config.contract)
             .map_err(|e| anyhow::anyhow!("worker configuration: {e}"))?;
-        if !plan.batch_rules().is_empty() {
-            tracing::warn!(rules = ?plan.batch_rules(), "batch quality rules are not enforced per record");
-        }
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .connect(config.nats_url.as_str())
