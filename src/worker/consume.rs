@@ -397,16 +397,30 @@ impl Consumer {
                 let mut refused = vec![None; ready.len()];
                 for rejected in outcome.rejected {
                     if let Some(slot) = refused.get_mut(rejected.index) {
-                        *slot = Some(rejected.reason);
+                        *slot = Some(Ok(rejected.reason));
+                    }
+                }
+                for retry in outcome.retry {
+                    if let Some(slot) = refused.get_mut(retry.index) {
+                        *slot = Some(Err((retry.reason, retry.after)));
                     }
                 }
                 let mut delivered = 0;
                 for (r, refusal) in ready.iter().zip(refused) {
                     let message = &messages[r.message];
                     match refusal {
-                        Some(reason) => {
+                        Some(Ok(reason)) => {
                             self.reject(message, Reason::TargetRejected, "deliver", &reason)
                                 .await
+                        }
+                        Some(Err((error, after))) => {
+                            tracing::debug!(
+                                trace_id = trace_id(header(message, headers::TRACEPARENT)),
+                                stage = "deliver",
+                                error,
+                                "target asked to send the record again later"
+                            );
+                            self.retry_later(target, message, &error, after).await;
                         }
                         None => {
                             tracing::debug!(
@@ -448,26 +462,39 @@ impl Consumer {
             Err(CallError::Transient(error)) => {
                 tracing::warn!(error = %error, records = ready.len(), "delivery failed; redelivering later");
                 for r in ready {
-                    let message = &messages[r.message];
-                    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
-                    if delivered >= self.max_deliver {
-                        self.reject(
-                            message,
-                            Reason::MaxDeliveries,
-                            "deliver",
-                            &format!("{delivered} deliveries failed, last: {error}"),
-                        )
+                    self.retry_later(target, &messages[r.message], &error.to_string(), None)
                         .await;
-                    } else {
-                        self.metrics.retried.inc();
-                        let delay = self
-                            .redelivery
-                            .delay(delivered.saturating_sub(1) as u32)
-                            .max(target.http.breaker.open_remaining());
-                        let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
-                    }
                 }
             }
+        }
+    }
+
+    /// NAKs a record that failed transiently, with a backoff delay (at least the target's
+    /// Retry-After and the open breaker); dead-letters it once it has used up maxDeliver.
+    async fn retry_later(
+        &self,
+        target: &Target,
+        message: &jetstream::Message,
+        error: &str,
+        after: Option<Duration>,
+    ) {
+        let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+        if delivered >= self.max_deliver {
+            self.reject(
+                message,
+                Reason::MaxDeliveries,
+                "deliver",
+                &format!("{delivered} deliveries failed, last: {error}"),
+            )
+            .await;
+        } else {
+            self.metrics.retried.inc();
+            let delay = self
+                .redelivery
+                .delay(delivered.saturating_sub(1) as u32)
+                .max(target.http.breaker.open_remaining())
+                .max(after.unwrap_or_default().min(Duration::from_secs(300)));
+            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
         }
     }
 }
