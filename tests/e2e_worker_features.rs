@@ -1,6 +1,7 @@
 //! End-to-end, on a real nats-server of the test's own: the flow's queue policy (retention,
 //! dead-letter retention, dedupe window) applied to new and existing streams; the contract's
-//! batch quality rules on a running flow.
+//! batch quality rules on a running flow; the OData v4 target writing `$batch` upserts to the
+//! ERP simulator.
 
 mod e2e_support;
 
@@ -8,9 +9,12 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use e2e_support::*;
+use flowplane::api::connector_binding::{Protocol, System};
 use flowplane::api::integration_flow::Delivery;
 use flowplane::queue::{QueueNames, QueuePolicy, ensure_queue, list_dead_letters};
 use flowplane::sim::erp::{ErpSeed, SALES_ORDER_LINES, key_of, sales_order_line};
+use flowplane::sim::erp_write::{PLANNED_INDEPENDENT_REQUIREMENTS, WriteRule};
+use flowplane::sim::faults::FaultSpec;
 use flowplane::worker::sample;
 use serde_json::json;
 
@@ -195,5 +199,120 @@ async fn batch_quality_rules_dead_letter_offenders_and_fail_batches_whole() {
     assert_eq!(
         letters.len(),
         30 + 1 + collateral.len() - without_customer_in_batch
+    );
+}
+
+/// ERP simulator (OData source) -> worker -> ERP simulator (OData target, `$batch` upserts):
+/// every good record arrives exactly once, the ones the ERP refuses (400 inside a batch) are
+/// dead-lettered with its message, and single requests failing with 503 and then 429 inside
+/// batches are retried until they arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erp_to_erp_over_odata_batches_arrives_exactly_once() {
+    let nats = PrivateNats::start();
+    let sims = start_sims(ErpSeed {
+        order_lines: 600,
+        inventory: 0,
+        returns: 0,
+        bad_every: 30,
+        page_size: 100,
+    })
+    .await;
+    sims.erp.refuse(Some(WriteRule {
+        field: "location".into(),
+        values: vec!["DC-WEST".into()],
+    }));
+    sims.erp.part_faults().set(FaultSpec {
+        status: Some(503),
+        count: Some(30),
+        ..FaultSpec::default()
+    });
+    let flow = unique_flow("odata");
+    let mut config =
+        sample::sales_order_flow("e2e", &flow, &nats.url(), &sims.erp_url, &sims.forecast_url);
+    config.target.endpoint =
+        sample::endpoint("erp-pir", System::Erp, Protocol::OData, &sims.erp_url);
+    config.target.entity = PLANNED_INDEPENDENT_REQUIREMENTS.into();
+    config.target.batch_size = 100;
+    let names = config.queue.clone();
+    let js = jetstream(&nats.url()).await;
+    let worker = InProcessWorker::start(config, "odata-a");
+
+    eventually(TIMEOUT, "the 30 failing requests used up", || {
+        let failed = sims.erp.part_faults().failed();
+        async move { (failed >= 30).then_some(()) }
+    })
+    .await;
+    sims.erp.part_faults().set(FaultSpec {
+        status: Some(429),
+        count: Some(20),
+        retry_after_secs: Some(1),
+        ..FaultSpec::default()
+    });
+    let progress = eventually(
+        TIMEOUT,
+        "all 600 records delivered or dead-lettered",
+        || {
+            let js = js.clone();
+            let names = names.clone();
+            let failed = sims.erp.part_faults().failed();
+            async move {
+                let p = progress(&js, &names).await;
+                (failed >= 50 && p.read == 600 && p.delivered + p.dead_lettered == 600).then_some(p)
+            }
+        },
+    )
+    .await;
+    // Settle: late redeliveries must not change anything.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    worker.stop().await.unwrap();
+
+    let report = sims.erp.received(PLANNED_INDEPENDENT_REQUIREMENTS);
+    let letters = list_dead_letters(&js, &names, None).await.unwrap();
+    let refused: BTreeSet<&str> = letters
+        .iter()
+        .filter(|l| l.reason == "TargetRejected")
+        .map(|l| l.key.as_str())
+        .collect();
+    let mut expected_refused = 0;
+    let mut expected_delivered = 0;
+    for line in sims.erp.all(SALES_ORDER_LINES) {
+        let key = key_of(SALES_ORDER_LINES, &line);
+        let bad = line["Plant"] == "9999" || line["RequestedQuantity"] == "-3";
+        if bad {
+            assert!(!report.keys.contains_key(&key), "{key} is invalid");
+        } else if line["Plant"] == "1040" {
+            expected_refused += 1;
+            assert!(refused.contains(key.as_str()), "{key} refused by the ERP");
+            assert!(!report.keys.contains_key(&key));
+        } else {
+            expected_delivered += 1;
+            let arrived = &report.keys[&key];
+            assert_eq!(
+                arrived.applied_versions.len(),
+                1,
+                "{key} applied exactly once"
+            );
+            assert_eq!(arrived.value["sku"], line["Material"]);
+            assert_eq!(arrived.value["changedAt"], line["LastChangeDateTime"]);
+        }
+    }
+    assert_eq!(report.keys.len(), expected_delivered);
+    assert_eq!(refused.len(), expected_refused);
+    assert_eq!(progress.delivered, expected_delivered as u64);
+    assert_eq!(progress.dead_lettered, 20 + expected_refused as u64);
+    for letter in letters.iter().filter(|l| l.reason == "TargetRejected") {
+        assert_eq!(letter.stage, "deliver");
+        assert!(
+            letter.detail.contains("HTTP 400")
+                && letter.detail.contains("\"DC-WEST\" does not exist"),
+            "{}",
+            letter.detail
+        );
+    }
+    assert!(letters.iter().all(|l| l.reason != "MaxDeliveries"));
+    assert!(
+        sims.erp.batches() < 100,
+        "records travel in $batch requests ({} batches)",
+        sims.erp.batches()
     );
 }
