@@ -3,10 +3,13 @@
 //! forecasts written back as planned independent requirements ([`PLANNED_INDEPENDENT_REQUIREMENTS`]).
 //! Every entity set but the three seeded, read-only ones takes writes.
 //!
-//! Like a real service it answers each request of a batch on its own, and stops at the first
-//! failure unless the batch says `Prefer: odata.continue-on-error`. For tests it honours the
-//! `Flowplane-Source-Version` header the worker sends (a version already stored is a
-//! duplicate, an older one is stale; both answered 204 and counted, neither applied), refuses
+//! Like a real service it answers each request of a batch on its own, stops at the first
+//! failure unless the batch says `Prefer: odata.continue-on-error`, serves `GET Set(key)` with
+//! an ETag, and honours `If-Match` / `If-None-Match: *` (412 when they do not hold). Like a
+//! real service the last writer wins; for tests it records the `Flowplane-Source-Version`
+//! header the worker sends and counts a write of the stored version as a duplicate and a
+//! write older than the stored one as stale (an ordering violation, applied all the same).
+//! It also refuses
 //! records by a switchable rule (`/admin/write-rule`: a field and the values the ERP does not
 //! know, answered 400 with an OData error), fails single requests inside a batch
 //! (`/admin/part-faults`, same shape as `/admin/faults`, which fails whole `$batch` calls), and
@@ -27,7 +30,7 @@ use serde_json::{Map, Value, json};
 
 use super::erp::{ErpState, INVENTORY, RETURNS, SALES_ORDER_LINES};
 use super::faults::{FaultSpec, Faults, lock};
-use super::forecast::EntityReport;
+use super::forecast::{EntityReport, KeyReport};
 use crate::worker::connectors::odata_batch::{
     PartRequest, PartResponse, decode_requests, encode_responses,
 };
@@ -116,16 +119,36 @@ impl ErpState {
             }
             return response;
         }
-        let (set, predicate) = match request.url.split_once('(') {
+        let path = request.url.split('?').next().unwrap_or_default();
+        let (set, predicate) = match path.split_once('(') {
             Some((set, rest)) => match rest.strip_suffix(')') {
                 Some(predicate) => (set, Some(predicate)),
                 None => return error(400, &format!("malformed resource path {:?}", request.url)),
             },
-            None => (request.url.as_str(), None),
+            None => (path, None),
         };
         let set = set.trim_start_matches('/');
         if [SALES_ORDER_LINES, INVENTORY, RETURNS].contains(&set) {
             return error(405, &format!("entity set {set} is read-only"));
+        }
+        if let ("GET", Some(predicate)) = (request.method.as_str(), predicate) {
+            let key = match parse_key(predicate, &Map::new()) {
+                Ok(key) => key,
+                Err(message) => return error(400, &message),
+            };
+            let received = lock(&self.writes.received);
+            let Some(stored) = received.get(set).and_then(|r| r.keys.get(&key)) else {
+                return error(404, &format!("no {set} with key {key}"));
+            };
+            let etag = etag_of(stored);
+            let mut body = stored.value.clone();
+            if let Value::Object(fields) = &mut body {
+                fields.insert("@odata.etag".into(), Value::String(etag.clone()));
+            }
+            drop(received);
+            let mut response = answer(200, serde_json::to_vec(&body).unwrap_or_default());
+            response.headers.push(("ETag".into(), etag));
+            return response;
         }
         let Ok(Value::Object(record)) = serde_json::from_slice::<Value>(&request.body) else {
             return error(400, "the request body is not a JSON object");
@@ -143,7 +166,7 @@ impl ErpState {
                 return error(
                     405,
                     &format!(
-                        "{method} {} is not supported: PATCH Set(key) upserts, POST Set creates",
+                        "{method} {} is not supported: GET and PATCH Set(key) read and upsert, POST Set creates",
                         request.url
                     ),
                 );
@@ -163,19 +186,41 @@ impl ErpState {
             .and_then(|v| v.trim().parse::<u64>().ok());
         let mut received = lock(&self.writes.received);
         let report = received.entry(set.to_string()).or_default();
+        // Preconditions, checked and applied under one lock, as a database would.
+        let current = report.keys.get(&key).map(etag_of);
+        let refused = match (
+            request.header("if-match"),
+            request.header("if-none-match"),
+            &current,
+        ) {
+            (Some(_), _, None) => true,
+            (Some(tag), _, Some(current)) => tag != "*" && tag != current,
+            (None, Some("*"), Some(_)) => true,
+            _ => false,
+        };
+        if refused {
+            drop(received);
+            return error(
+                412,
+                &format!("{set} {key} changed since it was read (ETag now {current:?})"),
+            );
+        }
         report.requests += 1;
         report.records += 1;
         let stored = report.keys.entry(key).or_default();
         let last = stored.applied_versions.last().copied();
         let version = version.unwrap_or_else(|| last.map_or(1, |v| v + 1));
-        match last {
-            Some(last) if last == version => stored.duplicates += 1,
-            Some(last) if last > version => stored.stale += 1,
-            _ => {
-                stored.applied_versions.push(version);
-                stored.value = Value::Object(record.clone());
+        // Like a real ERP: the last writer wins. A write older than the stored version is
+        // applied all the same and counted as stale: the ordering violation tests look for.
+        if last == Some(version) {
+            stored.duplicates += 1;
+        } else {
+            if last.is_some_and(|last| last > version) {
+                stored.stale += 1;
             }
+            stored.applied_versions.push(version);
         }
+        stored.value = Value::Object(record.clone());
         drop(received);
         if request.method == "POST" {
             answer(201, serde_json::to_vec(&record).unwrap_or_default())
@@ -183,6 +228,14 @@ impl ErpState {
             answer(204, Vec::new())
         }
     }
+}
+
+/// The entity tag of a stored record: changes with every write.
+fn etag_of(stored: &KeyReport) -> String {
+    format!(
+        "W/\"{}\"",
+        stored.applied_versions.len() as u64 + stored.duplicates
+    )
 }
 
 /// The key a predicate names, values joined by `/`: `('a')`, `(42)`, `(K1='a',K2=10)`. Key
@@ -440,11 +493,44 @@ mod tests {
         assert_eq!(responses, vec![204, 204, 204, 400, 405, 204]);
         let report = state.received(set);
         let p1 = &report.keys["P1/1010"];
+        // The older write is applied (last writer wins) and counted as stale.
         assert_eq!(
             (p1.applied_versions.clone(), p1.duplicates, p1.stale),
-            (vec![5], 1, 1)
+            (vec![5, 4], 1, 1)
         );
-        assert_eq!(p1.value["qty"], 1);
+        assert_eq!(p1.value["qty"], 0);
+        // Reads carry the ETag; preconditions are checked against it.
+        let read = state
+            .write(&PartRequest {
+                method: "GET".into(),
+                url: format!("{set}(product='P1',plant='1010')?$select=qty"),
+                headers: vec![],
+                body: vec![],
+                content_id: None,
+            })
+            .await;
+        assert_eq!(read.status, 200);
+        let etag = read.header("etag").unwrap().to_string();
+        assert_eq!(etag, "W/\"3\"");
+        let body: Value = serde_json::from_slice(&read.body).unwrap();
+        assert_eq!(body["@odata.etag"], etag.as_str());
+        let url = format!("{set}(product='P1',plant='1010')");
+        let mut conditional = patch("7", &url, 9, json!({"qty": 9}));
+        conditional
+            .headers
+            .push(("If-Match".into(), "W/\"1\"".into()));
+        assert_eq!(state.write(&conditional).await.status, 412);
+        conditional.headers.pop();
+        conditional.headers.push(("If-Match".into(), etag));
+        assert_eq!(state.write(&conditional).await.status, 204);
+        let mut create_only = patch("8", &url, 10, json!({}));
+        create_only
+            .headers
+            .push(("If-None-Match".into(), "*".into()));
+        assert_eq!(state.write(&create_only).await.status, 412);
+        create_only.url = format!("{set}(product='P9',plant='1010')");
+        assert_eq!(state.write(&create_only).await.status, 204);
+
         assert!(!report.keys.contains_key("P2/9999"));
         state.writes.part_faults.set(FaultSpec {
             status: Some(503),

@@ -153,11 +153,14 @@ pub async fn run(
             let _ = axum::serve(listener, router).await;
         });
     }
-    let target = Arc::new(Target::new(
+    let version_field = flow.config.version_field();
+    let mut target = Target::new(
         &flow.config.target,
         flow.plan.key_names(),
         flow.metrics.clone(),
-    )?);
+    )?;
+    target.order_by(version_field.clone());
+    let target = Arc::new(target);
     let mut tasks = tokio::task::JoinSet::new();
     let extractor = flow.extractor();
     let lease = lease::Lease::new(
@@ -174,11 +177,12 @@ pub async fn run(
     let approval = match &flow.config.approval {
         Some(config) => {
             let escalate = match &config.escalate_to {
-                Some(to) => Some(Arc::new(Target::new(
-                    to,
-                    flow.plan.key_names(),
-                    flow.metrics.clone(),
-                )?)),
+                Some(to) => {
+                    let mut escalate =
+                        Target::new(to, flow.plan.key_names(), flow.metrics.clone())?;
+                    escalate.order_by(version_field.clone());
+                    Some(Arc::new(escalate))
+                }
                 None => None,
             };
             let approvals = Arc::new(approval::Approvals::new(

@@ -11,12 +11,19 @@
 //! Batches are cut at [`MAX_PER_BATCH`] requests, the smallest limit among those services
 //! (Dataverse: 1000).
 //!
-//! Ordering: OData has no standard "apply only if newer" precondition (`If-Match` takes the
-//! service's ETag, not our source version), so within a batch only the newest version of a
-//! key is sent (the older ones are superseded and count as delivered), and every request
-//! carries the record's source version in a `Flowplane-Source-Version` header that services
-//! ignore and the ERP simulator honours. Across batches of several workers the last writer
-//! wins at a real ERP; run one worker (scaling.maxReplicas 1) where that matters.
+//! Ordering (an older change must never overwrite a newer one, with any number of workers):
+//! OData has no "apply only if newer" precondition, so the target keeps order with optimistic
+//! concurrency, as ERP integrations do. When the flow's source cursor field is mapped into a
+//! contract field (the field that holds the source version at the target), each batch first
+//! reads that field of every key (one `$batch` of `GET Set(key)?$select=field`); a key the
+//! target already holds at our version or newer is not written (it counts as delivered); the
+//! others are written with `If-Match: <ETag read>`, or `If-None-Match: *` where there was no
+//! record, so a write that raced with another worker's gets 412 and is retried: re-read,
+//! compared, written or dropped. Within a batch only the newest version of a key is sent; the
+//! older ones share its fate. A service that sends no ETags gets unconditional writes after
+//! the read (the race window shrinks to the read-write gap); without a mapped cursor field
+//! writes are unconditional. Every request also carries the record's source version in a
+//! `Flowplane-Source-Version` header, which services ignore and the ERP simulator reports.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -25,10 +32,13 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::odata::encode;
-use super::odata_batch::{PartRequest, boundary_of, decode_responses, encode_requests};
+use super::odata_batch::{
+    PartRequest, PartResponse, boundary_of, decode_responses, encode_requests,
+};
 use super::target::{BatchOutcome, Outgoing, RejectedRecord, RetriedRecord};
 use crate::api::integration_flow::WriteMode;
 use crate::worker::http::{CallError, HttpClient};
+use crate::worker::version::version_of;
 
 /// Most requests in one `$batch`.
 pub const MAX_PER_BATCH: usize = 1000;
@@ -41,6 +51,8 @@ pub struct ODataTarget {
     entity: String,
     key: Vec<String>,
     write_mode: WriteMode,
+    /// Field holding the source version, when writes are ordered by it.
+    version_field: Option<String>,
 }
 
 impl ODataTarget {
@@ -51,7 +63,14 @@ impl ODataTarget {
             entity: entity.trim_matches('/').to_string(),
             key: key.to_vec(),
             write_mode,
+            version_field: None,
         }
+    }
+
+    /// Orders writes by the source version the target stores in `field` (see the module
+    /// doc); None writes unconditionally.
+    pub fn order_by(&mut self, field: Option<String>) {
+        self.version_field = field;
     }
 
     /// Sends the records (in `$batch` requests of at most [`MAX_PER_BATCH`]).
@@ -79,24 +98,45 @@ impl ODataTarget {
                 }
             }
         }
-        let mut requests = Vec::with_capacity(newest.len());
-        let mut indexes = Vec::with_capacity(newest.len());
+        let mut writes = Vec::with_capacity(newest.len());
         let mut superseded = Vec::new();
         for (index, predicate) in predicates.iter().enumerate() {
             let Some(predicate) = predicate else { continue };
             let winner = newest[predicate];
             if winner == index {
-                requests.push(self.request(requests.len(), predicate, &records[index]));
-                indexes.push(index);
+                writes.push((index, predicate.as_str(), Precondition::None));
             } else {
                 superseded.push((index, winner));
             }
         }
-        for (chunk, chunk_indexes) in requests
-            .chunks(MAX_PER_BATCH)
-            .zip(indexes.chunks(MAX_PER_BATCH))
-        {
-            self.send(http, chunk, chunk_indexes, &mut outcome).await?;
+        if let (Some(field), WriteMode::Upsert) = (&self.version_field, self.write_mode) {
+            writes = self
+                .read_current(http, field, writes, records, &mut outcome)
+                .await?;
+        }
+        let requests: Vec<PartRequest> = writes
+            .iter()
+            .enumerate()
+            .map(|(n, (index, predicate, precondition))| {
+                self.request(n, predicate, &records[*index], precondition)
+            })
+            .collect();
+        let answers = self.exchange(http, &requests).await?;
+        for ((index, _, precondition), answer) in writes.iter().zip(answers) {
+            match answer.map(|a| (a.status, a)) {
+                Some((200..=299, _)) => {}
+                Some((412, answer)) if *precondition != Precondition::None => {
+                    outcome.retry.push(RetriedRecord {
+                        index: *index,
+                        reason: format!(
+                            "written by someone else since it was read: {}",
+                            error_message(&answer.body)
+                        ),
+                        after: None,
+                    })
+                }
+                other => judge(*index, other.map(|(_, a)| a), "", &mut outcome),
+            }
         }
         // A superseded record shares the fate of the version that replaced it.
         for (index, winner) in superseded {
@@ -119,13 +159,87 @@ impl ODataTarget {
         Ok(outcome)
     }
 
-    async fn send(
+    /// Reads what the service holds for each key (one `$batch` of GETs): a record whose
+    /// stored version is as new as ours or newer is not written (it counts as delivered);
+    /// the others are written on the condition that nobody writes in between (`If-Match` the
+    /// ETag read, `If-None-Match: *` where there was no record).
+    async fn read_current<'p>(
+        &self,
+        http: &HttpClient,
+        field: &str,
+        writes: Vec<(usize, &'p str, Precondition)>,
+        records: &[Outgoing<'_>],
+        outcome: &mut BatchOutcome,
+    ) -> Result<Vec<(usize, &'p str, Precondition)>, CallError> {
+        let reads: Vec<PartRequest> = writes
+            .iter()
+            .enumerate()
+            .map(|(n, (_, predicate, _))| PartRequest {
+                content_id: Some((n + 1).to_string()),
+                method: "GET".into(),
+                url: format!("{}{predicate}?$select={}", self.entity, encode(field)),
+                headers: vec![("Accept".into(), "application/json".into())],
+                body: Vec::new(),
+            })
+            .collect();
+        let answers = self.exchange(http, &reads).await?;
+        let mut conditional = Vec::with_capacity(writes.len());
+        for ((index, predicate, _), answer) in writes.into_iter().zip(answers) {
+            match answer.as_ref().map(|a| a.status) {
+                Some(404) => conditional.push((index, predicate, Precondition::IfNoneMatch)),
+                Some(200..=299) => {
+                    let answer = answer.as_ref().map(|a| (&a.body, a.header("etag")));
+                    let Some((body, etag)) = answer else { continue };
+                    let stored: Option<Value> = serde_json::from_slice(body).ok();
+                    let stored_version = stored
+                        .as_ref()
+                        .and_then(|s| s.get(field))
+                        .and_then(version_of);
+                    if stored_version.is_some_and(|v| v >= records[index].version) {
+                        tracing::debug!(
+                            key = predicate,
+                            "the target holds this version or a newer one; not written"
+                        );
+                        continue;
+                    }
+                    let etag = etag.map(str::to_string).or_else(|| {
+                        stored
+                            .as_ref()
+                            .and_then(|s| s.get("@odata.etag"))
+                            .and_then(Value::as_str)
+                            .map(str::to_string)
+                    });
+                    let precondition = etag.map_or(Precondition::None, Precondition::IfMatch);
+                    conditional.push((index, predicate, precondition));
+                }
+                _ => judge(index, answer, "reading the stored record: ", outcome),
+            }
+        }
+        Ok(conditional)
+    }
+
+    /// Sends `requests` in `$batch` calls of at most [`MAX_PER_BATCH`]; the answer to each
+    /// request (None when the service did not answer it).
+    async fn exchange(
         &self,
         http: &HttpClient,
         requests: &[PartRequest],
-        indexes: &[usize],
-        outcome: &mut BatchOutcome,
-    ) -> Result<(), CallError> {
+    ) -> Result<Vec<Option<PartResponse>>, CallError> {
+        let mut out = Vec::with_capacity(requests.len());
+        for chunk in requests.chunks(MAX_PER_BATCH) {
+            out.extend(self.exchange_one(http, chunk).await?);
+        }
+        Ok(out)
+    }
+
+    async fn exchange_one(
+        &self,
+        http: &HttpClient,
+        requests: &[PartRequest],
+    ) -> Result<Vec<Option<PartResponse>>, CallError> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
         let boundary = format!("batch_flowplane_{:016x}", rand::random::<u64>());
         let body = Bytes::from(encode_requests(&boundary, requests));
         let content_type = format!("multipart/mixed; boundary={boundary}");
@@ -156,61 +270,57 @@ impl ODataTarget {
                 "the $batch response is {answer_type:?}, not multipart/mixed"
             )));
         }
-        let answers = decode_responses(&answer_type, &text)
-            .map_err(|e| CallError::Transient(format!("the $batch response: {e}")))?;
+        let mut answers: Vec<Option<PartResponse>> = decode_responses(&answer_type, &text)
+            .map_err(|e| CallError::Transient(format!("the $batch response: {e}")))?
+            .into_iter()
+            .map(Some)
+            .collect();
         // Match by Content-ID where the service echoes it, by position otherwise.
-        let by_id: HashMap<&str, usize> = answers
+        let by_id: HashMap<String, usize> = answers
             .iter()
             .enumerate()
-            .filter_map(|(n, a)| a.content_id.as_deref().map(|id| (id, n)))
+            .filter_map(|(n, a)| Some((a.as_ref()?.content_id.clone()?, n)))
             .collect();
-        for (position, (request, &index)) in requests.iter().zip(indexes).enumerate() {
-            let answer = match request.content_id.as_deref().and_then(|id| by_id.get(id)) {
-                Some(&n) => answers.get(n),
-                None if by_id.is_empty() => answers.get(position),
-                None => None,
-            };
-            let Some(answer) = answer else {
-                outcome.retry.push(RetriedRecord {
-                    index,
-                    reason: "the service did not answer this request of the $batch".into(),
-                    after: None,
-                });
-                continue;
-            };
-            match answer.status {
-                200..=299 => {}
-                408 | 429 | 500..=599 => outcome.retry.push(RetriedRecord {
-                    index,
-                    reason: format!("HTTP {} {}", answer.status, error_message(&answer.body)),
-                    after: answer
-                        .header("retry-after")
-                        .and_then(|s| s.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs),
-                }),
-                status => outcome.rejected.push(RejectedRecord {
-                    index,
-                    reason: format!("HTTP {status}: {}", error_message(&answer.body)),
-                }),
-            }
-        }
-        Ok(())
+        Ok(requests
+            .iter()
+            .enumerate()
+            .map(|(position, request)| {
+                let slot = match request.content_id.as_ref().and_then(|id| by_id.get(id)) {
+                    Some(&n) => Some(n),
+                    None if by_id.is_empty() => Some(position),
+                    None => None,
+                };
+                slot.and_then(|n| answers.get_mut(n).and_then(Option::take))
+            })
+            .collect())
     }
 
-    fn request(&self, n: usize, predicate: &str, record: &Outgoing<'_>) -> PartRequest {
+    fn request(
+        &self,
+        n: usize,
+        predicate: &str,
+        record: &Outgoing<'_>,
+        precondition: &Precondition,
+    ) -> PartRequest {
         let (method, url) = match self.write_mode {
             WriteMode::Upsert => ("PATCH", format!("{}{predicate}", self.entity)),
             WriteMode::Append => ("POST", self.entity.clone()),
         };
+        let mut headers = vec![
+            ("Content-Type".into(), "application/json".into()),
+            ("Accept".into(), "application/json".into()),
+            (SOURCE_VERSION_HEADER.into(), record.version.to_string()),
+        ];
+        match precondition {
+            Precondition::None => {}
+            Precondition::IfMatch(etag) => headers.push(("If-Match".into(), etag.clone())),
+            Precondition::IfNoneMatch => headers.push(("If-None-Match".into(), "*".into())),
+        }
         PartRequest {
             content_id: Some((n + 1).to_string()),
             method: method.into(),
             url,
-            headers: vec![
-                ("Content-Type".into(), "application/json".into()),
-                ("Accept".into(), "application/json".into()),
-                (SOURCE_VERSION_HEADER.into(), record.version.to_string()),
-            ],
+            headers,
             body: record.data.to_vec(),
         }
     }
@@ -235,6 +345,48 @@ impl ODataTarget {
             });
         }
         Ok(format!("({})", parts.join(",")))
+    }
+}
+
+/// The condition a write is sent on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Precondition {
+    /// Unconditional (no version field, or the service sends no ETags).
+    None,
+    /// Only if the record still has this ETag.
+    IfMatch(String),
+    /// Only if there is still no record with the key.
+    IfNoneMatch,
+}
+
+/// Files one answer under delivered (2xx), retry (none, 408, 429, 5xx) or refused (4xx).
+fn judge(index: usize, answer: Option<PartResponse>, context: &str, outcome: &mut BatchOutcome) {
+    let Some(answer) = answer else {
+        outcome.retry.push(RetriedRecord {
+            index,
+            reason: format!("{context}the service did not answer this request of the $batch"),
+            after: None,
+        });
+        return;
+    };
+    match answer.status {
+        200..=299 => {}
+        408 | 429 | 500..=599 => outcome.retry.push(RetriedRecord {
+            index,
+            reason: format!(
+                "{context}HTTP {} {}",
+                answer.status,
+                error_message(&answer.body)
+            ),
+            after: answer
+                .header("retry-after")
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .map(Duration::from_secs),
+        }),
+        status => outcome.rejected.push(RejectedRecord {
+            index,
+            reason: format!("{context}HTTP {status}: {}", error_message(&answer.body)),
+        }),
     }
 }
 
@@ -300,7 +452,9 @@ mod tests {
                 version: 7,
                 data: b"{}",
             },
+            &Precondition::IfMatch("W/\"3\"".into()),
         );
+        assert_eq!(request.header("if-match"), Some("W/\"3\""));
         assert_eq!(
             (request.method.as_str(), request.url.as_str()),
             ("PATCH", "Set(order='1',item=10)")

@@ -110,6 +110,14 @@ impl Target {
         })
     }
 
+    /// Orders writes by the source version the target stores in `field` (OData targets; a
+    /// REST bulk upsert gets the version with every record and decides itself).
+    pub fn order_by(&mut self, field: Option<String>) {
+        if let Wire::OData(odata) = &mut self.wire {
+            odata.order_by(field);
+        }
+    }
+
     /// Sends one batch (with the binding's retries). `Permanent` means the whole request was
     /// refused (4xx); per-record refusals and retries are in the outcome.
     pub async fn deliver(&self, records: &[Outgoing<'_>]) -> Result<BatchOutcome, CallError> {
