@@ -290,8 +290,11 @@ pub enum QualityCheck {
     /// The share of nulls of field in a batch does not exceed maxRatio. With action
     /// DeadLetter, the records without the field are dead-lettered when it does.
     NullRatio,
-    /// No two records of a batch share a primary key. With action DeadLetter, the newest
-    /// version of a repeated key is delivered and the others are dead-lettered.
+    /// No two records of a batch are the same change: the same primary key with the same
+    /// source version. Different versions of a key are changes in order, not duplicates (a
+    /// flow that fell behind carries several). With action DeadLetter the first is delivered
+    /// and the repeats are dead-lettered. The flow's stream already drops a repeat published
+    /// within delivery.dedupeWindow; this rule catches later ones.
     DuplicateKeys,
 }
 

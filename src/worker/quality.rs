@@ -5,8 +5,14 @@
 //! What a violated rule does, by its action:
 //! - `Alert`: the batch is delivered and the violation counted (`quality_alerts`).
 //! - `DeadLetter`: the offending records go to the dead-letter stream with the rule as reason
-//!   (NullRatio: the records without the field; DuplicateKeys: every record of a repeated key
-//!   but the newest version, which is delivered); the rest is delivered.
+//!   (NullRatio: the records without the field; DuplicateKeys: the repeats of a change, i.e.
+//!   of a key and source version, whose first record is delivered); the rest is delivered.
+//!
+//! DuplicateKeys judges changes, not keys: several versions of one key in a batch are what a
+//! stream that fell behind (a target outage, a slow worker) carries, and failing those batches
+//! would stop a flow exactly when it should catch up. Note that the flow's stream already
+//! drops a record whose key and version it stored within the dedupe window, so this rule sees
+//! repeats that arrive later than that (and redriven ones).
 //! - `FailBatch`: none of the batch is delivered; every record of it is dead-lettered with the
 //!   rule as reason. We dead-letter rather than NAK: the records never change, so a retry
 //!   would fail the same way (or, mixed into other batches, drag good records down with it)
@@ -44,7 +50,7 @@ pub enum BatchCheck {
         /// Batches smaller than this are not judged.
         min_records: usize,
     },
-    /// No two records share a primary key.
+    /// No two records share a primary key and source version.
     DuplicateKeys,
 }
 
@@ -149,34 +155,28 @@ pub fn judge(rules: &[BatchRule], records: &[(&Facts, u64)]) -> Judgement {
                 )
             }
             BatchCheck::DuplicateKeys => {
-                let mut by_key: HashMap<&str, Vec<usize>> = HashMap::new();
-                for (i, (facts, _)) in records.iter().enumerate() {
+                // Two versions of a key are two changes, not duplicates: a stream that fell
+                // behind carries several, and the target keeps the newest. A duplicate is the
+                // same change (key and source version) twice.
+                let mut by_change: HashMap<(&str, u64), Vec<usize>> = HashMap::new();
+                for (i, (facts, version)) in records.iter().enumerate() {
                     if let Some(key) = facts.key.as_deref() {
-                        by_key.entry(key).or_default().push(i);
+                        by_change.entry((key, *version)).or_default().push(i);
                     }
                 }
                 let mut offenders = Vec::new();
                 let mut repeated = 0;
-                for (key, indexes) in by_key.iter().filter(|(_, v)| v.len() > 1) {
+                for ((key, version), indexes) in by_change.iter().filter(|(_, v)| v.len() > 1) {
                     repeated += 1;
-                    // The newest version is kept (the first of equal ones).
-                    let keep = indexes.iter().copied().fold(indexes[0], |best, i| {
-                        if records[i].1 > records[best].1 {
-                            i
-                        } else {
-                            best
-                        }
-                    });
                     let shown = key.replace('\u{1f}', "/");
-                    for &i in indexes.iter().filter(|i| **i != keep) {
+                    // The first is delivered, the repeats are the offenders.
+                    for &i in &indexes[1..] {
                         offenders.push((
                             i,
                             format!(
-                                "quality rule {:?}: key {shown:?} appears {} times in the batch; version {} was delivered, this is version {}",
+                                "quality rule {:?}: key {shown:?} version {version} appears {} times in the batch; the first was delivered",
                                 rule.name,
                                 indexes.len(),
-                                records[keep].1,
-                                records[i].1
                             ),
                         ));
                     }
@@ -186,7 +186,7 @@ pub fn judge(rules: &[BatchRule], records: &[(&Facts, u64)]) -> Judgement {
                 }
                 offenders.sort_by_key(|(i, _)| *i);
                 let summary = format!(
-                    "quality rule {:?}: {repeated} key(s) appear more than once in the batch of {}",
+                    "quality rule {:?}: {repeated} change(s) (key and version) appear more than once in the batch of {}",
                     rule.name,
                     records.len()
                 );
@@ -294,14 +294,15 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_keys_keep_the_newest_version_and_dead_letter_the_others() {
+    fn the_same_change_twice_is_a_duplicate_two_versions_of_a_key_are_not() {
         let records = [
             facts(false, "1\u{1f}10"),
             facts(false, "2\u{1f}10"),
             facts(false, "1\u{1f}10"),
             facts(false, "1\u{1f}10"),
+            facts(false, "1\u{1f}10"),
         ];
-        let versions = [5, 1, 9, 7];
+        let versions = [5, 1, 9, 5, 5];
         let input: Vec<(&Facts, u64)> = records.iter().zip(versions).collect();
         let rules = [BatchRule {
             name: "one-row-per-line".into(),
@@ -309,22 +310,32 @@ mod tests {
             check: BatchCheck::DuplicateKeys,
         }];
         let judgement = judge(&rules, &input);
-        let dead: Vec<usize> = (0..4)
+        let dead: Vec<usize> = (0..5)
             .filter(|i| judgement.dead_letter[*i].is_some())
             .collect();
-        assert_eq!(dead, vec![0, 3], "version 9 (index 2) is kept");
-        let detail = judgement.dead_letter[0].as_deref().unwrap();
+        assert_eq!(
+            dead,
+            vec![3, 4],
+            "the repeats of version 5; version 9 is a change"
+        );
+        let detail = judgement.dead_letter[3].as_deref().unwrap();
         assert!(
-            detail.contains("\"1/10\" appears 3 times") && detail.contains("version 9"),
+            detail.contains("\"1/10\" version 5 appears 3 times"),
             "{detail}"
         );
-        let unique = [facts(false, "1"), facts(false, "2")];
+        // Changes only: nothing to say, even with FailBatch.
+        let changes: Vec<(&Facts, u64)> = records.iter().zip([1, 2, 3, 4, 5]).collect();
+        let fail = [BatchRule {
+            action: QualityAction::FailBatch,
+            ..rules[0].clone()
+        }];
         assert_eq!(
-            judge(&rules, &batch(&unique)),
+            judge(&fail, &changes),
             Judgement {
-                dead_letter: vec![None, None],
+                dead_letter: vec![None; 5],
                 ..Judgement::default()
             }
         );
+        assert!(judge(&fail, &input).failed.is_some());
     }
 }
