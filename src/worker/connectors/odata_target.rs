@@ -21,7 +21,8 @@
 //! record, so a write that raced with another worker's gets 412 and is retried: re-read,
 //! compared, written or dropped. Within a batch only the newest version of a key is sent; the
 //! older ones share its fate. A service that sends no ETags gets unconditional writes after
-//! the read (the race window shrinks to the read-write gap); without a mapped cursor field
+//! the read (the race window shrinks to the read-write gap), one that refuses the read (403,
+//! an unknown property to select) unconditional writes; without a mapped cursor field
 //! writes are unconditional. Every request also carries the record's source version in a
 //! `Flowplane-Source-Version` header, which services ignore and the ERP simulator reports.
 
@@ -212,7 +213,19 @@ impl ODataTarget {
                     let precondition = etag.map_or(Precondition::None, Precondition::IfMatch);
                     conditional.push((index, predicate, precondition));
                 }
-                _ => judge(index, answer, "reading the stored record: ", outcome),
+                None | Some(408 | 429 | 500..=599) => {
+                    judge(index, answer, "reading the stored record: ", outcome)
+                }
+                Some(status) => {
+                    // The service will not say (no read permission, no such property to
+                    // select): write as an unordered target would rather than refuse data.
+                    tracing::debug!(
+                        key = predicate,
+                        status,
+                        "reading the stored version refused; writing unconditionally"
+                    );
+                    conditional.push((index, predicate, Precondition::None));
+                }
             }
         }
         Ok(conditional)
