@@ -16,6 +16,7 @@ use flowplane::sim::erp::{ErpSeed, SALES_ORDER_LINES, key_of, sales_order_line};
 use flowplane::sim::erp_write::{PLANNED_INDEPENDENT_REQUIREMENTS, WriteRule};
 use flowplane::sim::faults::FaultSpec;
 use flowplane::worker::sample;
+use serde::Deserialize;
 use serde_json::json;
 
 async fn stream_limits(js: &async_nats::jetstream::Context, name: &str) -> (Duration, Duration) {
@@ -420,4 +421,81 @@ async fn several_workers_never_overwrite_a_newer_value_at_an_odata_target() {
             );
         }
     }
+}
+
+/// `flowplane render` of the example flows: each worker configuration carries its flow's
+/// queue policy (what a worker that starts first creates the queue with), its mapping compiles
+/// with the contract's batch rules, and its target is one the worker can write to.
+#[test]
+fn every_example_flow_renders_a_worker_configuration_with_its_queue_policy() {
+    use flowplane::api::IntegrationFlow;
+    use flowplane::worker::config::WorkerConfig;
+    use flowplane::worker::transform::Plan;
+
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/base");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_flowplane"));
+    command.args(["render", "-n", "demo"]);
+    let mut flows = Vec::new();
+    for dir in ["bindings", "contracts", "codemaps", "flows"] {
+        for entry in std::fs::read_dir(base.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if dir == "flows" {
+                let flow: IntegrationFlow =
+                    serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+                flows.push(flow);
+            }
+            command.arg("-f").arg(path);
+        }
+    }
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut configs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_slice(&out.stdout) {
+        let value = serde_yaml::Value::deserialize(doc).unwrap();
+        if let Some(text) = value["data"]["worker.json"].as_str() {
+            configs.push(serde_json::from_str::<WorkerConfig>(text).unwrap());
+        }
+    }
+    assert_eq!(configs.len(), flows.len());
+    for flow in &flows {
+        let name = flow.metadata.name.as_deref().unwrap();
+        let config = configs.iter().find(|c| c.flow == name).unwrap();
+        let rendered = QueuePolicy::from_worker(&config.delivery).unwrap();
+        let wanted = QueuePolicy::from_delivery(&flow.spec.delivery, 1).unwrap();
+        assert_eq!(
+            (
+                rendered.retention,
+                rendered.dead_letter_retention,
+                rendered.dedupe_window
+            ),
+            (
+                wanted.retention,
+                wanted.dead_letter_retention,
+                wanted.dedupe_window
+            ),
+            "{name}"
+        );
+        assert_eq!(rendered.ack_wait, wanted.ack_wait, "{name}");
+        assert_eq!(rendered.max_deliver, wanted.max_deliver, "{name}");
+        Plan::compile(&config.mapping, &config.contract).unwrap();
+        assert!(
+            matches!(
+                config.target.endpoint.protocol,
+                Protocol::OData | Protocol::Rest
+            ),
+            "{name}: target protocol {:?}",
+            config.target.endpoint.protocol
+        );
+    }
+    // The forecast feedback flow writes to the ERP over OData, ordered by its version field.
+    let feedback = configs
+        .iter()
+        .find(|c| c.flow == "forecast-deltas-to-erp-replenishment")
+        .unwrap();
+    assert_eq!(feedback.target.endpoint.protocol, Protocol::OData);
+    assert!(feedback.version_field().is_some());
 }
