@@ -58,10 +58,18 @@ pub struct ODataTarget {
 
 impl ODataTarget {
     /// Writes `entity` below the service root `url`, by the contract's primary `key`.
+    /// The entity may carry the service's path below the binding URL, as SAP's service
+    /// paths do (`api_purchaserequisition_2/srvd_a2x/.../0001/PurchaseReqnItem`): the
+    /// `$batch` goes to that service's root and names the entity set relative to it.
     pub fn new(url: &str, entity: &str, key: &[String], write_mode: WriteMode) -> ODataTarget {
+        let entity = entity.trim_matches('/');
+        let (service, set) = match entity.rsplit_once('/') {
+            Some((service, set)) => (format!("/{service}"), set),
+            None => (String::new(), entity),
+        };
         ODataTarget {
-            batch_url: format!("{}/$batch", url.trim_end_matches('/')),
-            entity: entity.trim_matches('/').to_string(),
+            batch_url: format!("{}{service}/$batch", url.trim_end_matches('/')),
+            entity: set.to_string(),
             key: key.to_vec(),
             write_mode,
             version_field: None,
@@ -437,6 +445,17 @@ mod tests {
             WriteMode::Upsert,
         );
         assert_eq!(one.batch_url, "http://erp/odata/$batch");
+        let sap = ODataTarget::new(
+            "https://erp/sap/opu/odata4/sap",
+            "api_pr_2/srvd_a2x/sap/purchaserequisition/0001/PurchaseReqnItem",
+            &["id".into()],
+            WriteMode::Upsert,
+        );
+        assert_eq!(
+            sap.batch_url,
+            "https://erp/sap/opu/odata4/sap/api_pr_2/srvd_a2x/sap/purchaserequisition/0001/$batch"
+        );
+        assert_eq!(sap.entity, "PurchaseReqnItem");
         assert_eq!(
             one.key_predicate(br#"{"id":"O'Neil 1"}"#).unwrap(),
             "('O%27%27Neil%201')"
