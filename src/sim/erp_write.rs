@@ -57,6 +57,7 @@ pub struct Writes {
     /// Failures of single requests inside a batch.
     pub part_faults: Faults,
     batches: AtomicU64,
+    largest: AtomicU64,
     serial: AtomicU64,
 }
 
@@ -77,6 +78,11 @@ impl ErpState {
     /// Failures of single requests inside a batch (`/admin/faults` fails whole batches).
     pub fn part_faults(&self) -> &Faults {
         &self.writes.part_faults
+    }
+
+    /// Most requests one `$batch` carried.
+    pub fn largest_batch(&self) -> u64 {
+        self.writes.largest.load(Ordering::Relaxed)
     }
 
     /// Sets (or with None clears) the rule of records the ERP refuses.
@@ -352,6 +358,10 @@ async fn batch(
         }
     };
     state.writes.batches.fetch_add(1, Ordering::Relaxed);
+    state
+        .writes
+        .largest
+        .fetch_max(requests.len() as u64, Ordering::Relaxed);
     let continue_on_error = headers
         .get("prefer")
         .and_then(|v| v.to_str().ok())
