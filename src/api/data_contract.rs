@@ -240,7 +240,10 @@ pub struct QualityRule {
     /// Rule name, shown in dead-letter reasons and alerts.
     #[schemars(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub name: String,
-    /// The check.
+    /// The check. NotNull, Range, Regex and AllowedValues judge each record; NullRatio (the
+    /// share of a delivery batch without `field`, at most `maxRatio`) and DuplicateKeys (the
+    /// same primary key and source version twice in a batch) judge a batch: the records one
+    /// worker delivers together, up to the flow's `target.batchSize`.
     pub check: QualityCheck,
     /// Field the check applies to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -271,7 +274,12 @@ pub struct QualityRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub min_records: Option<u32>,
-    /// What a violation does.
+    /// What a violation does. DeadLetter: the offending records go to the dead-letter stream
+    /// with the rule as reason, the rest of the batch is delivered. FailBatch: none of the
+    /// batch is delivered; every record of it goes to the dead-letter stream with the rule as
+    /// reason (not retried, the records would fail the same way; redrive them with
+    /// `flowplane dlq redrive --reason QualityRule` once the cause is fixed), so nothing is
+    /// lost and nothing half-applied. Alert: delivered, and the violation counted and alerted on.
     #[serde(default)]
     pub action: QualityAction,
 }
