@@ -240,7 +240,10 @@ pub struct QualityRule {
     /// Rule name, shown in dead-letter reasons and alerts.
     #[schemars(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub name: String,
-    /// The check.
+    /// The check. NotNull, Range, Regex and AllowedValues judge each record; NullRatio (the
+    /// share of a delivery batch without `field`, at most `maxRatio`) and DuplicateKeys (the
+    /// same primary key and source version twice in a batch) judge a batch: the records one
+    /// worker delivers together, up to the flow's `target.batchSize`.
     pub check: QualityCheck,
     /// Field the check applies to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -260,11 +263,23 @@ pub struct QualityRule {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256), inner(length(max = 128)))]
     pub values: Vec<String>,
-    /// Highest allowed share of nulls in a batch, 0..1 (NullRatio).
+    /// Highest allowed share of nulls in a batch, 0..1 (NullRatio). A batch is what one worker
+    /// delivers together: up to the flow's `target.batchSize` records that passed the
+    /// per-record checks. A field absent after mapping (and without a default) counts as null.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub max_ratio: Option<f64>,
-    /// What a violation does.
+    /// Smallest batch a NullRatio rule judges; smaller batches pass (a trickle of single
+    /// records would otherwise turn a ratio into a not-null check). Unset judges every batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub min_records: Option<u32>,
+    /// What a violation does. DeadLetter: the offending records go to the dead-letter stream
+    /// with the rule as reason, the rest of the batch is delivered. FailBatch: none of the
+    /// batch is delivered; every record of it goes to the dead-letter stream with the rule as
+    /// reason (not retried, the records would fail the same way; redrive them with
+    /// `flowplane dlq redrive --reason QualityRule` once the cause is fixed), so nothing is
+    /// lost and nothing half-applied. Alert: delivered, and the violation counted and alerted on.
     #[serde(default)]
     pub action: QualityAction,
 }
@@ -280,19 +295,28 @@ pub enum QualityCheck {
     Regex,
     /// The value is one of values.
     AllowedValues,
-    /// The share of nulls in a batch stays below maxRatio.
+    /// The share of nulls of field in a batch does not exceed maxRatio. With action
+    /// DeadLetter, the records without the field are dead-lettered when it does.
     NullRatio,
-    /// No two records of a batch share a primary key.
+    /// No two records of a batch are the same change: the same primary key with the same
+    /// source version. Different versions of a key are changes in order, not duplicates (a
+    /// flow that fell behind carries several). With action DeadLetter the first is delivered
+    /// and the repeats are dead-lettered. The flow's stream already drops a repeat published
+    /// within delivery.dedupeWindow; this rule catches later ones.
     DuplicateKeys,
 }
 
 /// What a quality violation does.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 pub enum QualityAction {
-    /// Move the record to the dead-letter stream with the rule as reason.
+    /// Move the offending record to the dead-letter stream with the rule as reason; the rest
+    /// of the batch is delivered.
     #[default]
     DeadLetter,
-    /// Reject the whole batch (it is retried, then dead-lettered).
+    /// Deliver none of the batch: every record of the batch the violation occurred in goes to
+    /// the dead-letter stream with the rule as reason (reason QualityRule), nothing of it
+    /// reaches the target. Not retried: the records would fail the same way; redrive them
+    /// (`flowplane dlq redrive --reason QualityRule`) once the source or the rule is fixed.
     FailBatch,
     /// Deliver the record but count the violation (alerted on).
     Alert,

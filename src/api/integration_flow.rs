@@ -306,11 +306,18 @@ fn default_poll_interval() -> String {
     "1m".into()
 }
 
-/// Queue and dead-letter policy.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+/// Queue and dead-letter policy. The operator applies it to the flow's JetStream streams on
+/// every change (streams that exist are updated in place); workers that start before the
+/// operator created the queue create it with the same policy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, kube::KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("duration(self.dedupeWindow) <= duration(self.retention)").message("delivery.dedupeWindow must not exceed delivery.retention: JetStream cannot remember a record id longer than it keeps the record"))]
+#[x_kube(validation = Rule::new("duration(self.retention) >= duration('1m') && duration(self.deadLetterRetention) >= duration('1m')").message("delivery.retention and delivery.deadLetterRetention must be at least 1m (0 would not mean 'forever' here, and shorter would expire records before they can be retried or inspected)"))]
 pub struct Delivery {
-    /// How long records stay in the flow's stream.
+    /// How long records stay in the flow's stream (its JetStream max age), delivered or not.
+    /// Keep it well above the longest target outage you want to ride out: a record older
+    /// than this is removed even if it was never delivered. Shortening it on a running flow
+    /// removes older records at once.
     #[serde(default = "default_retention")]
     #[schemars(pattern(DURATION_PATTERN))]
     pub retention: String,
@@ -325,11 +332,14 @@ pub struct Delivery {
     /// Backoff of redeliveries after transient failures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
-    /// How long dead letters are kept.
+    /// How long dead letters are kept (the dead-letter stream's max age) for inspection and
+    /// redrive; older ones are removed.
     #[serde(default = "default_dead_letter_retention")]
     #[schemars(pattern(DURATION_PATTERN))]
     pub dead_letter_retention: String,
-    /// Window in which a record with the same idempotency key is dropped as a duplicate.
+    /// Window in which a record with the same idempotency key (primary key + source version)
+    /// is dropped as a duplicate when published again (the stream's duplicate window). At most
+    /// `retention`; a re-read of the source within the window publishes only what changed.
     #[serde(default = "default_dedupe_window")]
     #[schemars(pattern(DURATION_PATTERN))]
     pub dedupe_window: String,

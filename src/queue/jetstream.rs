@@ -11,6 +11,7 @@ use bytes::Bytes;
 use super::{CURSOR_KEY, FlowProgress, PROGRESS_KEY, QueueNames};
 use crate::api::common::parse_duration;
 use crate::api::integration_flow::Delivery;
+use crate::worker::config::DeliveryConfig;
 
 /// Number of subject partitions records are spread over (`<subject>.<partition>`), by a hash of
 /// the record's primary key. Fixed, because changing it would move keys between partitions.
@@ -37,14 +38,62 @@ impl QueuePolicy {
     /// The policy an IntegrationFlow's `delivery` asks for. `max_ack_pending` comes from the
     /// source binding's rate limit when it has one (the operator knows it); 1000 otherwise.
     pub fn from_delivery(delivery: &Delivery, max_ack_pending: u32) -> Result<QueuePolicy, String> {
-        Ok(QueuePolicy {
-            retention: parse_duration(&delivery.retention)?,
-            dead_letter_retention: parse_duration(&delivery.dead_letter_retention)?,
-            dedupe_window: parse_duration(&delivery.dedupe_window)?,
-            max_deliver: i64::from(delivery.max_deliver),
-            ack_wait: parse_duration(&delivery.ack_wait)?,
+        QueuePolicy::parse(
+            [
+                &delivery.retention,
+                &delivery.dead_letter_retention,
+                &delivery.dedupe_window,
+                &delivery.ack_wait,
+            ],
+            delivery.max_deliver,
+            max_ack_pending,
+        )
+    }
+
+    /// The policy of a worker's configuration (the same one the operator rendered from the
+    /// flow), for a worker that has to create the queue itself.
+    pub fn from_worker(delivery: &DeliveryConfig) -> Result<QueuePolicy, String> {
+        QueuePolicy::parse(
+            [
+                &delivery.retention,
+                &delivery.dead_letter_retention,
+                &delivery.dedupe_window,
+                &delivery.ack_wait,
+            ],
+            delivery.max_deliver,
+            delivery.max_ack_pending,
+        )
+    }
+
+    fn parse(
+        [retention, dead_letter_retention, dedupe_window, ack_wait]: [&str; 4],
+        max_deliver: u32,
+        max_ack_pending: u32,
+    ) -> Result<QueuePolicy, String> {
+        let field = |name: &str, text: &str| {
+            parse_duration(text).map_err(|e| format!("delivery.{name}: {e}"))
+        };
+        let policy = QueuePolicy {
+            retention: field("retention", retention)?,
+            dead_letter_retention: field("deadLetterRetention", dead_letter_retention)?,
+            dedupe_window: field("dedupeWindow", dedupe_window)?,
+            max_deliver: i64::from(max_deliver),
+            ack_wait: field("ackWait", ack_wait)?,
             max_ack_pending: i64::from(max_ack_pending.max(1)),
-        })
+        };
+        // JetStream reads a max age of 0 as "forever" and refuses a duplicate window longer
+        // than the max age; the admission rules refuse both, this says so to offline callers.
+        if policy.retention.is_zero() || policy.dead_letter_retention.is_zero() {
+            return Err(
+                "delivery.retention and delivery.deadLetterRetention must be more than 0".into(),
+            );
+        }
+        if policy.dedupe_window > policy.retention {
+            return Err(format!(
+                "delivery.dedupeWindow ({dedupe_window}) must not exceed delivery.retention ({retention})"
+            ));
+        }
+        Ok(policy)
     }
 }
 
@@ -297,6 +346,57 @@ mod tests {
             .collect();
         assert_eq!(spread.len(), PARTITIONS as usize);
         assert!(spread.iter().all(|p| *p < PARTITIONS));
+    }
+
+    #[test]
+    fn policy_durations_are_checked_with_the_field_named() {
+        let mut delivery = Delivery {
+            retention: "1h".into(),
+            dedupe_window: "10m".into(),
+            dead_letter_retention: "720h".into(),
+            ..Delivery::default()
+        };
+        let policy = QueuePolicy::from_delivery(&delivery, 10).unwrap();
+        assert_eq!(policy.retention, Duration::from_secs(3600));
+        assert_eq!(policy.dedupe_window, Duration::from_secs(600));
+        assert_eq!(
+            policy.dead_letter_retention,
+            Duration::from_secs(720 * 3600)
+        );
+        delivery.dedupe_window = "2h".into();
+        let error = QueuePolicy::from_delivery(&delivery, 10).unwrap_err();
+        assert!(error.contains("dedupeWindow (2h)"), "{error}");
+        delivery.dedupe_window = "2m".into();
+        delivery.dead_letter_retention = "0s".into();
+        assert!(QueuePolicy::from_delivery(&delivery, 10).is_err());
+        delivery.dead_letter_retention = "2 weeks".into();
+        let error = QueuePolicy::from_delivery(&delivery, 10).unwrap_err();
+        assert!(
+            error.starts_with("delivery.deadLetterRetention:"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_worker_configuration_gives_the_operator_policy() {
+        let config = crate::worker::sample::sales_order_flow("ns", "f", "nats://x", "u", "v");
+        let mut delivery = config.delivery.clone();
+        delivery.retention = "48h".into();
+        delivery.dedupe_window = "15m".into();
+        let policy = QueuePolicy::from_worker(&delivery).unwrap();
+        assert_eq!(policy.retention, Duration::from_secs(48 * 3600));
+        assert_eq!(policy.dedupe_window, Duration::from_secs(900));
+        assert_eq!(policy.max_deliver, i64::from(delivery.max_deliver));
+        // A worker.json rendered before these fields existed reads with the flow defaults.
+        let mut json = serde_json::to_value(&config.delivery).unwrap();
+        for field in ["retention", "deadLetterRetention", "dedupeWindow"] {
+            json.as_object_mut().unwrap().remove(field);
+        }
+        let old: DeliveryConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(
+            QueuePolicy::from_worker(&old).unwrap().retention,
+            QueuePolicy::default().retention
+        );
     }
 
     #[test]

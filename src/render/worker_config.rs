@@ -185,6 +185,9 @@ pub fn build(inputs: &FlowInputs<'_>) -> Result<WorkerConfig, RenderError> {
             ack_wait: spec.delivery.ack_wait.clone(),
             retry: spec.delivery.retry.clone().unwrap_or_else(default_retry),
             max_ack_pending,
+            retention: spec.delivery.retention.clone(),
+            dead_letter_retention: spec.delivery.dead_letter_retention.clone(),
+            dedupe_window: spec.delivery.dedupe_window.clone(),
         },
         approval,
     })

@@ -83,6 +83,8 @@ pub struct ErpState {
     pub faults: Faults,
     page_size: usize,
     requests: std::sync::atomic::AtomicU64,
+    /// What was written (see `erp_write`).
+    pub(crate) writes: super::erp_write::Writes,
 }
 
 impl ErpState {
@@ -93,6 +95,7 @@ impl ErpState {
             faults: Faults::default(),
             page_size: seed.page_size.max(1),
             requests: Default::default(),
+            writes: Default::default(),
         });
         for i in 0..seed.order_lines {
             let bad = seed.bad_every > 0 && (i + 1) % seed.bad_every == 0;
@@ -300,6 +303,7 @@ pub fn router(state: Arc<ErpState>) -> Router {
         .route("/admin/faults", post(set_faults).delete(clear_faults))
         .route("/admin/upsert/{set}", post(admin_upsert))
         .route("/admin/stats", get(stats))
+        .merge(super::erp_write::routes())
         .with_state(state)
 }
 

@@ -3,6 +3,7 @@
 //! in-process (`serve(listener, state)`) or as `flowplane sim erp|forecast`.
 
 pub mod erp;
+pub mod erp_write;
 pub mod faults;
 pub mod forecast;
 
@@ -18,7 +19,9 @@ pub struct SimArgs {
 /// Which simulator to run.
 #[derive(Subcommand, Debug)]
 pub enum SimSystem {
-    /// OData v4 ERP with sales order lines, inventory and returns.
+    /// OData v4 ERP with sales order lines, inventory and returns to read, and `$batch`
+    /// upserts into other entity sets (e.g. A_PlndIndepRqmtItem), reported at
+    /// /admin/received/{set}.
     Erp {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8081")]

@@ -301,6 +301,10 @@ impl Resolver {
             data: &data,
         }];
         match target.deliver(&outgoing).await {
+            Ok(outcome) if !outcome.retry.is_empty() => Err(anyhow::anyhow!(
+                "delivery failed: {}",
+                outcome.retry[0].reason
+            )),
             Ok(outcome) => match outcome.rejected.into_iter().next() {
                 Some(refused) => {
                     self.dead_letter(parked, Reason::TargetRejected, &refused.reason)

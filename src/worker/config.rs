@@ -199,6 +199,26 @@ pub struct DeliveryConfig {
     pub retry: RetryPolicy,
     /// Most unacknowledged records in flight across workers.
     pub max_ack_pending: u32,
+    /// How long records stay in the flow's stream (for a worker that creates the queue).
+    #[serde(default = "default_retention")]
+    pub retention: String,
+    /// How long dead letters stay.
+    #[serde(default = "default_dead_letter_retention")]
+    pub dead_letter_retention: String,
+    /// Window in which a republished idempotency key is dropped.
+    #[serde(default = "default_dedupe_window")]
+    pub dedupe_window: String,
+}
+
+// Configurations rendered before these fields existed get the flow defaults.
+fn default_retention() -> String {
+    crate::api::integration_flow::Delivery::default().retention
+}
+fn default_dead_letter_retention() -> String {
+    crate::api::integration_flow::Delivery::default().dead_letter_retention
+}
+fn default_dedupe_window() -> String {
+    crate::api::integration_flow::Delivery::default().dedupe_window
 }
 
 /// Approval routing.
@@ -224,11 +244,53 @@ pub struct ApprovalConfig {
 }
 
 impl WorkerConfig {
+    /// The contract field that carries the source version to the target: the one mapped
+    /// from the source's cursor field (without code translation), or the cursor field itself
+    /// when the contract declares it and no mapping names it.
+    pub fn version_field(&self) -> Option<String> {
+        let cursor = self.source.cursor_field.as_deref()?;
+        let mapped = self
+            .mapping
+            .fields
+            .iter()
+            .find(|f| f.from.as_deref() == Some(cursor) && f.code_map.is_none())
+            .map(|f| f.to.clone());
+        mapped.or_else(|| {
+            let declared = self.contract.schema.fields.iter().any(|f| f.name == cursor);
+            let remapped = self.mapping.fields.iter().any(|f| f.to == cursor);
+            (declared && !remapped).then(|| cursor.to_string())
+        })
+    }
+
     /// Reads the configuration a worker was started with.
     pub fn load(path: &std::path::Path) -> anyhow::Result<WorkerConfig> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("reading worker config {}: {e}", path.display()))?;
         serde_json::from_str(&text)
             .map_err(|e| anyhow::anyhow!("worker config {} is not valid: {e}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::worker::sample;
+
+    #[test]
+    fn the_version_field_is_the_contract_field_mapped_from_the_cursor() {
+        let mut config = sample::sales_order_flow("ns", "f", "nats://x", "u", "v");
+        assert_eq!(config.version_field().as_deref(), Some("changedAt"));
+        // Translated through a code map it is no version any more.
+        config.mapping.fields.iter_mut().for_each(|f| {
+            if f.to == "changedAt" {
+                f.code_map = Some("item-category".into());
+            }
+        });
+        assert_eq!(config.version_field(), None);
+        // No explicit mapping: the cursor field itself, when the contract declares it.
+        config.mapping.fields.clear();
+        config.source.cursor_field = Some("changedAt".into());
+        assert_eq!(config.version_field().as_deref(), Some("changedAt"));
+        config.source.cursor_field = None;
+        assert_eq!(config.version_field(), None);
     }
 }

@@ -24,6 +24,7 @@ use super::dead_letter::dead_letter;
 use super::http::CallError;
 use super::metrics::Metrics;
 use super::progress::ProgressDeltas;
+use super::quality::{self, Facts, Judgement};
 use super::resilience::Backoff;
 use super::trace::trace_id;
 use super::transform::{Plan, Reason};
@@ -59,6 +60,8 @@ struct Ready {
     message: usize,
     range: std::ops::Range<usize>,
     version: u64,
+    /// What the batch quality rules need to know of it.
+    facts: Facts,
 }
 
 fn header<'a>(message: &'a jetstream::Message, name: &str) -> &'a str {
@@ -150,6 +153,9 @@ impl Consumer {
         let started = Instant::now();
         buffer.clear();
         let mut ready = Vec::with_capacity(messages.len());
+        // Set when a record broke a quality rule whose action is FailBatch.
+        let mut failed_batch: Option<String> = None;
+        let mut facts = Facts::default();
         for (index, message) in messages.iter().enumerate() {
             let traceparent = header(message, headers::TRACEPARENT);
             let record: Value = match serde_json::from_slice(&message.payload) {
@@ -161,7 +167,7 @@ impl Consumer {
                 }
             };
             let start = buffer.len();
-            match self.plan.map_into(&record, buffer) {
+            match self.plan.map_into_with(&record, buffer, &mut facts) {
                 Ok(alerts) => {
                     if alerts.0 > 0 {
                         self.metrics.quality_alerts.inc_by(u64::from(alerts.0));
@@ -177,10 +183,18 @@ impl Consumer {
                         version: header(message, headers::SOURCE_VERSION)
                             .parse()
                             .unwrap_or(0),
+                        facts: std::mem::take(&mut facts),
                     });
                 }
                 Err(rejection) => {
                     buffer.truncate(start);
+                    if rejection.fails_batch && failed_batch.is_none() {
+                        failed_batch = Some(format!(
+                            "batch failed: record {}: {}",
+                            header(message, headers::KEY),
+                            rejection.detail
+                        ));
+                    }
                     let stage = if rejection.reason == Reason::UnmappedCode {
                         "translate"
                     } else {
@@ -190,6 +204,9 @@ impl Consumer {
                         .await;
                 }
             }
+        }
+        if !ready.is_empty() && (failed_batch.is_some() || !self.plan.batch_rules().is_empty()) {
+            ready = self.judge(messages, ready, failed_batch).await;
         }
         let escalate = match &self.approval {
             Some(approvals) if !ready.is_empty() => {
@@ -219,6 +236,65 @@ impl Consumer {
         self.metrics
             .batch_seconds
             .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Batch quality rules (see [`super::quality`]): dead-letters what they refuse (all of the
+    /// batch when a FailBatch rule failed) and returns what may be delivered.
+    async fn judge(
+        &self,
+        messages: &[jetstream::Message],
+        ready: Vec<Ready>,
+        failed_batch: Option<String>,
+    ) -> Vec<Ready> {
+        let judgement = match failed_batch {
+            Some(detail) => Judgement {
+                failed: Some(detail),
+                ..Judgement::default()
+            },
+            None => {
+                let records: Vec<(&Facts, u64)> =
+                    ready.iter().map(|r| (&r.facts, r.version)).collect();
+                quality::judge(self.plan.batch_rules(), &records)
+            }
+        };
+        if judgement.alerts > 0 {
+            self.metrics
+                .quality_alerts
+                .inc_by(u64::from(judgement.alerts));
+        }
+        if let Some(detail) = judgement.failed {
+            tracing::warn!(
+                records = ready.len(),
+                detail,
+                "batch failed a quality rule; none of it is delivered"
+            );
+            for r in &ready {
+                self.reject(
+                    &messages[r.message],
+                    Reason::QualityRule,
+                    "quality",
+                    &detail,
+                )
+                .await;
+            }
+            return Vec::new();
+        }
+        let mut kept = Vec::with_capacity(ready.len());
+        for (r, verdict) in ready.into_iter().zip(judgement.dead_letter) {
+            match verdict {
+                Some(detail) => {
+                    self.reject(
+                        &messages[r.message],
+                        Reason::QualityRule,
+                        "quality",
+                        &detail,
+                    )
+                    .await
+                }
+                None => kept.push(r),
+            }
+        }
+        kept
     }
 
     /// Approval routing: keeps the Apply records in `ready`, parks the Review ones (acked once
@@ -321,16 +397,30 @@ impl Consumer {
                 let mut refused = vec![None; ready.len()];
                 for rejected in outcome.rejected {
                     if let Some(slot) = refused.get_mut(rejected.index) {
-                        *slot = Some(rejected.reason);
+                        *slot = Some(Ok(rejected.reason));
+                    }
+                }
+                for retry in outcome.retry {
+                    if let Some(slot) = refused.get_mut(retry.index) {
+                        *slot = Some(Err((retry.reason, retry.after)));
                     }
                 }
                 let mut delivered = 0;
                 for (r, refusal) in ready.iter().zip(refused) {
                     let message = &messages[r.message];
                     match refusal {
-                        Some(reason) => {
+                        Some(Ok(reason)) => {
                             self.reject(message, Reason::TargetRejected, "deliver", &reason)
                                 .await
+                        }
+                        Some(Err((error, after))) => {
+                            tracing::debug!(
+                                trace_id = trace_id(header(message, headers::TRACEPARENT)),
+                                stage = "deliver",
+                                error,
+                                "target asked to send the record again later"
+                            );
+                            self.retry_later(target, message, &error, after).await;
                         }
                         None => {
                             tracing::debug!(
@@ -372,26 +462,39 @@ impl Consumer {
             Err(CallError::Transient(error)) => {
                 tracing::warn!(error = %error, records = ready.len(), "delivery failed; redelivering later");
                 for r in ready {
-                    let message = &messages[r.message];
-                    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
-                    if delivered >= self.max_deliver {
-                        self.reject(
-                            message,
-                            Reason::MaxDeliveries,
-                            "deliver",
-                            &format!("{delivered} deliveries failed, last: {error}"),
-                        )
+                    self.retry_later(target, &messages[r.message], &error.to_string(), None)
                         .await;
-                    } else {
-                        self.metrics.retried.inc();
-                        let delay = self
-                            .redelivery
-                            .delay(delivered.saturating_sub(1) as u32)
-                            .max(target.http.breaker.open_remaining());
-                        let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
-                    }
                 }
             }
+        }
+    }
+
+    /// NAKs a record that failed transiently, with a backoff delay (at least the target's
+    /// Retry-After and the open breaker); dead-letters it once it has used up maxDeliver.
+    async fn retry_later(
+        &self,
+        target: &Target,
+        message: &jetstream::Message,
+        error: &str,
+        after: Option<Duration>,
+    ) {
+        let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+        if delivered >= self.max_deliver {
+            self.reject(
+                message,
+                Reason::MaxDeliveries,
+                "deliver",
+                &format!("{delivered} deliveries failed, last: {error}"),
+            )
+            .await;
+        } else {
+            self.metrics.retried.inc();
+            let delay = self
+                .redelivery
+                .delay(delivered.saturating_sub(1) as u32)
+                .max(target.http.breaker.open_remaining())
+                .max(after.unwrap_or_default().min(Duration::from_secs(300)));
+            let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod http;
 pub mod lease;
 pub mod metrics;
 pub mod progress;
+pub mod quality;
 pub mod resilience;
 pub mod sample;
 pub mod trace;
@@ -31,7 +32,6 @@ use async_nats::jetstream;
 use clap::Args;
 use tokio::sync::watch;
 
-use crate::api::common::parse_duration;
 use crate::queue::jetstream::{QueuePolicy, bucket, ensure_queue};
 use config::WorkerConfig;
 use connectors::target::Target;
@@ -99,9 +99,6 @@ impl Flow {
     async fn connect(config: WorkerConfig) -> anyhow::Result<Flow> {
         let plan = Plan::compile(&config.mapping, &config.contract)
             .map_err(|e| anyhow::anyhow!("worker configuration: {e}"))?;
-        if !plan.batch_rules().is_empty() {
-            tracing::warn!(rules = ?plan.batch_rules(), "batch quality rules are not enforced per record");
-        }
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .connect(config.nats_url.as_str())
@@ -112,14 +109,8 @@ impl Flow {
         if js.get_stream(&config.queue.stream).await.is_err()
             || js.get_key_value(&config.queue.kv_bucket).await.is_err()
         {
-            let mut policy = QueuePolicy {
-                max_deliver: i64::from(config.delivery.max_deliver),
-                max_ack_pending: i64::from(config.delivery.max_ack_pending.max(1)),
-                ..QueuePolicy::default()
-            };
-            if let Ok(ack_wait) = parse_duration(&config.delivery.ack_wait) {
-                policy.ack_wait = ack_wait;
-            }
+            let policy = QueuePolicy::from_worker(&config.delivery)
+                .map_err(|e| anyhow::anyhow!("worker configuration: {e}"))?;
             ensure_queue(&js, &config.queue, &policy).await?;
         }
         let store = bucket(&js, &config.queue).await?;
@@ -162,11 +153,14 @@ pub async fn run(
             let _ = axum::serve(listener, router).await;
         });
     }
-    let target = Arc::new(Target::new(
+    let version_field = flow.config.version_field();
+    let mut target = Target::new(
         &flow.config.target,
         flow.plan.key_names(),
         flow.metrics.clone(),
-    )?);
+    )?;
+    target.order_by(version_field.clone());
+    let target = Arc::new(target);
     let mut tasks = tokio::task::JoinSet::new();
     let extractor = flow.extractor();
     let lease = lease::Lease::new(
@@ -183,11 +177,12 @@ pub async fn run(
     let approval = match &flow.config.approval {
         Some(config) => {
             let escalate = match &config.escalate_to {
-                Some(to) => Some(Arc::new(Target::new(
-                    to,
-                    flow.plan.key_names(),
-                    flow.metrics.clone(),
-                )?)),
+                Some(to) => {
+                    let mut escalate =
+                        Target::new(to, flow.plan.key_names(), flow.metrics.clone())?;
+                    escalate.order_by(version_field.clone());
+                    Some(Arc::new(escalate))
+                }
                 None => None,
             };
             let approvals = Arc::new(approval::Approvals::new(

@@ -217,6 +217,9 @@ pub fn sales_order_flow(
                 max_backoff: "1s".into(),
             },
             max_ack_pending: 2000,
+            retention: "168h".into(),
+            dead_letter_retention: "336h".into(),
+            dedupe_window: "2m".into(),
         },
         approval: None,
     }

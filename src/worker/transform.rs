@@ -18,6 +18,7 @@ use crate::api::data_contract::{
 use crate::api::integration_flow::OnUnmapped;
 use crate::contract::value::check_value;
 use crate::worker::config::{CodeTable, ContractConfig, MappingConfig};
+use crate::worker::quality::{BatchCheck, BatchRule, Facts};
 
 /// Why a record cannot be delivered. The names are the dead-letter reasons (bounded set).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,10 +76,16 @@ pub struct Rejection {
     pub reason: Reason,
     /// What exactly is wrong, naming the field.
     pub detail: String,
+    /// A quality rule with action FailBatch failed: none of the record's batch is delivered.
+    pub fails_batch: bool,
 }
 
 fn reject(reason: Reason, detail: String) -> Rejection {
-    Rejection { reason, detail }
+    Rejection {
+        reason,
+        detail,
+        fails_batch: false,
+    }
 }
 
 enum Origin {
@@ -107,6 +114,10 @@ struct FieldPlan {
     spec: FieldSpec,
     pattern: Option<Regex>,
     rules: Vec<CompiledRule>,
+    /// Bit set in [`Facts::nulls`] when the field has no value (NullRatio rules); 0 if none.
+    null_bit: u64,
+    /// Part of the canonical key a DuplicateKeys rule needs.
+    key_part: bool,
 }
 
 struct CodeMapPlan {
@@ -126,7 +137,9 @@ pub struct Plan {
     /// With no explicit mapping, source fields outside the contract are "additional".
     reject_additional: bool,
     /// Quality rules that judge a batch, not a record (NullRatio, DuplicateKeys).
-    batch_rules: Vec<String>,
+    batch_rules: Vec<BatchRule>,
+    /// A DuplicateKeys rule needs each record's canonical key.
+    wants_key: bool,
 }
 
 /// Counts of Alert-action quality violations, reported by the caller as a metric.
@@ -194,6 +207,8 @@ impl Plan {
                 spec: spec.clone(),
                 pattern,
                 rules,
+                null_bit: 0,
+                key_part: false,
             });
         }
         let key = schema
@@ -206,6 +221,41 @@ impl Plan {
                     .ok_or_else(|| format!("primary key field {k:?} is not declared"))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Batch rules: one null bit per field a NullRatio rule watches.
+        let mut next_bit = 0u32;
+        for rule in contract.quality.iter().filter(|r| is_batch_rule(r)) {
+            if rule.check == QualityCheck::NullRatio
+                && let Some(field) = fields
+                    .iter_mut()
+                    .find(|f| rule.field.as_deref() == Some(f.name.as_str()))
+                && field.null_bit == 0
+                && next_bit < 64
+            {
+                field.null_bit = 1 << next_bit;
+                next_bit += 1;
+            }
+        }
+        let batch_rules = contract
+            .quality
+            .iter()
+            .filter_map(|r| {
+                BatchRule::compile(r, |name| {
+                    fields
+                        .iter()
+                        .find(|f| f.name == name)
+                        .map(|f| f.null_bit)
+                        .filter(|bit| *bit != 0)
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let wants_key = batch_rules
+            .iter()
+            .any(|r| r.check == BatchCheck::DuplicateKeys);
+        if wants_key {
+            for index in &key {
+                fields[*index].key_part = true;
+            }
+        }
         Ok(Plan {
             fields,
             code_maps,
@@ -213,12 +263,8 @@ impl Plan {
             key_names: schema.primary_key.clone(),
             reject_additional: mapping.fields.is_empty()
                 && schema.additional_fields == AdditionalFields::Reject,
-            batch_rules: contract
-                .quality
-                .iter()
-                .filter(|r| is_batch_rule(r))
-                .map(|r| r.name.clone())
-                .collect(),
+            batch_rules,
+            wants_key,
         })
     }
 
@@ -227,8 +273,8 @@ impl Plan {
         &self.key_names
     }
 
-    /// Quality rules judged per batch, which this worker does not enforce per record.
-    pub fn batch_rules(&self) -> &[String] {
+    /// Quality rules judged per batch (see [`super::quality`]).
+    pub fn batch_rules(&self) -> &[BatchRule] {
         &self.batch_rules
     }
 
@@ -254,6 +300,18 @@ impl Plan {
 
     /// Maps `record` into `out` as a canonical JSON object. On error `out` holds garbage.
     pub fn map_into(&self, record: &Value, out: &mut Vec<u8>) -> Result<Alerts, Rejection> {
+        self.map_into_with(record, out, &mut Facts::default())
+    }
+
+    /// [`Plan::map_into`], also noting in `facts` what the batch rules need to know.
+    pub fn map_into_with(
+        &self,
+        record: &Value,
+        out: &mut Vec<u8>,
+        facts: &mut Facts,
+    ) -> Result<Alerts, Rejection> {
+        facts.nulls = 0;
+        facts.key = self.wants_key.then(String::new);
         let Value::Object(object) = record else {
             return Err(reject(
                 Reason::Undecodable,
@@ -301,6 +359,7 @@ impl Plan {
             };
             let raw = raw.or(field.spec.default.as_deref());
             let Some(raw) = raw else {
+                facts.nulls |= field.null_bit;
                 if field.spec.required && !field.spec.nullable {
                     return Err(reject(
                         Reason::ContractViolation,
@@ -320,6 +379,14 @@ impl Plan {
                 )
             })?;
             check_rules(field, Some(raw), &mut alerts)?;
+            if field.key_part
+                && let Some(key) = facts.key.as_mut()
+            {
+                if !key.is_empty() {
+                    key.push('\u{1f}');
+                }
+                key.push_str(raw);
+            }
             if !first {
                 out.push(b',');
             }
@@ -418,10 +485,8 @@ fn check_rules(field: &FieldPlan, raw: Option<&str>, alerts: &mut Alerts) -> Res
         }
         match rule.action {
             QualityAction::Alert => alerts.0 += 1,
-            // FailBatch would only fail the same batch again on every redelivery: the record
-            // is what is wrong, so it goes to the dead-letter stream like DeadLetter.
             QualityAction::DeadLetter | QualityAction::FailBatch => {
-                return Err(reject(
+                let mut rejection = reject(
                     Reason::QualityRule,
                     format!(
                         "quality rule {:?} failed on field {:?} ({:?})",
@@ -429,7 +494,10 @@ fn check_rules(field: &FieldPlan, raw: Option<&str>, alerts: &mut Alerts) -> Res
                         field.name,
                         raw.unwrap_or("null")
                     ),
-                ));
+                );
+                // The consume loop dead-letters the rest of the batch too.
+                rejection.fails_batch = rule.action == QualityAction::FailBatch;
+                return Err(rejection);
             }
         }
     }
@@ -504,6 +572,48 @@ mod tests {
         assert_eq!(mapped["orderDate"], "2024-03-01");
         assert_eq!(mapped["source"], "s4");
         assert_eq!(plan.source_key(&record).as_deref(), Some("1000001/10"));
+    }
+
+    #[test]
+    fn batch_rules_get_null_bits_and_keys_and_fail_batch_is_flagged() {
+        let mut contract = sample::contract();
+        contract.quality = serde_json::from_value(serde_json::json!([
+            {"name": "customer-mostly-set", "check": "NullRatio", "field": "customer", "maxRatio": 0.1},
+            {"name": "one-row-per-line", "check": "DuplicateKeys", "action": "FailBatch"},
+            {"name": "sane-quantity", "check": "Range", "field": "orderedQuantity", "min": 0.0, "max": 100.0, "action": "FailBatch"}
+        ]))
+        .unwrap();
+        let plan = Plan::compile(&sample::mapping(), &contract).unwrap();
+        assert_eq!(plan.batch_rules().len(), 2);
+        let mut out = Vec::new();
+        let mut facts = Facts::default();
+        let mut record = sample::order_line("1010", "5");
+        plan.map_into_with(&record, &mut out, &mut facts).unwrap();
+        assert_eq!(facts.nulls, 0);
+        assert_eq!(facts.key.as_deref(), Some("1000001\u{1f}10"));
+        record["to_SalesOrder"]
+            .as_object_mut()
+            .unwrap()
+            .remove("SoldToParty");
+        out.clear();
+        plan.map_into_with(&record, &mut out, &mut facts).unwrap();
+        assert_eq!(
+            facts.nulls, 1,
+            "customer is the first (only) NullRatio field"
+        );
+        out.clear();
+        let rejection = plan
+            .map_into_with(&sample::order_line("1010", "500"), &mut out, &mut facts)
+            .unwrap_err();
+        assert!(rejection.fails_batch, "{rejection:?}");
+        assert_eq!(rejection.reason, Reason::QualityRule);
+        // The default action stays per record.
+        out.clear();
+        let plain = Plan::compile(&sample::mapping(), &sample::contract()).unwrap();
+        let rejection = plain
+            .map_into(&sample::order_line("1010", "-3"), &mut out)
+            .unwrap_err();
+        assert!(!rejection.fails_batch);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 pub mod files;
 pub mod nats;
 pub mod odata;
+pub mod odata_batch;
+pub mod odata_target;
 pub mod rest;
 pub mod target;
 

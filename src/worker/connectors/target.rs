@@ -1,4 +1,4 @@
-//! The target: a REST bulk upsert (`POST <url>/api/v1/<entity>/bulk-upsert` with `{"key":
+//! The target: an OData v4 entity set (see [`super::odata_target`]) or a REST bulk upsert (`POST <url>/api/v1/<entity>/bulk-upsert` with `{"key":
 //! [...], "records": [{"version": n, "data": {...}}]}`). Every record carries its source
 //! version; the target applies it only when it is newer than what it holds, so redelivered or
 //! reordered batches never overwrite a newer value. Per-record refusals come back in
@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::Deserialize;
 
+use super::odata_target::ODataTarget;
 use crate::api::connector_binding::Protocol;
 use crate::worker::config::TargetConfig;
 use crate::worker::http::{CallError, HttpClient};
@@ -28,6 +29,20 @@ pub struct BatchOutcome {
     /// Records refused, by index, with the target's reason.
     #[serde(default)]
     pub rejected: Vec<RejectedRecord>,
+    /// Records the target could not take now (429, 5xx of one request of a batch): retried.
+    #[serde(skip)]
+    pub retry: Vec<RetriedRecord>,
+}
+
+/// A record to send again later.
+#[derive(Debug)]
+pub struct RetriedRecord {
+    /// Index in the batch.
+    pub index: usize,
+    /// What the target said.
+    pub reason: String,
+    /// The target's `Retry-After`, if it sent one.
+    pub after: Option<std::time::Duration>,
 }
 
 /// A record the target refused.
@@ -39,12 +54,18 @@ pub struct RejectedRecord {
     pub reason: String,
 }
 
-/// A bulk-upsert target.
+/// A flow's target.
 pub struct Target {
     /// The binding's client (its breaker tells the consume loop to stop fetching).
     pub http: HttpClient,
-    url: String,
-    key_prefix: Bytes,
+    wire: Wire,
+}
+
+enum Wire {
+    /// REST bulk upsert.
+    Rest { url: String, key_prefix: Bytes },
+    /// OData v4 entity set.
+    OData(ODataTarget),
 }
 
 impl Target {
@@ -54,11 +75,23 @@ impl Target {
         key: &[String],
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Target> {
-        if config.endpoint.protocol != Protocol::Rest {
-            anyhow::bail!(
-                "target protocol {:?} is not supported yet: targets are REST bulk-upsert APIs",
-                config.endpoint.protocol
-            );
+        let http = HttpClient::new(&config.endpoint, metrics)?;
+        match config.endpoint.protocol {
+            Protocol::Rest => {}
+            Protocol::OData => {
+                return Ok(Target {
+                    http,
+                    wire: Wire::OData(ODataTarget::new(
+                        &config.endpoint.url,
+                        &config.entity,
+                        key,
+                        config.write_mode,
+                    )),
+                });
+            }
+            other => anyhow::bail!(
+                "target protocol {other:?} is not supported: targets are OData v4 entity sets or REST bulk-upsert APIs"
+            ),
         }
         let url = format!(
             "{}/api/v1/{}/bulk-upsert",
@@ -69,18 +102,32 @@ impl Target {
         serde_json::to_writer(&mut prefix, key)?;
         prefix.extend_from_slice(br#","records":["#);
         Ok(Target {
-            http: HttpClient::new(&config.endpoint, metrics)?,
-            url,
-            key_prefix: Bytes::from(prefix),
+            http,
+            wire: Wire::Rest {
+                url,
+                key_prefix: Bytes::from(prefix),
+            },
         })
     }
 
+    /// Orders writes by the source version the target stores in `field` (OData targets; a
+    /// REST bulk upsert gets the version with every record and decides itself).
+    pub fn order_by(&mut self, field: Option<String>) {
+        if let Wire::OData(odata) = &mut self.wire {
+            odata.order_by(field);
+        }
+    }
+
     /// Sends one batch (with the binding's retries). `Permanent` means the whole request was
-    /// refused (4xx); per-record refusals are in the outcome.
+    /// refused (4xx); per-record refusals and retries are in the outcome.
     pub async fn deliver(&self, records: &[Outgoing<'_>]) -> Result<BatchOutcome, CallError> {
+        let (url, key_prefix) = match &self.wire {
+            Wire::Rest { url, key_prefix } => (url, key_prefix),
+            Wire::OData(odata) => return odata.deliver(&self.http, records).await,
+        };
         let size: usize = records.iter().map(|r| r.data.len() + 24).sum();
-        let mut body = Vec::with_capacity(self.key_prefix.len() + size + 2);
-        body.extend_from_slice(&self.key_prefix);
+        let mut body = Vec::with_capacity(key_prefix.len() + size + 2);
+        body.extend_from_slice(key_prefix);
         for (i, record) in records.iter().enumerate() {
             if i > 0 {
                 body.push(b',');
@@ -97,7 +144,7 @@ impl Target {
             .http
             .send(|client| {
                 client
-                    .post(&self.url)
+                    .post(url)
                     .header("content-type", "application/json")
                     .body(body.clone())
             })

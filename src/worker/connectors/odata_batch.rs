@@ -1,0 +1,347 @@
+//! OData v4 `$batch` in the multipart format (OData 4.0 Part 1 §11.7, `multipart/mixed`):
+//! writing requests and reading responses for the OData target, and the reverse for the ERP
+//! simulator. Shared by both so the simulator speaks exactly what the worker sends.
+//!
+//! Multipart rather than the JSON batch format of OData 4.01: every OData v4 service that
+//! takes batches takes multipart (it is the 4.0 format), while JSON batches are optional and
+//! missing from several ERPs (Dataverse accepts multipart only; SAP Gateway and many OData
+//! libraries added JSON batches late). Requests go outside change sets on purpose: a change
+//! set is atomic, so one refused record would fail all of them; independent requests get
+//! one response each.
+
+/// One request inside a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartRequest {
+    /// Content-ID of the part (matches the response to the request).
+    pub content_id: Option<String>,
+    /// HTTP method, e.g. PATCH.
+    pub method: String,
+    /// URL relative to the service root, e.g. `Set(Key='1')`.
+    pub url: String,
+    /// Request headers (name, value).
+    pub headers: Vec<(String, String)>,
+    /// Request body.
+    pub body: Vec<u8>,
+}
+
+impl PartRequest {
+    /// The value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        find_header(&self.headers, name)
+    }
+}
+
+/// One response inside a batch response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartResponse {
+    /// Content-ID of the request it answers, when the service echoes it.
+    pub content_id: Option<String>,
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers (name, value).
+    pub headers: Vec<(String, String)>,
+    /// Response body.
+    pub body: Vec<u8>,
+}
+
+impl PartResponse {
+    /// The value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        find_header(&self.headers, name)
+    }
+}
+
+fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+/// The `boundary` parameter of a `multipart/mixed` content type.
+pub fn boundary_of(content_type: &str) -> Option<String> {
+    let (kind, params) = content_type.split_once(';')?;
+    if !kind.trim().eq_ignore_ascii_case("multipart/mixed") {
+        return None;
+    }
+    params.split(';').find_map(|p| {
+        let (name, value) = p.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("boundary")
+            .then(|| value.trim().trim_matches('"').to_string())
+    })
+}
+
+/// Writes a batch request body with `boundary`.
+pub fn encode_requests(boundary: &str, requests: &[PartRequest]) -> Vec<u8> {
+    let size: usize = requests.iter().map(|r| r.body.len() + 256).sum();
+    let mut out = Vec::with_capacity(size + 64);
+    for request in requests {
+        out.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        out.extend_from_slice(
+            b"Content-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n",
+        );
+        if let Some(id) = &request.content_id {
+            out.extend_from_slice(format!("Content-ID: {id}\r\n").as_bytes());
+        }
+        out.extend_from_slice(
+            format!("\r\n{} {} HTTP/1.1\r\n", request.method, request.url).as_bytes(),
+        );
+        for (name, value) in &request.headers {
+            out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&request.body);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    out
+}
+
+/// Writes a batch response body with `boundary`.
+pub fn encode_responses(boundary: &str, responses: &[PartResponse]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for response in responses {
+        out.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        out.extend_from_slice(
+            b"Content-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n",
+        );
+        if let Some(id) = &response.content_id {
+            out.extend_from_slice(format!("Content-ID: {id}\r\n").as_bytes());
+        }
+        out.extend_from_slice(
+            format!(
+                "\r\nHTTP/1.1 {} {}\r\n",
+                response.status,
+                reason_phrase(response.status)
+            )
+            .as_bytes(),
+        );
+        for (name, value) in &response.headers {
+            out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&response.body);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    out
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        412 => "Precondition Failed",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}
+
+/// Reads a batch request (requests inside change sets are flattened, in order).
+pub fn decode_requests(content_type: &str, body: &[u8]) -> Result<Vec<PartRequest>, String> {
+    let mut requests = Vec::new();
+    for part in parts(content_type, body)? {
+        let (start, rest) = split_line(part.message);
+        let mut words = start.splitn(3, ' ');
+        let (Some(method), Some(url)) = (words.next(), words.next()) else {
+            return Err(format!(
+                "batch part does not start with a request line: {start:?}"
+            ));
+        };
+        let (headers, body) = headers_and_body(rest);
+        requests.push(PartRequest {
+            content_id: part.content_id,
+            method: method.to_string(),
+            url: url.to_string(),
+            headers,
+            body: body.to_vec(),
+        });
+    }
+    Ok(requests)
+}
+
+/// Reads a batch response (responses inside change sets are flattened, in order).
+pub fn decode_responses(content_type: &str, body: &[u8]) -> Result<Vec<PartResponse>, String> {
+    let mut responses = Vec::new();
+    for part in parts(content_type, body)? {
+        let (start, rest) = split_line(part.message);
+        let status = start
+            .strip_prefix("HTTP/1.1 ")
+            .or_else(|| start.strip_prefix("HTTP/1.0 "))
+            .and_then(|s| s.get(..3))
+            .and_then(|s| s.parse::<u16>().ok())
+            .ok_or_else(|| format!("batch part does not start with a status line: {start:?}"))?;
+        let (headers, body) = headers_and_body(rest);
+        responses.push(PartResponse {
+            content_id: part.content_id,
+            status,
+            headers,
+            body: body.to_vec(),
+        });
+    }
+    Ok(responses)
+}
+
+/// An `application/http` part: its Content-ID and the HTTP message it carries.
+struct Part<'a> {
+    content_id: Option<String>,
+    message: &'a [u8],
+}
+
+/// The `application/http` parts of a multipart body, descending into nested multiparts
+/// (change sets).
+fn parts<'a>(content_type: &str, body: &'a [u8]) -> Result<Vec<Part<'a>>, String> {
+    let boundary = boundary_of(content_type)
+        .ok_or_else(|| format!("{content_type:?} is not multipart/mixed with a boundary"))?;
+    let mut out = Vec::new();
+    for raw in split_multipart(body, &boundary)? {
+        let (headers, message) = headers_and_body(raw);
+        let kind = find_header(&headers, "content-type").unwrap_or("application/http");
+        if kind
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("multipart/mixed")
+        {
+            out.extend(parts(kind, message)?);
+            continue;
+        }
+        out.push(Part {
+            content_id: find_header(&headers, "content-id").map(str::to_string),
+            message,
+        });
+    }
+    Ok(out)
+}
+
+/// The bodies between `--boundary` delimiters (preamble and epilogue dropped).
+fn split_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<&'a [u8]>, String> {
+    let delimiter = format!("--{boundary}");
+    let delimiter = delimiter.as_bytes();
+    let mut positions = Vec::new();
+    let mut at = 0;
+    while let Some(found) = find(&body[at..], delimiter) {
+        let start = at + found;
+        // A delimiter starts a line.
+        if start == 0 || body[start - 1] == b'\n' {
+            positions.push(start);
+        }
+        at = start + delimiter.len();
+    }
+    let mut parts = Vec::new();
+    for (n, start) in positions.iter().enumerate() {
+        let after = start + delimiter.len();
+        if body[after..].starts_with(b"--") {
+            return Ok(parts);
+        }
+        let Some(&end) = positions.get(n + 1) else {
+            break;
+        };
+        let mut content = &body[after..end];
+        // The rest of the delimiter line, and the CRLF that belongs to the next delimiter.
+        content = match find(content, b"\n") {
+            Some(eol) => &content[eol + 1..],
+            None => &[],
+        };
+        content = content.strip_suffix(b"\n").unwrap_or(content);
+        content = content.strip_suffix(b"\r").unwrap_or(content);
+        parts.push(content);
+    }
+    Err("multipart body has no closing delimiter".into())
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The first line (without CR LF) and the rest.
+fn split_line(text: &[u8]) -> (String, &[u8]) {
+    match find(text, b"\n") {
+        Some(eol) => (
+            String::from_utf8_lossy(&text[..eol])
+                .trim_end_matches('\r')
+                .to_string(),
+            &text[eol + 1..],
+        ),
+        None => (String::from_utf8_lossy(text).to_string(), &[]),
+    }
+}
+
+/// Header lines up to the first empty line, and the body after it.
+fn headers_and_body(mut text: &[u8]) -> (Vec<(String, String)>, &[u8]) {
+    let mut headers = Vec::new();
+    while !text.is_empty() {
+        let (line, rest) = split_line(text);
+        text = rest;
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            headers.push((name.trim().to_string(), value.trim().to_string()));
+        }
+    }
+    (headers, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_through_the_multipart_format() {
+        let requests = vec![
+            PartRequest {
+                content_id: Some("1".into()),
+                method: "PATCH".into(),
+                url: "A_Set(Key='1')".into(),
+                headers: vec![("Content-Type".into(), "application/json".into())],
+                body: br#"{"Key":"1","Qty":5}"#.to_vec(),
+            },
+            PartRequest {
+                content_id: Some("2".into()),
+                method: "PATCH".into(),
+                url: "A_Set(Key='2')".into(),
+                headers: vec![],
+                body: b"{}\r\n--not-a-boundary".to_vec(),
+            },
+        ];
+        let body = encode_requests("batch_x", &requests);
+        let decoded = decode_requests("multipart/mixed; boundary=batch_x", &body).unwrap();
+        assert_eq!(decoded, requests);
+        assert_eq!(decoded[0].header("content-type"), Some("application/json"));
+    }
+
+    #[test]
+    fn responses_are_read_with_lf_lines_change_sets_and_a_preamble() {
+        let body = "preamble\n--b\nContent-Type: application/http\nContent-ID: 1\n\nHTTP/1.1 204 No Content\nOData-Version: 4.0\n\n\n--b\nContent-Type: multipart/mixed; boundary=cs\n\n--cs\nContent-Type: application/http\n\nHTTP/1.1 400 Bad Request\nContent-Type: application/json\n\n{\"error\":{\"message\":\"no\"}}\n--cs--\n\n--b--\n";
+        let responses =
+            decode_responses("multipart/mixed;boundary=\"b\"", body.as_bytes()).unwrap();
+        assert_eq!(responses.len(), 2);
+        assert_eq!(
+            (responses[0].content_id.as_deref(), responses[0].status),
+            (Some("1"), 204)
+        );
+        assert_eq!(responses[1].status, 400);
+        assert_eq!(responses[1].body, br#"{"error":{"message":"no"}}"#);
+        let encoded = encode_responses("r", &responses);
+        assert_eq!(
+            decode_responses("multipart/mixed; boundary=r", &encoded).unwrap()[1].status,
+            400
+        );
+        assert!(decode_responses("application/json", b"{}").is_err());
+        assert!(
+            decode_responses(
+                "multipart/mixed; boundary=b",
+                b"--b\r\n\r\nHTTP/1.1 200 OK\r\n"
+            )
+            .is_err()
+        );
+    }
+}

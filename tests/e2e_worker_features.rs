@@ -1,0 +1,507 @@
+//! End-to-end, on a real nats-server of the test's own: the flow's queue policy (retention,
+//! dead-letter retention, dedupe window) applied to new and existing streams; the contract's
+//! batch quality rules on a running flow; the OData v4 target writing `$batch` upserts to the
+//! ERP simulator.
+
+mod e2e_support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use e2e_support::*;
+use flowplane::api::connector_binding::{Protocol, System};
+use flowplane::api::integration_flow::Delivery;
+use flowplane::queue::{QueueNames, QueuePolicy, ensure_queue, list_dead_letters};
+use flowplane::sim::erp::{ErpSeed, SALES_ORDER_LINES, key_of, sales_order_line};
+use flowplane::sim::erp_write::{PLANNED_INDEPENDENT_REQUIREMENTS, WriteRule};
+use flowplane::sim::faults::FaultSpec;
+use flowplane::worker::sample;
+use serde::Deserialize;
+use serde_json::json;
+
+async fn stream_limits(js: &async_nats::jetstream::Context, name: &str) -> (Duration, Duration) {
+    let mut stream = js.get_stream(name).await.unwrap();
+    let info = stream.info().await.unwrap();
+    (info.config.max_age, info.config.duplicate_window)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_policy_creates_the_streams_and_updates_them_in_place() {
+    let nats = PrivateNats::start();
+    let js = jetstream(&nats.url()).await;
+    let names = QueueNames::for_flow("e2e", &unique_flow("policy"));
+    let delivery = Delivery {
+        retention: "48h".into(),
+        dead_letter_retention: "720h".into(),
+        dedupe_window: "10m".into(),
+        ..Delivery::default()
+    };
+    let policy = QueuePolicy::from_delivery(&delivery, 100).unwrap();
+    ensure_queue(&js, &names, &policy).await.unwrap();
+    assert_eq!(
+        stream_limits(&js, &names.stream).await,
+        (Duration::from_secs(48 * 3600), Duration::from_secs(600))
+    );
+    assert_eq!(
+        stream_limits(&js, &names.dead_letter_stream).await.0,
+        Duration::from_secs(720 * 3600)
+    );
+
+    // A record in the stream survives the update: the stream is changed, not recreated.
+    js.publish(format!("{}.0", names.subject), "kept".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let changed = Delivery {
+        retention: "12h".into(),
+        dead_letter_retention: "24h".into(),
+        dedupe_window: "1h".into(),
+        max_deliver: 3,
+        ..delivery
+    };
+    let policy = QueuePolicy::from_delivery(&changed, 100).unwrap();
+    ensure_queue(&js, &names, &policy).await.unwrap();
+    assert_eq!(
+        stream_limits(&js, &names.stream).await,
+        (Duration::from_secs(12 * 3600), Duration::from_secs(3600))
+    );
+    assert_eq!(
+        stream_limits(&js, &names.dead_letter_stream).await.0,
+        Duration::from_secs(24 * 3600)
+    );
+    let mut stream = js.get_stream(&names.stream).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 1);
+    let consumer = stream.consumer_info(&names.consumer).await.unwrap();
+    assert_eq!(consumer.config.max_deliver, 3);
+
+    // Applying the same policy again changes nothing and does not fail.
+    ensure_queue(&js, &names, &policy).await.unwrap();
+    assert_eq!(
+        stream_limits(&js, &names.stream).await,
+        (Duration::from_secs(12 * 3600), Duration::from_secs(3600))
+    );
+}
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Batch quality rules on a real flow: a NullRatio rule that allows no nulls dead-letters
+/// exactly the records without the field; a FailBatch rule keeps the whole batch of a bad
+/// record from the target and dead-letters it, so every record is in exactly one place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_quality_rules_dead_letter_offenders_and_fail_batches_whole() {
+    let nats = PrivateNats::start();
+    let sims = start_sims(ErpSeed {
+        order_lines: 300,
+        inventory: 0,
+        returns: 0,
+        bad_every: 0,
+        page_size: 100,
+    })
+    .await;
+    // Every 10th line loses its customer; line 150 orders far too much.
+    for i in (3..300).step_by(10) {
+        let mut line = sales_order_line(i, None);
+        line["to_SalesOrder"]
+            .as_object_mut()
+            .unwrap()
+            .remove("SoldToParty");
+        sims.erp.upsert(SALES_ORDER_LINES, line);
+    }
+    let mut huge = sales_order_line(150, None);
+    huge.insert("RequestedQuantity".into(), json!("5000"));
+    sims.erp.upsert(SALES_ORDER_LINES, huge);
+    let huge_key = "1000015/10";
+
+    let flow = unique_flow("quality");
+    let mut config =
+        sample::sales_order_flow("e2e", &flow, &nats.url(), &sims.erp_url, &sims.forecast_url);
+    config.contract.quality = serde_json::from_value(json!([
+        {"name": "customer-known", "check": "NullRatio", "field": "customer", "maxRatio": 0.0, "action": "DeadLetter"},
+        {"name": "no-huge-orders", "check": "Range", "field": "orderedQuantity", "max": 1000.0, "action": "FailBatch"},
+        {"name": "one-row-per-line", "check": "DuplicateKeys", "action": "DeadLetter"}
+    ]))
+    .unwrap();
+    let names = config.queue.clone();
+    let js = jetstream(&nats.url()).await;
+    let entity = config.target.entity.clone();
+    let worker = InProcessWorker::start(config, "quality-a");
+    let progress = eventually(
+        TIMEOUT,
+        "all 300 records delivered or dead-lettered",
+        || {
+            let js = js.clone();
+            let names = names.clone();
+            async move {
+                let p = progress(&js, &names).await;
+                (p.read == 300 && p.delivered + p.dead_lettered == 300).then_some(p)
+            }
+        },
+    )
+    .await;
+    worker.stop().await.unwrap();
+
+    let report = sims.forecast.received(&entity);
+    let letters = list_dead_letters(&js, &names, None).await.unwrap();
+    assert_eq!(letters.len() as u64, progress.dead_lettered);
+    assert_eq!(report.applied(), progress.delivered);
+    let dead: BTreeSet<&str> = letters.iter().map(|l| l.key.as_str()).collect();
+    assert_eq!(dead.len(), letters.len(), "each record dead-lettered once");
+    // Every record is in exactly one place.
+    for line in sims.erp.all(SALES_ORDER_LINES) {
+        let key = key_of(SALES_ORDER_LINES, &line);
+        let delivered = report.keys.contains_key(&key);
+        assert_ne!(
+            delivered,
+            dead.contains(key.as_str()),
+            "{key} is at the target or in the DLQ"
+        );
+        if line["to_SalesOrder"].get("SoldToParty").is_none() {
+            assert!(
+                !delivered,
+                "{key} has no customer and must not be delivered"
+            );
+        }
+    }
+    assert!(letters.iter().all(|l| l.reason == "QualityRule"));
+    let no_customer: Vec<_> = letters
+        .iter()
+        .filter(|l| l.detail.contains("\"customer-known\""))
+        .collect();
+    assert!(
+        no_customer
+            .iter()
+            .all(|l| l.stage == "quality" && l.detail.contains("have no \"customer\""))
+    );
+    let culprit = letters.iter().find(|l| l.key == huge_key).unwrap();
+    assert!(
+        culprit.detail.contains("\"no-huge-orders\""),
+        "{}",
+        culprit.detail
+    );
+    let collateral: Vec<_> = letters
+        .iter()
+        .filter(|l| {
+            l.detail
+                .starts_with(&format!("batch failed: record {huge_key}"))
+        })
+        .collect();
+    assert!(
+        !collateral.is_empty(),
+        "the batch of line {huge_key} is dead-lettered with it: {letters:#?}"
+    );
+    assert!(collateral.iter().all(|l| l.stage == "quality"));
+    // 30 without customer; those in the failed batch carry the batch's detail instead.
+    let without_customer_in_batch = collateral
+        .iter()
+        .filter(|l| l.record["to_SalesOrder"].get("SoldToParty").is_none())
+        .count();
+    assert_eq!(no_customer.len() + without_customer_in_batch, 30);
+    assert_eq!(
+        letters.len(),
+        30 + 1 + collateral.len() - without_customer_in_batch
+    );
+}
+
+/// ERP simulator (OData source) -> worker -> ERP simulator (OData target, `$batch` upserts):
+/// every good record arrives exactly once, the ones the ERP refuses (400 inside a batch) are
+/// dead-lettered with its message, and single requests failing with 503 and then 429 inside
+/// batches, and whole calls failing with 500, are retried until they arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erp_to_erp_over_odata_batches_arrives_exactly_once() {
+    let nats = PrivateNats::start();
+    let sims = start_sims(ErpSeed {
+        order_lines: 600,
+        inventory: 0,
+        returns: 0,
+        bad_every: 30,
+        page_size: 100,
+    })
+    .await;
+    sims.erp.refuse(Some(WriteRule {
+        field: "location".into(),
+        values: vec!["DC-WEST".into()],
+    }));
+    sims.erp.part_faults().set(FaultSpec {
+        status: Some(503),
+        count: Some(30),
+        ..FaultSpec::default()
+    });
+    let flow = unique_flow("odata");
+    let mut config =
+        sample::sales_order_flow("e2e", &flow, &nats.url(), &sims.erp_url, &sims.forecast_url);
+    config.target.endpoint =
+        sample::endpoint("erp-pir", System::Erp, Protocol::OData, &sims.erp_url);
+    config.target.entity = PLANNED_INDEPENDENT_REQUIREMENTS.into();
+    config.target.batch_size = 100;
+    let names = config.queue.clone();
+    let js = jetstream(&nats.url()).await;
+    let worker = InProcessWorker::start(config, "odata-a");
+
+    eventually(TIMEOUT, "the 30 failing requests used up", || {
+        let failed = sims.erp.part_faults().failed();
+        async move { (failed >= 30).then_some(()) }
+    })
+    .await;
+    sims.erp.part_faults().set(FaultSpec {
+        status: Some(429),
+        count: Some(20),
+        retry_after_secs: Some(1),
+        ..FaultSpec::default()
+    });
+    // And whole calls (reads of the source and $batch writes alike) failing with 500s.
+    sims.erp.faults.set(FaultSpec {
+        status: Some(500),
+        count: Some(8),
+        ..FaultSpec::default()
+    });
+    let progress = eventually(
+        TIMEOUT,
+        "all 600 records delivered or dead-lettered",
+        || {
+            let js = js.clone();
+            let names = names.clone();
+            let failed = sims.erp.part_faults().failed() + sims.erp.faults.failed();
+            async move {
+                let p = progress(&js, &names).await;
+                (failed >= 58 && p.read == 600 && p.delivered + p.dead_lettered == 600).then_some(p)
+            }
+        },
+    )
+    .await;
+    // Settle: late redeliveries must not change anything.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    worker.stop().await.unwrap();
+
+    let report = sims.erp.received(PLANNED_INDEPENDENT_REQUIREMENTS);
+    let letters = list_dead_letters(&js, &names, None).await.unwrap();
+    let refused: BTreeSet<&str> = letters
+        .iter()
+        .filter(|l| l.reason == "TargetRejected")
+        .map(|l| l.key.as_str())
+        .collect();
+    let mut expected_refused = 0;
+    let mut expected_delivered = 0;
+    for line in sims.erp.all(SALES_ORDER_LINES) {
+        let key = key_of(SALES_ORDER_LINES, &line);
+        let bad = line["Plant"] == "9999" || line["RequestedQuantity"] == "-3";
+        if bad {
+            assert!(!report.keys.contains_key(&key), "{key} is invalid");
+        } else if line["Plant"] == "1040" {
+            expected_refused += 1;
+            assert!(refused.contains(key.as_str()), "{key} refused by the ERP");
+            assert!(!report.keys.contains_key(&key));
+        } else {
+            expected_delivered += 1;
+            let arrived = &report.keys[&key];
+            assert_eq!(
+                arrived.applied_versions.len(),
+                1,
+                "{key} applied exactly once"
+            );
+            assert_eq!(arrived.value["sku"], line["Material"]);
+            assert_eq!(arrived.value["changedAt"], line["LastChangeDateTime"]);
+        }
+    }
+    assert_eq!(report.keys.len(), expected_delivered);
+    assert_eq!(refused.len(), expected_refused);
+    assert_eq!(progress.delivered, expected_delivered as u64);
+    assert_eq!(progress.dead_lettered, 20 + expected_refused as u64);
+    for letter in letters.iter().filter(|l| l.reason == "TargetRejected") {
+        assert_eq!(letter.stage, "deliver");
+        assert!(
+            letter.detail.contains("HTTP 400")
+                && letter.detail.contains("\"DC-WEST\" does not exist"),
+            "{}",
+            letter.detail
+        );
+    }
+    assert!(letters.iter().all(|l| l.reason != "MaxDeliveries"));
+    assert!(
+        sims.erp.largest_batch() >= 20,
+        "records travel together in $batch requests (at most {} in one)",
+        sims.erp.largest_batch()
+    );
+}
+
+/// Several workers write bursts of updates of the same keys to an OData target that, like a
+/// real ERP, lets the last writer win, while some writes fail and are retried late: reads,
+/// ETags and If-Match keep every key at its newest version and never let an older change
+/// overwrite a newer one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_workers_never_overwrite_a_newer_value_at_an_odata_target() {
+    let nats = PrivateNats::start();
+    let sims = start_sims(ErpSeed {
+        order_lines: 20,
+        inventory: 0,
+        returns: 0,
+        bad_every: 0,
+        page_size: 100,
+    })
+    .await;
+    let flow = unique_flow("odataburst");
+    let mut config =
+        sample::sales_order_flow("e2e", &flow, &nats.url(), &sims.erp_url, &sims.forecast_url);
+    config.target.endpoint =
+        sample::endpoint("erp-pir", System::Erp, Protocol::OData, &sims.erp_url);
+    config.target.entity = PLANNED_INDEPENDENT_REQUIREMENTS.into();
+    // Small batches and many consumers, so updates of one key spread over workers.
+    config.target.batch_size = 3;
+    config.source.poll_interval = "50ms".into();
+    let _workers: Vec<InProcessWorker> = (0..3)
+        .map(|i| InProcessWorker::start(config.clone(), &format!("odata-burst-{i}")))
+        .collect();
+    let set = PLANNED_INDEPENDENT_REQUIREMENTS;
+    eventually(TIMEOUT, "the initial 20 records", || {
+        let report = sims.erp.received(set);
+        async move { (report.keys.len() == 20).then_some(()) }
+    })
+    .await;
+
+    let keys = ["1000000/10", "1000000/20", "1000001/10"];
+    for round in 0..4u32 {
+        // Some writes fail and come back later, after newer versions of their key: the
+        // classic way an older change overwrites a newer one.
+        sims.erp.part_faults().set(FaultSpec {
+            status: Some(503),
+            count: Some(8),
+            ..FaultSpec::default()
+        });
+        let mut newest = Vec::new();
+        for i in 0..45u32 {
+            let key = keys[(i % 3) as usize];
+            let quantity = round * 1000 + i;
+            sims.erp
+                .update(
+                    SALES_ORDER_LINES,
+                    key,
+                    json!({"RequestedQuantity": quantity.to_string()})
+                        .as_object()
+                        .unwrap()
+                        .clone(),
+                )
+                .unwrap();
+            if i % 6 == 5 {
+                // Let extraction passes land between updates, so intermediate versions flow too.
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            newest.push((key, quantity));
+        }
+        let expected: Vec<(&str, u32)> = keys
+            .iter()
+            .map(|k| (*k, newest.iter().rev().find(|(key, _)| key == k).unwrap().1))
+            .collect();
+        eventually(
+            TIMEOUT,
+            &format!("round {round}: newest values at the ERP"),
+            || {
+                let report = sims.erp.received(set);
+                let expected = expected.clone();
+                async move {
+                    expected
+                        .iter()
+                        .all(|(key, quantity)| {
+                            report.keys[*key].value["orderedQuantity"] == *quantity
+                        })
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let report = sims.erp.received(set);
+        for (key, quantity) in &expected {
+            let stored = &report.keys[*key];
+            assert_eq!(
+                stored.value["orderedQuantity"], *quantity,
+                "round {round}, {key}"
+            );
+            assert_eq!(
+                stored.stale, 0,
+                "{key}: no older version written after a newer one"
+            );
+            assert!(
+                stored.applied_versions.windows(2).all(|w| w[0] < w[1]),
+                "{key} written in source order: {:?}",
+                stored.applied_versions
+            );
+        }
+    }
+}
+
+/// `flowplane render` of the example flows: each worker configuration carries its flow's
+/// queue policy (what a worker that starts first creates the queue with), its mapping compiles
+/// with the contract's batch rules, and its target is one the worker can write to.
+#[test]
+fn every_example_flow_renders_a_worker_configuration_with_its_queue_policy() {
+    use flowplane::api::IntegrationFlow;
+    use flowplane::worker::config::WorkerConfig;
+    use flowplane::worker::transform::Plan;
+
+    let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/base");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_flowplane"));
+    command.args(["render", "-n", "demo"]);
+    let mut flows = Vec::new();
+    for dir in ["bindings", "contracts", "codemaps", "flows"] {
+        for entry in std::fs::read_dir(base.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if dir == "flows" {
+                let flow: IntegrationFlow =
+                    serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+                flows.push(flow);
+            }
+            command.arg("-f").arg(path);
+        }
+    }
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut configs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_slice(&out.stdout) {
+        let value = serde_yaml::Value::deserialize(doc).unwrap();
+        if let Some(text) = value["data"]["worker.json"].as_str() {
+            configs.push(serde_json::from_str::<WorkerConfig>(text).unwrap());
+        }
+    }
+    assert_eq!(configs.len(), flows.len());
+    for flow in &flows {
+        let name = flow.metadata.name.as_deref().unwrap();
+        let config = configs.iter().find(|c| c.flow == name).unwrap();
+        let rendered = QueuePolicy::from_worker(&config.delivery).unwrap();
+        let wanted = QueuePolicy::from_delivery(&flow.spec.delivery, 1).unwrap();
+        assert_eq!(
+            (
+                rendered.retention,
+                rendered.dead_letter_retention,
+                rendered.dedupe_window
+            ),
+            (
+                wanted.retention,
+                wanted.dead_letter_retention,
+                wanted.dedupe_window
+            ),
+            "{name}"
+        );
+        assert_eq!(rendered.ack_wait, wanted.ack_wait, "{name}");
+        assert_eq!(rendered.max_deliver, wanted.max_deliver, "{name}");
+        Plan::compile(&config.mapping, &config.contract).unwrap();
+        assert!(
+            matches!(
+                config.target.endpoint.protocol,
+                Protocol::OData | Protocol::Rest
+            ),
+            "{name}: target protocol {:?}",
+            config.target.endpoint.protocol
+        );
+    }
+    // The forecast feedback flow writes to the ERP over OData, ordered by its version field.
+    let feedback = configs
+        .iter()
+        .find(|c| c.flow == "forecast-deltas-to-erp-replenishment")
+        .unwrap();
+    assert_eq!(feedback.target.endpoint.protocol, Protocol::OData);
+    assert!(feedback.version_field().is_some());
+}
