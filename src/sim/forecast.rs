@@ -9,7 +9,8 @@
 //!
 //! `GET /admin/received/{entity}` reports exactly what arrived, per key: writes applied,
 //! duplicates, stale writes, the applied versions and the last value, plus request totals, so
-//! tests can check exactly-once delivery. `/admin/faults` switches latency, 5xx and 429s.
+//! tests can check exactly-once delivery; `GET /admin/applied/{entity}` is just the count.
+//! `/admin/faults` switches latency, 5xx and 429s.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -128,6 +129,15 @@ impl ForecastState {
             .unwrap_or_default()
     }
 
+    /// Writes applied to `entity` so far: `received(entity).applied()` without copying the
+    /// per-key report (benchmarks poll this).
+    pub fn applied(&self, entity: &str) -> u64 {
+        lock(&self.entities)
+            .get(entity)
+            .map(EntityReport::applied)
+            .unwrap_or(0)
+    }
+
     /// Forgets everything received.
     pub fn reset(&self) {
         lock(&self.entities).clear();
@@ -190,6 +200,7 @@ pub fn router(state: Arc<ForecastState>) -> Router {
         .route("/api/v1/{entity}/bulk-upsert", post(bulk_upsert))
         .route("/healthz", get(|| async { "ok" }))
         .route("/admin/received/{entity}", get(received))
+        .route("/admin/applied/{entity}", get(applied))
         .route("/admin/reset", post(reset))
         .route("/admin/faults", post(set_faults).delete(clear_faults))
         .with_state(state)
@@ -226,6 +237,13 @@ async fn received(
     Path(entity): Path<String>,
 ) -> Json<EntityReport> {
     Json(state.received(&entity))
+}
+
+async fn applied(
+    State(state): State<Arc<ForecastState>>,
+    Path(entity): Path<String>,
+) -> Json<Value> {
+    Json(json!({"applied": state.applied(&entity)}))
 }
 
 async fn reset(State(state): State<Arc<ForecastState>>) -> StatusCode {
@@ -284,5 +302,7 @@ mod tests {
         assert_eq!(report.keys["1/10"].applied_versions, vec![2, 3]);
         assert_eq!(report.keys["1/10"].value["qty"], 30);
         assert_eq!((report.requests, report.records), (2, 5));
+        assert_eq!(state.applied("lines"), 2);
+        assert_eq!(state.applied("other"), 0);
     }
 }
