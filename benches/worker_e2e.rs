@@ -234,22 +234,25 @@ async fn wait_done(
 ) -> Option<Duration> {
     let mut extracted = None;
     let deadline = started + Duration::from_secs(600);
+    let mut handle = None;
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(
             Instant::now() < deadline,
             "{stream}: not done after 10 minutes"
         );
-        let Ok(mut stream) = js.get_stream(stream).await else {
+        // One stream lookup, then at most two small requests per tick.
+        let Some(info) = &mut handle else {
+            handle = js.get_stream(stream).await.ok();
             continue;
         };
         if extracted.is_none()
-            && let Ok(info) = stream.info().await
-            && info.state.messages >= count
+            && let Ok(state) = info.info().await
+            && state.state.messages >= count
         {
             extracted = Some(started.elapsed());
         }
-        let acked = stream
+        let acked = info
             .consumer_info(consumer)
             .await
             .map(|c| {
