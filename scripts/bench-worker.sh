@@ -7,7 +7,9 @@
 # BENTHOS_BENCH=0 skips Benthos; EXTRACT_ONLY=1 also times extraction alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-tools.sh >/dev/null
+with_benthos=1
+[ "${BENTHOS_BENCH:-1}" = 0 ] && with_benthos=0
+WITH_BENTHOS="$with_benthos" bash scripts/install-tools.sh >/dev/null
 runs="${RUNS:-1}"
 cargo bench --bench worker_e2e --no-run
 for run in $(seq "$runs"); do

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds and caches the real components the tests and the local demo start:
 # etcd, kube-apiserver, kube-controller-manager, kubectl, nats-server (Go module proxy),
-# and promtool (Debian). Everything lands in ~/.cache/flowplane/bin, keyed by version, so
+# and promtool (Debian); with WITH_BENTHOS=1 also Benthos, for the worker benchmark's
+# comparison (scripts/bench-worker.sh sets it). Everything lands in ~/.cache/flowplane/bin, keyed by version, so
 # a warm run is a no-op. Safe to run concurrently with itself (flock).
 set -euo pipefail
 
@@ -188,8 +189,11 @@ done
 go_tool "helm-v$HELM_VERSION" "helm.sh/helm/v3@v$HELM_VERSION" "helm.sh/helm/v3/cmd/helm"
 link "helm-v$HELM_VERSION" helm
 
-benthos_tool
-link "benthos-v$BENTHOS_VERSION" benthos
+# Only the worker benchmark needs Benthos (a cold build takes minutes): WITH_BENTHOS=1.
+if [ "${WITH_BENTHOS:-0}" = 1 ]; then
+  benthos_tool
+  link "benthos-v$BENTHOS_VERSION" benthos
+fi
 
 # A Lua interpreter runs the Argo CD health checks (tests/argocd_health.rs).
 if ! command -v lua5.4 >/dev/null 2>&1; then
