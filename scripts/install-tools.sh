@@ -2,8 +2,8 @@
 # Builds and caches the real components the tests and the local demo start:
 # etcd, kube-apiserver, kube-controller-manager, kubectl, nats-server (Go module proxy),
 # and promtool (Debian); with WITH_BENTHOS=1 also Benthos, for the worker benchmark's
-# comparison (scripts/bench-worker.sh sets it). Everything lands in ~/.cache/flowplane/bin, keyed by version, so
-# a warm run is a no-op. Safe to run concurrently with itself (flock).
+# comparison (scripts/bench-worker.sh sets it). Everything lands in ~/.cache/flowplane/bin,
+# keyed by version, so a warm run is a no-op. Safe to run concurrently with itself (flock).
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-1.37.2}"
