@@ -222,6 +222,7 @@ async fn applied(http: &reqwest::Client, base: &str, entity: &str) -> u64 {
 
 /// Waits until the durable `consumer` of `stream` has every one of `count` records acked and
 /// the forecast simulator applied them all; returns when the last record reached the stream.
+/// Fails at once when `alive` says the pipeline under test stopped.
 /// Progress is watched through JetStream (cheap) and one count from the simulator, never by
 /// copying the simulator's per-key report.
 async fn wait_done(
@@ -231,6 +232,7 @@ async fn wait_done(
     (forecast, entity): (&str, &str),
     count: u64,
     started: Instant,
+    alive: &mut dyn FnMut() -> bool,
 ) -> Option<Duration> {
     let mut extracted = None;
     let deadline = started + Duration::from_secs(600);
@@ -240,6 +242,10 @@ async fn wait_done(
         assert!(
             Instant::now() < deadline,
             "{stream}: not done after 10 minutes"
+        );
+        assert!(
+            alive(),
+            "{stream}: the pipeline under test stopped before it was done"
         );
         // One stream lookup, then at most two small requests per tick.
         let Some(info) = &mut handle else {
@@ -292,6 +298,7 @@ async fn end_to_end(url: &str, count: u32, nats: u32) -> Run {
         (&forecast, &config.target.entity),
         u64::from(count),
         started,
+        &mut || !worker.is_finished(),
     )
     .await;
     let elapsed = started.elapsed();
@@ -367,7 +374,7 @@ async fn benthos(url: &str, count: u32, nats: u32) -> Run {
         ("forecast sim", forecast_process.0.id()),
     ]);
     let started = Instant::now();
-    let benthos = Process(
+    let mut benthos = Process(
         Command::new(tool("BENTHOS", "benthos"))
             .current_dir(&dir)
             .args(["streams", "--no-api", "-o", "root.yaml"])
@@ -385,6 +392,7 @@ async fn benthos(url: &str, count: u32, nats: u32) -> Run {
         (&forecast, entity),
         u64::from(count),
         started,
+        &mut || matches!(benthos.0.try_wait(), Ok(None)),
     )
     .await;
     let elapsed = started.elapsed();
