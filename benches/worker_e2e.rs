@@ -1,7 +1,13 @@
 //! End-to-end throughput of the worker on this machine, against the floor of the same run:
-//! the raw JetStream publish + consume (with acks) of the same payloads. Not a test; run it
-//! through `scripts/bench-worker.sh` (it needs the nats-server the project installs).
+//! the raw JetStream publish + consume (with acks) of the same payloads, and against the same
+//! pipeline run by Benthos. Not a test; run it through `scripts/bench-worker.sh` (it needs the
+//! nats-server and the Benthos the project installs).
+//!
+//! The ERP and forecast simulators run as their own processes (`flowplane sim ...`), fresh
+//! for each pipeline, so neither pipeline shares its runtime with them and both talk to the
+//! same servers the same way.
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,7 +15,6 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use flowplane::sim::erp::{ErpSeed, ErpState, SALES_ORDER_LINES};
-use flowplane::sim::forecast::ForecastState;
 use flowplane::worker::{RunOptions, run, sample};
 use futures::StreamExt;
 
@@ -23,13 +28,17 @@ impl Drop for Nats {
     }
 }
 
+/// A tool the project installs (scripts/install-tools.sh), or the one `env` names.
+fn tool(env: &str, name: &str) -> PathBuf {
+    std::env::var(env).map(PathBuf::from).unwrap_or_else(|_| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_default())
+            .join(".cache/flowplane/bin")
+            .join(name)
+    })
+}
+
 fn start_nats() -> (Nats, String) {
-    let binary = std::env::var("NATS_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/flowplane/bin/nats-server")
-        });
+    let binary = tool("NATS_SERVER", "nats-server");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -57,7 +66,7 @@ fn start_nats() -> (Nats, String) {
 }
 
 /// Publishes every payload (pipelined, all acks awaited), then consumes and acks them all.
-async fn raw_jetstream(url: &str, payloads: &[Bytes]) -> Duration {
+async fn raw_jetstream(url: &str, payloads: &[Bytes], nats: u32) -> (Duration, String) {
     let js = jetstream::new(async_nats::connect(url).await.expect("connect"));
     let stream = js
         .create_stream(stream::Config {
@@ -77,6 +86,7 @@ async fn raw_jetstream(url: &str, payloads: &[Bytes]) -> Duration {
         })
         .await
         .expect("consumer");
+    let cpu = Cpu::start(&[("bench", std::process::id()), ("nats-server", nats)]);
     let started = Instant::now();
     for chunk in payloads.chunks(1000) {
         let mut acks = Vec::with_capacity(chunk.len());
@@ -98,69 +108,391 @@ async fn raw_jetstream(url: &str, payloads: &[Bytes]) -> Duration {
         message.ack().await.expect("ack");
         seen += 1;
     }
-    started.elapsed()
+    (started.elapsed(), cpu.report())
 }
 
-/// ERP simulator -> worker -> forecast simulator, until every record is applied.
-async fn end_to_end(url: &str, erp: std::sync::Arc<ErpState>, count: u64) -> Duration {
-    let forecast = ForecastState::new();
-    let erp_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+/// CPU seconds (user + system) process `pid` has used so far (Linux /proc; 0 elsewhere).
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name: state is field 3, utime 14, stime 15 (clock ticks).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU used by named processes between `start` and `report`.
+struct Cpu(Vec<(&'static str, u32, f64)>);
+
+impl Cpu {
+    fn start(processes: &[(&'static str, u32)]) -> Cpu {
+        Cpu(processes
+            .iter()
+            .map(|(name, pid)| (*name, *pid, cpu_seconds(*pid)))
+            .collect())
+    }
+
+    fn report(&self) -> String {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(name, pid, start)| format!("{name} {:.2}", cpu_seconds(*pid) - start))
+            .collect();
+        format!("cpu s: {}", parts.join(", "))
+    }
+}
+
+/// A child process killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `flowplane sim <args>` on a free port; returns it and its base URL.
+fn start_sim(args: &[&str]) -> (Process, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flowplane"))
+        .arg("sim")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the simulator");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let process = Process(child);
+    // "... on http://127.0.0.1:PORT/odata" (or /api/v1): the base is the scheme and address.
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("the simulator exited")
+            .expect("simulator output");
+        if let Some((_, url)) = line.split_once(" on ") {
+            break url.trim().to_string();
+        }
+    };
+    // Keep draining its output so that it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let base = url
+        .trim_end_matches("/odata")
+        .trim_end_matches("/api/v1")
+        .to_string();
+    (process, base)
+}
+
+fn start_erp(count: u32) -> (Process, String) {
+    let count = count.to_string();
+    start_sim(&[
+        "erp",
+        "--order-lines",
+        &count,
+        "--inventory",
+        "0",
+        "--returns",
+        "0",
+        "--page-size",
+        "1000",
+    ])
+}
+
+/// Writes applied by the forecast simulator at `base` to `entity`.
+async fn applied(http: &reqwest::Client, base: &str, entity: &str) -> u64 {
+    let Ok(response) = http
+        .get(format!("{base}/admin/applied/{entity}"))
+        .send()
         .await
-        .expect("bind");
-    let forecast_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let erp_url = format!("http://{}/odata", erp_listener.local_addr().expect("addr"));
-    let forecast_url = format!("http://{}", forecast_listener.local_addr().expect("addr"));
-    tokio::spawn(flowplane::sim::erp::serve(erp_listener, erp));
-    tokio::spawn(flowplane::sim::forecast::serve(
-        forecast_listener,
-        forecast.clone(),
-    ));
-    let mut config = sample::sales_order_flow("bench", "orders", url, &erp_url, &forecast_url);
-    config.target.batch_size = 500;
-    config.delivery.max_ack_pending = 10_000;
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let started = Instant::now();
-    let worker = tokio::spawn(run(config.clone(), RunOptions::new("bench"), shutdown));
-    // Progress is watched through JetStream (cheap), not by cloning the forecast simulator's
-    // report every tick: that clone holds the simulator's lock and cost as much CPU as the
-    // worker. The worker acks a record only after the target accepted it, so "every record
-    // acked" is checked against the target's own count before the clock stops.
-    let js = jetstream::new(async_nats::connect(url).await.expect("connect"));
+    else {
+        return 0;
+    };
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    body["applied"].as_u64().unwrap_or(0)
+}
+
+/// Waits until the durable `consumer` of `stream` has every one of `count` records acked and
+/// the forecast simulator applied them all; returns when the last record reached the stream.
+/// Fails at once when `alive` says the pipeline under test stopped.
+/// Progress is watched through JetStream (cheap) and one count from the simulator, never by
+/// copying the simulator's per-key report.
+async fn wait_done(
+    js: &jetstream::Context,
+    (stream, consumer): (&str, &str),
+    http: &reqwest::Client,
+    (forecast, entity): (&str, &str),
+    count: u64,
+    started: Instant,
+    alive: &mut dyn FnMut() -> bool,
+) -> Option<Duration> {
     let mut extracted = None;
+    let deadline = started + Duration::from_secs(600);
+    let mut handle = None;
     loop {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let Ok(mut stream) = js.get_stream(&config.queue.stream).await else {
+        assert!(
+            Instant::now() < deadline,
+            "{stream}: not done after 10 minutes"
+        );
+        assert!(
+            alive(),
+            "{stream}: the pipeline under test stopped before it was done"
+        );
+        // One stream lookup, then at most two small requests per tick.
+        let Some(info) = &mut handle else {
+            handle = js.get_stream(stream).await.ok();
             continue;
         };
         if extracted.is_none()
-            && let Ok(info) = stream.info().await
-            && info.state.messages >= count
+            && let Ok(state) = info.info().await
+            && state.state.messages >= count
         {
             extracted = Some(started.elapsed());
         }
-        let acked = stream
-            .consumer_info(&config.queue.consumer)
+        let acked = info
+            .consumer_info(consumer)
             .await
             .map(|c| {
                 c.num_pending == 0 && c.num_ack_pending == 0 && c.delivered.stream_sequence >= count
             })
             .unwrap_or(false);
-        if acked && forecast.received(&config.target.entity).applied() >= count {
-            break;
+        if acked && applied(http, forecast, entity).await >= count {
+            return extracted;
         }
     }
+}
+
+/// ERP simulator -> worker -> forecast simulator, until every record is applied.
+async fn end_to_end(url: &str, count: u32, nats: u32) -> Run {
+    let (erp_process, erp) = start_erp(count);
+    let (forecast_process, forecast) = start_sim(&["forecast"]);
+    let erp_url = format!("{erp}/odata");
+    let mut config = sample::sales_order_flow("bench", "orders", url, &erp_url, &forecast);
+    config.target.batch_size = 500;
+    config.delivery.max_ack_pending = 10_000;
+    let http = reqwest::Client::new();
+    let js = jetstream::new(async_nats::connect(url).await.expect("connect"));
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let cpu = Cpu::start(&[
+        ("worker", std::process::id()),
+        ("nats-server", nats),
+        ("erp sim", erp_process.0.id()),
+        ("forecast sim", forecast_process.0.id()),
+    ]);
+    let started = Instant::now();
+    let worker = tokio::spawn(run(config.clone(), RunOptions::new("bench"), shutdown));
+    // The worker acks a record only after the target accepted it.
+    let extracted = wait_done(
+        &js,
+        (&config.queue.stream, &config.queue.consumer),
+        &http,
+        (&forecast, &config.target.entity),
+        u64::from(count),
+        started,
+        &mut || !worker.is_finished(),
+    )
+    .await;
     let elapsed = started.elapsed();
-    if let Some(extracted) = extracted {
-        println!(
-            "  (worker: all records in the stream after {:.2}s)",
-            extracted.as_secs_f64()
-        );
-    }
+    let cpu = cpu.report();
     let _ = stop.send(true);
     let _ = worker.await;
-    elapsed
+    Run {
+        elapsed,
+        extracted,
+        cpu,
+    }
+}
+
+/// One pipeline's run: wall time, when the last record reached the stream, CPU by process.
+struct Run {
+    elapsed: Duration,
+    extracted: Option<Duration>,
+    cpu: String,
+}
+
+/// Extraction alone (a full refresh: ERP simulator -> JetStream, acks awaited), to tell
+/// where end-to-end time goes. Only with `EXTRACT_ONLY=1`.
+async fn extraction_alone(url: &str, count: u32) -> Duration {
+    let (_erp, erp) = start_erp(count);
+    let erp_url = format!("{erp}/odata");
+    let config = sample::sales_order_flow("bench", "extract", url, &erp_url, "http://127.0.0.1:9");
+    let started = Instant::now();
+    let report = flowplane::worker::full_refresh(config)
+        .await
+        .expect("full refresh");
+    assert_eq!(report.read, u64::from(count));
+    started.elapsed()
+}
+
+/// The same pipeline in Benthos: one stream pages through the ERP simulator (following
+/// `@odata.nextLink`), maps and checks each record in Bloblang and publishes it to JetStream
+/// with the same headers; a second stream consumes it (durable consumer, explicit acks after
+/// the target accepted the batch) and bulk-upserts batches of 500 to the forecast simulator.
+async fn benthos(url: &str, count: u32, nats: u32) -> Run {
+    let (erp_process, erp) = start_erp(count);
+    let (forecast_process, forecast) = start_sim(&["forecast"]);
+    let js = jetstream::new(async_nats::connect(url).await.expect("connect"));
+    js.create_stream(stream::Config {
+        name: "BENTHOS".into(),
+        subjects: vec!["benthos.records.>".into()],
+        storage: stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .expect("stream");
+    let dir = std::env::temp_dir().join(format!("flowplane-benthos-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("config dir");
+    let entity = "benthos-sales-order-lines";
+    let extract = BENTHOS_EXTRACT
+        .replace("ERP_URL", &format!("{erp}/odata/{SALES_ORDER_LINES}"))
+        .replace("NATS_URL", url);
+    let deliver = BENTHOS_DELIVER.replace("NATS_URL", url).replace(
+        "TARGET_URL",
+        &format!("{forecast}/api/v1/{entity}/bulk-upsert"),
+    );
+    for (name, text) in [
+        ("root.yaml", BENTHOS_ROOT),
+        ("extract.yaml", extract.as_str()),
+        ("deliver.yaml", deliver.as_str()),
+    ] {
+        std::fs::write(dir.join(name), text).expect("write config");
+    }
+    let http = reqwest::Client::new();
+    let mut cpu = Cpu::start(&[
+        ("nats-server", nats),
+        ("erp sim", erp_process.0.id()),
+        ("forecast sim", forecast_process.0.id()),
+    ]);
+    let started = Instant::now();
+    let mut benthos = Process(
+        Command::new(tool("BENTHOS", "benthos"))
+            .current_dir(&dir)
+            .args(["streams", "--no-api", "-o", "root.yaml"])
+            .args(["extract.yaml", "deliver.yaml"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start benthos: {e} (run scripts/install-tools.sh)")),
+    );
+    cpu.0.insert(0, ("benthos", benthos.0.id(), 0.0));
+    let extracted = wait_done(
+        &js,
+        ("BENTHOS", "benthos"),
+        &http,
+        (&forecast, entity),
+        u64::from(count),
+        started,
+        &mut || matches!(benthos.0.try_wait(), Ok(None)),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    let cpu = cpu.report();
+    drop(benthos);
+    let _ = std::fs::remove_dir_all(&dir);
+    Run {
+        elapsed,
+        extracted,
+        cpu,
+    }
+}
+
+const BENTHOS_ROOT: &str = r#"
+http:
+  enabled: false
+logger:
+  level: WARN
+"#;
+
+/// ERP -> map + check -> JetStream. Bloblang does what the flow's mapping does: the same
+/// fields, the two code maps (an unknown plant fails the record), the contract's patterns,
+/// enum, range and date checks, the source version and the key-partitioned subject; the
+/// headers are the worker's (dedupe id, traceparent, key, version).
+const BENTHOS_EXTRACT: &str = r#"
+input:
+  http_client:
+    url: '${! this."@odata.nextLink" | this."@odata.deltaLink" | "ERP_URL" }'
+    verb: GET
+    headers:
+      Accept: application/json
+      OData-Version: "4.0"
+      Prefer: odata.maxpagesize=1000, odata.track-changes
+pipeline:
+  processors:
+    - mapping: root = this.value
+    - unarchive:
+        format: json_array
+    - mapping: |
+        let plants = {"1010": "DC-NORTH", "1020": "DC-SOUTH", "1030": "DC-EAST", "1040": "DC-WEST"}
+        let categories = {"TAN": "Standard", "TANN": "FreeOfCharge", "REN": "Return"}
+        let quantity = this.RequestedQuantity.number()
+        let unit = this.RequestedQuantityUnit | "EA"
+        let version = this.LastChangeDateTime.ts_parse("2006-01-02T15:04:05.999999999Z07:00").ts_unix_nano()
+        let valid = if !(this.SalesOrder.re_match("^[0-9]{1,10}$") && this.SalesOrderItem.re_match("^[0-9]{1,6}$") && this.Material.length() <= 40 && $quantity >= 0 && $quantity <= 100000 && ["EA", "PC", "CS"].contains($unit) && this.NetAmount.re_match("^-?[0-9]{1,13}([.][0-9]{1,2})?$") && this.TransactionCurrency.re_match("^[A-Z]{3}$") && this.to_SalesOrder.SoldToParty.length() <= 10 && this.to_SalesOrder.CreationDate.ts_strptime("%Y-%m-%d") != null) { throw("contract violation") } else { true }
+        meta key = this.SalesOrder + "/" + this.SalesOrderItem
+        meta version = $version.string()
+        meta partition = ((this.SalesOrder.number() * 1000 + this.SalesOrderItem.number()) % 16).string()
+        root.version = $version
+        root.data.salesOrder = this.SalesOrder
+        root.data.salesOrderItem = this.SalesOrderItem
+        root.data.sku = this.Material
+        root.data.location = $plants.get(this.Plant).or(throw("unmapped plant " + this.Plant))
+        root.data.orderedQuantity = $quantity
+        root.data.unit = $unit
+        root.data.netAmount = this.NetAmount.number()
+        root.data.currency = this.TransactionCurrency
+        root.data.itemCategory = $categories.get(this.SalesOrderItemCategory) | "Standard"
+        root.data.customer = this.to_SalesOrder.SoldToParty
+        root.data.orderDate = this.to_SalesOrder.CreationDate
+        root.data.changedAt = this.LastChangeDateTime
+        root.data.source = "s4"
+output:
+  nats_jetstream:
+    urls: [NATS_URL]
+    subject: benthos.records.${! @partition }
+    headers:
+      Nats-Msg-Id: ${! @key }@${! @version }
+      traceparent: 00-${! uuid_v4().replace_all("-", "") }-${! uuid_v4().replace_all("-", "").slice(0, 16) }-01
+      Flowplane-Key: ${! @key }
+      Flowplane-Source-Version: ${! @version }
+"#;
+
+/// JetStream -> batches of 500 -> bulk upsert; messages are acked once their batch is accepted.
+const BENTHOS_DELIVER: &str = r#"
+input:
+  nats_jetstream:
+    urls: [NATS_URL]
+    subject: benthos.records.>
+    durable: benthos
+    deliver: all
+    ack_wait: 30s
+    max_ack_pending: 10000
+output:
+  http_client:
+    url: TARGET_URL
+    verb: POST
+    headers:
+      Content-Type: application/json
+    batching:
+      count: 500
+      period: 100ms
+      processors:
+        - archive:
+            format: json_array
+        - mapping: 'root = {"key": ["salesOrder", "salesOrderItem"], "records": this}'
+"#;
+
+fn rate(count: u32, elapsed: Duration) -> f64 {
+    f64::from(count) / elapsed.as_secs_f64()
 }
 
 fn main() {
@@ -169,9 +501,13 @@ fn main() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(50_000);
+    let with_benthos = std::env::var("BENTHOS_BENCH").map_or(true, |v| v != "0");
+    flowplane::worker::http::install_crypto_provider();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        let (_nats, url) = start_nats();
+        let (nats, url) = start_nats();
+        let nats_pid = nats.0.id();
+        // The payloads the simulator serves (same seed, same records).
         let erp = ErpState::new(&ErpSeed {
             order_lines: count,
             inventory: 0,
@@ -184,23 +520,59 @@ fn main() {
             .into_iter()
             .map(|r| Bytes::from(serde_json::to_vec(&r).expect("json")))
             .collect();
+        drop(erp);
         let average = payloads.iter().map(|p| p.len()).sum::<usize>() / payloads.len().max(1);
-        let raw = raw_jetstream(&url, &payloads).await;
-        let e2e = end_to_end(&url, erp, u64::from(count)).await;
-        let raw_rate = f64::from(count) / raw.as_secs_f64();
-        let e2e_rate = f64::from(count) / e2e.as_secs_f64();
+        let (raw, raw_cpu) = raw_jetstream(&url, &payloads, nats_pid).await;
+        if std::env::var("EXTRACT_ONLY").is_ok_and(|v| v == "1") {
+            let alone = extraction_alone(&url, count).await;
+            println!(
+                "extraction alone:              {:>10.0} records/s ({:.2}s)",
+                rate(count, alone),
+                alone.as_secs_f64()
+            );
+        }
+        let flowplane = end_to_end(&url, count, nats_pid).await;
+        let benthos = if with_benthos {
+            Some(benthos(&url, count, nats_pid).await)
+        } else {
+            None
+        };
+        let raw_rate = rate(count, raw);
+        let e2e_rate = rate(count, flowplane.elapsed);
+        let in_stream = |extracted: Option<Duration>| {
+            extracted.map_or(String::new(), |d| {
+                format!(", all in the stream after {:.2}s", d.as_secs_f64())
+            })
+        };
         println!("records: {count} sales order lines, {average} bytes each");
         println!(
-            "raw JetStream publish+consume: {raw_rate:>10.0} records/s ({:.2}s)",
+            "raw JetStream publish+consume: {raw_rate:>10.0} records/s ({:.2}s; {raw_cpu})",
             raw.as_secs_f64()
         );
         println!(
-            "worker end to end:             {e2e_rate:>10.0} records/s ({:.2}s)",
-            e2e.as_secs_f64()
+            "flowplane worker end to end:   {e2e_rate:>10.0} records/s ({:.2}s{}; {})",
+            flowplane.elapsed.as_secs_f64(),
+            in_stream(flowplane.extracted),
+            flowplane.cpu
         );
+        if let Some(run) = &benthos {
+            println!(
+                "Benthos same pipeline:         {:>10.0} records/s ({:.2}s{}; {})",
+                rate(count, run.elapsed),
+                run.elapsed.as_secs_f64(),
+                in_stream(run.extracted),
+                run.cpu
+            );
+        }
         println!(
-            "ratio end-to-end / raw:        {:>10.1}%",
+            "ratio flowplane / raw:         {:>10.1}%",
             100.0 * e2e_rate / raw_rate
         );
+        if let Some(run) = &benthos {
+            println!(
+                "ratio flowplane / Benthos:     {:>10.2}x",
+                e2e_rate / rate(count, run.elapsed)
+            );
+        }
     });
 }

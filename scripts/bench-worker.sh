@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
 # End-to-end throughput of the sync worker vs the raw JetStream publish+consume rate of the
-# same payloads in the same run, plus the map+validate micro-benchmark. Not a test.
-#   RECORDS=50000 scripts/bench-worker.sh
+# same payloads in the same run, vs the same pipeline run by Benthos, plus the map+validate
+# micro-benchmark. Not a test.
+#   RECORDS=50000 RUNS=3 scripts/bench-worker.sh
+# RUNS repeats the end-to-end benchmark (this machine is shared and noisy: report every run);
+# BENTHOS_BENCH=0 skips Benthos; EXTRACT_ONLY=1 also times extraction alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-tools.sh >/dev/null
-cargo bench --bench worker_e2e
+with_benthos=1
+[ "${BENTHOS_BENCH:-1}" = 0 ] && with_benthos=0
+WITH_BENTHOS="$with_benthos" bash scripts/install-tools.sh >/dev/null
+runs="${RUNS:-1}"
+cargo bench --bench worker_e2e --no-run
+for run in $(seq "$runs"); do
+  echo "--- worker end to end, run $run of $runs ($(date -u +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg))"
+  cargo bench --bench worker_e2e
+done
 cargo bench --bench map_validate -- --noplot 2>/dev/null | grep -E "map_validate|thrpt"

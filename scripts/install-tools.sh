@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds and caches the real components the tests and the local demo start:
 # etcd, kube-apiserver, kube-controller-manager, kubectl, nats-server (Go module proxy),
-# and promtool (Debian). Everything lands in ~/.cache/flowplane/bin, keyed by version, so
-# a warm run is a no-op. Safe to run concurrently with itself (flock).
+# and promtool (Debian); with WITH_BENTHOS=1 also Benthos, for the worker benchmark's
+# comparison (scripts/bench-worker.sh sets it). Everything lands in ~/.cache/flowplane/bin,
+# keyed by version, so a warm run is a no-op. Safe to run concurrently with itself (flock).
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-1.37.2}"
@@ -11,6 +12,8 @@ NATS_VERSION="${NATS_VERSION:-2.15.2}"
 HELM_VERSION="${HELM_VERSION:-3.22.0}"
 KEDA_VERSION="${KEDA_VERSION:-2.21.0}"
 PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-0.90.1}"
+BENTHOS_VERSION="${BENTHOS_VERSION:-4.60.0}"
+BENTHOS_NATS_VERSION="${BENTHOS_NATS_VERSION:-4.27.0}"
 
 CACHE="${FLOWPLANE_CACHE:-$HOME/.cache/flowplane}"
 BIN="$CACHE/bin"
@@ -85,6 +88,78 @@ k8s_tool() {
 
 link() { ln -sf "$BIN/$1" "$BIN/$2"; }
 
+# Benthos for the worker benchmark's comparison (scripts/bench-worker.sh): the engine and its
+# http/bloblang components from github.com/redpanda-data/benthos/v4 (MIT). That module no
+# longer carries the NATS components, and the module that does (redpanda-data/connect) is not
+# under an open-source licence, so the nats_jetstream input and output are taken unchanged
+# from the last MIT release that had them (github.com/benthosdev/benthos/v4, same authors),
+# with only what ties them to that module's internals swapped for the public API: tracing
+# wrappers, the auth field's docs and the import path.
+benthos_tool() {
+  local out="benthos-v$BENTHOS_VERSION"
+  [ -x "$BIN/$out" ] && return 0
+  local dir="$CACHE/src/$out"
+  rm -rf "$dir" && mkdir -p "$dir/nats"
+  (
+    cd "$dir"
+    printf 'module flowplane.local/benthos\n\ngo 1.26\n' >go.mod
+    log "resolving Benthos v$BENTHOS_VERSION and its NATS components (v$BENTHOS_NATS_VERSION)"
+    local old
+    old="$(go mod download -json "github.com/benthosdev/benthos/v4@v$BENTHOS_NATS_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')"
+    for f in auth connection errors input_jetstream metadata output_jetstream; do
+      sed -e 's#github.com/benthosdev/benthos/v4/public/service#github.com/redpanda-data/benthos/v4/public/service#' \
+        -e '\#benthos/v4/internal/#d' \
+        -e 's#span.NewOutput("nats_jetstream", conf, w, mgr)#conf.WrapOutputExtractTracingSpanMapping("nats_jetstream", w)#' \
+        -e 's#span.NewInput("nats_jetstream", conf, input, mgr)#conf.WrapInputExtractTracingSpanMapping("nats_jetstream", input)#' \
+        -e 's#service.NewInternalField(authFieldSpec())#authField()#' \
+        -e '/^func authFieldSpec/,/^}/d' \
+        "$old/internal/impl/nats/$f.go" >"nats/$f.go"
+    done
+    cp "$old/LICENSE" nats/LICENSE
+    cat >nats/docs.go <<'GO'
+package nats
+
+import "github.com/redpanda-data/benthos/v4/public/service"
+
+func connectionNameDescription() string { return "" }
+
+func inputTracingDocs() *service.ConfigField { return service.NewExtractTracingSpanMappingField() }
+
+func outputTracingDocs() *service.ConfigField { return service.NewInjectTracingSpanMappingField() }
+
+func authField() *service.ConfigField {
+	return service.NewObjectField("auth",
+		service.NewStringField("nkey_file").Optional(),
+		service.NewStringField("user_credentials_file").Optional(),
+		service.NewStringField("user_jwt").Secret().Optional(),
+		service.NewStringField("user_nkey_seed").Secret().Optional(),
+	).Advanced().Optional()
+}
+GO
+    cat >main.go <<'GO'
+package main
+
+import (
+	"context"
+
+	_ "github.com/redpanda-data/benthos/v4/public/components/io"
+	_ "github.com/redpanda-data/benthos/v4/public/components/pure"
+	"github.com/redpanda-data/benthos/v4/public/service"
+
+	_ "flowplane.local/benthos/nats"
+)
+
+func main() { service.RunCLI(context.Background()) }
+GO
+    go get "github.com/redpanda-data/benthos/v4/public/service@v$BENTHOS_VERSION" \
+      github.com/nats-io/nats.go@v1.55.0 github.com/nats-io/nkeys@v0.4.17 >/dev/null
+    go mod tidy >/dev/null
+    log "building $out"
+    go build -trimpath -ldflags='-s -w' -o "$BIN/$out.tmp" .
+    mv "$BIN/$out.tmp" "$BIN/$out"
+  )
+}
+
 go_tool "etcd-v$ETCD_VERSION" "go.etcd.io/etcd/server/v3@v$ETCD_VERSION" "go.etcd.io/etcd/server/v3"
 link "etcd-v$ETCD_VERSION" etcd
 go_tool "nats-server-v$NATS_VERSION" "github.com/nats-io/nats-server/v2@v$NATS_VERSION" "github.com/nats-io/nats-server/v2"
@@ -113,6 +188,12 @@ done
 # helm lints and renders the chart (tests/chart.rs).
 go_tool "helm-v$HELM_VERSION" "helm.sh/helm/v3@v$HELM_VERSION" "helm.sh/helm/v3/cmd/helm"
 link "helm-v$HELM_VERSION" helm
+
+# Only the worker benchmark needs Benthos (a cold build takes minutes): WITH_BENTHOS=1.
+if [ "${WITH_BENTHOS:-0}" = 1 ]; then
+  benthos_tool
+  link "benthos-v$BENTHOS_VERSION" benthos
+fi
 
 # A Lua interpreter runs the Argo CD health checks (tests/argocd_health.rs).
 if ! command -v lua5.4 >/dev/null 2>&1; then

@@ -17,6 +17,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -69,10 +70,19 @@ impl Default for ErpSeed {
 /// A record with the sequence of its last change.
 type Row = (u64, Map<String, Value>);
 
+/// A current record: the sequence of its last change, its fields, and its JSON text
+/// (serialised once per change, so a page without `$select` is served by concatenation,
+/// as a real service streams rows, instead of cloning and re-serialising every record).
+struct Stored {
+    sequence: u64,
+    record: Map<String, Value>,
+    json: Bytes,
+}
+
 /// One entity set: current records by key, and keys by the sequence of their last change.
 #[derive(Default)]
 struct EntitySet {
-    records: HashMap<String, (u64, Map<String, Value>)>,
+    records: HashMap<String, Stored>,
     by_change: BTreeMap<u64, String>,
 }
 
@@ -124,9 +134,15 @@ impl ErpState {
         let sequence = *clock;
         let stamp = format_rfc3339_millis(EPOCH_MS + sequence as i64);
         record.insert(CHANGE_FIELD.into(), Value::String(stamp.clone()));
+        let json = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
         let entities = sets.entry(set.to_string()).or_default();
-        if let Some((old, _)) = entities.records.insert(key.clone(), (sequence, record)) {
-            entities.by_change.remove(&old);
+        let stored = Stored {
+            sequence,
+            record,
+            json,
+        };
+        if let Some(old) = entities.records.insert(key.clone(), stored) {
+            entities.by_change.remove(&old.sequence);
         }
         entities.by_change.insert(sequence, key);
         stamp
@@ -137,7 +153,7 @@ impl ErpState {
     pub fn update(&self, set: &str, key: &str, fields: Map<String, Value>) -> Option<String> {
         let mut record = {
             let guard = lock(&self.sets);
-            guard.1.get(set)?.records.get(key)?.1.clone()
+            guard.1.get(set)?.records.get(key)?.record.clone()
         };
         record.extend(fields);
         Some(self.upsert(set, record))
@@ -146,7 +162,7 @@ impl ErpState {
     /// The current record of a key.
     pub fn get(&self, set: &str, key: &str) -> Option<Map<String, Value>> {
         let guard = lock(&self.sets);
-        Some(guard.1.get(set)?.records.get(key)?.1.clone())
+        Some(guard.1.get(set)?.records.get(key)?.record.clone())
     }
 
     /// Every current record of a set, in change order.
@@ -158,7 +174,7 @@ impl ErpState {
         entities
             .by_change
             .values()
-            .filter_map(|key| entities.records.get(key).map(|(_, r)| r.clone()))
+            .filter_map(|key| entities.records.get(key).map(|s| s.record.clone()))
             .collect()
     }
 
@@ -176,6 +192,28 @@ impl ErpState {
         changed_after_nanos: Option<(i64, bool)>,
         limit: usize,
     ) -> Option<(Vec<Row>, bool)> {
+        self.page_with(set, after, changed_after_nanos, limit, |s| s.record.clone())
+    }
+
+    /// `page`, with each record as its JSON text.
+    fn page_json(
+        &self,
+        set: &str,
+        after: u64,
+        changed_after_nanos: Option<(i64, bool)>,
+        limit: usize,
+    ) -> Option<(Vec<(u64, Bytes)>, bool)> {
+        self.page_with(set, after, changed_after_nanos, limit, |s| s.json.clone())
+    }
+
+    fn page_with<T>(
+        &self,
+        set: &str,
+        after: u64,
+        changed_after_nanos: Option<(i64, bool)>,
+        limit: usize,
+        row: impl Fn(&Stored) -> T,
+    ) -> Option<(Vec<(u64, T)>, bool)> {
         let guard = lock(&self.sets);
         let sets = &guard.1;
         let entities = sets.get(set)?;
@@ -198,8 +236,8 @@ impl ErpState {
                 more = true;
                 break;
             }
-            if let Some((_, record)) = entities.records.get(key) {
-                rows.push((*sequence, record.clone()));
+            if let Some(stored) = entities.records.get(key) {
+                rows.push((*sequence, row(stored)));
             }
         }
         Some((rows, more))
@@ -396,40 +434,44 @@ async fn query(
         .max(1);
     // Delta queries read changes after the token; paging continues after the skiptoken.
     let after = options.skiptoken.or(options.deltatoken).unwrap_or(0);
-    let Some((rows, more)) = state.page(&set, after, changed_after, limit) else {
-        return odata_error(
+    let not_found = || {
+        odata_error(
             StatusCode::NOT_FOUND,
             &format!("no entity set named {set:?}"),
-        );
+        )
     };
-    let select: Option<Vec<&str>> = options
-        .select
-        .as_deref()
-        .map(|s| s.split(',').map(str::trim).collect());
+    // The rows as JSON text: stored text as it is, or with only the selected fields.
+    let (rows, more): (Vec<(u64, Bytes)>, bool) = match options.select.as_deref() {
+        None => match state.page_json(&set, after, changed_after, limit) {
+            Some(page) => page,
+            None => return not_found(),
+        },
+        Some(select) => {
+            let fields: Vec<&str> = select.split(',').map(str::trim).collect();
+            let Some((rows, more)) = state.page(&set, after, changed_after, limit) else {
+                return not_found();
+            };
+            let rows = rows
+                .into_iter()
+                .map(|(sequence, record)| {
+                    let selected: Map<String, Value> = record
+                        .into_iter()
+                        .filter(|(k, _)| fields.contains(&k.as_str()))
+                        .collect();
+                    let json = serde_json::to_vec(&selected).unwrap_or_default();
+                    (sequence, Bytes::from(json))
+                })
+                .collect();
+            (rows, more)
+        }
+    };
     let last_sequence = rows.last().map(|(s, _)| *s);
-    let value: Vec<Value> = rows
-        .into_iter()
-        .map(|(_, record)| match &select {
-            Some(fields) => Value::Object(
-                record
-                    .into_iter()
-                    .filter(|(k, _)| fields.contains(&k.as_str()))
-                    .collect(),
-            ),
-            None => Value::Object(record),
-        })
-        .collect();
     let host = headers
         .get("host")
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost");
     let base = format!("http://{host}/odata/{set}");
-    let mut body = Map::new();
-    body.insert(
-        "@odata.context".into(),
-        Value::String(format!("$metadata#{set}")),
-    );
-    body.insert("value".into(), Value::Array(value));
+    let mut links = Map::new();
     let track = tracks_changes(&headers) || options.deltatoken.is_some();
     if more && let Some(last) = last_sequence {
         let mut params = vec![format!("$skiptoken={last}")];
@@ -442,12 +484,12 @@ async fn query(
         if let Some(token) = options.deltatoken {
             params.push(format!("$deltatoken={token}"));
         }
-        body.insert(
+        links.insert(
             "@odata.nextLink".into(),
             Value::String(format!("{base}?{}", params.join("&"))),
         );
     } else if track {
-        body.insert(
+        links.insert(
             "@odata.deltaLink".into(),
             Value::String(format!(
                 "{base}?$deltatoken={}",
@@ -455,7 +497,27 @@ async fn query(
             )),
         );
     }
-    Json(Value::Object(body)).into_response()
+    // {"@odata.context": ..., "value": [rows...], links...}, written by concatenation.
+    let size = rows.iter().map(|(_, json)| json.len() + 1).sum::<usize>() + 256;
+    let mut body = Vec::with_capacity(size);
+    body.extend_from_slice(b"{\"@odata.context\":");
+    let _ = serde_json::to_writer(&mut body, &format!("$metadata#{set}"));
+    body.extend_from_slice(b",\"value\":[");
+    for (i, (_, json)) in rows.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(json);
+    }
+    body.push(b']');
+    for (name, link) in &links {
+        body.push(b',');
+        let _ = serde_json::to_writer(&mut body, name);
+        body.push(b':');
+        let _ = serde_json::to_writer(&mut body, link);
+    }
+    body.push(b'}');
+    ([("content-type", "application/json")], body).into_response()
 }
 
 /// Percent-encodes a query parameter value.

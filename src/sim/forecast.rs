@@ -9,9 +9,10 @@
 //!
 //! `GET /admin/received/{entity}` reports exactly what arrived, per key: writes applied,
 //! duplicates, stale writes, the applied versions and the last value, plus request totals, so
-//! tests can check exactly-once delivery. `/admin/faults` switches latency, 5xx and 429s.
+//! tests can check exactly-once delivery; `GET /admin/applied/{entity}` is just the count.
+//! `/admin/faults` switches latency, 5xx and 429s.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, State};
@@ -20,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use super::faults::{FaultSpec, Faults, lock};
@@ -109,9 +111,64 @@ impl EntityReport {
 /// The simulator's received data and faults; share it with tests through `Arc`.
 #[derive(Default)]
 pub struct ForecastState {
-    entities: Mutex<BTreeMap<String, EntityReport>>,
+    entities: Mutex<BTreeMap<String, Entity>>,
     /// Switchable misbehaviour.
     pub faults: Faults,
+}
+
+/// What one entity received, as stored: each key's value stays the JSON text that arrived
+/// (parsed only when a report is asked for), so the simulator spends little CPU per record
+/// on the machine it shares with the pipeline under test.
+#[derive(Default)]
+struct Entity {
+    requests: u64,
+    records: u64,
+    applied: u64,
+    keys: HashMap<String, StoredKey>,
+}
+
+struct StoredKey {
+    applied_versions: Vec<u64>,
+    duplicates: u64,
+    stale: u64,
+    value: Box<RawValue>,
+}
+
+impl Entity {
+    fn report(&self) -> EntityReport {
+        EntityReport {
+            requests: self.requests,
+            records: self.records,
+            keys: self
+                .keys
+                .iter()
+                .map(|(key, stored)| {
+                    let report = KeyReport {
+                        applied_versions: stored.applied_versions.clone(),
+                        duplicates: stored.duplicates,
+                        stale: stored.stale,
+                        value: serde_json::from_str(stored.value.get()).unwrap_or_default(),
+                    };
+                    (key.clone(), report)
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A bulk upsert as it arrives, the records' data left as JSON text.
+#[derive(Deserialize)]
+struct RawBulkUpsert<'a> {
+    key: Vec<String>,
+    #[serde(borrow)]
+    records: Vec<RawVersionedRecord<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RawVersionedRecord<'a> {
+    version: u64,
+    #[serde(borrow)]
+    data: &'a RawValue,
 }
 
 impl ForecastState {
@@ -124,8 +181,17 @@ impl ForecastState {
     pub fn received(&self, entity: &str) -> EntityReport {
         lock(&self.entities)
             .get(entity)
-            .cloned()
+            .map(Entity::report)
             .unwrap_or_default()
+    }
+
+    /// Writes applied to `entity` so far: `received(entity).applied()` without copying the
+    /// per-key report (benchmarks poll this).
+    pub fn applied(&self, entity: &str) -> u64 {
+        lock(&self.entities)
+            .get(entity)
+            .map(|e| e.applied)
+            .unwrap_or(0)
     }
 
     /// Forgets everything received.
@@ -133,34 +199,68 @@ impl ForecastState {
         lock(&self.entities).clear();
     }
 
-    /// Applies a bulk upsert (what the HTTP handler does after fault injection).
+    /// Applies a bulk upsert.
     pub fn apply(&self, entity: &str, request: BulkUpsert) -> BulkResult {
+        let records: Vec<(u64, Box<RawValue>)> = request
+            .records
+            .into_iter()
+            .map(|r| {
+                let json = serde_json::value::to_raw_value(&r.data)
+                    .unwrap_or_else(|_| unreachable!("a Value serialises"));
+                (r.version, json)
+            })
+            .collect();
+        let records = records.iter().map(|(v, json)| (*v, json.as_ref()));
+        self.apply_json(entity, &request.key, records)
+    }
+
+    /// Applies a bulk upsert whose records' data is JSON text (what the HTTP handler does
+    /// after fault injection).
+    fn apply_json<'a>(
+        &self,
+        entity: &str,
+        key_fields: &[String],
+        records: impl ExactSizeIterator<Item = (u64, &'a RawValue)>,
+    ) -> BulkResult {
         let mut entities = lock(&self.entities);
         let report = entities.entry(entity.to_string()).or_default();
         report.requests += 1;
-        report.records += request.records.len() as u64;
+        report.records += records.len() as u64;
         let mut result = BulkResult::default();
-        for (index, record) in request.records.into_iter().enumerate() {
-            let key = match record_key(&request.key, &record.data) {
+        for (index, (version, data)) in records.enumerate() {
+            let key = match record_key(key_fields, data) {
                 Ok(key) => key,
                 Err(reason) => {
                     result.rejected.push(Rejection { index, reason });
                     continue;
                 }
             };
-            let stored = report.keys.entry(key).or_default();
-            match stored.applied_versions.last() {
-                Some(last) if *last == record.version => {
-                    stored.duplicates += 1;
-                    result.duplicates += 1;
-                }
-                Some(last) if *last > record.version => {
-                    stored.stale += 1;
-                    result.stale += 1;
-                }
-                _ => {
-                    stored.applied_versions.push(record.version);
-                    stored.value = record.data;
+            match report.keys.get_mut(&key) {
+                Some(stored) => match stored.applied_versions.last() {
+                    Some(last) if *last == version => {
+                        stored.duplicates += 1;
+                        result.duplicates += 1;
+                    }
+                    Some(last) if *last > version => {
+                        stored.stale += 1;
+                        result.stale += 1;
+                    }
+                    _ => {
+                        stored.applied_versions.push(version);
+                        stored.value = data.to_owned();
+                        report.applied += 1;
+                        result.applied += 1;
+                    }
+                },
+                None => {
+                    let stored = StoredKey {
+                        applied_versions: vec![version],
+                        duplicates: 0,
+                        stale: 0,
+                        value: data.to_owned(),
+                    };
+                    report.keys.insert(key, stored);
+                    report.applied += 1;
                     result.applied += 1;
                 }
             }
@@ -169,10 +269,13 @@ impl ForecastState {
     }
 }
 
-fn record_key(fields: &[String], data: &Value) -> Result<String, String> {
+fn record_key(fields: &[String], data: &RawValue) -> Result<String, String> {
     if fields.is_empty() {
         return Err("the request names no key fields".into());
     }
+    // Only the key fields are parsed out of the record.
+    let data = crate::worker::connectors::raw::fields_of(data.get().as_bytes(), fields)
+        .unwrap_or_default();
     let mut parts = Vec::with_capacity(fields.len());
     for field in fields {
         match data.get(field) {
@@ -190,6 +293,7 @@ pub fn router(state: Arc<ForecastState>) -> Router {
         .route("/api/v1/{entity}/bulk-upsert", post(bulk_upsert))
         .route("/healthz", get(|| async { "ok" }))
         .route("/admin/received/{entity}", get(received))
+        .route("/admin/applied/{entity}", get(applied))
         .route("/admin/reset", post(reset))
         .route("/admin/faults", post(set_faults).delete(clear_faults))
         .with_state(state)
@@ -211,8 +315,11 @@ async fn bulk_upsert(
     if let Some(failure) = state.faults.intercept().await {
         return failure;
     }
-    match serde_json::from_slice::<BulkUpsert>(&body) {
-        Ok(request) => Json(state.apply(&entity, request)).into_response(),
+    match serde_json::from_slice::<RawBulkUpsert>(&body) {
+        Ok(request) => {
+            let records = request.records.iter().map(|r| (r.version, r.data));
+            Json(state.apply_json(&entity, &request.key, records)).into_response()
+        }
         Err(e) => (
             StatusCode::BAD_REQUEST,
             Json(json!({"error": format!("not a bulk upsert: {e}")})),
@@ -226,6 +333,13 @@ async fn received(
     Path(entity): Path<String>,
 ) -> Json<EntityReport> {
     Json(state.received(&entity))
+}
+
+async fn applied(
+    State(state): State<Arc<ForecastState>>,
+    Path(entity): Path<String>,
+) -> Json<Value> {
+    Json(json!({"applied": state.applied(&entity)}))
 }
 
 async fn reset(State(state): State<Arc<ForecastState>>) -> StatusCode {
@@ -284,5 +398,7 @@ mod tests {
         assert_eq!(report.keys["1/10"].applied_versions, vec![2, 3]);
         assert_eq!(report.keys["1/10"].value["qty"], 30);
         assert_eq!((report.requests, report.records), (2, 5));
+        assert_eq!(state.applied("lines"), 2);
+        assert_eq!(state.applied("other"), 0);
     }
 }

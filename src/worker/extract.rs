@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use async_nats::{HeaderMap, Subject};
+use async_nats::{HeaderMap, HeaderName, HeaderValue, Subject};
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
@@ -18,7 +18,7 @@ use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use tokio::sync::mpsc;
 
-use super::connectors::{Page, Source};
+use super::connectors::{Page, Records, Source, raw};
 use super::http::CallError;
 use super::lease::Lease;
 use super::metrics::Metrics;
@@ -37,6 +37,12 @@ const PREFETCH_PAGES: usize = 2;
 /// Published pages whose acks may be outstanding at once (bounded by the client's
 /// `max_ack_inflight` too).
 const IN_FLIGHT_PAGES: usize = 4;
+
+// The per-record headers, named once (a `&str` name is re-checked and copied per record).
+const MSG_ID: HeaderName = HeaderName::from_static(headers::MSG_ID);
+const TRACEPARENT: HeaderName = HeaderName::from_static(headers::TRACEPARENT);
+const KEY: HeaderName = HeaderName::from_static(headers::KEY);
+const SOURCE_VERSION: HeaderName = HeaderName::from_static(headers::SOURCE_VERSION);
 
 /// What a full-refresh run did.
 #[derive(Serialize, Debug, Default, Clone, PartialEq, Eq)]
@@ -69,7 +75,32 @@ pub struct Extractor {
 }
 
 impl Extractor {
-    /// One record's headers and subject.
+    /// The top-level source fields the envelope reads: the primary key's source fields and
+    /// the cursor field. A superset is harmless (only these are parsed out of a record's JSON
+    /// text; the mapping itself runs on the consume side).
+    fn envelope_fields(&self) -> Vec<String> {
+        let mut wanted: Vec<String> = Vec::new();
+        let mut want = |name: &str| {
+            if !wanted.iter().any(|w| w == name) {
+                wanted.push(name.to_string());
+            }
+        };
+        for key in self.plan.key_names() {
+            // Unmapped contract fields come from the source field of the same name.
+            want(key);
+            for mapped in self.config.mapping.fields.iter().filter(|m| &m.to == key) {
+                if let Some(from) = &mapped.from {
+                    want(from.split('.').next().unwrap_or(from));
+                }
+            }
+        }
+        if let Some(field) = &self.config.source.cursor_field {
+            want(field);
+        }
+        wanted
+    }
+
+    /// One record's headers and subject. `record` holds at least the envelope fields.
     fn envelope(
         &self,
         record: &Value,
@@ -94,32 +125,62 @@ impl Extractor {
         let key = key.unwrap_or_default();
         let traceparent = new_traceparent();
         tracing::debug!(trace_id = trace_id(&traceparent), key = %key, version, stage = "extract", "record read");
+        let subject = subjects[partition_of(&key) as usize].clone();
         let mut map = HeaderMap::new();
-        map.insert(headers::MSG_ID, id.as_str());
-        map.insert(headers::TRACEPARENT, traceparent.as_str());
-        map.insert(headers::KEY, key.as_str());
-        map.insert(headers::SOURCE_VERSION, version.to_string().as_str());
-        (subjects[partition_of(&key) as usize].clone(), map)
+        map.insert(MSG_ID, HeaderValue::from(id));
+        map.insert(TRACEPARENT, HeaderValue::from(traceparent));
+        map.insert(KEY, HeaderValue::from(key));
+        map.insert(SOURCE_VERSION, HeaderValue::from(version));
+        (subject, map)
     }
 
     /// Publishes one page without waiting for JetStream's acks; the returned future resolves
     /// to (stored, duplicates) once every record of the page is acknowledged.
     async fn publish(
         &self,
-        records: Vec<Value>,
+        records: Records,
         fallback_version: u64,
     ) -> anyhow::Result<impl Future<Output = anyhow::Result<(u64, u64)>> + Send + 'static> {
         let mut acks = Vec::with_capacity(records.len());
-        let mut body = Vec::with_capacity(512);
         let subjects: Vec<Subject> = (0..PARTITIONS)
             .map(|p| Subject::from(partition_subject(&self.names, p)))
             .collect();
-        for record in &records {
-            body.clear();
-            serde_json::to_writer(&mut body, record)?;
-            let body = Bytes::copy_from_slice(&body);
-            let (subject, headers) = self.envelope(record, fallback_version, &body, &subjects);
-            acks.push(self.js.publish_with_headers(subject, headers, body).await?);
+        match &records {
+            Records::Values(values) => {
+                for record in values {
+                    let body = Bytes::from(serde_json::to_vec(record)?);
+                    let (subject, headers) =
+                        self.envelope(record, fallback_version, &body, &subjects);
+                    acks.push(self.js.publish_with_headers(subject, headers, body).await?);
+                }
+            }
+            Records::Json(texts) => {
+                // The record is published as the source sent it; only the envelope's fields
+                // are parsed out of it.
+                let wanted = self.envelope_fields();
+                for text in texts {
+                    let fields = match raw::fields_of(text, &wanted) {
+                        Some(fields) => Value::Object(fields),
+                        // Not an object: no key fields to read, but keep the whole value.
+                        None => serde_json::from_slice(text)?,
+                    };
+                    let (subject, headers) = match self.plan.source_key(&fields) {
+                        Some(_) => self.envelope(&fields, fallback_version, text, &subjects),
+                        // Keyless records are deduplicated by their canonical content, so the
+                        // id must not depend on how the source spaced or ordered the text.
+                        None => {
+                            let record: Value = serde_json::from_slice(text)?;
+                            let canonical = serde_json::to_vec(&record)?;
+                            self.envelope(&record, fallback_version, &canonical, &subjects)
+                        }
+                    };
+                    acks.push(
+                        self.js
+                            .publish_with_headers(subject, headers, text.clone())
+                            .await?,
+                    );
+                }
+            }
         }
         // Free the page's records on this task, not in the ack future.
         drop(records);

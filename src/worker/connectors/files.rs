@@ -77,7 +77,7 @@ impl FileSource {
         };
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
         Ok(Some(Page {
-            records,
+            records: records.into(),
             cursor: name,
         }))
     }

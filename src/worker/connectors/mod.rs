@@ -6,11 +6,13 @@ pub mod nats;
 pub mod odata;
 pub mod odata_batch;
 pub mod odata_target;
+pub mod raw;
 pub mod rest;
 pub mod target;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde_json::Value;
 
 use super::config::SourceConfig;
@@ -21,9 +23,39 @@ use crate::api::connector_binding::Protocol;
 /// Records read in one go, and where to resume after them.
 pub struct Page {
     /// Source records as the system sent them.
-    pub records: Vec<Value>,
+    pub records: Records,
     /// Cursor after this page; None keeps the previous one.
     pub cursor: Option<String>,
+}
+
+/// A page's records.
+pub enum Records {
+    /// Parsed records (files, events).
+    Values(Vec<Value>),
+    /// Each record's JSON text, as the system sent it (HTTP sources: slices of the response
+    /// body, published as they are, see `raw`).
+    Json(Vec<Bytes>),
+}
+
+impl Records {
+    /// Records in the page.
+    pub fn len(&self) -> usize {
+        match self {
+            Records::Values(v) => v.len(),
+            Records::Json(j) => j.len(),
+        }
+    }
+
+    /// Whether the page has no records.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Vec<Value>> for Records {
+    fn from(records: Vec<Value>) -> Records {
+        Records::Values(records)
+    }
 }
 
 /// A source of one flow.
@@ -74,19 +106,4 @@ impl Source {
             Source::Files(s) => s.next_page().await,
         }
     }
-}
-
-/// The largest value of `field` among `records`, compared as source versions, as text.
-pub(crate) fn max_cursor(records: &[Value], field: &str) -> Option<String> {
-    records
-        .iter()
-        .filter_map(|r| {
-            let value = r.get(field)?;
-            Some((super::version::version_of(value)?, value))
-        })
-        .max_by_key(|(version, _)| *version)
-        .map(|(_, value)| match value {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        })
 }

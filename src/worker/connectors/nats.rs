@@ -53,7 +53,7 @@ impl NatsSource {
             None
         } else {
             Some(Page {
-                records,
+                records: records.into(),
                 cursor: None,
             })
         })

@@ -2,14 +2,26 @@
 //! server-driven paging by `@odata.nextLink`, and delta links when the service offers them
 //! (the cursor then is `delta:<link>` and the next pass follows it).
 
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
-use super::{Page, max_cursor};
+use super::{Page, Records, raw};
 use crate::api::integration_flow::SyncMode;
 use crate::worker::config::SourceConfig;
 use crate::worker::http::{CallError, HttpClient};
 
 const DELTA_PREFIX: &str = "delta:";
+
+/// An OData collection response; the records stay JSON text (see `raw`).
+#[derive(Deserialize)]
+struct Collection<'a> {
+    #[serde(borrow)]
+    value: Option<&'a RawValue>,
+    #[serde(rename = "@odata.nextLink")]
+    next_link: Option<String>,
+    #[serde(rename = "@odata.deltaLink")]
+    delta_link: Option<String>,
+}
 
 /// An OData entity set.
 pub struct ODataSource {
@@ -91,35 +103,41 @@ impl ODataSource {
                     .header("prefer", prefer)
             })
             .await?;
-        let mut body: Value = response
-            .json()
+        let body = response
+            .bytes()
             .await
-            .map_err(|e| CallError::Transient(format!("OData response is not JSON: {e}")))?;
-        let records = match body.get_mut("value").map(Value::take) {
-            Some(Value::Array(records)) => records,
-            _ => {
-                return Err(CallError::Permanent {
-                    status: 200,
-                    body: "OData response has no value array".into(),
-                });
-            }
+            .map_err(|e| CallError::Transient(format!("reading the OData response: {e}")))?;
+        let no_value = || CallError::Permanent {
+            status: 200,
+            body: "OData response has no value array".into(),
         };
-        self.next = body
-            .get("@odata.nextLink")
-            .and_then(Value::as_str)
-            .map(|link| self.absolute(link));
+        let page: Collection = serde_json::from_slice(&body).map_err(|e| {
+            match serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+                // Well-formed JSON of another shape: retrying will not help.
+                Ok(_) => no_value(),
+                Err(_) => CallError::Transient(format!("OData response is not JSON: {e}")),
+            }
+        })?;
+        let records = page
+            .value
+            .ok_or_else(no_value)
+            .and_then(|value| raw::elements(&body, value).map_err(|_| no_value()))?;
+        self.next = page.next_link.as_deref().map(|link| self.absolute(link));
         if let Some(field) = &self.config.cursor_field
-            && let Some(max) = max_cursor(&records, field)
+            && let Some(max) = raw::max_cursor(&records, field)
         {
             self.reached = Some(max);
         }
-        let delta = body
-            .get("@odata.deltaLink")
-            .and_then(Value::as_str)
+        let delta = page
+            .delta_link
+            .as_deref()
             .filter(|_| track)
             .map(|link| format!("{DELTA_PREFIX}{}", self.absolute(link)));
         let cursor = delta.or_else(|| self.reached.clone());
-        Ok(Some(Page { records, cursor }))
+        Ok(Some(Page {
+            records: Records::Json(records),
+            cursor,
+        }))
     }
 
     fn absolute(&self, link: &str) -> String {

@@ -2,10 +2,13 @@
 //! with `{"items"|"data"|"value": [...], "next"|"nextCursor": token-or-url}`; a token is sent
 //! back as `cursor=<token>`.
 
-use serde_json::Value;
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
 
 use super::odata::encode;
-use super::{Page, max_cursor};
+use super::{Page, Records, raw};
 use crate::api::integration_flow::SyncMode;
 use crate::worker::config::SourceConfig;
 use crate::worker::http::{CallError, HttpClient};
@@ -58,27 +61,12 @@ impl RestSource {
             .http
             .send(|client| client.get(&url).header("accept", "application/json"))
             .await?;
-        let body: Value = response
-            .json()
+        let body = response
+            .bytes()
             .await
+            .map_err(|e| CallError::Transient(format!("reading the REST response: {e}")))?;
+        let (records, next) = split_page(&body)
             .map_err(|e| CallError::Transient(format!("REST response is not JSON: {e}")))?;
-        let (records, next) = match body {
-            Value::Array(records) => (records, None),
-            Value::Object(mut object) => {
-                let records = ["items", "data", "value"]
-                    .iter()
-                    .find_map(|k| match object.remove(*k) {
-                        Some(Value::Array(records)) => Some(records),
-                        _ => None,
-                    })
-                    .unwrap_or_default();
-                let next = ["next", "nextCursor", "nextLink"]
-                    .iter()
-                    .find_map(|k| object.get(*k).and_then(Value::as_str).map(str::to_string));
-                (records, next)
-            }
-            _ => (Vec::new(), None),
-        };
         self.next = next.filter(|_| !records.is_empty()).map(|next| {
             if next.starts_with("http://") || next.starts_with("https://") {
                 next
@@ -87,13 +75,73 @@ impl RestSource {
             }
         });
         if let Some(field) = &self.config.cursor_field
-            && let Some(max) = max_cursor(&records, field)
+            && let Some(max) = raw::max_cursor(&records, field)
         {
             self.reached = Some(max);
         }
         Ok(Some(Page {
-            records,
+            records: Records::Json(records),
             cursor: self.reached.clone(),
         }))
+    }
+}
+
+/// A page's records (each one's JSON text) and its next token or URL: the body is an array
+/// of records or an object with them under `items`, `data` or `value`, and the next page
+/// under `next`, `nextCursor` or `nextLink`. Anything else is an empty last page.
+fn split_page(body: &Bytes) -> serde_json::Result<(Vec<Bytes>, Option<String>)> {
+    let top: &RawValue = serde_json::from_slice(body)?;
+    let is_array = |v: &RawValue| v.get().starts_with('[');
+    if is_array(top) {
+        return Ok((raw::elements(body, top)?, None));
+    }
+    if !top.get().starts_with('{') {
+        return Ok((Vec::new(), None));
+    }
+    let object: HashMap<String, &RawValue> = serde_json::from_str(top.get())?;
+    let records = match ["items", "data", "value"]
+        .iter()
+        .find_map(|k| object.get(*k).copied().filter(|v| is_array(v)))
+    {
+        Some(array) => raw::elements(body, array)?,
+        None => Vec::new(),
+    };
+    let next = ["next", "nextCursor", "nextLink"].iter().find_map(|k| {
+        object
+            .get(*k)
+            .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+    });
+    Ok((records, next))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(body: &'static str) -> (Vec<String>, Option<String>) {
+        let (records, next) = split_page(&Bytes::from(body)).unwrap();
+        let records = records
+            .iter()
+            .map(|r| String::from_utf8(r.to_vec()).unwrap())
+            .collect();
+        (records, next)
+    }
+
+    #[test]
+    fn pages_come_as_arrays_or_wrapped() {
+        assert_eq!(
+            split(r#" [{"a":1}, {"a":2}] "#).0,
+            [r#"{"a":1}"#, r#"{"a":2}"#]
+        );
+        assert_eq!(
+            split(r#"{"data": {"not": "an array"}, "items": [{"a":1}], "nextCursor": "c2"}"#),
+            (vec![r#"{"a":1}"#.to_string()], Some("c2".to_string()))
+        );
+        assert_eq!(
+            split(r#"{"value": [], "next": 5, "nextLink": "http://x/p2"}"#),
+            (vec![], Some("http://x/p2".to_string()))
+        );
+        assert_eq!(split(r#""text""#), (vec![], None));
+        assert!(split_page(&Bytes::from_static(b"{oops")).is_err());
     }
 }
