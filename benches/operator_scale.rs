@@ -8,18 +8,130 @@
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use std::collections::{HashMap, HashSet};
+
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kube::Client;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
 use serde_json::json;
+
+use serde::Deserialize;
 
 use flowplane::api::IntegrationFlow;
 
 const CONCURRENCY: usize = 16;
-/// Children per flow: ConfigMap, Deployment, Service, PDB, NetworkPolicy, HPA, rules ConfigMap.
-const CHILDREN_PER_FLOW: usize = 7;
+
+/// The bindings and contract every flow uses.
+fn references() -> Vec<serde_json::Value> {
+    vec![
+        json!({"apiVersion": "flowplane.io/v1alpha1", "kind": "ConnectorBinding", "metadata": {"name": "erp"},
+            "spec": {"system": "Erp", "protocol": "OData", "endpoint": {"url": "http://127.0.0.1:9/odata"}}}),
+        json!({"apiVersion": "flowplane.io/v1alpha1", "kind": "ConnectorBinding", "metadata": {"name": "forecasting"},
+            "spec": {"system": "Forecasting", "protocol": "Rest", "endpoint": {"url": "http://127.0.0.1:9/api"}}}),
+        json!({"apiVersion": "flowplane.io/v1alpha1", "kind": "DataContract", "metadata": {"name": "orders"},
+            "spec": {"domain": "orders", "version": "1.0.0", "owner": {"team": "bench"},
+                     "schema": {"primaryKey": ["id"], "fields": [{"name": "id", "type": "String", "required": true}, {"name": "qty", "type": "Int"}]}}}),
+    ]
+}
+
+/// Every child the operator would apply for the flows, by `flowplane render`'s builders,
+/// without owner references (their flows do not exist in the floor's namespace).
+fn rendered_children(
+    references: &[serde_json::Value],
+    flows: usize,
+    namespace: &str,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let manifests = references
+        .iter()
+        .cloned()
+        .chain((0..flows).map(flow))
+        .map(|m| serde_json::to_string(&m))
+        .collect::<Result<Vec<_>, _>>()?
+        .join("\n---\n");
+    let file = std::env::temp_dir().join(format!("flowplane-bench-{}.yaml", std::process::id()));
+    std::fs::write(&file, manifests)?;
+    // As the operator the benchmark starts runs: default image, this environment's NATS.
+    let args = flowplane::render::cli::RenderArgs {
+        files: vec![file.clone()],
+        keda: false,
+        prometheus_operator: false,
+        worker_image: "ghcr.io/flowplane/flowplane:0.1.0".into(),
+        nats_url: std::env::var("NATS_URL")?,
+        namespace: namespace.into(),
+    };
+    let rendered = flowplane::render::cli::render(&args);
+    std::fs::remove_file(&file)?;
+    let mut children = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&rendered?) {
+        let mut object = serde_json::Value::deserialize(doc)?;
+        if object.is_null() {
+            continue;
+        }
+        if let Some(meta) = object["metadata"].as_object_mut() {
+            meta.remove("ownerReferences");
+        }
+        children.push(object);
+    }
+    Ok(children)
+}
+
+/// CPU time of the processes that share the machine: the control plane and NATS (pid files
+/// of scripts/local-env.sh), and the operator once started.
+struct CpuAccount {
+    processes: Vec<(String, u32)>,
+    last: HashMap<String, f64>,
+}
+
+impl CpuAccount {
+    fn new() -> anyhow::Result<Self> {
+        let state = std::path::PathBuf::from(std::env::var("FLOWPLANE_STATE")?);
+        let mut processes = Vec::new();
+        for name in [
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "nats-server",
+        ] {
+            let pid = std::fs::read_to_string(state.join(format!("{name}.pid")))?;
+            processes.push((name.to_string(), pid.trim().parse()?));
+        }
+        let mut account = CpuAccount {
+            processes,
+            last: HashMap::new(),
+        };
+        account.since_last()?;
+        Ok(account)
+    }
+
+    fn add(&mut self, name: &str, pid: u32) {
+        self.processes.push((name.to_string(), pid));
+        self.last.insert(name.to_string(), 0.0);
+    }
+
+    /// CPU seconds each process used since the previous call (control plane first).
+    fn since_last(&mut self) -> anyhow::Result<Vec<(String, f64)>> {
+        let mut used = Vec::new();
+        for (name, pid) in &self.processes {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+            // Fields after the command name: utime and stime are the 12th and 13th.
+            let fields: Vec<&str> = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
+            let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+            let seconds = ticks / 100.0;
+            let before = self.last.insert(name.clone(), seconds).unwrap_or(0.0);
+            used.push((name.clone(), seconds - before));
+        }
+        Ok(used)
+    }
+}
 
 fn flow(i: usize) -> serde_json::Value {
     json!({
@@ -48,6 +160,68 @@ async fn apply(client: &Client, ns: &str, value: serde_json::Value) -> anyhow::R
     )
     .await?;
     Ok(())
+}
+
+/// What the watches have seen of one object.
+enum Seen {
+    Flow(String, bool),
+    Deployment(String),
+    ConfigMap(String),
+}
+
+/// Returns once every flow's status has its current observedGeneration and its Deployment and
+/// its two ConfigMaps (worker configuration, rules) exist, plus the contract's history.
+async fn settled(client: Client, ns: String, flows: usize) -> anyhow::Result<()> {
+    let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=flowplane");
+    let flow_events = watcher(
+        Api::<IntegrationFlow>::namespaced(client.clone(), &ns),
+        Default::default(),
+    )
+    .applied_objects()
+    .map_ok(|f| {
+        let current =
+            f.status.as_ref().and_then(|s| s.observed_generation) == f.metadata.generation;
+        Seen::Flow(f.name_any(), current)
+    });
+    let deployment_events = watcher(
+        Api::<PartialObjectMeta<Deployment>>::namespaced(client.clone(), &ns),
+        managed.clone(),
+    )
+    .applied_objects()
+    .map_ok(|d| Seen::Deployment(d.name_any()));
+    let config_map_events = watcher(
+        Api::<PartialObjectMeta<ConfigMap>>::namespaced(client.clone(), &ns),
+        managed,
+    )
+    .applied_objects()
+    .map_ok(|c| Seen::ConfigMap(c.name_any()));
+    let mut events = stream::select_all([
+        flow_events.boxed(),
+        deployment_events.boxed(),
+        config_map_events.boxed(),
+    ]);
+    let mut current = HashMap::new();
+    let (mut deployments, mut config_maps) = (HashSet::new(), HashSet::new());
+    while let Some(seen) = events.try_next().await? {
+        match seen {
+            Seen::Flow(name, is_current) => {
+                current.insert(name, is_current);
+            }
+            Seen::Deployment(name) => {
+                deployments.insert(name);
+            }
+            Seen::ConfigMap(name) => {
+                config_maps.insert(name);
+            }
+        }
+        if current.values().filter(|c| **c).count() == flows
+            && deployments.len() == flows
+            && config_maps.len() > 2 * flows
+        {
+            return Ok(());
+        }
+    }
+    anyhow::bail!("the watches ended before the flows settled")
 }
 
 async fn namespace(client: &Client, name: &str) -> anyhow::Result<()> {
@@ -103,20 +277,31 @@ async fn main() -> anyhow::Result<()> {
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
 
-    // Floor: the same number of objects by a plain server-side-apply loop.
+    let references = references();
+    let mut cpu = CpuAccount::new()?;
+
+    // Floor: the very objects the operator makes of these flows (rendered offline by the same
+    // builders, owner references dropped), applied by a plain server-side-apply loop.
     let floor_ns = format!("bench-floor-{stamp}");
     namespace(&client, &floor_ns).await?;
-    let objects = flows * CHILDREN_PER_FLOW;
+    let children = rendered_children(&references, flows, &floor_ns)?;
+    let objects = children.len();
     let start = Instant::now();
-    stream::iter(0..objects)
-        .map(|i| {
-            let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("floor-{i:05}")}, "data": {"worker.json": "{}"}});
-            apply(&client, &floor_ns, cm)
-        })
+    stream::iter(children)
+        .map(|object| apply(&client, &floor_ns, object))
         .buffer_unordered(CONCURRENCY)
         .try_collect::<Vec<_>>()
         .await?;
     let floor = start.elapsed();
+    let floor_cpu = cpu.since_last()?;
+    // Gone before the operator starts, so kube-controller-manager's work on the floor's
+    // Deployments and autoscalers does not load the operator's run.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces.delete(&floor_ns, &Default::default()).await?;
+    while namespaces.get_opt(&floor_ns).await?.is_some() {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    cpu.since_last()?;
 
     // The operator, as its own process.
     let ns = format!("bench-{stamp}");
@@ -136,45 +321,22 @@ async fn main() -> anyhow::Result<()> {
             std::env::var("OPERATOR_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .spawn()?;
-    apply(&client, &ns, json!({"apiVersion": "flowplane.io/v1alpha1", "kind": "ConnectorBinding", "metadata": {"name": "erp"},
-        "spec": {"system": "Erp", "protocol": "OData", "endpoint": {"url": "http://127.0.0.1:9/odata"}}})).await?;
-    apply(&client, &ns, json!({"apiVersion": "flowplane.io/v1alpha1", "kind": "ConnectorBinding", "metadata": {"name": "forecasting"},
-        "spec": {"system": "Forecasting", "protocol": "Rest", "endpoint": {"url": "http://127.0.0.1:9/api"}}})).await?;
-    apply(&client, &ns, json!({"apiVersion": "flowplane.io/v1alpha1", "kind": "DataContract", "metadata": {"name": "orders"},
-        "spec": {"domain": "orders", "version": "1.0.0", "owner": {"team": "bench"},
-                 "schema": {"primaryKey": ["id"], "fields": [{"name": "id", "type": "String", "required": true}, {"name": "qty", "type": "Int"}]}}})).await?;
+    cpu.add("operator", operator.id());
+    for reference in references {
+        apply(&client, &ns, reference).await?;
+    }
+    // Watched, not polled: listing 1,000 flows every half second would load the apiserver the
+    // operator is measured against.
+    let settled = tokio::spawn(settled(client.clone(), ns.clone(), flows));
     let start = Instant::now();
     stream::iter(0..flows)
         .map(|i| apply(&client, &ns, flow(i)))
         .buffer_unordered(CONCURRENCY)
         .try_collect::<Vec<_>>()
         .await?;
-    let flows_api: Api<IntegrationFlow> = Api::namespaced(client.clone(), &ns);
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let managed = ListParams::default().labels("app.kubernetes.io/managed-by=flowplane");
-    let deadline = Instant::now() + Duration::from_secs(1800);
-    let operator_time = loop {
-        let listed = flows_api.list(&ListParams::default()).await?;
-        let current = listed
-            .items
-            .iter()
-            .filter(|f| {
-                f.status.as_ref().and_then(|s| s.observed_generation) == f.metadata.generation
-            })
-            .count();
-        let deployed = deployments.list_metadata(&managed).await?.items.len();
-        let configs = config_maps.list_metadata(&managed).await?.items.len();
-        // Worker configuration and rules per flow, plus the contract's history ConfigMap.
-        if current == flows && deployed == flows && configs > 2 * flows {
-            break start.elapsed();
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "not settled: {current} statuses, {deployed} deployments, {configs} configmaps"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    tokio::time::timeout(Duration::from_secs(1800), settled).await???;
+    let operator_time = start.elapsed();
+    let operator_cpu: HashMap<String, f64> = cpu.since_last()?.into_iter().collect();
 
     // Quiet: the reconciles that owned-object events queue up (Deployment status from
     // kube-controller-manager, and so on) drain; wait until no write for 20 s (at most 10 min).
@@ -205,16 +367,13 @@ async fn main() -> anyhow::Result<()> {
     operator.wait().ok();
 
     println!("flows:                                  {flows}");
-    println!(
-        "objects applied by the operator:        {} children + {flows} statuses",
-        flows * CHILDREN_PER_FLOW
-    );
+    println!("objects applied by the operator:        {objects} children + {flows} statuses");
     println!(
         "operator: all children + current status {:.1} s",
         operator_time.as_secs_f64()
     );
     println!(
-        "floor: plain SSA loop of {objects} objects  {:.1} s (concurrency {CONCURRENCY})",
+        "floor: plain SSA loop of the same {objects} objects  {:.1} s (concurrency {CONCURRENCY})",
         floor.as_secs_f64()
     );
     println!(
@@ -227,6 +386,14 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("operator write requests in 60 s idle:   {idle_writes}");
     println!("operator peak RSS:                      {rss:.1} MiB");
+    println!("CPU seconds by process, floor phase | operator phase (until settled):");
+    for (name, floor_seconds) in &floor_cpu {
+        let operator_seconds = operator_cpu.get(name).copied().unwrap_or(0.0);
+        println!("  {name:<24} {floor_seconds:>7.1} | {operator_seconds:>7.1}");
+    }
+    if let Some(seconds) = operator_cpu.get("operator") {
+        println!("  {:<24} {:>7} | {seconds:>7.1}", "operator", "-");
+    }
     println!("the operator's own reconcile figures, for where the time went:");
     reconcile_figures
         .lines()

@@ -18,6 +18,7 @@ async fn counting_client(
     let count = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
         if req.method() != http::Method::GET {
             writes.inc();
+            tracing::debug!(method = %req.method(), path = req.uri().path(), "kube write");
         }
         req
     });

@@ -102,8 +102,9 @@ impl Applier<'_> {
         Ok(())
     }
 
-    /// Deletes a child that must not exist, once.
-    async fn prune<K>(&self, name: &str) -> Result<()>
+    /// Deletes a child that must not exist, once: when this process applied it, or else when
+    /// the watch says it exists (most flows never had one; deleting blindly cost a request each).
+    async fn prune<K>(&self, name: &str, live_exists: bool) -> Result<()>
     where
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
             + Clone
@@ -111,8 +112,10 @@ impl Applier<'_> {
             + std::fmt::Debug,
     {
         let key = format!("{}/{}/{name}", K::kind(&()), self.namespace);
-        if self.cache.get(&key).as_deref() == Some(ABSENT) {
-            return Ok(());
+        match self.cache.get(&key).as_deref() {
+            Some(ABSENT) => return Ok(()),
+            None if !live_exists => return Ok(()),
+            _ => {}
         }
         let api: Api<K> = Api::namespaced(self.client.clone(), self.namespace);
         ignore_not_found(
@@ -150,10 +153,13 @@ fn ignore_not_found(
     }
 }
 
-/// What the caller knows of the live children it read during dereference.
+/// Which children exist, as the controller's watches last saw them.
 pub struct Live {
     pub config_map: bool,
     pub deployment: bool,
+    pub cron_job: bool,
+    pub autoscaler: bool,
+    pub rules_config_map: bool,
 }
 
 /// What an apply pass changed that the status needs.
@@ -189,7 +195,7 @@ pub async fn apply_children(
     let cron_job = async {
         match &children.cron_job {
             Some(cron) => applier.apply::<CronJob>(cron, None).await.map(drop),
-            None => applier.prune::<CronJob>(cron_name).await,
+            None => applier.prune::<CronJob>(cron_name, live.cron_job).await,
         }
     };
     let autoscaler = async {
@@ -198,7 +204,11 @@ pub async fn apply_children(
                 .apply::<HorizontalPodAutoscaler>(hpa, None)
                 .await
                 .map(drop),
-            None => applier.prune::<HorizontalPodAutoscaler>(flow_workers).await,
+            None => {
+                applier
+                    .prune::<HorizontalPodAutoscaler>(flow_workers, live.autoscaler)
+                    .await
+            }
         }
     };
     let scaled_object = async {
@@ -233,7 +243,11 @@ pub async fn apply_children(
     let rules_config_map = async {
         match &children.rules_config_map {
             Some(cm) => applier.apply::<ConfigMap>(cm, None).await.map(drop),
-            None => applier.prune::<ConfigMap>(rules).await,
+            None => {
+                applier
+                    .prune::<ConfigMap>(rules, live.rules_config_map)
+                    .await
+            }
         }
     };
     let (deployment, ..) = tokio::try_join!(

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -36,13 +38,13 @@ use crate::queue::QueueNames;
 use crate::queue::approvals::{Decision, decide, list_pending};
 use crate::queue::jetstream::{QueuePolicy, delete_queue, ensure_queue, reset_cursor};
 use crate::queue::redrive::redrive;
-use crate::render::labels::{flow_name, namespace};
+use crate::render::labels::{cron_job_name, flow_name, namespace, rules_name, workers_name};
 use crate::render::{self, FlowInputs, RenderSettings};
 use stores::{ConfigMaps, Stores};
 
 pub const KIND: &str = "IntegrationFlow";
 /// Flows reconciled at the same time.
-const RECONCILE_CONCURRENCY: u16 = 16;
+const RECONCILE_CONCURRENCY: u16 = 32;
 /// Finalizer that removes (or deliberately keeps) the flow's JetStream resources.
 pub const FINALIZER: &str = "flowplane.io/queues";
 /// Annotation asking to move dead letters back to the stream (any new value; "reason=X" for one reason).
@@ -129,6 +131,8 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
     let (bindings, binding_writer) = reflector::store();
     let (deployments, deployment_writer) = reflector::store();
     let (config_maps, config_map_writer) = reflector::store();
+    let (cron_jobs, cron_job_writer) = reflector::store();
+    let (autoscalers, autoscaler_writer) = reflector::store();
     // Status-only changes (most of them the operator's own writes) need no reconcile: only
     // the spec (generation), the operation annotations and the finalizers do.
     let flow_changes = watcher(
@@ -155,6 +159,22 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
         .modify(without_managed_fields)
         .reflect(binding_writer)
         .touched_objects();
+    let cron_job_changes = watcher(
+        scope.api::<PartialObjectMeta<CronJob>>(&client),
+        managed.clone(),
+    )
+    .default_backoff()
+    .modify(without_managed_fields)
+    .reflect(cron_job_writer)
+    .touched_objects();
+    let autoscaler_changes = watcher(
+        scope.api::<PartialObjectMeta<HorizontalPodAutoscaler>>(&client),
+        managed.clone(),
+    )
+    .default_backoff()
+    .modify(without_managed_fields)
+    .reflect(autoscaler_writer)
+    .touched_objects();
     let deployment_changes = watcher(scope.api::<Deployment>(&client), managed)
         .default_backoff()
         .modify(without_managed_fields)
@@ -178,6 +198,7 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
             contracts,
             bindings,
             deployments,
+            (cron_jobs, autoscalers),
             ConfigMaps::new(config_maps),
         ),
     });
@@ -206,6 +227,8 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
 
     Controller::for_stream(flow_changes, flows)
         .owns_stream(deployment_changes)
+        .owns_stream(cron_job_changes)
+        .owns_stream(autoscaler_changes)
         .watches_stream(contract_changes, move |dc| {
             let name = dc.name_any();
             flows_where(&contract_store, dc.metadata.namespace.clone(), |f| {
@@ -229,8 +252,12 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
         .reconcile_all_on(optional_crds)
         // Bounded: thousands of flows reconciling at once only queue at the apiserver and NATS
         // and inflate memory; a few in flight keep both busy.
+        // Debounced: kube-controller-manager updates a new Deployment's status several times
+        // within a second; one reconcile (and at most one status write) for the burst.
         .with_config(
-            kube::runtime::controller::Config::default().concurrency(RECONCILE_CONCURRENCY),
+            kube::runtime::controller::Config::default()
+                .concurrency(RECONCILE_CONCURRENCY)
+                .debounce(Duration::from_secs(1)),
         )
         .run(reconcile, error_policy, fctx)
         .for_each(|_| std::future::ready(()))
@@ -360,6 +387,9 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
                 let live = apply::Live {
                     config_map: deref.applied_config,
                     deployment: deref.deployment.is_some(),
+                    cron_job: Stores::exists(&fctx.stores.cron_jobs, &ns, &cron_job_name(flow)),
+                    autoscaler: Stores::exists(&fctx.stores.autoscalers, &ns, &workers_name(flow)),
+                    rules_config_map: fctx.stores.config_maps.exists(&ns, &rules_name(flow)),
                 };
                 let applied = apply::apply_children(
                     &ctx.client,
@@ -397,7 +427,7 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
             Ok(()) => dereference::queue_state(&ctx.jetstream, &names).await,
             Err(e) => Err(e),
         },
-        Err(e) => Err(format!("spec.delivery: {e}")),
+        Err(e) => Err(format!("spec.{e}")),
     };
 
     let operations = handle_operations(flow, ctx, &names).await;

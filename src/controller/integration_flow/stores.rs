@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
@@ -26,6 +28,9 @@ pub struct Stores {
     pub bindings: Store<ConnectorBinding>,
     /// The flows' worker Deployments (label-selected), for WorkersAvailable.
     pub deployments: Store<Deployment>,
+    /// Children that may have to be pruned, metadata only (label-selected).
+    pub cron_jobs: Store<PartialObjectMeta<CronJob>>,
+    pub autoscalers: Store<PartialObjectMeta<HorizontalPodAutoscaler>>,
     pub config_maps: ConfigMaps,
     /// Set once every store is ready. Reconciles wait on this, not on the stores: a store's
     /// readiness wakes only one of several concurrent waiters (a oneshot channel inside).
@@ -38,6 +43,10 @@ impl Stores {
         contracts: Store<DataContract>,
         bindings: Store<ConnectorBinding>,
         deployments: Store<Deployment>,
+        (cron_jobs, autoscalers): (
+            Store<PartialObjectMeta<CronJob>>,
+            Store<PartialObjectMeta<HorizontalPodAutoscaler>>,
+        ),
         config_maps: ConfigMaps,
     ) -> Self {
         Stores {
@@ -45,6 +54,8 @@ impl Stores {
             contracts,
             bindings,
             deployments,
+            cron_jobs,
+            autoscalers,
             config_maps,
             ready: OnceCell::new(),
         }
@@ -61,10 +72,19 @@ impl Stores {
                     self.contracts.wait_until_ready(),
                     self.bindings.wait_until_ready(),
                     self.deployments.wait_until_ready(),
+                    self.cron_jobs.wait_until_ready(),
+                    self.autoscalers.wait_until_ready(),
                     self.config_maps.metadata.wait_until_ready(),
                 );
             })
             .await;
+    }
+
+    pub fn exists<K>(store: &Store<K>, namespace: &str, name: &str) -> bool
+    where
+        K: Resource<DynamicType = ()> + Clone + 'static,
+    {
+        store.get(&ObjectRef::new(name).within(namespace)).is_some()
     }
 
     pub fn get<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<K>
