@@ -8,11 +8,10 @@ mod support;
 use std::time::Duration;
 
 use e2e_support::*;
-use flowplane::sim::erp::{ErpSeed, SALES_ORDER_LINES};
+use flowplane::sim::erp::ErpSeed;
 use flowplane::sim::faults::FaultSpec;
 use flowplane::sim::forecast::EntityReport;
 use flowplane::worker::sample;
-use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -191,30 +190,7 @@ async fn with_several_worker_processes_a_burst_of_updates_ends_with_the_newest_v
 
     let keys = ["1000000/10", "1000000/20", "1000001/10"];
     for round in 0..6u32 {
-        let mut newest = Vec::new();
-        for i in 0..60u32 {
-            let key = keys[(i % 3) as usize];
-            let quantity = round * 1000 + i;
-            sims.erp
-                .update(
-                    SALES_ORDER_LINES,
-                    key,
-                    json!({"RequestedQuantity": quantity.to_string()})
-                        .as_object()
-                        .unwrap()
-                        .clone(),
-                )
-                .unwrap();
-            if i % 6 == 5 {
-                // Let extraction passes land between updates, so intermediate versions flow too.
-                tokio::time::sleep(Duration::from_millis(30)).await;
-            }
-            newest.push((key, quantity));
-        }
-        let expected: Vec<(&str, u32)> = keys
-            .iter()
-            .map(|k| (*k, newest.iter().rev().find(|(key, _)| key == k).unwrap().1))
-            .collect();
+        let expected = update_in_bursts(&sims.erp, &keys, round, 60).await;
         eventually(
             TIMEOUT,
             &format!("round {round}: newest values at the target"),

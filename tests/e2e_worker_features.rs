@@ -367,30 +367,7 @@ async fn several_workers_never_overwrite_a_newer_value_at_an_odata_target() {
             count: Some(8),
             ..FaultSpec::default()
         });
-        let mut newest = Vec::new();
-        for i in 0..45u32 {
-            let key = keys[(i % 3) as usize];
-            let quantity = round * 1000 + i;
-            sims.erp
-                .update(
-                    SALES_ORDER_LINES,
-                    key,
-                    json!({"RequestedQuantity": quantity.to_string()})
-                        .as_object()
-                        .unwrap()
-                        .clone(),
-                )
-                .unwrap();
-            if i % 6 == 5 {
-                // Let extraction passes land between updates, so intermediate versions flow too.
-                tokio::time::sleep(Duration::from_millis(30)).await;
-            }
-            newest.push((key, quantity));
-        }
-        let expected: Vec<(&str, u32)> = keys
-            .iter()
-            .map(|k| (*k, newest.iter().rev().find(|(key, _)| key == k).unwrap().1))
-            .collect();
+        let expected = update_in_bursts(&sims.erp, &keys, round, 45).await;
         eventually(
             TIMEOUT,
             &format!("round {round}: newest values at the ERP"),

@@ -9,11 +9,37 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flowplane::queue::{FlowProgress, QueueNames};
-use flowplane::sim::erp::{ErpSeed, ErpState};
+use flowplane::sim::erp::{ErpSeed, ErpState, SALES_ORDER_LINES};
 use flowplane::sim::forecast::ForecastState;
 use flowplane::worker::config::WorkerConfig;
 use flowplane::worker::{RunOptions, run};
 use tokio::sync::watch;
+
+/// Changes the sales order lines `keys` `updates` times in bursts (round-robin, quantity
+/// `round * 1000 + i`), letting extraction passes land between bursts so intermediate versions
+/// flow too; returns each key's newest quantity.
+pub async fn update_in_bursts<'k>(
+    erp: &ErpState,
+    keys: &[&'k str],
+    round: u32,
+    updates: u32,
+) -> Vec<(&'k str, u32)> {
+    let mut newest = Vec::new();
+    for i in 0..updates {
+        let key = keys[i as usize % keys.len()];
+        let quantity = round * 1000 + i;
+        let change = serde_json::json!({"RequestedQuantity": quantity.to_string()});
+        erp.update(SALES_ORDER_LINES, key, change.as_object().unwrap().clone())
+            .unwrap();
+        if i % 6 == 5 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        newest.push((key, quantity));
+    }
+    keys.iter()
+        .map(|k| (*k, newest.iter().rev().find(|(key, _)| key == k).unwrap().1))
+        .collect()
+}
 
 /// A flow name no other test run uses.
 pub fn unique_flow(prefix: &str) -> String {
