@@ -96,23 +96,18 @@ pub async fn queue_state(
     names: &QueueNames,
 ) -> std::result::Result<QueueState, String> {
     let progress = read_progress(js, names).await.map_err(|e| e.to_string())?;
-    let mut consumer: jetstream::consumer::PullConsumer = js
+    // Looking a consumer or stream up returns its info: no second request for it.
+    let consumer: jetstream::consumer::PullConsumer = js
         .get_consumer_from_stream(&names.consumer, &names.stream)
         .await
         .map_err(|e| format!("consumer {}: {e}", names.consumer))?;
-    let info = consumer
-        .info()
-        .await
-        .map_err(|e| format!("consumer {}: {e}", names.consumer))?;
+    let info = consumer.cached_info();
     let lag = info.num_pending + info.num_ack_pending as u64;
-    let mut dlq = js
+    let dead_letters = js
         .get_stream(&names.dead_letter_stream)
         .await
-        .map_err(|e| format!("stream {}: {e}", names.dead_letter_stream))?;
-    let dead_letters = dlq
-        .info()
-        .await
         .map_err(|e| format!("stream {}: {e}", names.dead_letter_stream))?
+        .cached_info()
         .state
         .messages;
     Ok(QueueState {

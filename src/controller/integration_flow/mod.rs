@@ -159,6 +159,8 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
         .modify(without_managed_fields)
         .reflect(binding_writer)
         .touched_objects();
+    // Only their existence matters here: kube-controller-manager rewrites every autoscaler's
+    // status every 15 s, which must not re-reconcile every flow.
     let cron_job_changes = watcher(
         scope.api::<PartialObjectMeta<CronJob>>(&client),
         managed.clone(),
@@ -166,7 +168,8 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
     .default_backoff()
     .modify(without_managed_fields)
     .reflect(cron_job_writer)
-    .touched_objects();
+    .touched_objects()
+    .predicate_filter(predicates::generation, Default::default());
     let autoscaler_changes = watcher(
         scope.api::<PartialObjectMeta<HorizontalPodAutoscaler>>(&client),
         managed.clone(),
@@ -174,7 +177,8 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
     .default_backoff()
     .modify(without_managed_fields)
     .reflect(autoscaler_writer)
-    .touched_objects();
+    .touched_objects()
+    .predicate_filter(predicates::generation, Default::default());
     let deployment_changes = watcher(scope.api::<Deployment>(&client), managed)
         .default_backoff()
         .modify(without_managed_fields)
