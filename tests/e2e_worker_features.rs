@@ -255,16 +255,22 @@ async fn erp_to_erp_over_odata_batches_arrives_exactly_once() {
         count: Some(8),
         ..FaultSpec::default()
     });
+    // New lines after the faults are armed, so batches meet them however fast the first 600
+    // went through.
+    for i in 600..700 {
+        sims.erp
+            .upsert(SALES_ORDER_LINES, sales_order_line(i, None));
+    }
     let progress = eventually(
         TIMEOUT,
-        "all 600 records delivered or dead-lettered",
+        "all 700 records delivered or dead-lettered",
         || {
             let js = js.clone();
             let names = names.clone();
             let failed = sims.erp.part_faults().failed() + sims.erp.faults.failed();
             async move {
                 let p = progress(&js, &names).await;
-                (failed >= 58 && p.read == 600 && p.delivered + p.dead_lettered == 600).then_some(p)
+                (failed >= 58 && p.read == 700 && p.delivered + p.dead_lettered == 700).then_some(p)
             }
         },
     )
