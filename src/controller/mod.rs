@@ -174,6 +174,26 @@ pub async fn publish_event<K: kube::Resource<DynamicType = ()>>(
     }
 }
 
+/// Publishes a condition change as an Event: Normal when `healthy`, else Warning, with the
+/// condition's reason and "Type is Status: message" as the note.
+pub async fn publish_condition_event<K: kube::Resource<DynamicType = ()>>(
+    ctx: &Context,
+    object: &K,
+    changed: &crate::api::common::Condition,
+    healthy: bool,
+) {
+    let type_ = if healthy {
+        kube::runtime::events::EventType::Normal
+    } else {
+        kube::runtime::events::EventType::Warning
+    };
+    let note = format!(
+        "{} is {}: {}",
+        changed.type_, changed.status, changed.message
+    );
+    publish_event(ctx, object, type_, &changed.reason, note).await;
+}
+
 /// Server-side applies `status` to the status subresource of `object` under the operator's
 /// field manager. Callers compare before calling: an unchanged status is never written.
 pub async fn apply_status<K>(

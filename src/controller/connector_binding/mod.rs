@@ -21,7 +21,6 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
@@ -152,22 +151,7 @@ async fn write_status(
         if changed.type_ == "Ready" && changed.status != "True" {
             continue;
         }
-        let type_ = if changed.status == "True" {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        };
-        super::publish_event(
-            ctx,
-            binding,
-            type_,
-            &changed.reason,
-            format!(
-                "{} is {}: {}",
-                changed.type_, changed.status, changed.message
-            ),
-        )
-        .await;
+        super::publish_condition_event(ctx, binding, changed, changed.status == "True").await;
     }
     super::apply_status(ctx, binding, &status).await
 }

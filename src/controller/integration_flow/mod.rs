@@ -615,22 +615,7 @@ async fn write_status(
         .filter(|c| worth_an_event(&previous.conditions, c))
     {
         let healthy = (changed.status == "True") != (changed.type_ == "Stalled");
-        let type_ = if healthy {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        };
-        super::publish_event(
-            ctx,
-            flow,
-            type_,
-            &changed.reason,
-            format!(
-                "{} is {}: {}",
-                changed.type_, changed.status, changed.message
-            ),
-        )
-        .await;
+        super::publish_condition_event(ctx, flow, changed, healthy).await;
     }
     super::apply_status(ctx, flow, &status).await
 }
