@@ -6,6 +6,7 @@ mod support;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
 
 use flowplane::api::IntegrationFlow;
@@ -36,6 +37,21 @@ async fn a_settled_operator_makes_no_writes_for_30_seconds() {
         (list.items.len() == 5
             && list.items.iter().all(|f| {
                 f.status.as_ref().and_then(|s| s.observed_generation) == f.metadata.generation
+            }))
+        .then_some(())
+    })
+    .await;
+
+    // kube-controller-manager has taken in every worker Deployment (its status is what
+    // WorkersAvailable reports; a late update of it is a real change, not idle churn).
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    eventually(90, "every worker Deployment's status observed", || async {
+        let list = deployments.list(&Default::default()).await.ok()?;
+        (list.items.len() == 5
+            && list.items.iter().all(|d| {
+                let status = d.status.as_ref();
+                status.and_then(|s| s.observed_generation) == d.metadata.generation
+                    && status.and_then(|s| s.replicas).is_some()
             }))
         .then_some(())
     })
