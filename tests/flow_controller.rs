@@ -321,6 +321,39 @@ async fn ready_means_workers_available_and_data_fresh() {
 }
 
 #[tokio::test]
+async fn a_queue_deleted_behind_the_operators_back_is_reported_and_created_again() {
+    let client = client().await;
+    operator();
+    let ns = TestNamespace::new(&client, "flow-lost-queue").await;
+    dependencies(&client, &ns.name).await;
+    let _: IntegrationFlow = apply_yaml(&client, &ns.name, &flow_yaml("lost", "")).await;
+    let queue_ready = |status: &'static str| {
+        let (client, ns) = (client.clone(), ns.name.clone());
+        move || {
+            let (client, ns) = (client.clone(), ns.clone());
+            async move {
+                let f = flow_status(&client, &ns, "lost").await;
+                let (actual, _, message) = condition(&f, "QueueReady")?;
+                (actual == status).then_some(message)
+            }
+        }
+    };
+    eventually(60, "QueueReady=True", queue_ready("True")).await;
+    let js = async_nats::jetstream::new(
+        async_nats::connect(local_env().nats_url.as_str())
+            .await
+            .unwrap(),
+    );
+    let names = QueueNames::for_flow(&ns.name, "lost");
+    js.delete_stream(&names.stream).await.unwrap();
+    // No event tells the operator; its periodic pass (every 5 s here) finds out.
+    let message = eventually(60, "QueueReady=False", queue_ready("False")).await;
+    assert!(message.contains(&names.consumer), "{message}");
+    eventually(60, "QueueReady=True again", queue_ready("True")).await;
+    assert!(js.get_stream(&names.stream).await.is_ok());
+}
+
+#[tokio::test]
 async fn suspend_and_operations_are_acknowledged() {
     let client = client().await;
     operator();

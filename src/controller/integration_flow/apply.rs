@@ -41,6 +41,11 @@ impl AppliedCache {
             entries.insert(key, value);
         }
     }
+    pub fn forget(&self, key: &str) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.remove(key);
+        }
+    }
     /// Forgets everything about one flow (on deletion).
     pub fn forget_flow(&self, namespace: &str, flow: &str) {
         let marker = format!("/{namespace}/{flow}-");

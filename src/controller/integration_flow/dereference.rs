@@ -95,21 +95,27 @@ pub async fn queue_state(
     js: &jetstream::Context,
     names: &QueueNames,
 ) -> std::result::Result<QueueState, String> {
-    let progress = read_progress(js, names).await.map_err(|e| e.to_string())?;
-    // Looking a consumer or stream up returns its info: no second request for it.
-    let consumer: jetstream::consumer::PullConsumer = js
-        .get_consumer_from_stream(&names.consumer, &names.stream)
-        .await
-        .map_err(|e| format!("consumer {}: {e}", names.consumer))?;
+    // Three independent lookups, sent together; looking a consumer or stream up returns its
+    // info, so no second request for it.
+    let (progress, consumer, dead_letter_stream) = futures::try_join!(
+        async { read_progress(js, names).await.map_err(|e| e.to_string()) },
+        async {
+            js.get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(
+                &names.consumer,
+                &names.stream,
+            )
+            .await
+            .map_err(|e| format!("consumer {}: {e}", names.consumer))
+        },
+        async {
+            js.get_stream(&names.dead_letter_stream)
+                .await
+                .map_err(|e| format!("stream {}: {e}", names.dead_letter_stream))
+        },
+    )?;
     let info = consumer.cached_info();
     let lag = info.num_pending + info.num_ack_pending as u64;
-    let dead_letters = js
-        .get_stream(&names.dead_letter_stream)
-        .await
-        .map_err(|e| format!("stream {}: {e}", names.dead_letter_stream))?
-        .cached_info()
-        .state
-        .messages;
+    let dead_letters = dead_letter_stream.cached_info().state.messages;
     Ok(QueueState {
         progress,
         lag,

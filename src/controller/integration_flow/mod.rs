@@ -428,7 +428,11 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
     let names = QueueNames::for_flow(&ns, &flow_name(flow));
     let queue = match QueuePolicy::from_delivery(&flow.spec.delivery, max_ack_pending) {
         Ok(policy) => match ensure_queue_once(ctx, &names, &policy).await {
-            Ok(()) => dereference::queue_state(&ctx.jetstream, &names).await,
+            Ok(()) => dereference::queue_state(&ctx.jetstream, &names)
+                .await
+                // Gone behind the operator's back (deleted by hand, NATS storage lost):
+                // the next pass creates it again.
+                .inspect_err(|_| ctx.applied.forget(&queue_key(&names))),
             Err(e) => Err(e),
         },
         Err(e) => Err(format!("spec.{e}")),
@@ -475,13 +479,17 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
     )))
 }
 
+fn queue_key(names: &QueueNames) -> String {
+    format!("queue/{}", names.stream)
+}
+
 /// Ensures the queue unless this process already did so with the same policy.
 async fn ensure_queue_once(
     ctx: &Context,
     names: &QueueNames,
     policy: &QueuePolicy,
 ) -> std::result::Result<(), String> {
-    let key = format!("queue/{}", names.stream);
+    let key = queue_key(names);
     let fingerprint = format!("{policy:?}");
     if ctx.applied.get(&key).as_deref() == Some(fingerprint.as_str()) {
         return Ok(());
