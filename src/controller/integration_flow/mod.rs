@@ -2,6 +2,7 @@
 //! status, plus the flow's queues on JetStream (finalizer) and one-off operations by annotation.
 
 pub mod apply;
+pub mod changes;
 pub mod dereference;
 pub mod status;
 pub mod stores;
@@ -161,29 +162,35 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
         .touched_objects();
     // Only their existence matters here: kube-controller-manager rewrites every autoscaler's
     // status every 15 s, which must not re-reconcile every flow.
-    let cron_job_changes = watcher(
-        scope.api::<PartialObjectMeta<CronJob>>(&client),
-        managed.clone(),
-    )
-    .default_backoff()
-    .modify(without_managed_fields)
-    .reflect(cron_job_writer)
-    .touched_objects()
-    .predicate_filter(predicates::generation, Default::default());
-    let autoscaler_changes = watcher(
-        scope.api::<PartialObjectMeta<HorizontalPodAutoscaler>>(&client),
-        managed.clone(),
-    )
-    .default_backoff()
-    .modify(without_managed_fields)
-    .reflect(autoscaler_writer)
-    .touched_objects()
-    .predicate_filter(predicates::generation, Default::default());
-    let deployment_changes = watcher(scope.api::<Deployment>(&client), managed)
+    let cron_job_changes = changes::worth_reconciling(
+        watcher(
+            scope.api::<PartialObjectMeta<CronJob>>(&client),
+            managed.clone(),
+        )
         .default_backoff()
         .modify(without_managed_fields)
-        .reflect(deployment_writer)
-        .touched_objects();
+        .reflect(cron_job_writer),
+        changes::generation_fingerprint,
+    );
+    let autoscaler_changes = changes::worth_reconciling(
+        watcher(
+            scope.api::<PartialObjectMeta<HorizontalPodAutoscaler>>(&client),
+            managed.clone(),
+        )
+        .default_backoff()
+        .modify(without_managed_fields)
+        .reflect(autoscaler_writer),
+        changes::generation_fingerprint,
+    );
+    // kube-controller-manager updates a new Deployment's status several times, most of them
+    // condition bookkeeping the flow's status does not show.
+    let deployment_changes = changes::worth_reconciling(
+        watcher(scope.api::<Deployment>(&client), managed)
+            .default_backoff()
+            .modify(without_managed_fields)
+            .reflect(deployment_writer),
+        changes::deployment_fingerprint,
+    );
     // Every ConfigMap, metadata only: a flow's own children, its code maps and its contract's
     // history; never the whole cluster's data.
     let config_map_changes = watcher(

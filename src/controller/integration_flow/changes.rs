@@ -1,0 +1,114 @@
+//! Which watch events of a flow's children are worth a reconcile: a deletion always (the child
+//! has to come back), otherwise only a change of what the controller reads from the child.
+//! kube's predicate filters work on objects, not events, so they also swallow a deletion that
+//! leaves the watched fields unchanged.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use futures::{Stream, StreamExt, future};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Resource;
+use kube::runtime::watcher::{self, Event};
+
+/// The objects of `events` that are new, deleted, or whose `fingerprint` changed.
+pub fn worth_reconciling<K, S, F>(
+    events: S,
+    fingerprint: F,
+) -> impl Stream<Item = Result<K, watcher::Error>>
+where
+    K: Resource,
+    S: Stream<Item = Result<Event<K>, watcher::Error>>,
+    F: Fn(&K) -> u64,
+{
+    let mut seen: HashMap<(Option<String>, Option<String>), u64> = HashMap::new();
+    events.filter_map(move |event| {
+        let passed = match event {
+            Ok(Event::Apply(object) | Event::InitApply(object)) => {
+                let key = (object.meta().namespace.clone(), object.meta().name.clone());
+                let print = fingerprint(&object);
+                (seen.insert(key, print) != Some(print)).then_some(Ok(object))
+            }
+            Ok(Event::Delete(object)) => {
+                seen.remove(&(object.meta().namespace.clone(), object.meta().name.clone()));
+                Some(Ok(object))
+            }
+            Ok(Event::Init | Event::InitDone) => None,
+            Err(e) => Some(Err(e)),
+        };
+        future::ready(passed)
+    })
+}
+
+fn hash_of(value: impl Hash) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// What the flow's status reads of its Deployment (WorkersAvailable, the worker counts, the
+/// rollout): kube-controller-manager's condition timestamps and other churn leave it alone.
+pub fn deployment_fingerprint(deployment: &Deployment) -> u64 {
+    let status = deployment.status.as_ref();
+    hash_of((
+        deployment.metadata.generation,
+        deployment.spec.replicas,
+        status.and_then(|s| s.observed_generation),
+        status.and_then(|s| s.replicas),
+        status.and_then(|s| s.ready_replicas),
+        status.and_then(|s| s.available_replicas),
+        status.and_then(|s| s.updated_replicas),
+    ))
+}
+
+/// A child the controller only creates and prunes: its spec (generation) is what it owns.
+pub fn generation_fingerprint<K: Resource>(object: &K) -> u64 {
+    hash_of(object.meta().generation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::TryStreamExt;
+    use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentStatus};
+
+    fn deployment(ready: i32, condition_reason: &str) -> Deployment {
+        let mut d = Deployment::default();
+        d.metadata.name = Some("w".into());
+        d.metadata.namespace = Some("ns".into());
+        d.metadata.generation = Some(1);
+        d.status = Some(DeploymentStatus {
+            ready_replicas: Some(ready),
+            conditions: Some(vec![DeploymentCondition {
+                reason: Some(condition_reason.into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        d
+    }
+
+    #[tokio::test]
+    async fn status_churn_is_dropped_but_changes_and_deletions_pass() {
+        let events = futures::stream::iter([
+            Event::Init,
+            Event::InitApply(deployment(0, "NewReplicaSetCreated")),
+            Event::InitDone,
+            Event::Apply(deployment(0, "ReplicaSetUpdated")),
+            Event::Apply(deployment(1, "ReplicaSetUpdated")),
+            Event::Delete(deployment(1, "ReplicaSetUpdated")),
+            Event::Apply(deployment(1, "ReplicaSetUpdated")),
+        ])
+        .map(Ok);
+        let passed: Vec<Deployment> = worth_reconciling(events, deployment_fingerprint)
+            .try_collect()
+            .await
+            .unwrap();
+        let ready: Vec<i32> = passed
+            .iter()
+            .map(|d| d.status.as_ref().unwrap().ready_replicas.unwrap())
+            .collect();
+        // First sight, the ready change, the deletion, and the recreation.
+        assert_eq!(ready, [0, 1, 1, 1]);
+    }
+}
