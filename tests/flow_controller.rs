@@ -182,10 +182,11 @@ async fn a_flow_gets_its_children_follows_edits_and_prunes() {
         "code map resolved into the worker config"
     );
     assert!(worker_json.contains("\"version\": \"1.0.0\""));
-    assert!(
-        get_opt::<Service>(&client, &ns.name, "orders-worker")
-            .await
-            .is_some()
+    let service: Service = get_opt(&client, &ns.name, "orders-worker").await.unwrap();
+    assert_eq!(
+        service.spec.unwrap().cluster_ip.as_deref(),
+        Some("None"),
+        "headless: no cluster IP per flow"
     );
     assert!(
         get_opt::<PodDisruptionBudget>(&client, &ns.name, "orders-worker")

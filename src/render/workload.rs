@@ -151,10 +151,14 @@ pub fn deployment(inputs: &FlowInputs<'_>, config_hash: &str, autoscaled: bool) 
     }
 }
 
+/// The workers' metrics endpoint for Prometheus (ServiceMonitor). Headless: scrapers find the
+/// pods through its EndpointSlices, so a flow costs no cluster IP and no kube-proxy rules,
+/// and creating thousands of them does not queue on the apiserver's IP allocator.
 pub fn service(flow: &IntegrationFlow) -> Service {
     Service {
         metadata: metadata(flow, workers_name(flow), "worker"),
         spec: Some(typed(json!({
+            "clusterIP": "None",
             "selector": worker_selector(flow),
             "ports": [{"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"}]
         }))),
