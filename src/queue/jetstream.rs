@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::context::CreateStreamErrorKind;
 use async_nats::jetstream::{self, consumer, kv, stream};
 use bytes::Bytes;
 
@@ -163,10 +165,6 @@ pub async fn ensure_queue(
         duplicate_window: policy.dedupe_window,
         ..Default::default()
     };
-    js.create_or_update_stream(records)
-        .await
-        .map_err(|e| stream_error(&names.stream, e))?;
-
     let dead_letters = stream::Config {
         name: names.dead_letter_stream.clone(),
         subjects: vec![names.dead_letter_subject.clone()],
@@ -177,10 +175,6 @@ pub async fn ensure_queue(
         deny_delete: false,
         ..Default::default()
     };
-    js.create_or_update_stream(dead_letters)
-        .await
-        .map_err(|e| stream_error(&names.dead_letter_stream, e))?;
-
     let consumer_config = consumer::pull::Config {
         durable_name: Some(names.consumer.clone()),
         description: Some("flowplane workers of this flow".into()),
@@ -191,50 +185,56 @@ pub async fn ensure_queue(
         max_ack_pending: policy.max_ack_pending,
         ..Default::default()
     };
-    let stream = js
-        .get_stream(&names.stream)
-        .await
-        .map_err(|e| stream_error(&names.stream, e))?;
-    let consumer_error = |e: &dyn std::fmt::Display| QueueError::Consumer {
-        name: names.consumer.clone(),
-        message: e.to_string(),
+    let bucket = kv::Config {
+        bucket: names.kv_bucket.clone(),
+        description: "flowplane flow state: cursor, progress, leases, reviews".into(),
+        history: 1,
+        storage: stream::StorageType::File,
+        ..Default::default()
     };
-    match stream
-        .get_consumer::<consumer::pull::Config>(&names.consumer)
-        .await
-    {
-        Ok(existing) => {
-            let current = &existing.cached_info().config;
-            if current.max_deliver != policy.max_deliver
-                || current.ack_wait != policy.ack_wait
-                || current.max_ack_pending != policy.max_ack_pending
-            {
-                stream
-                    .update_consumer(consumer_config)
-                    .await
-                    .map_err(|e| consumer_error(&e))?;
-            }
-        }
-        Err(_) => {
-            stream
-                .get_or_create_consumer(&names.consumer, consumer_config)
+    // Independent but for the consumer, which needs its stream. Creating is idempotent for
+    // an identical configuration, so each is one request whether new or already in place.
+    futures::try_join!(
+        async {
+            put_stream(js, records).await?;
+            js.create_consumer_on_stream(consumer_config, &names.stream)
                 .await
-                .map_err(|e| consumer_error(&e))?;
-        }
-    }
-
-    if js.get_key_value(&names.kv_bucket).await.is_err() {
-        js.create_key_value(kv::Config {
-            bucket: names.kv_bucket.clone(),
-            description: "flowplane flow state: cursor, progress, leases, reviews".into(),
-            history: 1,
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| bucket_error(&names.kv_bucket, e))?;
-    }
+                .map_err(|e| QueueError::Consumer {
+                    name: names.consumer.clone(),
+                    message: e.to_string(),
+                })
+        },
+        put_stream(js, dead_letters),
+        async {
+            match js.create_key_value(bucket).await {
+                Ok(store) => Ok(store),
+                // Made by an earlier version with another description, say: it is in place.
+                Err(e) => js
+                    .get_key_value(&names.kv_bucket)
+                    .await
+                    .map_err(|_| bucket_error(&names.kv_bucket, e)),
+            }
+        },
+    )?;
     Ok(())
+}
+
+/// Creates the stream, or brings an existing one with another configuration to this one.
+async fn put_stream(js: &jetstream::Context, config: stream::Config) -> Result<(), QueueError> {
+    let name = config.name.clone();
+    match js.create_stream(config.clone()).await {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(e.kind(), CreateStreamErrorKind::JetStream(ref j)
+                if j.error_code() == ErrorCode::STREAM_NAME_EXIST) =>
+        {
+            js.update_stream(config)
+                .await
+                .map(|_| ())
+                .map_err(|e| stream_error(&name, e))
+        }
+        Err(e) => Err(stream_error(&name, e)),
+    }
 }
 
 /// Deletes the flow's streams (with their consumer) and bucket. Resources already gone are
