@@ -434,14 +434,7 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
     // queues
     let names = QueueNames::for_flow(&ns, &flow_name(flow));
     let queue = match QueuePolicy::from_delivery(&flow.spec.delivery, max_ack_pending) {
-        Ok(policy) => match ensure_queue_once(ctx, &names, &policy).await {
-            Ok(()) => dereference::queue_state(&ctx.jetstream, &names)
-                .await
-                // Gone behind the operator's back (deleted by hand, NATS storage lost):
-                // the next pass creates it again.
-                .inspect_err(|_| ctx.applied.forget(&queue_key(&names))),
-            Err(e) => Err(e),
-        },
+        Ok(policy) => ensured_queue_state(ctx, &names, &policy).await,
         Err(e) => Err(format!("spec.{e}")),
     };
 
@@ -486,26 +479,25 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
     )))
 }
 
-fn queue_key(names: &QueueNames) -> String {
-    format!("queue/{}", names.stream)
-}
-
-/// Ensures the queue unless this process already did so with the same policy.
-async fn ensure_queue_once(
+/// The queue's state, ensuring the queue first unless this process already did so with the
+/// same policy. A failed read forgets that: the queue went behind the operator's back (deleted
+/// by hand, NATS storage lost) and the next pass creates it again.
+async fn ensured_queue_state(
     ctx: &Context,
     names: &QueueNames,
     policy: &QueuePolicy,
-) -> std::result::Result<(), String> {
-    let key = queue_key(names);
+) -> std::result::Result<dereference::QueueState, String> {
+    let key = format!("queue/{}", names.stream);
     let fingerprint = format!("{policy:?}");
-    if ctx.applied.get(&key).as_deref() == Some(fingerprint.as_str()) {
-        return Ok(());
+    if ctx.applied.get(&key).as_deref() != Some(fingerprint.as_str()) {
+        ensure_queue(&ctx.jetstream, names, policy)
+            .await
+            .map_err(|e| e.to_string())?;
+        ctx.applied.set(key.clone(), fingerprint);
     }
-    ensure_queue(&ctx.jetstream, names, policy)
+    dereference::queue_state(&ctx.jetstream, names)
         .await
-        .map_err(|e| e.to_string())?;
-    ctx.applied.set(key, fingerprint);
-    Ok(())
+        .inspect_err(|_| ctx.applied.forget(&key))
 }
 
 /// Records a planner's decision on each listed review. A review that is no longer pending
