@@ -42,7 +42,7 @@ while [ $# -gt 0 ]; do
 done
 
 export FLOWPLANE_CACHE="${FLOWPLANE_CACHE:-$HOME/.cache/flowplane}"
-BIN="$FLOWPLANE_CACHE/bin"
+BIN="${FLOWPLANE_TOOLS:-$FLOWPLANE_CACHE/bin}"
 NS=flowplane-eu
 ENTITIES=(sales-history inventory-positions returns)
 say() { printf '\033[1m[demo]\033[0m %s\n' "$*" >&2; }

@@ -1,10 +1,26 @@
 #!/usr/bin/env bash
 # Builds and caches the real components the tests and the local demo start:
-# etcd, kube-apiserver, kube-controller-manager, kubectl, nats-server (Go module proxy),
-# and promtool (Debian); with WITH_BENTHOS=1 also Benthos, for the worker benchmark's
+# etcd, kube-apiserver, kube-controller-manager, kubectl, nats-server, helm (Go module proxy),
+# promtool and lua5.4 (Debian); with WITH_BENTHOS=1 also Benthos, for the worker benchmark's
 # comparison (scripts/bench-worker.sh sets it). Everything lands in ~/.cache/flowplane/bin,
 # keyed by version, so a warm run is a no-op. Safe to run concurrently with itself (flock).
+#   install-tools.sh --list default|opt-in   prints that set and installs nothing
 set -euo pipefail
+
+# The one list of external binaries that tests, benches and scripts may start (by these names,
+# from the tools directory); scripts/check-tools.sh holds the code to it. DEFAULT_TOOLS is what
+# a plain run builds, so all the test command may use; OPT_IN_TOOLS are built only on request,
+# for benchmarks that skip them, saying so, when they are absent.
+DEFAULT_TOOLS=(etcd nats-server kube-apiserver kube-controller-manager kubectl helm promtool lua5.4)
+OPT_IN_TOOLS=(benthos)
+if [ "${1:-}" = --list ]; then
+  case "${2:-}" in
+  default) printf '%s\n' "${DEFAULT_TOOLS[@]}" ;;
+  opt-in) printf '%s\n' "${OPT_IN_TOOLS[@]}" ;;
+  *) echo "usage: install-tools.sh --list default|opt-in" >&2; exit 2 ;;
+  esac
+  exit 0
+fi
 
 K8S_VERSION="${K8S_VERSION:-1.37.2}"
 ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
@@ -18,7 +34,10 @@ BENTHOS_NATS_VERSION="${BENTHOS_NATS_VERSION:-4.27.0}"
 CACHE="${FLOWPLANE_CACHE:-$HOME/.cache/flowplane}"
 BIN="$CACHE/bin"
 mkdir -p "$BIN" "$CACHE/go-build"
+# Go's build and module caches live in ours, so emptying ~/.cache/flowplane is a cold start.
+export GOCACHE="$CACHE/go-build"
 export GOPATH="${GOPATH:-$HOME/go}"
+export GOMODCACHE="$CACHE/go-mod"
 export GOFLAGS="-mod=mod"
 export CGO_ENABLED=0
 
@@ -202,6 +221,7 @@ if ! command -v lua5.4 >/dev/null 2>&1; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lua5.4) >/dev/null 2>&1 || log "lua5.4 install failed"
   fi
 fi
+command -v lua5.4 >/dev/null 2>&1 && ln -sf "$(command -v lua5.4)" "$BIN/lua5.4" || true
 
 if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$BIN/promtool" ]; then
   log "installing promtool (Debian prometheus package)"
@@ -211,4 +231,7 @@ if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$BIN/promtool" ]; then
 fi
 command -v promtool >/dev/null 2>&1 && ln -sf "$(command -v promtool)" "$BIN/promtool" || true
 
+for tool in "${DEFAULT_TOOLS[@]}"; do
+  [ -x "$BIN/$tool" ] || { log "$tool was not installed"; exit 1; }
+done
 log "tools ready in $BIN"

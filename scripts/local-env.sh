@@ -13,7 +13,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 CACHE="${FLOWPLANE_CACHE:-$HOME/.cache/flowplane}"
-BIN="$CACHE/bin"
+BIN="${FLOWPLANE_TOOLS:-$CACHE/bin}"
 STATE="${FLOWPLANE_STATE:-$CACHE/run/${FLOWPLANE_ENV_NAME:-default}}"
 ENV_FILE="$STATE/env"
 

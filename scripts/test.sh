@@ -15,6 +15,10 @@ command -v cargo >/dev/null || { echo "cargo is needed (https://rustup.rs)" >&2;
 command -v go >/dev/null || { echo "go is needed to build the control plane" >&2; exit 2; }
 
 scripts/install-tools.sh
+# The tests find their external binaries in a directory of their own holding only what
+# install-tools.sh builds by default, so a warm cache cannot pass what a fresh machine fails.
+export FLOWPLANE_TOOLS="$FLOWPLANE_STATE/tools"
+scripts/check-tools.sh
 cleanup() { scripts/local-env.sh down || true; rm -rf "$FLOWPLANE_STATE" "$FLOWPLANE_STATE-demo"; }
 trap cleanup EXIT
 scripts/local-env.sh up >/dev/null

@@ -1,21 +1,12 @@
 //! The generated alert rules pass `promtool check rules`, and `promtool test rules` shows each
 //! alert firing on the series that should fire it and silent otherwise.
 
-use std::path::PathBuf;
+mod support;
+
 use std::process::Command;
 
 use flowplane::api::IntegrationFlow;
 use flowplane::render::alerts::{rule_file, rule_groups};
-
-fn promtool() -> PathBuf {
-    let cached =
-        PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/flowplane/bin/promtool");
-    if cached.exists() {
-        cached
-    } else {
-        PathBuf::from("promtool")
-    }
-}
 
 fn flow() -> IntegrationFlow {
     serde_yaml::from_str(
@@ -65,7 +56,7 @@ fn test_case(series: String, alerts: String) -> String {
 }
 
 fn run_promtool(args: &[&str]) -> String {
-    let out = Command::new(promtool())
+    let out = Command::new(support::tool("promtool"))
         .args(args)
         .output()
         .expect("promtool (installed by scripts/install-tools.sh)");

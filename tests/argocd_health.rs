@@ -5,6 +5,8 @@
 //! Each case's object is converted YAML -> JSON -> a Lua table literal, and the script runs in
 //! an environment as small as Argo CD's sandbox (no `os`, `io`, `require`), with `obj` bound.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -22,24 +24,6 @@ const STATUSES: [&str; 6] = [
 
 fn customizations() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/argocd/resource_customizations/flowplane.io")
-}
-
-fn lua() -> PathBuf {
-    for candidate in ["/usr/bin/lua5.4", "/usr/local/bin/lua5.4"] {
-        if Path::new(candidate).exists() {
-            return PathBuf::from(candidate);
-        }
-    }
-    let out = Command::new("bash")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-tools.sh"))
-        .output()
-        .expect("run scripts/install-tools.sh");
-    assert!(
-        out.status.success(),
-        "install-tools.sh failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from("lua5.4")
 }
 
 /// A Lua string literal holding `s` exactly.
@@ -114,7 +98,10 @@ io.write(tostring(hs.status), "\0", tostring(hs.message))
             .as_nanos()
     ));
     std::fs::write(&file, driver).unwrap();
-    let out = Command::new(lua()).arg(&file).output().expect("run lua5.4");
+    let out = Command::new(support::tool("lua5.4"))
+        .arg(&file)
+        .output()
+        .expect("run lua5.4");
     let _ = std::fs::remove_file(&file);
     assert!(
         out.status.success(),

@@ -215,15 +215,6 @@ impl PrivateNats {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    fn binary() -> PathBuf {
-        let cache = std::env::var("FLOWPLANE_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| {
-                PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/flowplane")
-            });
-        cache.join("bin/nats-server")
-    }
-
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -234,7 +225,7 @@ impl PrivateNats {
     /// (Re)starts the server and waits until it accepts connections.
     pub fn restart(&mut self) {
         self.stop();
-        let child = Command::new(Self::binary())
+        let child = Command::new(crate::support::tool("nats-server"))
             .args([
                 "-js",
                 "-a",

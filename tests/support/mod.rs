@@ -20,7 +20,6 @@ use kube::{Client, Config};
 pub struct LocalEnv {
     pub kubeconfig: PathBuf,
     pub nats_url: String,
-    pub bin_dir: PathBuf,
 }
 
 pub fn repo_root() -> &'static Path {
@@ -45,18 +44,45 @@ pub fn local_env() -> &'static LocalEnv {
         let vars = read_env_file(Path::new(&env_file));
         let kubeconfig = PathBuf::from(&vars["KUBECONFIG"]);
         LocalEnv {
-            bin_dir: kubeconfig_dir_bin(),
             kubeconfig,
             nats_url: vars["NATS_URL"].clone(),
         }
     })
 }
 
-fn kubeconfig_dir_bin() -> PathBuf {
-    let cache = std::env::var("FLOWPLANE_CACHE")
+/// An external binary from the tools directory: `$FLOWPLANE_TOOLS`, which the test command
+/// fills with exactly install-tools.sh's default set (so a tool cached here but not built on a
+/// fresh machine is not found here either), else the cache. Every test starts its external
+/// binaries through this function; scripts/check-tools.sh holds the names to that set.
+pub fn tool(name: &str) -> PathBuf {
+    let dir = std::env::var("FLOWPLANE_TOOLS")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/flowplane"));
-    cache.join("bin")
+        .unwrap_or_else(|_| {
+            std::env::var("FLOWPLANE_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| {
+                    PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/flowplane")
+                })
+                .join("bin")
+        });
+    let path = dir.join(name);
+    if !path.exists() {
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/install-tools.sh"))
+            .output()
+            .expect("run scripts/install-tools.sh");
+        assert!(
+            out.status.success(),
+            "install-tools.sh failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        path.exists(),
+        "{name} is not in {} (is it in install-tools.sh's DEFAULT_TOOLS?)",
+        dir.display()
+    );
+    path
 }
 
 fn read_env_file(path: &Path) -> HashMap<String, String> {
@@ -97,26 +123,9 @@ pub fn operator_user() -> String {
     format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}")
 }
 
-/// helm, built by `scripts/install-tools.sh` (run here when it is missing).
-pub fn helm_bin() -> PathBuf {
-    let helm = kubeconfig_dir_bin().join("helm");
-    if !helm.exists() {
-        let out = Command::new("bash")
-            .arg(repo_root().join("scripts/install-tools.sh"))
-            .output()
-            .expect("run scripts/install-tools.sh");
-        assert!(
-            out.status.success(),
-            "install-tools.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    helm
-}
-
 /// Runs helm; returns (success, stdout, stderr).
 pub fn helm(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(helm_bin())
+    let out = Command::new(tool("helm"))
         .args(args)
         .output()
         .expect("spawn helm");
@@ -282,7 +291,7 @@ where
 pub fn kubectl(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     use std::io::Write;
     let env = local_env();
-    let mut cmd = Command::new(env.bin_dir.join("kubectl"));
+    let mut cmd = Command::new(tool("kubectl"));
     cmd.arg("--kubeconfig").arg(&env.kubeconfig).args(args);
     cmd.stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
