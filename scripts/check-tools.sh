@@ -14,7 +14,12 @@ CACHE="${FLOWPLANE_CACHE:-$HOME/.cache/flowplane}"
 
 mapfile -t default < <(scripts/install-tools.sh --list default)
 mapfile -t opt_in < <(scripts/install-tools.sh --list opt-in)
-in_list() { local name="$1"; shift; printf '%s\n' "$@" | grep -qxF "$name"; }
+in_list() {
+  local name="$1" item
+  shift
+  for item in "$@"; do [ "$item" = "$name" ] && return 0; done
+  return 1
+}
 failed=0
 fail() { echo "check-tools: $*" >&2; failed=1; }
 
