@@ -9,3 +9,4 @@ pub mod queue;
 pub mod render;
 pub mod sim;
 pub mod worker;
+pub mod worker_config;

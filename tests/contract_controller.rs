@@ -13,7 +13,7 @@ use kube::api::Api;
 
 use flowplane::api::data_contract::DataContractStatus;
 use flowplane::api::{ConnectorBinding, DataContract, IntegrationFlow};
-use flowplane::worker::config::{CONFIG_FILE, WorkerConfig};
+use flowplane::worker_config::{CONFIG_FILE, WorkerConfig};
 use support::{TestNamespace, apply_yaml, client, eventually, operator};
 
 const BINDINGS: [&str; 2] = [

@@ -18,11 +18,11 @@ use flowplane::api::integration_flow::{
 use flowplane::queue::approvals::{Decision, PendingReview, decide, list_pending};
 use flowplane::queue::{QueueNames, list_dead_letters};
 use flowplane::sim::erp::ErpSeed;
-use flowplane::worker::config::{
+use flowplane::worker::sample;
+use flowplane::worker_config::{
     ApprovalConfig, ContractConfig, FieldMappingConfig, MappingConfig, SourceConfig, TargetConfig,
     WorkerConfig,
 };
-use flowplane::worker::sample;
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(60);

@@ -4,6 +4,7 @@
 //! ERP simulator.
 
 mod e2e_support;
+mod support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -418,8 +419,8 @@ async fn several_workers_never_overwrite_a_newer_value_at_an_odata_target() {
 #[test]
 fn every_example_flow_renders_a_worker_configuration_with_its_queue_policy() {
     use flowplane::api::IntegrationFlow;
-    use flowplane::worker::config::WorkerConfig;
     use flowplane::worker::transform::Plan;
+    use flowplane::worker_config::WorkerConfig;
 
     let base = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/base");
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_flowplane"));
@@ -453,7 +454,7 @@ fn every_example_flow_renders_a_worker_configuration_with_its_queue_policy() {
     for flow in &flows {
         let name = flow.metadata.name.as_deref().unwrap();
         let config = configs.iter().find(|c| c.flow == name).unwrap();
-        let rendered = QueuePolicy::from_worker(&config.delivery).unwrap();
+        let rendered = QueuePolicy::from_rendered(&config.delivery).unwrap();
         let wanted = QueuePolicy::from_delivery(&flow.spec.delivery, 1).unwrap();
         assert_eq!(
             (

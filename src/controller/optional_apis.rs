@@ -4,7 +4,7 @@
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Client;
-use kube::api::{Api, ApiResource, GroupVersionKind};
+use kube::api::Api;
 
 pub const KEDA_SCALED_OBJECTS: &str = "scaledobjects.keda.sh";
 pub const PROMETHEUS_RULES: &str = "prometheusrules.monitoring.coreos.com";
@@ -20,28 +20,6 @@ pub struct Installed {
 pub struct OptionalApis {
     crds: Api<CustomResourceDefinition>,
     current: std::sync::RwLock<Installed>,
-}
-
-pub fn scaled_object() -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk(
-        "keda.sh",
-        "v1alpha1",
-        "ScaledObject",
-    ))
-}
-pub fn prometheus_rule() -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk(
-        "monitoring.coreos.com",
-        "v1",
-        "PrometheusRule",
-    ))
-}
-pub fn service_monitor() -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk(
-        "monitoring.coreos.com",
-        "v1",
-        "ServiceMonitor",
-    ))
 }
 
 impl OptionalApis {

@@ -10,10 +10,9 @@ use async_nats::jetstream::context::CreateStreamErrorKind;
 use async_nats::jetstream::{self, consumer, kv, stream};
 use bytes::Bytes;
 
-use super::{CURSOR_KEY, FlowProgress, PROGRESS_KEY, QueueNames};
+use super::{CURSOR_KEY, DeliveryConfig, FlowProgress, PROGRESS_KEY, QueueNames};
 use crate::api::common::parse_duration;
 use crate::api::integration_flow::Delivery;
-use crate::worker::config::DeliveryConfig;
 
 /// Number of subject partitions records are spread over (`<subject>.<partition>`), by a hash of
 /// the record's primary key. Fixed, because changing it would move keys between partitions.
@@ -54,7 +53,7 @@ impl QueuePolicy {
 
     /// The policy of a worker's configuration (the same one the operator rendered from the
     /// flow), for a worker that has to create the queue itself.
-    pub fn from_worker(delivery: &DeliveryConfig) -> Result<QueuePolicy, String> {
+    pub fn from_rendered(delivery: &DeliveryConfig) -> Result<QueuePolicy, String> {
         QueuePolicy::parse(
             [
                 &delivery.retention,
@@ -379,22 +378,30 @@ mod tests {
 
     #[test]
     fn the_worker_configuration_gives_the_operator_policy() {
-        let config = crate::worker::sample::sales_order_flow("ns", "f", "nats://x", "u", "v");
-        let mut delivery = config.delivery.clone();
+        let rendered = DeliveryConfig {
+            max_deliver: 5,
+            ack_wait: "30s".into(),
+            retry: serde_json::from_value(serde_json::json!({})).unwrap(),
+            max_ack_pending: 100,
+            retention: "168h".into(),
+            dead_letter_retention: "720h".into(),
+            dedupe_window: "2m".into(),
+        };
+        let mut delivery = rendered.clone();
         delivery.retention = "48h".into();
         delivery.dedupe_window = "15m".into();
-        let policy = QueuePolicy::from_worker(&delivery).unwrap();
+        let policy = QueuePolicy::from_rendered(&delivery).unwrap();
         assert_eq!(policy.retention, Duration::from_secs(48 * 3600));
         assert_eq!(policy.dedupe_window, Duration::from_secs(900));
         assert_eq!(policy.max_deliver, i64::from(delivery.max_deliver));
         // A worker.json rendered before these fields existed reads with the flow defaults.
-        let mut json = serde_json::to_value(&config.delivery).unwrap();
+        let mut json = serde_json::to_value(&rendered).unwrap();
         for field in ["retention", "deadLetterRetention", "dedupeWindow"] {
             json.as_object_mut().unwrap().remove(field);
         }
         let old: DeliveryConfig = serde_json::from_value(json).unwrap();
         assert_eq!(
-            QueuePolicy::from_worker(&old).unwrap().retention,
+            QueuePolicy::from_rendered(&old).unwrap().retention,
             QueuePolicy::default().retention
         );
     }

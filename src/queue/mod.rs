@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::common::RetryPolicy;
+
 pub mod approvals;
 pub mod cli;
 pub mod headers;
@@ -92,6 +94,40 @@ pub struct FlowProgress {
     /// Records waiting in the flow's consumer (pending plus unacknowledged) when last sampled.
     #[serde(default)]
     pub lag: u64,
+}
+
+/// Queue policy with durations as written in the flow.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryConfig {
+    /// Deliveries before dead-lettering.
+    pub max_deliver: u32,
+    /// Ack wait.
+    pub ack_wait: String,
+    /// Redelivery backoff.
+    pub retry: RetryPolicy,
+    /// Most unacknowledged records in flight across workers.
+    pub max_ack_pending: u32,
+    /// How long records stay in the flow's stream (for a worker that creates the queue).
+    #[serde(default = "default_retention")]
+    pub retention: String,
+    /// How long dead letters stay.
+    #[serde(default = "default_dead_letter_retention")]
+    pub dead_letter_retention: String,
+    /// Window in which a republished idempotency key is dropped.
+    #[serde(default = "default_dedupe_window")]
+    pub dedupe_window: String,
+}
+
+// Configurations rendered before these fields existed get the flow defaults.
+fn default_retention() -> String {
+    crate::api::integration_flow::Delivery::default().retention
+}
+fn default_dead_letter_retention() -> String {
+    crate::api::integration_flow::Delivery::default().dead_letter_retention
+}
+fn default_dedupe_window() -> String {
+    crate::api::integration_flow::Delivery::default().dedupe_window
 }
 
 #[cfg(test)]

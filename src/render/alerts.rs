@@ -9,9 +9,9 @@ use kube::api::DynamicObject;
 use serde::Serialize;
 use serde_json::json;
 
+use super::optional_kinds;
 use crate::api::IntegrationFlow;
 use crate::api::common::parse_duration;
-use crate::controller::optional_apis;
 
 use super::labels::{flow_name, metadata, namespace, rules_name, worker_selector, workers_name};
 use super::scaling::LAG_METRIC;
@@ -165,14 +165,14 @@ pub fn rules_config_map(flow: &IntegrationFlow, groups: &[RuleGroup]) -> ConfigM
 }
 
 pub fn prometheus_rule(flow: &IntegrationFlow, groups: &[RuleGroup]) -> DynamicObject {
-    let mut object = DynamicObject::new(&rules_name(flow), &optional_apis::prometheus_rule());
+    let mut object = DynamicObject::new(&rules_name(flow), &optional_kinds::prometheus_rule());
     object.metadata = metadata(flow, rules_name(flow), "alerts");
     object.data = json!({ "spec": { "groups": groups } });
     object
 }
 
 pub fn service_monitor(flow: &IntegrationFlow) -> DynamicObject {
-    let mut object = DynamicObject::new(&workers_name(flow), &optional_apis::service_monitor());
+    let mut object = DynamicObject::new(&workers_name(flow), &optional_kinds::service_monitor());
     object.metadata = metadata(flow, workers_name(flow), "worker");
     object.data = json!({ "spec": {
         "selector": {"matchLabels": worker_selector(flow)},

@@ -5,6 +5,7 @@
 pub mod alerts;
 pub mod cli;
 pub mod labels;
+pub mod optional_kinds;
 pub mod scaling;
 pub mod worker_config;
 pub mod workload;
@@ -21,7 +22,7 @@ use kube::api::DynamicObject;
 
 use crate::api::data_contract::{QualityRule, RecordSchema};
 use crate::api::{ConnectorBinding, IntegrationFlow};
-use crate::worker::config::WorkerConfig;
+use crate::worker_config::WorkerConfig;
 
 /// Settings of the operator that shape what it renders.
 #[derive(Clone, Debug)]

@@ -5,9 +5,9 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::DynamicObject;
 use serde_json::json;
 
+use super::optional_kinds;
 use crate::api::IntegrationFlow;
-use crate::controller::optional_apis;
-use crate::worker::config::WorkerConfig;
+use crate::worker_config::WorkerConfig;
 
 use super::RenderSettings;
 use super::labels::{flow_name, metadata, workers_name};
@@ -53,7 +53,7 @@ pub fn scaled_object(
     settings: &RenderSettings,
 ) -> DynamicObject {
     let scaling = &flow.spec.scaling;
-    let mut object = DynamicObject::new(&workers_name(flow), &optional_apis::scaled_object());
+    let mut object = DynamicObject::new(&workers_name(flow), &optional_kinds::scaled_object());
     object.metadata = metadata(flow, workers_name(flow), "worker");
     object.data = json!({"spec": {
         "scaleTargetRef": {"name": workers_name(flow)},

@@ -4,10 +4,11 @@
 use crate::api::ConnectorBinding;
 use crate::api::common::{CircuitBreaker, Resilience, RetryPolicy};
 use crate::api::connector_binding::AuthType;
+use crate::queue::DeliveryConfig;
 use crate::queue::QueueNames;
-use crate::worker::config::{
-    ApprovalConfig, CodeTable, ContractConfig, DeliveryConfig, EndpointConfig, FieldMappingConfig,
-    MappingConfig, ResilienceConfig, SECRETS_DIR, SourceConfig, TargetConfig, WorkerConfig,
+use crate::worker_config::{
+    ApprovalConfig, CodeTable, ContractConfig, EndpointConfig, FieldMappingConfig, MappingConfig,
+    ResilienceConfig, SECRETS_DIR, SourceConfig, TargetConfig, WorkerConfig,
 };
 
 use super::labels::{flow_name, namespace};
@@ -143,6 +144,7 @@ pub fn build(inputs: &FlowInputs<'_>) -> Result<WorkerConfig, RenderError> {
         .map(|r| r.max_concurrent * spec.target.batch_size)
         .unwrap_or(DEFAULT_MAX_ACK_PENDING);
     Ok(WorkerConfig {
+        format: crate::worker_config::FORMAT,
         namespace: namespace(flow),
         flow: flow_name(flow),
         nats_url: inputs.settings.nats_url.clone(),

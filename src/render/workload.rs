@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::api::IntegrationFlow;
 use crate::api::connector_binding::AuthType;
-use crate::worker::config::{CONFIG_DIR, CONFIG_FILE, WorkerConfig};
+use crate::worker_config::{CONFIG_DIR, CONFIG_FILE, WorkerConfig};
 
 use super::labels::{
     CONFIG_HASH_ANNOTATION, RESTARTED_AT_ANNOTATION, config_map_name, cron_job_name, metadata,

@@ -22,7 +22,6 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::faults::{FaultSpec, Faults, lock};
-use crate::worker::clock::{format_rfc3339_millis, parse_rfc3339_nanos};
 
 /// Entity set of sales order lines.
 pub const SALES_ORDER_LINES: &str = "A_SalesOrderItem";
@@ -36,6 +35,19 @@ pub const PLANTS: [&str; 4] = ["1010", "1020", "1030", "1040"];
 pub const UNKNOWN_PLANT: &str = "9999";
 /// `LastChangeDateTime` of change 0.
 const EPOCH_MS: i64 = 1_704_067_200_000;
+
+/// `2024-01-01T00:00:00.025Z`: the service's DateTimeOffset values, always with milliseconds.
+fn format_rfc3339_millis(unix_ms: i64) -> String {
+    let timestamp =
+        jiff::Timestamp::from_millisecond(unix_ms).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    format!("{timestamp:.3}")
+}
+
+/// Unix nanoseconds of a DateTimeOffset literal in a `$filter`.
+fn parse_rfc3339_nanos(raw: &str) -> Option<i64> {
+    let timestamp: jiff::Timestamp = raw.parse().ok()?;
+    i64::try_from(timestamp.as_nanosecond()).ok()
+}
 /// The cursor field of every entity set.
 pub const CHANGE_FIELD: &str = "LastChangeDateTime";
 

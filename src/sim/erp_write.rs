@@ -28,13 +28,13 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use super::batch::{BatchRequest, BatchResponse, parse_requests, write_responses};
 use super::erp::{ErpState, INVENTORY, RETURNS, SALES_ORDER_LINES};
 use super::faults::{FaultSpec, Faults, lock};
 use super::forecast::{EntityReport, KeyReport};
-use crate::worker::connectors::odata_batch::{
-    PartRequest, PartResponse, decode_requests, encode_responses,
-};
-use crate::worker::connectors::odata_target::SOURCE_VERSION_HEADER;
+
+/// The header in which flowplane's OData target sends each record's source version.
+const SOURCE_VERSION_HEADER: &str = "Flowplane-Source-Version";
 
 /// A writable entity set: planned independent requirements (the forecast, as the ERP's MRP
 /// reads it).
@@ -91,8 +91,8 @@ impl ErpState {
     }
 
     /// Carries out one request of a batch.
-    async fn write(&self, request: &PartRequest) -> PartResponse {
-        let answer = |status: u16, body: Vec<u8>| PartResponse {
+    async fn write(&self, request: &BatchRequest) -> BatchResponse {
+        let answer = |status: u16, body: Vec<u8>| BatchResponse {
             content_id: request.content_id.clone(),
             status,
             headers: if body.is_empty() {
@@ -347,7 +347,7 @@ async fn batch(
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let requests = match decode_requests(content_type, &body) {
+    let requests = match parse_requests(content_type, &body) {
         Ok(requests) => requests,
         Err(message) => {
             return (
@@ -384,7 +384,7 @@ async fn batch(
             ),
             ("odata-version", "4.0".to_string()),
         ],
-        encode_responses(&boundary, &responses),
+        write_responses(&boundary, &responses),
     )
         .into_response()
 }
@@ -423,10 +423,47 @@ async fn clear_part_faults(State(state): State<Arc<ErpState>>) -> StatusCode {
 mod tests {
     use super::*;
     use crate::sim::erp::ErpSeed;
-    use crate::worker::connectors::odata_batch::{decode_responses, encode_requests};
 
-    fn patch(id: &str, url: &str, version: u64, body: Value) -> PartRequest {
-        PartRequest {
+    /// A `$batch` body of `requests`, written as an OData client writes one.
+    fn batch_body(boundary: &str, requests: &[BatchRequest]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for request in requests {
+            out.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Type: application/http\r\n\r\n{} {} HTTP/1.1\r\n",
+                    request.method, request.url
+                )
+                .as_bytes(),
+            );
+            for (name, value) in &request.headers {
+                out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(&request.body);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        out
+    }
+
+    /// The status of each part of a batch response, read by a MIME parser.
+    fn statuses(content_type: &str, body: &[u8]) -> Vec<u16> {
+        let mut message = format!("Content-Type: {content_type}\r\n\r\n").into_bytes();
+        message.extend_from_slice(body);
+        mailparse::parse_mail(&message)
+            .unwrap()
+            .subparts
+            .iter()
+            .map(|part| {
+                let raw = part.get_body_raw().unwrap();
+                let line = String::from_utf8_lossy(&raw[..12]).into_owned();
+                line["HTTP/1.1 ".len()..].parse().unwrap()
+            })
+            .collect()
+    }
+
+    fn patch(id: &str, url: &str, version: u64, body: Value) -> BatchRequest {
+        BatchRequest {
             content_id: Some(id.into()),
             method: "PATCH".into(),
             url: url.into(),
@@ -511,7 +548,7 @@ mod tests {
         assert_eq!(p1.value["qty"], 0);
         // Reads carry the ETag; preconditions are checked against it.
         let read = state
-            .write(&PartRequest {
+            .write(&BatchRequest {
                 method: "GET".into(),
                 url: format!("{set}(product='P1',plant='1010')?$select=qty"),
                 headers: vec![],
@@ -552,7 +589,7 @@ mod tests {
         assert_eq!(failed.status, 503);
         assert_eq!(failed.header("retry-after"), Some("2"));
         // Through the HTTP handler: a multipart response, in order, continuing after errors.
-        let body = encode_requests("b", &requests[2..5]);
+        let body = batch_body("b", &requests[2..5]);
         let mut headers = HeaderMap::new();
         headers.insert(
             "content-type",
@@ -567,12 +604,7 @@ mod tests {
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
             .unwrap();
-        let statuses: Vec<u16> = decode_responses(&content_type, &bytes)
-            .unwrap()
-            .iter()
-            .map(|r| r.status)
-            .collect();
-        assert_eq!(statuses, vec![204, 400, 405]);
+        assert_eq!(statuses(&content_type, &bytes), vec![204, 400, 405]);
         headers.remove("prefer");
         let response = batch(State(state.clone()), headers, body.into()).await;
         let content_type = response.headers()["content-type"]
@@ -583,7 +615,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            decode_responses(&content_type, &bytes).unwrap().len(),
+            statuses(&content_type, &bytes).len(),
             2,
             "stops at the first error"
         );

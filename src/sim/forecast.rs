@@ -273,9 +273,7 @@ fn record_key(fields: &[String], data: &RawValue) -> Result<String, String> {
     if fields.is_empty() {
         return Err("the request names no key fields".into());
     }
-    // Only the key fields are parsed out of the record.
-    let data = crate::worker::connectors::raw::fields_of(data.get().as_bytes(), fields)
-        .unwrap_or_default();
+    let data: serde_json::Map<String, Value> = serde_json::from_str(data.get()).unwrap_or_default();
     let mut parts = Vec::with_capacity(fields.len());
     for field in fields {
         match data.get(field) {

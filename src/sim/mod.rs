@@ -2,6 +2,7 @@
 //! speaking OData v4 and a forecasting platform with a bulk-ingest REST API. Both run
 //! in-process (`serve(listener, state)`) or as `flowplane sim erp|forecast`.
 
+pub mod batch;
 pub mod erp;
 pub mod erp_write;
 pub mod faults;

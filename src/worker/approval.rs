@@ -24,7 +24,6 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::clock::now_unix_ms;
-use super::config::ApprovalConfig;
 use super::connectors::target::{Outgoing, Target};
 use super::http::CallError;
 use super::metrics::Metrics;
@@ -37,6 +36,7 @@ use crate::queue::approvals::{
     read_parked, review_id, review_key,
 };
 use crate::queue::{QueueNames, headers};
+use crate::worker_config::ApprovalConfig;
 
 /// Review timeout when the configuration has none (the CRD requires one with Review rules).
 const DEFAULT_REVIEW_TIMEOUT: Duration = Duration::from_secs(24 * 3600);

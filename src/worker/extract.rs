@@ -30,7 +30,7 @@ use crate::api::common::parse_duration;
 use crate::api::integration_flow::SyncMode;
 use crate::queue::jetstream::{PARTITIONS, partition_of, partition_subject};
 use crate::queue::{CURSOR_KEY, QueueNames, headers};
-use crate::worker::config::WorkerConfig;
+use crate::worker_config::WorkerConfig;
 
 /// Pages fetched ahead of the one being published.
 const PREFETCH_PAGES: usize = 2;

@@ -15,7 +15,7 @@ use super::metrics::Metrics;
 use super::resilience::{Backoff, Breaker};
 use crate::api::common::parse_duration;
 use crate::api::connector_binding::AuthType;
-use crate::worker::config::EndpointConfig;
+use crate::worker_config::EndpointConfig;
 
 /// Why a call gave up.
 #[derive(Debug, thiserror::Error)]

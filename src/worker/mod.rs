@@ -7,7 +7,6 @@
 
 pub mod approval;
 pub mod clock;
-pub mod config;
 pub mod connectors;
 pub mod consume;
 pub mod dead_letter;
@@ -33,7 +32,7 @@ use clap::Args;
 use tokio::sync::watch;
 
 use crate::queue::jetstream::{QueuePolicy, bucket, ensure_queue};
-use config::WorkerConfig;
+use crate::worker_config::WorkerConfig;
 use connectors::target::Target;
 use metrics::Metrics;
 use progress::ProgressDeltas;
@@ -109,7 +108,7 @@ impl Flow {
         if js.get_stream(&config.queue.stream).await.is_err()
             || js.get_key_value(&config.queue.kv_bucket).await.is_err()
         {
-            let policy = QueuePolicy::from_worker(&config.delivery)
+            let policy = QueuePolicy::from_rendered(&config.delivery)
                 .map_err(|e| anyhow::anyhow!("worker configuration: {e}"))?;
             ensure_queue(&js, &config.queue, &policy).await?;
         }

@@ -1,5 +1,7 @@
 //! A realistic flow for tests, benchmarks and the demo: S/4HANA-style sales order lines from
-//! the ERP simulator into the forecasting simulator, with a plant -> location code map.
+//! the ERP simulator into the forecasting simulator, with a plant -> location code map. The
+//! simulator's entity set and change field are written out, not imported: nothing outside
+//! `sim` depends on a simulator, and the end-to-end tests fail if the two drift apart.
 
 use std::collections::BTreeMap;
 
@@ -9,10 +11,11 @@ use crate::api::common::{CircuitBreaker, RetryPolicy};
 use crate::api::connector_binding::{AuthType, Protocol, System};
 use crate::api::data_contract::{QualityRule, RecordSchema};
 use crate::api::integration_flow::{OnUnmapped, SyncMode, WriteMode};
+use crate::queue::DeliveryConfig;
 use crate::queue::QueueNames;
-use crate::worker::config::{
-    CodeTable, ContractConfig, DeliveryConfig, EndpointConfig, FieldMappingConfig, MappingConfig,
-    ResilienceConfig, SourceConfig, TargetConfig, WorkerConfig,
+use crate::worker_config::{
+    CodeTable, ContractConfig, EndpointConfig, FieldMappingConfig, MappingConfig, ResilienceConfig,
+    SourceConfig, TargetConfig, WorkerConfig,
 };
 
 /// The canonical sales-order-line contract (1.1.0 of the examples, plus location and source).
@@ -183,15 +186,16 @@ pub fn sales_order_flow(
     forecast_url: &str,
 ) -> WorkerConfig {
     WorkerConfig {
+        format: crate::worker_config::FORMAT,
         namespace: namespace.into(),
         flow: flow.into(),
         nats_url: nats_url.into(),
         queue: QueueNames::for_flow(namespace, flow),
         source: SourceConfig {
             endpoint: endpoint("erp", System::Erp, Protocol::OData, erp_url),
-            entity: crate::sim::erp::SALES_ORDER_LINES.into(),
+            entity: "A_SalesOrderItem".into(),
             sync_mode: SyncMode::Incremental,
-            cursor_field: Some(crate::sim::erp::CHANGE_FIELD.into()),
+            cursor_field: Some("LastChangeDateTime".into()),
             select: vec![],
             poll_interval: "200ms".into(),
         },

@@ -17,8 +17,8 @@ use crate::api::data_contract::{
 };
 use crate::api::integration_flow::OnUnmapped;
 use crate::contract::value::check_value;
-use crate::worker::config::{CodeTable, ContractConfig, MappingConfig};
 use crate::worker::quality::{BatchCheck, BatchRule, Facts};
+use crate::worker_config::{CodeTable, ContractConfig, MappingConfig};
 
 /// Why a record cannot be delivered. The names are the dead-letter reasons (bounded set).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

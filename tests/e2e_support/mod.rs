@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use flowplane::queue::{FlowProgress, QueueNames};
 use flowplane::sim::erp::{ErpSeed, ErpState, SALES_ORDER_LINES};
 use flowplane::sim::forecast::ForecastState;
-use flowplane::worker::config::WorkerConfig;
 use flowplane::worker::{RunOptions, run};
+use flowplane::worker_config::WorkerConfig;
 use tokio::sync::watch;
 
 /// Changes the sales order lines `keys` `updates` times in bursts (round-robin, quantity

@@ -18,10 +18,11 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use crate::api::IntegrationFlow;
-use crate::controller::optional_apis::{self, Installed};
+use crate::controller::optional_apis::Installed;
 use crate::controller::{FIELD_MANAGER, Result};
 use crate::render::Children;
 use crate::render::labels::{cron_job_name, namespace, rules_name, workers_name};
+use crate::render::optional_kinds;
 
 /// What this process last did to each child: the hash of the object it applied, or `absent`
 /// after it pruned one. Lost on restart, which then re-applies once (a no-op on the server).
@@ -220,7 +221,7 @@ pub async fn apply_children(
         if !installed.keda {
             return Ok(());
         }
-        let resource = optional_apis::scaled_object();
+        let resource = optional_kinds::scaled_object();
         match &children.scaled_object {
             Some(object) => applier.apply_dynamic(object, &resource).await,
             None => applier.prune_dynamic(flow_workers, &resource).await,
@@ -231,8 +232,8 @@ pub async fn apply_children(
             return Ok(());
         }
         let (rule_resource, monitor_resource) = (
-            optional_apis::prometheus_rule(),
-            optional_apis::service_monitor(),
+            optional_kinds::prometheus_rule(),
+            optional_kinds::service_monitor(),
         );
         match (&children.prometheus_rule, &children.service_monitor) {
             (Some(rule), Some(monitor)) => {

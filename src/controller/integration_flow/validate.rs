@@ -204,8 +204,8 @@ pub fn bindings_condition(refs: &[(&str, Option<&ConnectorBinding>)]) -> Desired
 
 /// The contract version in the worker ConfigMap currently applied, if any.
 pub fn applied_contract_version(config_map: Option<&BTreeMap<String, String>>) -> Option<String> {
-    let json = config_map?.get(crate::worker::config::CONFIG_FILE)?;
-    let config: crate::worker::config::WorkerConfig = serde_json::from_str(json).ok()?;
+    let json = config_map?.get(crate::worker_config::CONFIG_FILE)?;
+    let config = crate::worker_config::WorkerConfig::parse(json).ok()?;
     Some(config.contract.version)
 }
 

@@ -8,8 +8,8 @@ use serde_json::{Map, Value};
 
 use super::Page;
 use crate::api::integration_flow::SyncMode;
-use crate::worker::config::SourceConfig;
 use crate::worker::http::CallError;
+use crate::worker_config::SourceConfig;
 
 /// A directory of dropped files.
 pub struct FileSource {

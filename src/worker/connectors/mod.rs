@@ -15,10 +15,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::config::SourceConfig;
 use super::http::{CallError, HttpClient};
 use super::metrics::Metrics;
 use crate::api::connector_binding::Protocol;
+use crate::worker_config::SourceConfig;
 
 /// Records read in one go, and where to resume after them.
 pub struct Page {

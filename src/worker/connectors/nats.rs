@@ -8,8 +8,8 @@ use futures::StreamExt;
 use serde_json::Value;
 
 use super::Page;
-use crate::worker::config::SourceConfig;
 use crate::worker::http::CallError;
+use crate::worker_config::SourceConfig;
 
 const MAX_PAGE: usize = 1000;
 const WINDOW: Duration = Duration::from_millis(200);

@@ -7,8 +7,8 @@ use serde_json::value::RawValue;
 
 use super::{Page, Records, raw};
 use crate::api::integration_flow::SyncMode;
-use crate::worker::config::SourceConfig;
 use crate::worker::http::{CallError, HttpClient};
+use crate::worker_config::SourceConfig;
 
 const DELTA_PREFIX: &str = "delta:";
 

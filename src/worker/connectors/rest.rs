@@ -10,8 +10,8 @@ use serde_json::value::RawValue;
 use super::odata::encode;
 use super::{Page, Records, raw};
 use crate::api::integration_flow::SyncMode;
-use crate::worker::config::SourceConfig;
 use crate::worker::http::{CallError, HttpClient};
+use crate::worker_config::SourceConfig;
 
 const PAGE_SIZE: u32 = 500;
 

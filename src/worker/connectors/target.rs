@@ -11,9 +11,9 @@ use serde::Deserialize;
 
 use super::odata_target::ODataTarget;
 use crate::api::connector_binding::Protocol;
-use crate::worker::config::TargetConfig;
 use crate::worker::http::{CallError, HttpClient};
 use crate::worker::metrics::Metrics;
+use crate::worker_config::TargetConfig;
 
 /// One record ready to send: its version and its canonical JSON.
 pub struct Outgoing<'a> {

@@ -2,6 +2,11 @@
 //! the operator (bindings, contract version, code-map tables, policies) and handed over as
 //! `worker.json` in the flow's ConfigMap. Secrets are not in it: only the directories where
 //! the Secret files are mounted.
+//!
+//! This document is the one contract between the control plane (render writes it) and the data
+//! plane (the worker reads it), so it sits below both. During a rollout an operator of one
+//! release and workers of another meet through it: a new field gets a serde default, and
+//! `format` is raised only when a worker of the previous release could not read the document.
 
 use std::collections::BTreeMap;
 
@@ -13,7 +18,7 @@ use crate::api::data_contract::{QualityRule, RecordSchema};
 use crate::api::integration_flow::{
     ApprovalAction, ApprovalRule, OnUnmapped, ReviewTimeoutAction, SyncMode, WriteMode,
 };
-use crate::queue::QueueNames;
+use crate::queue::{DeliveryConfig, QueueNames};
 
 /// File name of the configuration inside the ConfigMap and the mounted volume.
 pub const CONFIG_FILE: &str = "worker.json";
@@ -22,10 +27,16 @@ pub const CONFIG_DIR: &str = "/etc/flowplane";
 /// Where binding Secrets are mounted in worker pods, one directory per binding.
 pub const SECRETS_DIR: &str = "/var/run/flowplane/secrets";
 
+/// The format this release writes and the newest it reads.
+pub const FORMAT: u32 = 1;
+
 /// Configuration of one flow's workers.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerConfig {
+    /// Format of this document; absent in documents of the first release, which are format 1.
+    #[serde(default = "first_format")]
+    pub format: u32,
     /// Namespace of the flow.
     pub namespace: String,
     /// Name of the flow.
@@ -187,40 +198,6 @@ pub struct CodeTable {
     pub entries: BTreeMap<String, String>,
 }
 
-/// Queue policy with durations as written in the flow.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct DeliveryConfig {
-    /// Deliveries before dead-lettering.
-    pub max_deliver: u32,
-    /// Ack wait.
-    pub ack_wait: String,
-    /// Redelivery backoff.
-    pub retry: RetryPolicy,
-    /// Most unacknowledged records in flight across workers.
-    pub max_ack_pending: u32,
-    /// How long records stay in the flow's stream (for a worker that creates the queue).
-    #[serde(default = "default_retention")]
-    pub retention: String,
-    /// How long dead letters stay.
-    #[serde(default = "default_dead_letter_retention")]
-    pub dead_letter_retention: String,
-    /// Window in which a republished idempotency key is dropped.
-    #[serde(default = "default_dedupe_window")]
-    pub dedupe_window: String,
-}
-
-// Configurations rendered before these fields existed get the flow defaults.
-fn default_retention() -> String {
-    crate::api::integration_flow::Delivery::default().retention
-}
-fn default_dead_letter_retention() -> String {
-    crate::api::integration_flow::Delivery::default().dead_letter_retention
-}
-fn default_dedupe_window() -> String {
-    crate::api::integration_flow::Delivery::default().dedupe_window
-}
-
 /// Approval routing.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -266,30 +243,75 @@ impl WorkerConfig {
     pub fn load(path: &std::path::Path) -> anyhow::Result<WorkerConfig> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("reading worker config {}: {e}", path.display()))?;
-        serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("worker config {} is not valid: {e}", path.display()))
+        Self::parse(&text).map_err(|e| anyhow::anyhow!("worker config {}: {e}", path.display()))
     }
+
+    /// Reads a `worker.json` document, refusing a format newer than this release knows.
+    pub fn parse(text: &str) -> Result<WorkerConfig, String> {
+        #[derive(Deserialize)]
+        struct Format {
+            #[serde(default = "first_format")]
+            format: u32,
+        }
+        let Format { format } =
+            serde_json::from_str(text).map_err(|e| format!("is not valid: {e}"))?;
+        if format > FORMAT {
+            return Err(format!(
+                "is format {format}, newer than this worker reads ({FORMAT}): run the workers \
+                 with the operator's image"
+            ));
+        }
+        serde_json::from_str(text).map_err(|e| format!("is not valid: {e}"))
+    }
+}
+
+fn first_format() -> u32 {
+    1
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::worker::sample;
+    use super::*;
+
+    /// `worker.json` as the previous release (commit 3cd674a, before `format`) rendered it with
+    /// `flowplane render` for examples/base's order-history flow; a worker of this release must
+    /// still run from it.
+    const PREVIOUS_RELEASE: &str = include_str!("../tests/data/worker-config-0.1.0.json");
+
+    #[test]
+    fn a_document_of_the_previous_release_still_loads() {
+        let config = WorkerConfig::parse(PREVIOUS_RELEASE).unwrap();
+        assert_eq!(config.format, 1);
+        assert_eq!(config.flow, "order-history-to-forecasting");
+        assert!(!config.contract.schema.fields.is_empty());
+        // Written again and read back, nothing is lost.
+        let again = serde_json::to_string(&config).unwrap();
+        assert_eq!(WorkerConfig::parse(&again).unwrap(), config);
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_with_what_to_do() {
+        let mut json: serde_json::Value = serde_json::from_str(PREVIOUS_RELEASE).unwrap();
+        json["format"] = (FORMAT + 1).into();
+        let error = WorkerConfig::parse(&json.to_string()).unwrap_err();
+        assert!(error.contains("newer than this worker reads"), "{error}");
+    }
 
     #[test]
     fn the_version_field_is_the_contract_field_mapped_from_the_cursor() {
-        let mut config = sample::sales_order_flow("ns", "f", "nats://x", "u", "v");
-        assert_eq!(config.version_field().as_deref(), Some("changedAt"));
+        let mut config = WorkerConfig::parse(PREVIOUS_RELEASE).unwrap();
+        assert_eq!(config.version_field().as_deref(), Some("lastChangedAt"));
         // Translated through a code map it is no version any more.
         config.mapping.fields.iter_mut().for_each(|f| {
-            if f.to == "changedAt" {
+            if f.to == "lastChangedAt" {
                 f.code_map = Some("item-category".into());
             }
         });
         assert_eq!(config.version_field(), None);
         // No explicit mapping: the cursor field itself, when the contract declares it.
         config.mapping.fields.clear();
-        config.source.cursor_field = Some("changedAt".into());
-        assert_eq!(config.version_field().as_deref(), Some("changedAt"));
+        config.source.cursor_field = Some("lastChangedAt".into());
+        assert_eq!(config.version_field().as_deref(), Some("lastChangedAt"));
         config.source.cursor_field = None;
         assert_eq!(config.version_field(), None);
     }
