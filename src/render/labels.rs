@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use sha2::{Digest, Sha256};
 
@@ -73,26 +73,16 @@ pub fn worker_selector_string(flow: &IntegrationFlow) -> String {
         .join(",")
 }
 
-fn owner_reference(flow: &IntegrationFlow) -> OwnerReference {
-    // A flow read from the API always has a uid; a rendered preview does not need one.
-    flow.controller_owner_ref(&())
-        .unwrap_or_else(|| OwnerReference {
-            api_version: "flowplane.io/v1alpha1".into(),
-            kind: "IntegrationFlow".into(),
-            name: flow_name(flow),
-            controller: Some(true),
-            block_owner_deletion: Some(true),
-            ..OwnerReference::default()
-        })
-}
-
-/// Metadata of a child: name, namespace, labels and the flow as controlling owner.
+/// Metadata of a child: name, namespace, labels and the flow as controlling owner. A flow read
+/// from the API has a uid; a flow read from a file (`flowplane render`) has none, and its
+/// children get no owner reference, since the API server refuses one without a uid: so the
+/// preview can be applied as it is (objects applied that way are not deleted with the flow).
 pub fn metadata(flow: &IntegrationFlow, name: String, component: &str) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: Some(namespace(flow)),
         labels: Some(labels(flow, component)),
-        owner_references: Some(vec![owner_reference(flow)]),
+        owner_references: flow.controller_owner_ref(&()).map(|owner| vec![owner]),
         ..ObjectMeta::default()
     }
 }

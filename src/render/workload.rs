@@ -16,8 +16,8 @@ use crate::api::connector_binding::AuthType;
 use crate::worker_config::{CONFIG_DIR, CONFIG_FILE, WorkerConfig};
 
 use super::labels::{
-    CONFIG_HASH_ANNOTATION, RESTARTED_AT_ANNOTATION, config_map_name, cron_job_name, metadata,
-    worker_selector, workers_name,
+    CONFIG_HASH_ANNOTATION, FLOW_LABEL, RESTARTED_AT_ANNOTATION, config_map_name, cron_job_name,
+    flow_name, metadata, worker_selector, workers_name,
 };
 use super::worker_config::{ca_dir, secret_dir};
 use super::{FlowInputs, RenderError};
@@ -166,25 +166,29 @@ pub fn service(flow: &IntegrationFlow) -> Service {
     }
 }
 
-/// One worker may be evicted at a time; with a single replica a drain is still possible.
+/// One worker may be evicted at a time; with a single replica a drain is still possible, and
+/// so it is when no worker is ready (AlwaysAllow: an unready worker protects no data, and the
+/// default would let a flow whose workers all fail block every node drain).
 pub fn pod_disruption_budget(flow: &IntegrationFlow) -> PodDisruptionBudget {
     PodDisruptionBudget {
         metadata: metadata(flow, workers_name(flow), "worker"),
         spec: Some(typed(json!({
             "maxUnavailable": 1,
-            "selector": {"matchLabels": worker_selector(flow)}
+            "selector": {"matchLabels": worker_selector(flow)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow"
         }))),
         status: None,
     }
 }
 
-/// Workers accept traffic only on their metrics port. Egress stays open: the endpoints are
-/// external systems whose addresses the operator cannot know.
+/// The flow's pods (workers and the full-refresh CronJob's) accept traffic only on the
+/// workers' metrics port. Egress stays open: the endpoints are external systems whose
+/// addresses the operator cannot know.
 pub fn network_policy(flow: &IntegrationFlow) -> NetworkPolicy {
     NetworkPolicy {
         metadata: metadata(flow, workers_name(flow), "worker"),
         spec: Some(typed(json!({
-            "podSelector": {"matchLabels": worker_selector(flow)},
+            "podSelector": {"matchLabels": {FLOW_LABEL: flow_name(flow)}},
             "policyTypes": ["Ingress"],
             "ingress": [{"ports": [{"protocol": "TCP", "port": METRICS_PORT}]}]
         }))),
