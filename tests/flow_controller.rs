@@ -632,3 +632,52 @@ async fn pending_reviews_show_in_status_and_annotations_decide_them() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_missing_reference_stalls_the_flow_naming_it_until_it_appears() {
+    let _shared = OPTIONAL_APIS.read().await;
+    let client = client().await;
+    operator();
+    let ns = TestNamespace::new(&client, "flow-missing").await;
+    // Only the contract and the code map: both bindings are missing.
+    let _: DataContract = apply_yaml(&client, &ns.name, CONTRACT).await;
+    let _: ConfigMap = apply_yaml(&client, &ns.name, CODE_MAP).await;
+    let _: IntegrationFlow = apply_yaml(&client, &ns.name, &flow_yaml("orphan", "")).await;
+    let flow = eventually(60, "Stalled naming the missing binding", || async {
+        let f = flow_status(&client, &ns.name, "orphan").await;
+        (condition(&f, "Stalled")?.0 == "True").then_some(f)
+    })
+    .await;
+    let (_, reason, message) = condition(&flow, "Stalled").unwrap();
+    assert_eq!(reason, "BindingNotFound");
+    assert_eq!(message, "ConnectorBinding erp does not exist");
+    // Ready names the cause, not the contract it would run nor a Deployment that never comes.
+    assert_eq!(
+        condition(&flow, "Ready").unwrap(),
+        ("False".into(), reason.clone(), message.clone())
+    );
+    assert_eq!(condition(&flow, "Reconciling").unwrap().0, "False");
+    assert_eq!(
+        flow.status.as_ref().unwrap().observed_generation,
+        flow.metadata.generation
+    );
+    assert!(
+        get_opt::<Deployment>(&client, &ns.name, "orphan-worker")
+            .await
+            .is_none()
+    );
+
+    // The bindings appear: the flow is no longer stalled and its workers are deployed.
+    for doc in BINDINGS.split("---") {
+        let _: ConnectorBinding = apply_yaml(&client, &ns.name, doc).await;
+    }
+    eventually(60, "not stalled once the bindings exist", || async {
+        let f = flow_status(&client, &ns.name, "orphan").await;
+        (condition(&f, "Stalled")?.0 == "False").then_some(())
+    })
+    .await;
+    eventually(30, "the worker Deployment", || async {
+        get_opt::<Deployment>(&client, &ns.name, "orphan-worker").await
+    })
+    .await;
+}

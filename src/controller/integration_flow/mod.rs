@@ -361,6 +361,17 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
         binding_refs.push((to.binding_ref.as_str(), deref.escalation.as_ref()));
     }
     let bindings = validate::bindings_condition(&binding_refs);
+    // A reference to an object that does not exist stays broken until someone creates it or
+    // edits the flow: Stalled, naming the missing object, not "rolling out" a Deployment that
+    // will never be created.
+    for (condition, missing) in [
+        (&choice.condition, "ContractNotFound"),
+        (&bindings, "BindingNotFound"),
+    ] {
+        if condition.reason == missing {
+            blocked.get_or_insert((missing, condition.message.clone()));
+        }
+    }
     if let Some((map, cm)) = deref.missing_code_maps.first() {
         blocked.get_or_insert((
             "CodeMapNotFound",

@@ -184,7 +184,7 @@ pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
         Desired::new("Ready", false, "Suspended", "the flow is suspended")
     } else if let Some((reason, message)) = &observed.blocked {
         Desired::new("Ready", false, *reason, message.clone())
-    } else if !running_contract {
+    } else if !running_contract && !observed.contract.status {
         Desired::new(
             "Ready",
             false,
@@ -192,6 +192,7 @@ pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
             observed.contract.message.clone(),
         )
     } else {
+        // With no contract running yet but a usable one chosen, what blocks is further down.
         [
             &observed.bindings,
             &queue_condition,
