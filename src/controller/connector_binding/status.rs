@@ -237,7 +237,19 @@ pub fn build(
             "credentials resolved (no health check configured)",
         ),
     };
-    let desired: Vec<Desired> = [Some(ready), Some(secret), reachable]
+    // Missing Secrets or keys stay missing until someone creates them or edits the binding:
+    // Stalled. An unreachable endpoint may come back by itself: not Stalled.
+    let stalled = if secret.status {
+        Desired::new("Stalled", false, "NotStalled", "")
+    } else {
+        Desired::new(
+            "Stalled",
+            true,
+            secret.reason.clone(),
+            secret.message.clone(),
+        )
+    };
+    let desired: Vec<Desired> = [Some(ready), Some(stalled), Some(secret), reachable]
         .into_iter()
         .flatten()
         .collect();
@@ -352,6 +364,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             [
                 ("Ready", "True"),
+                ("Stalled", "False"),
                 ("SecretResolved", "True"),
                 ("Reachable", "True")
             ]
@@ -391,5 +404,11 @@ mod tests {
         assert_eq!(reachable.status, "Unknown");
         let ready = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready.reason, "SecretNotFound");
+        // A missing Secret stays missing until someone acts: Stalled, with the same reason.
+        let stalled = s.conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", "SecretNotFound")
+        );
     }
 }

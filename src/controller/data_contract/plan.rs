@@ -330,7 +330,30 @@ pub fn plan(
         }
     }
 
-    let mut conditions = merge(&previous.conditions, &[ready, compatible], generation, now);
+    // A version the controller refuses (invalid, or breaking under the compatibility mode) is
+    // not in effect: flows keep the last good one. It stays refused until the spec changes,
+    // so Ready is False and Stalled True with the reason, and no tool reads it as healthy.
+    let ready = if ready.status && !compatible.status {
+        Desired::new(
+            "Ready",
+            false,
+            compatible.reason.clone(),
+            compatible.message.clone(),
+        )
+    } else {
+        ready
+    };
+    let stalled = if ready.status {
+        Desired::new("Stalled", false, "NotStalled", "")
+    } else {
+        Desired::new("Stalled", true, ready.reason.clone(), ready.message.clone())
+    };
+    let mut conditions = merge(
+        &previous.conditions,
+        &[ready, stalled, compatible],
+        generation,
+        now,
+    );
     if unknown {
         mark_unknown(&mut conditions, &previous.conditions, "Compatible", now);
     }
@@ -458,7 +481,17 @@ mod tests {
         );
         assert_eq!(p.status.history.len(), 2);
         assert_eq!(p.status.latest_good_version.as_deref(), Some("1.1.0"));
-        assert_eq!(condition(&p, "Ready").status, "True");
+        // The refused version is not in effect, and no tool may read it as healthy.
+        let ready = condition(&p, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "BreakingChange")
+        );
+        let stalled = condition(&p, "Stalled");
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", "BreakingChange")
+        );
         // A new major starts a new line.
         let mut major = contract("2.0.0", Some("price"));
         major.status = c.status.clone();
