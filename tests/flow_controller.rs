@@ -681,3 +681,40 @@ async fn a_missing_reference_stalls_the_flow_naming_it_until_it_appears() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_child_the_api_server_refuses_stalls_the_flow_with_the_servers_message() {
+    let _shared = OPTIONAL_APIS.read().await;
+    let client = client().await;
+    operator();
+    let ns = TestNamespace::new(&client, "flow-refused").await;
+    dependencies(&client, &ns.name).await;
+    // The time zone passes the CRD's pattern, but the API server knows no such zone and
+    // refuses the CronJob (422); retrying cannot help.
+    let extra = "  schedule: {cron: \"0 2 * * *\", timeZone: Mars/Olympus_Mons}\n";
+    let _: IntegrationFlow = apply_yaml(&client, &ns.name, &flow_yaml("martian", extra)).await;
+    let flow = eventually(60, "Stalled by the refused CronJob", || async {
+        let f = flow_status(&client, &ns.name, "martian").await;
+        (condition(&f, "Stalled")?.0 == "True").then_some(f)
+    })
+    .await;
+    let (_, reason, message) = condition(&flow, "Stalled").unwrap();
+    assert_eq!(reason, "ChildRefused");
+    assert!(
+        message.starts_with("the API server refused CronJob martian-refresh: ")
+            && message.contains("Mars/Olympus_Mons"),
+        "{message}"
+    );
+    assert_eq!(condition(&flow, "Ready").unwrap().1, "ChildRefused");
+
+    // Fixed in the spec: no longer stalled.
+    let fixed = "  schedule: {cron: \"0 2 * * *\", timeZone: Europe/Berlin}\n";
+    let _: IntegrationFlow = apply_yaml(&client, &ns.name, &flow_yaml("martian", fixed)).await;
+    eventually(60, "not stalled once the time zone is real", || async {
+        let f = flow_status(&client, &ns.name, "martian").await;
+        (condition(&f, "Stalled")?.0 == "False"
+            && f.status.as_ref()?.observed_generation == f.metadata.generation)
+            .then_some(())
+    })
+    .await;
+}

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::api::IntegrationFlow;
 use crate::controller::optional_apis::Installed;
-use crate::controller::{FIELD_MANAGER, Result};
+use crate::controller::{Error, FIELD_MANAGER, Result};
 use crate::render::Children;
 use crate::render::labels::{cron_job_name, namespace, rules_name, workers_name};
 use crate::render::optional_kinds;
@@ -61,6 +61,19 @@ fn hash_of<T: Serialize>(object: &T) -> Result<String> {
     Ok(format!("{:x}", Sha256::digest(&json)))
 }
 
+/// A child the API server refuses as invalid (422) was built from a spec it does not accept
+/// (a cron or time zone it rejects, a name too long): retrying cannot help, so it is a spec
+/// problem with the server's own message, reported as Stalled until the flow changes.
+fn refused(kind: &str, name: &str, error: kube::Error) -> Error {
+    match error {
+        kube::Error::Api(status) if status.code == 422 => Error::spec(
+            "ChildRefused",
+            format!("the API server refused {kind} {name}: {}", status.message),
+        ),
+        other => Error::Kube(other),
+    }
+}
+
 struct Applier<'a> {
     client: &'a Client,
     namespace: &'a str,
@@ -88,7 +101,8 @@ impl Applier<'_> {
         let api: Api<K> = Api::namespaced(self.client.clone(), self.namespace);
         let applied = api
             .patch(&name, &self.params, &Patch::Apply(object))
-            .await?;
+            .await
+            .map_err(|e| refused(&K::kind(&()), &name, e))?;
         self.cache.set(key, hash);
         Ok(Some(applied))
     }
@@ -103,7 +117,8 @@ impl Applier<'_> {
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), self.namespace, resource);
         api.patch(&name, &self.params, &Patch::Apply(object))
-            .await?;
+            .await
+            .map_err(|e| refused(&resource.kind, &name, e))?;
         self.cache.set(key, hash);
         Ok(())
     }

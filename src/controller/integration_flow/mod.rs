@@ -413,7 +413,7 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
                     autoscaler: Stores::exists(&fctx.stores.autoscalers, &ns, &workers_name(flow)),
                     rules_config_map: fctx.stores.config_maps.exists(&ns, &rules_name(flow)),
                 };
-                let applied = apply::apply_children(
+                match apply::apply_children(
                     &ctx.client,
                     &ctx.applied,
                     flow,
@@ -421,10 +421,13 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
                     live,
                     installed,
                 )
-                .await?;
-                // What the workers now run, as the apiserver answered the apply.
-                if applied.deployment.is_some() {
-                    deployment = applied.deployment;
+                .await
+                {
+                    // What the workers now run, as the apiserver answered the apply.
+                    Ok(applied) if applied.deployment.is_some() => deployment = applied.deployment,
+                    Ok(_) => {}
+                    Err(Error::Spec { reason, message }) => blocked = Some((reason, message)),
+                    Err(e) => return Err(e),
                 }
             }
             Err(e) => blocked = Some(("InvalidSpec", e.message)),
