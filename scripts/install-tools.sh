@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds and caches the real components the tests and the local demo start:
 # etcd, kube-apiserver, kube-controller-manager, kubectl, nats-server, helm (Go module proxy),
-# promtool and lua5.4 (Debian); with WITH_BENTHOS=1 also Benthos, for the worker benchmark's
-# comparison (scripts/bench-worker.sh sets it). Everything lands in ~/.cache/flowplane/bin,
-# keyed by version, so a warm run is a no-op. Safe to run concurrently with itself (flock).
+# promtool (Debian), flowplane-verdicts (tests/verdicts: kstatus and Argo CD's Lua runtime);
+# with WITH_BENTHOS=1 also Benthos, for the worker benchmark's comparison (scripts/bench-worker.sh
+# sets it). Everything lands in ~/.cache/flowplane/bin, keyed by version, so a warm run is a
+# no-op. Safe to run concurrently with itself (flock).
 #   install-tools.sh --list default|opt-in   prints that set and installs nothing
 set -euo pipefail
 
@@ -11,7 +12,7 @@ set -euo pipefail
 # from the tools directory); scripts/check-tools.sh holds the code to it. DEFAULT_TOOLS is what
 # a plain run builds, so all the test command may use; OPT_IN_TOOLS are built only on request,
 # for benchmarks that skip them, saying so, when they are absent.
-DEFAULT_TOOLS=(etcd nats-server kube-apiserver kube-controller-manager kubectl helm promtool lua5.4)
+DEFAULT_TOOLS=(etcd nats-server kube-apiserver kube-controller-manager kubectl helm promtool flowplane-verdicts)
 OPT_IN_TOOLS=(benthos)
 if [ "${1:-}" = --list ]; then
   case "${2:-}" in
@@ -33,6 +34,7 @@ BENTHOS_NATS_VERSION="${BENTHOS_NATS_VERSION:-4.27.0}"
 
 CACHE="${FLOWPLANE_CACHE:-$HOME/.cache/flowplane}"
 BIN="$CACHE/bin"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 mkdir -p "$BIN" "$CACHE/go-build"
 # Go's build and module caches live in ours, so emptying ~/.cache/flowplane is a cold start.
 export GOCACHE="$CACHE/go-build"
@@ -214,14 +216,20 @@ if [ "${WITH_BENTHOS:-0}" = 1 ]; then
   link "benthos-v$BENTHOS_VERSION" benthos
 fi
 
-# A Lua interpreter runs the Argo CD health checks (tests/argocd_health.rs).
-if ! command -v lua5.4 >/dev/null 2>&1; then
-  log "installing lua5.4 (Debian)"
-  if command -v apt-get >/dev/null; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lua5.4) >/dev/null 2>&1 || log "lua5.4 install failed"
+# The verdicts of the tools users judge us with, by their own code (tests/verdicts): kstatus
+# (what Flux waits on) and Argo CD's Lua runtime. Keyed by a hash of its source, so an edit
+# rebuilds it.
+verdicts_tool() {
+  local src="$ROOT/tests/verdicts" hash out
+  hash="$(cat "$src/go.mod" "$src/go.sum" "$src/main.go" | sha256sum | cut -c1-12)"
+  out="flowplane-verdicts-v1-$hash"
+  if [ ! -x "$BIN/$out" ]; then
+    log "building flowplane-verdicts (kstatus, gopher-lua)"
+    (cd "$src" && GOFLAGS=-mod=readonly go build -trimpath -ldflags='-s -w' -o "$BIN/$out.tmp" . && mv "$BIN/$out.tmp" "$BIN/$out")
   fi
-fi
-command -v lua5.4 >/dev/null 2>&1 && ln -sf "$(command -v lua5.4)" "$BIN/lua5.4" || true
+  link "$out" flowplane-verdicts
+}
+verdicts_tool
 
 if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$BIN/promtool" ]; then
   log "installing promtool (Debian prometheus package)"

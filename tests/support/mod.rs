@@ -123,6 +123,59 @@ pub fn operator_user() -> String {
     format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}")
 }
 
+/// Runs the verdicts tool (tests/verdicts) with `args` on `input`; one (status, message) per
+/// line it prints.
+fn verdicts(args: &[&str], input: &str) -> Vec<(String, String)> {
+    use std::io::Write;
+    let mut child = Command::new(tool("flowplane-verdicts"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn flowplane-verdicts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "flowplane-verdicts {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let (status, message) = line.split_once('\t').unwrap_or((line, ""));
+            (status.to_string(), message.to_string())
+        })
+        .collect()
+}
+
+/// What kstatus (sigs.k8s.io/cli-utils, what Flux waits on) says of each object: its status
+/// (Current, InProgress, Failed, ...) and message.
+pub fn kstatus(objects: &[serde_json::Value]) -> Vec<(String, String)> {
+    verdicts(&["kstatus"], &serde_json::to_string(objects).unwrap())
+}
+
+/// The health Argo CD computes for `object` with the health script, in Argo CD's Lua runtime.
+pub fn argocd_health(
+    script: &Path,
+    object: &serde_json::Value,
+    open_libs: bool,
+) -> (String, String) {
+    let script = script.to_string_lossy();
+    let mut args = vec!["argocd", script.as_ref()];
+    if open_libs {
+        args.push("--open-libs");
+    }
+    verdicts(&args, &object.to_string()).remove(0)
+}
+
 /// Runs helm; returns (success, stdout, stderr).
 pub fn helm(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(tool("helm"))
