@@ -228,3 +228,76 @@ async fn invalid_manifests_are_rejected_naming_field_and_rule() {
         failures.join("\n")
     );
 }
+
+/// No operator runs in this test binary, so objects stay as the API server alone makes them:
+/// one the operator has not judged reads `status.observedGeneration: 0` (the CRDs' status
+/// default), which kstatus, the Argo CD check and `kubectl wait` all read as not done yet.
+#[tokio::test]
+async fn an_object_no_operator_has_judged_is_in_progress_to_every_tool() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "unjudged").await;
+    let examples = repo_root().join("examples/base");
+    let customizations = repo_root().join("deploy/argocd/resource_customizations/flowplane.io");
+    for (kind, resource, file) in [
+        (
+            "DataContract",
+            "datacontracts",
+            "contracts/sales-order-lines.yaml",
+        ),
+        (
+            "ConnectorBinding",
+            "connectorbindings",
+            "bindings/erp-s4.yaml",
+        ),
+        (
+            "IntegrationFlow",
+            "integrationflows",
+            "flows/order-history-to-forecasting.yaml",
+        ),
+    ] {
+        let manifest = std::fs::read_to_string(examples.join(file)).unwrap();
+        let (ok, _, err) = kubectl(&["apply", "-n", &ns.name, "-f", "-"], Some(&manifest));
+        assert!(ok, "{kind}: {err}");
+        let name = manifest
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("name: "))
+            .unwrap()
+            .trim();
+        let (ok, json, err) = kubectl(
+            &[
+                "get",
+                "-n",
+                &ns.name,
+                &format!("{resource}.flowplane.io/{name}"),
+                "-o",
+                "json",
+            ],
+            None,
+        );
+        assert!(ok, "{err}");
+        let object: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            object["status"]["observedGeneration"], 0,
+            "{kind}: {object}"
+        );
+        let kstatus = support::kstatus(std::slice::from_ref(&object)).remove(0).0;
+        let script = customizations.join(kind).join("health.lua");
+        let argocd = support::argocd_health(&script, &object, false).0;
+        let (ready, _, _) = kubectl(
+            &[
+                "wait",
+                "-n",
+                &ns.name,
+                &format!("{resource}.flowplane.io/{name}"),
+                "--for=condition=Ready",
+                "--timeout=1s",
+            ],
+            None,
+        );
+        assert_eq!(
+            (kstatus.as_str(), argocd.as_str(), ready),
+            ("InProgress", "Progressing", false),
+            "{kind}"
+        );
+    }
+}

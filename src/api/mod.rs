@@ -24,7 +24,31 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     ]
     .into_iter()
     .map(without_unsigned_formats)
+    .map(with_unjudged_status)
     .collect()
+}
+
+/// An object the operator has not judged yet reads `status: {observedGeneration: 0}` (a
+/// structural default, applied by the API server on every read until the operator writes a
+/// status), so kstatus, Argo CD and `kubectl wait` see generation 1 not yet observed, instead of
+/// an object without status, which kstatus takes for Current.
+fn with_unjudged_status(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    for version in &mut crd.spec.versions {
+        let status = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("status"));
+        if let Some(status) = status {
+            status.default = Some(
+                k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSON(
+                    serde_json::json!({"observedGeneration": 0}),
+                ),
+            );
+        }
+    }
+    crd
 }
 
 /// schemars marks unsigned integers `format: uint32`, which the apiserver does not know and
