@@ -591,6 +591,10 @@ pub struct SyncStatus {
     /// Records delivered since the flow started.
     #[serde(default)]
     pub delivered: u64,
+    /// Records dropped as duplicates since the flow started: the flow's stream already held a
+    /// record with the same identity (a re-read, a redelivered or republished source event).
+    #[serde(default)]
+    pub duplicates: u64,
     /// Source cursor the extractor resumes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,

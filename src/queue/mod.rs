@@ -85,6 +85,11 @@ pub struct FlowProgress {
     /// Records moved to the dead-letter stream.
     #[serde(default)]
     pub dead_lettered: u64,
+    /// Records the flow's stream dropped because a record with the same identity
+    /// (`Nats-Msg-Id`) was already stored: a re-read, a redelivered source event, a publisher's
+    /// retry. Not data lost: the first copy was stored.
+    #[serde(default)]
+    pub duplicates: u64,
     /// Source cursor (or delta token) the extractor resumes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,

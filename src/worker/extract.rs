@@ -272,7 +272,9 @@ impl Extractor {
                     report.published += stored;
                     report.duplicates += duplicates;
                     self.metrics.read.inc_by(n);
+                    self.metrics.duplicates.inc_by(duplicates);
                     self.progress.add_read(n);
+                    self.progress.add_duplicates(duplicates);
                     if !full && !lease_lost && let Some(cursor) = cursor {
                         self.store
                             .put(CURSOR_KEY, Bytes::from(cursor.clone()))
