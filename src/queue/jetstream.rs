@@ -236,6 +236,84 @@ async fn put_stream(js: &jetstream::Context, config: stream::Config) -> Result<(
     }
 }
 
+/// How long the capture stream remembers a `Nats-Msg-Id`: the shortest JetStream allows.
+/// Deduplication happens in the flow's stream, with the same id (the extractor keeps the
+/// source's `Nats-Msg-Id`), over the flow's dedupe window, where it is counted (`duplicates`);
+/// the capture stream keeps every copy sent more than this apart.
+const CAPTURE_DUPLICATE_WINDOW: Duration = Duration::from_millis(100);
+/// Source events one extractor may hold unacknowledged (a few pages).
+const CAPTURE_MAX_ACK_PENDING: i64 = 10_000;
+/// How long the extractor may hold an event before the capture stream sends it again (to the
+/// next lease holder, when this one died): forwarded pages are acked within seconds.
+const CAPTURE_ACK_WAIT: Duration = Duration::from_secs(30);
+
+/// Ensures the capture of an event flow's source `subject` on the source's NATS server (`js`):
+/// a stream that stores whatever is published on the subject, and the flow's durable pull
+/// consumer on it, which the extractor acks only once an event is stored in the flow's stream.
+/// So events published while no worker runs (a rollout, a crash, a lease handover) wait.
+///
+/// The stream is the flow's own ([`QueueNames::capture_stream`]): interest retention (an event
+/// goes once every flow reading it acked it), at most `retention` old, file storage. When
+/// another stream on that server already captures the subject (another flow's, or the
+/// publisher's own), the flow reads that one through its own consumer instead, because
+/// JetStream refuses two streams over one subject. Returns the consumer.
+pub async fn ensure_capture(
+    js: &jetstream::Context,
+    names: &QueueNames,
+    subject: &str,
+    retention: Duration,
+) -> Result<consumer::PullConsumer, QueueError> {
+    let name = names.capture_stream();
+    let config = stream::Config {
+        name: name.clone(),
+        description: Some("flowplane: events captured for the flow's extractor".into()),
+        subjects: vec![subject.to_string()],
+        retention: stream::RetentionPolicy::Interest,
+        storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::Old,
+        max_age: retention,
+        duplicate_window: CAPTURE_DUPLICATE_WINDOW,
+        ..Default::default()
+    };
+    let code = |e: &async_nats::jetstream::context::CreateStreamError| match e.kind() {
+        CreateStreamErrorKind::JetStream(j) => Some(j.error_code()),
+        _ => None,
+    };
+    let stream_name = match js.create_stream(config.clone()).await {
+        Ok(_) => name,
+        Err(e) if code(&e) == Some(ErrorCode::STREAM_NAME_EXIST) => {
+            js.update_stream(config)
+                .await
+                .map_err(|e| stream_error(&name, e))?;
+            name
+        }
+        Err(e) if code(&e) == Some(ErrorCode::STREAM_SUBJECT_OVERLAP) => js
+            .stream_by_subject(subject)
+            .await
+            .map_err(|_| stream_error(&name, e))?,
+        Err(e) => return Err(stream_error(&name, e)),
+    };
+    let consumer_name = names.capture_consumer();
+    let consumer_config = consumer::pull::Config {
+        durable_name: Some(consumer_name.clone()),
+        description: Some("flowplane extractor of this flow".into()),
+        filter_subject: subject.to_string(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        deliver_policy: consumer::DeliverPolicy::All,
+        // An event is never given up: it waits until a worker stores it in the flow's stream.
+        max_deliver: -1,
+        ack_wait: CAPTURE_ACK_WAIT,
+        max_ack_pending: CAPTURE_MAX_ACK_PENDING,
+        ..Default::default()
+    };
+    js.create_consumer_on_stream(consumer_config, &stream_name)
+        .await
+        .map_err(|e| QueueError::Consumer {
+            name: consumer_name,
+            message: e.to_string(),
+        })
+}
+
 /// Deletes the flow's streams (with their consumer) and bucket. Resources already gone are
 /// not an error, so a finalizer can call it again after a partial failure.
 pub async fn delete_queue(js: &jetstream::Context, names: &QueueNames) -> Result<(), QueueError> {

@@ -69,7 +69,13 @@ impl ProgressDeltas {
             .lag_known
             .swap(false, Ordering::Relaxed)
             .then(|| self.lag.load(Ordering::Relaxed));
-        if read == 0 && delivered == 0 && dead == 0 && duplicates == 0 && cursor.is_none() && lag.is_none() {
+        if read == 0
+            && delivered == 0
+            && dead == 0
+            && duplicates == 0
+            && cursor.is_none()
+            && lag.is_none()
+        {
             return Ok(());
         }
         let result = update_progress(store, |p: &mut FlowProgress| {
