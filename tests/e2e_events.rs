@@ -15,9 +15,11 @@ use async_nats::HeaderMap;
 use e2e_support::*;
 use flowplane::api::connector_binding::{Protocol, System};
 use flowplane::api::integration_flow::SyncMode;
+use flowplane::queue::{QueueNames, ensure_capture};
 use flowplane::sim::erp::ErpSeed;
 use flowplane::worker::sample;
 use flowplane::worker_config::WorkerConfig;
+use futures::StreamExt;
 use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(45);
@@ -217,4 +219,51 @@ async fn events_published_while_no_worker_runs_arrive_after_the_restart() {
     let progress = progress(&js, &config.queue).await;
     assert_eq!((progress.read, progress.duplicates), (400, 0));
     worker.stop().await.unwrap();
+}
+
+/// JetStream refuses two streams over one subject: a second flow on the same events reads the
+/// first one's capture stream through a consumer of its own, and each flow gets every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_flows_on_one_subject_share_the_capture_stream_and_each_reads_every_event() {
+    let nats = PrivateNats::start();
+    let js = jetstream(&nats.url()).await;
+    let subject = format!("wms.{}.returns", unique_flow("shared"));
+    let first = QueueNames::for_flow("e2e", &unique_flow("first"));
+    let second = QueueNames::for_flow("e2e", &unique_flow("second"));
+    let retention = Duration::from_secs(3600);
+    let a = ensure_capture(&js, &first, &subject, retention)
+        .await
+        .unwrap();
+    let b = ensure_capture(&js, &second, &subject, retention)
+        .await
+        .unwrap();
+    assert_eq!(a.cached_info().stream_name, first.capture_stream());
+    assert_eq!(b.cached_info().stream_name, first.capture_stream());
+    // Again, as every new lease holder does: nothing changes.
+    ensure_capture(&js, &first, &subject, retention)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        js.publish(subject.clone(), format!("{i}").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    for consumer in [&a, &b] {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(10)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+            .unwrap();
+        let mut read = Vec::new();
+        while let Some(message) = batch.next().await {
+            let message = message.unwrap();
+            read.push(String::from_utf8(message.payload.to_vec()).unwrap());
+            message.double_ack().await.unwrap();
+        }
+        assert_eq!(read, ["0", "1", "2"]);
+    }
 }
