@@ -27,8 +27,6 @@ pub struct QueuePolicy {
     pub dead_letter_retention: Duration,
     /// Window in which JetStream drops a record whose `Nats-Msg-Id` it has already stored.
     pub dedupe_window: Duration,
-    /// Deliveries of one record before the worker dead-letters it.
-    pub max_deliver: i64,
     /// How long a worker may hold a record before JetStream redelivers it.
     pub ack_wait: Duration,
     /// Unacknowledged records in flight across all workers.
@@ -46,7 +44,6 @@ impl QueuePolicy {
                 &delivery.dedupe_window,
                 &delivery.ack_wait,
             ],
-            delivery.max_deliver,
             max_ack_pending,
         )
     }
@@ -61,14 +58,12 @@ impl QueuePolicy {
                 &delivery.dedupe_window,
                 &delivery.ack_wait,
             ],
-            delivery.max_deliver,
             delivery.max_ack_pending,
         )
     }
 
     fn parse(
         [retention, dead_letter_retention, dedupe_window, ack_wait]: [&str; 4],
-        max_deliver: u32,
         max_ack_pending: u32,
     ) -> Result<QueuePolicy, String> {
         let field = |name: &str, text: &str| {
@@ -78,7 +73,6 @@ impl QueuePolicy {
             retention: field("retention", retention)?,
             dead_letter_retention: field("deadLetterRetention", dead_letter_retention)?,
             dedupe_window: field("dedupeWindow", dedupe_window)?,
-            max_deliver: i64::from(max_deliver),
             ack_wait: field("ackWait", ack_wait)?,
             max_ack_pending: i64::from(max_ack_pending.max(1)),
         };
@@ -179,7 +173,12 @@ pub async fn ensure_queue(
         description: Some("flowplane workers of this flow".into()),
         ack_policy: consumer::AckPolicy::Explicit,
         deliver_policy: consumer::DeliverPolicy::All,
-        max_deliver: policy.max_deliver,
+        // JetStream never gives a record up: a record it stopped delivering would be gone from
+        // the flow without a trace (the worker holding its last delivery crashed, or overran
+        // ackWait). The workers count deliveries instead and dead-letter a record on the one
+        // after `delivery.maxDeliver` (see `worker::consume`), so it ends in the dead-letter
+        // stream with its reason and delivery count.
+        max_deliver: -1,
         ack_wait: policy.ack_wait,
         max_ack_pending: policy.max_ack_pending,
         ..Default::default()
@@ -471,7 +470,6 @@ mod tests {
         let policy = QueuePolicy::from_rendered(&delivery).unwrap();
         assert_eq!(policy.retention, Duration::from_secs(48 * 3600));
         assert_eq!(policy.dedupe_window, Duration::from_secs(900));
-        assert_eq!(policy.max_deliver, i64::from(delivery.max_deliver));
         // A worker.json rendered before these fields existed reads with the flow defaults.
         let mut json = serde_json::to_value(&rendered).unwrap();
         for field in ["retention", "deadLetterRetention", "dedupeWindow"] {
@@ -488,6 +486,5 @@ mod tests {
     fn default_policy_follows_the_flow_defaults() {
         let policy = QueuePolicy::default();
         assert_eq!(policy.dedupe_window, Duration::from_secs(120));
-        assert_eq!(policy.max_deliver, 10);
     }
 }
