@@ -395,12 +395,21 @@ impl Extractor {
                 match pass {
                     Ok(report) => {
                         failures = 0;
-                        if report.read > 0 {
+                        // An event pass is one fetch, several a second under traffic: its
+                        // figures are in the metrics, not in an info line each.
+                        if report.read > 0 && !events {
                             tracing::info!(
                                 read = report.read,
                                 published = report.published,
                                 duplicates = report.duplicates,
                                 "extraction pass"
+                            );
+                        } else if report.read > 0 {
+                            tracing::debug!(
+                                read = report.read,
+                                published = report.published,
+                                duplicates = report.duplicates,
+                                "events forwarded"
                             );
                         }
                         if events { Duration::ZERO } else { poll }
