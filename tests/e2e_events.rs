@@ -220,8 +220,25 @@ async fn events_published_while_no_worker_runs_arrive_after_the_restart() {
         }
     })
     .await;
-    let progress = progress(&js, &config.queue).await;
-    assert_eq!((progress.read, progress.duplicates), (400, 0));
+    let progress_now = progress(&js, &config.queue).await;
+    assert_eq!((progress_now.read, progress_now.duplicates), (400, 0));
+
+    // The capture stream removed behind the worker's back: the extractor ensures it again.
+    js.delete_stream(config.queue.capture_stream())
+        .await
+        .unwrap();
+    capture_ready(&js, &config).await;
+    publish(400, 450).await;
+    eventually(
+        TIMEOUT,
+        "the 50 events after the capture was made anew",
+        || {
+            let js = js.clone();
+            let names = config.queue.clone();
+            async move { (progress(&js, &names).await.delivered == 450).then_some(()) }
+        },
+    )
+    .await;
     worker.stop().await.unwrap();
 }
 

@@ -387,7 +387,11 @@ impl Extractor {
                 let pass = match opened {
                     Ok(mut opened) => {
                         let pass = self.pass(&mut opened, Some(&lease), full).await;
-                        source = Some(opened);
+                        // A failing capture consumer is ensured again (its stream may have
+                        // been removed); an HTTP source keeps its client and circuit breaker.
+                        if pass.is_ok() || !matches!(opened, Source::Nats(_)) {
+                            source = Some(opened);
+                        }
                         pass
                     }
                     Err(e) => Err(e),
