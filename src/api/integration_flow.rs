@@ -342,8 +342,8 @@ pub struct Delivery {
     #[schemars(pattern(DURATION_PATTERN))]
     pub dead_letter_retention: String,
     /// Window in which a record with the same identity (polled sources: primary key + source
-    /// version; events: the publisher's `Nats-Msg-Id`, else the event's place in the capture
-    /// stream) is dropped as a duplicate when published again (the stream's duplicate window),
+    /// version; events: the publisher's `Nats-Msg-Id`, else primary key + cursor-field value,
+    /// else the event's place in the capture stream) is dropped as a duplicate when published again (the stream's duplicate window),
     /// and counted in `status.sync.duplicates`. At most `retention`; a re-read of the source
     /// within the window publishes only what changed.
     #[serde(default = "default_dedupe_window")]

@@ -486,9 +486,10 @@ enum Origin<'a> {
 /// it already holds, and its version, by which the target orders a key's changes.
 ///
 /// A polled record is `key@version`: the same change read twice is one record. An event is
-/// itself: the publisher's `Nats-Msg-Id`, else its place in the capture stream. Never a value
-/// that several events of a key share, or a newer event would be dropped as a copy of an older
-/// one.
+/// itself: the publisher's `Nats-Msg-Id`, else `key@version` when the flow has a cursor field
+/// (the source's own version of the key), else its place in the capture stream. Never a value
+/// that several changes of a key share, or a newer event would be dropped as a copy of an
+/// older one.
 fn identity(
     key: Option<&str>,
     cursor_version: Option<u64>,
@@ -511,10 +512,13 @@ fn identity(
             stored_unix_ns,
         } => {
             let version = cursor_version.unwrap_or_else(|| event_version(sequence, stored_unix_ns));
-            let id = match msg_id.filter(|id| !id.is_empty()) {
-                Some(id) => id.to_string(),
+            let id = match (msg_id.filter(|id| !id.is_empty()), key, cursor_version) {
+                (Some(id), _, _) => id.to_string(),
+                // The source's own version of the key: a second event with it is the same
+                // change (the target would not apply it either), e.g. a publisher's retry.
+                (None, Some(key), Some(version)) => format!("{key}@{version}"),
                 // The sequence alone would repeat if the capture stream were made anew.
-                None => format!("event-{sequence}@{stored_unix_ns}"),
+                _ => format!("event-{sequence}@{stored_unix_ns}"),
             };
             (id, version)
         }
@@ -582,7 +586,15 @@ mod tests {
     #[test]
     fn an_event_with_a_cursor_field_is_ordered_by_it() {
         let (id, version) = identity(Some("k"), Some(77), event(None, 5, 9_000_000), b"");
-        assert_eq!((id.as_str(), version), ("event-5@9000000", 77));
+        assert_eq!((id.as_str(), version), ("k@77", 77));
+        // The next change of the key is a new record; a publisher's id still wins.
+        let (id, version) = identity(Some("k"), Some(78), event(None, 6, 9_500_000), b"");
+        assert_eq!((id.as_str(), version), ("k@78", 78));
+        let (id, _) = identity(Some("k"), Some(78), event(Some("e-9"), 7, 9_600_000), b"");
+        assert_eq!(id, "e-9");
+        // No key to name it by: its place in the capture stream.
+        let (id, _) = identity(None, Some(78), event(None, 8, 9_700_000), b"");
+        assert_eq!(id, "event-8@9700000");
     }
 
     #[test]
