@@ -113,6 +113,7 @@ fn chart_dashboard_is_the_deploy_dashboard_and_covers_every_metric() {
     for metric in [
         "flowplane_worker_records_read_total",
         "flowplane_worker_records_delivered_total",
+        "flowplane_worker_records_duplicate_total",
         "flowplane_worker_records_dead_lettered_total",
         "flowplane_worker_requests_throttled_total",
         "flowplane_worker_records_retried_total",

@@ -118,9 +118,10 @@ fn forecast(sku: &str, quantity: i64, baseline: i64) -> Value {
     json!({"sku": sku, "location": "DC-NORTH", "quantity": quantity, "baseline": baseline, "version": 1})
 }
 
-/// Publishes the forecasts until the worker has read them all (the NATS source only hears
-/// what is published while it is subscribed; republished records are deduplicated by
-/// JetStream, though the source's read count includes them).
+/// Publishes the forecasts until the worker has read them all (the capture of the subject
+/// starts when the worker first holds the lease; republished records have the same key and
+/// version, so the flow's stream drops them as duplicates, though the read count includes
+/// them).
 async fn feed(nats_url: &str, subject: &str, names: &QueueNames, records: &[Value]) {
     let client = async_nats::connect(nats_url).await.unwrap();
     let js = jetstream(nats_url).await;

@@ -12,11 +12,12 @@ use std::time::Duration;
 use e2e_support::*;
 use flowplane::api::connector_binding::{Protocol, System};
 use flowplane::api::integration_flow::Delivery;
-use flowplane::queue::{QueueNames, QueuePolicy, ensure_queue, list_dead_letters};
+use flowplane::queue::{QueueNames, QueuePolicy, ensure_queue, headers, list_dead_letters};
 use flowplane::sim::erp::{ErpSeed, SALES_ORDER_LINES, key_of, sales_order_line};
 use flowplane::sim::erp_write::{PLANNED_INDEPENDENT_REQUIREMENTS, WriteRule};
 use flowplane::sim::faults::FaultSpec;
 use flowplane::worker::sample;
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -73,8 +74,18 @@ async fn the_queue_policy_creates_the_streams_and_updates_them_in_place() {
     );
     let mut stream = js.get_stream(&names.stream).await.unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, 1);
+    // JetStream never gives a record up (the workers dead-letter after maxDeliver), also on a
+    // consumer a previous release made with a limit.
     let consumer = stream.consumer_info(&names.consumer).await.unwrap();
-    assert_eq!(consumer.config.max_deliver, 3);
+    assert_eq!(consumer.config.max_deliver, -1);
+    let mut limited = consumer.config.clone();
+    limited.max_deliver = 3;
+    js.update_consumer_on_stream(limited, &names.stream)
+        .await
+        .unwrap();
+    ensure_queue(&js, &names, &policy).await.unwrap();
+    let consumer = stream.consumer_info(&names.consumer).await.unwrap();
+    assert_eq!(consumer.config.max_deliver, -1);
 
     // Applying the same policy again changes nothing and does not fail.
     ensure_queue(&js, &names, &policy).await.unwrap();
@@ -85,6 +96,110 @@ async fn the_queue_policy_creates_the_streams_and_updates_them_in_place() {
 }
 
 const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A record whose deliveries all end without an outcome (the workers holding it died, or
+/// overran ackWait) is dead-lettered, with its reason and delivery count, on the delivery after
+/// maxDeliver. Had JetStream stopped delivering it, it would be gone from the flow unseen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_whose_deliveries_all_end_without_an_outcome_is_dead_lettered() {
+    let nats = PrivateNats::start();
+    let sims = start_sims(ErpSeed {
+        order_lines: 0,
+        ..ErpSeed::default()
+    })
+    .await;
+    let mut config = sample::sales_order_flow(
+        "e2e",
+        &unique_flow("maxdeliver"),
+        &nats.url(),
+        &sims.erp_url,
+        &sims.forecast_url,
+    );
+    config.delivery.max_deliver = 2;
+    config.delivery.ack_wait = "1s".into();
+    let js = jetstream(&nats.url()).await;
+    let names = config.queue.clone();
+    let policy = QueuePolicy::from_rendered(&config.delivery).unwrap();
+    ensure_queue(&js, &names, &policy).await.unwrap();
+    // A record in the flow's stream, as the extractor publishes it.
+    let mut record_headers = async_nats::HeaderMap::new();
+    record_headers.insert(headers::MSG_ID, "1000001/10@1");
+    record_headers.insert(headers::KEY, "1000001/10");
+    record_headers.insert(headers::SOURCE_VERSION, "1");
+    let record = serde_json::to_vec(&sample::order_line("1010", "5")).unwrap();
+    js.publish_with_headers(
+        format!("{}.0", names.subject),
+        record_headers,
+        record.into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    // Two workers take it and die holding it: fetched, never acked.
+    let consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(&names.stream)
+        .await
+        .unwrap()
+        .get_consumer(&names.consumer)
+        .await
+        .unwrap();
+    for attempt in 1..=2 {
+        let message = eventually(TIMEOUT, "a delivery", || {
+            let consumer = consumer.clone();
+            async move {
+                let mut batch = consumer
+                    .fetch()
+                    .max_messages(1)
+                    .expires(Duration::from_millis(500))
+                    .messages()
+                    .await
+                    .ok()?;
+                batch.next().await?.ok()
+            }
+        })
+        .await;
+        assert_eq!(message.info().unwrap().delivered, attempt);
+    }
+
+    // A worker now: the record comes a third time and goes to the dead-letter stream.
+    let worker = InProcessWorker::start(config.clone(), "maxdeliver");
+    let letters = eventually(TIMEOUT, "the dead letter", || {
+        let js = js.clone();
+        let names = names.clone();
+        async move {
+            let letters = list_dead_letters(&js, &names, None).await.ok()?;
+            (!letters.is_empty()).then_some(letters)
+        }
+    })
+    .await;
+    assert_eq!(letters.len(), 1, "{letters:#?}");
+    let letter = &letters[0];
+    assert_eq!(
+        (
+            letter.reason.as_str(),
+            letter.deliveries,
+            letter.key.as_str()
+        ),
+        ("MaxDeliveries", 3, "1000001/10")
+    );
+    assert!(
+        letter
+            .detail
+            .starts_with("2 deliveries ended without an outcome"),
+        "{}",
+        letter.detail
+    );
+    assert_eq!(letter.record["RequestedQuantity"], "5");
+    assert_eq!(sims.forecast.applied(&config.target.entity), 0);
+    eventually(TIMEOUT, "the dead letter in the flow's progress", || {
+        let js = js.clone();
+        let names = names.clone();
+        async move { (progress(&js, &names).await.dead_lettered == 1).then_some(()) }
+    })
+    .await;
+    worker.stop().await.unwrap();
+}
 
 /// Batch quality rules on a real flow: a NullRatio rule that allows no nulls dead-letters
 /// exactly the records without the field; a FailBatch rule keeps the whole batch of a bad
@@ -470,7 +585,10 @@ fn every_example_flow_renders_a_worker_configuration_with_its_queue_policy() {
             "{name}"
         );
         assert_eq!(rendered.ack_wait, wanted.ack_wait, "{name}");
-        assert_eq!(rendered.max_deliver, wanted.max_deliver, "{name}");
+        assert_eq!(
+            config.delivery.max_deliver, flow.spec.delivery.max_deliver,
+            "{name}"
+        );
         Plan::compile(&config.mapping, &config.contract).unwrap();
         assert!(
             matches!(

@@ -47,11 +47,14 @@ ts("Consumer lag (records waiting)",
    [(f"max by (namespace, flow) (flowplane_worker_lag_records{{{SEL}}})", "{{namespace}}/{{flow}}")],
    "short", 12, 1, description="Drives KEDA/HPA scaling; FlowplaneLagGrowing fires when it keeps growing past what maxReplicas absorbs.")
 row("Flows: throughput and failures", 9)
-ts("Records read / delivered per second",
+ts("Records read / delivered / duplicate per second",
    [(f"sum by (namespace, flow) (rate(flowplane_worker_records_read_total{{{SEL}}}[5m]))",
      "read {{namespace}}/{{flow}}"),
     (f"sum by (namespace, flow) (rate(flowplane_worker_records_delivered_total{{{SEL}}}[5m]))",
-     "delivered {{namespace}}/{{flow}}")], "rps", 0, 10)
+     "delivered {{namespace}}/{{flow}}"),
+    (f"sum by (namespace, flow) (rate(flowplane_worker_records_duplicate_total{{{SEL}}}[5m]))",
+     "duplicate {{namespace}}/{{flow}}")], "rps", 0, 10,
+   description="Duplicates: records the flow's stream already held (same Nats-Msg-Id). Growing with an event flow's traffic means events taken for earlier ones; see docs/operations.md.")
 ts("Dead letters by reason (per hour)",
    [(f"sum by (namespace, flow, reason) (increase(flowplane_worker_records_dead_lettered_total{{{SEL}}}[1h]))",
      "{{namespace}}/{{flow}} {{reason}}")], "short", 12, 10,

@@ -136,9 +136,12 @@ pub struct Source {
     /// Entity set, resource path, subject or file pattern to read, e.g. "A_SalesOrderItem".
     #[schemars(length(min = 1, max = 256))]
     pub entity: String,
-    /// FullRefresh re-reads everything; Incremental reads changes after a cursor; Events subscribes.
+    /// FullRefresh re-reads everything; Incremental reads changes after a cursor; Events reads
+    /// the subject through a capture stream on the source's NATS server (JetStream enabled).
     pub sync_mode: SyncMode,
     /// Source field that orders changes (e.g. "LastChangeDateTime"); required for Incremental.
+    /// For Events optional: without it a key's events are ordered as the capture stream stored
+    /// them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 128))]
     pub cursor_field: Option<String>,
@@ -155,7 +158,8 @@ pub enum SyncMode {
     FullRefresh,
     /// Read what changed after the stored cursor (or delta link).
     Incremental,
-    /// Subscribe to events (NATS source bindings).
+    /// Read events (NATS source bindings) through a capture stream on the source's server, so
+    /// events published while no worker runs are kept (at most `delivery.retention`).
     Events,
 }
 
@@ -337,9 +341,11 @@ pub struct Delivery {
     #[serde(default = "default_dead_letter_retention")]
     #[schemars(pattern(DURATION_PATTERN))]
     pub dead_letter_retention: String,
-    /// Window in which a record with the same idempotency key (primary key + source version)
-    /// is dropped as a duplicate when published again (the stream's duplicate window). At most
-    /// `retention`; a re-read of the source within the window publishes only what changed.
+    /// Window in which a record with the same identity (polled sources: primary key + source
+    /// version; events: the publisher's `Nats-Msg-Id`, else primary key + cursor-field value,
+    /// else the event's place in the capture stream) is dropped as a duplicate when published again (the stream's duplicate window),
+    /// and counted in `status.sync.duplicates`. At most `retention`; a re-read of the source
+    /// within the window publishes only what changed.
     #[serde(default = "default_dedupe_window")]
     #[schemars(pattern(DURATION_PATTERN))]
     pub dedupe_window: String,
@@ -591,6 +597,10 @@ pub struct SyncStatus {
     /// Records delivered since the flow started.
     #[serde(default)]
     pub delivered: u64,
+    /// Records dropped as duplicates since the flow started: the flow's stream already held a
+    /// record with the same identity (a re-read, a redelivered or republished source event).
+    #[serde(default)]
+    pub duplicates: u64,
     /// Source cursor the extractor resumes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,

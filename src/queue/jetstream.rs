@@ -27,8 +27,6 @@ pub struct QueuePolicy {
     pub dead_letter_retention: Duration,
     /// Window in which JetStream drops a record whose `Nats-Msg-Id` it has already stored.
     pub dedupe_window: Duration,
-    /// Deliveries of one record before the worker dead-letters it.
-    pub max_deliver: i64,
     /// How long a worker may hold a record before JetStream redelivers it.
     pub ack_wait: Duration,
     /// Unacknowledged records in flight across all workers.
@@ -46,7 +44,6 @@ impl QueuePolicy {
                 &delivery.dedupe_window,
                 &delivery.ack_wait,
             ],
-            delivery.max_deliver,
             max_ack_pending,
         )
     }
@@ -61,14 +58,12 @@ impl QueuePolicy {
                 &delivery.dedupe_window,
                 &delivery.ack_wait,
             ],
-            delivery.max_deliver,
             delivery.max_ack_pending,
         )
     }
 
     fn parse(
         [retention, dead_letter_retention, dedupe_window, ack_wait]: [&str; 4],
-        max_deliver: u32,
         max_ack_pending: u32,
     ) -> Result<QueuePolicy, String> {
         let field = |name: &str, text: &str| {
@@ -78,7 +73,6 @@ impl QueuePolicy {
             retention: field("retention", retention)?,
             dead_letter_retention: field("deadLetterRetention", dead_letter_retention)?,
             dedupe_window: field("dedupeWindow", dedupe_window)?,
-            max_deliver: i64::from(max_deliver),
             ack_wait: field("ackWait", ack_wait)?,
             max_ack_pending: i64::from(max_ack_pending.max(1)),
         };
@@ -179,7 +173,12 @@ pub async fn ensure_queue(
         description: Some("flowplane workers of this flow".into()),
         ack_policy: consumer::AckPolicy::Explicit,
         deliver_policy: consumer::DeliverPolicy::All,
-        max_deliver: policy.max_deliver,
+        // JetStream never gives a record up: a record it stopped delivering would be gone from
+        // the flow without a trace (the worker holding its last delivery crashed, or overran
+        // ackWait). The workers count deliveries instead and dead-letter a record on the one
+        // after `delivery.maxDeliver` (see `worker::consume`), so it ends in the dead-letter
+        // stream with its reason and delivery count.
+        max_deliver: -1,
         ack_wait: policy.ack_wait,
         max_ack_pending: policy.max_ack_pending,
         ..Default::default()
@@ -234,6 +233,84 @@ async fn put_stream(js: &jetstream::Context, config: stream::Config) -> Result<(
         }
         Err(e) => Err(stream_error(&name, e)),
     }
+}
+
+/// How long the capture stream remembers a `Nats-Msg-Id`: the shortest JetStream allows.
+/// Deduplication happens in the flow's stream, with the same id (the extractor keeps the
+/// source's `Nats-Msg-Id`), over the flow's dedupe window, where it is counted (`duplicates`);
+/// the capture stream keeps every copy sent more than this apart.
+const CAPTURE_DUPLICATE_WINDOW: Duration = Duration::from_millis(100);
+/// Source events one extractor may hold unacknowledged (a few pages).
+const CAPTURE_MAX_ACK_PENDING: i64 = 10_000;
+/// How long the extractor may hold an event before the capture stream sends it again (to the
+/// next lease holder, when this one died): forwarded pages are acked within seconds.
+const CAPTURE_ACK_WAIT: Duration = Duration::from_secs(30);
+
+/// Ensures the capture of an event flow's source `subject` on the source's NATS server (`js`):
+/// a stream that stores whatever is published on the subject, and the flow's durable pull
+/// consumer on it, which the extractor acks only once an event is stored in the flow's stream.
+/// So events published while no worker runs (a rollout, a crash, a lease handover) wait.
+///
+/// The stream is the flow's own ([`QueueNames::capture_stream`]): interest retention (an event
+/// goes once every flow reading it acked it), at most `retention` old, file storage. When
+/// another stream on that server already captures the subject (another flow's, or the
+/// publisher's own), the flow reads that one through its own consumer instead, because
+/// JetStream refuses two streams over one subject. Returns the consumer.
+pub async fn ensure_capture(
+    js: &jetstream::Context,
+    names: &QueueNames,
+    subject: &str,
+    retention: Duration,
+) -> Result<consumer::PullConsumer, QueueError> {
+    let name = names.capture_stream();
+    let config = stream::Config {
+        name: name.clone(),
+        description: Some("flowplane: events captured for the flow's extractor".into()),
+        subjects: vec![subject.to_string()],
+        retention: stream::RetentionPolicy::Interest,
+        storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::Old,
+        max_age: retention,
+        duplicate_window: CAPTURE_DUPLICATE_WINDOW,
+        ..Default::default()
+    };
+    let code = |e: &async_nats::jetstream::context::CreateStreamError| match e.kind() {
+        CreateStreamErrorKind::JetStream(j) => Some(j.error_code()),
+        _ => None,
+    };
+    let stream_name = match js.create_stream(config.clone()).await {
+        Ok(_) => name,
+        Err(e) if code(&e) == Some(ErrorCode::STREAM_NAME_EXIST) => {
+            js.update_stream(config)
+                .await
+                .map_err(|e| stream_error(&name, e))?;
+            name
+        }
+        Err(e) if code(&e) == Some(ErrorCode::STREAM_SUBJECT_OVERLAP) => js
+            .stream_by_subject(subject)
+            .await
+            .map_err(|_| stream_error(&name, e))?,
+        Err(e) => return Err(stream_error(&name, e)),
+    };
+    let consumer_name = names.capture_consumer();
+    let consumer_config = consumer::pull::Config {
+        durable_name: Some(consumer_name.clone()),
+        description: Some("flowplane extractor of this flow".into()),
+        filter_subject: subject.to_string(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        deliver_policy: consumer::DeliverPolicy::All,
+        // An event is never given up: it waits until a worker stores it in the flow's stream.
+        max_deliver: -1,
+        ack_wait: CAPTURE_ACK_WAIT,
+        max_ack_pending: CAPTURE_MAX_ACK_PENDING,
+        ..Default::default()
+    };
+    js.create_consumer_on_stream(consumer_config, &stream_name)
+        .await
+        .map_err(|e| QueueError::Consumer {
+            name: consumer_name,
+            message: e.to_string(),
+        })
 }
 
 /// Deletes the flow's streams (with their consumer) and bucket. Resources already gone are
@@ -393,7 +470,6 @@ mod tests {
         let policy = QueuePolicy::from_rendered(&delivery).unwrap();
         assert_eq!(policy.retention, Duration::from_secs(48 * 3600));
         assert_eq!(policy.dedupe_window, Duration::from_secs(900));
-        assert_eq!(policy.max_deliver, i64::from(delivery.max_deliver));
         // A worker.json rendered before these fields existed reads with the flow defaults.
         let mut json = serde_json::to_value(&rendered).unwrap();
         for field in ["retention", "deadLetterRetention", "dedupeWindow"] {
@@ -410,6 +486,5 @@ mod tests {
     fn default_policy_follows_the_flow_defaults() {
         let policy = QueuePolicy::default();
         assert_eq!(policy.dedupe_window, Duration::from_secs(120));
-        assert_eq!(policy.max_deliver, 10);
     }
 }

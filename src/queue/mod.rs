@@ -13,7 +13,8 @@ pub mod jetstream;
 pub mod redrive;
 
 pub use jetstream::{
-    QueueError, QueuePolicy, delete_queue, ensure_queue, read_progress, reset_cursor,
+    QueueError, QueuePolicy, delete_queue, ensure_capture, ensure_queue, read_progress,
+    reset_cursor,
 };
 pub use redrive::{DeadLetter, RedriveReport, list_dead_letters, redrive};
 
@@ -48,6 +49,18 @@ impl QueueNames {
             dead_letter_subject: format!("flowplane.{id}.dead"),
             kv_bucket: format!("FP_{id}_STATE"),
         }
+    }
+
+    /// Stream on the source's NATS server that captures an event flow's source subject, so
+    /// events published while no worker runs wait there (see [`jetstream::ensure_capture`]).
+    pub fn capture_stream(&self) -> String {
+        format!("{}_CAPTURE", self.stream)
+    }
+
+    /// The flow's durable consumer on the capture stream: the flow's stream name, unique per
+    /// flow, so flows sharing one capture stream each read every event.
+    pub fn capture_consumer(&self) -> String {
+        self.stream.clone()
     }
 }
 
@@ -85,6 +98,11 @@ pub struct FlowProgress {
     /// Records moved to the dead-letter stream.
     #[serde(default)]
     pub dead_lettered: u64,
+    /// Records the flow's stream dropped because a record with the same identity
+    /// (`Nats-Msg-Id`) was already stored: a re-read, a redelivered source event, a publisher's
+    /// retry. Not data lost: the first copy was stored.
+    #[serde(default)]
+    pub duplicates: u64,
     /// Source cursor (or delta token) the extractor resumes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,

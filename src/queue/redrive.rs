@@ -24,6 +24,8 @@ pub struct DeadLetter {
     pub detail: String,
     /// Stage that gave up on the record.
     pub stage: String,
+    /// Times the record was delivered to a worker before it was dead-lettered.
+    pub deliveries: u64,
     /// Primary key of the record.
     pub key: String,
     /// Correlation id (W3C traceparent).
@@ -97,6 +99,9 @@ pub async fn list_dead_letters(
             reason: header(&message.headers, headers::REASON),
             detail: header(&message.headers, headers::DETAIL),
             stage: header(&message.headers, headers::STAGE),
+            deliveries: header(&message.headers, headers::DELIVERIES)
+                .parse()
+                .unwrap_or(0),
             key: header(&message.headers, headers::KEY),
             traceparent: header(&message.headers, headers::TRACEPARENT),
             record: serde_json::from_slice(&message.payload).unwrap_or_else(|_| {

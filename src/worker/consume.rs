@@ -1,7 +1,9 @@
 //! Consumption: fetch a batch from the flow's shared durable consumer, map and validate each
 //! record, dead-letter the ones that cannot be delivered, deliver the rest in one bulk upsert,
 //! then ack. A transient delivery failure NAKs the batch with a full-jitter delay; a record
-//! that has used up maxDeliver is dead-lettered instead of being dropped by JetStream.
+//! that has used up maxDeliver is dead-lettered (with its last error), and one delivered once
+//! more than maxDeliver (its deliveries ended without an outcome) is dead-lettered unprocessed:
+//! JetStream itself never stops delivering a record, so none is dropped without a trace.
 //!
 //! Ordering: several workers (and several loops per worker) take batches from the same
 //! consumer, and redeliveries come late, so batches can reach the target out of order. Each
@@ -148,6 +150,15 @@ impl Consumer {
         Ok(messages)
     }
 
+    /// The delivery count of a record delivered more than `max_deliver` times: the consumer
+    /// lets JetStream redeliver without limit (see `queue::ensure_queue`), so a record whose
+    /// deliveries all ended without an ack, NAK or dead letter (the worker holding it crashed,
+    /// or overran ackWait) comes back once more and is dead-lettered here, unprocessed.
+    fn delivered_too_often(&self, message: &jetstream::Message) -> Option<i64> {
+        let delivered = message.info().ok()?.delivered;
+        (delivered > self.max_deliver).then_some(delivered)
+    }
+
     /// Maps, validates, routes and delivers one batch.
     async fn process(&self, messages: &[jetstream::Message], buffer: &mut Vec<u8>) {
         let started = Instant::now();
@@ -157,6 +168,19 @@ impl Consumer {
         let mut failed_batch: Option<String> = None;
         let mut facts = Facts::default();
         for (index, message) in messages.iter().enumerate() {
+            if let Some(delivered) = self.delivered_too_often(message) {
+                self.reject(
+                    message,
+                    Reason::MaxDeliveries,
+                    "consume",
+                    &format!(
+                        "{} deliveries ended without an outcome (a worker stopped or overran ackWait while holding the record)",
+                        delivered - 1
+                    ),
+                )
+                .await;
+                continue;
+            }
             let traceparent = header(message, headers::TRACEPARENT);
             let record: Value = match serde_json::from_slice(&message.payload) {
                 Ok(record) => record,

@@ -1,8 +1,10 @@
 //! Extraction: the lease holder reads the source page by page and publishes every record to
-//! the flow's stream with `Nats-Msg-Id` = primary key + source version, then stores the
-//! cursor. A crash between publish and cursor write re-reads the page on restart; JetStream
-//! drops the republished records as duplicates (within the dedupe window) and the target's
-//! version check ignores anything older, so nothing is lost and nothing is applied twice.
+//! the flow's stream with `Nats-Msg-Id` = the record's identity (see [`identity`]), then stores
+//! the cursor (polled sources) or acks the events to the capture stream (event sources). A
+//! crash between publish and cursor write or ack re-reads the page on restart; JetStream drops
+//! the republished records as duplicates (within the dedupe window, counted as `duplicates`)
+//! and the target's version check ignores anything older, so nothing is lost and nothing is
+//! applied twice.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,28 +102,24 @@ impl Extractor {
         wanted
     }
 
-    /// One record's headers and subject. `record` holds at least the envelope fields.
+    /// One record's headers and subject. `record` holds at least the envelope fields;
+    /// `content` is the record's canonical JSON (for the id of a keyless polled record).
     fn envelope(
         &self,
         record: &Value,
-        fallback_version: u64,
-        body: &[u8],
+        origin: Origin<'_>,
+        content: &[u8],
         subjects: &[Subject],
     ) -> (Subject, HeaderMap) {
         let key = self.plan.source_key(record);
-        let version = self
+        let cursor_version = self
             .config
             .source
             .cursor_field
             .as_deref()
             .and_then(|field| record.get(field))
-            .and_then(version_of)
-            .unwrap_or(fallback_version);
-        let id = match &key {
-            Some(key) => format!("{key}@{version}"),
-            // No key: deduplicate by content instead.
-            None => format!("content-{:016x}@{version}", fnv64(body)),
-        };
+            .and_then(version_of);
+        let (id, version) = identity(key.as_deref(), cursor_version, origin, content);
         let key = key.unwrap_or_default();
         let traceparent = new_traceparent();
         tracing::debug!(trace_id = trace_id(&traceparent), key = %key, version, stage = "extract", "record read");
@@ -135,22 +133,26 @@ impl Extractor {
     }
 
     /// Publishes one page without waiting for JetStream's acks; the returned future resolves
-    /// to (stored, duplicates) once every record of the page is acknowledged.
+    /// to (stored, duplicates) once every record of the page is acknowledged, and then acks a
+    /// page of events to the capture stream.
     async fn publish(
         &self,
         records: Records,
-        fallback_version: u64,
+        pass_version: u64,
     ) -> anyhow::Result<impl Future<Output = anyhow::Result<(u64, u64)>> + Send + 'static> {
         let mut acks = Vec::with_capacity(records.len());
         let subjects: Vec<Subject> = (0..PARTITIONS)
             .map(|p| Subject::from(partition_subject(&self.names, p)))
             .collect();
-        match &records {
+        let pass = Origin::Pass {
+            version: pass_version,
+        };
+        let mut events = Vec::new();
+        match records {
             Records::Values(values) => {
-                for record in values {
+                for record in &values {
                     let body = Bytes::from(serde_json::to_vec(record)?);
-                    let (subject, headers) =
-                        self.envelope(record, fallback_version, &body, &subjects);
+                    let (subject, headers) = self.envelope(record, pass, &body, &subjects);
                     acks.push(self.js.publish_with_headers(subject, headers, body).await?);
                 }
             }
@@ -158,20 +160,20 @@ impl Extractor {
                 // The record is published as the source sent it; only the envelope's fields
                 // are parsed out of it.
                 let wanted = self.envelope_fields();
-                for text in texts {
+                for text in &texts {
                     let fields = match raw::fields_of(text, &wanted) {
                         Some(fields) => Value::Object(fields),
                         // Not an object: no key fields to read, but keep the whole value.
                         None => serde_json::from_slice(text)?,
                     };
                     let (subject, headers) = match self.plan.source_key(&fields) {
-                        Some(_) => self.envelope(&fields, fallback_version, text, &subjects),
+                        Some(_) => self.envelope(&fields, pass, text, &subjects),
                         // Keyless records are deduplicated by their canonical content, so the
                         // id must not depend on how the source spaced or ordered the text.
                         None => {
                             let record: Value = serde_json::from_slice(text)?;
                             let canonical = serde_json::to_vec(&record)?;
-                            self.envelope(&record, fallback_version, &canonical, &subjects)
+                            self.envelope(&record, pass, &canonical, &subjects)
                         }
                     };
                     acks.push(
@@ -181,9 +183,42 @@ impl Extractor {
                     );
                 }
             }
+            Records::Events(fetched) => {
+                let wanted = self.envelope_fields();
+                for event in &fetched {
+                    let info = event
+                        .info()
+                        .map_err(|e| anyhow::anyhow!("event without JetStream metadata: {e}"))?;
+                    let origin = Origin::Event {
+                        msg_id: event
+                            .headers
+                            .as_ref()
+                            .and_then(|h| h.get(headers::MSG_ID))
+                            .map(|v| v.as_str()),
+                        sequence: info.stream_sequence,
+                        stored_unix_ns: u64::try_from(info.published.unix_timestamp_nanos())
+                            .unwrap_or(0),
+                    };
+                    let (body, fields) = match raw::fields_of(&event.payload, &wanted) {
+                        Some(fields) => (event.payload.clone(), Value::Object(fields)),
+                        None => match serde_json::from_slice::<Value>(&event.payload) {
+                            Ok(value) => (event.payload.clone(), value),
+                            // Not JSON: forwarded as a JSON string, so the consumer
+                            // dead-letters it with what arrived.
+                            Err(_) => (
+                                Bytes::from(serde_json::to_vec(&Value::String(
+                                    String::from_utf8_lossy(&event.payload).into_owned(),
+                                ))?),
+                                Value::Null,
+                            ),
+                        },
+                    };
+                    let (subject, headers) = self.envelope(&fields, origin, &body, &subjects);
+                    acks.push(self.js.publish_with_headers(subject, headers, body).await?);
+                }
+                events = fetched;
+            }
         }
-        // Free the page's records on this task, not in the ack future.
-        drop(records);
         Ok(async move {
             let (mut stored, mut duplicates) = (0, 0);
             for ack in acks {
@@ -191,6 +226,13 @@ impl Extractor {
                     duplicates += 1;
                 } else {
                     stored += 1;
+                }
+            }
+            // Every event of the page is in the flow's stream: the capture stream may let go
+            // of them. A lost ack only brings an event back, as a duplicate.
+            for event in events {
+                if let Err(e) = event.ack().await {
+                    tracing::debug!(error = %e, "source event not acked; it comes back as a duplicate");
                 }
             }
             Ok((stored, duplicates))
@@ -217,8 +259,8 @@ impl Extractor {
             self.stored_cursor().await
         };
         source.begin(cursor.as_deref());
-        // Without a cursor field, a pass's records are newer than every earlier pass's.
-        let fallback_version = super::clock::now_unix_ms() as u64 * 1_000_000;
+        // Without a cursor field, a polled pass's records are newer than every earlier pass's.
+        let pass_version = super::clock::now_unix_ms() as u64 * 1_000_000;
         // A bounded pipeline: the next pages are fetched while earlier ones are published
         // and their acks are in flight. Pages settle in source order, and the cursor only
         // moves past a page once every record of it (and of every page before it) is stored.
@@ -232,7 +274,7 @@ impl Extractor {
                 }
             }
         };
-        let publisher = self.publish_pages(pages_rx, lease, full, fallback_version);
+        let publisher = self.publish_pages(pages_rx, lease, full, pass_version);
         tokio::pin!(fetcher, publisher);
         let mut fetching = true;
         loop {
@@ -252,7 +294,7 @@ impl Extractor {
         mut pages: mpsc::Receiver<Result<Option<Page>, CallError>>,
         lease: Option<&Lease>,
         full: bool,
-        fallback_version: u64,
+        pass_version: u64,
     ) -> anyhow::Result<RefreshReport> {
         let mut report = RefreshReport::default();
         let mut in_flight = FuturesOrdered::new();
@@ -272,7 +314,9 @@ impl Extractor {
                     report.published += stored;
                     report.duplicates += duplicates;
                     self.metrics.read.inc_by(n);
+                    self.metrics.duplicates.inc_by(duplicates);
                     self.progress.add_read(n);
+                    self.progress.add_duplicates(duplicates);
                     if !full && !lease_lost && let Some(cursor) = cursor {
                         self.store
                             .put(CURSOR_KEY, Bytes::from(cursor.clone()))
@@ -303,7 +347,7 @@ impl Extractor {
                         continue;
                     }
                     let n = page.records.len() as u64;
-                    let acks = self.publish(page.records, fallback_version).await?;
+                    let acks = self.publish(page.records, pass_version).await?;
                     let cursor = page.cursor;
                     in_flight.push_back(async move { (n, cursor, acks.await) });
                 }
@@ -321,7 +365,9 @@ impl Extractor {
         lease: Lease,
         mut shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<()> {
-        let mut source = Source::open(&self.config.source, self.metrics.clone()).await?;
+        // Opened by the first lease holder pass (an event source ensures its capture then), and
+        // again after a failure to open it.
+        let mut source: Option<Source> = None;
         let poll =
             parse_duration(&self.config.source.poll_interval).unwrap_or(Duration::from_secs(60));
         let events = self.config.source.sync_mode == SyncMode::Events;
@@ -331,22 +377,53 @@ impl Extractor {
             super::resilience::Backoff::new(&self.config.source.endpoint.resilience.retry);
         while !*shutdown.borrow() {
             let wait = if lease.acquire().await {
-                match self.pass(&mut source, Some(&lease), full).await {
+                let opened = match source.take() {
+                    Some(opened) => Ok(opened),
+                    None => self
+                        .open_source()
+                        .await
+                        .map_err(|e| e.context("opening the source")),
+                };
+                let pass = match opened {
+                    Ok(mut opened) => {
+                        let pass = self.pass(&mut opened, Some(&lease), full).await;
+                        // A failing capture consumer is ensured again (its stream may have
+                        // been removed); an HTTP source keeps its client and circuit breaker.
+                        if pass.is_ok() || !matches!(opened, Source::Nats(_)) {
+                            source = Some(opened);
+                        }
+                        pass
+                    }
+                    Err(e) => Err(e),
+                };
+                match pass {
                     Ok(report) => {
                         failures = 0;
-                        if report.read > 0 {
+                        // An event pass is one fetch, several a second under traffic: its
+                        // figures are in the metrics, not in an info line each.
+                        if report.read > 0 && !events {
                             tracing::info!(
                                 read = report.read,
                                 published = report.published,
                                 duplicates = report.duplicates,
                                 "extraction pass"
                             );
+                        } else if report.read > 0 {
+                            tracing::debug!(
+                                read = report.read,
+                                published = report.published,
+                                duplicates = report.duplicates,
+                                "events forwarded"
+                            );
                         }
                         if events { Duration::ZERO } else { poll }
                     }
                     Err(e) => {
                         failures += 1;
-                        tracing::warn!(error = %e, "extraction pass failed; retrying from the stored cursor");
+                        tracing::warn!(
+                            error = format!("{e:#}"),
+                            "extraction pass failed; retrying from the stored cursor"
+                        );
                         backoff.delay(failures.min(10))
                     }
                 }
@@ -371,9 +448,91 @@ impl Extractor {
     /// The CronJob's full refresh: re-reads the whole source once and publishes it; unchanged
     /// records are dropped by deduplication (and by the target's version check).
     pub async fn full_refresh(&self) -> anyhow::Result<RefreshReport> {
-        let mut source = Source::open(&self.config.source, self.metrics.clone()).await?;
+        let mut source = self.open_source().await?;
         self.pass(&mut source, None, true).await
     }
+
+    async fn open_source(&self) -> anyhow::Result<Source> {
+        let retention = parse_duration(&self.config.delivery.retention)
+            .map_err(|e| anyhow::anyhow!("delivery.retention: {e}"))?;
+        Source::open(
+            &self.config.source,
+            &self.names,
+            retention,
+            self.metrics.clone(),
+        )
+        .await
+    }
+}
+
+/// Where a record came from, which decides its identity.
+#[derive(Clone, Copy, Debug)]
+enum Origin<'a> {
+    /// A pass over a polled source (OData, REST, files). A record without a cursor-field value
+    /// gets the pass's version, newer than every earlier pass's.
+    Pass { version: u64 },
+    /// An event as the capture stream stored it.
+    Event {
+        /// The publisher's own `Nats-Msg-Id`, when it set one.
+        msg_id: Option<&'a str>,
+        /// Its sequence in the capture stream.
+        sequence: u64,
+        /// When the capture stream stored it, Unix nanoseconds.
+        stored_unix_ns: u64,
+    },
+}
+
+/// A record's identity: its `Nats-Msg-Id`, on which the flow's stream drops a copy of a record
+/// it already holds, and its version, by which the target orders a key's changes.
+///
+/// A polled record is `key@version`: the same change read twice is one record. An event is
+/// itself: the publisher's `Nats-Msg-Id`, else `key@version` when the flow has a cursor field
+/// (the source's own version of the key), else its place in the capture stream. Never a value
+/// that several changes of a key share, or a newer event would be dropped as a copy of an
+/// older one.
+fn identity(
+    key: Option<&str>,
+    cursor_version: Option<u64>,
+    origin: Origin<'_>,
+    content: &[u8],
+) -> (String, u64) {
+    match origin {
+        Origin::Pass { version } => {
+            let version = cursor_version.unwrap_or(version);
+            let id = match key {
+                Some(key) => format!("{key}@{version}"),
+                // No key: deduplicate by content instead.
+                None => format!("content-{:016x}@{version}", fnv64(content)),
+            };
+            (id, version)
+        }
+        Origin::Event {
+            msg_id,
+            sequence,
+            stored_unix_ns,
+        } => {
+            let version = cursor_version.unwrap_or_else(|| event_version(sequence, stored_unix_ns));
+            let id = match (msg_id.filter(|id| !id.is_empty()), key, cursor_version) {
+                (Some(id), _, _) => id.to_string(),
+                // The source's own version of the key: a second event with it is the same
+                // change (the target would not apply it either), e.g. a publisher's retry.
+                (None, Some(key), Some(version)) => format!("{key}@{version}"),
+                // The sequence alone would repeat if the capture stream were made anew.
+                _ => format!("event-{sequence}@{stored_unix_ns}"),
+            };
+            (id, version)
+        }
+    }
+}
+
+/// The version of an event without a cursor field: when the capture stream stored it, in Unix
+/// nanoseconds whose last three digits are the stream sequence's (so two events stored in the
+/// same microsecond still follow the stream's order). It grows with every newer event, also
+/// across a capture stream made anew (where a bare sequence would start again at 1 and lose to
+/// every version the target holds), and it is on the scale of the pass versions events had
+/// before they were captured, so the target's stored versions stay comparable on upgrade.
+fn event_version(sequence: u64, stored_unix_ns: u64) -> u64 {
+    stored_unix_ns / 1000 * 1000 + sequence % 1000
 }
 
 fn fnv64(bytes: &[u8]) -> u64 {
@@ -383,4 +542,84 @@ fn fnv64(bytes: &[u8]) -> u64 {
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(msg_id: Option<&str>, sequence: u64, stored_unix_ns: u64) -> Origin<'_> {
+        Origin::Event {
+            msg_id,
+            sequence,
+            stored_unix_ns,
+        }
+    }
+
+    /// The measured bug: events of one key read in one endless pass all had `key@<pass>` and
+    /// JetStream dropped every one after the first.
+    #[test]
+    fn every_event_of_a_key_has_its_own_id_and_a_newer_version() {
+        let base = 1_790_000_000_000_000_000;
+        let mut ids = std::collections::BTreeSet::new();
+        let mut last = 0;
+        // Three events of one key: two in the same microsecond, one later.
+        for (sequence, stored) in [(41, base), (42, base + 300), (43, base + 5_000)] {
+            let (id, version) = identity(Some("4711"), None, event(None, sequence, stored), b"");
+            assert!(ids.insert(id), "a fresh id for every event");
+            assert!(version > last, "version {version} after {last}");
+            last = version;
+        }
+    }
+
+    #[test]
+    fn an_event_keeps_the_publishers_id_so_its_redelivery_is_a_duplicate() {
+        let (first, v1) = identity(Some("k"), None, event(Some("evt-7"), 10, 1_000_000), b"");
+        let (again, v2) = identity(Some("k"), None, event(Some("evt-7"), 11, 2_000_000), b"");
+        assert_eq!((first.as_str(), again.as_str()), ("evt-7", "evt-7"));
+        assert!(v2 > v1);
+        // An empty header is no id.
+        let (id, _) = identity(Some("k"), None, event(Some(""), 12, 3_000_000), b"");
+        assert_eq!(id, "event-12@3000000");
+    }
+
+    #[test]
+    fn an_event_with_a_cursor_field_is_ordered_by_it() {
+        let (id, version) = identity(Some("k"), Some(77), event(None, 5, 9_000_000), b"");
+        assert_eq!((id.as_str(), version), ("k@77", 77));
+        // The next change of the key is a new record; a publisher's id still wins.
+        let (id, version) = identity(Some("k"), Some(78), event(None, 6, 9_500_000), b"");
+        assert_eq!((id.as_str(), version), ("k@78", 78));
+        let (id, _) = identity(Some("k"), Some(78), event(Some("e-9"), 7, 9_600_000), b"");
+        assert_eq!(id, "e-9");
+        // No key to name it by: its place in the capture stream.
+        let (id, _) = identity(None, Some(78), event(None, 8, 9_700_000), b"");
+        assert_eq!(id, "event-8@9700000");
+    }
+
+    #[test]
+    fn an_event_version_survives_a_new_capture_stream_and_the_old_pass_versions() {
+        let old_pass = 1_790_000_000_000 * 1_000_000; // ms * 10^6, as before capture
+        let later = old_pass + 1_000_000_000;
+        // A capture stream made anew starts at sequence 1; still newer than before.
+        assert!(event_version(900_000, old_pass + 1) < event_version(1, later));
+        assert_eq!(event_version(1_234, 5_678_999), 5_678_234);
+    }
+
+    #[test]
+    fn a_polled_record_is_its_key_at_its_version() {
+        let pass = Origin::Pass { version: 1_000 };
+        assert_eq!(
+            identity(Some("1/10"), Some(5), pass, b"{}"),
+            ("1/10@5".to_string(), 5)
+        );
+        assert_eq!(
+            identity(Some("1/10"), None, pass, b"{}"),
+            ("1/10@1000".to_string(), 1_000)
+        );
+        let (a, _) = identity(None, None, pass, br#"{"a":1}"#);
+        let (b, _) = identity(None, None, pass, br#"{"a":2}"#);
+        assert_ne!(a, b);
+        assert!(a.starts_with("content-"));
+    }
 }

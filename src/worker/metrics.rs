@@ -31,6 +31,8 @@ pub struct Metrics {
     pub read: Counter,
     /// Records delivered to the target.
     pub delivered: Counter,
+    /// Records the flow's stream dropped as already stored (same `Nats-Msg-Id`).
+    pub duplicates: Counter,
     /// Records moved to the dead-letter stream, by reason.
     pub dead_lettered: Family<ReasonLabel, Counter>,
     /// Calls retried after a transient failure, and records redelivered (NAKed).
@@ -61,6 +63,7 @@ impl Metrics {
         );
         let read = Counter::default();
         let delivered = Counter::default();
+        let duplicates = Counter::default();
         let dead_lettered = Family::<ReasonLabel, Counter>::default();
         let retried = Counter::default();
         let throttled = Counter::default();
@@ -73,6 +76,11 @@ impl Metrics {
             "records_delivered",
             "Records delivered to the target",
             delivered.clone(),
+        );
+        registry.register(
+            "records_duplicate",
+            "Records the flow's stream dropped as already stored (same Nats-Msg-Id)",
+            duplicates.clone(),
         );
         registry.register(
             "records_dead_lettered",
@@ -119,6 +127,7 @@ impl Metrics {
             registry,
             read,
             delivered,
+            duplicates,
             dead_lettered,
             retried,
             throttled,

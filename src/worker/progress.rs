@@ -16,6 +16,7 @@ pub struct ProgressDeltas {
     read: AtomicU64,
     delivered: AtomicU64,
     dead_lettered: AtomicU64,
+    duplicates: AtomicU64,
     last_success_unix: AtomicI64,
     lag: AtomicU64,
     lag_known: std::sync::atomic::AtomicBool,
@@ -40,6 +41,11 @@ impl ProgressDeltas {
         self.dead_lettered.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// Records the flow's stream dropped as already stored.
+    pub fn add_duplicates(&self, n: u64) {
+        self.duplicates.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// The extraction cursor reached.
     pub fn set_cursor(&self, cursor: Option<String>) {
         *self.cursor.lock().unwrap_or_else(|p| p.into_inner()) = cursor;
@@ -56,19 +62,27 @@ impl ProgressDeltas {
         let read = self.read.swap(0, Ordering::Relaxed);
         let delivered = self.delivered.swap(0, Ordering::Relaxed);
         let dead = self.dead_lettered.swap(0, Ordering::Relaxed);
+        let duplicates = self.duplicates.swap(0, Ordering::Relaxed);
         let last_success = self.last_success_unix.swap(0, Ordering::Relaxed);
         let cursor = self.cursor.lock().unwrap_or_else(|p| p.into_inner()).take();
         let lag = self
             .lag_known
             .swap(false, Ordering::Relaxed)
             .then(|| self.lag.load(Ordering::Relaxed));
-        if read == 0 && delivered == 0 && dead == 0 && cursor.is_none() && lag.is_none() {
+        if read == 0
+            && delivered == 0
+            && dead == 0
+            && duplicates == 0
+            && cursor.is_none()
+            && lag.is_none()
+        {
             return Ok(());
         }
         let result = update_progress(store, |p: &mut FlowProgress| {
             p.read += read;
             p.delivered += delivered;
             p.dead_lettered += dead;
+            p.duplicates += duplicates;
             if last_success > 0 {
                 p.last_success_unix = Some(last_success.max(p.last_success_unix.unwrap_or(0)));
             }
@@ -86,6 +100,7 @@ impl ProgressDeltas {
             self.read.fetch_add(read, Ordering::Relaxed);
             self.delivered.fetch_add(delivered, Ordering::Relaxed);
             self.dead_lettered.fetch_add(dead, Ordering::Relaxed);
+            self.duplicates.fetch_add(duplicates, Ordering::Relaxed);
         }
         result.map(|_| ())
     }

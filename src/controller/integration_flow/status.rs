@@ -247,6 +247,7 @@ pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
         lag: q.lag,
         dead_letters: q.dead_letters,
         delivered: q.progress.delivered,
+        duplicates: q.progress.duplicates,
         cursor: q.progress.cursor.clone(),
     });
     IntegrationFlowStatus {

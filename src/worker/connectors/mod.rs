@@ -11,6 +11,7 @@ pub mod rest;
 pub mod target;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -18,6 +19,7 @@ use serde_json::Value;
 use super::http::{CallError, HttpClient};
 use super::metrics::Metrics;
 use crate::api::connector_binding::Protocol;
+use crate::queue::QueueNames;
 use crate::worker_config::SourceConfig;
 
 /// Records read in one go, and where to resume after them.
@@ -30,11 +32,13 @@ pub struct Page {
 
 /// A page's records.
 pub enum Records {
-    /// Parsed records (files, events).
+    /// Parsed records (files).
     Values(Vec<Value>),
     /// Each record's JSON text, as the system sent it (HTTP sources: slices of the response
     /// body, published as they are, see `raw`).
     Json(Vec<Bytes>),
+    /// Events fetched from the capture stream, each acked once the flow's stream stored it.
+    Events(Vec<async_nats::jetstream::Message>),
 }
 
 impl Records {
@@ -43,6 +47,7 @@ impl Records {
         match self {
             Records::Values(v) => v.len(),
             Records::Json(j) => j.len(),
+            Records::Events(e) => e.len(),
         }
     }
 
@@ -64,15 +69,22 @@ pub enum Source {
     OData(odata::ODataSource),
     /// REST JSON collection.
     Rest(rest::RestSource),
-    /// NATS subject (events).
-    Nats(nats::NatsSource),
+    /// NATS subject (events), through its capture stream (boxed: a consumer carries its
+    /// whole configuration).
+    Nats(Box<nats::NatsSource>),
     /// CSV / JSONL files in a directory.
     Files(files::FileSource),
 }
 
 impl Source {
-    /// Connects to the source described by `config`.
-    pub async fn open(config: &SourceConfig, metrics: Arc<Metrics>) -> anyhow::Result<Source> {
+    /// Connects to the source described by `config`. An event source captures its subject
+    /// for the flow `names`, keeping events at most `retention`.
+    pub async fn open(
+        config: &SourceConfig,
+        names: &QueueNames,
+        retention: Duration,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Source> {
         Ok(match config.endpoint.protocol {
             Protocol::OData => Source::OData(odata::ODataSource::new(
                 config.clone(),
@@ -82,7 +94,9 @@ impl Source {
                 config.clone(),
                 HttpClient::new(&config.endpoint, metrics)?,
             )),
-            Protocol::Nats => Source::Nats(nats::NatsSource::connect(config).await?),
+            Protocol::Nats => Source::Nats(Box::new(
+                nats::NatsSource::connect(config, names, retention).await?,
+            )),
             Protocol::Files => Source::Files(files::FileSource::new(config)?),
         })
     }
@@ -92,7 +106,7 @@ impl Source {
         match self {
             Source::OData(s) => s.begin(cursor),
             Source::Rest(s) => s.begin(cursor),
-            Source::Nats(_) => {}
+            Source::Nats(s) => s.begin(),
             Source::Files(s) => s.begin(cursor),
         }
     }

@@ -1,27 +1,42 @@
-//! NATS subject source for event-driven flows (warehouse stock adjustments, returns): a core
-//! subscription on the extracting worker; each page is what arrived within a short window.
-//! Only the lease holder subscribes, so each event is published to the flow's stream once.
+//! NATS subject source for event-driven flows (warehouse stock adjustments, returns), read
+//! through JetStream on the source's server: a capture stream stores what is published on the
+//! flow's subject and the flow's durable consumer hands it to the extractor, which acks an
+//! event only once the flow's stream has stored it (see [`crate::queue::ensure_capture`]).
+//! Events published while no worker runs, or while the lease changes hands, wait there.
+//! Only the lease holder fetches, so each event is published to the flow's stream once; an
+//! event fetched by a holder that died comes back to the next one after the ack wait, with the
+//! same identity, and the flow's stream drops the copy.
+//!
+//! An extraction pass is one fetch: whatever arrived within a short window, as one page.
 
 use std::time::Duration;
 
+use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
-use serde_json::Value;
 
-use super::Page;
+use super::{Page, Records};
+use crate::queue::{QueueNames, ensure_capture};
 use crate::worker::http::CallError;
 use crate::worker_config::SourceConfig;
 
 const MAX_PAGE: usize = 1000;
 const WINDOW: Duration = Duration::from_millis(200);
 
-/// A subscription to `config.entity` on the source's NATS server.
+/// The flow's consumer on the capture stream of `config.entity`.
 pub struct NatsSource {
-    subscriber: async_nats::Subscriber,
+    consumer: PullConsumer,
+    /// Whether this pass has fetched its page.
+    fetched: bool,
 }
 
 impl NatsSource {
-    /// Connects and subscribes.
-    pub async fn connect(config: &SourceConfig) -> anyhow::Result<NatsSource> {
+    /// Connects to the source's server and ensures the capture stream and the flow's consumer;
+    /// events are kept at most `retention`.
+    pub async fn connect(
+        config: &SourceConfig,
+        names: &QueueNames,
+        retention: Duration,
+    ) -> anyhow::Result<NatsSource> {
         let mut options = async_nats::ConnectOptions::new();
         if let Some(dir) = &config.endpoint.secret_dir {
             let token = std::path::Path::new(dir).join("token");
@@ -30,32 +45,52 @@ impl NatsSource {
             }
         }
         let client = options.connect(config.endpoint.url.as_str()).await?;
-        let subscriber = client.subscribe(config.entity.clone()).await?;
-        Ok(NatsSource { subscriber })
+        let js = jetstream::new(client);
+        let consumer = ensure_capture(&js, names, &config.entity, retention)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("capturing {} on the source's NATS server (JetStream must be enabled there): {e}", config.entity)
+            })?;
+        Ok(NatsSource {
+            consumer,
+            fetched: false,
+        })
     }
 
-    /// Events that arrived within the window (waits for the first one up to the window).
+    /// Starts a pass: the next page is a new fetch.
+    pub fn begin(&mut self) {
+        self.fetched = false;
+    }
+
+    /// The events that arrived within the window (waits for them up to the window); None once
+    /// the pass has its page, or when nothing arrived.
     pub async fn next_page(&mut self) -> Result<Option<Page>, CallError> {
-        let mut records = Vec::new();
-        let deadline = tokio::time::Instant::now() + WINDOW;
-        while records.len() < MAX_PAGE {
-            match tokio::time::timeout_at(deadline, self.subscriber.next()).await {
-                Ok(Some(message)) => records.push(
-                    serde_json::from_slice(&message.payload).unwrap_or_else(|_| {
-                        Value::String(String::from_utf8_lossy(&message.payload).into_owned())
-                    }),
-                ),
-                Ok(None) => return Err(CallError::Transient("subscription closed".into())),
-                Err(_) => break,
+        if std::mem::replace(&mut self.fetched, true) {
+            return Ok(None);
+        }
+        let mut batch = self
+            .consumer
+            .fetch()
+            .max_messages(MAX_PAGE)
+            .expires(WINDOW)
+            .messages()
+            .await
+            .map_err(|e| CallError::Transient(format!("fetching events: {e}")))?;
+        let mut events = Vec::new();
+        while let Some(message) = batch.next().await {
+            match message {
+                Ok(message) => events.push(message),
+                // What was fetched is forwarded; the rest comes with the next pass.
+                Err(e) if !events.is_empty() => {
+                    tracing::debug!(error = %e, "fetch ended early");
+                    break;
+                }
+                Err(e) => return Err(CallError::Transient(format!("fetching events: {e}"))),
             }
         }
-        Ok(if records.is_empty() {
-            None
-        } else {
-            Some(Page {
-                records: records.into(),
-                cursor: None,
-            })
-        })
+        Ok((!events.is_empty()).then(|| Page {
+            records: Records::Events(events),
+            cursor: None,
+        }))
     }
 }
