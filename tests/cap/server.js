@@ -1,0 +1,115 @@
+// The CAP test service's server: CAP's own (cds.server), plus what the test tier needs around
+// it. Nothing here touches OData processing itself: paging, $filter, $batch, ETags (412/428)
+// and POST/PATCH semantics are CAP's.
+//  - listens on loopback only and prints `FLOWPLANE_CAP_LISTENING <port>` once it does
+//    (tests/odata_cap.rs starts it with --port 0 and reads that line);
+//  - SAP's CSRF protection, which CAP leaves to the SAP approuter / Gateway in front of it:
+//    a GET with `X-CSRF-Token: Fetch` returns a token bound to a session cookie; a write
+//    (POST, PUT, PATCH, DELETE, hence every $batch) without the session's token is refused
+//    with 403 and `X-CSRF-Token: Required`, as SAP Gateway does;
+//  - /test/* routes for the tests: insert and change source rows, arm a concurrent write,
+//    rotate CSRF sessions, and a log of what the service refused and accepted. They carry no
+//    record values back except what the test itself wrote.
+const cds = require('@sap/cds')
+const crypto = require('node:crypto')
+
+const log = []
+const sessions = new Map() // session id -> CSRF token
+let races = [] // {keys, set}: the next single read of that key is followed by this write
+const COOKIE = 'SAP_SESSIONID_FLOWPLANE'
+
+function sessionOf(req) {
+  const cookies = req.headers.cookie || ''
+  const match = cookies.split(';').map(c => c.trim()).find(c => c.startsWith(COOKIE + '='))
+  return match && match.slice(COOKIE.length + 1)
+}
+
+cds.on('bootstrap', app => {
+  const listen = app.listen.bind(app)
+  app.listen = (port, ...rest) => listen(port, '127.0.0.1', ...rest)
+  const express = require('express')
+
+  app.use('/sap', (req, res, next) => {
+    if (req.method === 'GET' || req.method === 'HEAD') {
+      if ((req.get('x-csrf-token') || '').toLowerCase() === 'fetch') {
+        let sid = sessionOf(req)
+        if (!sid || !sessions.has(sid)) {
+          sid = crypto.randomUUID()
+          sessions.set(sid, crypto.randomBytes(16).toString('base64'))
+          res.append('Set-Cookie', `${COOKIE}=${sid}; Path=/; HttpOnly`)
+        }
+        res.set('X-CSRF-Token', sessions.get(sid))
+        log.push({ kind: 'csrf-fetch' })
+      }
+      return next()
+    }
+    const sid = sessionOf(req)
+    const token = req.get('x-csrf-token')
+    if (sid && token && sessions.get(sid) === token) return next()
+    log.push({ kind: 'csrf-refused', method: req.method })
+    res.status(403).set('X-CSRF-Token', 'Required').type('text/plain').send('CSRF token validation failed')
+  })
+
+  const test = express.Router()
+  test.use(express.json({ limit: '50mb' }))
+  // Rows of SalesOrderItems, inserted as given.
+  test.post('/SalesOrderItems', async (req, res) => {
+    await INSERT.into('flowplane.test.SalesOrderItems').entries(req.body)
+    res.json({ inserted: req.body.length })
+  })
+  // {keys: [[order, item], ...], set: {...}}: changes those rows.
+  test.post('/SalesOrderItems/update', async (req, res) => {
+    let n = 0
+    for (const [SalesOrder, SalesOrderItem] of req.body.keys)
+      n += await UPDATE('flowplane.test.SalesOrderItems').set(req.body.set).where({ SalesOrder, SalesOrderItem })
+    res.json({ updated: n })
+  })
+  // Inserts SalesHistory rows as given (with a fresh etag each).
+  test.post('/SalesHistory', async (req, res) => {
+    const rows = req.body.map(r => ({ ...r, etag: cds.utils.uuid() }))
+    await INSERT.into('flowplane.test.SalesHistory').entries(rows)
+    res.json({ inserted: rows.length })
+  })
+  // {salesOrder, salesOrderItem, set}: the next read of that one entity through the service
+  // is followed, before its response leaves, by this write from "someone else" (a new etag):
+  // whoever wrote with the ETag that read returned now holds a stale one.
+  test.post('/race', (req, res) => {
+    races.push(req.body)
+    res.json({ armed: races.length })
+  })
+  test.post('/csrf/rotate', (req, res) => {
+    sessions.clear()
+    res.json({ rotated: true })
+  })
+  test.get('/log', (req, res) => res.json(log))
+  app.use('/test', test)
+})
+
+cds.on('served', services => {
+  const srv = services.SalesHistoryService
+  srv.after('READ', 'SalesHistory', async (result, req) => {
+    if (!req.query.SELECT.one || !result) return
+    const row = Array.isArray(result) ? result[0] : result
+    const race = races.find(r => r.salesOrder === row.salesOrder && r.salesOrderItem === row.salesOrderItem)
+    if (!race) return
+    races = races.filter(r => r !== race)
+    const { salesOrder, salesOrderItem } = race
+    await UPDATE('flowplane.test.SalesHistory')
+      .set({ ...race.set, etag: cds.utils.uuid() })
+      .where({ salesOrder, salesOrderItem })
+    log.push({ kind: 'race', salesOrder, salesOrderItem })
+  })
+  for (const event of ['CREATE', 'UPDATE'])
+    srv.after(event, 'SalesHistory', (_, req) => {
+      log.push({ kind: 'write', event, ifMatch: req.headers['if-match'] || null, ifNoneMatch: req.headers['if-none-match'] || null })
+    })
+  srv.on('error', (err, req) => {
+    log.push({ kind: 'refused', event: req.event, status: Number(err.status || err.statusCode || err.code) || null, ifMatch: req.headers?.['if-match'] || null })
+  })
+})
+
+cds.on('listening', ({ server }) => {
+  console.log(`FLOWPLANE_CAP_LISTENING ${server.address().port}`)
+})
+
+module.exports = cds.server
