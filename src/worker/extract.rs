@@ -272,7 +272,11 @@ impl Extractor {
                     report.published += stored;
                     report.duplicates += duplicates;
                     self.metrics.read.inc_by(n);
-                    self.progress.add_read(n);
+                    // The flow's figure counts what entered the stream: an incremental pass
+                    // re-reads the rows of its cursor's timestamp (the filter is inclusive),
+                    // and JetStream drops those repeats, so read stays delivered + dead
+                    // letters + in flight.
+                    self.progress.add_read(stored);
                     if !full && !lease_lost && let Some(cursor) = cursor {
                         self.store
                             .put(CURSOR_KEY, Bytes::from(cursor.clone()))
@@ -334,7 +338,7 @@ impl Extractor {
                 match self.pass(&mut source, Some(&lease), full).await {
                     Ok(report) => {
                         failures = 0;
-                        if report.read > 0 {
+                        if report.published > 0 {
                             tracing::info!(
                                 read = report.read,
                                 published = report.published,
