@@ -234,6 +234,11 @@ async fn erp_to_erp_over_odata_batches_arrives_exactly_once() {
     config.target.endpoint =
         sample::endpoint("erp-pir", System::Erp, Protocol::OData, &sims.erp_url);
     config.target.entity = PLANNED_INDEPENDENT_REQUIREMENTS.into();
+    // New keys are created with POST, which takes the key from the body.
+    sims.erp.declare_keys(
+        PLANNED_INDEPENDENT_REQUIREMENTS,
+        &["salesOrder", "salesOrderItem"],
+    );
     config.target.batch_size = 100;
     let names = config.queue.clone();
     let js = jetstream(&nats.url()).await;
@@ -352,6 +357,11 @@ async fn several_workers_never_overwrite_a_newer_value_at_an_odata_target() {
     config.target.endpoint =
         sample::endpoint("erp-pir", System::Erp, Protocol::OData, &sims.erp_url);
     config.target.entity = PLANNED_INDEPENDENT_REQUIREMENTS.into();
+    // New keys are created with POST, which takes the key from the body.
+    sims.erp.declare_keys(
+        PLANNED_INDEPENDENT_REQUIREMENTS,
+        &["salesOrder", "salesOrderItem"],
+    );
     // Small batches and many consumers, so updates of one key spread over workers.
     config.target.batch_size = 3;
     config.source.poll_interval = "50ms".into();
