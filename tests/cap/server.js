@@ -7,15 +7,16 @@
 //    a GET with `X-CSRF-Token: Fetch` returns a token bound to a session cookie; a write
 //    (POST, PUT, PATCH, DELETE, hence every $batch) without the session's token is refused
 //    with 403 and `X-CSRF-Token: Required`, as SAP Gateway does;
-//  - /test/* routes for the tests: insert and change source rows, arm a concurrent write,
-//    rotate CSRF sessions, and a log of what the service refused and accepted. They carry no
+//  - /test/* routes for the tests: insert and change rows, hold a page, arm a concurrent
+//    write, rotate CSRF sessions, and a log of what the service refused and accepted. They carry no
 //    record values back except what the test itself wrote.
 const cds = require('@sap/cds')
 const crypto = require('node:crypto')
 
 const log = []
 const sessions = new Map() // session id -> CSRF token
-let races = [] // {keys, set}: the next single read of that key is followed by this write
+let races = [] // {salesOrder, salesOrderItem, set}: the next single read of that key is followed by this write
+const holds = new Map() // $skiptoken -> { promise, resolve }
 const COOKIE = 'SAP_SESSIONID_FLOWPLANE'
 
 function sessionOf(req) {
@@ -29,6 +30,14 @@ cds.on('bootstrap', app => {
   app.listen = (port, ...rest) => listen(port, '127.0.0.1', ...rest)
   const express = require('express')
 
+  // A held page: a read of that $skiptoken waits until /test/release, so a test can stop a
+  // worker while it is between pages.
+  app.use('/sap', (req, res, next) => {
+    const held = holds.get(String(req.query.$skiptoken))
+    if (req.method !== 'GET' || !held) return next()
+    log.push({ kind: 'held', skiptoken: String(req.query.$skiptoken) })
+    held.promise.then(() => next())
+  })
   app.use('/sap', (req, res, next) => {
     if (req.method === 'GET' || req.method === 'HEAD') {
       if ((req.get('x-csrf-token') || '').toLowerCase() === 'fetch') {
@@ -77,6 +86,17 @@ cds.on('bootstrap', app => {
     races.push(req.body)
     res.json({ armed: races.length })
   })
+  test.post('/hold', (req, res) => {
+    let resolve
+    const promise = new Promise(r => (resolve = r))
+    holds.set(String(req.body.skiptoken), { promise, resolve })
+    res.json({ held: req.body.skiptoken })
+  })
+  test.post('/release', (req, res) => {
+    for (const held of holds.values()) held.resolve()
+    holds.clear()
+    res.json({ released: true })
+  })
   test.post('/csrf/rotate', (req, res) => {
     sessions.clear()
     res.json({ rotated: true })
@@ -89,8 +109,8 @@ cds.on('served', services => {
   const srv = services.SalesHistoryService
   srv.after('READ', 'SalesHistory', async (result, req) => {
     if (!req.query.SELECT.one || !result) return
-    const row = Array.isArray(result) ? result[0] : result
-    const race = races.find(r => r.salesOrder === row.salesOrder && r.salesOrderItem === row.salesOrderItem)
+    const key = req.params?.at(-1) || req.data
+    const race = races.find(r => r.salesOrder === key.salesOrder && r.salesOrderItem === key.salesOrderItem)
     if (!race) return
     races = races.filter(r => r !== race)
     const { salesOrder, salesOrderItem } = race
@@ -104,7 +124,7 @@ cds.on('served', services => {
       log.push({ kind: 'write', event, ifMatch: req.headers['if-match'] || null, ifNoneMatch: req.headers['if-none-match'] || null })
     })
   srv.on('error', (err, req) => {
-    log.push({ kind: 'refused', event: req.event, status: Number(err.status || err.statusCode || err.code) || null, ifMatch: req.headers?.['if-match'] || null })
+    log.push({ kind: 'refused', status: Number(err.status || err.statusCode || err.code) || null })
   })
 })
 
