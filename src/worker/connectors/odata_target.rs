@@ -667,6 +667,12 @@ mod tests {
             "https://erp/sap/opu/odata4/sap/api_pr_2/srvd_a2x/sap/purchaserequisition/0001/$batch"
         );
         assert_eq!(sap.entity, "PurchaseReqnItem");
+        // The CSRF token is fetched from the service root, not from the binding URL.
+        assert_eq!(
+            sap.service_root,
+            "https://erp/sap/opu/odata4/sap/api_pr_2/srvd_a2x/sap/purchaserequisition/0001/"
+        );
+        assert_eq!(one.service_root, "http://erp/odata/");
         assert_eq!(
             one.key_predicate(br#"{"id":"O'Neil 1"}"#).unwrap(),
             "('O%27%27Neil%201')"
