@@ -50,6 +50,9 @@ pub struct WriteRule {
     pub values: Vec<String>,
 }
 
+/// A create armed by [`ErpState::create_after_next_read`]: entity set, key, record.
+type ArmedCreate = (String, String, Map<String, Value>);
+
 /// What the simulator received and how it misbehaves on writes.
 #[derive(Default)]
 pub struct Writes {
@@ -62,6 +65,8 @@ pub struct Writes {
     serial: AtomicU64,
     /// Key properties of writable sets, as a service's $metadata declares them.
     keys: Mutex<BTreeMap<String, Vec<String>>>,
+    /// Creates by "someone else", each right after the next read of its key finds nothing.
+    creates: Mutex<Vec<ArmedCreate>>,
 }
 
 impl ErpState {
@@ -101,6 +106,13 @@ impl ErpState {
             set.to_string(),
             fields.iter().map(|f| f.to_string()).collect(),
         );
+    }
+
+    /// Arms a lost race: the next `GET Set(key)` of `key` (values joined by `/`) that finds
+    /// nothing answers 404 and then someone else creates `record` under that key, so whoever
+    /// read creates a key that is taken by then (409).
+    pub fn create_after_next_read(&self, set: &str, key: &str, record: Map<String, Value>) {
+        lock(&self.writes.creates).push((set.to_string(), key.to_string(), record));
     }
 
     /// Carries out one request of a batch.
@@ -155,8 +167,20 @@ impl ErpState {
                 Ok(key) => key,
                 Err(message) => return error(400, &message),
             };
-            let received = lock(&self.writes.received);
+            let mut received = lock(&self.writes.received);
             let Some(stored) = received.get(set).and_then(|r| r.keys.get(&key)) else {
+                let mut creates = lock(&self.writes.creates);
+                if let Some(at) = creates.iter().position(|(s, k, _)| s == set && *k == key) {
+                    let (_, _, record) = creates.remove(at);
+                    let stored = received
+                        .entry(set.to_string())
+                        .or_default()
+                        .keys
+                        .entry(key.clone())
+                        .or_default();
+                    stored.applied_versions.push(1);
+                    stored.value = Value::Object(record);
+                }
                 return error(404, &format!("no {set} with key {key}"));
             };
             let etag = etag_of(stored);

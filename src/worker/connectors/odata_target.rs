@@ -13,7 +13,10 @@
 //!   Part 1 section 11.4.4) and SAP CAP and RAP services do not do it, so the record is
 //!   created with `POST EntitySet` (section 11.4.2);
 //! - 409 to that POST: another writer created the key in between (a lost race), so it is
-//!   read and written as an update;
+//!   read and written as an update. Services also answer that with other 4xx (SAP CAP: 400
+//!   `ENTITY_ALREADY_EXISTS` on HANA; on sqlite even a 500, which is retried later): after a
+//!   4xx to a create the key is read again, and only if there still is no record does the
+//!   refusal stand;
 //! - 428 Precondition Required: the service declares optimistic concurrency (Part 1 sections
 //!   8.2.4 and 11.4.1.1) and takes updates only with `If-Match`, so the record's ETag is read
 //!   and the write repeated with it; from then on this target reads before it writes.
@@ -107,12 +110,13 @@ enum Write {
 }
 
 /// What a record needs in the next round.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Step {
     /// Update without a precondition.
     Update,
-    /// Read the stored record (version, ETag), then update, create or skip.
-    Read,
+    /// Read the stored record (version, ETag), then update, create or skip. With a reason:
+    /// the service refused to create it, and if there still is no record, that stands.
+    Read(Option<String>),
     /// Create.
     Create,
 }
@@ -178,7 +182,7 @@ impl ODataTarget {
                 if self.version_field.is_some()
                     || self.preconditions_required.load(Ordering::Relaxed) =>
             {
-                Step::Read
+                Step::Read(None)
             }
             WriteMode::Upsert => Step::Update,
         };
@@ -188,7 +192,7 @@ impl ODataTarget {
             let Some(predicate) = predicate else { continue };
             let winner = newest[predicate];
             if winner == index {
-                pending.push((index, predicate.as_str(), first));
+                pending.push((index, predicate.as_str(), first.clone()));
             } else {
                 superseded.push((index, winner));
             }
@@ -203,7 +207,7 @@ impl ODataTarget {
                 match step {
                     Step::Update => writes.push((index, predicate, Write::Update(None))),
                     Step::Create => writes.push((index, predicate, Write::Create)),
-                    Step::Read => reads.push((index, predicate)),
+                    Step::Read(refused) => reads.push((index, predicate, refused)),
                 }
             }
             if !reads.is_empty() {
@@ -230,7 +234,16 @@ impl ODataTarget {
                     }
                     // Created by someone else since we read: a lost race; update it.
                     (Some(409), Write::Create) if self.write_mode == WriteMode::Upsert => {
-                        Step::Read
+                        Step::Read(None)
+                    }
+                    // Services answer a create of an existing key with other 4xx too (CAP on
+                    // HANA: 400 ENTITY_ALREADY_EXISTS): read again to tell a lost race from a
+                    // refusal of the record.
+                    (Some(status @ 400..=499), Write::Create)
+                        if self.write_mode == WriteMode::Upsert && !matches!(status, 408 | 429) =>
+                    {
+                        let body = answer.as_ref().map(|a| error_message(&a.body));
+                        Step::Read(Some(format!("HTTP {status}: {}", body.unwrap_or_default())))
                     }
                     // Optimistic concurrency declared (8.2.4, 11.4.1.1): If-Match required.
                     (Some(428), Write::Update(None)) => {
@@ -240,7 +253,7 @@ impl ODataTarget {
                                 "the service requires If-Match on updates; reading ETags before writing"
                             );
                         }
-                        Step::Read
+                        Step::Read(None)
                     }
                     (Some(412), Write::Update(Some(_))) => {
                         let reason = format!(
@@ -263,6 +276,10 @@ impl ODataTarget {
                     }
                 };
                 if round == ROUNDS {
+                    if let Step::Read(Some(reason)) = next {
+                        outcome.rejected.push(RejectedRecord { index, reason });
+                        continue;
+                    }
                     let status = answer.map_or(0, |a| a.status);
                     outcome.retry.push(RetriedRecord {
                         index,
@@ -304,7 +321,7 @@ impl ODataTarget {
     async fn read_current<'p>(
         &self,
         http: &HttpClient,
-        keys: Vec<(usize, &'p str)>,
+        keys: Vec<(usize, &'p str, Option<String>)>,
         records: &[Outgoing<'_>],
         outcome: &mut BatchOutcome,
     ) -> Result<Vec<(usize, &'p str, Write)>, CallError> {
@@ -316,7 +333,7 @@ impl ODataTarget {
         let reads: Vec<PartRequest> = keys
             .iter()
             .enumerate()
-            .map(|(n, (_, predicate))| PartRequest {
+            .map(|(n, (_, predicate, _))| PartRequest {
                 content_id: Some((n + 1).to_string()),
                 method: "GET".into(),
                 url: format!("{}{predicate}?$select={select}", self.entity),
@@ -326,8 +343,12 @@ impl ODataTarget {
             .collect();
         let answers = self.exchange(http, &reads).await?;
         let mut writes = Vec::with_capacity(keys.len());
-        for ((index, predicate), answer) in keys.into_iter().zip(answers) {
+        for ((index, predicate, refused), answer) in keys.into_iter().zip(answers) {
             match answer.as_ref().map(|a| a.status) {
+                // Still no record after the service refused to create it: the refusal stands.
+                Some(404) if let Some(reason) = refused => {
+                    outcome.rejected.push(RejectedRecord { index, reason })
+                }
                 Some(404) => writes.push((index, predicate, Write::Create)),
                 Some(200..=299) => {
                     let answer = answer.as_ref().map(|a| (&a.body, a.header("etag")));
