@@ -17,6 +17,7 @@ const log = []
 const sessions = new Map() // session id -> CSRF token
 let races = [] // {salesOrder, salesOrderItem, set}: the next single read of that key is followed by this write
 const holds = new Map() // $skiptoken -> { promise, resolve }
+let pending = Promise.resolve() // creates by armed races, outside the read's transaction
 const COOKIE = 'SAP_SESSIONID_FLOWPLANE'
 
 function sessionOf(req) {
@@ -37,6 +38,11 @@ cds.on('bootstrap', app => {
     if (req.method !== 'GET' || !held) return next()
     log.push({ kind: 'held', skiptoken: String(req.query.$skiptoken) })
     held.promise.then(() => next())
+  })
+  // Writes wait for a concurrent create an armed race started (it must land first).
+  app.use('/sap', (req, res, next) => {
+    if (req.method === 'GET' || req.method === 'HEAD') return next()
+    pending.then(() => next(), next)
   })
   app.use('/sap', (req, res, next) => {
     if (req.method === 'GET' || req.method === 'HEAD') {
@@ -80,8 +86,9 @@ cds.on('bootstrap', app => {
     res.json({ inserted: rows.length })
   })
   // {salesOrder, salesOrderItem, set}: the next read of that one entity through the service
-  // is followed, before its response leaves, by this write from "someone else" (a new etag):
-  // whoever wrote with the ETag that read returned now holds a stale one.
+  // is followed, before its response leaves, by this write from "someone else" (a new etag;
+  // an insert when there was no row): whoever wrote with the ETag that read returned now
+  // holds a stale one, and whoever creates the key after that read finds it taken.
   test.post('/race', (req, res) => {
     races.push(req.body)
     res.json({ armed: races.length })
@@ -107,18 +114,39 @@ cds.on('bootstrap', app => {
 
 cds.on('served', services => {
   const srv = services.SalesHistoryService
-  srv.after('READ', 'SalesHistory', async (result, req) => {
-    if (!req.query.SELECT.one || !result) return
-    const key = req.params?.at(-1) || req.data
-    const race = races.find(r => r.salesOrder === key.salesOrder && r.salesOrderItem === key.salesOrderItem)
-    if (!race) return
-    races = races.filter(r => r !== race)
-    const { salesOrder, salesOrderItem } = race
-    await UPDATE('flowplane.test.SalesHistory')
-      .set({ ...race.set, etag: cds.utils.uuid() })
-      .where({ salesOrder, salesOrderItem })
-    log.push({ kind: 'race', salesOrder, salesOrderItem })
-  })
+  // An armed race strikes right after the read of its key, whatever the read found:
+  // someone else updates the row (a new etag), or creates it if there was none.
+  // (prepended: CAP's generic READ handler answers without calling next)
+  srv.prepend(() => srv.on('READ', 'SalesHistory', async (req, next) => {
+    const strike = async () => {
+      if (!req.query.SELECT.one) return
+      const key = req.params?.at(-1) || req.data
+      const race = races.find(r => r.salesOrder === key.salesOrder && r.salesOrderItem === key.salesOrderItem)
+      if (!race) return
+      races = races.filter(r => r !== race)
+      const { salesOrder, salesOrderItem } = race
+      const where = { salesOrder, salesOrderItem }
+      const changed = await UPDATE('flowplane.test.SalesHistory').set({ ...race.set, etag: cds.utils.uuid() }).where(where)
+      log.push({ kind: 'race', salesOrder, salesOrderItem, created: !changed })
+      if (changed) return
+      // A read that found nothing fails (404) and its transaction is rolled back: create the
+      // row in a transaction of its own once the read's is over. The next write to the
+      // service waits for it (see `pending` above), so it is there when the reader writes.
+      req.on('done', () => {
+        pending = pending.then(() =>
+          cds.tx(() => INSERT.into('flowplane.test.SalesHistory').entries({ ...race.set, ...where, etag: cds.utils.uuid() }))
+        )
+      })
+    }
+    try {
+      const result = await next()
+      await strike()
+      return result
+    } catch (e) {
+      await strike()
+      throw e
+    }
+  }))
   for (const event of ['CREATE', 'UPDATE'])
     srv.after(event, 'SalesHistory', (_, req) => {
       log.push({ kind: 'write', event, ifMatch: req.headers['if-match'] || null, ifNoneMatch: req.headers['if-none-match'] || null })
