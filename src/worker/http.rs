@@ -207,6 +207,17 @@ impl HttpClient {
         &self,
         build: impl Fn(&reqwest::Client) -> RequestBuilder,
     ) -> Result<Response, CallError> {
+        self.send_keeping(build, |_| false).await
+    }
+
+    /// Like [`HttpClient::send`], but a 4xx answer that `keep` accepts comes back as the
+    /// response rather than as an error, for a caller that acts on its headers (SAP's
+    /// `X-CSRF-Token: Required` on a 403).
+    pub async fn send_keeping(
+        &self,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+        keep: impl Fn(&Response) -> bool,
+    ) -> Result<Response, CallError> {
         let mut last_error = String::new();
         for attempt in 0..self.backoff.max_attempts {
             if attempt > 0 {
@@ -230,6 +241,10 @@ impl HttpClient {
             drop(permit);
             let delay = match outcome {
                 Ok(response) if response.status().is_success() => {
+                    self.breaker.succeeded();
+                    return Ok(response);
+                }
+                Ok(response) if response.status().is_client_error() && keep(&response) => {
                     self.breaker.succeeded();
                     return Ok(response);
                 }

@@ -1,7 +1,13 @@
-//! OData v4 source: `$filter=<cursor> gt <value>` for incremental passes, `$select`,
+//! OData v4 source: `$filter=<cursor> ge <value>` for incremental passes, `$select`,
 //! server-driven paging by `@odata.nextLink`, and delta links when the service offers them
 //! (the cursor then is `delta:<link>` and the next pass follows it).
+//!
+//! Links in a response may be relative (SAP CAP sends `A_SalesOrderItem?$skiptoken=100`):
+//! they are resolved as OData JSON Format 4.01 section 4.3 says, against the response's
+//! context URL (itself resolved against the request URL), else against the request URL;
+//! never against the binding URL, which may sit above the service root.
 
+use reqwest::Url;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -15,6 +21,8 @@ const DELTA_PREFIX: &str = "delta:";
 /// An OData collection response; the records stay JSON text (see `raw`).
 #[derive(Deserialize)]
 struct Collection<'a> {
+    #[serde(rename = "@odata.context")]
+    context: Option<String>,
     #[serde(borrow)]
     value: Option<&'a RawValue>,
     #[serde(rename = "@odata.nextLink")]
@@ -58,9 +66,13 @@ impl ODataSource {
         let mut params = Vec::new();
         let incremental = self.config.sync_mode != SyncMode::FullRefresh;
         if let (true, Some(field), Some(after)) = (incremental, &self.config.cursor_field, cursor) {
+            // Inclusive: the cursor is the newest change of the last page stored, and rows of
+            // that same timestamp may still be on the next page when a pass ends between
+            // pages. `gt` would skip them for good; `ge` reads them again and the
+            // key+version dedupe (Nats-Msg-Id, the target's version check) drops the repeats.
             params.push(format!(
                 "$filter={}",
-                encode(&format!("{field} gt {after}"))
+                encode(&format!("{field} ge {after}"))
             ));
         }
         if let Some(field) = &self.config.cursor_field {
@@ -122,7 +134,11 @@ impl ODataSource {
             .value
             .ok_or_else(no_value)
             .and_then(|value| raw::elements(&body, value).map_err(|_| no_value()))?;
-        self.next = page.next_link.as_deref().map(|link| self.absolute(link));
+        let base = base_url(&url, page.context.as_deref());
+        self.next = page
+            .next_link
+            .as_deref()
+            .map(|link| resolve(base.as_ref(), &url, link));
         if let Some(field) = &self.config.cursor_field
             && let Some(max) = raw::max_cursor(&records, field)
         {
@@ -132,24 +148,38 @@ impl ODataSource {
             .delta_link
             .as_deref()
             .filter(|_| track)
-            .map(|link| format!("{DELTA_PREFIX}{}", self.absolute(link)));
+            .map(|link| format!("{DELTA_PREFIX}{}", resolve(base.as_ref(), &url, link)));
         let cursor = delta.or_else(|| self.reached.clone());
         Ok(Some(Page {
             records: Records::Json(records),
             cursor,
         }))
     }
+}
 
-    fn absolute(&self, link: &str) -> String {
-        if link.starts_with("http://") || link.starts_with("https://") {
-            link.to_string()
-        } else {
-            format!(
-                "{}/{}",
-                self.config.endpoint.url.trim_end_matches('/'),
-                link.trim_start_matches('/')
-            )
-        }
+/// The base URL of a response's links (OData JSON Format 4.01 section 4.3): its context URL,
+/// resolved against the request URL, or the request URL when there is none.
+fn base_url(request: &str, context: Option<&str>) -> Option<Url> {
+    let request = Url::parse(request).ok()?;
+    match context.map(|c| request.join(c)) {
+        Some(Ok(context)) => Some(context),
+        _ => Some(request),
+    }
+}
+
+/// A link of a response, resolved against its base (RFC 3986 section 5.2): absolute links
+/// stay as they are; `Set?$skiptoken=1` replaces the last segment of the base's path.
+fn resolve(base: Option<&Url>, request: &str, link: &str) -> String {
+    match base.map(|b| b.join(link)) {
+        Some(Ok(url)) => url.into(),
+        // The request URL was not a URL we could parse (it was sent, so this is unlikely):
+        // an absolute link still works, a relative one is tried next to the request.
+        _ if link.contains("://") => link.to_string(),
+        _ => format!(
+            "{}/{}",
+            request.rsplit_once('/').map_or(request, |(dir, _)| dir),
+            link
+        ),
     }
 }
 
@@ -165,4 +195,50 @@ pub(crate) fn encode(value: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn next(request: &str, context: Option<&str>, link: &str) -> String {
+        resolve(base_url(request, context).as_ref(), request, link)
+    }
+
+    #[test]
+    fn relative_links_resolve_against_the_context_url_not_the_binding() {
+        let service = "http://erp/sap/opu/odata4/sap/api_salesorder/srvd_a2x/sap/salesorder/0001";
+        let request = format!("{service}/A_SalesOrderItem?$filter=x%20ge%201&$orderby=x");
+        // CAP: a context URL relative to the request, a link relative to the context URL.
+        assert_eq!(
+            next(
+                &request,
+                Some("$metadata#A_SalesOrderItem"),
+                "A_SalesOrderItem?$skiptoken=500"
+            ),
+            format!("{service}/A_SalesOrderItem?$skiptoken=500")
+        );
+        // No context URL: against the request URL.
+        assert_eq!(
+            next(&request, None, "A_SalesOrderItem?$skiptoken=500"),
+            format!("{service}/A_SalesOrderItem?$skiptoken=500")
+        );
+        // An absolute context URL elsewhere, an absolute-path link, an absolute link.
+        assert_eq!(
+            next(
+                &request,
+                Some("https://gw/svc/$metadata#Set"),
+                "Set?$deltatoken=7"
+            ),
+            "https://gw/svc/Set?$deltatoken=7"
+        );
+        assert_eq!(
+            next(&request, None, "/other/Set?$skiptoken=1"),
+            "http://erp/other/Set?$skiptoken=1"
+        );
+        assert_eq!(
+            next(&request, Some("$metadata#X"), "https://b/S?$skiptoken=2"),
+            "https://b/S?$skiptoken=2"
+        );
+    }
 }

@@ -1,15 +1,36 @@
-//! OData v4 target: writes a batch of records to an entity set as SAP S/4HANA, Dynamics 365 /
-//! Business Central and Dataverse accept them: one `$batch` request (multipart, see
-//! [`super::odata_batch`]) of independent requests, `PATCH EntitySet(key)` per record for
-//! `writeMode: Upsert` (OData's upsert: update the entity with that key, or create it) and
-//! `POST EntitySet` for `Append`. `Prefer: odata.continue-on-error` asks the service to answer
-//! every request even after one fails.
+//! OData v4 target: writes a batch of records to an entity set as SAP S/4HANA (and SAP CAP),
+//! Dynamics 365 / Business Central and Dataverse accept them: one `$batch` request
+//! (multipart, see [`super::odata_batch`]) of independent requests, `PATCH EntitySet(key)` per
+//! record to update it for `writeMode: Upsert` and `POST EntitySet` to create one (a new key
+//! under Upsert, every record under `Append`). `Prefer: odata.continue-on-error` asks the
+//! service to answer every request even after one fails.
 //!
 //! Each part's status decides its record alone: 2xx delivered; 408, 429 and 5xx retried later
-//! (NAK); any other 4xx refused (dead-lettered with the service's error message). A request
-//! the service did not answer (it stopped at an error despite the preference) is retried.
-//! Batches are cut at [`MAX_PER_BATCH`] requests, the smallest limit among those services
-//! (Dataverse: 1000).
+//! (NAK); any other 4xx refused (dead-lettered with the service's error message), except the
+//! answers that say how to write instead, which are acted on within the same delivery (at
+//! most [`ROUNDS`] rounds, then retried later):
+//! - 404 to a PATCH: there is no entity with that key. PATCH-upsert is optional (OData 4.01
+//!   Part 1 section 11.4.4) and SAP CAP and RAP services do not do it, so the record is
+//!   created with `POST EntitySet` (section 11.4.2);
+//! - 409 to that POST: another writer created the key in between (a lost race), so it is
+//!   read and written as an update. Services also answer that with other 4xx (SAP CAP: 400
+//!   `ENTITY_ALREADY_EXISTS` on HANA; on sqlite even a 500, which is retried later): after a
+//!   4xx to a create the key is read again, and only if there still is no record does the
+//!   refusal stand;
+//! - 428 Precondition Required: the service declares optimistic concurrency (Part 1 sections
+//!   8.2.4 and 11.4.1.1) and takes updates only with `If-Match`, so the record's ETag is read
+//!   and the write repeated with it; from then on this target reads before it writes.
+//!
+//! A request the service did not answer (it stopped at an error despite the preference) is
+//! retried. Batches are cut at [`MAX_PER_BATCH`] requests, the smallest limit among those
+//! services (Dataverse: 1000).
+//!
+//! CSRF: SAP services (Gateway, RAP, an approuter in front of CAP) refuse modifying requests,
+//! `$batch` included, without a token fetched beforehand. Before its first `$batch` the target
+//! sends `GET <service root>` with `X-CSRF-Token: Fetch` and then sends the token it got, with
+//! the session cookies the token is bound to, on every `$batch`; a 403 with `X-CSRF-Token:
+//! Required` (the token expired with its session) fetches a new one and sends the batch again,
+//! once. A service that hands out no token gets none. Tokens and cookies are never logged.
 //!
 //! Ordering (an older change must never overwrite a newer one, with any number of workers):
 //! OData has no "apply only if newer" precondition, so the target keeps order with optimistic
@@ -17,20 +38,24 @@
 //! contract field (the field that holds the source version at the target), each batch first
 //! reads that field of every key (one `$batch` of `GET Set(key)?$select=field`); a key the
 //! target already holds at our version or newer is not written (it counts as delivered); the
-//! others are written with `If-Match: <ETag read>`, or `If-None-Match: *` where there was no
-//! record, so a write that raced with another worker's gets 412 and is retried: re-read,
-//! compared, written or dropped. Within a batch only the newest version of a key is sent; the
-//! older ones share its fate. A service that sends no ETags gets unconditional writes after
-//! the read (the race window shrinks to the read-write gap), one that refuses the read (403,
-//! an unknown property to select) unconditional writes; without a mapped cursor field
-//! writes are unconditional. Every request also carries the record's source version in a
-//! `Flowplane-Source-Version` header, which services ignore and the ERP simulator reports.
+//! others are written with `If-Match: <ETag read>`, or created with POST where there was no
+//! record, so a write that raced with another worker's gets 412 (or 409) and is retried:
+//! re-read, compared, written or dropped. Within a batch only the newest version of a key is
+//! sent; the older ones share its fate. A service that sends no ETags gets unconditional
+//! writes after the read (the race window shrinks to the read-write gap), one that refuses
+//! the read (403, an unknown property to select) unconditional writes; without a mapped
+//! cursor field writes are unconditional until the service asks for preconditions (428).
+//! Every request also carries the record's source version in a `Flowplane-Source-Version`
+//! header, which services ignore and the ERP simulator reports.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use reqwest::Response;
 use serde_json::Value;
+use tokio::sync::Mutex;
 
 use super::odata::encode;
 use super::odata_batch::{
@@ -45,15 +70,55 @@ use crate::worker::version::version_of;
 pub const MAX_PER_BATCH: usize = 1000;
 /// Header carrying a record's source version.
 pub const SOURCE_VERSION_HEADER: &str = "Flowplane-Source-Version";
+/// Most write rounds one delivery makes for a record (update, 428 -> read and update, 404 ->
+/// create, 409 -> read and update); what is left is retried later.
+pub const ROUNDS: usize = 4;
+/// SAP's CSRF header.
+const CSRF_HEADER: &str = "x-csrf-token";
 
 /// An OData entity set to write to.
 pub struct ODataTarget {
+    service_root: String,
     batch_url: String,
     entity: String,
     key: Vec<String>,
     write_mode: WriteMode,
     /// Field holding the source version, when writes are ordered by it.
     version_field: Option<String>,
+    /// The service answered 428: every update needs `If-Match`, so read before writing.
+    preconditions_required: AtomicBool,
+    /// The CSRF token and its session, once fetched.
+    csrf: Mutex<Option<Csrf>>,
+}
+
+/// What the service handed out for CSRF protection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Csrf {
+    /// The token (None: the service uses none).
+    token: Option<String>,
+    /// The session cookies the token is bound to (`name=value; ...`).
+    cookies: Option<String>,
+}
+
+/// How a record is written in one round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Write {
+    /// `PATCH Set(key)`, with `If-Match` when an ETag is known.
+    Update(Option<String>),
+    /// `POST Set`: create (a new key, or `Append`).
+    Create,
+}
+
+/// What a record needs in the next round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Step {
+    /// Update without a precondition.
+    Update,
+    /// Read the stored record (version, ETag), then update, create or skip. With a reason:
+    /// the service refused to create it, and if there still is no record, that stands.
+    Read(Option<String>),
+    /// Create.
+    Create,
 }
 
 impl ODataTarget {
@@ -67,12 +132,16 @@ impl ODataTarget {
             Some((service, set)) => (format!("/{service}"), set),
             None => (String::new(), entity),
         };
+        let service_root = format!("{}{service}/", url.trim_end_matches('/'));
         ODataTarget {
-            batch_url: format!("{}{service}/$batch", url.trim_end_matches('/')),
+            batch_url: format!("{service_root}$batch"),
+            service_root,
             entity: set.to_string(),
             key: key.to_vec(),
             write_mode,
             version_field: None,
+            preconditions_required: AtomicBool::new(false),
+            csrf: Mutex::new(None),
         }
     }
 
@@ -107,44 +176,121 @@ impl ODataTarget {
                 }
             }
         }
-        let mut writes = Vec::with_capacity(newest.len());
+        let first = match self.write_mode {
+            WriteMode::Append => Step::Create,
+            WriteMode::Upsert
+                if self.version_field.is_some()
+                    || self.preconditions_required.load(Ordering::Relaxed) =>
+            {
+                Step::Read(None)
+            }
+            WriteMode::Upsert => Step::Update,
+        };
+        let mut pending: Vec<(usize, &str, Step)> = Vec::with_capacity(newest.len());
         let mut superseded = Vec::new();
         for (index, predicate) in predicates.iter().enumerate() {
             let Some(predicate) = predicate else { continue };
             let winner = newest[predicate];
             if winner == index {
-                writes.push((index, predicate.as_str(), Precondition::None));
+                pending.push((index, predicate.as_str(), first.clone()));
             } else {
                 superseded.push((index, winner));
             }
         }
-        if let (Some(field), WriteMode::Upsert) = (&self.version_field, self.write_mode) {
-            writes = self
-                .read_current(http, field, writes, records, &mut outcome)
-                .await?;
-        }
-        let requests: Vec<PartRequest> = writes
-            .iter()
-            .enumerate()
-            .map(|(n, (index, predicate, precondition))| {
-                self.request(n, predicate, &records[*index], precondition)
-            })
-            .collect();
-        let answers = self.exchange(http, &requests).await?;
-        for ((index, _, precondition), answer) in writes.iter().zip(answers) {
-            match answer.map(|a| (a.status, a)) {
-                Some((200..=299, _)) => {}
-                Some((412, answer)) if *precondition != Precondition::None => {
-                    outcome.retry.push(RetriedRecord {
-                        index: *index,
-                        reason: format!(
+        for round in 1..=ROUNDS {
+            if pending.is_empty() {
+                break;
+            }
+            let mut writes = Vec::with_capacity(pending.len());
+            let mut reads = Vec::new();
+            for (index, predicate, step) in pending.drain(..) {
+                match step {
+                    Step::Update => writes.push((index, predicate, Write::Update(None))),
+                    Step::Create => writes.push((index, predicate, Write::Create)),
+                    Step::Read(refused) => reads.push((index, predicate, refused)),
+                }
+            }
+            if !reads.is_empty() {
+                writes.extend(
+                    self.read_current(http, reads, records, &mut outcome)
+                        .await?,
+                );
+            }
+            let requests: Vec<PartRequest> = writes
+                .iter()
+                .enumerate()
+                .map(|(n, (index, predicate, write))| {
+                    self.request(n, predicate, &records[*index], write)
+                })
+                .collect();
+            let answers = self.exchange(http, &requests).await?;
+            for ((index, predicate, write), answer) in writes.into_iter().zip(answers) {
+                let next = match (answer.as_ref().map(|a| a.status), &write) {
+                    (Some(200..=299), _) => continue,
+                    // No entity with this key, and no PATCH-upsert (optional, 11.4.4):
+                    // create it (11.4.2).
+                    (Some(404), Write::Update(_)) if self.write_mode == WriteMode::Upsert => {
+                        Step::Create
+                    }
+                    // Created by someone else since we read: a lost race; update it.
+                    (Some(409), Write::Create) if self.write_mode == WriteMode::Upsert => {
+                        Step::Read(None)
+                    }
+                    // Services answer a create of an existing key with other 4xx too (CAP on
+                    // HANA: 400 ENTITY_ALREADY_EXISTS): read again to tell a lost race from a
+                    // refusal of the record.
+                    (Some(status @ 400..=499), Write::Create)
+                        if self.write_mode == WriteMode::Upsert && !matches!(status, 408 | 429) =>
+                    {
+                        let body = answer.as_ref().map(|a| error_message(&a.body));
+                        Step::Read(Some(format!("HTTP {status}: {}", body.unwrap_or_default())))
+                    }
+                    // Optimistic concurrency declared (8.2.4, 11.4.1.1): If-Match required.
+                    (Some(428), Write::Update(None)) => {
+                        if !self.preconditions_required.swap(true, Ordering::Relaxed) {
+                            tracing::info!(
+                                entity = %self.entity,
+                                "the service requires If-Match on updates; reading ETags before writing"
+                            );
+                        }
+                        Step::Read(None)
+                    }
+                    (Some(412), Write::Update(Some(_))) => {
+                        let reason = format!(
                             "written by someone else since it was read: {}",
-                            error_message(&answer.body)
+                            answer
+                                .as_ref()
+                                .map(|a| error_message(&a.body))
+                                .unwrap_or_default()
+                        );
+                        outcome.retry.push(RetriedRecord {
+                            index,
+                            reason,
+                            after: None,
+                        });
+                        continue;
+                    }
+                    _ => {
+                        judge(index, answer, "", &mut outcome);
+                        continue;
+                    }
+                };
+                if round == ROUNDS {
+                    if let Step::Read(Some(reason)) = next {
+                        outcome.rejected.push(RejectedRecord { index, reason });
+                        continue;
+                    }
+                    let status = answer.map_or(0, |a| a.status);
+                    outcome.retry.push(RetriedRecord {
+                        index,
+                        reason: format!(
+                            "HTTP {status} after {ROUNDS} rounds of writes in one delivery"
                         ),
                         after: None,
-                    })
+                    });
+                } else {
+                    pending.push((index, predicate, next));
                 }
-                other => judge(*index, other.map(|(_, a)| a), "", &mut outcome),
             }
         }
         // A superseded record shares the fate of the version that replaced it.
@@ -170,39 +316,48 @@ impl ODataTarget {
 
     /// Reads what the service holds for each key (one `$batch` of GETs): a record whose
     /// stored version is as new as ours or newer is not written (it counts as delivered);
-    /// the others are written on the condition that nobody writes in between (`If-Match` the
-    /// ETag read, `If-None-Match: *` where there was no record).
+    /// the others are updated on the condition that nobody writes in between (`If-Match` the
+    /// ETag read), or created where there was no record.
     async fn read_current<'p>(
         &self,
         http: &HttpClient,
-        field: &str,
-        writes: Vec<(usize, &'p str, Precondition)>,
+        keys: Vec<(usize, &'p str, Option<String>)>,
         records: &[Outgoing<'_>],
         outcome: &mut BatchOutcome,
-    ) -> Result<Vec<(usize, &'p str, Precondition)>, CallError> {
-        let reads: Vec<PartRequest> = writes
+    ) -> Result<Vec<(usize, &'p str, Write)>, CallError> {
+        // The version field, or (to learn the ETag only) the key.
+        let select = match &self.version_field {
+            Some(field) => encode(field),
+            None => encode(&self.key.join(",")),
+        };
+        let reads: Vec<PartRequest> = keys
             .iter()
             .enumerate()
             .map(|(n, (_, predicate, _))| PartRequest {
                 content_id: Some((n + 1).to_string()),
                 method: "GET".into(),
-                url: format!("{}{predicate}?$select={}", self.entity, encode(field)),
+                url: format!("{}{predicate}?$select={select}", self.entity),
                 headers: vec![("Accept".into(), "application/json".into())],
                 body: Vec::new(),
             })
             .collect();
         let answers = self.exchange(http, &reads).await?;
-        let mut conditional = Vec::with_capacity(writes.len());
-        for ((index, predicate, _), answer) in writes.into_iter().zip(answers) {
+        let mut writes = Vec::with_capacity(keys.len());
+        for ((index, predicate, refused), answer) in keys.into_iter().zip(answers) {
             match answer.as_ref().map(|a| a.status) {
-                Some(404) => conditional.push((index, predicate, Precondition::IfNoneMatch)),
+                // Still no record after the service refused to create it: the refusal stands.
+                Some(404) if let Some(reason) = refused => {
+                    outcome.rejected.push(RejectedRecord { index, reason })
+                }
+                Some(404) => writes.push((index, predicate, Write::Create)),
                 Some(200..=299) => {
                     let answer = answer.as_ref().map(|a| (&a.body, a.header("etag")));
                     let Some((body, etag)) = answer else { continue };
                     let stored: Option<Value> = serde_json::from_slice(body).ok();
-                    let stored_version = stored
-                        .as_ref()
-                        .and_then(|s| s.get(field))
+                    let stored_version = self
+                        .version_field
+                        .as_deref()
+                        .and_then(|field| stored.as_ref()?.get(field))
                         .and_then(version_of);
                     if stored_version.is_some_and(|v| v >= records[index].version) {
                         tracing::debug!(
@@ -218,8 +373,7 @@ impl ODataTarget {
                             .and_then(Value::as_str)
                             .map(str::to_string)
                     });
-                    let precondition = etag.map_or(Precondition::None, Precondition::IfMatch);
-                    conditional.push((index, predicate, precondition));
+                    writes.push((index, predicate, Write::Update(etag)));
                 }
                 None | Some(408 | 429 | 500..=599) => {
                     judge(index, answer, "reading the stored record: ", outcome)
@@ -232,11 +386,11 @@ impl ODataTarget {
                         status,
                         "reading the stored version refused; writing unconditionally"
                     );
-                    conditional.push((index, predicate, Precondition::None));
+                    writes.push((index, predicate, Write::Update(None)));
                 }
             }
         }
-        Ok(conditional)
+        Ok(writes)
     }
 
     /// Sends `requests` in `$batch` calls of at most [`MAX_PER_BATCH`]; the answer to each
@@ -253,6 +407,60 @@ impl ODataTarget {
         Ok(out)
     }
 
+    /// The CSRF token and cookies to send: fetched on first use, and again when `stale` (the
+    /// ones a request was just refused with) are still the current ones.
+    async fn csrf(&self, http: &HttpClient, stale: Option<&Csrf>) -> Result<Csrf, CallError> {
+        let mut current = self.csrf.lock().await;
+        if let Some(csrf) = current.as_ref()
+            && stale != Some(csrf)
+        {
+            return Ok(csrf.clone());
+        }
+        let response = http
+            .send_keeping(
+                |client| {
+                    client
+                        .get(&self.service_root)
+                        .header(CSRF_HEADER, "Fetch")
+                        .header("accept", "application/json")
+                        .header("odata-version", "4.0")
+                },
+                // A service root we may not read: there is no token to have then.
+                |_| true,
+            )
+            .await?;
+        let token = response
+            .headers()
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|t| {
+                response.status().is_success()
+                    && !t.eq_ignore_ascii_case("required")
+                    && !t.eq_ignore_ascii_case("unsafe")
+            })
+            .map(str::to_string);
+        let cookies: Vec<&str> = response
+            .headers()
+            .get_all(reqwest::header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|c| c.split(';').next())
+            .map(str::trim)
+            .filter(|c| c.contains('='))
+            .collect();
+        let csrf = Csrf {
+            cookies: (token.is_some() && !cookies.is_empty()).then(|| cookies.join("; ")),
+            token,
+        };
+        tracing::debug!(
+            url = %self.service_root,
+            token = csrf.token.is_some(),
+            "fetched the service's CSRF token"
+        );
+        *current = Some(csrf.clone());
+        Ok(csrf)
+    }
+
     async fn exchange_one(
         &self,
         http: &HttpClient,
@@ -264,18 +472,45 @@ impl ODataTarget {
         let boundary = format!("batch_flowplane_{:016x}", rand::random::<u64>());
         let body = Bytes::from(encode_requests(&boundary, requests));
         let content_type = format!("multipart/mixed; boundary={boundary}");
-        let response = http
-            .send(|client| {
-                client
-                    .post(&self.batch_url)
-                    .header("content-type", &content_type)
-                    .header("accept", "multipart/mixed")
-                    .header("odata-version", "4.0")
-                    .header("odata-maxversion", "4.0")
-                    .header("prefer", "odata.continue-on-error")
-                    .body(body.clone())
-            })
-            .await?;
+        let mut csrf = self.csrf(http, None).await?;
+        let mut refreshed = false;
+        let response = loop {
+            let response = http
+                .send_keeping(
+                    |client| {
+                        let mut request = client
+                            .post(&self.batch_url)
+                            .header("content-type", &content_type)
+                            .header("accept", "multipart/mixed")
+                            .header("odata-version", "4.0")
+                            .header("odata-maxversion", "4.0")
+                            .header("prefer", "odata.continue-on-error")
+                            .body(body.clone());
+                        if let Some(token) = &csrf.token {
+                            request = request.header(CSRF_HEADER, token);
+                        }
+                        if let Some(cookies) = &csrf.cookies {
+                            request = request.header(reqwest::header::COOKIE, cookies);
+                        }
+                        request
+                    },
+                    csrf_required,
+                )
+                .await?;
+            if !csrf_required(&response) {
+                break response;
+            }
+            if refreshed {
+                return Err(CallError::Permanent {
+                    status: 403,
+                    body: "the service refuses the CSRF token it has just handed out".into(),
+                });
+            }
+            // The token expired with its session: fetch a new one, send once more.
+            tracing::info!(url = %self.batch_url, "CSRF token refused; fetching a new one");
+            csrf = self.csrf(http, Some(&csrf)).await?;
+            refreshed = true;
+        };
         let answer_type = response
             .headers()
             .get("content-type")
@@ -321,21 +556,19 @@ impl ODataTarget {
         n: usize,
         predicate: &str,
         record: &Outgoing<'_>,
-        precondition: &Precondition,
+        write: &Write,
     ) -> PartRequest {
-        let (method, url) = match self.write_mode {
-            WriteMode::Upsert => ("PATCH", format!("{}{predicate}", self.entity)),
-            WriteMode::Append => ("POST", self.entity.clone()),
+        let (method, url) = match write {
+            Write::Update(_) => ("PATCH", format!("{}{predicate}", self.entity)),
+            Write::Create => ("POST", self.entity.clone()),
         };
         let mut headers = vec![
             ("Content-Type".into(), "application/json".into()),
             ("Accept".into(), "application/json".into()),
             (SOURCE_VERSION_HEADER.into(), record.version.to_string()),
         ];
-        match precondition {
-            Precondition::None => {}
-            Precondition::IfMatch(etag) => headers.push(("If-Match".into(), etag.clone())),
-            Precondition::IfNoneMatch => headers.push(("If-None-Match".into(), "*".into())),
+        if let Write::Update(Some(etag)) = write {
+            headers.push(("If-Match".into(), etag.clone()));
         }
         PartRequest {
             content_id: Some((n + 1).to_string()),
@@ -369,15 +602,14 @@ impl ODataTarget {
     }
 }
 
-/// The condition a write is sent on.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Precondition {
-    /// Unconditional (no version field, or the service sends no ETags).
-    None,
-    /// Only if the record still has this ETag.
-    IfMatch(String),
-    /// Only if there is still no record with the key.
-    IfNoneMatch,
+/// A 403 that asks for a (new) CSRF token: SAP's `X-CSRF-Token: Required`.
+fn csrf_required(response: &Response) -> bool {
+    response.status() == reqwest::StatusCode::FORBIDDEN
+        && response
+            .headers()
+            .get(CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("required"))
 }
 
 /// Files one answer under delivered (2xx), retry (none, 408, 429, 5xx) or refused (4xx).
@@ -456,6 +688,12 @@ mod tests {
             "https://erp/sap/opu/odata4/sap/api_pr_2/srvd_a2x/sap/purchaserequisition/0001/$batch"
         );
         assert_eq!(sap.entity, "PurchaseReqnItem");
+        // The CSRF token is fetched from the service root, not from the binding URL.
+        assert_eq!(
+            sap.service_root,
+            "https://erp/sap/opu/odata4/sap/api_pr_2/srvd_a2x/sap/purchaserequisition/0001/"
+        );
+        assert_eq!(one.service_root, "http://erp/odata/");
         assert_eq!(
             one.key_predicate(br#"{"id":"O'Neil 1"}"#).unwrap(),
             "('O%27%27Neil%201')"
@@ -484,7 +722,7 @@ mod tests {
                 version: 7,
                 data: b"{}",
             },
-            &Precondition::IfMatch("W/\"3\"".into()),
+            &Write::Update(Some("W/\"3\"".into())),
         );
         assert_eq!(request.header("if-match"), Some("W/\"3\""));
         assert_eq!(
