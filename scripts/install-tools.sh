@@ -15,6 +15,9 @@ set -euo pipefail
 # for benchmarks that skip them, saying so, when they are absent.
 DEFAULT_TOOLS=(etcd nats-server kube-apiserver kube-controller-manager kubectl helm promtool flowplane-verdicts cds-serve)
 OPT_IN_TOOLS=(benthos)
+# Tools an earlier version built and nothing starts any more: removed from the cache, so
+# check-tools.sh does not take a developer's old cache for a hidden dependency.
+RETIRED_TOOLS=(lua5.4)
 if [ "${1:-}" = --list ]; then
   case "${2:-}" in
   default) printf '%s\n' "${DEFAULT_TOOLS[@]}" ;;
@@ -51,6 +54,8 @@ exec 9>"$CACHE/install.lock"
 flock 9
 
 log() { printf '[install-tools] %s\n' "$*" >&2; }
+
+for tool in "${RETIRED_TOOLS[@]}"; do rm -f "$BIN/$tool"; done
 
 # build_go_module NAME VERSION PACKAGE [go.mod extra lines...]
 # Builds PACKAGE inside a throwaway module in $CACHE/src/NAME-VERSION.
