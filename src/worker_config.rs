@@ -220,6 +220,22 @@ pub struct ApprovalConfig {
     pub escalate_to: Option<TargetConfig>,
 }
 
+impl MappingConfig {
+    /// The first mapping entry the contract cannot take: a field it does not declare, or a
+    /// code map the mapping does not define.
+    pub fn problem(&self, contract: &ContractConfig) -> Option<String> {
+        for mapped in &self.fields {
+            if !contract.schema.fields.iter().any(|f| f.name == mapped.to) {
+                return Some(format!(
+                    "mapping.fields maps to {:?}, which contract {} {} does not declare",
+                    mapped.to, contract.name, contract.version
+                ));
+            }
+        }
+        None
+    }
+}
+
 impl WorkerConfig {
     /// The contract field that carries the source version to the target: the one mapped
     /// from the source's cursor field (without code translation), or the cursor field itself
@@ -244,6 +260,25 @@ impl WorkerConfig {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("reading worker config {}: {e}", path.display()))?;
         Self::parse(&text).map_err(|e| anyhow::anyhow!("worker config {}: {e}", path.display()))
+    }
+
+    /// What a worker would refuse at start, so the operator refuses it first and names it in
+    /// the flow's status (Stalled, InvalidSpec) instead of workers crash-looping on it.
+    pub fn problem(&self) -> Option<String> {
+        if let Some(problem) = self.mapping.problem(&self.contract) {
+            return Some(problem);
+        }
+        let targets = std::iter::once(&self.target)
+            .chain(self.approval.iter().filter_map(|a| a.escalate_to.as_ref()));
+        for target in targets {
+            if !matches!(target.endpoint.protocol, Protocol::OData | Protocol::Rest) {
+                return Some(format!(
+                    "ConnectorBinding {} speaks {:?}, which no flowplane target writes (targets are OData v4 entity sets or REST APIs)",
+                    target.endpoint.binding, target.endpoint.protocol
+                ));
+            }
+        }
+        None
     }
 
     /// Reads a `worker.json` document, refusing a format newer than this release knows.

@@ -718,3 +718,50 @@ async fn a_child_the_api_server_refuses_stalls_the_flow_with_the_servers_message
     })
     .await;
 }
+
+#[tokio::test]
+async fn what_a_worker_would_refuse_at_start_stalls_the_flow_instead() {
+    let _shared = OPTIONAL_APIS.read().await;
+    let client = client().await;
+    operator();
+    let ns = TestNamespace::new(&client, "flow-unrunnable").await;
+    dependencies(&client, &ns.name).await;
+    let events: ConnectorBinding = apply_yaml(
+        &client,
+        &ns.name,
+        "apiVersion: flowplane.io/v1alpha1\nkind: ConnectorBinding\nmetadata: {name: events}\n\
+         spec: {system: Warehouse, protocol: Nats, endpoint: {url: \"nats://127.0.0.1:9\"}}\n",
+    )
+    .await;
+    assert_eq!(events.metadata.name.as_deref(), Some("events"));
+    // A target no worker can write, and a mapping to a field the contract does not declare.
+    let to_nats = flow_yaml("to-nats", "").replace("bindingRef: forecasting", "bindingRef: events");
+    let undeclared = flow_yaml("undeclared", "").replace("- {to: location,", "- {to: warehouse,");
+    let _: IntegrationFlow = apply_yaml(&client, &ns.name, &to_nats).await;
+    let _: IntegrationFlow = apply_yaml(&client, &ns.name, &undeclared).await;
+    for (flow, expected) in [
+        (
+            "to-nats",
+            "ConnectorBinding events speaks Nats, which no flowplane target writes",
+        ),
+        (
+            "undeclared",
+            "mapping.fields maps to \"warehouse\", which contract sales-order-lines 1.0.0 does not declare",
+        ),
+    ] {
+        let stalled = eventually(60, &format!("{flow} Stalled"), || async {
+            let f = flow_status(&client, &ns.name, flow).await;
+            let stalled = condition(&f, "Stalled")?;
+            (stalled.0 == "True").then_some(stalled)
+        })
+        .await;
+        assert_eq!(stalled.1, "InvalidSpec", "{flow}");
+        assert!(stalled.2.starts_with(expected), "{flow}: {}", stalled.2);
+        assert!(
+            get_opt::<Deployment>(&client, &ns.name, &format!("{flow}-worker"))
+                .await
+                .is_none(),
+            "{flow}: no workers for a flow they cannot run"
+        );
+    }
+}

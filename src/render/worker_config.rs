@@ -143,7 +143,7 @@ pub fn build(inputs: &FlowInputs<'_>) -> Result<WorkerConfig, RenderError> {
         .as_ref()
         .map(|r| r.max_concurrent * spec.target.batch_size)
         .unwrap_or(DEFAULT_MAX_ACK_PENDING);
-    Ok(WorkerConfig {
+    let config = WorkerConfig {
         format: crate::worker_config::FORMAT,
         namespace: namespace(flow),
         flow: flow_name(flow),
@@ -192,5 +192,9 @@ pub fn build(inputs: &FlowInputs<'_>) -> Result<WorkerConfig, RenderError> {
             dedupe_window: spec.delivery.dedupe_window.clone(),
         },
         approval,
-    })
+    };
+    match config.problem() {
+        Some(message) => Err(RenderError { message }),
+        None => Ok(config),
+    }
 }

@@ -157,13 +157,8 @@ impl Plan {
             code_map_index.insert(name.clone(), code_maps.len());
             code_maps.push(compile_code_map(name, table));
         }
-        for mapped in &mapping.fields {
-            if !schema.fields.iter().any(|f| f.name == mapped.to) {
-                return Err(format!(
-                    "mapping.fields maps to {:?}, which contract {} {} does not declare",
-                    mapped.to, contract.name, contract.version
-                ));
-            }
+        if let Some(problem) = mapping.problem(contract) {
+            return Err(problem);
         }
         let mut fields = Vec::with_capacity(schema.fields.len());
         for spec in &schema.fields {
