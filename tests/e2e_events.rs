@@ -134,10 +134,12 @@ async fn every_event_of_a_key_arrives_in_order_and_a_republished_one_once() {
     let republished = &report.keys[&key(3_000_000)];
     assert_eq!(republished.applied_versions.len(), 1, "{republished:?}");
     assert_eq!(report.keys.len(), KEYS as usize + 1);
+    // `read` counts what entered the flow's stream (read = delivered + dead letters); the
+    // republished event is counted as the one duplicate, not read twice.
     let progress = progress(&js, &config.queue).await;
     assert_eq!(
         (progress.read, progress.delivered, progress.duplicates),
-        (1002, 1001, 1)
+        (1001, 1001, 1)
     );
     worker.stop().await.unwrap();
 }
