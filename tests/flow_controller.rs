@@ -469,8 +469,7 @@ async fn optional_apis_swap_autoscaler_and_alert_objects() {
     .await;
 
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let cache =
-        std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/flowplane/crds");
+    let cache = support::cache_dir().join("crds");
     let mut installed = Vec::new();
     for file in [
         "keda-scaledobjects.yaml",

@@ -50,6 +50,13 @@ pub fn local_env() -> &'static LocalEnv {
     })
 }
 
+/// Where install-tools.sh caches what it builds: `$FLOWPLANE_CACHE`, else ~/.cache/flowplane.
+pub fn cache_dir() -> PathBuf {
+    std::env::var("FLOWPLANE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/flowplane"))
+}
+
 /// An external binary from the tools directory: `$FLOWPLANE_TOOLS`, which the test command
 /// fills with exactly install-tools.sh's default set (so a tool cached here but not built on a
 /// fresh machine is not found here either), else the cache. Every test starts its external
@@ -57,14 +64,7 @@ pub fn local_env() -> &'static LocalEnv {
 pub fn tool(name: &str) -> PathBuf {
     let dir = std::env::var("FLOWPLANE_TOOLS")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            std::env::var("FLOWPLANE_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|_| {
-                    PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/flowplane")
-                })
-                .join("bin")
-        });
+        .unwrap_or_else(|_| cache_dir().join("bin"));
     let path = dir.join(name);
     if !path.exists() {
         let out = Command::new("bash")
