@@ -290,7 +290,7 @@ async fn an_object_no_operator_has_judged_is_in_progress_to_every_tool() {
                 &ns.name,
                 &format!("{resource}.flowplane.io/{name}"),
                 "--for=condition=Ready",
-                "--timeout=1s",
+                "--timeout=0s", // check once
             ],
             None,
         );
