@@ -268,6 +268,15 @@ impl WorkerConfig {
         if let Some(problem) = self.mapping.problem(&self.contract) {
             return Some(problem);
         }
+        // Events come from NATS subjects, and a NATS subject yields nothing but events: any
+        // other pairing would poll an ERP without pause or read a subject as a collection.
+        let source = &self.source;
+        if (source.sync_mode == SyncMode::Events) != (source.endpoint.protocol == Protocol::Nats) {
+            return Some(format!(
+                "syncMode {:?} cannot read ConnectorBinding {}, which speaks {:?}: Events is for NATS bindings, and NATS bindings serve only Events",
+                source.sync_mode, source.endpoint.binding, source.endpoint.protocol
+            ));
+        }
         let targets = std::iter::once(&self.target)
             .chain(self.approval.iter().filter_map(|a| a.escalate_to.as_ref()));
         for target in targets {

@@ -733,12 +733,20 @@ async fn what_a_worker_would_refuse_at_start_stalls_the_flow_instead() {
     )
     .await;
     assert_eq!(events.metadata.name.as_deref(), Some("events"));
-    // A target no worker can write, and a mapping to a field the contract does not declare.
+    // A target no worker can write, a mapping to a field the contract does not declare, and a
+    // NATS subject read as if it were a collection.
     let to_nats = flow_yaml("to-nats", "").replace("bindingRef: forecasting", "bindingRef: events");
     let undeclared = flow_yaml("undeclared", "").replace("- {to: location,", "- {to: warehouse,");
+    let polled = flow_yaml("polled", "")
+        .replace("source: {bindingRef: erp,", "source: {bindingRef: events,");
     let _: IntegrationFlow = apply_yaml(&client, &ns.name, &to_nats).await;
     let _: IntegrationFlow = apply_yaml(&client, &ns.name, &undeclared).await;
+    let _: IntegrationFlow = apply_yaml(&client, &ns.name, &polled).await;
     for (flow, expected) in [
+        (
+            "polled",
+            "syncMode Incremental cannot read ConnectorBinding events, which speaks Nats",
+        ),
         (
             "to-nats",
             "ConnectorBinding events speaks Nats, which no flowplane target writes",

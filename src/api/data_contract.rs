@@ -26,6 +26,7 @@ pub const FIELD_NAME_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]*$";
     category = "flowplane",
     cel,
     doc = "The schema, quality rules and freshness SLA of one data domain, versioned under a compatibility mode.",
+    validation = Rule::new("self.metadata.name.size() <= 236").message("a DataContract name must be at most 236 characters: its history ConfigMap is named <name>-contract-history, which the API server limits to 253"),
     printcolumn(name = "Domain", type_ = "string", json_path = ".spec.domain"),
     printcolumn(name = "Version", type_ = "string", json_path = ".spec.version"),
     printcolumn(name = "Lifecycle", type_ = "string", json_path = ".spec.lifecycle"),
