@@ -196,37 +196,45 @@ async fn kstatus_argo_cd_and_kubectl_wait_agree_with_the_status_contract() {
             failures.push(format!("{what}: want {want:?}, got {got:?}"));
         }
     };
-    // Each scenario once the operator has judged the object's current generation.
-    let settled = |kind: &'static str, name: &'static str| {
-        let (client, ns) = (client.clone(), ns.name.clone());
-        async move {
-            eventually(60, &format!("{kind} {name} judged"), || async {
-                let object = live(&client, &ns, kind, name).await;
-                judged(&object).then_some(object)
-            })
-            .await
-        }
-    };
+    // Each scenario once the operator has judged the object's current generation (and, where
+    // given, once it shows the condition the scenario is about).
+    let settled =
+        |kind: &'static str, name: &'static str, shows: Option<(&'static str, &'static str)>| {
+            let (client, ns) = (client.clone(), ns.name.clone());
+            async move {
+                eventually(
+                    60,
+                    &format!("{kind} {name} judged, showing {shows:?}"),
+                    || async {
+                        let object = live(&client, &ns, kind, name).await;
+                        let shows = shows
+                            .is_none_or(|(type_, status)| condition_is(&object, type_, status));
+                        (judged(&object) && shows).then_some(object)
+                    },
+                )
+                .await
+            }
+        };
 
-    let contract = settled("DataContract", "lines").await;
+    let contract = settled("DataContract", "lines", None).await;
     check(
         "valid contract",
         verdicts(&ns.name, "DataContract", &contract).await,
         expect("Current", "Healthy", true),
     );
-    let binding = settled("ConnectorBinding", "open").await;
+    let binding = settled("ConnectorBinding", "open", None).await;
     check(
         "binding without credentials or health check",
         verdicts(&ns.name, "ConnectorBinding", &binding).await,
         expect("Current", "Healthy", true),
     );
-    let binding = settled("ConnectorBinding", "secretless").await;
+    let binding = settled("ConnectorBinding", "secretless", None).await;
     check(
         "binding whose Secret does not exist",
         verdicts(&ns.name, "ConnectorBinding", &binding).await,
         expect("Failed", "Degraded", false),
     );
-    let flow = settled("IntegrationFlow", "orphan").await;
+    let flow = settled("IntegrationFlow", "orphan", None).await;
     check(
         "flow naming a binding that does not exist",
         verdicts(&ns.name, "IntegrationFlow", &flow).await,
@@ -234,38 +242,27 @@ async fn kstatus_argo_cd_and_kubectl_wait_agree_with_the_status_contract() {
     );
 
     // Deployed, and no worker available yet (no node runs them here): not done.
-    let rolling = eventually(60, "rolling flow waiting for workers", || async {
-        let f = live(&client, &ns.name, "IntegrationFlow", "rolling").await;
-        (judged(&f) && condition_is(&f, "WorkersAvailable", "False")).then_some(f)
-    })
+    let rolling = settled(
+        "IntegrationFlow",
+        "rolling",
+        Some(("WorkersAvailable", "False")),
+    )
     .await;
     check(
         "flow whose workers are not available yet",
         verdicts(&ns.name, "IntegrationFlow", &rolling).await,
         expect("InProgress", "Progressing", false),
     );
-    let paused = eventually(60, "suspended flow judged", || async {
-        let f = live(&client, &ns.name, "IntegrationFlow", "paused").await;
-        (judged(&f) && condition_is(&f, "Ready", "False")).then_some(f)
-    })
-    .await;
+    let paused = settled("IntegrationFlow", "paused", Some(("Ready", "False"))).await;
     check(
         "suspended flow (kstatus has no suspended state: InProgress; see docs/status.md)",
         verdicts(&ns.name, "IntegrationFlow", &paused).await,
         expect("InProgress", "Suspended", false),
     );
     // Healthy: its workers ran (pods marked ready by the test, as a node would) and delivered.
-    eventually(60, "healthy flow's queue", || async {
-        let f = live(&client, &ns.name, "IntegrationFlow", "healthy").await;
-        condition_is(&f, "QueueReady", "True").then_some(())
-    })
-    .await;
+    settled("IntegrationFlow", "healthy", Some(("QueueReady", "True"))).await;
     workers_delivered(&client, &ns.name, "healthy").await;
-    let healthy = eventually(60, "healthy flow Ready", || async {
-        let f = live(&client, &ns.name, "IntegrationFlow", "healthy").await;
-        (judged(&f) && condition_is(&f, "Ready", "True")).then_some(f)
-    })
-    .await;
+    let healthy = settled("IntegrationFlow", "healthy", Some(("Ready", "True"))).await;
     check(
         "flow with workers available and fresh data",
         verdicts(&ns.name, "IntegrationFlow", &healthy).await,
@@ -273,7 +270,7 @@ async fn kstatus_argo_cd_and_kubectl_wait_agree_with_the_status_contract() {
     );
 
     let _: DataContract = apply_yaml(&client, &ns.name, BREAKING_CONTRACT).await;
-    let contract = settled("DataContract", "lines").await;
+    let contract = settled("DataContract", "lines", None).await;
     check(
         "breaking contract version",
         verdicts(&ns.name, "DataContract", &contract).await,

@@ -30,17 +30,7 @@ pub fn repo_root() -> &'static Path {
 pub fn local_env() -> &'static LocalEnv {
     static ENV: OnceLock<LocalEnv> = OnceLock::new();
     ENV.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(repo_root().join("scripts/local-env.sh"))
-            .arg("up")
-            .output()
-            .expect("run scripts/local-env.sh");
-        assert!(
-            out.status.success(),
-            "scripts/local-env.sh up failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let env_file = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let env_file = script(&["local-env.sh", "up"]).trim().to_string();
         let vars = read_env_file(Path::new(&env_file));
         let kubeconfig = PathBuf::from(&vars["KUBECONFIG"]);
         LocalEnv {
@@ -48,6 +38,22 @@ pub fn local_env() -> &'static LocalEnv {
             nats_url: vars["NATS_URL"].clone(),
         }
     })
+}
+
+/// Runs `scripts/<args[0]> args[1..]`; its standard output, or a failure with its errors.
+fn script(args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts").join(args[0]))
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("run scripts/{}: {e}", args[0]));
+    assert!(
+        out.status.success(),
+        "scripts/{} failed:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Where install-tools.sh caches what it builds: `$FLOWPLANE_CACHE`, else ~/.cache/flowplane.
@@ -67,15 +73,7 @@ pub fn tool(name: &str) -> PathBuf {
         .unwrap_or_else(|_| cache_dir().join("bin"));
     let path = dir.join(name);
     if !path.exists() {
-        let out = Command::new("bash")
-            .arg(repo_root().join("scripts/install-tools.sh"))
-            .output()
-            .expect("run scripts/install-tools.sh");
-        assert!(
-            out.status.success(),
-            "install-tools.sh failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        script(&["install-tools.sh"]);
     }
     assert!(
         path.exists(),
