@@ -161,8 +161,9 @@ impl RestSource {
                         Ok(next) if !self.http.same_origin(&next) => {
                             // The host only: a link's query may carry a token.
                             self.refused = Some(format!(
-                                "the next page's link leads to another host ({}) than the binding's; not followed, so its credentials stay on its host",
-                                next.host_str().unwrap_or("?")
+                                "the next page's link leads to another origin ({}:{}) than the binding's; not followed, so its credentials stay on its host",
+                                next.host_str().unwrap_or("?"),
+                                next.port_or_known_default().unwrap_or(0)
                             ));
                             None
                         }
