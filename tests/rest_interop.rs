@@ -168,6 +168,15 @@ async fn json_server_collections_are_read_by_link_header_page_and_offset_exactly
     assert_eq!(pages, pages_of_100);
     every_line_once(seqs);
 
+    // An API that caps the page size below what was asked (here the entity's own _limit=100
+    // wins over pageSize 500): the pass does not end after the first short page.
+    let capped = rest_read(json!({
+        "pagination": "Page", "pageParam": "_page", "limitParam": "_ignored", "pageSize": 500
+    }));
+    let (pages, seqs) = read_pass(source(&server.url, "lines?_limit=100", capped), None).await;
+    assert_eq!(pages, pages_of_100);
+    every_line_once(seqs);
+
     // Record offsets from 0; a page size that divides the collection ends on an empty page.
     let offset = rest_read(json!({
         "pagination": "Offset", "offsetParam": "_start", "limitParam": "_limit", "pageSize": 150

@@ -96,7 +96,8 @@ pub struct RestRead {
     /// cursor (`nextCursor`) sent back as `cursorParam`; Page: `pageParam` counts pages from
     /// `firstPage`; Offset: `offsetParam` counts records from 0; LinkHeader: the RFC 8288
     /// `Link: <...>; rel="next"` response header; None: one request reads everything.
-    /// Page and Offset end at the first page with fewer than `pageSize` records.
+    /// Page and Offset end at an empty page or one with fewer records than an earlier page
+    /// (not at fewer than `pageSize`: APIs cap the page size silently).
     pub pagination: Pagination,
     /// JSON pointer (RFC 6901) of the records array in the body, e.g. "/data"; empty: the body
     /// is the array.

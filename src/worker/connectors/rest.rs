@@ -34,6 +34,8 @@ pub struct RestSource {
     first: Option<reqwest::Url>,
     /// Page number or offset of the next request (Page, Offset).
     position: u64,
+    /// The most records a page of this pass had (Page, Offset).
+    largest: u64,
     /// A next link the source refused to follow, reported on the next call.
     refused: Option<String>,
 }
@@ -48,6 +50,7 @@ impl RestSource {
             reached: None,
             first: None,
             position: 0,
+            largest: 0,
             refused: None,
         }
     }
@@ -94,6 +97,7 @@ impl RestSource {
             }
         }
         self.first = Some(url.clone());
+        self.largest = 0;
         self.position = match read.pagination {
             Pagination::Page => u64::from(read.first_page),
             _ => 0,
@@ -144,7 +148,12 @@ impl RestSource {
                     Pagination::LinkHeader => link_next.map(|link| (link, true)),
                     Pagination::Cursor => page.next.map(|cursor| (cursor, false)),
                     Pagination::Page | Pagination::Offset => {
-                        if count < u64::from(read.page_size) {
+                        // Not "fewer than pageSize": APIs cap the page size silently (asked
+                        // for 500, they send 100), and that rule would end the pass after the
+                        // first page. A page smaller than an earlier one is the last.
+                        let last = count < self.largest;
+                        self.largest = self.largest.max(count);
+                        if last {
                             None
                         } else {
                             self.position += match read.pagination {
@@ -236,7 +245,6 @@ fn read_page(read: &RestRead, body: &Bytes) -> Result<ConfiguredPage, String> {
             raw::elements(body, array).map_err(|e| e.to_string())?
         }
         Some(_) => return Err(format!("{:?} is not an array", read.records)),
-        None if read.records.is_empty() => Vec::new(),
         // A last page may leave the records out altogether.
         None => Vec::new(),
     };
