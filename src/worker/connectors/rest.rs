@@ -87,14 +87,12 @@ impl RestSource {
             ));
             return;
         };
-        {
-            let mut query = url.query_pairs_mut();
-            if read.pagination != Pagination::None {
-                query.append_pair(&read.limit_param, &read.page_size.to_string());
-            }
-            if let Some(after) = since {
-                query.append_pair(&read.since_param, after);
-            }
+        if read.pagination != Pagination::None {
+            url.query_pairs_mut()
+                .append_pair(&read.limit_param, &read.page_size.to_string());
+        }
+        if let Some(after) = since {
+            url.query_pairs_mut().append_pair(&read.since_param, after);
         }
         self.first = Some(url.clone());
         self.largest = 0;
