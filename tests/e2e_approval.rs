@@ -57,6 +57,8 @@ fn target(url: &str, entity: &str) -> TargetConfig {
         entity: entity.into(),
         write_mode: WriteMode::Upsert,
         batch_size: 100,
+        // The earlier releases' route: the forecasting simulator's bulk upsert.
+        rest: None,
     }
 }
 
@@ -78,6 +80,7 @@ fn forecast_flow(
         cursor_field: Some("version".into()),
         select: vec![],
         poll_interval: "200ms".into(),
+        rest: None,
     };
     config.target = target(forecast_url, ERP);
     config.contract = contract();

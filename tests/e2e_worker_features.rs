@@ -564,6 +564,7 @@ async fn a_create_lost_to_another_writer_is_written_as_an_update() {
         entity: set.into(),
         write_mode: WriteMode::Upsert,
         batch_size: 10,
+        rest: None,
     };
     let key = ["salesOrder".to_string(), "salesOrderItem".to_string()];
     let mut target = Target::new(&config, &key, Metrics::new("e2e", "lost-create")).unwrap();
@@ -576,8 +577,16 @@ async fn a_create_lost_to_another_writer_is_written_as_an_update() {
     let (a, b) = (ours("10"), ours("20"));
     let version = 1_709_294_400_001_000_000;
     let records = [
-        Outgoing { version, data: &a },
-        Outgoing { version, data: &b },
+        Outgoing {
+            key: "a",
+            version,
+            data: &a,
+        },
+        Outgoing {
+            key: "b",
+            version,
+            data: &b,
+        },
     ];
     let outcome = target.deliver(&records).await.unwrap();
     assert!(

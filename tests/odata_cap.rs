@@ -413,6 +413,7 @@ async fn new_keys_are_created_by_post_and_a_stale_etag_never_overwrites_newer_da
         entity: format!("{HISTORY}/SalesHistory"),
         write_mode: WriteMode::Upsert,
         batch_size: 50,
+        rest: None,
     };
     let names = config.queue.clone();
     let _worker = InProcessWorker::start(config, "cap-writer");
@@ -497,6 +498,7 @@ async fn without_a_version_field_a_428_is_answered_with_if_match_and_an_expired_
         entity: format!("{HISTORY}/SalesHistory"),
         write_mode: WriteMode::Upsert,
         batch_size: 10,
+        rest: None,
     };
     let key_fields = ["salesOrder".to_string(), "salesOrderItem".to_string()];
     // No version field: writes are unconditional until the service asks for more.
@@ -510,7 +512,11 @@ async fn without_a_version_field_a_428_is_answered_with_if_match_and_an_expired_
                 .collect();
             let outgoing: Vec<Outgoing> = bodies
                 .iter()
-                .map(|data| Outgoing { version: 1, data })
+                .map(|data| Outgoing {
+                    key: "",
+                    version: 1,
+                    data,
+                })
                 .collect();
             let outcome = target.deliver(&outgoing).await.unwrap();
             assert!(outcome.rejected.is_empty(), "{:?}", outcome.rejected);

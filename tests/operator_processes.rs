@@ -12,7 +12,7 @@ fn untouched(flow: &flowplane::api::IntegrationFlow) -> bool {
     let status = flow.status.clone().unwrap_or_default();
     status.observed_generation.unwrap_or(0) == 0
         && status.conditions.is_empty()
-        && kube::ResourceExt::finalizers(flow).is_empty()
+        && flow.finalizers().is_empty()
 }
 
 use std::process::{Child, Command, Stdio};

@@ -146,3 +146,59 @@ fn every_pod_of_a_flow_is_inside_its_network_policy_and_drains_are_never_blocked
         assert_eq!(budget["spec"]["unhealthyPodEvictionPolicy"], "AlwaysAllow");
     }
 }
+
+/// The worker.json of each flow in a render of examples/base, by flow name.
+fn worker_configs() -> std::collections::BTreeMap<String, serde_json::Value> {
+    let (ok, out, err) = render(&base_files(), &["-n", "demo"]);
+    assert!(ok, "{err}");
+    let mut configs = std::collections::BTreeMap::new();
+    for doc in serde_yaml::Deserializer::from_str(&out) {
+        let doc = serde_yaml::Value::deserialize(doc).unwrap();
+        if let Some(json) = doc["data"]["worker.json"].as_str() {
+            let config: serde_json::Value = serde_json::from_str(json).unwrap();
+            configs.insert(config["flow"].as_str().unwrap().to_string(), config);
+        }
+    }
+    assert_eq!(configs.len(), 5);
+    configs
+}
+
+use serde::Deserialize;
+
+#[test]
+fn rest_settings_come_from_the_flow_else_the_binding() {
+    let configs = worker_configs();
+    // The forecasting binding's rest.write and OAuth2 settings.
+    let orders = &configs["order-history-to-forecasting"];
+    assert_eq!(
+        orders["target"]["rest"],
+        serde_json::json!({"method": "POST", "body": "Object", "recordsKey": "records",
+            "idempotencyKeyHeader": "Idempotency-Key"})
+    );
+    assert_eq!(orders["target"]["entity"], "/v2/ingest/sales-history");
+    let endpoint = &orders["target"]["endpoint"];
+    assert_eq!(endpoint["clientAuthentication"], "ClientSecretBasic");
+    assert_eq!(endpoint["audience"], "https://api.forecast.example.io");
+    // An OData source has no REST settings.
+    assert!(orders["source"].get("rest").is_none());
+    // The flow's own settings replace the bindings' as a whole.
+    let forecasts = &configs["forecasts-to-supplier-portal"];
+    assert_eq!(forecasts["source"]["rest"]["pagination"], "Page");
+    assert_eq!(forecasts["source"]["rest"]["pageSize"], 5000);
+    assert!(forecasts["source"]["rest"].get("nextLink").is_none());
+    assert_eq!(forecasts["target"]["rest"]["body"], "Ndjson");
+    assert_eq!(forecasts["target"]["rest"]["method"], "POST");
+    // The binding's read settings; the escalation target keeps its own binding's writes.
+    let deltas = &configs["forecast-deltas-to-erp-replenishment"];
+    assert_eq!(deltas["source"]["rest"]["pagination"], "NextLink");
+    assert_eq!(deltas["source"]["rest"]["nextLink"], "/links/next");
+    assert!(
+        deltas["target"].get("rest").is_none(),
+        "the ERP target is OData"
+    );
+    assert_eq!(
+        deltas["approval"]["escalateTo"]["rest"],
+        serde_json::json!({"method": "PUT", "body": "JsonArray",
+            "idempotencyKeyHeader": "Idempotency-Key"})
+    );
+}

@@ -44,6 +44,7 @@ use super::common::{Condition, DURATION_PATTERN, Resilience, SecretKeyRef, Secre
 #[x_kube(validation = Rule::new("self.protocol != 'Files' || self.endpoint.url.startsWith('file://')").message("protocol Files needs an endpoint.url starting with file://"))]
 #[x_kube(validation = Rule::new("!(self.protocol in ['OData', 'Rest']) || self.endpoint.url.startsWith('https://') || self.endpoint.url.startsWith('http://')").message("protocols OData and Rest need an endpoint.url starting with https:// or http://"))]
 #[x_kube(validation = Rule::new("!has(self.healthCheck) || self.protocol in ['OData', 'Rest']").message("healthCheck probes over HTTP and is only supported for protocols OData and Rest"))]
+#[x_kube(validation = Rule::new("!has(self.rest) || self.protocol == 'Rest'").message("rest (paging and write conventions) is only allowed with protocol Rest"))]
 pub struct ConnectorBindingSpec {
     /// The role this system plays in the distributor's landscape.
     pub system: System,
@@ -63,6 +64,181 @@ pub struct ConnectorBindingSpec {
     /// Optional HTTP probe that proves the endpoint answers (condition `Reachable`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+    /// How this REST API pages its collections and takes writes (protocol Rest only): the
+    /// defaults of every flow reading from or writing to it; a flow's `source.rest` or
+    /// `target.rest` replaces the matching part as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rest: Option<RestApi>,
+}
+
+/// The conventions of one REST API.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestApi {
+    /// How collections are read page by page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<RestRead>,
+    /// How batches of records are written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write: Option<RestWrite>,
+}
+
+/// How a REST collection is read: `GET <binding url>/<entity>?<limitParam>=<pageSize>` and
+/// then, page after page, as `pagination` says. Next links may be absolute or relative (resolved
+/// against the request URL, RFC 3986); a link to another host than the binding's is refused,
+/// so the binding's credentials never leave its host.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.pagination != 'NextLink' || has(self.nextLink)").message("pagination NextLink needs nextLink: the JSON pointer of the next page's URL in the body, e.g. /links/next"))]
+#[x_kube(validation = Rule::new("self.pagination != 'Cursor' || has(self.nextCursor)").message("pagination Cursor needs nextCursor: the JSON pointer of the next cursor in the body, e.g. /meta/nextCursor"))]
+pub struct RestRead {
+    /// NextLink: the body names the next page's URL (`nextLink`); Cursor: the body names a
+    /// cursor (`nextCursor`) sent back as `cursorParam`; Page: `pageParam` counts pages from
+    /// `firstPage`; Offset: `offsetParam` counts records from 0; LinkHeader: the RFC 8288
+    /// `Link: <...>; rel="next"` response header; None: one request reads everything.
+    /// Page and Offset end at an empty page or one with fewer records than an earlier page
+    /// (not at fewer than `pageSize`: APIs cap the page size silently).
+    pub pagination: Pagination,
+    /// JSON pointer (RFC 6901) of the records array in the body, e.g. "/data"; empty: the body
+    /// is the array.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 256), pattern(r"^(/[^\s]*)?$"))]
+    pub records: String,
+    /// JSON pointer of the next page's URL in the body (NextLink), e.g. "/links/next".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256), pattern(r"^/[^\s]*$"))]
+    pub next_link: Option<String>,
+    /// JSON pointer of the next cursor in the body (Cursor), e.g. "/meta/nextCursor".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256), pattern(r"^/[^\s]*$"))]
+    pub next_cursor: Option<String>,
+    /// Query parameter carrying the cursor back (Cursor).
+    #[serde(default = "default_cursor_param")]
+    #[schemars(length(min = 1, max = 64), pattern(QUERY_PARAM_PATTERN))]
+    pub cursor_param: String,
+    /// Query parameter of the page number (Page).
+    #[serde(default = "default_page_param")]
+    #[schemars(length(min = 1, max = 64), pattern(QUERY_PARAM_PATTERN))]
+    pub page_param: String,
+    /// Number of the first page (Page): 1 for most APIs, 0 for some.
+    #[serde(default = "default_first_page")]
+    #[schemars(range(min = 0, max = 1))]
+    pub first_page: u32,
+    /// Query parameter of the record offset (Offset).
+    #[serde(default = "default_offset_param")]
+    #[schemars(length(min = 1, max = 64), pattern(QUERY_PARAM_PATTERN))]
+    pub offset_param: String,
+    /// Query parameter of the page size, sent on the first request (and on every Page, Offset
+    /// and Cursor request).
+    #[serde(default = "default_limit_param")]
+    #[schemars(length(min = 1, max = 64), pattern(QUERY_PARAM_PATTERN))]
+    pub limit_param: String,
+    /// Records asked for per page.
+    #[serde(default = "default_page_size")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub page_size: u32,
+    /// Query parameter an Incremental flow sends its cursor in (the records changed at or
+    /// after it), e.g. "since" or "updatedAt_gte".
+    #[serde(default = "default_since_param")]
+    #[schemars(length(min = 1, max = 64), pattern(QUERY_PARAM_PATTERN))]
+    pub since_param: String,
+}
+
+/// A query parameter name.
+pub const QUERY_PARAM_PATTERN: &str = r"^[A-Za-z0-9_.\[\]$-]+$";
+
+fn default_cursor_param() -> String {
+    "cursor".into()
+}
+fn default_page_param() -> String {
+    "page".into()
+}
+fn default_first_page() -> u32 {
+    1
+}
+fn default_offset_param() -> String {
+    "offset".into()
+}
+fn default_limit_param() -> String {
+    "limit".into()
+}
+fn default_page_size() -> u32 {
+    500
+}
+fn default_since_param() -> String {
+    "since".into()
+}
+
+/// A paging style of REST APIs.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Pagination {
+    /// The body names the next page's URL.
+    NextLink,
+    /// The body names a cursor, sent back as a query parameter.
+    Cursor,
+    /// A page-number query parameter.
+    Page,
+    /// A record-offset query parameter.
+    Offset,
+    /// RFC 8288 `Link` response header with `rel="next"`.
+    LinkHeader,
+    /// No paging: one request.
+    None,
+}
+
+/// How a batch of records is written: `<method> <binding url>/<flow target entity>` with the
+/// batch in `body`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.recordsKey) || self.body == 'Object'").message("rest.recordsKey is only used with body Object"))]
+pub struct RestWrite {
+    /// POST, PUT or PATCH.
+    #[serde(default)]
+    pub method: WriteMethod,
+    /// The batch's envelope: JsonArray `[{...}, ...]`; Object `{"<recordsKey>": [{...}, ...]}`;
+    /// Ndjson, one record per line (`application/x-ndjson`); VersionedUpsert
+    /// `{"key": [fields], "records": [{"version": n, "data": {...}}]}` for APIs that apply a
+    /// record only when its source version is newer than the one they hold (flowplane's
+    /// forecasting simulator). Per-record refusals are read from a `rejected: [{index, reason}]`
+    /// answer in every envelope.
+    #[serde(default)]
+    pub body: BodyEnvelope,
+    /// Key wrapping the records (body Object); "records" when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub records_key: Option<String>,
+    /// Header carrying an idempotency key, e.g. "Idempotency-Key": a hash of the batch's record
+    /// keys and versions, so a retried request carries the same value. Unset: not sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), pattern(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"))]
+    pub idempotency_key_header: Option<String>,
+}
+
+/// HTTP method of a write.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum WriteMethod {
+    /// POST (the default).
+    #[default]
+    Post,
+    /// PUT.
+    Put,
+    /// PATCH.
+    Patch,
+}
+
+/// The envelope of a batch.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum BodyEnvelope {
+    /// A JSON array of the records.
+    #[default]
+    JsonArray,
+    /// A JSON object with the records' array under `recordsKey`.
+    Object,
+    /// Newline-delimited JSON, one record per line.
+    Ndjson,
+    /// `{"key": [...], "records": [{"version": n, "data": {...}}]}`.
+    VersionedUpsert,
 }
 
 /// The role a system plays.
@@ -114,7 +290,7 @@ pub struct Endpoint {
 #[x_kube(validation = Rule::new("self.type == 'None' || has(self.secretRef)").message("auth.secretRef is required for auth types Basic, Bearer and OAuth2ClientCredentials: credentials are read from a Secret, never written inline"))]
 #[x_kube(validation = Rule::new("self.type != 'None' || !has(self.secretRef)").message("auth.secretRef is only allowed with an auth type that uses credentials"))]
 #[x_kube(validation = Rule::new("self.type != 'OAuth2ClientCredentials' || has(self.tokenUrl)").message("auth.tokenUrl is required for OAuth2ClientCredentials"))]
-#[x_kube(validation = Rule::new("self.type == 'OAuth2ClientCredentials' || !(has(self.tokenUrl) || has(self.scopes))").message("auth.tokenUrl and auth.scopes are only allowed with OAuth2ClientCredentials"))]
+#[x_kube(validation = Rule::new("self.type == 'OAuth2ClientCredentials' || !(has(self.tokenUrl) || has(self.scopes) || has(self.audience) || has(self.clientAuthentication))").message("auth.tokenUrl, scopes, audience and clientAuthentication are only allowed with OAuth2ClientCredentials"))]
 pub struct Auth {
     /// None, Basic (Secret keys `username`, `password`), Bearer (key `token`) or
     /// OAuth2ClientCredentials (keys `clientId`, `clientSecret`).
@@ -131,6 +307,26 @@ pub struct Auth {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(length(max = 256)))]
     pub scopes: Vec<String>,
+    /// OAuth2 `audience` sent with the token request (Auth0, Okta and others ask for it to
+    /// name the API the token is for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub audience: Option<String>,
+    /// How the client authenticates to the token endpoint (RFC 6749 2.3.1): ClientSecretBasic
+    /// (HTTP Basic, the default every server must support) or ClientSecretPost (clientId and
+    /// clientSecret in the form body).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_authentication: Option<ClientAuthentication>,
+}
+
+/// OAuth2 client authentication at the token endpoint.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ClientAuthentication {
+    /// `Authorization: Basic` with the form-encoded client id and secret.
+    #[default]
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
 }
 
 /// Authentication scheme.

@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{Condition, DURATION_PATTERN, NAME_PATTERN, Resilience, RetryPolicy};
+use super::connector_binding::{RestRead, RestWrite};
 use super::data_contract::FIELD_NAME_PATTERN;
 
 /// A semver range such as "^1.2", "~1.4.0", ">=1.0.0, <3" or "*".
@@ -149,6 +150,12 @@ pub struct Source {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 200), inner(length(max = 128)))]
     pub select: Vec<String>,
+    /// How this REST collection pages (Rest source bindings); replaces the binding's
+    /// `rest.read` as a whole. Unset with no binding default: the body is an array or has the
+    /// records under `items`, `data` or `value` and the next page under `next`, `nextCursor`
+    /// or `nextLink` (a URL, or a token sent back as `cursor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rest: Option<RestRead>,
 }
 
 /// How the source is read.
@@ -170,7 +177,8 @@ pub struct Target {
     /// Name of the ConnectorBinding to write to (same namespace).
     #[schemars(length(min = 1, max = 63), pattern(NAME_PATTERN))]
     pub binding_ref: String,
-    /// Entity set or resource path to write, e.g. "/v1/ingest/sales-history".
+    /// Entity set or resource path to write, e.g. "/v2/ingest/sales-history". A REST target
+    /// sends its batches to exactly this path below the binding URL (query included, if any).
     #[schemars(length(min = 1, max = 256))]
     pub entity: String,
     /// Append adds records; Upsert replaces by the contract's primary key.
@@ -180,6 +188,11 @@ pub struct Target {
     #[serde(default = "default_batch_size")]
     #[schemars(range(min = 1, max = 10000))]
     pub batch_size: u32,
+    /// Method, body envelope and idempotency-key header of the writes (Rest target bindings);
+    /// replaces the binding's `rest.write` as a whole. Unset with no binding default: POST
+    /// with a JSON array and no idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rest: Option<RestWrite>,
 }
 
 fn default_batch_size() -> u32 {

@@ -3,7 +3,7 @@
 
 use crate::api::ConnectorBinding;
 use crate::api::common::{CircuitBreaker, Resilience, RetryPolicy};
-use crate::api::connector_binding::AuthType;
+use crate::api::connector_binding::{AuthType, Protocol, RestRead, RestWrite};
 use crate::queue::DeliveryConfig;
 use crate::queue::QueueNames;
 use crate::worker_config::{
@@ -74,10 +74,32 @@ fn endpoint(binding: &ConnectorBinding, flow_resilience: Option<&Resilience>) ->
         secret_dir: (spec.auth.type_ != AuthType::None).then(|| secret_dir(&name)),
         token_url: spec.auth.token_url.clone(),
         scopes: spec.auth.scopes.clone(),
+        audience: spec.auth.audience.clone(),
+        client_authentication: spec.auth.client_authentication.unwrap_or_default(),
         rate_limit: spec.rate_limit.clone(),
         resilience: resilience(flow_resilience, spec.resilience.as_ref()),
         binding: name,
     }
+}
+
+/// A REST target's writes: the flow's `target.rest`, else the binding's `rest.write`, else POST
+/// with a JSON array. Always written for a Rest binding, so a worker never falls back to the
+/// earlier releases' route (see `TargetConfig::rest`).
+fn rest_write(binding: &ConnectorBinding, flow: Option<&RestWrite>) -> Option<RestWrite> {
+    (binding.spec.protocol == Protocol::Rest).then(|| {
+        flow.cloned()
+            .or_else(|| binding.spec.rest.as_ref().and_then(|r| r.write.clone()))
+            .unwrap_or_default()
+    })
+}
+
+/// A REST source's paging: the flow's `source.rest`, else the binding's `rest.read`.
+fn rest_read(binding: &ConnectorBinding, flow: Option<&RestRead>) -> Option<RestRead> {
+    if binding.spec.protocol != Protocol::Rest {
+        return None;
+    }
+    flow.cloned()
+        .or_else(|| binding.spec.rest.as_ref().and_then(|r| r.read.clone()))
 }
 
 pub fn build(inputs: &FlowInputs<'_>) -> Result<WorkerConfig, RenderError> {
@@ -110,6 +132,7 @@ pub fn build(inputs: &FlowInputs<'_>) -> Result<WorkerConfig, RenderError> {
         entity: spec.target.entity.clone(),
         write_mode: spec.target.write_mode,
         batch_size: spec.target.batch_size,
+        rest: rest_write(inputs.target, spec.target.rest.as_ref()),
     };
     let approval = match (&spec.approval, inputs.escalation) {
         (None, _) => None,
@@ -126,6 +149,9 @@ pub fn build(inputs: &FlowInputs<'_>) -> Result<WorkerConfig, RenderError> {
                     entity: to.entity.clone(),
                     write_mode: spec.target.write_mode,
                     batch_size: spec.target.batch_size,
+                    // The supplier-collaboration system's own conventions, not the main
+                    // target's.
+                    rest: rest_write(binding, None),
                 }),
                 (Some(to), None) => {
                     return Err(RenderError {
@@ -160,6 +186,7 @@ pub fn build(inputs: &FlowInputs<'_>) -> Result<WorkerConfig, RenderError> {
                 .as_ref()
                 .map(|s| s.poll_interval.clone())
                 .unwrap_or_else(|| "1m".into()),
+            rest: rest_read(inputs.source, spec.source.rest.as_ref()),
         },
         target,
         contract: ContractConfig {

@@ -297,6 +297,7 @@ impl Resolver {
     async fn deliver(&self, target: &Target, parked: &ParkedReview) -> anyhow::Result<()> {
         let data = serde_json::to_vec(&parked.record)?;
         let outgoing = [Outgoing {
+            key: &parked.key,
             version: parked.version,
             data: &data,
         }];

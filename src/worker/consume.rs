@@ -412,6 +412,7 @@ impl Consumer {
         let outgoing: Vec<Outgoing<'_>> = ready
             .iter()
             .map(|r| Outgoing {
+                key: header(&messages[r.message], headers::KEY),
                 version: r.version,
                 data: &buffer[r.range.clone()],
             })

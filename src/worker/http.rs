@@ -2,6 +2,7 @@
 //! mounted Secret files, timeouts, retries with full-jitter backoff, `Retry-After` on 429/503,
 //! and a circuit breaker. Connectors build requests; this decides when and how often to send.
 
+use std::future::Future;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
@@ -9,12 +10,13 @@ use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::{RequestBuilder, Response, StatusCode};
+use std::time::Instant;
 use tokio::sync::{Mutex, Semaphore};
 
 use super::metrics::Metrics;
 use super::resilience::{Backoff, Breaker};
 use crate::api::common::parse_duration;
-use crate::api::connector_binding::AuthType;
+use crate::api::connector_binding::{AuthType, ClientAuthentication};
 use crate::worker_config::EndpointConfig;
 
 /// Why a call gave up.
@@ -30,18 +32,118 @@ pub enum CallError {
 
 enum Credentials {
     None,
-    Basic {
-        username: String,
-        password: String,
-    },
+    Basic { username: String, password: String },
     Bearer(String),
-    OAuth2 {
-        token_url: String,
-        client_id: String,
-        client_secret: String,
-        scopes: Vec<String>,
-        token: Mutex<Option<(String, std::time::Instant)>>,
-    },
+    OAuth2(Box<OAuth2>),
+}
+
+/// OAuth2 client credentials (RFC 6749 section 4.4) through the `oauth2` crate: the token
+/// request is a form body, the client authenticates by HTTP Basic or in the body as the binding
+/// says, with scopes and audience. The crate's own reqwest support is built on reqwest 0.12;
+/// the token request goes through this binding's reqwest 0.13 client instead (its CA bundle and
+/// timeouts), by the crate's closure-as-HTTP-client hook.
+struct OAuth2 {
+    token_url: oauth2::TokenUrl,
+    client_id: String,
+    client_secret: String,
+    scopes: Vec<String>,
+    audience: Option<String>,
+    client_authentication: ClientAuthentication,
+    /// The access token and when to fetch the next one (before it expires).
+    token: Mutex<Option<(String, Instant)>>,
+}
+
+/// A failed token request at the transport level (the message names no credential).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TokenTransport(String);
+
+/// This binding's client as the `oauth2` crate's HTTP client.
+struct TokenClient<'a>(&'a reqwest::Client);
+
+impl<'c> oauth2::AsyncHttpClient<'c> for TokenClient<'_> {
+    type Error = TokenTransport;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<oauth2::HttpResponse, TokenTransport>> + Send + 'c>,
+    >;
+
+    fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let request = reqwest::Request::try_from(request)
+                .map_err(|e| TokenTransport(format!("token request: {e}")))?;
+            let response = self
+                .0
+                .execute(request)
+                .await
+                .map_err(|e| TokenTransport(format!("token request: {e}")))?;
+            let mut answer = http::Response::builder().status(response.status());
+            for (name, value) in response.headers() {
+                answer = answer.header(name, value);
+            }
+            let body = response
+                .bytes()
+                .await
+                .map_err(|e| TokenTransport(format!("token response: {e}")))?;
+            answer
+                .body(body.to_vec())
+                .map_err(|e| TokenTransport(format!("token response: {e}")))
+        })
+    }
+}
+
+impl OAuth2 {
+    /// The cached token, or a new one from the token endpoint.
+    async fn access_token(&self, client: &reqwest::Client) -> Result<String, CallError> {
+        let mut cached = self.token.lock().await;
+        if let Some((token, refresh_at)) = cached.as_ref()
+            && *refresh_at > Instant::now()
+        {
+            return Ok(token.clone());
+        }
+        *cached = None;
+        let oauth = oauth2::basic::BasicClient::new(oauth2::ClientId::new(self.client_id.clone()))
+            .set_client_secret(oauth2::ClientSecret::new(self.client_secret.clone()))
+            .set_token_uri(self.token_url.clone())
+            .set_auth_type(match self.client_authentication {
+                ClientAuthentication::ClientSecretBasic => oauth2::AuthType::BasicAuth,
+                ClientAuthentication::ClientSecretPost => oauth2::AuthType::RequestBody,
+            });
+        let mut request = oauth
+            .exchange_client_credentials()
+            .add_scopes(self.scopes.iter().cloned().map(oauth2::Scope::new));
+        if let Some(audience) = &self.audience {
+            request = request.add_extra_param("audience", audience.clone());
+        }
+        let send = TokenClient(client);
+        use oauth2::TokenResponse;
+        let response = request.request_async(&send).await.map_err(|e| {
+            // Never the response body: it may hold a token.
+            CallError::Transient(match e {
+                oauth2::RequestTokenError::ServerResponse(refusal) => {
+                    format!("token endpoint refused the request: {}", refusal.error())
+                }
+                oauth2::RequestTokenError::Request(e) => e.to_string(),
+                oauth2::RequestTokenError::Parse(..) => {
+                    "token endpoint answered no token response".to_string()
+                }
+                oauth2::RequestTokenError::Other(what) => format!("token endpoint: {what}"),
+            })
+        })?;
+        let lifetime = response.expires_in().unwrap_or(Duration::from_secs(300));
+        // Refresh before it expires: 30 s early, or a quarter early for short-lived tokens.
+        let refresh_at = Instant::now() + lifetime - (lifetime / 4).min(Duration::from_secs(30));
+        let token = response.access_token().secret().clone();
+        *cached = Some((token.clone(), refresh_at));
+        Ok(token)
+    }
+
+    /// Forgets `token` (the API refused it with 401), unless a newer one replaced it already.
+    async fn drop_token(&self, token: &str) {
+        let mut cached = self.token.lock().await;
+        if cached.as_ref().is_some_and(|(t, _)| t == token) {
+            *cached = None;
+        }
+    }
 }
 
 /// A resilient client for one binding.
@@ -50,6 +152,8 @@ pub struct HttpClient {
     limiter: Option<DefaultDirectRateLimiter>,
     in_flight: Semaphore,
     credentials: Credentials,
+    /// Scheme, host and port of the binding URL: credentials go to this origin only.
+    origin: (String, String, Option<u16>),
     backoff: Backoff,
     /// Shared with the consume loop, which stops fetching while it is open.
     pub breaker: Breaker,
@@ -89,24 +193,31 @@ impl HttpClient {
             }
         }
         let secret_dir = endpoint.secret_dir.as_deref();
-        let credentials = match endpoint.auth {
-            AuthType::None => Credentials::None,
-            AuthType::Basic => Credentials::Basic {
-                username: read_secret(secret_dir, "username")?,
-                password: read_secret(secret_dir, "password")?,
-            },
-            AuthType::Bearer => Credentials::Bearer(read_secret(secret_dir, "token")?),
-            AuthType::OAuth2ClientCredentials => Credentials::OAuth2 {
-                token_url: endpoint
-                    .token_url
-                    .clone()
-                    .ok_or_else(|| anyhow::anyhow!("OAuth2ClientCredentials needs a tokenUrl"))?,
-                client_id: read_secret(secret_dir, "clientId")?,
-                client_secret: read_secret(secret_dir, "clientSecret")?,
-                scopes: endpoint.scopes.clone(),
-                token: Mutex::new(None),
-            },
-        };
+        let credentials =
+            match endpoint.auth {
+                AuthType::None => Credentials::None,
+                AuthType::Basic => Credentials::Basic {
+                    username: read_secret(secret_dir, "username")?,
+                    password: read_secret(secret_dir, "password")?,
+                },
+                AuthType::Bearer => Credentials::Bearer(read_secret(secret_dir, "token")?),
+                AuthType::OAuth2ClientCredentials => Credentials::OAuth2(Box::new(OAuth2 {
+                    token_url: oauth2::TokenUrl::new(endpoint.token_url.clone().ok_or_else(
+                        || anyhow::anyhow!("OAuth2ClientCredentials needs a tokenUrl"),
+                    )?)
+                    .map_err(|e| anyhow::anyhow!("tokenUrl: {e}"))?,
+                    client_id: read_secret(secret_dir, "clientId")?,
+                    client_secret: read_secret(secret_dir, "clientSecret")?,
+                    scopes: endpoint.scopes.clone(),
+                    audience: endpoint.audience.clone(),
+                    client_authentication: endpoint.client_authentication,
+                    token: Mutex::new(None),
+                })),
+            };
+        let origin =
+            origin(&reqwest::Url::parse(&endpoint.url).map_err(|e| {
+                anyhow::anyhow!("binding {} has no valid URL: {e}", endpoint.binding)
+            })?);
         let limiter = endpoint.rate_limit.as_ref().and_then(|limit| {
             let rate = NonZeroU32::new(limit.requests_per_second)?;
             let burst = NonZeroU32::new(limit.burst).unwrap_or(rate);
@@ -125,6 +236,7 @@ impl HttpClient {
             limiter,
             in_flight: Semaphore::new(concurrency),
             credentials,
+            origin,
             backoff: Backoff::new(&endpoint.resilience.retry),
             breaker: Breaker::new(&endpoint.resilience.circuit_breaker),
             metrics,
@@ -136,67 +248,34 @@ impl HttpClient {
         &self.client
     }
 
-    async fn authorize(&self, request: RequestBuilder) -> Result<RequestBuilder, CallError> {
+    /// Whether `url` is on the binding's own origin (scheme, host, port), the only place its
+    /// credentials are sent to.
+    pub fn same_origin(&self, url: &reqwest::Url) -> bool {
+        origin(url) == self.origin
+    }
+
+    /// Adds the binding's credentials to a request for its own origin; a request elsewhere
+    /// goes without them. Returns the OAuth2 token used, if any.
+    async fn authorize(
+        &self,
+        request: RequestBuilder,
+    ) -> Result<(RequestBuilder, Option<String>), CallError> {
+        let (client, request) = request.build_split();
+        let request = request.map_err(|e| CallError::Transient(format!("bad request: {e}")))?;
+        let own = self.same_origin(request.url());
+        let request = RequestBuilder::from_parts(client, request);
+        if !own {
+            return Ok((request, None));
+        }
         Ok(match &self.credentials {
-            Credentials::None => request,
+            Credentials::None => (request, None),
             Credentials::Basic { username, password } => {
-                request.basic_auth(username, Some(password))
+                (request.basic_auth(username, Some(password)), None)
             }
-            Credentials::Bearer(token) => request.bearer_auth(token),
-            Credentials::OAuth2 {
-                token_url,
-                client_id,
-                client_secret,
-                scopes,
-                token,
-            } => {
-                let mut cached = token.lock().await;
-                let fresh = cached
-                    .as_ref()
-                    .filter(|(_, expires)| *expires > std::time::Instant::now());
-                let access = match fresh {
-                    Some((access, _)) => access.clone(),
-                    None => {
-                        let mut form = vec![("grant_type", "client_credentials".to_string())];
-                        if !scopes.is_empty() {
-                            form.push(("scope", scopes.join(" ")));
-                        }
-                        let response = self
-                            .client
-                            .post(token_url)
-                            .basic_auth(client_id, Some(client_secret))
-                            .query(&form)
-                            .send()
-                            .await
-                            .map_err(|e| CallError::Transient(format!("token request: {e}")))?;
-                        if !response.status().is_success() {
-                            return Err(CallError::Transient(format!(
-                                "token endpoint answered {}",
-                                response.status()
-                            )));
-                        }
-                        let body: serde_json::Value = response
-                            .json()
-                            .await
-                            .map_err(|e| CallError::Transient(format!("token response: {e}")))?;
-                        let access = body["access_token"]
-                            .as_str()
-                            .ok_or_else(|| {
-                                CallError::Transient("token response has no access_token".into())
-                            })?
-                            .to_string();
-                        let lifetime = body["expires_in"]
-                            .as_u64()
-                            .unwrap_or(300)
-                            .saturating_sub(30);
-                        *cached = Some((
-                            access.clone(),
-                            std::time::Instant::now() + Duration::from_secs(lifetime),
-                        ));
-                        access
-                    }
-                };
-                request.bearer_auth(access)
+            Credentials::Bearer(token) => (request.bearer_auth(token), None),
+            Credentials::OAuth2(oauth) => {
+                let token = oauth.access_token(&self.client).await?;
+                (request.bearer_auth(&token), Some(token))
             }
         })
     }
@@ -219,7 +298,9 @@ impl HttpClient {
         keep: impl Fn(&Response) -> bool,
     ) -> Result<Response, CallError> {
         let mut last_error = String::new();
-        for attempt in 0..self.backoff.max_attempts {
+        let mut token_refused = false;
+        let mut attempt = 0;
+        while attempt < self.backoff.max_attempts {
             if attempt > 0 {
                 self.metrics.retried.inc();
             }
@@ -236,9 +317,20 @@ impl HttpClient {
                 limiter.until_ready().await;
             }
             let permit = self.in_flight.acquire().await;
-            let request = self.authorize(build(&self.client)).await?;
+            let (request, token) = self.authorize(build(&self.client)).await?;
             let outcome = request.send().await;
             drop(permit);
+            // An OAuth2 token the API refuses (revoked, or expired early): drop it, fetch a new
+            // one and send once more, without counting an attempt.
+            if let (Ok(response), Some(token), Credentials::OAuth2(oauth)) =
+                (&outcome, &token, &self.credentials)
+                && response.status() == StatusCode::UNAUTHORIZED
+                && !token_refused
+            {
+                token_refused = true;
+                oauth.drop_token(token).await;
+                continue;
+            }
             let delay = match outcome {
                 Ok(response) if response.status().is_success() => {
                     self.breaker.succeeded();
@@ -285,9 +377,19 @@ impl HttpClient {
             if attempt + 1 < self.backoff.max_attempts {
                 tokio::time::sleep(delay.min(Duration::from_secs(300))).await;
             }
+            attempt += 1;
         }
         Err(CallError::Transient(last_error))
     }
+}
+
+/// Scheme, host and port (the scheme's default when the URL names none).
+fn origin(url: &reqwest::Url) -> (String, String, Option<u16>) {
+    (
+        url.scheme().to_string(),
+        url.host_str().unwrap_or_default().to_ascii_lowercase(),
+        url.port_or_known_default(),
+    )
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is rare from APIs; it falls back to backoff).

@@ -161,6 +161,8 @@ pub fn endpoint(binding: &str, system: System, protocol: Protocol, url: &str) ->
         secret_dir: None,
         token_url: None,
         scopes: vec![],
+        audience: None,
+        client_authentication: Default::default(),
         rate_limit: None,
         resilience: ResilienceConfig {
             timeout: "10s".into(),
@@ -198,6 +200,7 @@ pub fn sales_order_flow(
             cursor_field: Some("LastChangeDateTime".into()),
             select: vec![],
             poll_interval: "200ms".into(),
+            rest: None,
         },
         target: TargetConfig {
             endpoint: endpoint(
@@ -209,6 +212,10 @@ pub fn sales_order_flow(
             entity: "sales-order-lines".into(),
             write_mode: WriteMode::Upsert,
             batch_size: 200,
+            // No REST settings: the earlier releases' route, the forecasting simulator's bulk
+            // upsert (what a worker.json of those releases asks for; tests/rest_interop.rs
+            // names the route explicitly).
+            rest: None,
         },
         contract: contract(),
         mapping: mapping(),

@@ -719,6 +719,7 @@ mod tests {
             0,
             "(order='1',item=10)",
             &Outgoing {
+                key: "1/10",
                 version: 7,
                 data: b"{}",
             },
