@@ -325,7 +325,10 @@ impl Resolver {
                 )
                 .await
             }
-            Err(CallError::Transient(e)) => Err(anyhow::anyhow!("delivery failed: {e}")),
+            // The target refuses the binding, not this record: tried again later.
+            Err(e @ (CallError::Transient(_) | CallError::Refused { .. })) => {
+                Err(anyhow::anyhow!("delivery failed: {e}"))
+            }
         }
     }
 

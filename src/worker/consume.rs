@@ -55,6 +55,11 @@ pub struct Consumer {
     pub progress: Arc<ProgressDeltas>,
     /// Approval routing, when the flow has `approval`.
     pub approval: Option<Arc<Approvals>>,
+    /// The flow's ack wait: a batch held while the target refuses access is kept from
+    /// redelivery by progress acks well within it.
+    pub ack_wait: Duration,
+    /// Ends a hold at shutdown (the held records are NAKed and come back).
+    pub shutdown: watch::Receiver<bool>,
 }
 
 /// A record mapped and ready to deliver.
@@ -416,7 +421,40 @@ impl Consumer {
                 data: &buffer[r.range.clone()],
             })
             .collect();
-        match target.deliver(&outgoing).await {
+        let mut result = target.deliver(&outgoing).await;
+        // The target refuses the binding, not these records: hold them (no delivery is used
+        // up, nothing is dead-lettered) until it takes them again or the worker stops.
+        while let Err(CallError::Refused { status, reason }) = &result {
+            let why = format!("target refuses access: HTTP {status}: {reason}");
+            if self.metrics.target_refused.set(1) == 0 {
+                tracing::warn!(
+                    status,
+                    reason,
+                    records = ready.len(),
+                    "target refuses access; holding the batch and retrying"
+                );
+            }
+            self.metrics.set_not_ready("target", Some(why.clone()));
+            self.progress.set_blocked(Some(why));
+            if !self.hold(target, messages, ready).await {
+                for r in ready {
+                    let _ = messages[r.message]
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
+                }
+                return;
+            }
+            result = target.deliver(&outgoing).await;
+        }
+        if !matches!(result, Err(CallError::Transient(_)))
+            && self.metrics.target_refused.set(0) == 1
+        {
+            tracing::info!("target takes records again");
+            self.metrics.set_not_ready("target", None);
+            self.progress.set_blocked(None);
+        }
+        match result {
+            Err(CallError::Refused { .. }) => unreachable!("held above"),
             Ok(outcome) => {
                 let mut refused = vec![None; ready.len()];
                 for rejected in outcome.rejected {
@@ -491,6 +529,38 @@ impl Consumer {
                 }
             }
         }
+    }
+
+    /// Waits until the target's breaker lets a trial call through (at least a second),
+    /// keeping the held records from redelivery with progress acks. False at shutdown.
+    async fn hold(
+        &self,
+        target: &Target,
+        messages: &[jetstream::Message],
+        ready: &[Ready],
+    ) -> bool {
+        let mut shutdown = self.shutdown.clone();
+        let step = (self.ack_wait / 3).max(Duration::from_millis(100));
+        let until = Instant::now()
+            + target
+                .http
+                .breaker
+                .open_remaining()
+                .max(Duration::from_secs(1));
+        while Instant::now() < until {
+            if *shutdown.borrow() {
+                return false;
+            }
+            for r in ready {
+                let _ = messages[r.message].ack_with(AckKind::Progress).await;
+            }
+            let wait = step.min(until.saturating_duration_since(Instant::now()));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return false,
+            }
+        }
+        !*shutdown.borrow()
     }
 
     /// NAKs a record that failed transiently, with a backoff delay (at least the target's

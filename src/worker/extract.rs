@@ -400,6 +400,20 @@ impl Extractor {
                     }
                     Err(e) => Err(e),
                 };
+                // A source refusing the binding (401, 403, 404 of the collection) is the
+                // binding's problem: the worker says so on /readyz until a pass succeeds.
+                let refused = match &pass {
+                    Err(e) => e
+                        .chain()
+                        .find_map(|cause| match cause.downcast_ref::<CallError>() {
+                            Some(CallError::Refused { status, reason }) => {
+                                Some(format!("source refuses access: HTTP {status}: {reason}"))
+                            }
+                            _ => None,
+                        }),
+                    Ok(_) => None,
+                };
+                self.metrics.set_not_ready("source", refused);
                 match pass {
                     Ok(report) => {
                         failures = 0;

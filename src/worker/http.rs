@@ -26,6 +26,22 @@ pub enum CallError {
     /// The request itself is wrong (4xx other than 408/429): retrying cannot help.
     #[error("HTTP {status}: {body}")]
     Permanent { status: u16, body: String },
+    /// The endpoint refuses the binding (401, 403) or does not know what it addresses (404 of
+    /// a whole request: the collection, entity set or service): the binding's credentials or
+    /// configuration are wrong, not the records. The breaker is open and the Secret files are
+    /// read again; callers wait and retry, and never dead-letter a record for it.
+    #[error("HTTP {status}: {reason}")]
+    Refused { status: u16, reason: String },
+}
+
+impl CallError {
+    /// True for 401, 403 and 404 of a whole request (see [`CallError::Refused`]).
+    pub fn refuses_access(status: StatusCode) -> bool {
+        matches!(
+            status,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
+        )
+    }
 }
 
 enum Credentials {
@@ -49,7 +65,9 @@ pub struct HttpClient {
     client: reqwest::Client,
     limiter: Option<DefaultDirectRateLimiter>,
     in_flight: Semaphore,
-    credentials: Credentials,
+    /// Swapped for freshly read ones when the endpoint refuses them (a rotated Secret).
+    credentials: std::sync::RwLock<Arc<Credentials>>,
+    endpoint: EndpointConfig,
     backoff: Backoff,
     /// Shared with the consume loop, which stops fetching while it is open.
     pub breaker: Breaker,
@@ -63,6 +81,29 @@ fn read_secret(dir: Option<&str>, key: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(&path)
         .map(|s| s.trim().to_string())
         .map_err(|e| anyhow::anyhow!("reading credential file {}: {e}", path.display()))
+}
+
+/// The binding's credentials, read from its mounted Secret files.
+fn load_credentials(endpoint: &EndpointConfig) -> anyhow::Result<Credentials> {
+    let secret_dir = endpoint.secret_dir.as_deref();
+    Ok(match endpoint.auth {
+        AuthType::None => Credentials::None,
+        AuthType::Basic => Credentials::Basic {
+            username: read_secret(secret_dir, "username")?,
+            password: read_secret(secret_dir, "password")?,
+        },
+        AuthType::Bearer => Credentials::Bearer(read_secret(secret_dir, "token")?),
+        AuthType::OAuth2ClientCredentials => Credentials::OAuth2 {
+            token_url: endpoint
+                .token_url
+                .clone()
+                .ok_or_else(|| anyhow::anyhow!("OAuth2ClientCredentials needs a tokenUrl"))?,
+            client_id: read_secret(secret_dir, "clientId")?,
+            client_secret: read_secret(secret_dir, "clientSecret")?,
+            scopes: endpoint.scopes.clone(),
+            token: Mutex::new(None),
+        },
+    })
 }
 
 /// Installs rustls' ring provider once per process (reqwest is built without a provider so
@@ -88,25 +129,7 @@ impl HttpClient {
                 builder = builder.add_root_certificate(certificate);
             }
         }
-        let secret_dir = endpoint.secret_dir.as_deref();
-        let credentials = match endpoint.auth {
-            AuthType::None => Credentials::None,
-            AuthType::Basic => Credentials::Basic {
-                username: read_secret(secret_dir, "username")?,
-                password: read_secret(secret_dir, "password")?,
-            },
-            AuthType::Bearer => Credentials::Bearer(read_secret(secret_dir, "token")?),
-            AuthType::OAuth2ClientCredentials => Credentials::OAuth2 {
-                token_url: endpoint
-                    .token_url
-                    .clone()
-                    .ok_or_else(|| anyhow::anyhow!("OAuth2ClientCredentials needs a tokenUrl"))?,
-                client_id: read_secret(secret_dir, "clientId")?,
-                client_secret: read_secret(secret_dir, "clientSecret")?,
-                scopes: endpoint.scopes.clone(),
-                token: Mutex::new(None),
-            },
-        };
+        let credentials = load_credentials(endpoint)?;
         let limiter = endpoint.rate_limit.as_ref().and_then(|limit| {
             let rate = NonZeroU32::new(limit.requests_per_second)?;
             let burst = NonZeroU32::new(limit.burst).unwrap_or(rate);
@@ -124,7 +147,8 @@ impl HttpClient {
             client: builder.build()?,
             limiter,
             in_flight: Semaphore::new(concurrency),
-            credentials,
+            credentials: std::sync::RwLock::new(Arc::new(credentials)),
+            endpoint: endpoint.clone(),
             backoff: Backoff::new(&endpoint.resilience.retry),
             breaker: Breaker::new(&endpoint.resilience.circuit_breaker),
             metrics,
@@ -136,8 +160,28 @@ impl HttpClient {
         &self.client
     }
 
+    /// The endpoint refused the credentials: reads the Secret files again (the Secret may have
+    /// been rotated; the kubelet updates mounted files within a minute). This is also the hook
+    /// that drops a cached OAuth2 token: the fresh credentials start without one. Unreadable
+    /// files keep the old credentials; the error names the file, never its content.
+    pub fn credentials_refused(&self) {
+        match load_credentials(&self.endpoint) {
+            Ok(fresh) => {
+                *self.credentials.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+            }
+            Err(e) => {
+                tracing::warn!(binding = %self.endpoint.binding, error = %e, "credentials not read again")
+            }
+        }
+    }
+
     async fn authorize(&self, request: RequestBuilder) -> Result<RequestBuilder, CallError> {
-        Ok(match &self.credentials {
+        let credentials = self
+            .credentials
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Ok(match &*credentials {
             Credentials::None => request,
             Credentials::Basic { username, password } => {
                 request.basic_auth(username, Some(password))
@@ -261,6 +305,22 @@ impl HttpClient {
                             self.metrics.throttled.inc();
                             last_error = format!("HTTP 429 {body}");
                             retry_after.unwrap_or_else(|| self.backoff.delay(attempt))
+                        }
+                        s if CallError::refuses_access(s) => {
+                            // Not worth the binding's retries: open the breaker now, so no
+                            // loop sends anything until the trial call, and read the
+                            // credentials again for that call.
+                            self.breaker.trip();
+                            self.credentials_refused();
+                            let reason = if s == StatusCode::NOT_FOUND {
+                                "the endpoint does not know the collection or service (check the binding's URL and the flow's entity)"
+                            } else {
+                                "the endpoint refuses the binding's credentials (check its Secret)"
+                            };
+                            return Err(CallError::Refused {
+                                status: s.as_u16(),
+                                reason: reason.to_string(),
+                            });
                         }
                         s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT => {
                             self.breaker.failed();

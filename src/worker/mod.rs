@@ -213,6 +213,9 @@ pub async fn run(
         metrics: flow.metrics.clone(),
         progress: flow.progress.clone(),
         approval,
+        ack_wait: crate::api::common::parse_duration(&flow.config.delivery.ack_wait)
+            .unwrap_or(Duration::from_secs(30)),
+        shutdown: shutdown.clone(),
     });
     for _ in 0..options.concurrency.max(1) {
         let consumer = consumer.clone();

@@ -108,6 +108,15 @@ impl Breaker {
         *self.state() = BreakerState::default();
     }
 
+    /// Opens the breaker now, whatever the failure count: the endpoint refused access, which
+    /// the next call would hit as well.
+    pub fn trip(&self) {
+        let mut state = self.state();
+        state.failures = state.failures.max(self.threshold);
+        state.trial_in_flight = false;
+        state.open_until = Some(Instant::now() + self.open_for);
+    }
+
     /// Records a failed call; returns true when this opened the breaker.
     pub fn failed(&self) -> bool {
         let mut state = self.state();

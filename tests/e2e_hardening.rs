@@ -1,0 +1,136 @@
+//! End-to-end data-plane hardening (issue 14): a target that refuses the binding's access for
+//! a while, oversized, too deep and invalid records at the source, a `$batch` bomb from a
+//! target, and the worker's log output. Exact counts throughout: every record read is at the
+//! target or in the dead-letter stream, never both, never neither.
+
+mod e2e_support;
+mod support;
+
+use std::time::Duration;
+
+use e2e_support::*;
+use flowplane::sim::erp::ErpSeed;
+use flowplane::sim::faults::FaultSpec;
+use flowplane::worker::{RunOptions, run, sample};
+use tokio::sync::watch;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn seed(lines: u32) -> ErpSeed {
+    ErpSeed {
+        order_lines: lines,
+        inventory: 0,
+        returns: 0,
+        bad_every: 0,
+        page_size: 100,
+    }
+}
+
+fn free_port() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+async fn readyz(addr: std::net::SocketAddr) -> (u16, String) {
+    match reqwest::get(format!("http://{addr}/readyz")).await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap_or_default())
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// An expired token: the target answers 401 for a while, then takes records again. Nothing is
+/// dead-lettered, the worker is not ready meanwhile with the reason (and says so in the flow's
+/// progress record), and afterwards every record arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_answering_401_for_a_while_dead_letters_nothing_and_is_not_ready_meanwhile() {
+    flowplane::worker::http::install_crypto_provider();
+    let nats_url = support::local_env().nats_url.clone();
+    let sims = start_sims(seed(300)).await;
+    sims.forecast.faults.set(FaultSpec {
+        status: Some(401),
+        ..Default::default()
+    });
+    let flow = unique_flow("refused");
+    let config =
+        sample::sales_order_flow("e2e", &flow, &nats_url, &sims.erp_url, &sims.forecast_url);
+    let _cleanup = QueueCleanup {
+        url: nats_url.clone(),
+        names: config.queue.clone(),
+    };
+    let js = jetstream(&nats_url).await;
+    let names = config.queue.clone();
+    let entity = config.target.entity.clone();
+    let listen = free_port();
+    let (stop, shutdown) = watch::channel(false);
+    let options = RunOptions {
+        lease_ttl: Duration::from_secs(3),
+        listen: Some(listen),
+        ..RunOptions::new("refused-a")
+    };
+    let worker = tokio::spawn(run(config, options, shutdown));
+
+    let started = std::time::Instant::now();
+    let why = eventually(
+        TIMEOUT,
+        "the worker to say the target refuses access",
+        || async move {
+            let (status, body) = readyz(listen).await;
+            (status == 503 && body.contains("target refuses access: HTTP 401")).then_some(body)
+        },
+    )
+    .await;
+    assert!(why.contains("Secret"), "{why}");
+    eventually(
+        TIMEOUT,
+        "the progress record to say delivery is held",
+        || {
+            let js = js.clone();
+            let names = names.clone();
+            async move {
+                let p = progress(&js, &names).await;
+                p.blocked.filter(|b| b.contains("401")).map(|_| ())
+            }
+        },
+    )
+    .await;
+    // Several trial calls are refused while the records wait.
+    eventually(TIMEOUT, "5 refused calls", || {
+        let failed = sims.forecast.faults.failed();
+        async move { (failed >= 5).then_some(()) }
+    })
+    .await;
+    let p = progress(&js, &names).await;
+    assert_eq!(p.dead_lettered, 0, "no record is dead-lettered for a 401");
+    assert_eq!(p.delivered, 0);
+
+    // The token is valid again.
+    sims.forecast.faults.clear();
+    let report = eventually(TIMEOUT, "all 300 records after recovery", || {
+        let report = sims.forecast.received(&entity);
+        async move { (report.applied() >= 300).then_some(report) }
+    })
+    .await;
+    assert_eq!(report.keys.len(), 300);
+    let p = eventually(
+        TIMEOUT,
+        "progress to show 300 delivered, nothing held",
+        || {
+            let js = js.clone();
+            let names = names.clone();
+            async move {
+                let p = progress(&js, &names).await;
+                (p.delivered == 300 && p.blocked.is_none()).then_some(p)
+            }
+        },
+    )
+    .await;
+    assert_eq!((p.read, p.dead_lettered), (300, 0));
+    let (status, body) = readyz(listen).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(started.elapsed() < TIMEOUT);
+    stop.send(true).unwrap();
+    worker.await.unwrap().unwrap();
+}
