@@ -134,3 +134,61 @@ async fn a_target_answering_401_for_a_while_dead_letters_nothing_and_is_not_read
     stop.send(true).unwrap();
     worker.await.unwrap().unwrap();
 }
+
+/// The worker's log never carries record values or credentials, only keys and reasons: a
+/// worker process logging everything (debug) moves a flow with a bad record (an unknown plant,
+/// quoted in its dead letter's detail) to a target it authenticates to with a Bearer token;
+/// neither the plant code nor the token appears in its output, the key and reason do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_log_carries_keys_and_reasons_never_record_values() {
+    flowplane::worker::http::install_crypto_provider();
+    let nats_url = support::local_env().nats_url.clone();
+    let sims = start_sims(seed(50)).await;
+    const PLANT: &str = "PLANT-SECRET-7Q4Z";
+    sims.erp
+        .update(
+            flowplane::sim::erp::SALES_ORDER_LINES,
+            "1000000/10",
+            serde_json::json!({"Plant": PLANT})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )
+        .unwrap();
+    let flow = unique_flow("logs");
+    let mut config =
+        sample::sales_order_flow("e2e", &flow, &nats_url, &sims.erp_url, &sims.forecast_url);
+    let dir = TempDir::new("logs");
+    const TOKEN: &str = "tok-SECRET-91XK";
+    std::fs::write(dir.0.join("token"), TOKEN).unwrap();
+    config.target.endpoint.auth = flowplane::api::connector_binding::AuthType::Bearer;
+    config.target.endpoint.secret_dir = Some(dir.0.display().to_string());
+    let _cleanup = QueueCleanup {
+        url: nats_url.clone(),
+        names: config.queue.clone(),
+    };
+    let js = jetstream(&nats_url).await;
+    let names = config.queue.clone();
+    let log = dir.0.join("worker.log");
+    let _worker =
+        WorkerProcess::start_logging(&config, &dir.0, "logs-a", "debug", &log, free_port());
+    let p = eventually(TIMEOUT, "49 delivered and 1 dead-lettered", || {
+        let js = js.clone();
+        let names = names.clone();
+        async move {
+            let p = progress(&js, &names).await;
+            (p.delivered + p.dead_lettered == 50).then_some(p)
+        }
+    })
+    .await;
+    assert_eq!((p.read, p.delivered, p.dead_lettered), (50, 49, 1));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("record dead-lettered") && text.contains("UnmappedCode"),
+        "the log shows the dead letter by key and reason: {text}"
+    );
+    assert!(text.contains("1000000"), "the key is logged: {text}");
+    for secret in [PLANT, TOKEN] {
+        assert!(!text.contains(secret), "the log carries {secret}");
+    }
+}

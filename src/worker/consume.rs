@@ -28,7 +28,7 @@ use super::metrics::Metrics;
 use super::progress::ProgressDeltas;
 use super::quality::{self, Facts, Judgement};
 use super::resilience::Backoff;
-use super::trace::trace_id;
+use super::trace::{log_safe, trace_id};
 use super::transform::{Plan, Reason};
 use crate::api::integration_flow::ApprovalAction;
 use crate::queue::{QueueNames, headers};
@@ -294,8 +294,7 @@ impl Consumer {
         if let Some(detail) = judgement.failed {
             tracing::warn!(
                 records = ready.len(),
-                detail,
-                "batch failed a quality rule; none of it is delivered"
+                "batch failed a quality rule; none of it is delivered (the rule and record are in the dead letters)"
             );
             for r in &ready {
                 self.reject(
@@ -346,7 +345,6 @@ impl Consumer {
                 trace_id = trace,
                 stage = "approval",
                 ?action,
-                delta,
                 "delta routed"
             );
             match action {
@@ -355,7 +353,7 @@ impl Consumer {
                 ApprovalAction::Review => {
                     match approvals.park(message, data, r.version, delta).await {
                         Ok(id) => {
-                            tracing::info!(trace_id = trace, stage = "approval", review = %id, delta, "delta parked for review");
+                            tracing::info!(trace_id = trace, stage = "approval", review = %id, "delta parked for review");
                             // Confirmed ack: a redelivery after the review was carried out
                             // would park the record a second time.
                             if let Err(e) = message.double_ack().await {
@@ -385,12 +383,13 @@ impl Consumer {
         detail: &str,
     ) {
         let traceparent = header(message, headers::TRACEPARENT);
+        // Keys and reasons only: the detail can quote record values, and is kept with the
+        // record in the dead-letter stream (`flowplane dlq list`), not in the log.
         tracing::warn!(
             trace_id = trace_id(traceparent),
             key = header(message, headers::KEY),
             reason = reason.as_str(),
             stage,
-            detail,
             "record dead-lettered"
         );
         match dead_letter(&self.js, &self.names, message, reason, stage, detail).await {
@@ -479,7 +478,6 @@ impl Consumer {
                             tracing::debug!(
                                 trace_id = trace_id(header(message, headers::TRACEPARENT)),
                                 stage = "deliver",
-                                error,
                                 "target asked to send the record again later"
                             );
                             self.retry_later(target, message, &error, after).await;
@@ -522,7 +520,12 @@ impl Consumer {
                 .await;
             }
             Err(CallError::Transient(error)) => {
-                tracing::warn!(error = %error, records = ready.len(), "delivery failed; redelivering later");
+                // The error's first words (status or kind), never a body that may echo values.
+                tracing::warn!(
+                    error = log_safe(&error),
+                    records = ready.len(),
+                    "delivery failed; redelivering later"
+                );
                 for r in ready {
                     self.retry_later(target, &messages[r.message], &error.to_string(), None)
                         .await;

@@ -439,7 +439,7 @@ impl Extractor {
                     Err(e) => {
                         failures += 1;
                         tracing::warn!(
-                            error = format!("{e:#}"),
+                            error = super::trace::log_safe_chain(&e),
                             "extraction pass failed; retrying from the stored cursor"
                         );
                         backoff.delay(failures.min(10))
