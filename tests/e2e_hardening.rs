@@ -192,3 +192,88 @@ async fn the_worker_log_carries_keys_and_reasons_never_record_values() {
         assert!(!text.contains(secret), "the log carries {secret}");
     }
 }
+
+/// A 5 MiB record (five times NATS's max payload) and a record nested 300 deep sit among 200
+/// good ones at the ERP. Before, the first failed every extraction pass forever and the
+/// second made the whole page unreadable. Now both are dead-lettered at extraction with their
+/// reason and the pass goes on: 198 delivered + 2 dead letters = 200 read, exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5_mib_record_and_a_too_deep_record_are_dead_lettered_at_extraction() {
+    flowplane::worker::http::install_crypto_provider();
+    let nats_url = support::local_env().nats_url.clone();
+    let sims = start_sims(seed(200)).await;
+    let big = "x".repeat(5 * 1024 * 1024);
+    sims.erp
+        .update(
+            flowplane::sim::erp::SALES_ORDER_LINES,
+            "1000005/10",
+            serde_json::json!({"Material": big})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )
+        .unwrap();
+    let mut deep = serde_json::json!(1);
+    for _ in 0..300 {
+        deep = serde_json::json!([deep]);
+    }
+    sims.erp
+        .update(
+            flowplane::sim::erp::SALES_ORDER_LINES,
+            "1000007/30",
+            serde_json::json!({"Material": deep})
+                .as_object()
+                .unwrap()
+                .clone(),
+        )
+        .unwrap();
+    let flow = unique_flow("limits");
+    let config =
+        sample::sales_order_flow("e2e", &flow, &nats_url, &sims.erp_url, &sims.forecast_url);
+    let _cleanup = QueueCleanup {
+        url: nats_url.clone(),
+        names: config.queue.clone(),
+    };
+    let js = jetstream(&nats_url).await;
+    let names = config.queue.clone();
+    let entity = config.target.entity.clone();
+    let started = std::time::Instant::now();
+    let worker = InProcessWorker::start(config, "limits-a");
+    let p = eventually(TIMEOUT, "198 delivered and 2 dead-lettered", || {
+        let js = js.clone();
+        let names = names.clone();
+        async move {
+            let p = progress(&js, &names).await;
+            (p.delivered + p.dead_lettered >= 200).then_some(p)
+        }
+    })
+    .await;
+    assert_eq!((p.read, p.delivered, p.dead_lettered), (200, 198, 2));
+    assert_eq!(sims.forecast.received(&entity).keys.len(), 198);
+    // The dead letters carry their reasons; the big one is cut, with its size.
+    let letters = flowplane::queue::redrive::list_dead_letters(&js, &names, None)
+        .await
+        .unwrap();
+    let mut reasons: Vec<_> = letters
+        .iter()
+        .map(|l| (l.key.clone(), l.reason.clone()))
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        vec![
+            ("1000005/10".to_string(), "RecordTooLarge".to_string()),
+            ("1000007/30".to_string(), "Malformed".to_string()),
+        ]
+    );
+    // Passes go on: nothing more is dead-lettered on later (inclusive) passes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let p = progress(&js, &names).await;
+    assert_eq!((p.read, p.delivered, p.dead_lettered), (200, 198, 2));
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    worker.stop().await.unwrap();
+}

@@ -192,5 +192,6 @@ pub fn build(inputs: &FlowInputs<'_>) -> Result<WorkerConfig, RenderError> {
             dedupe_window: spec.delivery.dedupe_window.clone(),
         },
         approval,
+        limits: spec.limits.clone(),
     })
 }

@@ -45,6 +45,9 @@ pub struct Consumer {
     pub target: Arc<Target>,
     /// Records per fetch and per bulk request.
     pub batch_size: usize,
+    /// Bytes of records per fetch at most (`limits.fetchMaxBytes`): a batch of large records
+    /// is smaller in count rather than larger in memory.
+    pub fetch_max_bytes: usize,
     /// Deliveries before a record is dead-lettered.
     pub max_deliver: i64,
     /// Redelivery delay after transient failures.
@@ -137,6 +140,7 @@ impl Consumer {
         let mut batch = consumer
             .fetch()
             .max_messages(self.batch_size)
+            .max_bytes(self.fetch_max_bytes)
             .expires(Duration::from_secs(1))
             .messages()
             .await?;

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::{RequestBuilder, Response, StatusCode};
 use tokio::sync::{Mutex, Semaphore};
@@ -71,6 +72,9 @@ pub struct HttpClient {
     backoff: Backoff,
     /// Shared with the consume loop, which stops fetching while it is open.
     pub breaker: Breaker,
+    /// Largest response body [`HttpClient::read_body`] reads (the flow's
+    /// `limits.maxResponseBytes`).
+    max_body_bytes: std::sync::atomic::AtomicUsize,
     metrics: Arc<Metrics>,
 }
 
@@ -151,8 +155,27 @@ impl HttpClient {
             endpoint: endpoint.clone(),
             backoff: Backoff::new(&endpoint.resilience.retry),
             breaker: Breaker::new(&endpoint.resilience.circuit_breaker),
+            max_body_bytes: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_BODY_BYTES),
             metrics,
         })
+    }
+
+    /// Bounds the response bodies [`HttpClient::read_body`] reads to `max` bytes.
+    pub fn limit_bodies(&self, max: usize) {
+        self.max_body_bytes
+            .store(max, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The body of `response`, refused (as transient: the system may answer smaller pages
+    /// later, and it is never a record's fault) when it is larger than the flow allows, before
+    /// more than that is held in memory.
+    pub async fn read_body(&self, response: Response) -> Result<Bytes, CallError> {
+        let max = self
+            .max_body_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        read_limited(response, max, false)
+            .await
+            .map_err(|e| CallError::Transient(format!("reading the response: {e}")))
     }
 
     /// The underlying client, to build requests with.
@@ -295,7 +318,9 @@ impl HttpClient {
                 Ok(response) => {
                     let status = response.status();
                     let retry_after = retry_after(&response);
-                    let body = response.text().await.unwrap_or_default();
+                    // Only the start of an error body is kept: it may be anything in any size.
+                    let body = read_limited(response, ERROR_BODY_BYTES, true).await;
+                    let body = String::from_utf8_lossy(&body.unwrap_or_default()).into_owned();
                     let body: String = body.chars().take(300).collect();
                     match status {
                         StatusCode::TOO_MANY_REQUESTS => {
@@ -348,6 +373,39 @@ impl HttpClient {
         }
         Err(CallError::Transient(last_error))
     }
+}
+
+/// Response bodies a client reads at most unless the flow says otherwise
+/// (`limits.maxResponseBytes`).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// How much of an error answer's body is read (its first 300 characters are kept).
+const ERROR_BODY_BYTES: usize = 4096;
+
+/// Reads `response`'s body up to `max` bytes: a larger declared length is refused before
+/// reading, a longer body as soon as it passes `max`; with `cut`, the first `max` bytes are
+/// kept instead (error answers).
+async fn read_limited(mut response: Response, max: usize, cut: bool) -> Result<Bytes, String> {
+    if !cut
+        && let Some(length) = response.content_length()
+        && length > max as u64
+    {
+        return Err(format!(
+            "the body is {length} bytes, more than the limit of {max}"
+        ));
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > max {
+            if cut {
+                body.extend_from_slice(&chunk[..max - body.len()]);
+                break;
+            }
+            return Err(format!("the body is more than the limit of {max} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is rare from APIs; it falls back to backoff).

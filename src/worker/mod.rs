@@ -159,6 +159,9 @@ pub async fn run(
         flow.metrics.clone(),
     )?;
     target.order_by(version_field.clone());
+    target
+        .http
+        .limit_bodies(flow.config.limits.max_response_bytes as usize);
     let target = Arc::new(target);
     let mut tasks = tokio::task::JoinSet::new();
     let extractor = Arc::new(flow.extractor());
@@ -210,6 +213,7 @@ pub async fn run(
         plan: flow.plan.clone(),
         target,
         batch_size: flow.config.target.batch_size.max(1) as usize,
+        fetch_max_bytes: flow.config.limits.fetch_max_bytes as usize,
         max_deliver: i64::from(flow.config.delivery.max_deliver),
         redelivery: resilience::Backoff::new(&flow.config.delivery.retry),
         metrics: flow.metrics.clone(),

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 
 use super::odata::encode;
 use super::{Page, Records, raw};
-use crate::api::integration_flow::SyncMode;
+use crate::api::integration_flow::{Limits, SyncMode};
 use crate::worker::http::{CallError, HttpClient};
 use crate::worker_config::SourceConfig;
 
@@ -19,6 +19,8 @@ const PAGE_SIZE: u32 = 500;
 pub struct RestSource {
     config: SourceConfig,
     http: HttpClient,
+    /// The flow's limits on pages and records.
+    pub limits: Limits,
     next: Option<String>,
     reached: Option<String>,
 }
@@ -29,6 +31,7 @@ impl RestSource {
         RestSource {
             config,
             http,
+            limits: Limits::default(),
             next: None,
             reached: None,
         }
@@ -61,12 +64,14 @@ impl RestSource {
             .http
             .send(|client| client.get(&url).header("accept", "application/json"))
             .await?;
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| CallError::Transient(format!("reading the REST response: {e}")))?;
+        let checked = raw::check(
+            self.http.read_body(response).await?,
+            self.limits.max_json_depth as usize + raw::ENVELOPE_DEPTH,
+        );
+        let body = checked.body.clone();
         let (records, next) = split_page(&body)
             .map_err(|e| CallError::Transient(format!("REST response is not JSON: {e}")))?;
+        let (records, refused) = raw::admit(&checked, records, &self.limits)?;
         self.next = next.filter(|_| !records.is_empty()).map(|next| {
             if next.starts_with("http://") || next.starts_with("https://") {
                 next
@@ -81,6 +86,7 @@ impl RestSource {
         }
         Ok(Some(Page {
             records: Records::Json(records),
+            refused,
             cursor: self.reached.clone(),
         }))
     }
