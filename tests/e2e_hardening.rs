@@ -277,3 +277,55 @@ async fn a_5_mib_record_and_a_too_deep_record_are_dead_lettered_at_extraction() 
     );
     worker.stop().await.unwrap();
 }
+
+/// An OData target answers `$batch` calls with multiparts nested 20,000 deep (~800 KB, which
+/// overflowed the worker's stack before): the answer is refused quickly as transient, the
+/// records are sent again, and once the target answers properly all 100 arrive, none
+/// dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_answering_with_a_nested_multipart_bomb_is_survived_with_exact_counts() {
+    use flowplane::api::connector_binding::{Protocol, System};
+    flowplane::worker::http::install_crypto_provider();
+    let nats_url = support::local_env().nats_url.clone();
+    let sims = start_sims(seed(100)).await;
+    sims.erp.answer_batches_with_bombs(5);
+    let flow = unique_flow("bomb");
+    let mut config =
+        sample::sales_order_flow("e2e", &flow, &nats_url, &sims.erp_url, &sims.forecast_url);
+    config.target.endpoint =
+        sample::endpoint("erp-pir", System::Erp, Protocol::OData, &sims.erp_url);
+    config.target.entity = flowplane::sim::erp_write::PLANNED_INDEPENDENT_REQUIREMENTS.into();
+    sims.erp.declare_keys(
+        flowplane::sim::erp_write::PLANNED_INDEPENDENT_REQUIREMENTS,
+        &["salesOrder", "salesOrderItem"],
+    );
+    let _cleanup = QueueCleanup {
+        url: nats_url.clone(),
+        names: config.queue.clone(),
+    };
+    let js = jetstream(&nats_url).await;
+    let names = config.queue.clone();
+    let started = std::time::Instant::now();
+    let worker = InProcessWorker::start(config, "bomb-a");
+    let p = eventually(TIMEOUT, "100 delivered after 5 bombs", || {
+        let js = js.clone();
+        let names = names.clone();
+        let sent = sims.erp.bombs_sent();
+        async move {
+            let p = progress(&js, &names).await;
+            (sent == 5 && p.delivered + p.dead_lettered >= 100).then_some(p)
+        }
+    })
+    .await;
+    assert_eq!((p.read, p.delivered, p.dead_lettered), (100, 100, 0));
+    let report = sims
+        .erp
+        .received(flowplane::sim::erp_write::PLANNED_INDEPENDENT_REQUIREMENTS);
+    assert_eq!(report.keys.len(), 100);
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+    worker.stop().await.unwrap();
+}
