@@ -679,6 +679,10 @@ pub struct SyncStatus {
     /// Source cursor the extractor resumes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
+    /// Why delivery is held, as a worker last reported it: the target refuses the binding
+    /// (401, 403, or 404 of the entity set). Records wait; none is dead-lettered for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<String>,
 }
 
 /// A forecast delta parked for review.
