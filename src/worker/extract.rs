@@ -77,9 +77,14 @@ pub struct RefreshReport {
     pub published: u64,
     /// Records JetStream dropped as already stored.
     pub duplicates: u64,
-    /// Records dead-lettered at extraction (too large, not UTF-8, nested too deep).
-    #[serde(default)]
+    /// Records dead-lettered at extraction (too large, not UTF-8, nested too deep); shown
+    /// only when there are any, so the report of a clean run reads as before.
+    #[serde(skip_serializing_if = "is_zero")]
     pub dead_lettered: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Everything extraction needs.
