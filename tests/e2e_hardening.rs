@@ -238,7 +238,16 @@ async fn a_5_mib_record_and_a_too_deep_record_are_dead_lettered_at_extraction() 
     let names = config.queue.clone();
     let entity = config.target.entity.clone();
     let started = std::time::Instant::now();
-    let worker = InProcessWorker::start(config, "limits-a");
+    // A worker process, to measure its memory.
+    let dir = TempDir::new("limits");
+    let worker = WorkerProcess::start_logging(
+        &config,
+        &dir.0,
+        "limits-a",
+        "warn",
+        &dir.0.join("worker.log"),
+        free_port(),
+    );
     let p = eventually(TIMEOUT, "198 delivered and 2 dead-lettered", || {
         let js = js.clone();
         let names = names.clone();
@@ -275,7 +284,12 @@ async fn a_5_mib_record_and_a_too_deep_record_are_dead_lettered_at_extraction() 
         "{:?}",
         started.elapsed()
     );
-    worker.stop().await.unwrap();
+    let peak = worker.peak_rss_kib().expect("the worker's peak RSS");
+    eprintln!("worker peak RSS with a 5 MiB record: {} MiB", peak / 1024);
+    assert!(
+        peak < 256 * 1024,
+        "within the default memory limit: {peak} KiB"
+    );
 }
 
 /// An OData target answers `$batch` calls with multiparts nested 20,000 deep (~800 KB, which

@@ -162,4 +162,17 @@ mod tests {
         breaker.succeeded();
         assert!(breaker.admit().is_ok());
     }
+
+    /// A refusal of access opens the breaker at once, below the failure threshold.
+    #[test]
+    fn a_trip_opens_the_breaker_at_once() {
+        let breaker = Breaker::new(&CircuitBreaker {
+            failure_threshold: 5,
+            open_for: "1s".into(),
+        });
+        assert!(breaker.admit().is_ok());
+        breaker.trip();
+        assert!(breaker.admit().is_err());
+        assert!(breaker.open_remaining() > Duration::from_millis(500));
+    }
 }

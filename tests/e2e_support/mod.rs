@@ -184,6 +184,24 @@ impl WorkerProcess {
         WorkerProcess { child }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory so far, in KiB (Linux: VmHWM of /proc/<pid>/status).
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// SIGKILL: no graceful shutdown, no final flush, unacked messages left behind.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
