@@ -343,3 +343,62 @@ async fn a_target_answering_with_a_nested_multipart_bomb_is_survived_with_exact_
     );
     worker.stop().await.unwrap();
 }
+
+/// A rotated Secret: the endpoint refuses the old token (401); the client opens its breaker at
+/// once (no retries spent on it), and its next call after the breaker's wait reads the token
+/// file again, carries the new token and succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_is_read_again_from_the_secret_file() {
+    use flowplane::api::connector_binding::{AuthType, Protocol, System};
+    use flowplane::worker::http::{CallError, HttpClient};
+    flowplane::worker::http::install_crypto_provider();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let router = axum::Router::new().route(
+        "/ping",
+        axum::routing::get({
+            let seen = seen.clone();
+            move |headers: axum::http::HeaderMap| {
+                let seen = seen.clone();
+                async move {
+                    let auth = headers
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_string();
+                    seen.lock().unwrap().push(auth.clone());
+                    if auth == "Bearer new-token" {
+                        axum::http::StatusCode::OK
+                    } else {
+                        axum::http::StatusCode::UNAUTHORIZED
+                    }
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let dir = TempDir::new("rotate");
+    std::fs::write(dir.0.join("token"), "old-token").unwrap();
+    let mut endpoint = sample::endpoint("target", System::Forecasting, Protocol::Rest, &url);
+    endpoint.auth = AuthType::Bearer;
+    endpoint.secret_dir = Some(dir.0.display().to_string());
+    let metrics = flowplane::worker::metrics::Metrics::new("ns", "flow");
+    let http = HttpClient::new(&endpoint, metrics).unwrap();
+    let ping = format!("{url}/ping");
+    match http.send(|c| c.get(&ping)).await {
+        Err(CallError::Refused { status: 401, .. }) => {}
+        other => panic!("expected a refusal, got {:?}", other.map(|r| r.status())),
+    }
+    assert_eq!(seen.lock().unwrap().len(), 1, "a refusal is not retried");
+    assert!(
+        !http.breaker.open_remaining().is_zero(),
+        "the breaker is open"
+    );
+    // The Secret is rotated; the kubelet updates the file.
+    std::fs::write(dir.0.join("token"), "new-token").unwrap();
+    tokio::time::sleep(http.breaker.open_remaining()).await;
+    let answer = http.send(|c| c.get(&ping)).await.unwrap().status().as_u16();
+    assert_eq!(answer, 200);
+    assert_eq!(seen.lock().unwrap().last().unwrap(), "Bearer new-token");
+}

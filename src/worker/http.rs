@@ -68,6 +68,8 @@ pub struct HttpClient {
     in_flight: Semaphore,
     /// Swapped for freshly read ones when the endpoint refuses them (a rotated Secret).
     credentials: std::sync::RwLock<Arc<Credentials>>,
+    /// Set when the endpoint refused the credentials: the next call reads them again first.
+    credentials_stale: std::sync::atomic::AtomicBool,
     endpoint: EndpointConfig,
     backoff: Backoff,
     /// Shared with the consume loop, which stops fetching while it is open.
@@ -152,6 +154,7 @@ impl HttpClient {
             limiter,
             in_flight: Semaphore::new(concurrency),
             credentials: std::sync::RwLock::new(Arc::new(credentials)),
+            credentials_stale: std::sync::atomic::AtomicBool::new(false),
             endpoint: endpoint.clone(),
             backoff: Backoff::new(&endpoint.resilience.retry),
             breaker: Breaker::new(&endpoint.resilience.circuit_breaker),
@@ -183,9 +186,10 @@ impl HttpClient {
         &self.client
     }
 
-    /// The endpoint refused the credentials: reads the Secret files again (the Secret may have
-    /// been rotated; the kubelet updates mounted files within a minute). This is also the hook
-    /// that drops a cached OAuth2 token: the fresh credentials start without one. Unreadable
+    /// Reads the Secret files again (the Secret may have been rotated; the kubelet updates
+    /// mounted files within a minute); done before the first call after the endpoint refused
+    /// the credentials. This is also the hook that drops a cached OAuth2 token: the fresh
+    /// credentials start without one. Unreadable
     /// files keep the old credentials; the error names the file, never its content.
     pub fn credentials_refused(&self) {
         match load_credentials(&self.endpoint) {
@@ -302,6 +306,12 @@ impl HttpClient {
                 self.metrics.throttled.inc();
                 limiter.until_ready().await;
             }
+            if self
+                .credentials_stale
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
+                self.credentials_refused();
+            }
             let permit = self.in_flight.acquire().await;
             let request = self.authorize(build(&self.client)).await?;
             let outcome = request.send().await;
@@ -334,9 +344,11 @@ impl HttpClient {
                         s if CallError::refuses_access(s) => {
                             // Not worth the binding's retries: open the breaker now, so no
                             // loop sends anything until the trial call, and read the
-                            // credentials again for that call.
+                            // credentials again for that call (the Secret may be rotated by
+                            // then).
                             self.breaker.trip();
-                            self.credentials_refused();
+                            self.credentials_stale
+                                .store(true, std::sync::atomic::Ordering::Relaxed);
                             let reason = if s == StatusCode::NOT_FOUND {
                                 "the endpoint does not know the collection or service (check the binding's URL and the flow's entity)"
                             } else {
