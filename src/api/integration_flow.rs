@@ -407,9 +407,10 @@ pub struct Limits {
     #[schemars(range(min = 1, max = 1000000))]
     pub max_page_records: u32,
     /// Deepest nesting of objects and arrays inside a record; a deeper record is dead-lettered
-    /// at extraction (reason Malformed).
+    /// at extraction (reason Malformed). At most 120: the consume side's JSON reader refuses
+    /// records nested deeper than 128.
     #[serde(default = "default_max_json_depth")]
-    #[schemars(range(min = 2, max = 512))]
+    #[schemars(range(min = 2, max = 120))]
     pub max_json_depth: u32,
     /// Most bytes of records one consume loop fetches at once (with `target.batchSize` records
     /// at most): with 4 loops, about 4x this is held in memory.

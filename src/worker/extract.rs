@@ -274,6 +274,19 @@ impl Extractor {
                         },
                     };
                     let (subject, headers) = self.envelope(&fields, origin, &body, &subjects);
+                    // The source's server may take larger messages than the flow's.
+                    if body.len() > max_record {
+                        dead.push(
+                            self.refuse(
+                                headers,
+                                &body,
+                                Reason::RecordTooLarge,
+                                too_large(body.len(), max_record),
+                            )
+                            .await?,
+                        );
+                        continue;
+                    }
                     acks.push(self.js.publish_with_headers(subject, headers, body).await?);
                 }
                 events = fetched;
