@@ -54,8 +54,10 @@ async fn a_target_answering_401_for_a_while_dead_letters_nothing_and_is_not_read
         ..Default::default()
     });
     let flow = unique_flow("refused");
-    let config =
+    let mut config =
         sample::sales_order_flow("e2e", &flow, &nats_url, &sims.erp_url, &sims.forecast_url);
+    // Few deliveries: a refusal that used one up per trial call would dead-letter soon.
+    config.delivery.max_deliver = 3;
     let _cleanup = QueueCleanup {
         url: nats_url.clone(),
         names: config.queue.clone(),
@@ -97,9 +99,9 @@ async fn a_target_answering_401_for_a_while_dead_letters_nothing_and_is_not_read
     )
     .await;
     // Several trial calls are refused while the records wait.
-    eventually(TIMEOUT, "5 refused calls", || {
+    eventually(TIMEOUT, "8 refused calls", || {
         let failed = sims.forecast.faults.failed();
-        async move { (failed >= 5).then_some(()) }
+        async move { (failed >= 8).then_some(()) }
     })
     .await;
     let p = progress(&js, &names).await;

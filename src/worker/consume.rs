@@ -427,18 +427,27 @@ impl Consumer {
         let mut result = target.deliver(&outgoing).await;
         // The target refuses the binding, not these records: hold them (no delivery is used
         // up, nothing is dead-lettered) until it takes them again or the worker stops.
-        while let Err(CallError::Refused { status, reason }) = &result {
-            let why = format!("target refuses access: HTTP {status}: {reason}");
-            if self.metrics.target_refused.set(1) == 0 {
-                tracing::warn!(
-                    status,
-                    reason,
-                    records = ready.len(),
-                    "target refuses access; holding the batch and retrying"
-                );
+        // While the target refuses access, a transient answer (the breaker holding this loop
+        // back while another loop makes the trial call) holds the batch too: otherwise each
+        // trial would use up a delivery of every other loop's records.
+        loop {
+            match &result {
+                Err(CallError::Refused { status, reason }) => {
+                    let why = format!("target refuses access: HTTP {status}: {reason}");
+                    if self.metrics.target_refused.set(1) == 0 {
+                        tracing::warn!(
+                            status,
+                            reason,
+                            records = ready.len(),
+                            "target refuses access; holding the batch and retrying"
+                        );
+                    }
+                    self.metrics.set_not_ready("target", Some(why.clone()));
+                    self.progress.set_blocked(Some(why));
+                }
+                Err(CallError::Transient(_)) if self.metrics.target_refused.get() == 1 => {}
+                _ => break,
             }
-            self.metrics.set_not_ready("target", Some(why.clone()));
-            self.progress.set_blocked(Some(why));
             if !self.hold(target, messages, ready).await {
                 for r in ready {
                     let _ = messages[r.message]
