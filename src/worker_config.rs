@@ -60,6 +60,10 @@ pub struct WorkerConfig {
     /// Approval routing of forecast deltas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalConfig>,
+    /// What the worker accepts from the systems (absent in earlier releases' documents: the
+    /// defaults).
+    #[serde(default)]
+    pub limits: crate::api::integration_flow::Limits,
 }
 
 /// How to reach one binding's system.

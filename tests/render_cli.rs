@@ -202,3 +202,41 @@ fn rest_settings_come_from_the_flow_else_the_binding() {
             "idempotencyKeyHeader": "Idempotency-Key"})
     );
 }
+
+/// `spec.limits.memory` is the worker containers' memory limit (default 256Mi), and the
+/// limits reach the worker configuration.
+#[test]
+fn the_flow_limits_set_the_worker_memory_limit_and_reach_worker_json() {
+    let (ok, out, err) = render(&base_files(), &["-n", "demo"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("memory: 256Mi"), "the default limit");
+    let dir = std::env::temp_dir().join(format!("fp-limits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files: Vec<PathBuf> = base_files()
+        .into_iter()
+        .filter(|f| !f.to_string_lossy().contains("/flows/"))
+        .collect();
+    let flow = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("examples/base/flows/order-history-to-forecasting.yaml"),
+    )
+    .unwrap();
+    let flow = flow.replacen(
+        "spec:\n",
+        "spec:\n  limits:\n    memory: 1Gi\n    maxRecordBytes: 4096\n",
+        1,
+    );
+    let path = dir.join("flow.yaml");
+    std::fs::write(&path, flow).unwrap();
+    files.push(path);
+    let (ok, out, err) = render(&files, &["-n", "demo"]);
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(ok, "{err}");
+    assert!(out.contains("memory: 1Gi"), "{out}");
+    assert!(!out.contains("memory: 256Mi"));
+    let config = out
+        .lines()
+        .find(|l| l.contains("maxRecordBytes"))
+        .expect("worker.json carries the limits");
+    assert!(config.contains("4096"), "{config}");
+}

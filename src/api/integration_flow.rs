@@ -108,6 +108,11 @@ pub struct IntegrationFlowSpec {
     /// Worker replicas and autoscaling on queue lag.
     #[serde(default)]
     pub scaling: Scaling,
+    /// Bounds on what the worker accepts from the systems it reads and writes, and its memory
+    /// limit. A record over them is dead-lettered at extraction with its reason; a response
+    /// over them fails the call. Defaults fit NATS's default 1 MiB max payload.
+    #[serde(default)]
+    pub limits: Limits,
     /// Service levels; breaching them makes the flow not Fresh and fires alerts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sla: Option<FlowSla>,
@@ -393,6 +398,77 @@ fn default_dedupe_window() -> String {
     "2m".into()
 }
 
+/// What a worker accepts from untrusted systems, and how much memory it may use. See
+/// docs/operations.md ("Limits").
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.maxRecordBytes <= self.maxResponseBytes").message("limits.maxRecordBytes must not exceed limits.maxResponseBytes: a record arrives in a response"))]
+pub struct Limits {
+    /// Largest record, in bytes of its JSON, the flow takes from the source. Larger ones are
+    /// dead-lettered at extraction (reason RecordTooLarge, the payload cut to its first 64 KiB).
+    /// The NATS server's max payload (1 MiB by default) caps it whatever it says.
+    #[serde(default = "default_max_record_bytes")]
+    #[schemars(range(min = 1024, max = 67108864))]
+    pub max_record_bytes: u32,
+    /// Largest response body read from a source page or a target answer; a larger one fails
+    /// the call (retried, never a record's fault).
+    #[serde(default = "default_max_response_bytes")]
+    #[schemars(range(min = 65536, max = 1073741824))]
+    pub max_response_bytes: u32,
+    /// Most records one source page may hold; a larger page fails the call.
+    #[serde(default = "default_max_page_records")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_page_records: u32,
+    /// Deepest nesting of objects and arrays inside a record; a deeper record is dead-lettered
+    /// at extraction (reason Malformed). At most 120: the consume side's JSON reader refuses
+    /// records nested deeper than 128.
+    #[serde(default = "default_max_json_depth")]
+    #[schemars(range(min = 2, max = 120))]
+    pub max_json_depth: u32,
+    /// Most bytes of records one consume loop fetches at once (with `target.batchSize` records
+    /// at most): with 4 loops, about 4x this is held in memory.
+    #[serde(default = "default_fetch_max_bytes")]
+    #[schemars(range(min = 65536, max = 268435456))]
+    pub fetch_max_bytes: u32,
+    /// Memory limit of the worker containers (a Kubernetes quantity). Keep it above
+    /// 4 x fetchMaxBytes + 3 x maxResponseBytes (pages in flight) plus ~64Mi.
+    #[serde(default = "default_memory")]
+    #[schemars(pattern(r"^[0-9]+(Ki|Mi|Gi)$"))]
+    pub memory: String,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_record_bytes: default_max_record_bytes(),
+            max_response_bytes: default_max_response_bytes(),
+            max_page_records: default_max_page_records(),
+            max_json_depth: default_max_json_depth(),
+            fetch_max_bytes: default_fetch_max_bytes(),
+            memory: default_memory(),
+        }
+    }
+}
+
+fn default_max_record_bytes() -> u32 {
+    1024 * 1024
+}
+fn default_max_response_bytes() -> u32 {
+    32 * 1024 * 1024
+}
+fn default_max_page_records() -> u32 {
+    10_000
+}
+fn default_max_json_depth() -> u32 {
+    64
+}
+fn default_fetch_max_bytes() -> u32 {
+    8 * 1024 * 1024
+}
+fn default_memory() -> String {
+    "256Mi".into()
+}
+
 /// Approval routing of forecast deltas. Rules are checked in order; the first whose
 /// `belowPercent` exceeds |delta| decides; otherwise `otherwise` does.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, kube::KubeSchema)]
@@ -617,6 +693,10 @@ pub struct SyncStatus {
     /// Source cursor the extractor resumes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
+    /// Why delivery is held, as a worker last reported it: the target refuses the binding
+    /// (401, 403, or 404 of the entity set). Records wait; none is dead-lettered for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<String>,
 }
 
 /// A forecast delta parked for review.

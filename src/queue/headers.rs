@@ -21,3 +21,6 @@ pub const ORIGINAL_SUBJECT: &str = "Flowplane-Original-Subject";
 pub const ORIGINAL_SEQUENCE: &str = "Flowplane-Original-Sequence";
 /// Times the record was delivered to a worker before it was dead-lettered.
 pub const DELIVERIES: &str = "Flowplane-Deliveries";
+/// On a dead letter cut to its first 64 KiB (a record larger than the flow takes): the size
+/// of the record the source sent, in bytes.
+pub const TRUNCATED: &str = "Flowplane-Truncated";

@@ -114,6 +114,10 @@ pub struct FlowProgress {
     /// Records waiting in the flow's consumer (pending plus unacknowledged) when last sampled.
     #[serde(default)]
     pub lag: u64,
+    /// Why delivery is held, as the last worker to see it wrote it (the target refuses the
+    /// binding's access: 401, 403, 404 of the collection); none while records are delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<String>,
 }
 
 /// Queue policy with durations as written in the flow.

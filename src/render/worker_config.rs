@@ -219,6 +219,7 @@ pub fn build(inputs: &FlowInputs<'_>) -> Result<WorkerConfig, RenderError> {
             dedupe_window: spec.delivery.dedupe_window.clone(),
         },
         approval,
+        limits: spec.limits.clone(),
     };
     match config.problem() {
         Some(message) => Err(RenderError { message }),

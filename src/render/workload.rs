@@ -92,7 +92,7 @@ fn pod_spec(inputs: &FlowInputs<'_>, args: &[&str], restart_policy: &str) -> Pod
             "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
             "resources": {
                 "requests": {"cpu": "50m", "memory": "64Mi"},
-                "limits": {"memory": "256Mi"}
+                "limits": {"memory": inputs.flow.spec.limits.memory}
             },
             "securityContext": {
                 "allowPrivilegeEscalation": false,

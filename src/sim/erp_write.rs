@@ -67,6 +67,10 @@ pub struct Writes {
     keys: Mutex<BTreeMap<String, Vec<String>>>,
     /// Creates by "someone else", each right after the next read of its key finds nothing.
     creates: Mutex<Vec<ArmedCreate>>,
+    /// `$batch` calls still to be answered with a multipart bomb (nothing written).
+    bombs: AtomicU64,
+    /// Answers sent as bombs.
+    bombs_sent: AtomicU64,
 }
 
 impl ErpState {
@@ -81,6 +85,17 @@ impl ErpState {
     /// `$batch` requests that reached the handler (not failed by `/admin/faults`).
     pub fn batches(&self) -> u64 {
         self.writes.batches.load(Ordering::Relaxed)
+    }
+
+    /// Answers the next `calls` `$batch` calls with a 200 whose body is multiparts nested
+    /// `depth` deep (about 40 bytes a level), writing nothing: a hostile or broken service.
+    pub fn answer_batches_with_bombs(&self, calls: u64) {
+        self.writes.bombs.store(calls, Ordering::Relaxed);
+    }
+
+    /// `$batch` calls answered with a bomb so far.
+    pub fn bombs_sent(&self) -> u64 {
+        self.writes.bombs_sent.load(Ordering::Relaxed)
     }
 
     /// Failures of single requests inside a batch (`/admin/faults` fails whole batches).
@@ -397,6 +412,15 @@ async fn batch(
     if let Some(failure) = state.faults.intercept().await {
         return failure;
     }
+    if state
+        .writes
+        .bombs
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        state.writes.bombs_sent.fetch_add(1, Ordering::Relaxed);
+        return nested_bomb(BOMB_DEPTH);
+    }
     let content_type = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
@@ -439,6 +463,31 @@ async fn batch(
             ("odata-version", "4.0".to_string()),
         ],
         write_responses(&boundary, &responses),
+    )
+        .into_response()
+}
+
+/// Nesting of a bomb: about 800 KB, which overflowed a 2 MiB stack in a recursive reader.
+const BOMB_DEPTH: usize = 20_000;
+
+/// A `$batch` answer of multiparts nested `depth` deep.
+fn nested_bomb(depth: usize) -> Response {
+    let mut body = String::with_capacity(depth * 64);
+    for level in 0..depth {
+        body.push_str(&format!(
+            "--n{level}x\r\nContent-Type: multipart/mixed; boundary=n{}x\r\n\r\n",
+            level + 1
+        ));
+    }
+    for level in (0..depth).rev() {
+        body.push_str(&format!("\r\n--n{level}x--\r\n"));
+    }
+    (
+        [
+            ("content-type", "multipart/mixed; boundary=n0x".to_string()),
+            ("odata-version", "4.0".to_string()),
+        ],
+        body,
     )
         .into_response()
 }

@@ -260,7 +260,7 @@ impl Approvals {
                     tracing::info!(review = %id, key = %parked.key, ?outcome, "review carried out");
                 }
                 Err(e) => {
-                    tracing::warn!(review = %id, error = %e, "review outcome not carried out yet; retrying");
+                    tracing::warn!(review = %id, error = super::trace::log_safe_chain(&e), "review outcome not carried out yet; retrying");
                 }
             }
         }
@@ -326,7 +326,10 @@ impl Resolver {
                 )
                 .await
             }
-            Err(CallError::Transient(e)) => Err(anyhow::anyhow!("delivery failed: {e}")),
+            // The target refuses the binding, not this record: tried again later.
+            Err(e @ (CallError::Transient(_) | CallError::Refused { .. })) => {
+                Err(anyhow::anyhow!("delivery failed: {e}"))
+            }
         }
     }
 
@@ -366,7 +369,6 @@ impl Resolver {
             key = %parked.key,
             reason = reason.as_str(),
             stage = "approval",
-            detail,
             "record dead-lettered"
         );
         self.metrics.dead_letter(reason);

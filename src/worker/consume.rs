@@ -28,7 +28,7 @@ use super::metrics::Metrics;
 use super::progress::ProgressDeltas;
 use super::quality::{self, Facts, Judgement};
 use super::resilience::Backoff;
-use super::trace::trace_id;
+use super::trace::{log_safe, trace_id};
 use super::transform::{Plan, Reason};
 use crate::api::integration_flow::ApprovalAction;
 use crate::queue::{QueueNames, headers};
@@ -45,6 +45,9 @@ pub struct Consumer {
     pub target: Arc<Target>,
     /// Records per fetch and per bulk request.
     pub batch_size: usize,
+    /// Bytes of records per fetch at most (`limits.fetchMaxBytes`): a batch of large records
+    /// is smaller in count rather than larger in memory.
+    pub fetch_max_bytes: usize,
     /// Deliveries before a record is dead-lettered.
     pub max_deliver: i64,
     /// Redelivery delay after transient failures.
@@ -55,6 +58,11 @@ pub struct Consumer {
     pub progress: Arc<ProgressDeltas>,
     /// Approval routing, when the flow has `approval`.
     pub approval: Option<Arc<Approvals>>,
+    /// The flow's ack wait: a batch held while the target refuses access is kept from
+    /// redelivery by progress acks well within it.
+    pub ack_wait: Duration,
+    /// Ends a hold at shutdown (the held records are NAKed and come back).
+    pub shutdown: watch::Receiver<bool>,
 }
 
 /// A record mapped and ready to deliver.
@@ -132,6 +140,7 @@ impl Consumer {
         let mut batch = consumer
             .fetch()
             .max_messages(self.batch_size)
+            .max_bytes(self.fetch_max_bytes)
             .expires(Duration::from_secs(1))
             .messages()
             .await?;
@@ -289,8 +298,7 @@ impl Consumer {
         if let Some(detail) = judgement.failed {
             tracing::warn!(
                 records = ready.len(),
-                detail,
-                "batch failed a quality rule; none of it is delivered"
+                "batch failed a quality rule; none of it is delivered (the rule and record are in the dead letters)"
             );
             for r in &ready {
                 self.reject(
@@ -341,7 +349,6 @@ impl Consumer {
                 trace_id = trace,
                 stage = "approval",
                 ?action,
-                delta,
                 "delta routed"
             );
             match action {
@@ -350,7 +357,7 @@ impl Consumer {
                 ApprovalAction::Review => {
                     match approvals.park(message, data, r.version, delta).await {
                         Ok(id) => {
-                            tracing::info!(trace_id = trace, stage = "approval", review = %id, delta, "delta parked for review");
+                            tracing::info!(trace_id = trace, stage = "approval", review = %id, "delta parked for review");
                             // Confirmed ack: a redelivery after the review was carried out
                             // would park the record a second time.
                             if let Err(e) = message.double_ack().await {
@@ -380,12 +387,13 @@ impl Consumer {
         detail: &str,
     ) {
         let traceparent = header(message, headers::TRACEPARENT);
+        // Keys and reasons only: the detail can quote record values, and is kept with the
+        // record in the dead-letter stream (`flowplane dlq list`), not in the log.
         tracing::warn!(
             trace_id = trace_id(traceparent),
             key = header(message, headers::KEY),
             reason = reason.as_str(),
             stage,
-            detail,
             "record dead-lettered"
         );
         match dead_letter(&self.js, &self.names, message, reason, stage, detail).await {
@@ -417,7 +425,49 @@ impl Consumer {
                 data: &buffer[r.range.clone()],
             })
             .collect();
-        match target.deliver(&outgoing).await {
+        let mut result = target.deliver(&outgoing).await;
+        // The target refuses the binding, not these records: hold them (no delivery is used
+        // up, nothing is dead-lettered) until it takes them again or the worker stops.
+        // While the target refuses access, a transient answer (the breaker holding this loop
+        // back while another loop makes the trial call) holds the batch too: otherwise each
+        // trial would use up a delivery of every other loop's records.
+        loop {
+            match &result {
+                Err(CallError::Refused { status, reason }) => {
+                    let why = format!("target refuses access: HTTP {status}: {reason}");
+                    if self.metrics.target_refused.set(1) == 0 {
+                        tracing::warn!(
+                            status,
+                            reason,
+                            records = ready.len(),
+                            "target refuses access; holding the batch and retrying"
+                        );
+                    }
+                    self.metrics.set_not_ready("target", Some(why.clone()));
+                    self.progress.set_blocked(Some(why));
+                }
+                Err(CallError::Transient(_)) if self.metrics.target_refused.get() == 1 => {}
+                _ => break,
+            }
+            if !self.hold(target, messages, ready).await {
+                for r in ready {
+                    let _ = messages[r.message]
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
+                }
+                return;
+            }
+            result = target.deliver(&outgoing).await;
+        }
+        if !matches!(result, Err(CallError::Transient(_)))
+            && self.metrics.target_refused.set(0) == 1
+        {
+            tracing::info!("target takes records again");
+            self.metrics.set_not_ready("target", None);
+            self.progress.set_blocked(None);
+        }
+        match result {
+            Err(CallError::Refused { .. }) => unreachable!("held above"),
             Ok(outcome) => {
                 let mut refused = vec![None; ready.len()];
                 for rejected in outcome.rejected {
@@ -442,7 +492,6 @@ impl Consumer {
                             tracing::debug!(
                                 trace_id = trace_id(header(message, headers::TRACEPARENT)),
                                 stage = "deliver",
-                                error,
                                 "target asked to send the record again later"
                             );
                             self.retry_later(target, message, &error, after).await;
@@ -485,13 +534,50 @@ impl Consumer {
                 .await;
             }
             Err(CallError::Transient(error)) => {
-                tracing::warn!(error = %error, records = ready.len(), "delivery failed; redelivering later");
+                // The error's first words (status or kind), never a body that may echo values.
+                tracing::warn!(
+                    error = log_safe(&error),
+                    records = ready.len(),
+                    "delivery failed; redelivering later"
+                );
                 for r in ready {
                     self.retry_later(target, &messages[r.message], &error.to_string(), None)
                         .await;
                 }
             }
         }
+    }
+
+    /// Waits until the target's breaker lets a trial call through (at least a second),
+    /// keeping the held records from redelivery with progress acks. False at shutdown.
+    async fn hold(
+        &self,
+        target: &Target,
+        messages: &[jetstream::Message],
+        ready: &[Ready],
+    ) -> bool {
+        let mut shutdown = self.shutdown.clone();
+        let step = (self.ack_wait / 3).max(Duration::from_millis(100));
+        let until = Instant::now()
+            + target
+                .http
+                .breaker
+                .open_remaining()
+                .max(Duration::from_secs(1));
+        while Instant::now() < until {
+            if *shutdown.borrow() {
+                return false;
+            }
+            for r in ready {
+                let _ = messages[r.message].ack_with(AckKind::Progress).await;
+            }
+            let wait = step.min(until.saturating_duration_since(Instant::now()));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return false,
+            }
+        }
+        !*shutdown.borrow()
     }
 
     /// NAKs a record that failed transiently, with a backoff delay (at least the target's

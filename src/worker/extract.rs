@@ -27,6 +27,7 @@ use super::metrics::Metrics;
 use super::progress::ProgressDeltas;
 use super::trace::{new_traceparent, trace_id};
 use super::transform::Plan;
+use super::transform::Reason;
 use super::version::version_of;
 use crate::api::common::parse_duration;
 use crate::api::integration_flow::SyncMode;
@@ -39,6 +40,26 @@ const PREFETCH_PAGES: usize = 2;
 /// Published pages whose acks may be outstanding at once (bounded by the client's
 /// `max_ack_inflight` too).
 const IN_FLIGHT_PAGES: usize = 4;
+
+/// Room left for a record's headers below the NATS server's max payload.
+const HEADER_ROOM: usize = 8 * 1024;
+/// How much of a record dead-lettered at extraction for its size is kept.
+pub const DEAD_LETTER_KEEP: usize = 64 * 1024;
+
+fn too_large(size: usize, max: usize) -> String {
+    format!(
+        "the record is {size} bytes, more than the {max} the flow takes (limits.maxRecordBytes, the NATS max payload)"
+    )
+}
+
+/// What one published page came to once JetStream answered.
+#[derive(Default)]
+struct Settled {
+    stored: u64,
+    duplicates: u64,
+    /// Reasons of the records dead-lettered at extraction.
+    dead: Vec<Reason>,
+}
 
 // The per-record headers, named once (a `&str` name is re-checked and copied per record).
 const MSG_ID: HeaderName = HeaderName::from_static(headers::MSG_ID);
@@ -56,6 +77,14 @@ pub struct RefreshReport {
     pub published: u64,
     /// Records JetStream dropped as already stored.
     pub duplicates: u64,
+    /// Records dead-lettered at extraction (too large, not UTF-8, nested too deep); shown
+    /// only when there are any, so the report of a clean run reads as before.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub dead_lettered: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Everything extraction needs.
@@ -138,9 +167,12 @@ impl Extractor {
     async fn publish(
         &self,
         records: Records,
+        refused: Vec<raw::Refused>,
         pass_version: u64,
-    ) -> anyhow::Result<impl Future<Output = anyhow::Result<(u64, u64)>> + Send + 'static> {
+    ) -> anyhow::Result<impl Future<Output = anyhow::Result<Settled>> + Send + 'static> {
         let mut acks = Vec::with_capacity(records.len());
+        let mut dead = Vec::new();
+        let max_record = self.max_record_bytes();
         let subjects: Vec<Subject> = (0..PARTITIONS)
             .map(|p| Subject::from(partition_subject(&self.names, p)))
             .collect();
@@ -153,6 +185,18 @@ impl Extractor {
                 for record in &values {
                     let body = Bytes::from(serde_json::to_vec(record)?);
                     let (subject, headers) = self.envelope(record, pass, &body, &subjects);
+                    if body.len() > max_record {
+                        dead.push(
+                            self.refuse(
+                                headers,
+                                &body,
+                                Reason::RecordTooLarge,
+                                too_large(body.len(), max_record),
+                            )
+                            .await?,
+                        );
+                        continue;
+                    }
                     acks.push(self.js.publish_with_headers(subject, headers, body).await?);
                 }
             }
@@ -161,6 +205,22 @@ impl Extractor {
                 // are parsed out of it.
                 let wanted = self.envelope_fields();
                 for text in &texts {
+                    if text.len() > max_record {
+                        let fields = raw::fields_of(text, &wanted)
+                            .map(Value::Object)
+                            .unwrap_or(Value::Null);
+                        let (_, headers) = self.envelope(&fields, pass, text, &subjects);
+                        dead.push(
+                            self.refuse(
+                                headers,
+                                text,
+                                Reason::RecordTooLarge,
+                                too_large(text.len(), max_record),
+                            )
+                            .await?,
+                        );
+                        continue;
+                    }
                     let fields = match raw::fields_of(text, &wanted) {
                         Some(fields) => Value::Object(fields),
                         // Not an object: no key fields to read, but keep the whole value.
@@ -214,18 +274,60 @@ impl Extractor {
                         },
                     };
                     let (subject, headers) = self.envelope(&fields, origin, &body, &subjects);
+                    // The source's server may take larger messages than the flow's.
+                    if body.len() > max_record {
+                        dead.push(
+                            self.refuse(
+                                headers,
+                                &body,
+                                Reason::RecordTooLarge,
+                                too_large(body.len(), max_record),
+                            )
+                            .await?,
+                        );
+                        continue;
+                    }
                     acks.push(self.js.publish_with_headers(subject, headers, body).await?);
                 }
                 events = fetched;
             }
         }
+        if !refused.is_empty() {
+            let wanted = self.envelope_fields();
+            let depth = self.config.limits.max_json_depth as usize;
+            for record in refused {
+                // The key fields are top-level: readable unless the flaw is in them.
+                let fields = raw::fields_of(&record.text, &wanted)
+                    .map(Value::Object)
+                    .unwrap_or(Value::Null);
+                let (_, headers) = self.envelope(&fields, pass, &record.text, &subjects);
+                dead.push(
+                    self.refuse(
+                        headers,
+                        &record.text,
+                        Reason::Malformed,
+                        record.flaw.detail(depth),
+                    )
+                    .await?,
+                );
+            }
+        }
         Ok(async move {
-            let (mut stored, mut duplicates) = (0, 0);
+            let mut settled = Settled::default();
             for ack in acks {
                 if ack.await?.duplicate {
-                    duplicates += 1;
+                    settled.duplicates += 1;
                 } else {
-                    stored += 1;
+                    settled.stored += 1;
+                }
+            }
+            for (ack, reason) in dead {
+                // Dead letters are deduplicated by the record's identity as well: a record
+                // read again (an inclusive incremental restart) is not dead-lettered twice.
+                if ack.await?.duplicate {
+                    settled.duplicates += 1;
+                } else {
+                    settled.dead.push(reason);
                 }
             }
             // Every event of the page is in the flow's stream: the capture stream may let go
@@ -235,8 +337,56 @@ impl Extractor {
                     tracing::debug!(error = %e, "source event not acked; it comes back as a duplicate");
                 }
             }
-            Ok((stored, duplicates))
+            Ok(settled)
         })
+    }
+
+    /// The largest record published as it is: the flow's `limits.maxRecordBytes`, within the
+    /// NATS server's max payload less room for the headers.
+    fn max_record_bytes(&self) -> usize {
+        let server = self.js.client().max_payload();
+        let server = if server == 0 {
+            usize::MAX
+        } else {
+            server.saturating_sub(HEADER_ROOM)
+        };
+        (self.config.limits.max_record_bytes as usize).min(server)
+    }
+
+    /// Publishes a record that cannot go to the flow's stream straight to the dead-letter
+    /// stream, with its identity (as `Nats-Msg-Id`, so a re-read is a duplicate there too), its
+    /// reason and the stage `extract`. A payload over [`DEAD_LETTER_KEEP`] bytes is cut to
+    /// that much (header `Flowplane-Truncated` has the original size): the dead-letter stream
+    /// takes no more than the flow's stream does.
+    async fn refuse(
+        &self,
+        mut headers: HeaderMap,
+        text: &Bytes,
+        reason: Reason,
+        detail: String,
+    ) -> anyhow::Result<(async_nats::jetstream::context::PublishAckFuture, Reason)> {
+        tracing::warn!(
+            key = headers.get(KEY).map(|v| v.as_str()).unwrap_or(""),
+            reason = reason.as_str(),
+            stage = "extract",
+            bytes = text.len(),
+            "record dead-lettered"
+        );
+        headers.insert(headers::REASON, reason.as_str());
+        headers.insert(headers::DETAIL, detail.as_str());
+        headers.insert(headers::STAGE, "extract");
+        let payload = if text.len() > DEAD_LETTER_KEEP {
+            headers.insert(headers::TRUNCATED, text.len().to_string().as_str());
+            text.slice(..DEAD_LETTER_KEEP)
+        } else {
+            text.clone()
+        };
+        let ack = self
+            .js
+            .publish_with_headers(self.names.dead_letter_subject.clone(), headers, payload)
+            .await
+            .map_err(|e| anyhow::anyhow!("publishing dead letter: {e}"))?;
+        Ok((ack, reason))
     }
 
     async fn stored_cursor(&self) -> Option<String> {
@@ -308,13 +458,21 @@ impl Extractor {
                 biased;
                 settled = in_flight.next(), if !in_flight.is_empty() => {
                     let Some(settled) = settled else { continue };
-                    let (n, cursor, acks): (u64, Option<String>, anyhow::Result<(u64, u64)>) = settled;
-                    let (stored, duplicates) = acks?;
+                    let (n, cursor, acks): (u64, Option<String>, anyhow::Result<Settled>) = settled;
+                    let Settled { stored, duplicates, dead } = acks?;
                     report.read += n;
                     report.published += stored;
                     report.duplicates += duplicates;
+                    report.dead_lettered += dead.len() as u64;
                     self.metrics.read.inc_by(n);
                     self.metrics.duplicates.inc_by(duplicates);
+                    for reason in &dead {
+                        self.metrics.dead_letter(*reason);
+                    }
+                    // A record dead-lettered here was read and is in the dead-letter stream:
+                    // read = delivered + dead letters holds for it too.
+                    self.progress.add_read(dead.len() as u64);
+                    self.progress.add_dead_lettered(dead.len() as u64);
                     // The flow's figure counts what entered the stream: an incremental pass
                     // re-reads the rows of its cursor's timestamp (the filter is inclusive),
                     // and JetStream drops those repeats, so read stays delivered + dead
@@ -350,8 +508,8 @@ impl Extractor {
                         fetching = false;
                         continue;
                     }
-                    let n = page.records.len() as u64;
-                    let acks = self.publish(page.records, pass_version).await?;
+                    let n = (page.records.len() + page.refused.len()) as u64;
+                    let acks = self.publish(page.records, page.refused, pass_version).await?;
                     let cursor = page.cursor;
                     in_flight.push_back(async move { (n, cursor, acks.await) });
                 }
@@ -400,6 +558,20 @@ impl Extractor {
                     }
                     Err(e) => Err(e),
                 };
+                // A source refusing the binding (401, 403, 404 of the collection) is the
+                // binding's problem: the worker says so on /readyz until a pass succeeds.
+                let refused = match &pass {
+                    Err(e) => e
+                        .chain()
+                        .find_map(|cause| match cause.downcast_ref::<CallError>() {
+                            Some(CallError::Refused { status, reason }) => {
+                                Some(format!("source refuses access: HTTP {status}: {reason}"))
+                            }
+                            _ => None,
+                        }),
+                    Ok(_) => None,
+                };
+                self.metrics.set_not_ready("source", refused);
                 match pass {
                     Ok(report) => {
                         failures = 0;
@@ -425,7 +597,7 @@ impl Extractor {
                     Err(e) => {
                         failures += 1;
                         tracing::warn!(
-                            error = format!("{e:#}"),
+                            error = super::trace::log_safe_chain(&e),
                             "extraction pass failed; retrying from the stored cursor"
                         );
                         backoff.delay(failures.min(10))
@@ -464,6 +636,7 @@ impl Extractor {
             &self.names,
             retention,
             self.metrics.clone(),
+            &self.config.limits,
         )
         .await
     }

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::{RequestBuilder, Response, StatusCode};
 use std::time::Instant;
@@ -28,6 +29,22 @@ pub enum CallError {
     /// The request itself is wrong (4xx other than 408/429): retrying cannot help.
     #[error("HTTP {status}: {body}")]
     Permanent { status: u16, body: String },
+    /// The endpoint refuses the binding (401, 403) or does not know what it addresses (404 of
+    /// a whole request: the collection, entity set or service): the binding's credentials or
+    /// configuration are wrong, not the records. The breaker is open and the Secret files are
+    /// read again; callers wait and retry, and never dead-letter a record for it.
+    #[error("HTTP {status}: {reason}")]
+    Refused { status: u16, reason: String },
+}
+
+impl CallError {
+    /// True for 401, 403 and 404 of a whole request (see [`CallError::Refused`]).
+    pub fn refuses_access(status: StatusCode) -> bool {
+        matches!(
+            status,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
+        )
+    }
 }
 
 enum Credentials {
@@ -151,12 +168,19 @@ pub struct HttpClient {
     client: reqwest::Client,
     limiter: Option<DefaultDirectRateLimiter>,
     in_flight: Semaphore,
-    credentials: Credentials,
+    /// Swapped for freshly read ones when the endpoint refuses them (a rotated Secret).
+    credentials: std::sync::RwLock<Arc<Credentials>>,
+    /// Set when the endpoint refused the credentials: the next call reads them again first.
+    credentials_stale: std::sync::atomic::AtomicBool,
+    endpoint: EndpointConfig,
     /// Scheme, host and port of the binding URL: credentials go to this origin only.
     origin: (String, String, Option<u16>),
     backoff: Backoff,
     /// Shared with the consume loop, which stops fetching while it is open.
     pub breaker: Breaker,
+    /// Largest response body [`HttpClient::read_body`] reads (the flow's
+    /// `limits.maxResponseBytes`).
+    max_body_bytes: std::sync::atomic::AtomicUsize,
     metrics: Arc<Metrics>,
 }
 
@@ -167,6 +191,34 @@ fn read_secret(dir: Option<&str>, key: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(&path)
         .map(|s| s.trim().to_string())
         .map_err(|e| anyhow::anyhow!("reading credential file {}: {e}", path.display()))
+}
+
+/// The binding's credentials, read from its mounted Secret files.
+fn load_credentials(endpoint: &EndpointConfig) -> anyhow::Result<Credentials> {
+    let secret_dir = endpoint.secret_dir.as_deref();
+    Ok(match endpoint.auth {
+        AuthType::None => Credentials::None,
+        AuthType::Basic => Credentials::Basic {
+            username: read_secret(secret_dir, "username")?,
+            password: read_secret(secret_dir, "password")?,
+        },
+        AuthType::Bearer => Credentials::Bearer(read_secret(secret_dir, "token")?),
+        AuthType::OAuth2ClientCredentials => Credentials::OAuth2(Box::new(OAuth2 {
+            token_url: oauth2::TokenUrl::new(
+                endpoint
+                    .token_url
+                    .clone()
+                    .ok_or_else(|| anyhow::anyhow!("OAuth2ClientCredentials needs a tokenUrl"))?,
+            )
+            .map_err(|e| anyhow::anyhow!("tokenUrl: {e}"))?,
+            client_id: read_secret(secret_dir, "clientId")?,
+            client_secret: read_secret(secret_dir, "clientSecret")?,
+            scopes: endpoint.scopes.clone(),
+            audience: endpoint.audience.clone(),
+            client_authentication: endpoint.client_authentication,
+            token: Mutex::new(None),
+        })),
+    })
 }
 
 /// Installs rustls' ring provider once per process (reqwest is built without a provider so
@@ -192,28 +244,7 @@ impl HttpClient {
                 builder = builder.add_root_certificate(certificate);
             }
         }
-        let secret_dir = endpoint.secret_dir.as_deref();
-        let credentials =
-            match endpoint.auth {
-                AuthType::None => Credentials::None,
-                AuthType::Basic => Credentials::Basic {
-                    username: read_secret(secret_dir, "username")?,
-                    password: read_secret(secret_dir, "password")?,
-                },
-                AuthType::Bearer => Credentials::Bearer(read_secret(secret_dir, "token")?),
-                AuthType::OAuth2ClientCredentials => Credentials::OAuth2(Box::new(OAuth2 {
-                    token_url: oauth2::TokenUrl::new(endpoint.token_url.clone().ok_or_else(
-                        || anyhow::anyhow!("OAuth2ClientCredentials needs a tokenUrl"),
-                    )?)
-                    .map_err(|e| anyhow::anyhow!("tokenUrl: {e}"))?,
-                    client_id: read_secret(secret_dir, "clientId")?,
-                    client_secret: read_secret(secret_dir, "clientSecret")?,
-                    scopes: endpoint.scopes.clone(),
-                    audience: endpoint.audience.clone(),
-                    client_authentication: endpoint.client_authentication,
-                    token: Mutex::new(None),
-                })),
-            };
+        let credentials = load_credentials(endpoint)?;
         let origin =
             origin(&reqwest::Url::parse(&endpoint.url).map_err(|e| {
                 anyhow::anyhow!("binding {} has no valid URL: {e}", endpoint.binding)
@@ -235,12 +266,33 @@ impl HttpClient {
             client: builder.build()?,
             limiter,
             in_flight: Semaphore::new(concurrency),
-            credentials,
+            credentials: std::sync::RwLock::new(Arc::new(credentials)),
+            credentials_stale: std::sync::atomic::AtomicBool::new(false),
+            endpoint: endpoint.clone(),
             origin,
             backoff: Backoff::new(&endpoint.resilience.retry),
             breaker: Breaker::new(&endpoint.resilience.circuit_breaker),
+            max_body_bytes: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_BODY_BYTES),
             metrics,
         })
+    }
+
+    /// Bounds the response bodies [`HttpClient::read_body`] reads to `max` bytes.
+    pub fn limit_bodies(&self, max: usize) {
+        self.max_body_bytes
+            .store(max, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The body of `response`, refused (as transient: the system may answer smaller pages
+    /// later, and it is never a record's fault) when it is larger than the flow allows, before
+    /// more than that is held in memory.
+    pub async fn read_body(&self, response: Response) -> Result<Bytes, CallError> {
+        let max = self
+            .max_body_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        read_limited(response, max, false)
+            .await
+            .map_err(|e| CallError::Transient(format!("reading the response: {e}")))
     }
 
     /// The underlying client, to build requests with.
@@ -248,10 +300,34 @@ impl HttpClient {
         &self.client
     }
 
+    /// Reads the Secret files again (the Secret may have been rotated; the kubelet updates
+    /// mounted files within a minute); done before the first call after the endpoint refused
+    /// the credentials. This is also the hook that drops a cached OAuth2 token: the fresh
+    /// credentials start without one. Unreadable
+    /// files keep the old credentials; the error names the file, never its content.
+    pub fn credentials_refused(&self) {
+        match load_credentials(&self.endpoint) {
+            Ok(fresh) => {
+                *self.credentials.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
+            }
+            Err(e) => {
+                tracing::warn!(binding = %self.endpoint.binding, error = %e, "credentials not read again")
+            }
+        }
+    }
+
     /// Whether `url` is on the binding's own origin (scheme, host, port), the only place its
     /// credentials are sent to.
     pub fn same_origin(&self, url: &reqwest::Url) -> bool {
         origin(url) == self.origin
+    }
+
+    /// The credentials in force (swapped when the endpoint refused them).
+    fn credentials(&self) -> Arc<Credentials> {
+        self.credentials
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Adds the binding's credentials to a request for its own origin; a request elsewhere
@@ -267,7 +343,7 @@ impl HttpClient {
         if !own {
             return Ok((request, None));
         }
-        Ok(match &self.credentials {
+        Ok(match &*self.credentials() {
             Credentials::None => (request, None),
             Credentials::Basic { username, password } => {
                 (request.basic_auth(username, Some(password)), None)
@@ -316,6 +392,12 @@ impl HttpClient {
                 self.metrics.throttled.inc();
                 limiter.until_ready().await;
             }
+            if self
+                .credentials_stale
+                .swap(false, std::sync::atomic::Ordering::Relaxed)
+            {
+                self.credentials_refused();
+            }
             let permit = self.in_flight.acquire().await;
             let (request, token) = self.authorize(build(&self.client)).await?;
             let outcome = request.send().await;
@@ -323,7 +405,7 @@ impl HttpClient {
             // An OAuth2 token the API refuses (revoked, or expired early): drop it, fetch a new
             // one and send once more, without counting an attempt.
             if let (Ok(response), Some(token), Credentials::OAuth2(oauth)) =
-                (&outcome, &token, &self.credentials)
+                (&outcome, &token, &*self.credentials())
                 && response.status() == StatusCode::UNAUTHORIZED
                 && !token_refused
             {
@@ -343,7 +425,9 @@ impl HttpClient {
                 Ok(response) => {
                     let status = response.status();
                     let retry_after = retry_after(&response);
-                    let body = response.text().await.unwrap_or_default();
+                    // Only the start of an error body is kept: it may be anything in any size.
+                    let body = read_limited(response, ERROR_BODY_BYTES, true).await;
+                    let body = String::from_utf8_lossy(&body.unwrap_or_default()).into_owned();
                     let body: String = body.chars().take(300).collect();
                     match status {
                         StatusCode::TOO_MANY_REQUESTS => {
@@ -353,6 +437,24 @@ impl HttpClient {
                             self.metrics.throttled.inc();
                             last_error = format!("HTTP 429 {body}");
                             retry_after.unwrap_or_else(|| self.backoff.delay(attempt))
+                        }
+                        s if CallError::refuses_access(s) => {
+                            // Not worth the binding's retries: open the breaker now, so no
+                            // loop sends anything until the trial call, and read the
+                            // credentials again for that call (the Secret may be rotated by
+                            // then).
+                            self.breaker.trip();
+                            self.credentials_stale
+                                .store(true, std::sync::atomic::Ordering::Relaxed);
+                            let reason = if s == StatusCode::NOT_FOUND {
+                                "the endpoint does not know the collection or service (check the binding's URL and the flow's entity)"
+                            } else {
+                                "the endpoint refuses the binding's credentials (check its Secret)"
+                            };
+                            return Err(CallError::Refused {
+                                status: s.as_u16(),
+                                reason: reason.to_string(),
+                            });
                         }
                         s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT => {
                             self.breaker.failed();
@@ -390,6 +492,39 @@ fn origin(url: &reqwest::Url) -> (String, String, Option<u16>) {
         url.host_str().unwrap_or_default().to_ascii_lowercase(),
         url.port_or_known_default(),
     )
+}
+
+/// Response bodies a client reads at most unless the flow says otherwise
+/// (`limits.maxResponseBytes`).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// How much of an error answer's body is read (its first 300 characters are kept).
+const ERROR_BODY_BYTES: usize = 4096;
+
+/// Reads `response`'s body up to `max` bytes: a larger declared length is refused before
+/// reading, a longer body as soon as it passes `max`; with `cut`, the first `max` bytes are
+/// kept instead (error answers).
+async fn read_limited(mut response: Response, max: usize, cut: bool) -> Result<Bytes, String> {
+    if !cut
+        && let Some(length) = response.content_length()
+        && length > max as u64
+    {
+        return Err(format!(
+            "the body is {length} bytes, more than the limit of {max}"
+        ));
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > max {
+            if cut {
+                body.extend_from_slice(&chunk[..max - body.len()]);
+                break;
+            }
+            return Err(format!("the body is more than the limit of {max} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is rare from APIs; it falls back to backoff).

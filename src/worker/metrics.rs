@@ -1,8 +1,9 @@
 //! The worker's Prometheus metrics and its `/metrics`, `/healthz` and `/readyz` endpoints.
 //! Labels are bounded: the flow (constant per process) and the dead-letter reason (a fixed set).
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -22,6 +23,13 @@ use super::transform::Reason;
 pub struct ReasonLabel {
     /// One of [`Reason::as_str`].
     pub reason: &'static str,
+}
+
+/// Label of the task restart counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabel {
+    /// `extractor` or `consumer`.
+    pub task: &'static str,
 }
 
 /// Everything the worker counts.
@@ -47,7 +55,15 @@ pub struct Metrics {
     pub last_success: Gauge,
     /// Records waiting in the flow's consumer.
     pub lag: Gauge,
+    /// Supervised tasks restarted after they failed, by task.
+    pub task_restarts: Family<TaskLabel, Counter>,
+    /// 1 while the target refuses the binding's access (401, 403, 404 of a whole request).
+    pub target_refused: Gauge,
     ready: AtomicBool,
+    /// Why the worker is not ready, by what says so (`target`, a task): reasons only.
+    not_ready: Mutex<BTreeMap<&'static str, String>>,
+    /// Consecutive failures of a task without a success between them.
+    failing: Mutex<BTreeMap<&'static str, u32>>,
 }
 
 impl Metrics {
@@ -71,6 +87,18 @@ impl Metrics {
         let batch_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let last_success = Gauge::default();
         let lag = Gauge::default();
+        let task_restarts = Family::<TaskLabel, Counter>::default();
+        let target_refused = Gauge::default();
+        registry.register(
+            "task_restarts",
+            "Supervised tasks (extractor, consume loops) restarted after they failed",
+            task_restarts.clone(),
+        );
+        registry.register(
+            "target_refused",
+            "1 while the target refuses the binding's access (401, 403, 404)",
+            target_refused.clone(),
+        );
         registry.register("records_read", "Records read from the source", read.clone());
         registry.register(
             "records_delivered",
@@ -135,7 +163,11 @@ impl Metrics {
             batch_seconds,
             last_success,
             lag,
+            task_restarts,
+            target_refused,
             ready: AtomicBool::new(false),
+            not_ready: Mutex::new(BTreeMap::new()),
+            failing: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -153,6 +185,61 @@ impl Metrics {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
+    /// Marks the worker not ready because of `what` (`Some(reason)`), or clears that.
+    pub fn set_not_ready(&self, what: &'static str, reason: Option<String>) {
+        let mut map = self.not_ready.lock().unwrap_or_else(|p| p.into_inner());
+        match reason {
+            Some(reason) => map.insert(what, reason),
+            None => map.remove(what),
+        };
+    }
+
+    /// A supervised task failed and is restarted: counted, and the worker is not ready until
+    /// it runs again.
+    pub fn task_failed(&self, task: &'static str, reason: String) {
+        self.task_restarts.get_or_create(&TaskLabel { task }).inc();
+        *self
+            .failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(task)
+            .or_default() += 1;
+        self.set_not_ready(task, Some(reason));
+    }
+
+    /// A supervised task runs (again).
+    pub fn task_running(&self, task: &'static str) {
+        self.failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(task);
+        self.set_not_ready(task, None);
+    }
+
+    /// `None` when ready, else why not.
+    pub fn readiness(&self) -> Option<String> {
+        if !self.ready.load(Ordering::Relaxed) {
+            return Some("starting or stopping".into());
+        }
+        let map = self.not_ready.lock().unwrap_or_else(|p| p.into_inner());
+        (!map.is_empty()).then(|| {
+            map.iter()
+                .map(|(what, why)| format!("{what}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+
+    /// `None` while alive; else why a restart of the pod may help (a task failed
+    /// [`LIVENESS_FAILURES`] times in a row).
+    pub fn liveness(&self) -> Option<String> {
+        let failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
+        failing
+            .iter()
+            .find(|(_, n)| **n >= LIVENESS_FAILURES)
+            .map(|(task, n)| format!("{task} failed {n} times in a row"))
+    }
+
     /// The text exposition format.
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -160,6 +247,9 @@ impl Metrics {
         text
     }
 }
+
+/// Consecutive failures of a task after which `/healthz` fails (the kubelet restarts the pod).
+pub const LIVENESS_FAILURES: u32 = 10;
 
 /// `/metrics`, `/healthz` and `/readyz`.
 pub fn router(metrics: Arc<Metrics>) -> Router {
@@ -176,14 +266,21 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
                 )
             }),
         )
-        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/healthz",
+            get(|State(m): State<Arc<Metrics>>| async move {
+                match m.liveness() {
+                    None => (StatusCode::OK, "ok".to_string()),
+                    Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not alive: {why}")),
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(|State(m): State<Arc<Metrics>>| async move {
-                if m.ready.load(Ordering::Relaxed) {
-                    (StatusCode::OK, "ready")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                match m.readiness() {
+                    None => (StatusCode::OK, "ready".to_string()),
+                    Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}")),
                 }
             }),
         )

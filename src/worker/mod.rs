@@ -159,20 +159,25 @@ pub async fn run(
         flow.metrics.clone(),
     )?;
     target.order_by(version_field.clone());
+    target
+        .http
+        .limit_bodies(flow.config.limits.max_response_bytes as usize);
     let target = Arc::new(target);
     let mut tasks = tokio::task::JoinSet::new();
-    let extractor = flow.extractor();
-    let lease = lease::Lease::new(
-        flow.store.clone(),
-        options.worker_id.clone(),
-        options.lease_ttl,
-    );
-    let stop = shutdown.clone();
-    tasks.spawn(async move {
-        if let Err(e) = extractor.run(lease, stop).await {
-            tracing::error!(error = %e, "extractor stopped");
-        }
-    });
+    let extractor = Arc::new(flow.extractor());
+    let store = flow.store.clone();
+    let worker_id = options.worker_id.clone();
+    let lease_ttl = options.lease_ttl;
+    tasks.spawn(supervise(
+        "extractor",
+        flow.metrics.clone(),
+        shutdown.clone(),
+        move |stop| {
+            let extractor = extractor.clone();
+            let lease = lease::Lease::new(store.clone(), worker_id.clone(), lease_ttl);
+            async move { extractor.run(lease, stop).await }
+        },
+    ));
     let approval = match &flow.config.approval {
         Some(config) => {
             let escalate = match &config.escalate_to {
@@ -208,16 +213,30 @@ pub async fn run(
         plan: flow.plan.clone(),
         target,
         batch_size: flow.config.target.batch_size.max(1) as usize,
+        fetch_max_bytes: flow.config.limits.fetch_max_bytes as usize,
         max_deliver: i64::from(flow.config.delivery.max_deliver),
         redelivery: resilience::Backoff::new(&flow.config.delivery.retry),
         metrics: flow.metrics.clone(),
         progress: flow.progress.clone(),
         approval,
+        ack_wait: crate::api::common::parse_duration(&flow.config.delivery.ack_wait)
+            .unwrap_or(Duration::from_secs(30)),
+        shutdown: shutdown.clone(),
     });
     for _ in 0..options.concurrency.max(1) {
         let consumer = consumer.clone();
-        let stop = shutdown.clone();
-        tasks.spawn(async move { consumer.run(stop).await });
+        tasks.spawn(supervise(
+            "consumer",
+            flow.metrics.clone(),
+            shutdown.clone(),
+            move |stop| {
+                let consumer = consumer.clone();
+                async move {
+                    consumer.run(stop).await;
+                    Ok(())
+                }
+            },
+        ));
     }
     flow.metrics.set_ready(true);
     tracing::info!(flow = %flow.config.flow, namespace = %flow.config.namespace, worker = %options.worker_id, "worker running");
@@ -247,6 +266,58 @@ pub async fn run(
     flow.progress.flush(&flow.store, &version).await?;
     Ok(())
 }
+
+/// Runs the task `start` makes until `shutdown`, restarting it with backoff (1 s doubling to
+/// 30 s, reset once it ran [`HEALTHY_RUN`]) when it fails or panics: each restart is counted
+/// (`flowplane_worker_task_restarts_total{task}`), /readyz says which task is restarting and
+/// why, and /healthz fails once it failed [`metrics::LIVENESS_FAILURES`] times in a row.
+async fn supervise<F, Fut>(
+    task: &'static str,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+    start: F,
+) where
+    F: Fn(watch::Receiver<bool>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let started = tokio::time::Instant::now();
+        let mut handle = tokio::spawn(start(shutdown.clone()));
+        let outcome = tokio::select! {
+            outcome = &mut handle => outcome,
+            _ = tokio::time::sleep(HEALTHY_RUN) => {
+                // Running a while again: no longer failing in a row.
+                metrics.task_running(task);
+                handle.await
+            }
+        };
+        if *shutdown.borrow() {
+            return;
+        }
+        let why = match outcome {
+            Ok(Ok(())) => "stopped unexpectedly".to_string(),
+            Ok(Err(e)) => format!("failed: {e:#}"),
+            Err(e) if e.is_panic() => "panicked".to_string(),
+            Err(e) => format!("ended: {e}"),
+        };
+        if started.elapsed() > HEALTHY_RUN {
+            delay = Duration::from_secs(1);
+        }
+        tracing::error!(task, reason = %why, retry_in_ms = delay.as_millis() as u64, "task restarting");
+        metrics.task_failed(task, format!("{task} {why}; restarting"));
+        let mut stop = shutdown.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+        metrics.set_not_ready(task, None);
+    }
+}
+
+/// How long a restarted task must run to count as healthy again.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
 /// The full-refresh run of the CronJob.
 pub async fn full_refresh(config: WorkerConfig) -> anyhow::Result<extract::RefreshReport> {
@@ -303,5 +374,51 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A task that fails, panics, then runs is restarted twice, counted, and the worker is not
+    /// ready while it waits to restart.
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_or_panicking_task_is_restarted_with_backoff_and_counted() {
+        let metrics = Metrics::new("ns", "flow");
+        metrics.set_ready(true);
+        let (stop, shutdown) = watch::channel(false);
+        let runs = Arc::new(AtomicU32::new(0));
+        let counted = runs.clone();
+        let supervised = tokio::spawn(supervise(
+            "extractor",
+            metrics.clone(),
+            shutdown,
+            move |mut stop| {
+                let run = counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    match run {
+                        0 => anyhow::bail!("source gone"),
+                        1 => panic!("a bug"),
+                        _ => {
+                            let _ = stop.changed().await;
+                            Ok(())
+                        }
+                    }
+                }
+            },
+        ));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let why = metrics.readiness().expect("not ready while restarting");
+        assert!(why.contains("extractor failed: source gone"), "{why}");
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
+        assert_eq!(metrics.readiness(), None);
+        assert!(metrics.encode().contains("flowplane_worker_task_restarts_total{namespace=\"ns\",flow=\"flow\",task=\"extractor\"} 2"), "{}", metrics.encode());
+        assert_eq!(metrics.liveness(), None);
+        stop.send(true).unwrap();
+        supervised.await.unwrap();
+        assert_eq!(runs.load(Ordering::SeqCst), 3, "not restarted at shutdown");
     }
 }

@@ -21,6 +21,10 @@ pub struct ProgressDeltas {
     lag: AtomicU64,
     lag_known: std::sync::atomic::AtomicBool,
     cursor: Mutex<Option<String>>,
+    /// A change of why delivery is held, not yet written (`Some(None)`: no longer held).
+    blocked: Mutex<Option<Option<String>>>,
+    /// What was last written, so an unchanged state is not written again.
+    blocked_written: Mutex<Option<String>>,
 }
 
 impl ProgressDeltas {
@@ -51,6 +55,19 @@ impl ProgressDeltas {
         *self.cursor.lock().unwrap_or_else(|p| p.into_inner()) = cursor;
     }
 
+    /// Why delivery is held (`None`: it is not); written on the next flush when it changed.
+    pub fn set_blocked(&self, reason: Option<String>) {
+        let written = self
+            .blocked_written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut pending = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        if *written == reason && pending.is_none() {
+            return;
+        }
+        *pending = Some(reason);
+    }
+
     /// The consumer's lag when last sampled.
     pub fn set_lag(&self, lag: u64) {
         self.lag.store(lag, Ordering::Relaxed);
@@ -69,12 +86,18 @@ impl ProgressDeltas {
             .lag_known
             .swap(false, Ordering::Relaxed)
             .then(|| self.lag.load(Ordering::Relaxed));
+        let blocked = self
+            .blocked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if read == 0
             && delivered == 0
             && dead == 0
             && duplicates == 0
             && cursor.is_none()
             && lag.is_none()
+            && blocked.is_none()
         {
             return Ok(());
         }
@@ -92,9 +115,25 @@ impl ProgressDeltas {
             if let Some(lag) = lag {
                 p.lag = lag;
             }
+            if let Some(blocked) = &blocked {
+                p.blocked = blocked.clone();
+            }
             p.contract_version = Some(contract_version.to_string());
         })
         .await;
+        if let Some(blocked) = blocked {
+            if result.is_ok() {
+                *self
+                    .blocked_written
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = blocked;
+            } else {
+                let mut pending = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+                if pending.is_none() {
+                    *pending = Some(blocked);
+                }
+            }
+        }
         if result.is_err() {
             // Not lost: added again on the next flush.
             self.read.fetch_add(read, Ordering::Relaxed);

@@ -108,6 +108,15 @@ impl Breaker {
         *self.state() = BreakerState::default();
     }
 
+    /// Opens the breaker now, whatever the failure count: the endpoint refused access, which
+    /// the next call would hit as well.
+    pub fn trip(&self) {
+        let mut state = self.state();
+        state.failures = state.failures.max(self.threshold);
+        state.trial_in_flight = false;
+        state.open_until = Some(Instant::now() + self.open_for);
+    }
+
     /// Records a failed call; returns true when this opened the breaker.
     pub fn failed(&self) -> bool {
         let mut state = self.state();
@@ -152,5 +161,18 @@ mod tests {
         assert!(breaker.admit().is_err(), "only one trial at a time");
         breaker.succeeded();
         assert!(breaker.admit().is_ok());
+    }
+
+    /// A refusal of access opens the breaker at once, below the failure threshold.
+    #[test]
+    fn a_trip_opens_the_breaker_at_once() {
+        let breaker = Breaker::new(&CircuitBreaker {
+            failure_threshold: 5,
+            open_for: "1s".into(),
+        });
+        assert!(breaker.admit().is_ok());
+        breaker.trip();
+        assert!(breaker.admit().is_err());
+        assert!(breaker.open_remaining() > Duration::from_millis(500));
     }
 }

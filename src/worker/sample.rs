@@ -233,5 +233,6 @@ pub fn sales_order_flow(
             dedupe_window: "2m".into(),
         },
         approval: None,
+        limits: Default::default(),
     }
 }

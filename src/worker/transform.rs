@@ -39,6 +39,12 @@ pub enum Reason {
     ReviewRejected,
     /// Nobody decided on the forecast delta in time and onTimeout is Reject.
     ReviewTimeout,
+    /// The source record is larger than the flow takes (`limits.maxRecordBytes`, the NATS
+    /// max payload); dead-lettered at extraction, cut to its first 64 KiB.
+    RecordTooLarge,
+    /// The source record is not valid UTF-8 or nests deeper than `limits.maxJsonDepth`;
+    /// dead-lettered at extraction.
+    Malformed,
 }
 
 impl Reason {
@@ -53,11 +59,13 @@ impl Reason {
             Reason::MaxDeliveries => "MaxDeliveries",
             Reason::ReviewRejected => "ReviewRejected",
             Reason::ReviewTimeout => "ReviewTimeout",
+            Reason::RecordTooLarge => "RecordTooLarge",
+            Reason::Malformed => "Malformed",
         }
     }
 
     /// Every reason, for metrics.
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 10] = [
         Reason::Undecodable,
         Reason::UnmappedCode,
         Reason::ContractViolation,
@@ -66,6 +74,8 @@ impl Reason {
         Reason::MaxDeliveries,
         Reason::ReviewRejected,
         Reason::ReviewTimeout,
+        Reason::RecordTooLarge,
+        Reason::Malformed,
     ];
 }
 

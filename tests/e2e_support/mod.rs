@@ -158,6 +158,50 @@ impl WorkerProcess {
         WorkerProcess { child }
     }
 
+    /// Like [`WorkerProcess::start`], logging at `filter` (RUST_LOG) to the file `log` (the
+    /// worker logs JSON lines to stdout), serving health on `listen`.
+    pub fn start_logging(
+        config: &WorkerConfig,
+        dir: &std::path::Path,
+        id: &str,
+        filter: &str,
+        log: &std::path::Path,
+        listen: std::net::SocketAddr,
+    ) -> WorkerProcess {
+        let path = dir.join(format!("{id}.json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
+        let out = std::fs::File::create(log).unwrap();
+        let err = out.try_clone().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_flowplane"))
+            .args(["worker", "--config"])
+            .arg(&path)
+            .args(["--listen", &listen.to_string(), "--worker-id", id])
+            .env("RUST_LOG", filter)
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("start worker process");
+        WorkerProcess { child }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory so far, in KiB (Linux: VmHWM of /proc/<pid>/status).
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// SIGKILL: no graceful shutdown, no final flush, unacked messages left behind.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

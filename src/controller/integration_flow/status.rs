@@ -249,6 +249,7 @@ pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
         delivered: q.progress.delivered,
         duplicates: q.progress.duplicates,
         cursor: q.progress.cursor.clone(),
+        blocked: q.progress.blocked.clone(),
     });
     IntegrationFlowStatus {
         observed_generation: generation,

@@ -79,6 +79,7 @@ impl FileSource {
         Ok(Some(Page {
             records: records.into(),
             cursor: name,
+            refused: Vec::new(),
         }))
     }
 }

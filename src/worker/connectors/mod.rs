@@ -19,6 +19,7 @@ use serde_json::Value;
 use super::http::{CallError, HttpClient};
 use super::metrics::Metrics;
 use crate::api::connector_binding::Protocol;
+use crate::api::integration_flow::Limits;
 use crate::queue::QueueNames;
 use crate::worker_config::SourceConfig;
 
@@ -28,6 +29,9 @@ pub struct Page {
     pub records: Records,
     /// Cursor after this page; None keeps the previous one.
     pub cursor: Option<String>,
+    /// Records of the page that cannot be published (invalid UTF-8, nested too deep), to be
+    /// dead-lettered at extraction.
+    pub refused: Vec<raw::Refused>,
 }
 
 /// A page's records.
@@ -84,16 +88,24 @@ impl Source {
         names: &QueueNames,
         retention: Duration,
         metrics: Arc<Metrics>,
+        limits: &Limits,
     ) -> anyhow::Result<Source> {
+        let http = |metrics| -> anyhow::Result<HttpClient> {
+            let http = HttpClient::new(&config.endpoint, metrics)?;
+            http.limit_bodies(limits.max_response_bytes as usize);
+            Ok(http)
+        };
         Ok(match config.endpoint.protocol {
-            Protocol::OData => Source::OData(odata::ODataSource::new(
-                config.clone(),
-                HttpClient::new(&config.endpoint, metrics)?,
-            )),
-            Protocol::Rest => Source::Rest(rest::RestSource::new(
-                config.clone(),
-                HttpClient::new(&config.endpoint, metrics)?,
-            )),
+            Protocol::OData => {
+                let mut source = odata::ODataSource::new(config.clone(), http(metrics)?);
+                source.limits = limits.clone();
+                Source::OData(source)
+            }
+            Protocol::Rest => {
+                let mut source = rest::RestSource::new(config.clone(), http(metrics)?);
+                source.limits = limits.clone();
+                Source::Rest(source)
+            }
             Protocol::Nats => Source::Nats(Box::new(
                 nats::NatsSource::connect(config, names, retention).await?,
             )),

@@ -91,6 +91,7 @@ impl NatsSource {
         Ok((!events.is_empty()).then(|| Page {
             records: Records::Events(events),
             cursor: None,
+            refused: Vec::new(),
         }))
     }
 }

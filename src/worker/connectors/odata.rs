@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{Page, Records, raw};
-use crate::api::integration_flow::SyncMode;
+use crate::api::integration_flow::{Limits, SyncMode};
 use crate::worker::http::{CallError, HttpClient};
 use crate::worker_config::SourceConfig;
 
@@ -35,6 +35,8 @@ struct Collection<'a> {
 pub struct ODataSource {
     config: SourceConfig,
     http: HttpClient,
+    /// The flow's limits on pages and records.
+    pub limits: Limits,
     next: Option<String>,
     /// The cursor reached so far in this pass.
     reached: Option<String>,
@@ -46,6 +48,7 @@ impl ODataSource {
         ODataSource {
             config,
             http,
+            limits: Limits::default(),
             next: None,
             reached: None,
         }
@@ -115,10 +118,11 @@ impl ODataSource {
                     .header("prefer", prefer)
             })
             .await?;
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| CallError::Transient(format!("reading the OData response: {e}")))?;
+        let checked = raw::check(
+            self.http.read_body(response).await?,
+            self.limits.max_json_depth as usize + raw::ENVELOPE_DEPTH,
+        );
+        let body = checked.body.clone();
         let no_value = || CallError::Permanent {
             status: 200,
             body: "OData response has no value array".into(),
@@ -134,6 +138,7 @@ impl ODataSource {
             .value
             .ok_or_else(no_value)
             .and_then(|value| raw::elements(&body, value).map_err(|_| no_value()))?;
+        let (records, refused) = raw::admit(&checked, records, &self.limits)?;
         let base = base_url(&url, page.context.as_deref());
         self.next = page
             .next_link
@@ -152,6 +157,7 @@ impl ODataSource {
         let cursor = delta.or_else(|| self.reached.clone());
         Ok(Some(Page {
             records: Records::Json(records),
+            refused,
             cursor,
         }))
     }

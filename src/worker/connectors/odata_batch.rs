@@ -98,10 +98,23 @@ pub fn encode_requests(boundary: &str, requests: &[PartRequest]) -> Vec<u8> {
     out
 }
 
-/// Reads a batch response (responses inside change sets are flattened, in order).
+/// How deep multiparts may nest in a batch response: the batch itself, and change sets in it
+/// (OData allows no change set inside a change set). Deeper is refused before it is read:
+/// every level was scanned again by the level above it, and a ~700 KB body of nested parts
+/// overflowed the worker's stack.
+pub const MAX_NESTING: usize = 2;
+
+/// How many parts a batch response may hold in all (the worker sends at most its batch size,
+/// at most a few thousand; a response with more is not an answer to its request).
+pub const MAX_PARTS: usize = 10_000;
+
+/// Reads a batch response (responses inside change sets are flattened, in order). Refuses a
+/// body nested deeper than [`MAX_NESTING`] or with more than [`MAX_PARTS`] parts.
 pub fn decode_responses(content_type: &str, body: &[u8]) -> Result<Vec<PartResponse>, String> {
     let mut responses = Vec::new();
-    for part in parts(content_type, body)? {
+    let mut found = Vec::new();
+    parts(content_type, body, 1, &mut found)?;
+    for part in found {
         let (start, rest) = split_line(part.message);
         let status = start
             .strip_prefix("HTTP/1.1 ")
@@ -126,13 +139,25 @@ struct Part<'a> {
     message: &'a [u8],
 }
 
-/// The `application/http` parts of a multipart body, descending into nested multiparts
-/// (change sets).
-fn parts<'a>(content_type: &str, body: &'a [u8]) -> Result<Vec<Part<'a>>, String> {
+/// The `application/http` parts of a multipart body at nesting `depth` (the batch is 1),
+/// descending into nested multiparts (change sets) up to [`MAX_NESTING`], into `out`.
+fn parts<'a>(
+    content_type: &str,
+    body: &'a [u8],
+    depth: usize,
+    out: &mut Vec<Part<'a>>,
+) -> Result<(), String> {
+    if depth > MAX_NESTING {
+        return Err(format!(
+            "batch response nests multiparts deeper than {MAX_NESTING} levels"
+        ));
+    }
     let boundary = boundary_of(content_type)
         .ok_or_else(|| format!("{content_type:?} is not multipart/mixed with a boundary"))?;
-    let mut out = Vec::new();
     for raw in split_multipart(body, &boundary)? {
+        if out.len() >= MAX_PARTS {
+            return Err(format!("batch response has more than {MAX_PARTS} parts"));
+        }
         let (headers, message) = headers_and_body(raw);
         let kind = find_header(&headers, "content-type").unwrap_or("application/http");
         if kind
@@ -140,7 +165,7 @@ fn parts<'a>(content_type: &str, body: &'a [u8]) -> Result<Vec<Part<'a>>, String
             .to_ascii_lowercase()
             .starts_with("multipart/mixed")
         {
-            out.extend(parts(kind, message)?);
+            parts(kind, message, depth + 1, out)?;
             continue;
         }
         out.push(Part {
@@ -148,7 +173,7 @@ fn parts<'a>(content_type: &str, body: &'a [u8]) -> Result<Vec<Part<'a>>, String
             message,
         });
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The bodies between `--boundary` delimiters (preamble and epilogue dropped).
@@ -167,6 +192,9 @@ fn split_multipart<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<&'a [u8]>, 
     }
     let mut parts = Vec::new();
     for (n, start) in positions.iter().enumerate() {
+        if parts.len() > MAX_PARTS {
+            return Err(format!("multipart body has more than {MAX_PARTS} parts"));
+        }
         let after = start + delimiter.len();
         if body[after..].starts_with(b"--") {
             return Ok(parts);
@@ -277,5 +305,35 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    /// A target answering with multiparts nested a thousand deep (or a flood of parts) is
+    /// refused quickly, with a reason, instead of overflowing the stack.
+    #[test]
+    fn a_nested_or_flooding_batch_response_is_refused_quickly() {
+        let depth = 20_000;
+        let mut body = String::new();
+        for level in 0..depth {
+            body.push_str(&format!(
+                "--b{level}x\r\nContent-Type: multipart/mixed; boundary=b{}x\r\n\r\n",
+                level + 1
+            ));
+        }
+        for level in (0..depth).rev() {
+            body.push_str(&format!("\r\n--b{level}x--\r\n"));
+        }
+        assert!(body.len() > 700_000);
+        let started = std::time::Instant::now();
+        let refused = decode_responses("multipart/mixed; boundary=b0x", body.as_bytes());
+        let error = refused.unwrap_err();
+        assert!(error.contains("deeper than"), "{error}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        // Within the limit, a change set still reads.
+        let many: String = (0..MAX_PARTS + 5)
+            .map(|_| "--b\r\nContent-Type: application/http\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n")
+            .collect::<String>()
+            + "--b--\r\n";
+        let refused = decode_responses("multipart/mixed; boundary=b", many.as_bytes());
+        assert!(refused.unwrap_err().contains("parts"));
     }
 }

@@ -517,10 +517,7 @@ impl ODataTarget {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let text = response
-            .bytes()
-            .await
-            .map_err(|e| CallError::Transient(format!("reading the $batch response: {e}")))?;
+        let text = http.read_body(response).await?;
         if boundary_of(&answer_type).is_none() {
             return Err(CallError::Transient(format!(
                 "the $batch response is {answer_type:?}, not multipart/mixed"

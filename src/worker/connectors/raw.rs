@@ -45,6 +45,204 @@ pub fn max_cursor(records: &[Bytes], field: &str) -> Option<String> {
         })
 }
 
+/// What is wrong with a record that cannot be published as the source sent it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flaw {
+    /// A string in it is not valid UTF-8.
+    InvalidUtf8,
+    /// Objects and arrays in it nest deeper than the flow's `limits.maxJsonDepth`.
+    TooDeep,
+}
+
+impl Flaw {
+    /// The dead letter's detail.
+    pub fn detail(self, max_depth: usize) -> String {
+        match self {
+            Flaw::InvalidUtf8 => "the record is not valid UTF-8".into(),
+            Flaw::TooDeep => format!("the record nests deeper than {max_depth} levels"),
+        }
+    }
+}
+
+/// A record refused at extraction, with the bytes the source sent.
+#[derive(Clone, Debug)]
+pub struct Refused {
+    /// The record as the source sent it.
+    pub text: Bytes,
+    /// What is wrong with it.
+    pub flaw: Flaw,
+}
+
+/// A response body made safe to parse, and where it was not. Invalid UTF-8 bytes inside
+/// strings become `?`, and a value nested deeper than the limit becomes `0` padded with
+/// spaces, in place: offsets do not move, so the parsed records are slices at the same
+/// places as in the original, and those overlapping a flaw are set aside with their
+/// original bytes ([`Checked::partition`]). serde_json refuses a whole page for one such
+/// record (and recurses on nesting), which failed every pass of the flow forever.
+pub struct Checked {
+    /// The body to parse.
+    pub body: Bytes,
+    original: Bytes,
+    flaws: Vec<(std::ops::Range<usize>, Flaw)>,
+}
+
+/// Checks `body`; `max_depth` counts containers from the top of the body (callers add the
+/// levels of the page's envelope). A body without flaws is not copied.
+pub fn check(body: Bytes, max_depth: usize) -> Checked {
+    let bytes: &[u8] = &body;
+    let mut out: Option<Vec<u8>> = None;
+    let mut flaws = Vec::new();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() {
+                    match bytes[i] {
+                        b'"' => break,
+                        b'\\' => i += 1,
+                        b if b >= 0x80 => {
+                            let width = utf8_width(&bytes[i..]);
+                            if width == 0 {
+                                out.get_or_insert_with(|| bytes.to_vec())[i] = b'?';
+                                flaws.push((i..i + 1, Flaw::InvalidUtf8));
+                            } else {
+                                i += width - 1;
+                            }
+                        }
+                        _ => {}
+                    }
+                    i += 1;
+                }
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max_depth
+                    && let Some(end) = matching_close(&bytes[i..])
+                {
+                    let out = out.get_or_insert_with(|| bytes.to_vec());
+                    out[i] = b'0';
+                    out[i + 1..i + end + 1].fill(b' ');
+                    flaws.push((i..i + end + 1, Flaw::TooDeep));
+                    depth -= 1;
+                    i += end;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    let checked = match out {
+        Some(out) => Bytes::from(out),
+        None => body.clone(),
+    };
+    Checked {
+        body: checked,
+        original: body,
+        flaws,
+    }
+}
+
+/// The length of the valid UTF-8 sequence `bytes` starts with (a non-ASCII lead byte), 0 if
+/// it is not one.
+fn utf8_width(bytes: &[u8]) -> usize {
+    let width = match bytes[0] {
+        0xC2..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xF4 => 4,
+        _ => return 0,
+    };
+    match bytes.get(..width).map(std::str::from_utf8) {
+        Some(Ok(_)) => width,
+        _ => 0,
+    }
+}
+
+/// The offset of the bracket closing the container `bytes` starts with, without recursion.
+fn matching_close(bytes: &[u8]) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    if bytes[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Levels of a page's envelope above its records (`{"value": [ record ]}`), added to the
+/// flow's depth limit for the whole body.
+pub const ENVELOPE_DEPTH: usize = 2;
+
+/// A page's records split into those to publish and those refused for a flaw, once the page
+/// is within `limits.maxPageRecords` (a larger page is refused whole, as transient: it says
+/// the source ignores the page size asked for, not that a record is bad).
+pub fn admit(
+    checked: &Checked,
+    records: Vec<Bytes>,
+    limits: &crate::api::integration_flow::Limits,
+) -> Result<(Vec<Bytes>, Vec<Refused>), crate::worker::http::CallError> {
+    if records.len() > limits.max_page_records as usize {
+        return Err(crate::worker::http::CallError::Transient(format!(
+            "a page of {} records, more than limits.maxPageRecords ({})",
+            records.len(),
+            limits.max_page_records
+        )));
+    }
+    Ok(checked.partition(records))
+}
+
+impl Checked {
+    /// Splits `records` (slices of [`Checked::body`]) into those to publish and those with a
+    /// flaw, which come back with the bytes the source sent.
+    pub fn partition(&self, records: Vec<Bytes>) -> (Vec<Bytes>, Vec<Refused>) {
+        if self.flaws.is_empty() {
+            return (records, Vec::new());
+        }
+        let base = self.body.as_ptr() as usize;
+        let mut kept = Vec::with_capacity(records.len());
+        let mut refused = Vec::new();
+        for record in records {
+            let start = (record.as_ptr() as usize).wrapping_sub(base);
+            let range = start..start + record.len();
+            let flaw = (range.end <= self.body.len())
+                .then(|| {
+                    self.flaws
+                        .iter()
+                        .find(|(at, _)| at.start < range.end && range.start < at.end)
+                })
+                .flatten();
+            match flaw {
+                Some((_, flaw)) => refused.push(Refused {
+                    text: self.original.slice(range),
+                    flaw: *flaw,
+                }),
+                None => kept.push(record),
+            }
+        }
+        (kept, refused)
+    }
+}
+
 /// Deserializes an object keeping only the wanted fields.
 struct Sparse<'w>(&'w [String]);
 
@@ -106,6 +304,55 @@ impl<'de> Visitor<'de> for Wanted<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One record with invalid UTF-8 and one nested too deep are set aside with the bytes
+    /// the source sent; their neighbours parse and are kept.
+    #[test]
+    fn a_page_with_invalid_utf8_and_a_too_deep_record_keeps_the_others() {
+        let deep = format!("{}1{}", "[".repeat(500), "]".repeat(500));
+        let mut page = br#"{"value":[{"k":1,"s":"caf\u00e9 ok"},{"k":2,"s":"bad "#.to_vec();
+        page.extend_from_slice(&[0xFF, 0xC3]);
+        page.extend_from_slice(br#""},{"k":3,"n":"#);
+        page.extend_from_slice(deep.as_bytes());
+        page.extend_from_slice("},{\"k\":4,\"s\":\"é\"}]}".as_bytes());
+        let page = Bytes::from(page);
+        assert!(
+            serde_json::from_slice::<&RawValue>(&page).is_err(),
+            "serde refuses the page"
+        );
+        let checked = check(page.clone(), 64 + 2);
+        #[derive(serde::Deserialize)]
+        struct Collection<'a> {
+            #[serde(borrow)]
+            value: &'a RawValue,
+        }
+        let collection: Collection = serde_json::from_slice(&checked.body).unwrap();
+        let records = elements(&checked.body, collection.value).unwrap();
+        assert_eq!(records.len(), 4);
+        let (kept, refused) = checked.partition(records);
+        let keys: Vec<_> = kept
+            .iter()
+            .map(|r| fields_of(r, &["k".to_string()]).unwrap()["k"].clone())
+            .collect();
+        assert_eq!(keys, vec![serde_json::json!(1), serde_json::json!(4)]);
+        assert_eq!(refused.len(), 2);
+        assert_eq!(refused[0].flaw, Flaw::InvalidUtf8);
+        assert!(
+            refused[0].text.windows(2).any(|w| w == [0xFF, 0xC3]),
+            "original bytes"
+        );
+        assert_eq!(refused[1].flaw, Flaw::TooDeep);
+        assert!(
+            refused[1]
+                .text
+                .ends_with(format!("{}}}", "]".repeat(500)).as_bytes())
+        );
+        // A clean page is not copied.
+        let clean = Bytes::from_static(br#"[{"a":[1,[2]]}]"#);
+        let checked = check(clean.clone(), 4);
+        assert_eq!(checked.body.as_ptr(), clean.as_ptr());
+        assert!(checked.flaws.is_empty());
+    }
     use serde_json::json;
 
     #[test]

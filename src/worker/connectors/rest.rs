@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use super::odata::encode;
 use super::{Page, Records, raw};
 use crate::api::connector_binding::{Pagination, RestRead};
-use crate::api::integration_flow::SyncMode;
+use crate::api::integration_flow::{Limits, SyncMode};
 use crate::worker::http::{CallError, HttpClient};
 use crate::worker_config::SourceConfig;
 
@@ -28,6 +28,8 @@ const PAGE_SIZE: u32 = 500;
 pub struct RestSource {
     config: SourceConfig,
     http: HttpClient,
+    /// The flow's limits on pages and records.
+    pub limits: Limits,
     next: Option<String>,
     reached: Option<String>,
     /// The pass's first request (Cursor, Page and Offset pages are made from it).
@@ -46,6 +48,7 @@ impl RestSource {
         RestSource {
             config,
             http,
+            limits: Limits::default(),
             next: None,
             reached: None,
             first: None,
@@ -117,10 +120,11 @@ impl RestSource {
             .await?;
         let request_url = response.url().clone();
         let link_next = next_from_link_headers(response.headers());
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| CallError::Transient(format!("reading the REST response: {e}")))?;
+        let checked = raw::check(
+            self.http.read_body(response).await?,
+            self.limits.max_json_depth as usize + raw::ENVELOPE_DEPTH,
+        );
+        let body = checked.body.clone();
         let records = match self.config.rest.clone() {
             None => {
                 let (records, next) = split_page(&body)
@@ -189,6 +193,7 @@ impl RestSource {
                 page.records
             }
         };
+        let (records, refused) = raw::admit(&checked, records, &self.limits)?;
         if let Some(field) = &self.config.cursor_field
             && let Some(max) = raw::max_cursor(&records, field)
         {
@@ -196,6 +201,7 @@ impl RestSource {
         }
         Ok(Some(Page {
             records: Records::Json(records),
+            refused,
             cursor: self.reached.clone(),
         }))
     }

@@ -150,7 +150,18 @@ impl Target {
                 request
             })
             .await?;
-        let text = response.bytes().await.unwrap_or_default();
+        // The records are taken (2xx); the body only lists refusals. One too large to read is
+        // not a reason to send the batch again.
+        let text = match self.http.read_body(response).await {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::warn!(
+                    error = super::super::trace::log_safe(&e.to_string()),
+                    "bulk-upsert answer not read; no refusals taken from it"
+                );
+                Bytes::new()
+            }
+        };
         Ok(serde_json::from_slice(&text).unwrap_or_default())
     }
 }
