@@ -30,6 +30,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use clap::Args;
 use tokio::sync::watch;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::queue::jetstream::{QueuePolicy, bucket, ensure_queue};
 use crate::worker_config::WorkerConfig;
@@ -283,7 +284,9 @@ async fn supervise<F, Fut>(
     let mut delay = Duration::from_secs(1);
     loop {
         let started = tokio::time::Instant::now();
-        let mut handle = tokio::spawn(start(shutdown.clone()));
+        // A supervisor that is dropped (its worker aborted) takes its task along, so no task
+        // outlives the worker holding the lease or a half-read page.
+        let mut handle = AbortOnDropHandle::new(tokio::spawn(start(shutdown.clone())));
         let outcome = tokio::select! {
             outcome = &mut handle => outcome,
             _ = tokio::time::sleep(HEALTHY_RUN) => {
