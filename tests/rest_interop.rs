@@ -698,7 +698,8 @@ async fn oauth2_tokens_are_refreshed_before_expiry_and_once_on_a_401() {
     assert_eq!(used(&server)[3..], ["Bearer t2", "Bearer t3"]);
     assert_eq!(server.token_requests.lock().unwrap().len(), 3);
 
-    // An API that refuses every token: one new token and one more try, then the 401 stands.
+    // An API that refuses every token: one new token and one more try, then the 401 stands,
+    // as refused access (the breaker opens; no record is dead-lettered for it).
     server
         .refused
         .lock()
@@ -706,7 +707,7 @@ async fn oauth2_tokens_are_refreshed_before_expiry_and_once_on_a_401() {
         .extend(["t3".into(), "t4".into()]);
     let error = http.send(|client| client.get(&items)).await.unwrap_err();
     assert!(
-        matches!(error, CallError::Permanent { status: 401, .. }),
+        matches!(error, CallError::Refused { status: 401, .. }),
         "{error}"
     );
     assert_eq!(used(&server)[5..], ["Bearer t3", "Bearer t4"]);
