@@ -185,19 +185,10 @@ impl Extractor {
                 for record in &values {
                     let body = Bytes::from(serde_json::to_vec(record)?);
                     let (subject, headers) = self.envelope(record, pass, &body, &subjects);
-                    if body.len() > max_record {
-                        dead.push(
-                            self.refuse(
-                                headers,
-                                &body,
-                                Reason::RecordTooLarge,
-                                too_large(body.len(), max_record),
-                            )
-                            .await?,
-                        );
-                        continue;
-                    }
-                    acks.push(self.js.publish_with_headers(subject, headers, body).await?);
+                    self.publish_or_refuse(
+                        subject, headers, body, max_record, &mut acks, &mut dead,
+                    )
+                    .await?;
                 }
             }
             Records::Json(texts) => {
@@ -275,19 +266,10 @@ impl Extractor {
                     };
                     let (subject, headers) = self.envelope(&fields, origin, &body, &subjects);
                     // The source's server may take larger messages than the flow's.
-                    if body.len() > max_record {
-                        dead.push(
-                            self.refuse(
-                                headers,
-                                &body,
-                                Reason::RecordTooLarge,
-                                too_large(body.len(), max_record),
-                            )
-                            .await?,
-                        );
-                        continue;
-                    }
-                    acks.push(self.js.publish_with_headers(subject, headers, body).await?);
+                    self.publish_or_refuse(
+                        subject, headers, body, max_record, &mut acks, &mut dead,
+                    )
+                    .await?;
                 }
                 events = fetched;
             }
@@ -358,6 +340,29 @@ impl Extractor {
     /// reason and the stage `extract`. A payload over [`DEAD_LETTER_KEEP`] bytes is cut to
     /// that much (header `Flowplane-Truncated` has the original size): the dead-letter stream
     /// takes no more than the flow's stream does.
+    /// Publishes one record to the flow's stream, or dead-letters it (`RecordTooLarge`) when
+    /// it is larger than the flow takes.
+    async fn publish_or_refuse(
+        &self,
+        subject: Subject,
+        headers: HeaderMap,
+        body: Bytes,
+        max_record: usize,
+        acks: &mut Vec<async_nats::jetstream::context::PublishAckFuture>,
+        dead: &mut Vec<(async_nats::jetstream::context::PublishAckFuture, Reason)>,
+    ) -> anyhow::Result<()> {
+        if body.len() > max_record {
+            let detail = too_large(body.len(), max_record);
+            dead.push(
+                self.refuse(headers, &body, Reason::RecordTooLarge, detail)
+                    .await?,
+            );
+        } else {
+            acks.push(self.js.publish_with_headers(subject, headers, body).await?);
+        }
+        Ok(())
+    }
+
     async fn refuse(
         &self,
         mut headers: HeaderMap,
