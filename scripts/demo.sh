@@ -124,7 +124,9 @@ kubectl apply --server-side --force-conflicts --field-manager=flowplane-demo -f 
 kubectl wait --for condition=Established crd/integrationflows.flowplane.io crd/datacontracts.flowplane.io crd/connectorbindings.flowplane.io --timeout=60s >/dev/null
 operator_port=$(free_port)
 say "starting the operator (region eu; log: flowplane controller ... > operator.log)"
+say "  with --probe-allow-cidrs 127.0.0.0/8: the simulators live on loopback, which health probes refuse by default (docs/security.md)"
 background operator "$flowplane" controller --region eu --nats-url "$NATS_URL" \
+  --probe-allow-cidrs 127.0.0.0/8 \
   --nats-monitoring-endpoint "${NATS_MONITOR_URL#http://}" --http-addr "127.0.0.1:$operator_port" \
   --resync-seconds 10
 operator_pid=${pids[-1]}

@@ -254,7 +254,10 @@ async fn endpoint(up: Arc<AtomicBool>) -> std::net::SocketAddr {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // The one loopback address the test operator's probe policy allows.
+    let listener = tokio::net::TcpListener::bind((support::PROBE_ALLOWED_HOST, 0))
+        .await
+        .unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     addr
@@ -316,4 +319,127 @@ async fn a_probe_flips_reachable_when_the_endpoint_goes_down_and_comes_back() {
     assert!(back.reachable);
     assert_ne!(back.since, down.since);
     binding_condition(&client, ns, "wms", "Ready", "True").await;
+}
+
+/// The SSRF guard on the real API server: bindings whose health check points at loopback (by
+/// address and by name), cloud metadata, the API server itself and a Service's ClusterIP are
+/// refused by policy, say which rule refused and nothing about the network, and a listener on
+/// such an address sees no connection at all.
+#[tokio::test]
+async fn probes_of_internal_addresses_are_refused_by_policy_and_never_sent() {
+    use k8s_openapi::api::core::v1::Service;
+    let client = client().await;
+    operator();
+    let ns = TestNamespace::new(&client, "binding-ssrf").await;
+    let ns = ns.name.as_str();
+
+    // Listeners on loopback that count every connection they are offered: 127.0.0.1 (also
+    // the local API server's host) and 127.0.0.3.
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut ports = Vec::new();
+    for host in ["127.0.0.1", "127.0.0.3"] {
+        let listener = tokio::net::TcpListener::bind((host, 0)).await.unwrap();
+        ports.push(listener.local_addr().unwrap().port());
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((_socket, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+    }
+    let service: Service = apply_yaml(
+        &client,
+        ns,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: internal}\n\
+         spec: {ports: [{port: 80}], selector: {app: internal}}\n",
+    )
+    .await;
+    let cluster_ip = service.spec.unwrap().cluster_ip.unwrap();
+    let api_server = support::admin_config().await.cluster_url.to_string();
+    let api_server = api_server.trim_end_matches('/');
+
+    // (binding, URL, the rules that may refuse it). Here the API server listens on 127.0.0.1,
+    // so its rule refuses that whole address first.
+    let api_rule = "Kubernetes API server";
+    let cases = [
+        (
+            "loopback",
+            format!("http://127.0.0.3:{}/api", ports[1]),
+            vec!["loopback"],
+        ),
+        (
+            "api-host",
+            format!("http://127.0.0.1:{}/api", ports[0]),
+            vec![api_rule],
+        ),
+        (
+            "localhost",
+            format!("http://localhost:{}/api", ports[0]),
+            vec!["loopback", api_rule],
+        ),
+        (
+            "metadata",
+            "http://169.254.169.254/latest".to_string(),
+            vec!["link-local"],
+        ),
+        ("apiserver", api_server.to_string(), vec![api_rule]),
+        (
+            "service",
+            format!("http://{cluster_ip}/api"),
+            vec!["Service range"],
+        ),
+    ];
+    for (name, url, _) in &cases {
+        let _: ConnectorBinding = apply_yaml(
+            &client,
+            ns,
+            &format!(
+                "apiVersion: flowplane.io/v1alpha1\nkind: ConnectorBinding\nmetadata: {{name: {name}}}\n\
+                 spec:\n  system: Other\n  protocol: Rest\n  endpoint: {{url: \"{url}\"}}\n  \
+                 healthCheck: {{path: /healthz, interval: 1s, timeout: 2s}}\n"
+            ),
+        )
+        .await;
+    }
+    for (name, url, rules) in &cases {
+        let (reason, message, binding) =
+            binding_condition(&client, ns, name, "Reachable", "False").await;
+        assert_eq!(reason, "RefusedByPolicy", "{name}: {message}");
+        assert!(
+            message.contains("refused by policy") && rules.iter().any(|r| message.contains(r)),
+            "{name}: {message}"
+        );
+        // Nothing about the network: no address, port, resolver or socket error.
+        let host = reqwest::Url::parse(url)
+            .unwrap()
+            .host_str()
+            .unwrap()
+            .to_string();
+        for leak in [
+            host.as_str(),
+            "connection",
+            "refused:",
+            "TLS",
+            "DNS",
+            "timed out",
+        ] {
+            assert!(!message.contains(leak), "{name} echoes {leak:?}: {message}");
+        }
+        let status = binding.status.unwrap();
+        assert!(
+            status.last_probe.is_none(),
+            "{name}: {:?}",
+            status.last_probe
+        );
+        let (stalled, stalled_reason, _) = condition(&status.conditions, "Stalled").unwrap();
+        assert_eq!(
+            (stalled.as_str(), stalled_reason.as_str()),
+            ("True", "RefusedByPolicy")
+        );
+        let (ready, _, _) = condition(&status.conditions, "Ready").unwrap();
+        assert_eq!(ready, "False", "{name}");
+    }
+    // Several reconciles later, still not a single connection.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(connections.load(Ordering::SeqCst), 0);
 }

@@ -211,6 +211,12 @@ fn helm_template_renders_a_production_install() {
             .starts_with("nats://")
     );
     assert!(env("FLOWPLANE_WORKER_IMAGE")["value"].is_string());
+    // Least privilege by default: the release namespace alone is watched.
+    assert_eq!(
+        env("FLOWPLANE_WATCH_NAMESPACES")["value"],
+        "flowplane-system"
+    );
+    assert_eq!(env("FLOWPLANE_PROBE_MIN_INTERVAL_SECONDS")["value"], "10");
     // The credentials are a mounted file, never an environment value.
     assert_eq!(pod["volumes"][0]["secret"]["secretName"], "nats-creds");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
@@ -243,10 +249,66 @@ fn helm_template_renders_a_production_install() {
     ] {
         assert_eq!(find(&docs, kind).len(), 1, "{kind}");
     }
-    // Only the leader-election Role is namespaced by default.
+    assert_eq!(find(&docs, "ValidatingAdmissionPolicy").len(), 2);
+    assert_eq!(find(&docs, "ValidatingAdmissionPolicyBinding").len(), 2);
+    // By default: the operator's rules in a Role of the release namespace, the leader-election
+    // Role, and a Role naming the `kubernetes` Service in `default`; the ClusterRole only reads
+    // CRDs, ServiceCIDRs and Nodes.
     let roles = find(&docs, "Role");
-    assert_eq!(roles.len(), 1);
-    assert_eq!(roles[0]["rules"][0]["resources"][0], "leases");
+    let placed: Vec<(&str, &str)> = roles
+        .iter()
+        .map(|r| {
+            (
+                r["metadata"]["namespace"].as_str().unwrap(),
+                r["metadata"]["name"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        placed,
+        [
+            ("flowplane-system", "fp-flowplane"),
+            ("default", "fp-flowplane-api-server-addresses"),
+            ("flowplane-system", "fp-flowplane-leader-election"),
+        ]
+    );
+    assert_eq!(roles[1]["rules"][0]["resourceNames"][0], "kubernetes");
+    let cluster_rules: Vec<&str> = find(&docs, "ClusterRole")[0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["resources"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        cluster_rules,
+        ["customresourcedefinitions", "servicecidrs", "nodes"]
+    );
+
+    // Cluster-wide mode, opted into: the operator's rules in the ClusterRole, no Role of them.
+    let wide = documents(&template("fp", "flowplane-system", &["clusterWide=true"]).unwrap());
+    assert!(
+        find(&wide, "ClusterRole")[0]["rules"]
+            .as_array()
+            .unwrap()
+            .len()
+            > 3
+    );
+    assert_eq!(find(&wide, "Role").len(), 2);
+    let env = &find(&wide, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        !env.to_string().contains("FLOWPLANE_WATCH_NAMESPACES"),
+        "{env}"
+    );
+    let both = template(
+        "fp",
+        "flowplane-system",
+        &["clusterWide=true", "watchNamespaces={a}"],
+    );
+    assert!(
+        both.as_ref()
+            .is_err_and(|e| e.contains("leave watchNamespaces empty")),
+        "{both:?}"
+    );
     assert!(find(&docs, "ServiceMonitor").is_empty());
     assert!(find(&docs, "ConfigMap").is_empty());
 
@@ -281,13 +343,13 @@ fn helm_template_renders_a_production_install() {
         .iter()
         .map(|r| r["metadata"]["namespace"].as_str().unwrap())
         .collect();
-    assert!(namespaces.contains(&"team-a") && namespaces.contains(&"team-b"));
-    let cluster_role = find(&scoped, "ClusterRole")[0];
-    assert_eq!(cluster_role["rules"].as_array().unwrap().len(), 1);
+    // The release namespace keeps only the leader-election Role: it is not watched.
     assert_eq!(
-        cluster_role["rules"][0]["resources"][0],
-        "customresourcedefinitions"
+        namespaces,
+        ["team-a", "team-b", "default", "flowplane-system"]
     );
+    let cluster_role = find(&scoped, "ClusterRole")[0];
+    assert_eq!(cluster_role["rules"].as_array().unwrap().len(), 3);
     assert_eq!(find(&scoped, "ServiceMonitor").len(), 1);
     let dashboard = find(&scoped, "ConfigMap")[0];
     assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
@@ -314,6 +376,8 @@ fn values_schema_rejects_bad_values_with_a_clear_message() {
         ("replicas=2", "additional properties 'replicas' not allowed"),
         ("image.pullPolicy=Sometimes", "at '/image/pullPolicy'"),
         ("watchNamespaces={Team_A}", "at '/watchNamespaces/0'"),
+        ("ssrf.denyCIDRs={10.0.0.0}", "at '/ssrf/denyCIDRs/0'"),
+        ("ssrf.minIntervalSeconds=0", "at '/ssrf/minIntervalSeconds'"),
     ] {
         let err = template("fp", "flowplane-system", &[set])
             .expect_err(&format!("--set {set} must be refused"));
@@ -377,6 +441,32 @@ fn cleanup_cluster_scoped(release: &str) {
         ],
         None,
     );
+    let addresses = format!("{name}-api-server-addresses");
+    let _ = support::kubectl(
+        &[
+            "delete",
+            "role,rolebinding",
+            "-n",
+            "default",
+            &addresses,
+            "--ignore-not-found",
+        ],
+        None,
+    );
+    for policy in [
+        "operator-writes-flowplane-objects",
+        "operator-pod-templates",
+    ] {
+        let _ = support::kubectl(
+            &[
+                "delete",
+                "validatingadmissionpolicy,validatingadmissionpolicybinding",
+                &format!("{name}-{policy}"),
+                "--ignore-not-found",
+            ],
+            None,
+        );
+    }
 }
 
 #[tokio::test]
@@ -486,6 +576,39 @@ async fn allowed(
     answer.status.is_some_and(|s| s.allowed)
 }
 
+/// Whether `user` may get the object `name` of `group`/`resource` in `namespace`.
+async fn allowed_named(
+    client: &kube::Client,
+    user: &str,
+    group: &str,
+    resource: &str,
+    namespace: &str,
+    name: &str,
+) -> bool {
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.to_string()),
+            groups: Some(vec!["system:serviceaccounts".into()]),
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some("get".into()),
+                group: Some(group.into()),
+                resource: Some(resource.into()),
+                namespace: Some(namespace.into()),
+                name: Some(name.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let api: Api<SubjectAccessReview> = Api::all(client.clone());
+    let answer = api
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("SubjectAccessReview");
+    answer.status.is_some_and(|s| s.allowed)
+}
+
 /// Every API call in src/controller and src/render, as (verb, group, resource).
 const OPERATOR_NEEDS: &[(&str, &str, &str)] = &[
     ("get", "flowplane.io", "integrationflows"),
@@ -516,28 +639,36 @@ const OPERATOR_NEEDS: &[(&str, &str, &str)] = &[
     ("watch", "apps", "deployments"),
     ("create", "apps", "deployments"),
     ("patch", "apps", "deployments"),
+    ("get", "", "services"),
     ("create", "", "services"),
     ("patch", "", "services"),
+    ("get", "policy", "poddisruptionbudgets"),
     ("create", "policy", "poddisruptionbudgets"),
     ("patch", "policy", "poddisruptionbudgets"),
+    ("get", "networking.k8s.io", "networkpolicies"),
     ("create", "networking.k8s.io", "networkpolicies"),
     ("patch", "networking.k8s.io", "networkpolicies"),
+    ("get", "batch", "cronjobs"),
     ("list", "batch", "cronjobs"),
     ("watch", "batch", "cronjobs"),
     ("create", "batch", "cronjobs"),
     ("patch", "batch", "cronjobs"),
     ("delete", "batch", "cronjobs"),
+    ("get", "autoscaling", "horizontalpodautoscalers"),
     ("list", "autoscaling", "horizontalpodautoscalers"),
     ("watch", "autoscaling", "horizontalpodautoscalers"),
     ("create", "autoscaling", "horizontalpodautoscalers"),
     ("patch", "autoscaling", "horizontalpodautoscalers"),
     ("delete", "autoscaling", "horizontalpodautoscalers"),
+    ("get", "keda.sh", "scaledobjects"),
     ("create", "keda.sh", "scaledobjects"),
     ("patch", "keda.sh", "scaledobjects"),
     ("delete", "keda.sh", "scaledobjects"),
+    ("get", "monitoring.coreos.com", "prometheusrules"),
     ("create", "monitoring.coreos.com", "prometheusrules"),
     ("patch", "monitoring.coreos.com", "prometheusrules"),
     ("delete", "monitoring.coreos.com", "prometheusrules"),
+    ("get", "monitoring.coreos.com", "servicemonitors"),
     ("create", "monitoring.coreos.com", "servicemonitors"),
     ("patch", "monitoring.coreos.com", "servicemonitors"),
     ("delete", "monitoring.coreos.com", "servicemonitors"),
@@ -571,26 +702,30 @@ async fn service_account_is_granted_what_the_operator_calls_and_nothing_else() {
     let client = support::client().await;
     let (ns, release) = install_rendered(&client, "chart-rbac").await;
     let user = format!("system:serviceaccount:{}:{release}-flowplane", ns.name);
+    // By default the operator watches its own namespace only.
+    let watched = Some(ns.name.as_str());
     let elsewhere = Some("some-team");
 
     let mut missing = vec![];
     for &(verb, group, resource) in OPERATOR_NEEDS {
-        if !allowed(&client, &user, verb, group, resource, elsewhere).await {
+        if !allowed(&client, &user, verb, group, resource, watched).await {
             missing.push(format!("{verb} {group}/{resource}"));
         }
     }
-    for verb in ["get", "list", "watch"] {
-        if !allowed(
-            &client,
-            &user,
-            verb,
-            "apiextensions.k8s.io",
-            "customresourcedefinitions",
-            None,
-        )
-        .await
-        {
-            missing.push(format!("{verb} customresourcedefinitions"));
+    for (verb, group, resource) in [
+        ("get", "apiextensions.k8s.io", "customresourcedefinitions"),
+        ("list", "apiextensions.k8s.io", "customresourcedefinitions"),
+        ("watch", "apiextensions.k8s.io", "customresourcedefinitions"),
+        ("list", "networking.k8s.io", "servicecidrs"),
+        ("list", "", "nodes"),
+    ] {
+        if !allowed(&client, &user, verb, group, resource, None).await {
+            missing.push(format!("{verb} {group}/{resource}"));
+        }
+    }
+    for (group, resource) in [("", "services"), ("discovery.k8s.io", "endpointslices")] {
+        if !allowed_named(&client, &user, group, resource, "default", "kubernetes").await {
+            missing.push(format!("get {group}/{resource} kubernetes in default"));
         }
     }
     // The Lease: in the release namespace only.
@@ -611,8 +746,21 @@ async fn service_account_is_granted_what_the_operator_calls_and_nothing_else() {
 
     let mut excess = vec![];
     for &(verb, group, resource) in OPERATOR_MUST_NOT {
-        if allowed(&client, &user, verb, group, resource, elsewhere).await {
+        if allowed(&client, &user, verb, group, resource, watched).await {
             excess.push(format!("{verb} {group}/{resource}"));
+        }
+    }
+    // Nothing at all outside the watched namespaces.
+    for &(verb, group, resource) in OPERATOR_NEEDS {
+        if allowed(&client, &user, verb, group, resource, elsewhere).await {
+            excess.push(format!(
+                "{verb} {group}/{resource} in an unwatched namespace"
+            ));
+        }
+    }
+    for resource in ["services", "secrets", "configmaps"] {
+        if allowed(&client, &user, "list", "", resource, Some("default")).await {
+            excess.push(format!("list {resource} in default"));
         }
     }
     for verb in ["create", "patch", "update", "delete"] {
@@ -777,4 +925,161 @@ async fn the_operator_identity_is_refused_what_the_chart_does_not_grant() {
         .get(&ns.name)
         .await
         .expect("namespace survives");
+}
+
+/// A worker-like Deployment as the operator would write it, with the parts a compromised
+/// operator would change: labels, image and a privileged container.
+fn deployment(
+    name: &str,
+    managed_by: &str,
+    image: &str,
+    privileged: bool,
+) -> k8s_openapi::api::apps::v1::Deployment {
+    let security = if privileged {
+        serde_json::json!({"privileged": true, "capabilities": {"drop": ["ALL"]}})
+    } else {
+        serde_json::json!({"allowPrivilegeEscalation": false, "runAsNonRoot": true,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}})
+    };
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": managed_by}},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "automountServiceAccountToken": false,
+                    "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{"name": "worker", "image": image, "securityContext": security}]
+                }
+            }
+        }
+    }))
+    .unwrap()
+}
+
+/// The chart's default install on the real API server, as its own ServiceAccount
+/// (impersonated): nothing outside the watched namespace (no Secret read, no Deployment
+/// created), and inside it the ValidatingAdmissionPolicy refuses what a compromised operator
+/// would try: another image, a privileged pod template, an object not labelled as flowplane's.
+#[tokio::test]
+async fn the_default_service_account_is_confined_to_its_namespace_and_the_admission_policy() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::ListParams;
+
+    let admin = support::client().await;
+    let (ns, release) = install_rendered(&admin, "chart-confined").await;
+    let other = support::TestNamespace::new(&admin, "chart-unwatched").await;
+    let rendered = documents(
+        &template(
+            &release,
+            &ns.name,
+            &["nats.credentials.existingSecret=nats-creds"],
+        )
+        .unwrap(),
+    );
+    let worker_image = find(&rendered, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
+        [0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "FLOWPLANE_WORKER_IMAGE")
+        .unwrap()["value"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut config = support::admin_config().await;
+    config.auth_info.impersonate = Some(format!(
+        "system:serviceaccount:{}:{release}-flowplane",
+        ns.name
+    ));
+    config.auth_info.impersonate_groups = Some(vec![
+        "system:serviceaccounts".into(),
+        format!("system:serviceaccounts:{}", ns.name),
+        "system:authenticated".into(),
+    ]);
+    let operator = kube::Client::try_from(config).unwrap();
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+
+    // Outside the watched namespace: refused by RBAC.
+    let outside = Api::<Secret>::namespaced(operator.clone(), &other.name);
+    let mut problems: Vec<String> = [
+        refused(
+            "list Secrets in an unwatched namespace",
+            outside.list(&ListParams::default()).await,
+        ),
+        refused(
+            "get a Secret in an unwatched namespace",
+            outside.get("anything").await,
+        ),
+        refused(
+            "create a Deployment in an unwatched namespace",
+            Api::<Deployment>::namespaced(operator.clone(), &other.name)
+                .create(
+                    &dry_run,
+                    &deployment("w", "flowplane", &worker_image, false),
+                )
+                .await,
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+
+    // Inside: what the operator does is allowed ...
+    Api::<Secret>::namespaced(operator.clone(), &ns.name)
+        .list(&ListParams::default())
+        .await
+        .expect("the operator reads Secrets in its watched namespace");
+    let inside = Api::<Deployment>::namespaced(operator.clone(), &ns.name);
+    inside
+        .create(
+            &dry_run,
+            &deployment("w", "flowplane", &worker_image, false),
+        )
+        .await
+        .expect("a worker Deployment of the configured image is allowed");
+    // ... and the admission policy refuses the rest (it takes effect within seconds of
+    // being applied).
+    for (what, object, says) in [
+        (
+            "another image",
+            deployment("w", "flowplane", "attacker/miner:latest", false),
+            "may only run the worker image",
+        ),
+        (
+            "a privileged pod template",
+            deployment("w", "flowplane", &worker_image, true),
+            "must not be privileged",
+        ),
+        (
+            "an object not labelled as flowplane's",
+            deployment("w", "someone-else", &worker_image, false),
+            "may only write objects labelled",
+        ),
+    ] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let outcome = loop {
+            let outcome = inside.create(&dry_run, &object).await;
+            if outcome.is_err() || std::time::Instant::now() > deadline {
+                break outcome;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        };
+        match outcome {
+            Err(kube::Error::Api(status))
+                if status.code == 403
+                    && status.message.contains("ValidatingAdmissionPolicy")
+                    && status.message.contains(says) => {}
+            other => problems.push(format!(
+                "{what}: expected the admission policy's refusal ({says}), got {other:?}"
+            )),
+        }
+    }
+    cleanup_cluster_scoped(&release);
+    assert!(problems.is_empty(), "{problems:#?}");
 }

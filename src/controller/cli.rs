@@ -13,8 +13,8 @@ use super::{Context, OperatorConfig};
 /// is visible in production as `flowplane_operator_kube_write_requests_total`.
 async fn counting_client(
     writes: prometheus_client::metrics::counter::Counter,
+    config: kube::Config,
 ) -> anyhow::Result<Client> {
-    let config = kube::Config::infer().await?;
     let count = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
         if req.method() != http::Method::GET {
             writes.inc();
@@ -58,8 +58,12 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
         .build()?
         .block_on(async {
             let metrics = Metrics::default();
-            let client = counting_client(metrics.kube_writes.clone()).await?;
-            let ctx = Context::with_metrics(client.clone(), args.operator, metrics).await?;
+            let config = kube::Config::infer().await?;
+            let mut operator = args.operator;
+            // Health probes never reach the API server at the address this client uses.
+            operator.probe.api_server_urls = vec![config.cluster_url.to_string()];
+            let client = counting_client(metrics.kube_writes.clone(), config).await?;
+            let ctx = Context::with_metrics(client.clone(), operator, metrics).await?;
             tokio::spawn(super::serve_http(ctx.clone()));
             tracing::info!(region = ?ctx.config.region, "flowplane operator starting");
             if !args.leader_election {

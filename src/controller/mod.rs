@@ -65,6 +65,9 @@ pub struct OperatorConfig {
     /// operator granted Roles in those namespaces only.
     #[arg(long, env = "FLOWPLANE_WATCH_NAMESPACES", value_delimiter = ',')]
     pub watch_namespaces: Vec<String>,
+    /// What ConnectorBinding health probes may reach (the SSRF guard).
+    #[command(flatten)]
+    pub probe: connector_binding::policy::ProbePolicyConfig,
 }
 
 /// Where a controller watches: the whole cluster, or one namespace.
@@ -109,6 +112,10 @@ pub struct Context {
     pub optional_apis: OptionalApis,
     /// What this process last applied, so a settled system makes no writes.
     pub applied: integration_flow::apply::AppliedCache,
+    /// The API server's addresses and Service ranges health probes never reach.
+    pub probe_cluster: connector_binding::policy::ClusterAddresses,
+    /// When each binding was last probed (the minimum interval).
+    pub recent_probes: connector_binding::policy::RecentProbes,
 }
 
 impl Context {
@@ -149,6 +156,8 @@ impl Context {
             jetstream: async_nats::jetstream::new(nats),
             metrics,
             applied: Default::default(),
+            probe_cluster: Default::default(),
+            recent_probes: Default::default(),
         }))
     }
 }

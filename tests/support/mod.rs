@@ -116,6 +116,12 @@ pub const OPERATOR_NAMESPACE: &str = "flowplane-tests-system";
 /// Name of that ServiceAccount (and of the chart's ClusterRole and bindings).
 pub const OPERATOR_SERVICE_ACCOUNT: &str = "flowplane-tests";
 
+/// The worker image the in-process operator deploys, which the chart's admission policy is
+/// rendered to allow.
+pub const WORKER_IMAGE_REPOSITORY: &str = "flowplane";
+pub const WORKER_IMAGE_TAG: &str = "test";
+pub const WORKER_IMAGE: &str = "flowplane:test";
+
 /// The user the API server sees for the chart's ServiceAccount.
 pub fn operator_user() -> String {
     format!("system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}")
@@ -187,9 +193,11 @@ pub fn helm(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// Renders the chart's ServiceAccount and RBAC (`helm template`, default values, so the
-/// cluster-wide ClusterRole and the leader-election Role in [`OPERATOR_NAMESPACE`]) and applies
-/// them as admin; once per test process (server-side apply, so concurrent test binaries agree).
+/// Renders the chart's ServiceAccount, RBAC and admission policy (`helm template` in the
+/// explicit cluster-wide mode, since tests make namespaces of their own; the worker image
+/// [`WORKER_IMAGE`]) and applies them as admin; once per test process (server-side apply, so
+/// concurrent test binaries agree). Every request of the in-process operator then passes the
+/// chart's RBAC and its ValidatingAdmissionPolicy, or the test fails.
 pub fn install_operator_rbac() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
@@ -216,13 +224,25 @@ pub fn install_operator_rbac() {
             KUBE_VERSION,
             "--set",
             &format!("fullnameOverride={OPERATOR_SERVICE_ACCOUNT}"),
+            "--set",
+            "clusterWide=true",
+            "--set",
+            &format!("worker.image.repository={WORKER_IMAGE_REPOSITORY}"),
+            "--set",
+            &format!("worker.image.tag={WORKER_IMAGE_TAG}"),
             "--show-only",
             "templates/serviceaccount.yaml",
             "--show-only",
             "templates/rbac.yaml",
+            "--show-only",
+            "templates/admission-policy.yaml",
         ]);
         assert!(ok, "helm template of the chart's RBAC failed:\n{err}");
         assert!(rendered.contains("kind: ClusterRole\n"), "{rendered}");
+        assert!(
+            rendered.contains("kind: ValidatingAdmissionPolicy\n"),
+            "{rendered}"
+        );
         let (ok, out, err) = kubectl(&apply, Some(&rendered));
         assert!(ok, "applying the chart's RBAC failed:\n{out}\n{err}");
     });
@@ -468,6 +488,10 @@ where
 
 static OPERATOR: OnceLock<Operator> = OnceLock::new();
 
+/// The one loopback address the in-process operator's health probes may reach (an explicit
+/// allow, as local development needs; see docs/security.md).
+pub const PROBE_ALLOWED_HOST: &str = "127.0.0.2";
+
 pub fn operator() -> &'static Operator {
     OPERATOR.get_or_init(|| {
         let writes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -490,6 +514,7 @@ pub fn operator() -> &'static Operator {
                 // CRDs are the installer's business (admin); the operator only reads them.
                 install_crds(&Client::try_from(admin_config().await).unwrap()).await;
                 let config = operator_config().await;
+                let api_server_url = config.cluster_url.to_string();
                 let count = tower::util::MapRequestLayer::new(
                     move |req: http::Request<kube::client::Body>| {
                         if req.method() != http::Method::GET {
@@ -513,10 +538,19 @@ pub fn operator() -> &'static Operator {
                     nats_url,
                     nats_creds_file: None,
                     nats_monitoring_endpoint: "127.0.0.1:8222".into(),
-                    worker_image: "flowplane:test".into(),
+                    worker_image: WORKER_IMAGE.into(),
                     http_addr: "127.0.0.1:0".parse().unwrap(),
                     resync_seconds: 5,
                     watch_namespaces: Vec::new(),
+                    // Health probes reach loopback only at 127.0.0.2, where the probe tests
+                    // listen ([`PROBE_ALLOWED_HOST`]): every other loopback address, the API
+                    // server and the Service range stay refused, as in a cluster.
+                    probe: flowplane::controller::connector_binding::policy::ProbePolicyConfig {
+                        allow_cidrs: vec![format!("{PROBE_ALLOWED_HOST}/32").parse().unwrap()],
+                        deny_cidrs: Vec::new(),
+                        min_interval_seconds: 1,
+                        api_server_urls: vec![api_server_url],
+                    },
                 };
                 let ctx = flowplane::controller::Context::new(client, settings)
                     .await

@@ -60,3 +60,15 @@ app.kubernetes.io/part-of: flowplane
 {{- define "flowplane.leaderElection" -}}
 {{- if or .Values.leaderElection.enabled (gt (int .Values.replicaCount) 1) -}}true{{- end -}}
 {{- end -}}
+
+{{/* The namespaces the operator watches (comma-separated), empty in cluster-wide mode:
+the listed ones, else the release namespace alone. */}}
+{{- define "flowplane.watchNamespaces" -}}
+{{- if .Values.clusterWide -}}
+{{- if .Values.watchNamespaces -}}
+{{- fail "clusterWide: true watches every namespace; leave watchNamespaces empty" -}}
+{{- end -}}
+{{- else -}}
+{{- join "," (default (list .Release.Namespace) .Values.watchNamespaces) -}}
+{{- end -}}
+{{- end -}}

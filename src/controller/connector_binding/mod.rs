@@ -7,6 +7,7 @@
 //! read only to check that keys are non-empty and to load the CA bundle; they never reach
 //! status, logs or events.
 
+pub mod policy;
 pub mod probe;
 pub mod status;
 
@@ -30,6 +31,7 @@ use crate::api::connector_binding::ConnectorBindingStatus;
 use crate::controller::conditions::transitions;
 use crate::controller::{Context, Error, Result, WatchScope};
 
+use policy::{NotProbed, Recent};
 use status::Probe;
 
 pub const KIND: &str = "ConnectorBinding";
@@ -109,23 +111,46 @@ async fn reconcile(binding: Arc<ConnectorBinding>, ctx: Arc<Context>) -> Result<
     let secrets = read_secrets(&binding, &ctx).await?;
     let secret = status::secret_resolved(&binding, &secrets.keys);
 
+    let key = format!(
+        "{}/{}",
+        binding.namespace().unwrap_or_default(),
+        binding.name_any()
+    );
     let mut requeue = RESYNC;
     let probe = match &binding.spec.health_check {
-        None => Probe::NotConfigured,
+        None => {
+            ctx.recent_probes.forget(&key);
+            Probe::NotConfigured
+        }
         Some(check) => {
+            let min_interval = Duration::from_secs(ctx.config.probe.min_interval_seconds);
             let interval = parse_duration(&check.interval).unwrap_or(Duration::from_secs(60));
             let timeout = parse_duration(&check.timeout).unwrap_or(Duration::from_secs(5));
-            requeue = interval.max(Duration::from_secs(1));
-            if binding.spec.endpoint.ca_secret_ref.is_some() && secrets.ca_pem.is_none() {
-                Probe::NotPossible {
-                    reason: "CABundleUnavailable",
-                    message: "not probed: the CA bundle of endpoint.caSecretRef is not available \
-                              (see SecretResolved)"
-                        .into(),
+            requeue = interval.max(min_interval).max(Duration::from_secs(1));
+            let url = probe::probe_url(&binding.spec.endpoint.url, &check.path);
+            match guarded(&ctx, &url).await {
+                Err(refused) => refused,
+                Ok(_)
+                    if binding.spec.endpoint.ca_secret_ref.is_some()
+                        && secrets.ca_pem.is_none() =>
+                {
+                    Probe::NotPossible {
+                        reason: "CABundleUnavailable",
+                        message: "not probed: the CA bundle of endpoint.caSecretRef is not \
+                                  available (see SecretResolved)"
+                            .into(),
+                    }
                 }
-            } else {
-                let url = probe::probe_url(&binding.spec.endpoint.url, &check.path);
-                Probe::Done(probe::probe(&url, timeout, secrets.ca_pem.as_deref()).await)
+                Ok(target) => match ctx.recent_probes.check(&key, &url, min_interval) {
+                    Recent::Reuse(outcome) => Probe::Done(outcome),
+                    Recent::Wait(wait) => return Ok(Action::requeue(wait)),
+                    Recent::Probe => {
+                        let outcome =
+                            probe::probe(&url, timeout, secrets.ca_pem.as_deref(), &target).await;
+                        ctx.recent_probes.record(key, url, outcome.clone());
+                        Probe::Done(outcome)
+                    }
+                },
             }
         }
     };
@@ -133,6 +158,35 @@ async fn reconcile(binding: Arc<ConnectorBinding>, ctx: Arc<Context>) -> Result<
     let status = status::build(&binding, secret, &probe, Timestamp::now());
     write_status(&binding, &ctx, status).await?;
     Ok(Action::requeue(requeue))
+}
+
+/// The probe target of `url` if the operator's policy lets it be probed, else the status
+/// that says why not (the rule, never the address or a network error).
+async fn guarded(ctx: &Context, url: &str) -> std::result::Result<policy::Target, Probe> {
+    let refused = |message: String| Probe::Refused {
+        reason: "RefusedByPolicy",
+        message: format!("not probed: refused by policy: {message}"),
+    };
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return Err(refused(
+            "the health check URL is not an http(s) URL with a host".into(),
+        ));
+    };
+    let cluster = ctx.probe_cluster.get(&ctx.client, &ctx.config.probe).await;
+    policy::resolve(&parsed, &ctx.config.probe, &cluster)
+        .await
+        .map_err(|not| match not {
+            NotProbed::Refused(rule) => refused(rule),
+            NotProbed::Unusable => {
+                refused("the health check URL is not an http(s) URL with a host".into())
+            }
+            // May resolve later: not Stalled, and no resolver detail.
+            NotProbed::Unresolved => Probe::Done(status::ProbeOutcome {
+                reachable: false,
+                status_code: None,
+                message: format!("GET {}: the host does not resolve", probe::display_url(url)),
+            }),
+        })
 }
 
 /// Writes status only when it changed, with an event per transition of `Ready`,

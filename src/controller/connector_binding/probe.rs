@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
+use super::policy::{MAX_TIMEOUT, Target};
 use super::status::ProbeOutcome;
 
 /// Attempts per probe, the first one included.
@@ -37,7 +38,11 @@ pub fn display_url(url: &str) -> String {
     }
 }
 
-fn client(timeout: Duration, ca_pem: Option<&[u8]>) -> Result<reqwest::Client, String> {
+fn client(
+    timeout: Duration,
+    ca_pem: Option<&[u8]>,
+    target: &Target,
+) -> Result<reqwest::Client, String> {
     // reqwest is built without a crypto provider; the process uses ring (never aws-lc-rs).
     // Installing twice is refused harmlessly.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -45,7 +50,13 @@ fn client(timeout: Duration, ca_pem: Option<&[u8]>) -> Result<reqwest::Client, S
         .timeout(timeout)
         .connect_timeout(timeout)
         .redirect(reqwest::redirect::Policy::none())
+        // A proxy would resolve the host again, elsewhere.
+        .no_proxy()
         .user_agent("flowplane-operator/health-probe");
+    if let Some(domain) = &target.domain {
+        // Connect to the addresses the policy checked, not to a second DNS answer.
+        builder = builder.resolve_to_addrs(domain, &target.addresses);
+    }
     if let Some(pem) = ca_pem {
         let certs = reqwest::Certificate::from_pem_bundle(pem)
             .map_err(|e| format!("the CA bundle is not PEM: {}", e.without_url()))?;
@@ -81,10 +92,17 @@ fn describe(error: reqwest::Error) -> String {
     }
 }
 
-/// Probes `url` (see [`probe_url`]); the message never contains credentials.
-pub async fn probe(url: &str, timeout: Duration, ca_pem: Option<&[u8]>) -> ProbeOutcome {
+/// Probes `url` (see [`probe_url`]) at the addresses of `target`, which the policy checked
+/// ([`super::policy::resolve`]); the message never contains credentials.
+pub async fn probe(
+    url: &str,
+    timeout: Duration,
+    ca_pem: Option<&[u8]>,
+    target: &Target,
+) -> ProbeOutcome {
     let shown = display_url(url);
-    let client = match client(timeout, ca_pem) {
+    let timeout = timeout.clamp(Duration::from_secs(1), MAX_TIMEOUT);
+    let client = match client(timeout, ca_pem, target) {
         Ok(c) => c,
         Err(message) => {
             return ProbeOutcome {
@@ -132,6 +150,13 @@ pub async fn probe(url: &str, timeout: Duration, ca_pem: Option<&[u8]>) -> Probe
 mod tests {
     use super::*;
 
+    fn loopback(port: u16) -> Target {
+        Target {
+            domain: None,
+            addresses: vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))],
+        }
+    }
+
     #[test]
     fn urls_join_and_hide_credentials() {
         assert_eq!(
@@ -147,7 +172,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_connection_is_unreachable_and_says_so() {
-        let outcome = probe("http://127.0.0.1:1/", Duration::from_secs(1), None).await;
+        let outcome = probe(
+            "http://127.0.0.1:1/",
+            Duration::from_secs(1),
+            None,
+            &loopback(1),
+        )
+        .await;
         assert!(!outcome.reachable);
         assert_eq!(outcome.status_code, None);
         assert!(
@@ -157,12 +188,37 @@ mod tests {
         );
     }
 
+    /// The probe connects to the address the policy checked, never to a second DNS answer:
+    /// a name that resolves nowhere (`.invalid`) still reaches the pinned listener.
+    #[tokio::test]
+    async fn the_probe_connects_to_the_checked_address_only() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buffer = [0u8; 1024];
+            let _ = socket.read(&mut buffer).await;
+            let _ = socket
+                .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        });
+        let target = Target {
+            domain: Some("erp.flowplane.invalid".into()),
+            addresses: vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))],
+        };
+        let url = format!("http://erp.flowplane.invalid:{port}/health");
+        let outcome = probe(&url, Duration::from_secs(2), None, &target).await;
+        assert_eq!(outcome.status_code, Some(204), "{}", outcome.message);
+    }
+
     #[tokio::test]
     async fn a_ca_bundle_that_is_not_pem_is_reported() {
         let outcome = probe(
             "https://127.0.0.1:1/",
             Duration::from_secs(1),
             Some(b"not a certificate"),
+            &loopback(1),
         )
         .await;
         assert!(!outcome.reachable);

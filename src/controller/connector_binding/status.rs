@@ -171,6 +171,12 @@ pub enum Probe {
         message: String,
     },
     Done(ProbeOutcome),
+    /// Not probed, and will not be until the spec or the operator's policy changes (the
+    /// SSRF guard refused the target; see [`super::policy`]).
+    Refused {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 /// `lastProbe` after `outcome`: `since` moves only when reachability flips, so identical
@@ -210,6 +216,11 @@ pub fn build(
                 previous.last_probe.clone(),
             )
         }
+        // No lastProbe: an earlier probe's answer belongs to another target.
+        Probe::Refused { reason, message } => (
+            Some(Desired::new("Reachable", false, *reason, message.clone())),
+            None,
+        ),
         Probe::Done(outcome) => (
             Some(if outcome.reachable {
                 Desired::new("Reachable", true, "Reachable", outcome.message.clone())
@@ -237,17 +248,16 @@ pub fn build(
             "credentials resolved (no health check configured)",
         ),
     };
-    // Missing Secrets or keys stay missing until someone creates them or edits the binding:
-    // Stalled. An unreachable endpoint may come back by itself: not Stalled.
-    let stalled = if secret.status {
-        Desired::new("Stalled", false, "NotStalled", "")
-    } else {
-        Desired::new(
-            "Stalled",
-            true,
-            secret.reason.clone(),
-            secret.message.clone(),
-        )
+    // Missing Secrets or keys stay missing until someone creates them or edits the binding,
+    // and a target the policy refuses stays refused: Stalled. An unreachable endpoint may come
+    // back by itself: not Stalled.
+    let refused = match (probe, &reachable) {
+        (Probe::Refused { .. }, Some(r)) => Some(r),
+        _ => None,
+    };
+    let stalled = match Some(&secret).filter(|s| !s.status).or(refused) {
+        None => Desired::new("Stalled", false, "NotStalled", ""),
+        Some(c) => Desired::new("Stalled", true, c.reason.clone(), c.message.clone()),
     };
     let desired: Vec<Desired> = [Some(ready), Some(stalled), Some(secret), reachable]
         .into_iter()
