@@ -772,3 +772,81 @@ async fn what_a_worker_would_refuse_at_start_stalls_the_flow_instead() {
         );
     }
 }
+
+/// No takeover: a Deployment someone else made, named like a flow's workers, is left byte
+/// for byte as it was (not patched, not deleted, not garbage-collected with the flow), and
+/// the flow is Stalled with reason ChildConflict naming it.
+#[tokio::test]
+async fn a_foreign_object_named_like_a_child_is_left_alone_and_the_flow_says_why() {
+    let _shared = OPTIONAL_APIS.read().await;
+    let client = client().await;
+    operator();
+    let ns = TestNamespace::new(&client, "flow-takeover").await;
+    dependencies(&client, &ns.name).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let foreign: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "orders-worker", "labels": {"team": "payments"}},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": "payments"}},
+            "template": {
+                "metadata": {"labels": {"app": "payments"}},
+                "spec": {"containers": [{"name": "api", "image": "payments:1.4"}]}
+            }
+        }
+    }))
+    .unwrap();
+    deployments
+        .create(&Default::default(), &foreign)
+        .await
+        .unwrap();
+    // Let the deployment controller write its status first, so what stays is the final object.
+    let before = eventually(30, "the foreign Deployment's status", || async {
+        let d = deployments.get("orders-worker").await.ok()?;
+        (d.status.as_ref()?.observed_generation == d.metadata.generation).then_some(d)
+    })
+    .await;
+
+    let _: IntegrationFlow = apply_yaml(&client, &ns.name, &flow_yaml("orders", "")).await;
+    let flow = eventually(60, "Stalled by the foreign Deployment", || async {
+        let f = flow_status(&client, &ns.name, "orders").await;
+        (condition(&f, "Stalled")?.0 == "True").then_some(f)
+    })
+    .await;
+    let (_, reason, message) = condition(&flow, "Stalled").unwrap();
+    assert_eq!(reason, "ChildConflict", "{message}");
+    assert!(
+        message.starts_with(
+            "Deployment orders-worker already exists and does not belong to IntegrationFlow orders"
+        ),
+        "{message}"
+    );
+    assert_eq!(condition(&flow, "Ready").unwrap().1, "ChildConflict");
+
+    // Several reconciles later the Deployment is exactly as it was.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let after = deployments.get("orders-worker").await.unwrap();
+    assert_eq!(
+        serde_json::to_string(&after).unwrap(),
+        serde_json::to_string(&before).unwrap()
+    );
+
+    // Deleting the flow leaves it too (it never got an owner reference).
+    Api::<IntegrationFlow>::namespaced(client.clone(), &ns.name)
+        .delete("orders", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(60, "the flow gone", || async {
+        get_opt::<IntegrationFlow>(&client, &ns.name, "orders")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let last = deployments.get("orders-worker").await.unwrap();
+    assert_eq!(last.metadata.uid, before.metadata.uid);
+    assert_eq!(
+        last.metadata.resource_version,
+        before.metadata.resource_version
+    );
+}

@@ -1,6 +1,11 @@
 //! Apply: server-side apply of a flow's children under one field manager, the configuration
 //! first and the rest together, and pruning of children no longer wanted. Writes are skipped when the desired object
 //! is unchanged since this process last applied it, so a settled system makes no writes.
+//!
+//! No takeover: a child is written only when it does not exist or is already this flow's
+//! ([`owned_by`]); an object of the same name that someone else made is left exactly as it
+//! is (not patched, not pruned, never garbage-collected with the flow) and the flow is
+//! Stalled with reason `ChildConflict` naming it. Forced apply alone would take it over.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -11,7 +16,8 @@ use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
 use kube::{Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -21,7 +27,9 @@ use crate::api::IntegrationFlow;
 use crate::controller::optional_apis::Installed;
 use crate::controller::{Error, FIELD_MANAGER, Result};
 use crate::render::Children;
-use crate::render::labels::{cron_job_name, namespace, rules_name, workers_name};
+use crate::render::labels::{
+    FLOW_LABEL, MANAGED_BY, cron_job_name, namespace, rules_name, workers_name,
+};
 use crate::render::optional_kinds;
 
 /// What this process last did to each child: the hash of the object it applied, or `absent`
@@ -74,11 +82,47 @@ fn refused(kind: &str, name: &str, error: kube::Error) -> Error {
     }
 }
 
+/// Whether a live object is this flow's: it names the flow (by uid) as an owner, or it carries
+/// the flow's labels and fields of the operator's field manager (a child whose owner
+/// reference someone removed).
+pub fn owned_by(meta: &ObjectMeta, flow: &IntegrationFlow) -> bool {
+    let uid = flow.metadata.uid.as_deref();
+    let by_owner = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == "IntegrationFlow" && Some(o.uid.as_str()) == uid);
+    let labels = meta.labels.clone().unwrap_or_default();
+    let labelled = labels
+        .get("app.kubernetes.io/managed-by")
+        .map(String::as_str)
+        == Some(MANAGED_BY)
+        && labels.get(FLOW_LABEL) == flow.metadata.name.as_ref();
+    let ours = meta
+        .managed_fields
+        .iter()
+        .flatten()
+        .any(|f| f.manager.as_deref() == Some(FIELD_MANAGER));
+    by_owner || (labelled && ours)
+}
+
+fn conflict(kind: &str, name: &str, flow: &IntegrationFlow) -> Error {
+    Error::spec(
+        "ChildConflict",
+        format!(
+            "{kind} {name} already exists and does not belong to IntegrationFlow {}: flowplane \
+             does not take over objects it did not create; rename or remove that {kind}",
+            flow.metadata.name.as_deref().unwrap_or_default()
+        ),
+    )
+}
+
 struct Applier<'a> {
     client: &'a Client,
     namespace: &'a str,
     cache: &'a AppliedCache,
     params: PatchParams,
+    flow: &'a IntegrationFlow,
 }
 
 impl Applier<'_> {
@@ -99,6 +143,11 @@ impl Applier<'_> {
             return Ok(None);
         }
         let api: Api<K> = Api::namespaced(self.client.clone(), self.namespace);
+        if let Some(live) = api.get_metadata_opt(&name).await?
+            && !owned_by(&live.metadata, self.flow)
+        {
+            return Err(conflict(&K::kind(&()), &name, self.flow));
+        }
         let applied = api
             .patch(&name, &self.params, &Patch::Apply(object))
             .await
@@ -116,6 +165,11 @@ impl Applier<'_> {
         }
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), self.namespace, resource);
+        if let Some(live) = api.get_metadata_opt(&name).await?
+            && !owned_by(&live.metadata, self.flow)
+        {
+            return Err(conflict(&resource.kind, &name, self.flow));
+        }
         api.patch(&name, &self.params, &Patch::Apply(object))
             .await
             .map_err(|e| refused(&resource.kind, &name, e))?;
@@ -139,13 +193,35 @@ impl Applier<'_> {
             _ => {}
         }
         let api: Api<K> = Api::namespaced(self.client.clone(), self.namespace);
-        ignore_not_found(
-            api.delete(name, &DeleteParams::background())
-                .await
-                .map(|_| ()),
-        )?;
+        let live = api.get_metadata_opt(name).await?;
+        self.delete_if_ours(&api, name, live.map(|l| l.metadata))
+            .await?;
         self.cache.set(key, ABSENT.into());
         Ok(())
+    }
+
+    /// Deletes `live` if it is this flow's, with its uid as precondition (so an object
+    /// recreated by someone else in between is not deleted); anyone else's stays.
+    async fn delete_if_ours<K>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        live: Option<ObjectMeta>,
+    ) -> Result<()>
+    where
+        K: Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        let Some(live) = live.filter(|m| owned_by(m, self.flow)) else {
+            return Ok(());
+        };
+        let mut params = DeleteParams::background();
+        params.preconditions = Some(Preconditions {
+            uid: live.uid,
+            resource_version: None,
+        });
+        Ok(ignore_not_found(
+            api.delete(name, &params).await.map(|_| ()),
+        )?)
     }
 
     async fn prune_dynamic(&self, name: &str, resource: &ApiResource) -> Result<()> {
@@ -155,11 +231,9 @@ impl Applier<'_> {
         }
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), self.namespace, resource);
-        ignore_not_found(
-            api.delete(name, &DeleteParams::background())
-                .await
-                .map(|_| ()),
-        )?;
+        let live = api.get_metadata_opt(name).await?;
+        self.delete_if_ours(&api, name, live.map(|l| l.metadata))
+            .await?;
         self.cache.set(key, ABSENT.into());
         Ok(())
     }
@@ -205,6 +279,7 @@ pub async fn apply_children(
         namespace,
         cache,
         params: PatchParams::apply(FIELD_MANAGER).force(),
+        flow,
     };
     let flow_workers = &workers_name(flow);
     let rules = &rules_name(flow);
@@ -283,4 +358,54 @@ pub async fn apply_children(
         rules_config_map,
     )?;
     Ok(Applied { deployment })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow() -> IntegrationFlow {
+        let mut flow: IntegrationFlow = serde_yaml::from_str(
+            "apiVersion: flowplane.io/v1alpha1\nkind: IntegrationFlow\nmetadata: {name: orders, namespace: n}\n\
+             spec:\n  source: {bindingRef: erp, entity: A, syncMode: FullRefresh}\n  target: {bindingRef: fc, entity: /x}\n  \
+             contract: {name: c, versions: \"^1\"}\n",
+        )
+        .unwrap();
+        flow.metadata.uid = Some("u-1".into());
+        flow
+    }
+
+    fn meta(yaml: &str) -> ObjectMeta {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn only_this_flows_children_are_ours() {
+        let flow = flow();
+        let owner = "ownerReferences: [{apiVersion: flowplane.io/v1alpha1, kind: IntegrationFlow, name: orders, uid: u-1}]";
+        assert!(owned_by(
+            &meta(&format!("{{name: orders-worker, {owner}}}")),
+            &flow
+        ));
+        // Another flow of the same name (deleted and recreated): not ours by owner.
+        let other = owner.replace("u-1", "u-0");
+        assert!(!owned_by(
+            &meta(&format!("{{name: orders-worker, {other}}}")),
+            &flow
+        ));
+        // Someone's own Deployment, even labelled like ours, without our field manager.
+        let labels = "labels: {app.kubernetes.io/managed-by: flowplane, flowplane.io/flow: orders}";
+        assert!(!owned_by(
+            &meta(&format!("{{name: orders-worker, {labels}}}")),
+            &flow
+        ));
+        assert!(!owned_by(&meta("{name: orders-worker}"), &flow));
+        // Our labels and our field manager: a child whose owner reference was removed.
+        let ours = format!(
+            "{{name: orders-worker, {labels}, managedFields: [{{manager: {FIELD_MANAGER}, operation: Apply}}]}}"
+        );
+        assert!(owned_by(&meta(&ours), &flow));
+        let wrong_flow = ours.replace("flowplane.io/flow: orders", "flowplane.io/flow: invoices");
+        assert!(!owned_by(&meta(&wrong_flow), &flow));
+    }
 }
