@@ -49,9 +49,14 @@ async fn binding_condition(
     .await
 }
 
+/// A credential Secret, opted in as bindings require.
 fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
     let mut secret = Secret::default();
     secret.metadata.name = Some(name.into());
+    secret.metadata.labels = Some(BTreeMap::from([(
+        "flowplane.io/credential".to_string(),
+        "true".to_string(),
+    )]));
     secret.string_data = Some(
         data.iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -442,4 +447,55 @@ async fn probes_of_internal_addresses_are_refused_by_policy_and_never_sent() {
     // Several reconciles later, still not a single connection.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(connections.load(Ordering::SeqCst), 0);
+}
+
+/// Secrets are opted in: a Secret with every key a binding needs, but without the label
+/// `flowplane.io/credential: "true"`, leaves the binding not Ready with reason
+/// SecretNotOptedIn (its values are never read); labelling it makes the binding Ready.
+#[tokio::test]
+async fn an_unlabelled_secret_is_refused_as_a_credential() {
+    let client = client().await;
+    operator();
+    let ns = TestNamespace::new(&client, "binding-optin").await;
+    let ns = ns.name.as_str();
+    let mut unlabelled = secret(
+        "erp-user",
+        &[("username", "s3cr3t-user"), ("password", "s3cr3t-pass")],
+    );
+    unlabelled.metadata.labels = None;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    secrets
+        .create(&Default::default(), &unlabelled)
+        .await
+        .unwrap();
+    let _: ConnectorBinding = apply_yaml(&client, ns, ERP).await;
+
+    let (reason, message, binding) =
+        binding_condition(&client, ns, "erp", "SecretResolved", "False").await;
+    assert_eq!(reason, "SecretNotOptedIn", "{message}");
+    assert!(
+        message.contains("Secret erp-user")
+            && message.contains("flowplane.io/credential: \"true\""),
+        "{message}"
+    );
+    let status = binding.status.unwrap();
+    assert_eq!(
+        condition(&status.conditions, "Ready").unwrap().1,
+        "SecretNotOptedIn"
+    );
+    assert_eq!(condition(&status.conditions, "Stalled").unwrap().0, "True");
+    assert!(!serde_json::to_string(&status).unwrap().contains("s3cr3t"));
+
+    // Opting in is all it takes.
+    secrets
+        .patch(
+            "erp-user",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({
+                "metadata": {"labels": {"flowplane.io/credential": "true"}}
+            })),
+        )
+        .await
+        .unwrap();
+    binding_condition(&client, ns, "erp", "Ready", "True").await;
 }

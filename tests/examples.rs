@@ -16,7 +16,7 @@
 //!
 //! On top of that the examples must be consistent with each other: every binding, contract and
 //! code map a flow names exists in `examples/base`, and every credential Secret exists in
-//! `examples/local-secrets` with the keys its auth type reads.
+//! `examples/local-secrets` with the keys its auth type reads and the opt-in label.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -720,6 +720,12 @@ fn examples_are_valid_and_consistent() {
             ));
             continue;
         };
+        if secret.value["metadata"]["labels"]["flowplane.io/credential"] != "true" {
+            failures.push(format!(
+                "{}: Secret {secret_name:?} lacks the opt-in label flowplane.io/credential: \"true\"",
+                binding.at()
+            ));
+        }
         let auth_type: AuthType =
             serde_json::from_value(binding.value["spec"]["auth"]["type"].clone()).unwrap();
         let mut keys: BTreeSet<&str> = BTreeSet::new();

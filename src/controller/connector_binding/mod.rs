@@ -3,9 +3,12 @@
 //!
 //! Secrets are watched metadata-only and mapped to the bindings that reference them, so
 //! creating or fixing a Secret makes its bindings (and, through the IntegrationFlow
-//! controller's binding watch, their flows) Ready without any manual step. Secret values are
-//! read only to check that keys are non-empty and to load the CA bundle; they never reach
-//! status, logs or events.
+//! controller's binding watch, their flows) Ready without any manual step. A binding may use
+//! only Secrets labelled `flowplane.io/credential: "true"` ([`status::CREDENTIAL_LABEL`]): a
+//! namespace's other Secrets (service account tokens, TLS keys of other apps) cannot be sent to
+//! a URL of the binding author's choice. Secret values are read only from opted-in Secrets,
+//! only to check that keys are non-empty and to load the CA bundle; they never reach status,
+//! logs or events.
 
 pub mod policy;
 pub mod probe;
@@ -32,7 +35,7 @@ use crate::controller::conditions::transitions;
 use crate::controller::{Context, Error, Result, WatchScope};
 
 use policy::{NotProbed, Recent};
-use status::Probe;
+use status::{Probe, SecretState};
 
 pub const KIND: &str = "ConnectorBinding";
 /// Without a health check nothing changes without an event (Secrets are watched); a slow
@@ -73,34 +76,46 @@ fn error_policy(_binding: Arc<ConnectorBinding>, error: &Error, ctx: Arc<Context
     error.action(Duration::from_secs(10))
 }
 
-/// What the referenced Secrets hold: key names with a non-empty value per Secret (`None` when
-/// it does not exist), and the CA bundle when one is referenced and present.
+/// What the referenced Secrets hold: per Secret its state (see [`SecretState`]), and the CA
+/// bundle when one is referenced, present and opted in.
 struct Secrets {
-    keys: BTreeMap<String, Option<BTreeSet<String>>>,
+    states: BTreeMap<String, SecretState>,
     ca_pem: Option<Vec<u8>>,
 }
 
+/// Reads the referenced Secrets. A Secret without the opt-in label is looked at by its
+/// metadata only: its values are never read, let alone mounted into a worker.
 async fn read_secrets(binding: &ConnectorBinding, ctx: &Context) -> Result<Secrets> {
     let ns = binding.namespace().unwrap_or_default();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut keys = BTreeMap::new();
+    let mut states = BTreeMap::new();
     let mut ca_pem = None;
     let ca = binding.spec.endpoint.ca_secret_ref.as_ref();
     for name in status::referenced_secrets(binding) {
-        let secret = api.get_opt(&name).await?;
-        let found = secret.map(|s| {
-            let data = s.data.unwrap_or_default();
-            if let Some(ca) = ca.filter(|ca| ca.name == name) {
-                ca_pem = data.get(&ca.key).map(|v| v.0.clone());
+        let state = match api.get_metadata_opt(&name).await? {
+            None => SecretState::Missing,
+            Some(meta) if !status::opted_in(meta.metadata.labels.as_ref()) => {
+                SecretState::NotOptedIn
             }
-            data.into_iter()
-                .filter(|(_, v)| !v.0.is_empty())
-                .map(|(k, _)| k)
-                .collect::<BTreeSet<_>>()
-        });
-        keys.insert(name, found);
+            Some(_) => match api.get_opt(&name).await? {
+                None => SecretState::Missing,
+                Some(secret) => {
+                    let data = secret.data.unwrap_or_default();
+                    if let Some(ca) = ca.filter(|ca| ca.name == name) {
+                        ca_pem = data.get(&ca.key).map(|v| v.0.clone());
+                    }
+                    SecretState::Keys(
+                        data.into_iter()
+                            .filter(|(_, v)| !v.0.is_empty())
+                            .map(|(k, _)| k)
+                            .collect::<BTreeSet<_>>(),
+                    )
+                }
+            },
+        };
+        states.insert(name, state);
     }
-    Ok(Secrets { keys, ca_pem })
+    Ok(Secrets { states, ca_pem })
 }
 
 async fn reconcile(binding: Arc<ConnectorBinding>, ctx: Arc<Context>) -> Result<Action> {
@@ -109,7 +124,7 @@ async fn reconcile(binding: Arc<ConnectorBinding>, ctx: Arc<Context>) -> Result<
         return Ok(Action::await_change());
     }
     let secrets = read_secrets(&binding, &ctx).await?;
-    let secret = status::secret_resolved(&binding, &secrets.keys);
+    let secret = status::secret_resolved(&binding, &secrets.states);
 
     let key = format!(
         "{}/{}",

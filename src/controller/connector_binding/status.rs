@@ -10,6 +10,26 @@ use crate::api::connector_binding::{AuthType, ConnectorBindingStatus, ProbeResul
 use crate::controller::conditions::{Desired, merge};
 use crate::controller::data_contract::plan::mark_unknown;
 
+/// The label a Secret must carry, with value "true", before a binding may use it.
+pub const CREDENTIAL_LABEL: &str = "flowplane.io/credential";
+
+/// Whether a Secret with these labels opted in to be a binding's credential.
+pub fn opted_in(labels: Option<&BTreeMap<String, String>>) -> bool {
+    labels
+        .and_then(|l| l.get(CREDENTIAL_LABEL))
+        .is_some_and(|v| v == "true")
+}
+
+/// What the reconcile found of one referenced Secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretState {
+    Missing,
+    /// It exists but lacks the opt-in label (its values were not read).
+    NotOptedIn,
+    /// The keys that hold a non-empty value.
+    Keys(BTreeSet<String>),
+}
+
 /// One key the binding needs from a Secret, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Needed {
@@ -57,11 +77,10 @@ pub fn referenced_secrets(binding: &ConnectorBinding) -> BTreeSet<String> {
         .collect()
 }
 
-/// `SecretResolved` from the Secrets found: name -> the keys that hold a non-empty value
-/// (`None`: the Secret does not exist).
+/// `SecretResolved` from the Secrets found (name -> state).
 pub fn secret_resolved(
     binding: &ConnectorBinding,
-    found: &BTreeMap<String, Option<BTreeSet<String>>>,
+    found: &BTreeMap<String, SecretState>,
 ) -> Desired {
     let namespace = binding.metadata.namespace.clone().unwrap_or_default();
     let needed = match needed_keys(binding) {
@@ -85,13 +104,20 @@ pub fn secret_resolved(
     for (secret, wants) in &by_secret {
         let purposes = purposes(wants);
         match found.get(*secret) {
-            None | Some(None) => problems.push((
+            None | Some(SecretState::Missing) => problems.push((
                 "SecretNotFound",
                 format!(
                     "Secret {secret} (needed by {purposes}) does not exist in namespace {namespace}"
                 ),
             )),
-            Some(Some(keys)) => {
+            Some(SecretState::NotOptedIn) => problems.push((
+                "SecretNotOptedIn",
+                format!(
+                    "Secret {secret} (needed by {purposes}) is not labelled \
+                     {CREDENTIAL_LABEL}: \"true\"; a binding may only use Secrets that opted in"
+                ),
+            )),
+            Some(SecretState::Keys(keys)) => {
                 let missing: Vec<&Needed> = wants
                     .iter()
                     .copied()
@@ -305,8 +331,8 @@ mod tests {
 
     const BASIC: &str = "  auth: {type: Basic, secretRef: {name: erp-user}}\n";
 
-    fn keys(list: &[&str]) -> Option<BTreeSet<String>> {
-        Some(list.iter().map(|k| k.to_string()).collect())
+    fn keys(list: &[&str]) -> SecretState {
+        SecretState::Keys(list.iter().map(|k| k.to_string()).collect())
     }
 
     #[test]
@@ -348,6 +374,29 @@ mod tests {
         ]);
         let ok = secret_resolved(&b, &found);
         assert!(ok.status, "{}", ok.message);
+
+        let unlabelled = BTreeMap::from([
+            ("erp-user".to_string(), SecretState::NotOptedIn),
+            ("erp-ca".to_string(), keys(&["ca.crt"])),
+        ]);
+        let refused = secret_resolved(&b, &unlabelled);
+        assert_eq!(refused.reason, "SecretNotOptedIn");
+        assert!(
+            refused.message.contains(
+                "Secret erp-user (needed by auth type Basic) is not labelled flowplane.io/credential: \"true\""
+            ),
+            "{}",
+            refused.message
+        );
+        assert!(opted_in(Some(&BTreeMap::from([(
+            CREDENTIAL_LABEL.to_string(),
+            "true".to_string()
+        )]))));
+        assert!(!opted_in(Some(&BTreeMap::from([(
+            CREDENTIAL_LABEL.to_string(),
+            "yes".to_string()
+        )]))));
+        assert!(!opted_in(None));
         assert!(binding("", false, false).spec.auth.secret_ref.is_none());
         assert!(secret_resolved(&binding("", false, false), &BTreeMap::new()).status);
     }
