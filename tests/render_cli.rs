@@ -240,3 +240,55 @@ fn the_flow_limits_set_the_worker_memory_limit_and_reach_worker_json() {
         .expect("worker.json carries the limits");
     assert!(config.contains("4096"), "{config}");
 }
+
+/// Worker egress is denied by default: each flow's NetworkPolicy allows out only DNS (the
+/// kube-dns pods), NATS and each of its bindings' endpoints and token URLs, by port, and by
+/// address where the URL names an IP.
+#[test]
+fn worker_egress_allows_only_dns_nats_and_the_flows_endpoints() {
+    // The ERP at an IP address, NATS too; the forecasting platform (and its token URL) by name.
+    let dir = std::env::temp_dir().join(format!("flowplane-egress-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let files: Vec<PathBuf> = base_files()
+        .into_iter()
+        .map(|file| {
+            let text = std::fs::read_to_string(&file).unwrap().replace(
+                "https://erp.example.com/sap/opu/odata4/sap",
+                "https://10.20.30.40:8443/sap/opu/odata4/sap",
+            );
+            let copy = dir.join(file.file_name().unwrap());
+            std::fs::write(&copy, text).unwrap();
+            copy
+        })
+        .collect();
+    let (ok, out, err) = render(&files, &["--nats-url", "nats://10.96.0.42:4222"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(ok, "{err}");
+    let policy = serde_yaml::Deserializer::from_str(&out)
+        .map(|d| serde_json::Value::deserialize(d).unwrap())
+        .find(|d| {
+            d["kind"] == "NetworkPolicy"
+                && d["metadata"]["name"] == "order-history-to-forecasting-worker"
+        })
+        .unwrap();
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_json::json!(["Ingress", "Egress"])
+    );
+    assert_eq!(
+        policy["spec"]["egress"],
+        serde_json::json!([
+            {
+                "to": [{
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                    "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}
+                }],
+                "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+            },
+            // The forecasting platform and its token URL, by name: port only.
+            {"ports": [{"protocol": "TCP", "port": 443}]},
+            {"to": [{"ipBlock": {"cidr": "10.20.30.40/32"}}], "ports": [{"protocol": "TCP", "port": 8443}]},
+            {"to": [{"ipBlock": {"cidr": "10.96.0.42/32"}}], "ports": [{"protocol": "TCP", "port": 4222}]}
+        ])
+    );
+}

@@ -121,7 +121,7 @@ pub fn children(inputs: &FlowInputs<'_>) -> Result<Children, RenderError> {
         deployment: workload::deployment(inputs, &config_hash, autoscaled),
         service: workload::service(inputs.flow),
         pod_disruption_budget: workload::pod_disruption_budget(inputs.flow),
-        network_policy: workload::network_policy(inputs.flow),
+        network_policy: workload::network_policy(inputs),
         cron_job: workload::cron_job(inputs, &config_hash),
         config_map,
         worker_config,

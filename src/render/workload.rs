@@ -184,15 +184,70 @@ pub fn pod_disruption_budget(flow: &IntegrationFlow) -> PodDisruptionBudget {
 /// The flow's pods (workers and the full-refresh CronJob's) accept traffic only on the
 /// workers' metrics port. Egress stays open: the endpoints are external systems whose
 /// addresses the operator cannot know.
-pub fn network_policy(flow: &IntegrationFlow) -> NetworkPolicy {
+/// The workers' (and refresh jobs') NetworkPolicy: metrics scrapes in; out, only DNS (the
+/// kube-dns pods), NATS and each binding's endpoint (and OAuth2 token URL) by port, narrowed
+/// to the address where the URL names an IP. NetworkPolicy has no host names: an endpoint
+/// named by DNS is allowed on its port to any address (docs/security.md).
+pub fn network_policy(inputs: &FlowInputs<'_>) -> NetworkPolicy {
+    let flow = inputs.flow;
+    let dns = json!({
+        "to": [{
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}
+        }],
+        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+    });
+    let mut urls = vec![inputs.settings.nats_url.as_str()];
+    let mut bindings = vec![inputs.source, inputs.target];
+    bindings.extend(inputs.escalation);
+    for binding in bindings {
+        urls.push(&binding.spec.endpoint.url);
+        urls.extend(binding.spec.auth.token_url.as_deref());
+    }
+    let mut destinations: Vec<(Option<String>, u16)> =
+        urls.into_iter().filter_map(egress_destination).collect();
+    destinations.sort();
+    destinations.dedup();
+    let mut egress = vec![dns];
+    egress.extend(destinations.into_iter().map(|(cidr, port)| {
+        let ports = json!([{"protocol": "TCP", "port": port}]);
+        match cidr {
+            Some(cidr) => json!({"to": [{"ipBlock": {"cidr": cidr}}], "ports": ports}),
+            None => json!({"ports": ports}),
+        }
+    }));
     NetworkPolicy {
         metadata: metadata(flow, workers_name(flow), "worker"),
         spec: Some(typed(json!({
             "podSelector": {"matchLabels": {FLOW_LABEL: flow_name(flow)}},
-            "policyTypes": ["Ingress"],
-            "ingress": [{"ports": [{"protocol": "TCP", "port": METRICS_PORT}]}]
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"ports": [{"protocol": "TCP", "port": METRICS_PORT}]}],
+            "egress": egress
         }))),
     }
+}
+
+/// Where a worker connects for `url`: the address as a CIDR when the URL names an IP, and the
+/// port (the scheme's default when none is given). `None` for URLs that open no connection
+/// (file://) or that do not parse (admission refuses those).
+fn egress_destination(url: &str) -> Option<(Option<String>, u16)> {
+    let url = url::Url::parse(url).ok()?;
+    let port = url.port().or(match url.scheme() {
+        "http" => Some(80),
+        "https" => Some(443),
+        "nats" | "tls" => Some(4222),
+        "sftp" => Some(22),
+        _ => None,
+    })?;
+    // nats:// and tls:// are not special schemes to the URL parser: their IP hosts come as
+    // names, so the host is read as an address here.
+    let host = url.host_str()?;
+    let cidr = match host.trim_start_matches('[').trim_end_matches(']').parse() {
+        Ok(std::net::IpAddr::V4(ip)) => Some(format!("{ip}/32")),
+        Ok(std::net::IpAddr::V6(ip)) => Some(format!("{ip}/128")),
+        Err(_) => None,
+    };
+    Some((cidr, port))
 }
 
 /// The scheduled full refresh, when the flow sets a cron.
@@ -231,4 +286,35 @@ pub fn cron_job(inputs: &FlowInputs<'_>, config_hash: &str) -> Option<CronJob> {
         spec: typed(spec),
         status: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn egress_is_by_port_and_by_address_only_where_the_url_names_one() {
+        for (url, expected) in [
+            ("https://erp.example.com/odata", Some((None, 443))),
+            ("http://erp.example.com:8080", Some((None, 8080))),
+            (
+                "http://10.20.30.40:8000/api",
+                Some((Some("10.20.30.40/32"), 8000)),
+            ),
+            (
+                "https://[2001:db8::7]/api",
+                Some((Some("2001:db8::7/128"), 443)),
+            ),
+            ("nats://nats.flowplane-system.svc", Some((None, 4222))),
+            ("tls://10.0.0.9:4443", Some((Some("10.0.0.9/32"), 4443))),
+            ("file:///drop/orders", None),
+            ("not a url", None),
+        ] {
+            assert_eq!(
+                egress_destination(url),
+                expected.map(|(cidr, port)| (cidr.map(str::to_string), port)),
+                "{url}"
+            );
+        }
+    }
 }
