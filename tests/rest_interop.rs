@@ -372,7 +372,7 @@ async fn next_links_resolve_against_the_request_and_never_leave_the_binding_host
     }
     assert_eq!(read, 5);
     let error = match source.next_page().await {
-        Err(CallError::Transient(error)) => error,
+        Err(CallError::OffOrigin(error)) => error,
         other => panic!(
             "the off-host link is refused, got {:?}",
             other.map(|p| p.is_some())

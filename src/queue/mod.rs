@@ -115,7 +115,8 @@ pub struct FlowProgress {
     #[serde(default)]
     pub lag: u64,
     /// Why delivery is held, as the last worker to see it wrote it (the target refuses the
-    /// binding's access: 401, 403, 404 of the collection); none while records are delivered.
+    /// binding's access: 401, 403, 404 of the collection), or why extraction cannot go on (a
+    /// source link to another origin); none while records flow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked: Option<String>,
 }

@@ -533,7 +533,8 @@ impl Consumer {
                 )
                 .await;
             }
-            Err(CallError::Transient(error)) => {
+            // A request elsewhere than the target's origin is never a record's fault either.
+            Err(CallError::Transient(error) | CallError::OffOrigin(error)) => {
                 // The error's first words (status or kind), never a body that may echo values.
                 tracing::warn!(
                     error = log_safe(&error),

@@ -540,6 +540,8 @@ impl Extractor {
         let events = self.config.source.sync_mode == SyncMode::Events;
         let full = self.config.source.sync_mode == SyncMode::FullRefresh;
         let mut failures = 0u32;
+        // Whether this loop set the progress record's `blocked` (and so clears it).
+        let mut blocked_by_source = false;
         let backoff =
             super::resilience::Backoff::new(&self.config.source.endpoint.resilience.retry);
         while !*shutdown.borrow() {
@@ -564,19 +566,31 @@ impl Extractor {
                     Err(e) => Err(e),
                 };
                 // A source refusing the binding (401, 403, 404 of the collection) is the
-                // binding's problem: the worker says so on /readyz until a pass succeeds.
-                let refused = match &pass {
+                // binding's problem: the worker says so on /readyz until a pass succeeds. So is
+                // a source whose links lead to another origin, which the flow's status shows
+                // too (sync.blocked), since no retry will change it.
+                let (refused, off_origin) = match &pass {
                     Err(e) => e
                         .chain()
                         .find_map(|cause| match cause.downcast_ref::<CallError>() {
-                            Some(CallError::Refused { status, reason }) => {
-                                Some(format!("source refuses access: HTTP {status}: {reason}"))
+                            Some(CallError::Refused { status, reason }) => Some((
+                                Some(format!("source refuses access: HTTP {status}: {reason}")),
+                                None,
+                            )),
+                            Some(CallError::OffOrigin(why)) => {
+                                let why = format!("source link refused: {why}");
+                                Some((Some(why.clone()), Some(why)))
                             }
                             _ => None,
-                        }),
-                    Ok(_) => None,
+                        })
+                        .unwrap_or_default(),
+                    Ok(_) => (None, None),
                 };
                 self.metrics.set_not_ready("source", refused);
+                if off_origin.is_some() || blocked_by_source {
+                    blocked_by_source = off_origin.is_some();
+                    self.progress.set_blocked(off_origin);
+                }
                 match pass {
                     Ok(report) => {
                         failures = 0;

@@ -35,6 +35,11 @@ pub enum CallError {
     /// read again; callers wait and retry, and never dead-letter a record for it.
     #[error("HTTP {status}: {reason}")]
     Refused { status: u16, reason: String },
+    /// A request, link or redirect to another origin (scheme, host, port) than the binding's,
+    /// refused before anything was sent there: the source's answer is wrong or hostile, not a
+    /// record. The pass fails with this reason; nothing is dead-lettered.
+    #[error("{0}")]
+    OffOrigin(String),
 }
 
 impl CallError {
@@ -233,9 +238,24 @@ impl HttpClient {
         install_crypto_provider();
         let timeout =
             parse_duration(&endpoint.resilience.timeout).unwrap_or(Duration::from_secs(30));
+        let binding_url = reqwest::Url::parse(&endpoint.url)
+            .map_err(|e| anyhow::anyhow!("binding {} has no valid URL: {e}", endpoint.binding))?;
+        let own = origin(&binding_url);
+        // Redirects stay on the binding's origin: one elsewhere is refused before it is sent.
+        let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+            if origin(attempt.url()) != own {
+                let refusal = off_origin(attempt.url(), "a redirect");
+                attempt.error(refusal)
+            } else if attempt.previous().len() >= 10 {
+                attempt.error("more than 10 redirects")
+            } else {
+                attempt.follow()
+            }
+        });
         let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .redirect(redirects)
             .pool_max_idle_per_host(32);
         if let Some(ca_file) = &endpoint.ca_file {
             let pem = std::fs::read(ca_file)
@@ -245,10 +265,7 @@ impl HttpClient {
             }
         }
         let credentials = load_credentials(endpoint)?;
-        let origin =
-            origin(&reqwest::Url::parse(&endpoint.url).map_err(|e| {
-                anyhow::anyhow!("binding {} has no valid URL: {e}", endpoint.binding)
-            })?);
+        let origin = origin(&binding_url);
         let limiter = endpoint.rate_limit.as_ref().and_then(|limit| {
             let rate = NonZeroU32::new(limit.requests_per_second)?;
             let burst = NonZeroU32::new(limit.burst).unwrap_or(rate);
@@ -322,6 +339,15 @@ impl HttpClient {
         origin(url) == self.origin
     }
 
+    /// `url` when it is on the binding's origin, else the refusal naming `what` and the other
+    /// origin's host and port (not the URL: its query may carry a token).
+    pub fn check_origin(&self, url: &reqwest::Url, what: &str) -> Result<(), CallError> {
+        if self.same_origin(url) {
+            return Ok(());
+        }
+        Err(CallError::OffOrigin(off_origin(url, what)))
+    }
+
     /// The credentials in force (swapped when the endpoint refused them).
     fn credentials(&self) -> Arc<Credentials> {
         self.credentials
@@ -330,19 +356,17 @@ impl HttpClient {
             .clone()
     }
 
-    /// Adds the binding's credentials to a request for its own origin; a request elsewhere
-    /// goes without them. Returns the OAuth2 token used, if any.
+    /// Adds the binding's credentials to a request for its own origin; a request elsewhere is
+    /// refused unsent (connectors check links first and say which one; this is the last line).
+    /// Returns the OAuth2 token used, if any.
     async fn authorize(
         &self,
         request: RequestBuilder,
     ) -> Result<(RequestBuilder, Option<String>), CallError> {
         let (client, request) = request.build_split();
         let request = request.map_err(|e| CallError::Transient(format!("bad request: {e}")))?;
-        let own = self.same_origin(request.url());
+        self.check_origin(request.url(), "the request")?;
         let request = RequestBuilder::from_parts(client, request);
-        if !own {
-            return Ok((request, None));
-        }
         Ok(match &*self.credentials() {
             Credentials::None => (request, None),
             Credentials::Basic { username, password } => {
@@ -470,6 +494,14 @@ impl HttpClient {
                         }
                     }
                 }
+                // A redirect elsewhere was refused by the redirect policy: retrying would only
+                // be refused again.
+                Err(e) if e.is_redirect() => {
+                    let why = std::error::Error::source(&e)
+                        .map(|cause| cause.to_string())
+                        .unwrap_or_else(|| "redirect refused".into());
+                    return Err(CallError::OffOrigin(why));
+                }
                 Err(e) => {
                     self.breaker.failed();
                     last_error = format!("request failed: {e}");
@@ -483,6 +515,15 @@ impl HttpClient {
         }
         Err(CallError::Transient(last_error))
     }
+}
+
+/// Why a request to `url` is refused: `what` leads to another origin than the binding's.
+pub fn off_origin(url: &reqwest::Url, what: &str) -> String {
+    format!(
+        "{what} leads to another origin ({}:{}) than the binding's; not followed, so its credentials stay on its host",
+        url.host_str().unwrap_or("?"),
+        url.port_or_known_default().unwrap_or(0)
+    )
 }
 
 /// Scheme, host and port (the scheme's default when the URL names none).

@@ -40,6 +40,8 @@ pub struct ODataSource {
     next: Option<String>,
     /// The cursor reached so far in this pass.
     reached: Option<String>,
+    /// Why the pass cannot go on (a link to another origin), reported on the next call.
+    refused: Option<CallError>,
 }
 
 impl ODataSource {
@@ -51,12 +53,14 @@ impl ODataSource {
             limits: Limits::default(),
             next: None,
             reached: None,
+            refused: None,
         }
     }
 
     /// Starts a pass after `cursor`.
     pub fn begin(&mut self, cursor: Option<&str>) {
         self.reached = cursor.map(str::to_string);
+        self.refused = None;
         if let Some(link) = cursor.and_then(|c| c.strip_prefix(DELTA_PREFIX)) {
             self.next = Some(link.to_string());
             return;
@@ -99,6 +103,9 @@ impl ODataSource {
 
     /// The next page of the pass.
     pub async fn next_page(&mut self) -> Result<Option<Page>, CallError> {
+        if let Some(refused) = self.refused.take() {
+            return Err(refused);
+        }
         let Some(url) = self.next.take() else {
             return Ok(None);
         };
@@ -143,7 +150,8 @@ impl ODataSource {
         self.next = page
             .next_link
             .as_deref()
-            .map(|link| resolve(base.as_ref(), &url, link));
+            .map(|link| resolve(base.as_ref(), &url, link))
+            .and_then(|link| self.same_origin(link, "@odata.nextLink"));
         if let Some(field) = &self.config.cursor_field
             && let Some(max) = raw::max_cursor(&records, field)
         {
@@ -153,13 +161,33 @@ impl ODataSource {
             .delta_link
             .as_deref()
             .filter(|_| track)
-            .map(|link| format!("{DELTA_PREFIX}{}", resolve(base.as_ref(), &url, link)));
+            .map(|link| resolve(base.as_ref(), &url, link))
+            .and_then(|link| self.same_origin(link, "@odata.deltaLink"))
+            .map(|link| format!("{DELTA_PREFIX}{link}"));
         let cursor = delta.or_else(|| self.reached.clone());
         Ok(Some(Page {
             records: Records::Json(records),
             refused,
             cursor,
         }))
+    }
+}
+
+impl ODataSource {
+    /// `link` when it stays on the binding's origin; otherwise none, and the pass fails on the
+    /// next call naming `what` (a link elsewhere would carry the binding's credentials there).
+    fn same_origin(&mut self, link: String, what: &str) -> Option<String> {
+        let checked = match Url::parse(&link) {
+            Ok(url) => self.http.check_origin(&url, what),
+            Err(e) => Err(CallError::Transient(format!("{what} is not a URL: {e}"))),
+        };
+        match checked {
+            Ok(()) => Some(link),
+            Err(refused) => {
+                self.refused = Some(refused);
+                None
+            }
+        }
     }
 }
 

@@ -38,8 +38,8 @@ pub struct RestSource {
     position: u64,
     /// The most records a page of this pass had (Page, Offset).
     largest: u64,
-    /// A next link the source refused to follow, reported on the next call.
-    refused: Option<String>,
+    /// Why the pass cannot go on (a next link to another origin), reported on the next call.
+    refused: Option<CallError>,
 }
 
 impl RestSource {
@@ -84,10 +84,10 @@ impl RestSource {
         };
         let Ok(mut url) = reqwest::Url::parse(&self.base()) else {
             self.next = None;
-            self.refused = Some(format!(
+            self.refused = Some(CallError::Transient(format!(
                 "REST source entity {:?} does not make a URL below the binding",
                 self.config.entity
-            ));
+            )));
             return;
         };
         if read.pagination != Pagination::None {
@@ -109,7 +109,7 @@ impl RestSource {
     /// The next page of the pass.
     pub async fn next_page(&mut self) -> Result<Option<Page>, CallError> {
         if let Some(refused) = self.refused.take() {
-            return Err(CallError::Transient(refused));
+            return Err(refused);
         }
         let Some(url) = self.next.take() else {
             return Ok(None);
@@ -129,13 +129,17 @@ impl RestSource {
             None => {
                 let (records, next) = split_page(&body)
                     .map_err(|e| CallError::Transient(format!("REST response is not JSON: {e}")))?;
-                self.next = next.filter(|_| !records.is_empty()).map(|next| {
-                    if next.starts_with("http://") || next.starts_with("https://") {
-                        next
-                    } else {
-                        format!("{}?limit={PAGE_SIZE}&cursor={}", self.base(), encode(&next))
+                self.next = match next.filter(|_| !records.is_empty()) {
+                    None => None,
+                    Some(next) if next.starts_with("http://") || next.starts_with("https://") => {
+                        self.follow(&request_url, &next)
                     }
-                });
+                    Some(next) => Some(format!(
+                        "{}?limit={PAGE_SIZE}&cursor={}",
+                        self.base(),
+                        encode(&next)
+                    )),
+                };
                 records
             }
             Some(read) => {
@@ -168,23 +172,7 @@ impl RestSource {
                 };
                 self.next = match next {
                     None => None,
-                    Some((link, true)) => match request_url.join(&link) {
-                        Ok(next) if !self.http.same_origin(&next) => {
-                            // The host only: a link's query may carry a token.
-                            self.refused = Some(format!(
-                                "the next page's link leads to another origin ({}:{}) than the binding's; not followed, so its credentials stay on its host",
-                                next.host_str().unwrap_or("?"),
-                                next.port_or_known_default().unwrap_or(0)
-                            ));
-                            None
-                        }
-                        Ok(next) if next == request_url => None,
-                        Ok(next) => Some(next.to_string()),
-                        Err(e) => {
-                            self.refused = Some(format!("the next page's link is not a URL: {e}"));
-                            None
-                        }
-                    },
+                    Some((link, true)) => self.follow(&request_url, &link),
                     Some((cursor, false)) => self.first.as_ref().map(|first| {
                         let cursor = Some(cursor.as_str()).filter(|c| !c.is_empty());
                         page_url(&read, first, self.position, cursor).to_string()
@@ -204,6 +192,30 @@ impl RestSource {
             refused,
             cursor: self.reached.clone(),
         }))
+    }
+}
+
+impl RestSource {
+    /// The next page's URL from a link in the response (resolved against the request URL),
+    /// when it stays on the binding's origin and leads somewhere new; otherwise the pass ends
+    /// here, with the refusal reported on the next call.
+    fn follow(&mut self, request_url: &reqwest::Url, link: &str) -> Option<String> {
+        match request_url.join(link) {
+            Ok(next) => match self.http.check_origin(&next, "the next page's link") {
+                Err(refused) => {
+                    self.refused = Some(refused);
+                    None
+                }
+                Ok(()) if next == *request_url => None,
+                Ok(()) => Some(next.to_string()),
+            },
+            Err(e) => {
+                self.refused = Some(CallError::Transient(format!(
+                    "the next page's link is not a URL: {e}"
+                )));
+                None
+            }
+        }
     }
 }
 
