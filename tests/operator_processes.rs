@@ -320,7 +320,8 @@ async fn a_namespace_scoped_operator_runs_on_roles_and_leaves_other_namespaces_a
     }
 
     // The chart with watchNamespaces: Roles in the watched namespace, a ClusterRole that only
-    // reads CRDs. Its ServiceAccount lives in the watched namespace (the release namespace).
+    // reads CRDs, ServiceCIDRs and Nodes, and the admission policy bound to its ServiceAccount
+    // (which lives in the watched namespace, the release namespace).
     let release = format!("fp-{}", watched.name);
     let (ok, rendered, err) = support::helm(&[
         "template",
@@ -341,6 +342,8 @@ async fn a_namespace_scoped_operator_runs_on_roles_and_leaves_other_namespaces_a
         "templates/serviceaccount.yaml",
         "--show-only",
         "templates/rbac.yaml",
+        "--show-only",
+        "templates/admission-policy.yaml",
     ]);
     assert!(ok, "{err}");
     let (ok, _, err) = support::kubectl(&["apply", "--server-side", "-f", "-"], Some(&rendered));
@@ -360,6 +363,15 @@ async fn a_namespace_scoped_operator_runs_on_roles_and_leaves_other_namespaces_a
         reporters(&client, &watched.name, "orders").await,
         ["operator-scoped"]
     );
+    // Its children passed the Roles and the admission policy: the workers exist.
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), &watched.name);
+    eventually(
+        60,
+        "the worker Deployment in the watched namespace",
+        || async { deployments.get_opt("orders-worker").await.ok()? },
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let elsewhere = Api::<IntegrationFlow>::namespaced(client.clone(), &outside.name)
         .get("orders")
@@ -370,9 +382,34 @@ async fn a_namespace_scoped_operator_runs_on_roles_and_leaves_other_namespaces_a
         "a flow outside the watched namespace was touched"
     );
 
-    // Cluster-scoped leftovers of this release.
+    // Leftovers of this release outside its namespace.
     for kind in ["clusterrole", "clusterrolebinding"] {
         support::kubectl(&["delete", kind, &release, "--ignore-not-found"], None);
     }
+    for policy in [
+        "operator-writes-flowplane-objects",
+        "operator-pod-templates",
+    ] {
+        support::kubectl(
+            &[
+                "delete",
+                "validatingadmissionpolicy,validatingadmissionpolicybinding",
+                &format!("{release}-{policy}"),
+                "--ignore-not-found",
+            ],
+            None,
+        );
+    }
+    support::kubectl(
+        &[
+            "delete",
+            "role,rolebinding",
+            "-n",
+            "default",
+            &format!("{release}-api-server-addresses"),
+            "--ignore-not-found",
+        ],
+        None,
+    );
     let _ = std::fs::remove_file(kubeconfig);
 }
