@@ -10,6 +10,9 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at start-up and consumed at once: the size of the largest variant (the
+// operator's settings) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Write the CustomResourceDefinitions generated from the Rust types, and the API reference
