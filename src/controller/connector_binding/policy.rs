@@ -344,6 +344,9 @@ impl RecentProbes {
 
     pub fn record(&self, binding: String, url: String, outcome: ProbeOutcome) {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        // Deleted bindings are never reconciled again: their entries age out here (an hour
+        // is longer than any minimum interval the chart accepts).
+        last.retain(|_, (at, _, _)| at.elapsed() < Duration::from_secs(3600));
         last.insert(binding, (Instant::now(), url, outcome));
     }
 
