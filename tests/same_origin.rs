@@ -3,7 +3,12 @@
 //! a clear error before anything is sent there, so the binding's credentials never leave its
 //! host. Each test runs the source against a small server of its own and a second listener
 //! ("elsewhere", another port on the same address: another origin) that counts every request
-//! it gets, which must stay zero. Relative links keep resolving against the service root.
+//! it gets, which must stay zero. Relative links keep resolving against the service root. The
+//! last test runs a whole worker (real nats-server) and reads the refusal from the flow's
+//! progress record, where the flow's status shows it.
+
+mod e2e_support;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -205,4 +210,58 @@ async fn a_rest_next_link_or_a_redirect_to_another_origin_is_refused_unsent() {
 
     assert_eq!(requests_elsewhere.load(Ordering::SeqCst), 0);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A whole worker against a source whose page links to another origin: the pass fails, the
+/// flow's progress record (status.sync.blocked) says why, nothing is read twice or
+/// dead-lettered, and the other origin gets no request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_refusing_an_off_origin_link_says_so_in_the_flows_progress() {
+    use e2e_support::{InProcessWorker, PrivateNats, eventually, jetstream, progress, unique_flow};
+    flowplane::worker::http::install_crypto_provider();
+    let nats = PrivateNats::start();
+    let (other, requests_elsewhere) = elsewhere().await;
+    let service = serve(Router::new().fallback({
+        let other = other.clone();
+        move || {
+            let other = other.clone();
+            async move {
+                axum::Json(json!({
+                    "value": [], "@odata.nextLink": format!("{other}/odata/A_SalesOrderItem?$skiptoken=1")
+                }))
+            }
+        }
+    }))
+    .await;
+    let flow = unique_flow("origin");
+    let config = sample::sales_order_flow(
+        "e2e",
+        &flow,
+        &nats.url(),
+        &format!("{service}/odata"),
+        "http://127.0.0.1:9",
+    );
+    let names = config.queue.clone();
+    let js = jetstream(&nats.url()).await;
+    let worker = InProcessWorker::start(config, "origin-a");
+    let blocked = eventually(
+        std::time::Duration::from_secs(60),
+        "the refusal in the flow's progress",
+        || {
+            let js = js.clone();
+            let names = names.clone();
+            async move { progress(&js, &names).await.blocked }
+        },
+    )
+    .await;
+    assert!(
+        blocked.starts_with(
+            "source link refused: @odata.nextLink leads to another origin (127.0.0.1:"
+        ),
+        "{blocked}"
+    );
+    let seen = progress(&js, &names).await;
+    assert_eq!((seen.read, seen.dead_lettered), (0, 0));
+    worker.stop().await.unwrap();
+    assert_eq!(requests_elsewhere.load(Ordering::SeqCst), 0);
 }
