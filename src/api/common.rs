@@ -64,11 +64,16 @@ pub fn regex_rule(field: &str) -> Rule {
     )))
 }
 
-/// CEL rule: a URL parses (Kubernetes CEL URL library) and names a host (file:// excepted).
+/// CEL rule: a URL parses (Kubernetes CEL URL library) and names a host; a file:// URL names an
+/// absolute directory instead. The regex says the same as `getHostname()` where Go's parser
+/// (the API server) and the url crate (offline `validate_cel`) disagree, e.g. on `https:///x`.
 pub fn url_with_host(field: &str) -> Rule {
-    Rule::new("isURL(self) && (self.startsWith('file://') || url(self).getHost() != '')").message(
-        Message::Message(format!("{field} must be an absolute URL with a host")),
+    Rule::new(
+        "isURL(self) && (self.startsWith('file://') ? self.startsWith('file:///') : (self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#:@]') && url(self).getHostname() != ''))",
     )
+    .message(Message::Message(format!(
+        "{field} must be an absolute URL with a host (file:///<absolute directory> for file drops)"
+    )))
 }
 
 /// CEL rule: a URL carries no user-info (credentials come from Secrets only, and the URL is
