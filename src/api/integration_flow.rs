@@ -436,6 +436,8 @@ fn default_dedupe_window() -> String {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, kube::KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.maxRecordBytes <= self.maxResponseBytes").message("limits.maxRecordBytes must not exceed limits.maxResponseBytes: a record arrives in a response"))]
+#[x_kube(validation = Rule::new("self.maxRecordBytes <= self.fetchMaxBytes").message("limits.maxRecordBytes must not exceed limits.fetchMaxBytes: a consume loop could never fetch a record that large"))]
+#[x_kube(validation = Rule::new("quantity(self.memory).asInteger() >= 4 * self.fetchMaxBytes + 3 * self.maxResponseBytes + 67108864").message("limits.memory must be at least 4 x limits.fetchMaxBytes + 3 x limits.maxResponseBytes + 64Mi: what the consume loops and pages in flight hold"))]
 pub struct Limits {
     /// Largest record, in bytes of its JSON, the flow takes from the source. Larger ones are
     /// dead-lettered at extraction (reason RecordTooLarge, the payload cut to its first 64 KiB).
