@@ -23,12 +23,13 @@ pub const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// A key of a Secret or ConfigMap as the API server takes it, without `.`, `..` or a leading
 /// `..` (the key becomes a file name where the Secret is mounted).
 pub const SECRET_KEY_PATTERN: &str = r"^\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$";
-/// Free text that lands in logs, alerts or ConfigMaps: no control characters (no CR/LF).
-pub const TEXT_PATTERN: &str = r"^[^\x00-\x1f\x7f]*$";
+/// Free text that lands in logs, alerts or ConfigMaps: no control characters (C0 with CR/LF,
+/// DEL, C1) and no Unicode line or paragraph separators.
+pub const TEXT_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x{9f}\x{2028}\x{2029}]*$";
 /// A path or entity below a binding URL (or a NATS subject, or a file pattern): no whitespace
 /// or control characters, no query (`?`), fragment (`#`), percent-escapes or backslashes.
 /// `.`/`..` segments and a leading `//` are refused by [`path_rule`].
-pub const PATH_PATTERN: &str = r"^[^\x00-\x20\x7f?#%\\]+$";
+pub const PATH_PATTERN: &str = r"^[^\x00-\x20\x7f-\x{9f}\x{2028}\x{2029}?#%\\]+$";
 
 /// Longest duration string: enough for "1h30m15s500ms".
 pub const DURATION_MAX_LENGTH: u32 = 32;
@@ -69,10 +70,10 @@ pub fn regex_rule(field: &str) -> Rule {
 /// (the API server) and the url crate (offline `validate_cel`) disagree, e.g. on `https:///x`.
 pub fn url_with_host(field: &str) -> Rule {
     Rule::new(
-        "isURL(self) && (self.startsWith('file://') ? self.startsWith('file:///') : (self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#:@]') && url(self).getHostname() != ''))",
+        "isURL(self) && (self.startsWith('file://') ? self.startsWith('file:///') : (self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#:@]') && url(self).getHostname() != '' && (url(self).getPort() == '' || (size(url(self).getPort()) <= 5 && int(url(self).getPort()) >= 1 && int(url(self).getPort()) <= 65535))))",
     )
     .message(Message::Message(format!(
-        "{field} must be an absolute URL with a host (file:///<absolute directory> for file drops)"
+        "{field} must be an absolute URL with a host and a port in 1..65535 if any (file:///<absolute directory> for file drops)"
     )))
 }
 
@@ -81,10 +82,10 @@ pub fn url_with_host(field: &str) -> Rule {
 /// flow), and no `.`/`..` segments.
 pub fn url_without_credentials(field: &str) -> Rule {
     Rule::new(
-        "!self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*@') && !self.contains('?') && !self.contains('#') && !self.matches('/[.][.]?(/|$)')",
+        "!self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*@') && !self.contains('?') && !self.contains('#') && !self.matches('/[.][.]?(/|$)') && !self.lowerAscii().contains('%2e')",
     )
     .message(Message::Message(format!(
-        "{field} must not carry user-info (user:password@: credentials come from auth.secretRef), a query, a fragment or '.'/'..' segments"
+        "{field} must not carry user-info (user:password@: credentials come from auth.secretRef), a query, a fragment or '.'/'..' segments (also percent-encoded)"
     )))
 }
 

@@ -291,7 +291,7 @@ pub struct Endpoint {
     /// refused: credentials come from `auth.secretRef`, paths and queries from each flow.
     #[schemars(
         length(min = 1, max = 2048),
-        pattern(r"^(https?|nats|tls|file)://[^\x00-\x20\x7f\\]+$")
+        pattern(r"^(https?|nats|tls|file)://[^\x00-\x20\x7f-\x{9f}\x{2028}\x{2029}\\]+$")
     )]
     #[x_kube(validation = url_with_host("endpoint.url"))]
     #[x_kube(validation = url_without_credentials("endpoint.url"))]
@@ -319,7 +319,10 @@ pub struct Auth {
     /// OAuth2 token endpoint (OAuth2ClientCredentials only): an http(s) URL with a host and
     /// without user-info, query or fragment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 2048), pattern(r"^https?://[^\x00-\x20\x7f\\]+$"))]
+    #[schemars(
+        length(max = 2048),
+        pattern(r"^https?://[^\x00-\x20\x7f-\x{9f}\x{2028}\x{2029}\\]+$")
+    )]
     #[x_kube(validation = url_with_host("auth.tokenUrl"))]
     #[x_kube(validation = url_without_credentials("auth.tokenUrl"))]
     pub token_url: Option<String>,
@@ -408,7 +411,10 @@ pub struct HealthCheck {
     /// Path below the endpoint URL, e.g. "/$metadata" for OData: no query, fragment,
     /// whitespace or `.`/`..` segments.
     #[serde(default = "default_probe_path")]
-    #[schemars(length(min = 1, max = 1024), pattern(r"^/[^\x00-\x20\x7f?#%\\]*$"))]
+    #[schemars(
+        length(min = 1, max = 1024),
+        pattern(r"^/[^\x00-\x20\x7f-\x{9f}\x{2028}\x{2029}?#%\\]*$")
+    )]
     #[x_kube(validation = path_rule("healthCheck.path"))]
     pub path: String,
     /// How often to probe, e.g. "1m"; 1s to 24h.

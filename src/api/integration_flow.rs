@@ -22,12 +22,12 @@ pub const SOURCE_FIELD_PATTERN: &str =
 pub const SELECT_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$";
 /// An alert label value: no control characters and none of `{`, `}`, `$` (Prometheus expands
 /// Go templates in alert labels).
-pub const ALERT_LABEL_VALUE_PATTERN: &str = r"^[^\x00-\x1f\x7f{}$]*$";
+pub const ALERT_LABEL_VALUE_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x{9f}\x{2028}\x{2029}{}$]*$";
 /// Labels the generated alert rules set themselves (`alertname` is Prometheus's).
 pub const RESERVED_ALERT_LABELS: [&str; 4] = ["alertname", "namespace", "flow", "severity"];
 
 /// A target entity: a path as [`PATH_PATTERN`] allows, without NATS wildcards or glob stars.
-pub const TARGET_PATH_PATTERN: &str = r"^[^\x00-\x20\x7f?#%\\*>$]+$";
+pub const TARGET_PATH_PATTERN: &str = r"^[^\x00-\x20\x7f-\x{9f}\x{2028}\x{2029}?#%\\*>$]+$";
 
 /// Five-field cron (minute hour day-of-month month day-of-week) or a macro such as @daily.
 pub const CRON_PATTERN: &str = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|([0-9*/,?LW#A-Za-z-]+\s+){4}[0-9*/,?LW#A-Za-z-]+)$";
