@@ -169,7 +169,10 @@ fn hostile_labels() -> BTreeMap<String, String> {
             "punctuation".to_string(),
             "a: b, c=d; e|f > g # h & i * j ! k % l %s %!v @ [x] (y) <z>".to_string(),
         ),
-        ("promql".to_string(), "sum(up[5m]) or vector(1) == 1".to_string()),
+        (
+            "promql".to_string(),
+            "sum(up[5m]) or vector(1) == 1".to_string(),
+        ),
         ("unicode".to_string(), "Zürich – 東京 ✓".to_string()),
         ("Team_2".to_string(), "--- \n".trim_end().to_string()),
     ])

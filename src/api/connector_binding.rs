@@ -5,8 +5,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    Condition, DURATION_MAX_LENGTH, DURATION_PATTERN, Resilience, SecretKeyRef,
-    SecretRef, TEXT_PATTERN, duration_within, path_rule, url_with_host, url_without_credentials,
+    Condition, DURATION_MAX_LENGTH, DURATION_PATTERN, Resilience, SecretKeyRef, SecretRef,
+    TEXT_PATTERN, duration_within, path_rule, url_with_host, url_without_credentials,
 };
 
 /// One endpoint of an external system and how workers talk to it: protocol, address, TLS,
@@ -329,7 +329,10 @@ pub struct Auth {
     /// OAuth2 scopes to request (OAuth2ClientCredentials only), each an RFC 6749 scope token,
     /// no repeats.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32), inner(length(min = 1, max = 256), pattern(r"^[\x21\x23-\x5b\x5d-\x7e]+$")))]
+    #[schemars(
+        length(max = 32),
+        inner(length(min = 1, max = 256), pattern(r"^[\x21\x23-\x5b\x5d-\x7e]+$"))
+    )]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub scopes: Vec<String>,
     /// OAuth2 `audience` sent with the token request (Auth0, Okta and others ask for it to

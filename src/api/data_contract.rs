@@ -131,7 +131,10 @@ pub struct Owner {
 pub struct RecordSchema {
     /// Fields that identify a record; also the idempotency key of the flow's queue. Each
     /// field at most once.
-    #[schemars(length(min = 1, max = 8), inner(length(min = 1, max = 63), pattern(FIELD_NAME_PATTERN)))]
+    #[schemars(
+        length(min = 1, max = 8),
+        inner(length(min = 1, max = 63), pattern(FIELD_NAME_PATTERN))
+    )]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub primary_key: Vec<String>,
     /// Typed fields, keyed by name.
@@ -211,7 +214,10 @@ pub struct FieldSpec {
     pub max_length: Option<u32>,
     /// Allowed values of an Enum field, each once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256), inner(length(min = 1, max = 128), pattern(TEXT_PATTERN)))]
+    #[schemars(
+        length(max = 256),
+        inner(length(min = 1, max = 128), pattern(TEXT_PATTERN))
+    )]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub values: Vec<String>,
 }
@@ -270,7 +276,10 @@ pub struct QualityRule {
     pub pattern: Option<String>,
     /// Allowed values (AllowedValues), each once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256), inner(length(min = 1, max = 128), pattern(TEXT_PATTERN)))]
+    #[schemars(
+        length(max = 256),
+        inner(length(min = 1, max = 128), pattern(TEXT_PATTERN))
+    )]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub values: Vec<String>,
     /// Highest allowed share of nulls in a batch, 0..1 (NullRatio). A batch is what one worker

@@ -16,8 +16,7 @@ use super::data_contract::FIELD_NAME_PATTERN;
 /// A semver range such as "^1.2", "~1.4.0", ">=1.0.0, <3" or "*".
 pub const VERSION_RANGE_PATTERN: &str = r"^\s*(\*|(\^|~|=|>=|<=|>|<)?\s*[0-9]+(\.([0-9]+|\*|x))?(\.([0-9]+|\*|x))?(-[0-9A-Za-z.-]+)?)(\s*,\s*(\^|~|=|>=|<=|>|<)?\s*[0-9]+(\.([0-9]+|\*|x))?(\.([0-9]+|\*|x))?(-[0-9A-Za-z.-]+)?)*\s*$";
 /// A source field: an identifier, or a dotted path of identifiers into nested objects.
-pub const SOURCE_FIELD_PATTERN: &str =
-    r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$";
+pub const SOURCE_FIELD_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$";
 /// An OData `$select` item: an identifier or a navigation path of identifiers.
 pub const SELECT_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$";
 /// An alert label value: no control characters and none of `{`, `}`, `$` (Prometheus expands
@@ -176,7 +175,10 @@ pub struct Source {
     /// Only these source fields are requested (OData `$select`): identifiers or `/`-separated
     /// navigation paths of identifiers (e.g. "_SalesOrder/SoldToParty"), each once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 200), inner(length(min = 1, max = 128), pattern(SELECT_PATTERN)))]
+    #[schemars(
+        length(max = 200),
+        inner(length(min = 1, max = 128), pattern(SELECT_PATTERN))
+    )]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub select: Vec<String>,
     /// How this REST collection pages (Rest source bindings); replaces the binding's
