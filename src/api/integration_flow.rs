@@ -156,7 +156,7 @@ pub struct Source {
     #[schemars(length(min = 1, max = 63), pattern(NAME_PATTERN))]
     pub binding_ref: String,
     /// Entity set, resource path, subject or file pattern to read, e.g. "A_SalesOrderItem":
-    /// no whitespace, control characters, `?`, `#`, `%` or `\\`, no `.`/`..` path segments, no
+    /// no whitespace, control characters, `?`, `#`, `%` or `\`, no `.`/`..` path segments, no
     /// leading `//`, and not a NATS system subject (`$JS.`, `$KV.`, `$SYS.`, any `$...`, `_INBOX.`).
     #[schemars(length(min = 1, max = 256), pattern(PATH_PATTERN))]
     #[x_kube(validation = path_rule("source.entity"))]
@@ -210,7 +210,7 @@ pub struct Target {
     pub binding_ref: String,
     /// Entity set or resource path to write, e.g. "/v2/ingest/sales-history". A REST target
     /// sends its batches to exactly this path below the binding URL. No query, fragment,
-    /// whitespace, `%`, `\\`, wildcards (`*`, `>`), `.`/`..` segments or leading `//`.
+    /// whitespace, `%`, `\`, wildcards (`*`, `>`), `.`/`..` segments or leading `//`.
     #[schemars(length(min = 1, max = 256), pattern(TARGET_PATH_PATTERN))]
     #[x_kube(validation = path_rule("target.entity"))]
     pub entity: String,
