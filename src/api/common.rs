@@ -82,10 +82,10 @@ pub fn url_with_host(field: &str) -> Rule {
 /// flow), and no `.`/`..` segments.
 pub fn url_without_credentials(field: &str) -> Rule {
     Rule::new(
-        "!self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*@') && !self.contains('?') && !self.contains('#') && !self.matches('/[.][.]?(/|$)') && !self.lowerAscii().contains('%2e')",
+        "!self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*@') && !self.contains('?') && !self.contains('#') && !self.matches('/[.][.]?(/|$)') && !self.lowerAscii().matches('%(2e|[01][0-9a-f]|7f)')",
     )
     .message(Message::Message(format!(
-        "{field} must not carry user-info (user:password@: credentials come from auth.secretRef), a query, a fragment or '.'/'..' segments (also percent-encoded)"
+        "{field} must not carry user-info (user:password@: credentials come from auth.secretRef), a query, a fragment, '.'/'..' segments (also percent-encoded) or percent-encoded control characters"
     )))
 }
 

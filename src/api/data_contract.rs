@@ -168,6 +168,7 @@ pub enum AdditionalFields {
 #[x_kube(validation = Rule::new("!(has(self.minimum) || has(self.maximum)) || self.type in ['Int', 'Decimal']").message("minimum and maximum are only allowed on fields of type Int or Decimal"))]
 #[x_kube(validation = Rule::new("!(has(self.pattern) || has(self.maxLength)) || self.type == 'String'").message("pattern and maxLength are only allowed on fields of type String"))]
 #[x_kube(validation = Rule::new("!has(self.default) || !has(self.maxLength) || size(self.default) <= self.maxLength").message("a field's default must not be longer than its maxLength"))]
+#[x_kube(validation = Rule::new("!has(self.default) || (self.type == 'Int' ? self.default.matches('^-?[0-9]{1,19}$') : self.type == 'Decimal' ? self.default.matches('^-?[0-9]{1,38}([.][0-9]{1,38})?$') : self.type == 'Boolean' ? self.default in ['true', 'false'] : self.type == 'Date' ? self.default.matches('^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$') : self.type == 'Timestamp' ? self.default.matches('^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]([.][0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$') : true)").message("a field's default must be a value of its type: Int digits, Decimal digits with an optional fraction, Boolean true or false, Date YYYY-MM-DD, Timestamp RFC 3339"))]
 pub struct FieldSpec {
     /// Canonical field name.
     #[schemars(length(min = 1, max = 63), pattern(FIELD_NAME_PATTERN))]

@@ -28,8 +28,10 @@ pub const RESERVED_ALERT_LABELS: [&str; 4] = ["alertname", "namespace", "flow", 
 /// A target entity: a path as [`PATH_PATTERN`] allows, without NATS wildcards or glob stars.
 pub const TARGET_PATH_PATTERN: &str = r"^[^\x00-\x20\x7f-\x{9f}\x{2028}\x{2029}?#%\\*>$]+$";
 
-/// Five-field cron (minute hour day-of-month month day-of-week) or a macro such as @daily.
-pub const CRON_PATTERN: &str = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|([0-9*/,?LW#A-Za-z-]+\s+){4}[0-9*/,?LW#A-Za-z-]+)$";
+/// Five-field cron (minute hour day-of-month month day-of-week, each a list of `*`, `?`,
+/// values or ranges in their bounds with an optional `/step`; months and weekdays also by
+/// three-letter name) or a macro such as @daily: what a Kubernetes CronJob takes.
+pub const CRON_PATTERN: &str = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\*|\?|([0-5]?[0-9])(-([0-5]?[0-9]))?)(/[0-9]{1,2})?(,(\*|\?|([0-5]?[0-9])(-([0-5]?[0-9]))?)(/[0-9]{1,2})?)* +(\*|\?|([01]?[0-9]|2[0-3])(-([01]?[0-9]|2[0-3]))?)(/[0-9]{1,2})?(,(\*|\?|([01]?[0-9]|2[0-3])(-([01]?[0-9]|2[0-3]))?)(/[0-9]{1,2})?)* +(\*|\?|(0?[1-9]|[12][0-9]|3[01])(-(0?[1-9]|[12][0-9]|3[01]))?)(/[0-9]{1,2})?(,(\*|\?|(0?[1-9]|[12][0-9]|3[01])(-(0?[1-9]|[12][0-9]|3[01]))?)(/[0-9]{1,2})?)* +(\*|\?|(0?[1-9]|1[0-2]|[A-Za-z]{3})(-(0?[1-9]|1[0-2]|[A-Za-z]{3}))?)(/[0-9]{1,2})?(,(\*|\?|(0?[1-9]|1[0-2]|[A-Za-z]{3})(-(0?[1-9]|1[0-2]|[A-Za-z]{3}))?)(/[0-9]{1,2})?)* +(\*|\?|([0-6]|[A-Za-z]{3})(-([0-6]|[A-Za-z]{3}))?)(/[0-9]{1,2})?(,(\*|\?|([0-6]|[A-Za-z]{3})(-([0-6]|[A-Za-z]{3}))?)(/[0-9]{1,2})?)*)$";
 
 /// One directed flow of data between two ConnectorBindings, governed by a DataContract:
 /// reconciled into sync workers, a JetStream queue with a dead-letter queue, autoscaling and
