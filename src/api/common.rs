@@ -48,13 +48,15 @@ pub fn duration_within(field: &str, min: &str, max: &str) -> Rule {
 }
 
 /// CEL rule: a path has no `.` or `..` segment (traversal out of the binding's base path or
-/// drop directory) and does not start with `//` (a network-path reference names another host).
+/// drop directory) and starts neither with `//` nor with a scheme (`https:`): either would name
+/// another host to a URL resolver.
 pub fn path_rule(field: &str) -> Rule {
-    Rule::new("!self.matches('(^|/)[.][.]?(/|$)') && !self.startsWith('//')").message(
-        Message::Message(format!(
-            "{field} must not contain '.' or '..' segments or start with '//': it is a path below the binding"
-        )),
+    Rule::new(
+        "!self.matches('(^|/)[.][.]?(/|$)') && !self.startsWith('//') && !self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*:')",
     )
+    .message(Message::Message(format!(
+        "{field} must not contain '.' or '..' segments or start with '//' or a URL scheme: it is a path below the binding"
+    )))
 }
 
 /// CEL rule: a regular expression compiles (RE2, the syntax of CEL's `matches()` and close to
@@ -70,7 +72,7 @@ pub fn regex_rule(field: &str) -> Rule {
 /// (the API server) and the url crate (offline `validate_cel`) disagree, e.g. on `https:///x`.
 pub fn url_with_host(field: &str) -> Rule {
     Rule::new(
-        "isURL(self) && (self.startsWith('file://') ? self.startsWith('file:///') : (self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#:@]') && url(self).getHostname() != '' && (url(self).getPort() == '' || (size(url(self).getPort()) <= 5 && int(url(self).getPort()) >= 1 && int(url(self).getPort()) <= 65535))))",
+        "isURL(self) && (self.startsWith('file://') ? self.startsWith('file:///') : (self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#:@]') && !self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*:(/|$)') && url(self).getHostname() != '' && (url(self).getPort() == '' || (size(url(self).getPort()) <= 5 && int(url(self).getPort()) >= 1 && int(url(self).getPort()) <= 65535))))",
     )
     .message(Message::Message(format!(
         "{field} must be an absolute URL with a host and a port in 1..65535 if any (file:///<absolute directory> for file drops)"

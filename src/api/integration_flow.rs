@@ -516,7 +516,7 @@ fn default_memory() -> String {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!(self.rules.exists(r, r.action == 'Review') || self.otherwise == 'Review') || has(self.reviewTimeout)").message("a Review approval rule needs approval.reviewTimeout, or reviews would wait forever"))]
 #[x_kube(validation = Rule::new("!(self.rules.exists(r, r.action == 'Escalate') || self.otherwise == 'Escalate' || self.onTimeout == 'Escalate') || has(self.escalateTo)").message("an Escalate approval action needs approval.escalateTo (the supplier-collaboration target)"))]
-#[x_kube(validation = Rule::new("self.rules.all(r, self.rules.all(s, self.rules.indexOf(r) >= self.rules.indexOf(s) || r.belowPercent < s.belowPercent))").message("approval.rules must be ordered by increasing belowPercent"))]
+#[x_kube(validation = Rule::new("self.rules.map(r, r.belowPercent).isSorted() && self.rules.all(r, self.rules.map(s, s.belowPercent).indexOf(r.belowPercent) == self.rules.map(s, s.belowPercent).lastIndexOf(r.belowPercent))").message("approval.rules must be ordered by increasing belowPercent, each threshold once"))]
 #[x_kube(validation = Rule::new("self.valueField != self.baselineField").message("approval.valueField and approval.baselineField must be different fields: the delta compares them"))]
 pub struct Approval {
     /// Contract field holding the new value (e.g. the forecast quantity).
