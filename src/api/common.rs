@@ -68,14 +68,16 @@ pub fn regex_rule(field: &str) -> Rule {
 }
 
 /// CEL rule: a URL parses (Kubernetes CEL URL library) and names a host; a file:// URL names an
-/// absolute directory instead. The regex says the same as `getHostname()` where Go's parser
-/// (the API server) and the url crate (offline `validate_cel`) disagree, e.g. on `https:///x`.
+/// absolute directory instead. The host is matched on the URL text (a DNS name or a bracketed
+/// IPv6 address): Go's parser (the API server) and the url crate (offline `validate_cel`)
+/// disagree on hosts such as `https:///x`, and a regex on `getHostname()` costs more than the
+/// API server's budget allows.
 pub fn url_with_host(field: &str) -> Rule {
     Rule::new(
-        "isURL(self) && (self.startsWith('file://') ? self.startsWith('file:///') : (self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#:@]') && !self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://[^/?#]*:(/|$)') && url(self).getHostname() != '' && (url(self).getPort() == '' || (size(url(self).getPort()) <= 5 && int(url(self).getPort()) >= 1 && int(url(self).getPort()) <= 65535))))",
+        "isURL(self) && (self.startsWith('file://') ? self.startsWith('file:///') : (self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://(\\\\[[0-9a-fA-F:.]+\\\\]|([a-zA-Z0-9_]([-a-zA-Z0-9_]{0,61}[a-zA-Z0-9_])?[.])*[a-zA-Z0-9_]([-a-zA-Z0-9_]{0,61}[a-zA-Z0-9_])?[.]?)(:[0-9]{1,5})?(/|$)') && url(self).getHostname() != '' && (url(self).getPort() == '' || (int(url(self).getPort()) >= 1 && int(url(self).getPort()) <= 65535))))",
     )
     .message(Message::Message(format!(
-        "{field} must be an absolute URL with a host and a port in 1..65535 if any (file:///<absolute directory> for file drops)"
+        "{field} must be an absolute URL with a host (a DNS name or an IP address) and a port in 1..65535 if any (file:///<absolute directory> for file drops)"
     )))
 }
 
