@@ -229,7 +229,7 @@ fn default_open_for() -> String {
 /// Freshness thresholds: how old the newest delivered data may be.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, kube::KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("duration(self.warnAfter) < duration(self.errorAfter)").message("sla.freshness.warnAfter must be shorter than sla.freshness.errorAfter: the warning comes before the error"))]
+#[x_kube(validation = Rule::new("duration(self.warnAfter) < duration(self.errorAfter)").message("sla.freshness.warnAfter must be shorter than sla.freshness.errorAfter: the warning comes before the error").field_path(".warnAfter"))]
 pub struct Freshness {
     /// Data older than this raises a warning, e.g. "15m"; 1m to 8760h.
     #[schemars(length(max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]

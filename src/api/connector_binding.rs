@@ -44,11 +44,11 @@ use super::common::{
     selectable = ".spec.system"
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.protocol != 'Nats' || self.endpoint.url.startsWith('nats://') || self.endpoint.url.startsWith('tls://')").message("protocol Nats needs an endpoint.url starting with nats:// or tls://"))]
-#[x_kube(validation = Rule::new("self.protocol != 'Files' || self.endpoint.url.startsWith('file://')").message("protocol Files needs an endpoint.url starting with file://"))]
-#[x_kube(validation = Rule::new("!(self.protocol in ['OData', 'Rest']) || self.endpoint.url.startsWith('https://') || self.endpoint.url.startsWith('http://')").message("protocols OData and Rest need an endpoint.url starting with https:// or http://"))]
-#[x_kube(validation = Rule::new("!has(self.healthCheck) || self.protocol in ['OData', 'Rest']").message("healthCheck probes over HTTP and is only supported for protocols OData and Rest"))]
-#[x_kube(validation = Rule::new("!has(self.rest) || self.protocol == 'Rest'").message("rest (paging and write conventions) is only allowed with protocol Rest"))]
+#[x_kube(validation = Rule::new("self.protocol != 'Nats' || self.endpoint.url.startsWith('nats://') || self.endpoint.url.startsWith('tls://')").message("protocol Nats needs an endpoint.url starting with nats:// or tls://").field_path(".endpoint.url"))]
+#[x_kube(validation = Rule::new("self.protocol != 'Files' || self.endpoint.url.startsWith('file://')").message("protocol Files needs an endpoint.url starting with file://").field_path(".endpoint.url"))]
+#[x_kube(validation = Rule::new("!(self.protocol in ['OData', 'Rest']) || self.endpoint.url.startsWith('https://') || self.endpoint.url.startsWith('http://')").message("protocols OData and Rest need an endpoint.url starting with https:// or http://").field_path(".endpoint.url"))]
+#[x_kube(validation = Rule::new("!has(self.healthCheck) || self.protocol in ['OData', 'Rest']").message("healthCheck probes over HTTP and is only supported for protocols OData and Rest").field_path(".healthCheck"))]
+#[x_kube(validation = Rule::new("!has(self.rest) || self.protocol == 'Rest'").message("rest (paging and write conventions) is only allowed with protocol Rest").field_path(".rest"))]
 pub struct ConnectorBindingSpec {
     /// The role this system plays in the distributor's landscape.
     pub system: System,

@@ -48,7 +48,7 @@ pub const FIELD_NAME_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]*$";
     selectable = ".spec.domain"
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.quality) || self.quality.all(q, !has(q.field) || self.schema.fields.exists(f, f.name == q.field))").message("every quality rule's field must be declared in schema.fields"))]
+#[x_kube(validation = Rule::new("!has(self.quality) || self.quality.all(q, !has(q.field) || self.schema.fields.exists(f, f.name == q.field))").message("every quality rule's field must be declared in schema.fields").field_path(".quality"))]
 pub struct DataContractSpec {
     /// The data domain, e.g. "sales-order-lines". Immutable: a contract describes one domain.
     #[schemars(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
@@ -167,8 +167,8 @@ pub enum AdditionalFields {
 #[x_kube(validation = Rule::new("!has(self.minimum) || !has(self.maximum) || self.minimum <= self.maximum").message("minimum must not exceed maximum"))]
 #[x_kube(validation = Rule::new("!(has(self.minimum) || has(self.maximum)) || self.type in ['Int', 'Decimal']").message("minimum and maximum are only allowed on fields of type Int or Decimal"))]
 #[x_kube(validation = Rule::new("!(has(self.pattern) || has(self.maxLength)) || self.type == 'String'").message("pattern and maxLength are only allowed on fields of type String"))]
-#[x_kube(validation = Rule::new("!has(self.default) || !has(self.maxLength) || size(self.default) <= self.maxLength").message("a field's default must not be longer than its maxLength"))]
-#[x_kube(validation = Rule::new("!has(self.default) || (self.type == 'Int' ? self.default.matches('^-?[0-9]{1,19}$') : self.type == 'Decimal' ? self.default.matches('^-?[0-9]{1,38}([.][0-9]{1,38})?$') : self.type == 'Boolean' ? self.default in ['true', 'false'] : self.type == 'Date' ? self.default.matches('^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$') : self.type == 'Timestamp' ? self.default.matches('^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]([.][0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$') : true)").message("a field's default must be a value of its type: Int digits, Decimal digits with an optional fraction, Boolean true or false, Date YYYY-MM-DD, Timestamp RFC 3339"))]
+#[x_kube(validation = Rule::new("!has(self.default) || !has(self.maxLength) || size(self.default) <= self.maxLength").message("a field's default must not be longer than its maxLength").field_path(".default"))]
+#[x_kube(validation = Rule::new("!has(self.default) || (self.type == 'Int' ? self.default.matches('^-?[0-9]{1,19}$') : self.type == 'Decimal' ? self.default.matches('^-?[0-9]{1,38}([.][0-9]{1,38})?$') : self.type == 'Boolean' ? self.default in ['true', 'false'] : self.type == 'Date' ? self.default.matches('^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$') : self.type == 'Timestamp' ? self.default.matches('^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]([.][0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$') : true)").message("a field's default must be a value of its type: Int digits, Decimal digits with an optional fraction, Boolean true or false, Date YYYY-MM-DD, Timestamp RFC 3339").field_path(".default"))]
 pub struct FieldSpec {
     /// Canonical field name.
     #[schemars(length(min = 1, max = 63), pattern(FIELD_NAME_PATTERN))]
@@ -250,7 +250,7 @@ pub enum FieldType {
 #[x_kube(validation = Rule::new("self.check != 'Regex' || has(self.pattern)").message("a Regex check needs pattern"))]
 #[x_kube(validation = Rule::new("self.check != 'AllowedValues' || (has(self.values) && size(self.values) > 0)").message("an AllowedValues check needs values"))]
 #[x_kube(validation = Rule::new("self.check != 'NullRatio' || has(self.maxRatio)").message("a NullRatio check needs maxRatio"))]
-#[x_kube(validation = Rule::new("!has(self.min) || !has(self.max) || self.min <= self.max").message("a quality rule's min must not exceed its max"))]
+#[x_kube(validation = Rule::new("!has(self.min) || !has(self.max) || self.min <= self.max").message("a quality rule's min must not exceed its max").field_path(".min"))]
 pub struct QualityRule {
     /// Rule name, shown in dead-letter reasons and alerts.
     #[schemars(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]

@@ -99,8 +99,8 @@ pub const CRON_PATTERN: &str = r"^(@(yearly|annually|monthly|weekly|daily|midnig
     selectable = ".spec.region"
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.source.bindingRef != self.target.bindingRef || self.source.entity != self.target.entity").message("source and target are the same binding and entity: a flow must move data somewhere else"))]
-#[x_kube(validation = Rule::new("!has(self.approval) || !has(self.approval.escalateTo) || self.approval.escalateTo.bindingRef != self.target.bindingRef || self.approval.escalateTo.entity != self.target.entity").message("approval.escalateTo must differ from the flow's target"))]
+#[x_kube(validation = Rule::new("self.source.bindingRef != self.target.bindingRef || self.source.entity != self.target.entity").message("source and target are the same binding and entity: a flow must move data somewhere else").field_path(".target"))]
+#[x_kube(validation = Rule::new("!has(self.approval) || !has(self.approval.escalateTo) || self.approval.escalateTo.bindingRef != self.target.bindingRef || self.approval.escalateTo.entity != self.target.entity").message("approval.escalateTo must differ from the flow's target").field_path(".approval.escalateTo"))]
 pub struct IntegrationFlowSpec {
     /// Where the data comes from.
     pub source: Source,
@@ -440,8 +440,8 @@ fn default_dedupe_window() -> String {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, kube::KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.maxRecordBytes <= self.maxResponseBytes").message("limits.maxRecordBytes must not exceed limits.maxResponseBytes: a record arrives in a response"))]
-#[x_kube(validation = Rule::new("self.maxRecordBytes <= self.fetchMaxBytes").message("limits.maxRecordBytes must not exceed limits.fetchMaxBytes: a consume loop could never fetch a record that large"))]
-#[x_kube(validation = Rule::new("quantity(self.memory).asInteger() >= 4 * self.fetchMaxBytes + 3 * self.maxResponseBytes + 67108864").message("limits.memory must be at least 4 x limits.fetchMaxBytes + 3 x limits.maxResponseBytes + 64Mi: what the consume loops and pages in flight hold"))]
+#[x_kube(validation = Rule::new("self.maxRecordBytes <= self.fetchMaxBytes").message("limits.maxRecordBytes must not exceed limits.fetchMaxBytes: a consume loop could never fetch a record that large").field_path(".maxRecordBytes"))]
+#[x_kube(validation = Rule::new("quantity(self.memory).asInteger() >= 4 * self.fetchMaxBytes + 3 * self.maxResponseBytes + 67108864").message("limits.memory must be at least 4 x limits.fetchMaxBytes + 3 x limits.maxResponseBytes + 64Mi: what the consume loops and pages in flight hold").field_path(".memory"))]
 pub struct Limits {
     /// Largest record, in bytes of its JSON, the flow takes from the source. Larger ones are
     /// dead-lettered at extraction (reason RecordTooLarge, the payload cut to its first 64 KiB).
@@ -517,7 +517,7 @@ fn default_memory() -> String {
 #[x_kube(validation = Rule::new("!(self.rules.exists(r, r.action == 'Review') || self.otherwise == 'Review') || has(self.reviewTimeout)").message("a Review approval rule needs approval.reviewTimeout, or reviews would wait forever"))]
 #[x_kube(validation = Rule::new("!(self.rules.exists(r, r.action == 'Escalate') || self.otherwise == 'Escalate' || self.onTimeout == 'Escalate') || has(self.escalateTo)").message("an Escalate approval action needs approval.escalateTo (the supplier-collaboration target)"))]
 #[x_kube(validation = Rule::new("self.rules.map(r, r.belowPercent).isSorted() && self.rules.all(r, self.rules.map(s, s.belowPercent).indexOf(r.belowPercent) == self.rules.map(s, s.belowPercent).lastIndexOf(r.belowPercent))").message("approval.rules must be ordered by increasing belowPercent, each threshold once"))]
-#[x_kube(validation = Rule::new("self.valueField != self.baselineField").message("approval.valueField and approval.baselineField must be different fields: the delta compares them"))]
+#[x_kube(validation = Rule::new("self.valueField != self.baselineField").message("approval.valueField and approval.baselineField must be different fields: the delta compares them").field_path(".baselineField"))]
 pub struct Approval {
     /// Contract field holding the new value (e.g. the forecast quantity).
     #[schemars(length(min = 1, max = 63), pattern(FIELD_NAME_PATTERN))]
