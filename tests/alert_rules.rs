@@ -3,9 +3,11 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::process::Command;
 
 use flowplane::api::IntegrationFlow;
+use flowplane::api::integration_flow::{ALERT_LABEL_VALUE_PATTERN, Alerting};
 use flowplane::render::alerts::{rule_file, rule_groups};
 
 fn flow() -> IntegrationFlow {
@@ -150,4 +152,114 @@ fn generated_rules_pass_promtool_check_and_fire_when_they_should() {
     let tested = run_promtool(&["test", "rules", tests.to_str().unwrap()]);
     assert!(tested.contains("SUCCESS"), "{tested}");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The most hostile `alerting.labels` admission lets through: every name shape the CEL rules
+/// allow, values at the length limit and full of quotes, backslashes, percent verbs, YAML and
+/// PromQL punctuation and non-ASCII text.
+fn hostile_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("_".to_string(), String::new()),
+        ("a".repeat(128), "x".repeat(128)),
+        (
+            "quotes".to_string(),
+            r#""double" 'single' `back` \ \\ \n"#.to_string(),
+        ),
+        (
+            "punctuation".to_string(),
+            "a: b, c=d; e|f > g # h & i * j ! k % l %s %!v @ [x] (y) <z>".to_string(),
+        ),
+        (
+            "promql".to_string(),
+            "sum(up[5m]) or vector(1) == 1".to_string(),
+        ),
+        ("unicode".to_string(), "Zürich – 東京 ✓".to_string()),
+        ("Team_2".to_string(), "--- \n".trim_end().to_string()),
+    ])
+}
+
+#[test]
+fn hostile_labels_that_admission_accepts_still_load_in_prometheus_verbatim() {
+    let mut flow = flow();
+    flow.spec.alerting = Some(Alerting {
+        labels: hostile_labels(),
+    });
+    // Admission: the CEL rules (offline, as kube-cel evaluates them) and the value pattern.
+    flow.validate_cel()
+        .unwrap_or_else(|e| panic!("admission's CEL rules refuse the labels: {e}"));
+    let value = regex::Regex::new(ALERT_LABEL_VALUE_PATTERN).unwrap();
+    for (name, v) in hostile_labels() {
+        assert!(value.is_match(&v), "{name}={v:?} fails the value pattern");
+    }
+
+    let dir = std::env::temp_dir().join(format!("flowplane-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rules = dir.join("rules.yaml");
+    std::fs::write(&rules, rule_file(&rule_groups(&flow))).unwrap();
+    let checked = run_promtool(&["check", "rules", rules.to_str().unwrap()]);
+    assert!(checked.contains("SUCCESS: 6 rules found"), "{checked}");
+
+    // Prometheus expands templates in alert labels: the firing alert carries every value
+    // exactly as written, and the flow's own labels.
+    let mut expected: BTreeMap<String, String> = hostile_labels()
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty()) // an empty label value is no label in Prometheus
+        .collect();
+    for (k, v) in [
+        ("alertname", "FlowplaneThrottled"),
+        ("namespace", "eu"),
+        ("flow", "orders"),
+        ("severity", "info"),
+    ] {
+        expected.insert(k.to_string(), v.to_string());
+    }
+    let rule = rule_groups(&flow)[0]
+        .rules
+        .iter()
+        .find(|r| r.alert == "FlowplaneThrottled")
+        .cloned()
+        .unwrap();
+    let tests = serde_json::json!({
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [{
+                "series": r#"flowplane_worker_requests_throttled_total{namespace="eu",flow="orders"}"#,
+                "values": "0+3x60",
+            }],
+            "alert_rule_test": [{
+                "eval_time": "30m",
+                "alertname": "FlowplaneThrottled",
+                "exp_alerts": [{"exp_labels": expected, "exp_annotations": rule.annotations}],
+            }],
+        }],
+    });
+    let file = dir.join("tests.yaml");
+    std::fs::write(&file, serde_yaml::to_string(&tests).unwrap()).unwrap();
+    let tested = run_promtool(&["test", "rules", file.to_str().unwrap()]);
+    assert!(tested.contains("SUCCESS"), "{tested}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn the_flows_own_labels_win_even_where_admission_was_bypassed() {
+    let mut flow = flow();
+    flow.spec.alerting = Some(Alerting {
+        labels: BTreeMap::from([
+            ("namespace".to_string(), "payments".to_string()),
+            ("flow".to_string(), "ledger".to_string()),
+            ("severity".to_string(), "none".to_string()),
+            ("alertname".to_string(), "Other".to_string()),
+            ("team".to_string(), "demand-planning".to_string()),
+        ]),
+    });
+    assert!(flow.validate_cel().is_err(), "admission refuses them");
+    for rule in &rule_groups(&flow)[0].rules {
+        assert_eq!(rule.labels["namespace"], "eu", "{}", rule.alert);
+        assert_eq!(rule.labels["flow"], "orders", "{}", rule.alert);
+        assert_ne!(rule.labels["severity"], "none", "{}", rule.alert);
+        assert!(!rule.labels.contains_key("alertname"), "{}", rule.alert);
+        assert_eq!(rule.labels["team"], "demand-planning", "{}", rule.alert);
+    }
 }

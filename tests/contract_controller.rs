@@ -334,8 +334,9 @@ async fn an_invalid_schema_is_not_ready_with_a_precise_message() {
     operator();
     let ns = TestNamespace::new(&client, "contract-invalid").await;
     let ns = ns.name.as_str();
-    // A default that does not satisfy its own field's type: CEL cannot tell, the controller can.
-    let bad = "    - {name: unit, type: Int, default: \"EA\"}\n";
+    // A default below its own field's minimum: admission checks a default's spelling against
+    // the type, not its bounds; the controller does.
+    let bad = "    - {name: unit, type: Int, minimum: 1, default: \"0\"}\n";
     let _: DataContract = apply_yaml(&client, ns, &contract("1.0.0", bad)).await;
     let (_, status) = checked(&client, ns, "the invalid contract checked").await;
     let (ready, reason, message) = condition(&status.conditions, "Ready").unwrap();

@@ -321,6 +321,14 @@ fn schema_errors(schema: &Value, value: &Value, path: &str, out: &mut Vec<String
                     schema_errors(item_schema, item, &format!("{path}[{i}]"), out);
                 }
             }
+            if schema["x-kubernetes-list-type"].as_str() == Some("set") {
+                let mut seen = BTreeSet::new();
+                for (i, item) in items.iter().enumerate() {
+                    if !seen.insert(serde_json::to_string(item).unwrap()) {
+                        out.push(format!("{path}[{i}]: Duplicate value: {}", quoted(item)));
+                    }
+                }
+            }
             if let Some(keys) = schema["x-kubernetes-list-map-keys"].as_array() {
                 let mut seen = BTreeSet::new();
                 for (i, item) in items.iter().enumerate() {
@@ -335,6 +343,14 @@ fn schema_errors(schema: &Value, value: &Value, path: &str, out: &mut Vec<String
             }
         }
         Value::Object(fields) => {
+            if let Some(max) = schema["maxProperties"].as_u64()
+                && fields.len() as u64 > max
+            {
+                out.push(format!(
+                    "{path}: Too many: {}: must have at most {max} items",
+                    fields.len()
+                ));
+            }
             for required in schema["required"].as_array().into_iter().flatten() {
                 let required = required.as_str().unwrap_or("");
                 if !fields.contains_key(required) {
@@ -851,9 +867,9 @@ fn invalid_manifests_are_refused_for_the_reason_they_state() {
     for file in &files {
         let file_name = file.file_name().unwrap().to_string_lossy().to_string();
         let number = file_name.split('-').next().unwrap_or("");
-        if number.len() != 2 || !number.chars().all(|c| c.is_ascii_digit()) {
+        if !(2..=3).contains(&number.len()) || !number.chars().all(|c| c.is_ascii_digit()) {
             failures.push(format!(
-                "{file_name}: name is not NN-short-description.yaml"
+                "{file_name}: name is not NN-short-description.yaml (NN: two or three digits)"
             ));
         } else if !numbers.insert(number.to_string()) {
             failures.push(format!("{file_name}: number {number} is used twice"));

@@ -545,7 +545,7 @@ async fn pending_reviews_show_in_status_and_annotations_decide_them() {
     operator();
     let ns = TestNamespace::new(&client, "flow-review").await;
     dependencies(&client, &ns.name).await;
-    let approval = "  approval:\n    valueField: quantity\n    baselineField: quantity\n    rules: [{belowPercent: 5, action: Apply}, {belowPercent: 20, action: Review}]\n    otherwise: Review\n    reviewTimeout: 24h\n";
+    let approval = "  approval:\n    valueField: quantity\n    baselineField: line\n    rules: [{belowPercent: 5, action: Apply}, {belowPercent: 20, action: Review}]\n    otherwise: Review\n    reviewTimeout: 24h\n";
     let _: IntegrationFlow = apply_yaml(&client, &ns.name, &flow_yaml("deltas", approval)).await;
     eventually(60, "queue", || async {
         let f = flow_status(&client, &ns.name, "deltas").await;

@@ -4,7 +4,10 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Condition, DURATION_PATTERN, Resilience, SecretKeyRef, SecretRef};
+use super::common::{
+    Condition, DURATION_MAX_LENGTH, DURATION_PATTERN, Resilience, SecretKeyRef, SecretRef,
+    TEXT_PATTERN, duration_within, path_rule, url_with_host, url_without_credentials,
+};
 
 /// One endpoint of an external system and how workers talk to it: protocol, address, TLS,
 /// credentials (by Secret reference only), rate limits and resilience defaults for its flows.
@@ -18,6 +21,7 @@ use super::common::{Condition, DURATION_PATTERN, Resilience, SecretKeyRef, Secre
     shortname = "cb",
     category = "flowplane",
     cel,
+    validation = Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("a ConnectorBinding name must be a DNS label of at most 63 characters: flows name it in bindingRef"),
     doc = "One endpoint of an external system (ERP, forecasting platform, warehouse, ...) and how flowplane workers talk to it.",
     printcolumn(name = "System", type_ = "string", json_path = ".spec.system"),
     printcolumn(name = "Protocol", type_ = "string", json_path = ".spec.protocol"),
@@ -40,11 +44,11 @@ use super::common::{Condition, DURATION_PATTERN, Resilience, SecretKeyRef, Secre
     selectable = ".spec.system"
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.protocol != 'Nats' || self.endpoint.url.startsWith('nats://') || self.endpoint.url.startsWith('tls://')").message("protocol Nats needs an endpoint.url starting with nats:// or tls://"))]
-#[x_kube(validation = Rule::new("self.protocol != 'Files' || self.endpoint.url.startsWith('file://')").message("protocol Files needs an endpoint.url starting with file://"))]
-#[x_kube(validation = Rule::new("!(self.protocol in ['OData', 'Rest']) || self.endpoint.url.startsWith('https://') || self.endpoint.url.startsWith('http://')").message("protocols OData and Rest need an endpoint.url starting with https:// or http://"))]
-#[x_kube(validation = Rule::new("!has(self.healthCheck) || self.protocol in ['OData', 'Rest']").message("healthCheck probes over HTTP and is only supported for protocols OData and Rest"))]
-#[x_kube(validation = Rule::new("!has(self.rest) || self.protocol == 'Rest'").message("rest (paging and write conventions) is only allowed with protocol Rest"))]
+#[x_kube(validation = Rule::new("self.protocol != 'Nats' || self.endpoint.url.startsWith('nats://') || self.endpoint.url.startsWith('tls://')").message("protocol Nats needs an endpoint.url starting with nats:// or tls://").field_path(".endpoint.url"))]
+#[x_kube(validation = Rule::new("self.protocol != 'Files' || self.endpoint.url.startsWith('file://')").message("protocol Files needs an endpoint.url starting with file://").field_path(".endpoint.url"))]
+#[x_kube(validation = Rule::new("!(self.protocol in ['OData', 'Rest']) || self.endpoint.url.startsWith('https://') || self.endpoint.url.startsWith('http://')").message("protocols OData and Rest need an endpoint.url starting with https:// or http://").field_path(".endpoint.url"))]
+#[x_kube(validation = Rule::new("!has(self.healthCheck) || self.protocol in ['OData', 'Rest']").message("healthCheck probes over HTTP and is only supported for protocols OData and Rest").field_path(".healthCheck"))]
+#[x_kube(validation = Rule::new("!has(self.rest) || self.protocol == 'Rest'").message("rest (paging and write conventions) is only allowed with protocol Rest").field_path(".rest"))]
 pub struct ConnectorBindingSpec {
     /// The role this system plays in the distributor's landscape.
     pub system: System,
@@ -91,6 +95,7 @@ pub struct RestApi {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.pagination != 'NextLink' || has(self.nextLink)").message("pagination NextLink needs nextLink: the JSON pointer of the next page's URL in the body, e.g. /links/next"))]
 #[x_kube(validation = Rule::new("self.pagination != 'Cursor' || has(self.nextCursor)").message("pagination Cursor needs nextCursor: the JSON pointer of the next cursor in the body, e.g. /meta/nextCursor"))]
+#[x_kube(validation = Rule::new("self.limitParam != self.sinceParam && (self.pagination != 'Cursor' || !(self.cursorParam in [self.limitParam, self.sinceParam])) && (self.pagination != 'Page' || !(self.pageParam in [self.limitParam, self.sinceParam])) && (self.pagination != 'Offset' || !(self.offsetParam in [self.limitParam, self.sinceParam]))").message("rest.limitParam, rest.sinceParam and the pagination's own parameter (cursorParam, pageParam or offsetParam) must be different query parameters"))]
 pub struct RestRead {
     /// NextLink: the body names the next page's URL (`nextLink`); Cursor: the body names a
     /// cursor (`nextCursor`) sent back as `cursorParam`; Page: `pageParam` counts pages from
@@ -102,15 +107,15 @@ pub struct RestRead {
     /// JSON pointer (RFC 6901) of the records array in the body, e.g. "/data"; empty: the body
     /// is the array.
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    #[schemars(length(max = 256), pattern(r"^(/[^\s]*)?$"))]
+    #[schemars(length(max = 256), pattern(JSON_POINTER_PATTERN))]
     pub records: String,
     /// JSON pointer of the next page's URL in the body (NextLink), e.g. "/links/next".
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 256), pattern(r"^/[^\s]*$"))]
+    #[schemars(length(min = 1, max = 256), pattern(JSON_POINTER_PATTERN))]
     pub next_link: Option<String>,
     /// JSON pointer of the next cursor in the body (Cursor), e.g. "/meta/nextCursor".
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 256), pattern(r"^/[^\s]*$"))]
+    #[schemars(length(min = 1, max = 256), pattern(JSON_POINTER_PATTERN))]
     pub next_cursor: Option<String>,
     /// Query parameter carrying the cursor back (Cursor).
     #[serde(default = "default_cursor_param")]
@@ -146,6 +151,11 @@ pub struct RestRead {
 
 /// A query parameter name.
 pub const QUERY_PARAM_PATTERN: &str = r"^[A-Za-z0-9_.\[\]$-]+$";
+/// A JSON pointer (RFC 6901): `/`-separated tokens, `~` only as `~0` or `~1`, no control
+/// characters.
+pub const JSON_POINTER_PATTERN: &str = r"^(/([^/~\x00-\x1f\x7f]|~[01])*)*$";
+/// An HTTP header name (RFC 9110 token).
+pub const HEADER_NAME_PATTERN: &str = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$";
 
 fn default_cursor_param() -> String {
     "cursor".into()
@@ -205,12 +215,15 @@ pub struct RestWrite {
     pub body: BodyEnvelope,
     /// Key wrapping the records (body Object); "records" when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 128))]
+    #[schemars(length(min = 1, max = 128), pattern(TEXT_PATTERN))]
     pub records_key: Option<String>,
     /// Header carrying an idempotency key, e.g. "Idempotency-Key": a hash of the batch's record
     /// keys and versions, so a retried request carries the same value. Unset: not sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 128), pattern(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"))]
+    /// Headers the HTTP client or the auth scheme sets (Authorization, Host, Content-Type,
+    /// Content-Length, ...) are refused.
+    #[schemars(length(min = 1, max = 128), pattern(HEADER_NAME_PATTERN))]
+    #[x_kube(validation = Rule::new("!(self.lowerAscii() in ['authorization', 'proxy-authorization', 'host', 'content-type', 'content-length', 'content-encoding', 'transfer-encoding', 'connection', 'keep-alive', 'upgrade', 'te', 'trailer', 'expect', 'cookie', 'accept', 'user-agent', 'traceparent', 'tracestate'])").message("rest.idempotencyKeyHeader must not name a header the worker or its HTTP client sets (Authorization, Host, Content-Type, ...)"))]
     pub idempotency_key_header: Option<String>,
 }
 
@@ -270,14 +283,18 @@ pub enum Protocol {
 }
 
 /// Address of the system.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, kube::KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Endpoint {
-    /// Base URL: https://, http://, nats://, tls:// or file://.
+    /// Base URL: https://, http://, nats://, tls:// or file://. A host is required (file://
+    /// excepted); user-info (`user:password@`), a query, a fragment and `.`/`..` segments are
+    /// refused: credentials come from `auth.secretRef`, paths and queries from each flow.
     #[schemars(
         length(min = 1, max = 2048),
-        pattern(r"^(https?|nats|tls|file)://[^\s]+$")
+        pattern(r"^(https?|nats|tls|file)://[^\x00-\x20\x7f-\x{9f}\x{2028}\x{2029}\\]+$")
     )]
+    #[x_kube(validation = url_with_host("endpoint.url"))]
+    #[x_kube(validation = url_without_credentials("endpoint.url"))]
     pub url: String,
     /// CA bundle (PEM) used to verify the server certificate, from a Secret key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -299,18 +316,29 @@ pub struct Auth {
     /// Secret in the same namespace holding the credentials for this auth type.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretRef>,
-    /// OAuth2 token endpoint (OAuth2ClientCredentials only).
+    /// OAuth2 token endpoint (OAuth2ClientCredentials only): an http(s) URL with a host and
+    /// without user-info, query or fragment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 2048), pattern(r"^https?://[^\s]+$"))]
+    #[schemars(
+        length(max = 2048),
+        pattern(r"^https?://[^\x00-\x20\x7f-\x{9f}\x{2028}\x{2029}\\]+$")
+    )]
+    #[x_kube(validation = url_with_host("auth.tokenUrl"))]
+    #[x_kube(validation = url_without_credentials("auth.tokenUrl"))]
     pub token_url: Option<String>,
-    /// OAuth2 scopes to request (OAuth2ClientCredentials only).
+    /// OAuth2 scopes to request (OAuth2ClientCredentials only), each an RFC 6749 scope token,
+    /// no repeats.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32), inner(length(max = 256)))]
+    #[schemars(
+        length(max = 32),
+        inner(length(min = 1, max = 256), pattern(r"^[\x21\x23-\x5b\x5d-\x7e]+$"))
+    )]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub scopes: Vec<String>,
     /// OAuth2 `audience` sent with the token request (Auth0, Okta and others ask for it to
     /// name the API the token is for).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 2048))]
+    #[schemars(length(min = 1, max = 2048), pattern(r"^[\x21-\x7e]+$"))]
     pub audience: Option<String>,
     /// How the client authenticates to the token endpoint (RFC 6749 2.3.1): ClientSecretBasic
     /// (HTTP Basic, the default every server must support) or ClientSecretPost (clientId and
@@ -380,20 +408,27 @@ fn default_max_concurrent() -> u32 {
 }
 
 /// An HTTP probe of the endpoint.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, kube::KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HealthCheck {
-    /// Path below the endpoint URL, e.g. "/$metadata" for OData.
+    /// Path below the endpoint URL, e.g. "/$metadata" for OData: no query, fragment,
+    /// whitespace or `.`/`..` segments.
     #[serde(default = "default_probe_path")]
-    #[schemars(length(max = 1024), pattern(r"^/[^\s]*$"))]
+    #[schemars(
+        length(min = 1, max = 1024),
+        pattern(r"^/[^\x00-\x20\x7f-\x{9f}\x{2028}\x{2029}?#%\\]*$")
+    )]
+    #[x_kube(validation = path_rule("healthCheck.path"))]
     pub path: String,
-    /// How often to probe, e.g. "1m".
+    /// How often to probe, e.g. "1m"; 1s to 24h.
     #[serde(default = "default_probe_interval")]
-    #[schemars(pattern(DURATION_PATTERN))]
+    #[schemars(length(max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
+    #[x_kube(validation = duration_within("healthCheck.interval", "1s", "24h"))]
     pub interval: String,
-    /// Timeout of one probe, e.g. "5s".
+    /// Timeout of one probe, e.g. "5s"; 100ms to 1m.
     #[serde(default = "default_probe_timeout")]
-    #[schemars(pattern(DURATION_PATTERN))]
+    #[schemars(length(max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
+    #[x_kube(validation = duration_within("healthCheck.timeout", "100ms", "1m"))]
     pub timeout: String,
 }
 

@@ -4,7 +4,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Condition, Freshness};
+use super::common::{Condition, Freshness, TEXT_PATTERN, regex_rule};
 
 /// Semantic version `MAJOR.MINOR.PATCH` with optional pre-release, as semver.org defines it.
 pub const SEMVER_PATTERN: &str =
@@ -26,7 +26,7 @@ pub const FIELD_NAME_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]*$";
     category = "flowplane",
     cel,
     doc = "The schema, quality rules and freshness SLA of one data domain, versioned under a compatibility mode.",
-    validation = Rule::new("self.metadata.name.size() <= 236").message("a DataContract name must be at most 236 characters: its history ConfigMap is named <name>-contract-history, which the API server limits to 253"),
+    validation = Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("a DataContract name must be a DNS label of at most 63 characters: flows name it in contract.name, and its history ConfigMap carries it as a label value"),
     printcolumn(name = "Domain", type_ = "string", json_path = ".spec.domain"),
     printcolumn(name = "Version", type_ = "string", json_path = ".spec.version"),
     printcolumn(name = "Lifecycle", type_ = "string", json_path = ".spec.lifecycle"),
@@ -48,7 +48,7 @@ pub const FIELD_NAME_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]*$";
     selectable = ".spec.domain"
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.quality) || self.quality.all(q, !has(q.field) || self.schema.fields.exists(f, f.name == q.field))").message("every quality rule's field must be declared in schema.fields"))]
+#[x_kube(validation = Rule::new("!has(self.quality) || self.quality.all(q, !has(q.field) || self.schema.fields.exists(f, f.name == q.field))").message("every quality rule's field must be declared in schema.fields").field_path(".quality"))]
 pub struct DataContractSpec {
     /// The data domain, e.g. "sales-order-lines". Immutable: a contract describes one domain.
     #[schemars(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
@@ -67,9 +67,10 @@ pub struct DataContractSpec {
     pub lifecycle: Lifecycle,
     /// The record schema.
     pub schema: RecordSchema,
-    /// Data quality rules checked by workers on every record or batch.
+    /// Data quality rules checked by workers on every record or batch; rule names are unique.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub quality: Vec<QualityRule>,
     /// How fresh the data of this domain must be.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,11 +116,11 @@ pub enum Lifecycle {
 #[serde(rename_all = "camelCase")]
 pub struct Owner {
     /// Team name, e.g. "demand-planning".
-    #[schemars(length(min = 1, max = 128))]
+    #[schemars(length(min = 1, max = 128), pattern(TEXT_PATTERN))]
     pub team: String,
     /// Contact (e-mail or chat channel) for questions about the contract.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 256), pattern(TEXT_PATTERN))]
     pub contact: Option<String>,
 }
 
@@ -128,8 +129,13 @@ pub struct Owner {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.primaryKey.all(k, self.fields.exists(f, f.name == k && f.required && !f.nullable))").message("every schema.primaryKey field must be declared in schema.fields as required and not nullable"))]
 pub struct RecordSchema {
-    /// Fields that identify a record; also the idempotency key of the flow's queue.
-    #[schemars(length(min = 1, max = 8), inner(length(max = 63)))]
+    /// Fields that identify a record; also the idempotency key of the flow's queue. Each
+    /// field at most once.
+    #[schemars(
+        length(min = 1, max = 8),
+        inner(length(min = 1, max = 63), pattern(FIELD_NAME_PATTERN))
+    )]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub primary_key: Vec<String>,
     /// Typed fields, keyed by name.
     #[schemars(length(min = 1, max = 200))]
@@ -161,6 +167,8 @@ pub enum AdditionalFields {
 #[x_kube(validation = Rule::new("!has(self.minimum) || !has(self.maximum) || self.minimum <= self.maximum").message("minimum must not exceed maximum"))]
 #[x_kube(validation = Rule::new("!(has(self.minimum) || has(self.maximum)) || self.type in ['Int', 'Decimal']").message("minimum and maximum are only allowed on fields of type Int or Decimal"))]
 #[x_kube(validation = Rule::new("!(has(self.pattern) || has(self.maxLength)) || self.type == 'String'").message("pattern and maxLength are only allowed on fields of type String"))]
+#[x_kube(validation = Rule::new("!has(self.default) || !has(self.maxLength) || size(self.default) <= self.maxLength").message("a field's default must not be longer than its maxLength").field_path(".default"))]
+#[x_kube(validation = Rule::new("!has(self.default) || (self.type == 'Int' ? self.default.matches('^-?[0-9]{1,19}$') : self.type == 'Decimal' ? self.default.matches('^-?[0-9]{1,38}([.][0-9]{1,38})?$') : self.type == 'Boolean' ? self.default in ['true', 'false'] : self.type == 'Date' ? self.default.matches('^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$') : self.type == 'Timestamp' ? self.default.matches('^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]([.][0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})$') : true)").message("a field's default must be a value of its type: Int digits, Decimal digits with an optional fraction, Boolean true or false, Date YYYY-MM-DD, Timestamp RFC 3339").field_path(".default"))]
 pub struct FieldSpec {
     /// Canonical field name.
     #[schemars(length(min = 1, max = 63), pattern(FIELD_NAME_PATTERN))]
@@ -180,7 +188,7 @@ pub struct FieldSpec {
     pub nullable: bool,
     /// Default used when the field is absent, written as a string ("0", "EA", "2024-01-01").
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 256), pattern(TEXT_PATTERN))]
     pub default: Option<String>,
     /// Total digits of a Decimal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -196,17 +204,22 @@ pub struct FieldSpec {
     /// Largest allowed value of a numeric field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maximum: Option<f64>,
-    /// Regular expression a String value must match.
+    /// Regular expression (RE2 syntax) a String value must match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 512))]
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = regex_rule("schema.fields[].pattern"))]
     pub pattern: Option<String>,
     /// Longest allowed String value, in characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1048576))]
     pub max_length: Option<u32>,
-    /// Allowed values of an Enum field.
+    /// Allowed values of an Enum field, each once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256), inner(length(max = 128)))]
+    #[schemars(
+        length(max = 256),
+        inner(length(min = 1, max = 128), pattern(TEXT_PATTERN))
+    )]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub values: Vec<String>,
 }
 
@@ -237,6 +250,7 @@ pub enum FieldType {
 #[x_kube(validation = Rule::new("self.check != 'Regex' || has(self.pattern)").message("a Regex check needs pattern"))]
 #[x_kube(validation = Rule::new("self.check != 'AllowedValues' || (has(self.values) && size(self.values) > 0)").message("an AllowedValues check needs values"))]
 #[x_kube(validation = Rule::new("self.check != 'NullRatio' || has(self.maxRatio)").message("a NullRatio check needs maxRatio"))]
+#[x_kube(validation = Rule::new("!has(self.min) || !has(self.max) || self.min <= self.max").message("a quality rule's min must not exceed its max").field_path(".min"))]
 pub struct QualityRule {
     /// Rule name, shown in dead-letter reasons and alerts.
     #[schemars(length(min = 1, max = 63), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
@@ -248,7 +262,7 @@ pub struct QualityRule {
     pub check: QualityCheck,
     /// Field the check applies to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 63))]
+    #[schemars(length(min = 1, max = 63), pattern(FIELD_NAME_PATTERN))]
     pub field: Option<String>,
     /// Lower bound (Range).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -256,13 +270,18 @@ pub struct QualityRule {
     /// Upper bound (Range).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max: Option<f64>,
-    /// Regular expression (Regex).
+    /// Regular expression, RE2 syntax (Regex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 512))]
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = regex_rule("quality[].pattern"))]
     pub pattern: Option<String>,
-    /// Allowed values (AllowedValues).
+    /// Allowed values (AllowedValues), each once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256), inner(length(max = 128)))]
+    #[schemars(
+        length(max = 256),
+        inner(length(min = 1, max = 128), pattern(TEXT_PATTERN))
+    )]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub values: Vec<String>,
     /// Highest allowed share of nulls in a batch, 0..1 (NullRatio). A batch is what one worker
     /// delivers together: up to the flow's `target.batchSize` records that passed the

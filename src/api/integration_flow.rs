@@ -6,14 +6,32 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Condition, DURATION_PATTERN, NAME_PATTERN, Resilience, RetryPolicy};
+use super::common::{
+    Condition, DURATION_MAX_LENGTH, DURATION_PATTERN, NAME_PATTERN, PATH_PATTERN, Resilience,
+    RetryPolicy, SECRET_NAME_PATTERN, TEXT_PATTERN, duration_within, path_rule,
+};
 use super::connector_binding::{RestRead, RestWrite};
 use super::data_contract::FIELD_NAME_PATTERN;
 
 /// A semver range such as "^1.2", "~1.4.0", ">=1.0.0, <3" or "*".
 pub const VERSION_RANGE_PATTERN: &str = r"^\s*(\*|(\^|~|=|>=|<=|>|<)?\s*[0-9]+(\.([0-9]+|\*|x))?(\.([0-9]+|\*|x))?(-[0-9A-Za-z.-]+)?)(\s*,\s*(\^|~|=|>=|<=|>|<)?\s*[0-9]+(\.([0-9]+|\*|x))?(\.([0-9]+|\*|x))?(-[0-9A-Za-z.-]+)?)*\s*$";
-/// Five-field cron (minute hour day-of-month month day-of-week) or a macro such as @daily.
-pub const CRON_PATTERN: &str = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|([0-9*/,?LW#A-Za-z-]+\s+){4}[0-9*/,?LW#A-Za-z-]+)$";
+/// A source field: an identifier, or a dotted path of identifiers into nested objects.
+pub const SOURCE_FIELD_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)*$";
+/// An OData `$select` item: an identifier or a navigation path of identifiers.
+pub const SELECT_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*$";
+/// An alert label value: no control characters and none of `{`, `}`, `$` (Prometheus expands
+/// Go templates in alert labels).
+pub const ALERT_LABEL_VALUE_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x{9f}\x{2028}\x{2029}{}$]*$";
+/// Labels the generated alert rules set themselves (`alertname` is Prometheus's).
+pub const RESERVED_ALERT_LABELS: [&str; 4] = ["alertname", "namespace", "flow", "severity"];
+
+/// A target entity: a path as [`PATH_PATTERN`] allows, without NATS wildcards or glob stars.
+pub const TARGET_PATH_PATTERN: &str = r"^[^\x00-\x20\x7f-\x{9f}\x{2028}\x{2029}?#%\\*>$]+$";
+
+/// Five-field cron (minute hour day-of-month month day-of-week, each a list of `*`, `?`,
+/// values or ranges in their bounds with an optional `/step`; months and weekdays also by
+/// three-letter name) or a macro such as @daily: what a Kubernetes CronJob takes.
+pub const CRON_PATTERN: &str = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\*|\?|([0-5]?[0-9])(-([0-5]?[0-9]))?)(/[0-9]{1,2})?(,(\*|\?|([0-5]?[0-9])(-([0-5]?[0-9]))?)(/[0-9]{1,2})?)* +(\*|\?|([01]?[0-9]|2[0-3])(-([01]?[0-9]|2[0-3]))?)(/[0-9]{1,2})?(,(\*|\?|([01]?[0-9]|2[0-3])(-([01]?[0-9]|2[0-3]))?)(/[0-9]{1,2})?)* +(\*|\?|(0?[1-9]|[12][0-9]|3[01])(-(0?[1-9]|[12][0-9]|3[01]))?)(/[0-9]{1,2})?(,(\*|\?|(0?[1-9]|[12][0-9]|3[01])(-(0?[1-9]|[12][0-9]|3[01]))?)(/[0-9]{1,2})?)* +(\*|\?|(0?[1-9]|1[0-2]|[A-Za-z]{3})(-(0?[1-9]|1[0-2]|[A-Za-z]{3}))?)(/[0-9]{1,2})?(,(\*|\?|(0?[1-9]|1[0-2]|[A-Za-z]{3})(-(0?[1-9]|1[0-2]|[A-Za-z]{3}))?)(/[0-9]{1,2})?)* +(\*|\?|([0-6]|[A-Za-z]{3})(-([0-6]|[A-Za-z]{3}))?)(/[0-9]{1,2})?(,(\*|\?|([0-6]|[A-Za-z]{3})(-([0-6]|[A-Za-z]{3}))?)(/[0-9]{1,2})?)*)$";
 
 /// One directed flow of data between two ConnectorBindings, governed by a DataContract:
 /// reconciled into sync workers, a JetStream queue with a dead-letter queue, autoscaling and
@@ -81,8 +99,8 @@ pub const CRON_PATTERN: &str = r"^(@(yearly|annually|monthly|weekly|daily|midnig
     selectable = ".spec.region"
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.source.bindingRef != self.target.bindingRef || self.source.entity != self.target.entity").message("source and target are the same binding and entity: a flow must move data somewhere else"))]
-#[x_kube(validation = Rule::new("!has(self.approval) || !has(self.approval.escalateTo) || self.approval.escalateTo.bindingRef != self.target.bindingRef || self.approval.escalateTo.entity != self.target.entity").message("approval.escalateTo must differ from the flow's target"))]
+#[x_kube(validation = Rule::new("self.source.bindingRef != self.target.bindingRef || self.source.entity != self.target.entity").message("source and target are the same binding and entity: a flow must move data somewhere else").field_path(".target"))]
+#[x_kube(validation = Rule::new("!has(self.approval) || !has(self.approval.escalateTo) || self.approval.escalateTo.bindingRef != self.target.bindingRef || self.approval.escalateTo.entity != self.target.entity").message("approval.escalateTo must differ from the flow's target").field_path(".approval.escalateTo"))]
 pub struct IntegrationFlowSpec {
     /// Where the data comes from.
     pub source: Source,
@@ -139,8 +157,12 @@ pub struct Source {
     /// Name of the ConnectorBinding to read from (same namespace).
     #[schemars(length(min = 1, max = 63), pattern(NAME_PATTERN))]
     pub binding_ref: String,
-    /// Entity set, resource path, subject or file pattern to read, e.g. "A_SalesOrderItem".
-    #[schemars(length(min = 1, max = 256))]
+    /// Entity set, resource path, subject or file pattern to read, e.g. "A_SalesOrderItem":
+    /// no whitespace, control characters, `?`, `#`, `%` or `\`, no `.`/`..` path segments, no
+    /// leading `//`, and not a NATS system subject (`$JS.`, `$KV.`, `$SYS.`, any `$...`, `_INBOX.`).
+    #[schemars(length(min = 1, max = 256), pattern(PATH_PATTERN))]
+    #[x_kube(validation = path_rule("source.entity"))]
+    #[x_kube(validation = Rule::new("!self.startsWith('$') && !self.startsWith('_INBOX')").message("source.entity must not start with '$' or '_INBOX': those are NATS system and JetStream API subjects (and OData system resources)"))]
     pub entity: String,
     /// FullRefresh re-reads everything; Incremental reads changes after a cursor; Events reads
     /// the subject through a capture stream on the source's NATS server (JetStream enabled).
@@ -148,12 +170,18 @@ pub struct Source {
     /// Source field that orders changes (e.g. "LastChangeDateTime"); required for Incremental.
     /// For Events optional: without it a key's events are ordered as the capture stream stored
     /// them.
+    /// An identifier (`[A-Za-z_][A-Za-z0-9_]*`): it is written into OData `$filter`/`$orderby`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 128))]
+    #[schemars(length(min = 1, max = 128), pattern(FIELD_NAME_PATTERN))]
     pub cursor_field: Option<String>,
-    /// Only these source fields are requested (OData `$select`).
+    /// Only these source fields are requested (OData `$select`): identifiers or `/`-separated
+    /// navigation paths of identifiers (e.g. "_SalesOrder/SoldToParty"), each once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 200), inner(length(max = 128)))]
+    #[schemars(
+        length(max = 200),
+        inner(length(min = 1, max = 128), pattern(SELECT_PATTERN))
+    )]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub select: Vec<String>,
     /// How this REST collection pages (Rest source bindings); replaces the binding's
     /// `rest.read` as a whole. Unset with no binding default: the body is an array or has the
@@ -176,15 +204,17 @@ pub enum SyncMode {
 }
 
 /// The target of a flow.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, kube::KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Target {
     /// Name of the ConnectorBinding to write to (same namespace).
     #[schemars(length(min = 1, max = 63), pattern(NAME_PATTERN))]
     pub binding_ref: String,
     /// Entity set or resource path to write, e.g. "/v2/ingest/sales-history". A REST target
-    /// sends its batches to exactly this path below the binding URL (query included, if any).
-    #[schemars(length(min = 1, max = 256))]
+    /// sends its batches to exactly this path below the binding URL. No query, fragment,
+    /// whitespace, `%`, `\`, wildcards (`*`, `>`), `.`/`..` segments or leading `//`.
+    #[schemars(length(min = 1, max = 256), pattern(TARGET_PATH_PATTERN))]
+    #[x_kube(validation = path_rule("target.entity"))]
     pub entity: String,
     /// Append adds records; Upsert replaces by the contract's primary key.
     #[serde(default)]
@@ -220,7 +250,7 @@ pub enum WriteMode {
 pub struct ContractRef {
     /// Name of the DataContract (same namespace). Immutable: the flow's queue holds records of
     /// this contract's domain.
-    #[schemars(length(min = 1, max = 253), pattern(NAME_PATTERN))]
+    #[schemars(length(min = 1, max = 63), pattern(NAME_PATTERN))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("contract.name is immutable: the flow's queue holds records of that contract's domain; create a new flow for another contract"))]
     pub name: String,
     /// Semver range of contract versions this flow accepts, e.g. "^1.2". The flow follows the
@@ -262,15 +292,15 @@ pub struct FieldMapping {
     pub to: String,
     /// Source field name; nested fields with dots, e.g. "to_Item.Material".
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 256))]
+    #[schemars(length(min = 1, max = 256), pattern(SOURCE_FIELD_PATTERN))]
     pub from: Option<String>,
     /// Constant value instead of a source field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 256), pattern(TEXT_PATTERN))]
     pub value: Option<String>,
     /// Name of a code map (in `codeMaps`) that translates the value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 63))]
+    #[schemars(length(min = 1, max = 63), pattern(NAME_PATTERN))]
     pub code_map: Option<String>,
 }
 
@@ -283,14 +313,14 @@ pub struct CodeMap {
     #[schemars(length(min = 1, max = 63), pattern(NAME_PATTERN))]
     pub name: String,
     /// ConfigMap (same namespace) whose data holds the table.
-    #[schemars(length(min = 1, max = 253), pattern(NAME_PATTERN))]
+    #[schemars(length(min = 1, max = 253), pattern(SECRET_NAME_PATTERN))]
     pub config_map_ref: String,
     /// What happens to a code the table does not know.
     #[serde(default)]
     pub on_unmapped: OnUnmapped,
     /// Value used for unknown codes when onUnmapped is Default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 256), pattern(TEXT_PATTERN))]
     pub default: Option<String>,
 }
 
@@ -307,7 +337,7 @@ pub enum OnUnmapped {
 }
 
 /// Polling and scheduled full refresh.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, kube::KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Schedule {
     /// Cron (5 fields, or @daily/@hourly...) for the periodic full refresh run as a CronJob.
@@ -318,9 +348,11 @@ pub struct Schedule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64), pattern(r"^[A-Za-z_]+(/[A-Za-z0-9_+-]+)*$"))]
     pub time_zone: Option<String>,
-    /// How often the extractor polls the source for changes (Incremental and FullRefresh).
+    /// How often the extractor polls the source for changes (Incremental and FullRefresh);
+    /// 1s to 24h.
     #[serde(default = "default_poll_interval")]
-    #[schemars(pattern(DURATION_PATTERN))]
+    #[schemars(length(max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
+    #[x_kube(validation = duration_within("schedule.pollInterval", "1s", "24h"))]
     pub poll_interval: String,
 }
 
@@ -334,38 +366,43 @@ fn default_poll_interval() -> String {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, kube::KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("duration(self.dedupeWindow) <= duration(self.retention)").message("delivery.dedupeWindow must not exceed delivery.retention: JetStream cannot remember a record id longer than it keeps the record"))]
-#[x_kube(validation = Rule::new("duration(self.retention) >= duration('1m') && duration(self.deadLetterRetention) >= duration('1m')").message("delivery.retention and delivery.deadLetterRetention must be at least 1m (0 would not mean 'forever' here, and shorter would expire records before they can be retried or inspected)"))]
 pub struct Delivery {
     /// How long records stay in the flow's stream (its JetStream max age), delivered or not.
     /// Keep it well above the longest target outage you want to ride out: a record older
     /// than this is removed even if it was never delivered. Shortening it on a running flow
-    /// removes older records at once.
+    /// removes older records at once. 1m to 8760h (0 would not mean "forever" here, and
+    /// shorter would expire records before they can be retried).
     #[serde(default = "default_retention")]
-    #[schemars(pattern(DURATION_PATTERN))]
+    #[schemars(length(max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
+    #[x_kube(validation = duration_within("delivery.retention", "1m", "8760h"))]
     pub retention: String,
     /// Deliveries of one record before it is dead-lettered.
     #[serde(default = "default_max_deliver")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_deliver: u32,
-    /// How long a worker may hold a record before it is redelivered.
+    /// How long a worker may hold a record before it is redelivered; 1s to 12h.
     #[serde(default = "default_ack_wait")]
-    #[schemars(pattern(DURATION_PATTERN))]
+    #[schemars(length(max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
+    #[x_kube(validation = duration_within("delivery.ackWait", "1s", "12h"))]
     pub ack_wait: String,
     /// Backoff of redeliveries after transient failures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
     /// How long dead letters are kept (the dead-letter stream's max age) for inspection and
-    /// redrive; older ones are removed.
+    /// redrive; older ones are removed. 1m to 8760h.
     #[serde(default = "default_dead_letter_retention")]
-    #[schemars(pattern(DURATION_PATTERN))]
+    #[schemars(length(max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
+    #[x_kube(validation = duration_within("delivery.deadLetterRetention", "1m", "8760h"))]
     pub dead_letter_retention: String,
     /// Window in which a record with the same identity (polled sources: primary key + source
     /// version; events: the publisher's `Nats-Msg-Id`, else primary key + cursor-field value,
     /// else the event's place in the capture stream) is dropped as a duplicate when published again (the stream's duplicate window),
     /// and counted in `status.sync.duplicates`. At most `retention`; a re-read of the source
-    /// within the window publishes only what changed.
+    /// within the window publishes only what changed. At least 1s (JetStream reads 0 as its
+    /// 2m default).
     #[serde(default = "default_dedupe_window")]
-    #[schemars(pattern(DURATION_PATTERN))]
+    #[schemars(length(max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
+    #[x_kube(validation = duration_within("delivery.dedupeWindow", "1s", "8760h"))]
     pub dedupe_window: String,
 }
 
@@ -403,6 +440,8 @@ fn default_dedupe_window() -> String {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, kube::KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.maxRecordBytes <= self.maxResponseBytes").message("limits.maxRecordBytes must not exceed limits.maxResponseBytes: a record arrives in a response"))]
+#[x_kube(validation = Rule::new("self.maxRecordBytes <= self.fetchMaxBytes").message("limits.maxRecordBytes must not exceed limits.fetchMaxBytes: a consume loop could never fetch a record that large").field_path(".maxRecordBytes"))]
+#[x_kube(validation = Rule::new("quantity(self.memory).asInteger() >= 4 * self.fetchMaxBytes + 3 * self.maxResponseBytes + 67108864").message("limits.memory must be at least 4 x limits.fetchMaxBytes + 3 x limits.maxResponseBytes + 64Mi: what the consume loops and pages in flight hold").field_path(".memory"))]
 pub struct Limits {
     /// Largest record, in bytes of its JSON, the flow takes from the source. Larger ones are
     /// dead-lettered at extraction (reason RecordTooLarge, the payload cut to its first 64 KiB).
@@ -432,8 +471,10 @@ pub struct Limits {
     pub fetch_max_bytes: u32,
     /// Memory limit of the worker containers (a Kubernetes quantity). Keep it above
     /// 4 x fetchMaxBytes + 3 x maxResponseBytes (pages in flight) plus ~64Mi.
+    /// Between 64Mi and 64Gi.
     #[serde(default = "default_memory")]
-    #[schemars(pattern(r"^[0-9]+(Ki|Mi|Gi)$"))]
+    #[schemars(length(max = 16), pattern(r"^[0-9]+(Ki|Mi|Gi)$"))]
+    #[x_kube(validation = Rule::new("quantity(self).compareTo(quantity('64Mi')) >= 0 && quantity(self).compareTo(quantity('64Gi')) <= 0").message("limits.memory must be between 64Mi and 64Gi"))]
     pub memory: String,
 }
 
@@ -475,7 +516,8 @@ fn default_memory() -> String {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!(self.rules.exists(r, r.action == 'Review') || self.otherwise == 'Review') || has(self.reviewTimeout)").message("a Review approval rule needs approval.reviewTimeout, or reviews would wait forever"))]
 #[x_kube(validation = Rule::new("!(self.rules.exists(r, r.action == 'Escalate') || self.otherwise == 'Escalate' || self.onTimeout == 'Escalate') || has(self.escalateTo)").message("an Escalate approval action needs approval.escalateTo (the supplier-collaboration target)"))]
-#[x_kube(validation = Rule::new("self.rules.all(r, self.rules.all(s, self.rules.indexOf(r) >= self.rules.indexOf(s) || r.belowPercent < s.belowPercent))").message("approval.rules must be ordered by increasing belowPercent"))]
+#[x_kube(validation = Rule::new("self.rules.map(r, r.belowPercent).isSorted() && self.rules.all(r, self.rules.map(s, s.belowPercent).indexOf(r.belowPercent) == self.rules.map(s, s.belowPercent).lastIndexOf(r.belowPercent))").message("approval.rules must be ordered by increasing belowPercent, each threshold once"))]
+#[x_kube(validation = Rule::new("self.valueField != self.baselineField").message("approval.valueField and approval.baselineField must be different fields: the delta compares them").field_path(".baselineField"))]
 pub struct Approval {
     /// Contract field holding the new value (e.g. the forecast quantity).
     #[schemars(length(min = 1, max = 63), pattern(FIELD_NAME_PATTERN))]
@@ -489,9 +531,10 @@ pub struct Approval {
     /// Action when no rule matches.
     #[serde(default = "default_otherwise")]
     pub otherwise: ApprovalAction,
-    /// How long a delta waits for a planner's decision, e.g. "24h".
+    /// How long a delta waits for a planner's decision, e.g. "24h"; 1m to 8760h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(DURATION_PATTERN))]
+    #[schemars(length(max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
+    #[x_kube(validation = duration_within("approval.reviewTimeout", "1m", "8760h"))]
     pub review_timeout: Option<String>,
     /// What happens to a review nobody decided in time.
     #[serde(default = "default_on_timeout")]
@@ -542,14 +585,15 @@ pub enum ReviewTimeoutAction {
 }
 
 /// Where escalated deltas go.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, kube::KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EscalationTarget {
     /// Name of the ConnectorBinding (same namespace).
     #[schemars(length(min = 1, max = 63), pattern(NAME_PATTERN))]
     pub binding_ref: String,
-    /// Entity to write.
-    #[schemars(length(min = 1, max = 256))]
+    /// Entity to write: a path as `target.entity` allows.
+    #[schemars(length(min = 1, max = 256), pattern(TARGET_PATH_PATTERN))]
+    #[x_kube(validation = path_rule("approval.escalateTo.entity"))]
     pub entity: String,
 }
 
@@ -593,11 +637,13 @@ fn default_lag_per_replica() -> u32 {
 }
 
 /// Service levels of a flow.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, kube::KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FlowSla {
-    /// Longest time since the last successful delivery before the flow is not Fresh, e.g. "15m".
-    #[schemars(pattern(DURATION_PATTERN))]
+    /// Longest time since the last successful delivery before the flow is not Fresh, e.g.
+    /// "15m"; 1m to 8760h.
+    #[schemars(length(max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
+    #[x_kube(validation = duration_within("sla.freshness", "1m", "8760h"))]
     pub freshness: String,
     /// Highest share of failed records (0..1) over 15 minutes before alerting.
     #[serde(default = "default_max_error_ratio")]
@@ -614,11 +660,18 @@ fn default_max_error_ratio() -> f64 {
 }
 
 /// Alert routing.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, kube::KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Alerting {
-    /// Labels added to every alert of this flow (e.g. team: demand-planning).
+    /// Labels added to every alert of this flow (e.g. team: demand-planning), at most 32.
+    /// Names are Prometheus label names (`[a-zA-Z_][a-zA-Z0-9_]*`, not starting with `__`) and
+    /// not one the rules set themselves (alertname, namespace, flow, severity); values are at
+    /// most 128 characters without control characters, `{`, `}` or `$` (Prometheus expands
+    /// templates in alert labels).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32, "additionalProperties" = {"type": "string", "maxLength": 128, "pattern": ALERT_LABEL_VALUE_PATTERN}))]
+    #[x_kube(validation = Rule::new("self.all(k, k.size() <= 128 && k.matches('^[a-zA-Z_][a-zA-Z0-9_]*$') && !k.startsWith('__'))").message("alerting.labels names must be Prometheus label names: [a-zA-Z_][a-zA-Z0-9_]*, at most 128 characters, not starting with __"))]
+    #[x_kube(validation = Rule::new("self.all(k, !(k in ['alertname', 'namespace', 'flow', 'severity']))").message("alerting.labels must not set alertname, namespace, flow or severity: the generated alert rules set them"))]
     pub labels: BTreeMap<String, String>,
 }
 

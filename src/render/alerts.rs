@@ -12,6 +12,7 @@ use serde_json::json;
 use super::optional_kinds;
 use crate::api::IntegrationFlow;
 use crate::api::common::parse_duration;
+use crate::api::integration_flow::RESERVED_ALERT_LABELS;
 
 use super::labels::{flow_name, metadata, namespace, rules_name, worker_selector, workers_name};
 use super::scaling::LAG_METRIC;
@@ -51,13 +52,17 @@ pub fn rule_groups(flow: &IntegrationFlow) -> Vec<RuleGroup> {
     let max_dead_letters = sla.map(|s| s.max_dead_letters).unwrap_or(0);
     let lag_ceiling =
         u64::from(flow.spec.scaling.lag_per_replica) * flow.spec.scaling.max_replicas.max(1) as u64;
-    let mut labels = BTreeMap::from([
-        ("namespace".to_string(), ns.clone()),
-        ("flow".to_string(), name.clone()),
-    ]);
-    if let Some(alerting) = &flow.spec.alerting {
-        labels.extend(alerting.labels.clone());
-    }
+    // The flow's own labels go last, so they win over `alerting.labels` even where admission
+    // was bypassed (admission refuses RESERVED_ALERT_LABELS there).
+    let mut labels: BTreeMap<String, String> = flow
+        .spec
+        .alerting
+        .iter()
+        .flat_map(|a| a.labels.clone())
+        .filter(|(k, _)| !RESERVED_ALERT_LABELS.contains(&k.as_str()))
+        .collect();
+    labels.insert("namespace".to_string(), ns.clone());
+    labels.insert("flow".to_string(), name.clone());
     let rule =
         |alert: &str, expr: String, for_: &str, severity: &str, summary: String, runbook: &str| {
             AlertRule {
@@ -66,8 +71,7 @@ pub fn rule_groups(flow: &IntegrationFlow) -> Vec<RuleGroup> {
                 for_: for_.to_string(),
                 labels: {
                     let mut l = labels.clone();
-                    l.entry("severity".to_string())
-                        .or_insert_with(|| severity.to_string());
+                    l.insert("severity".to_string(), severity.to_string());
                     l
                 },
                 annotations: BTreeMap::from([

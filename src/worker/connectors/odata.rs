@@ -217,18 +217,19 @@ fn resolve(base: Option<&Url>, request: &str, link: &str) -> String {
     }
 }
 
+/// What a query value keeps unescaped: RFC 3986 unreserved characters and `$`. Everything
+/// else (spaces, commas, colons, quotes, `&`, `=`, `#`) is escaped, so no field name or cursor
+/// value leaves its query parameter, whatever admission let through.
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'$');
+
 /// Percent-encodes a query value (spaces, commas and colons included).
 pub(crate) fn encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 8);
-    for byte in value.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'$' => {
-                out.push(byte as char)
-            }
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(value, QUERY_VALUE).to_string()
 }
 
 #[cfg(test)]
@@ -274,5 +275,14 @@ mod tests {
             next(&request, Some("$metadata#X"), "https://b/S?$skiptoken=2"),
             "https://b/S?$skiptoken=2"
         );
+    }
+
+    #[test]
+    fn a_hostile_field_or_value_stays_inside_its_query_parameter() {
+        assert_eq!(
+            encode("Date ge 1 or true&$top=1#x,y'z\r\n"),
+            "Date%20ge%201%20or%20true%26$top%3D1%23x%2Cy%27z%0D%0A"
+        );
+        assert_eq!(encode("Zürich"), "Z%C3%BCrich");
     }
 }
