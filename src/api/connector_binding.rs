@@ -355,17 +355,25 @@ impl AuthType {
     }
 }
 
-/// Client-side rate limit (a token bucket per binding, shared by all flows of a worker).
+/// The binding's quota: one token bucket and one daily count for the whole cluster, shared by
+/// every worker of every flow that uses the binding (kept in a NATS key-value bucket, see
+/// `queue::quota`). A `429` or `503` with `Retry-After` pauses all of them.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimit {
-    /// Sustained requests per second.
+    /// Sustained requests per second, all workers together.
     #[schemars(range(min = 1, max = 100000))]
     pub requests_per_second: u32,
     /// Requests allowed at once above the sustained rate.
     #[serde(default = "default_burst")]
     #[schemars(range(min = 1, max = 100000))]
     pub burst: u32,
+    /// Requests per UTC day, all workers together; at the quota, workers hold their records
+    /// (nothing is dead-lettered) until the next day or until the quota is raised. Unset: no
+    /// daily quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000000))]
+    pub requests_per_day: Option<u64>,
     /// Requests in flight at once; also bounds the flow's unacknowledged messages.
     #[serde(default = "default_max_concurrent")]
     #[schemars(range(min = 1, max = 1024))]
@@ -421,6 +429,42 @@ pub struct ConnectorBindingStatus {
     /// Result of the last health probe that changed something.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_probe: Option<ProbeResult>,
+    /// The binding's quota as its workers used it (with `rateLimit` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaUsage>,
+}
+
+/// How much of the binding's quota the workers used.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaUsage {
+    /// The UTC day counted (YYYY-MM-DD).
+    pub day: String,
+    /// Requests sent that day by every worker of the binding.
+    pub used_today: u64,
+    /// `rateLimit.requestsPerDay`, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_day: Option<u64>,
+    /// Available: requests may be sent; Exhausted: the daily quota is used up; Paused: the
+    /// endpoint asked to wait (`Retry-After`).
+    pub state: QuotaState,
+    /// Why, when not Available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Until when the workers wait (RFC 3339), when not Available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+}
+
+/// Whether the workers may send.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum QuotaState {
+    /// Requests may be sent.
+    Available,
+    /// The daily quota is used up.
+    Exhausted,
+    /// The endpoint asked to wait (`Retry-After`).
+    Paused,
 }
 
 /// Outcome of a health probe.

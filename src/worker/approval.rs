@@ -327,9 +327,9 @@ impl Resolver {
                 .await
             }
             // The target refuses the binding, not this record: tried again later.
-            Err(e @ (CallError::Transient(_) | CallError::Refused { .. })) => {
-                Err(anyhow::anyhow!("delivery failed: {e}"))
-            }
+            Err(
+                e @ (CallError::Transient(_) | CallError::Refused { .. } | CallError::OverQuota(_)),
+            ) => Err(anyhow::anyhow!("delivery failed: {e}")),
         }
     }
 

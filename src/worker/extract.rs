@@ -25,6 +25,7 @@ use super::http::CallError;
 use super::lease::Lease;
 use super::metrics::Metrics;
 use super::progress::ProgressDeltas;
+use super::quota::SharedQuota;
 use super::trace::{new_traceparent, trace_id};
 use super::transform::Plan;
 use super::transform::Reason;
@@ -572,6 +573,7 @@ impl Extractor {
                             Some(CallError::Refused { status, reason }) => {
                                 Some(format!("source refuses access: HTTP {status}: {reason}"))
                             }
+                            Some(CallError::OverQuota(why)) => Some(format!("source: {why}")),
                             _ => None,
                         }),
                     Ok(_) => None,
@@ -636,12 +638,20 @@ impl Extractor {
     async fn open_source(&self) -> anyhow::Result<Source> {
         let retention = parse_duration(&self.config.delivery.retention)
             .map_err(|e| anyhow::anyhow!("delivery.retention: {e}"))?;
+        let quota = SharedQuota::open(
+            &self.js,
+            &self.config.namespace,
+            &self.config.source.endpoint,
+        )
+        .await?
+        .map(Arc::new);
         Source::open(
             &self.config.source,
             &self.names,
             retention,
             self.metrics.clone(),
             &self.config.limits,
+            quota,
         )
         .await
     }

@@ -36,6 +36,8 @@ pub const KIND: &str = "ConnectorBinding";
 /// Without a health check nothing changes without an event (Secrets are watched); a slow
 /// periodic pass is only a safety net.
 const RESYNC: Duration = Duration::from_secs(600);
+/// How often `status.quota` is read again from the workers' shared record.
+const QUOTA_RESYNC: Duration = Duration::from_secs(30);
 
 pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
     let client = ctx.client.clone();
@@ -130,7 +132,20 @@ async fn reconcile(binding: Arc<ConnectorBinding>, ctx: Arc<Context>) -> Result<
         }
     };
 
-    let status = status::build(&binding, secret, &probe, Timestamp::now());
+    let mut status = status::build(&binding, secret, &probe, Timestamp::now());
+    if binding.spec.rate_limit.is_some() {
+        // Usage changes without an event: read again while a limit is set.
+        requeue = requeue.min(QUOTA_RESYNC);
+        let ns = binding.namespace().unwrap_or_default();
+        let state = crate::queue::read_quota(&ctx.jetstream, &ns, &binding.name_any())
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "quota record not read");
+                None
+            });
+        status.quota =
+            status::quota_usage(&binding, state.as_ref(), Timestamp::now().as_millisecond());
+    }
     write_status(&binding, &ctx, status).await?;
     Ok(Action::requeue(requeue))
 }
