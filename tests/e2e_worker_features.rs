@@ -565,6 +565,7 @@ async fn a_create_lost_to_another_writer_is_written_as_an_update() {
         write_mode: WriteMode::Upsert,
         batch_size: 10,
         rest: None,
+        files: None,
     };
     let key = ["salesOrder".to_string(), "salesOrderItem".to_string()];
     let mut target = Target::new(&config, &key, Metrics::new("e2e", "lost-create")).unwrap();

@@ -41,7 +41,12 @@ use super::common::{Condition, DURATION_PATTERN, Resilience, SecretKeyRef, Secre
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.protocol != 'Nats' || self.endpoint.url.startsWith('nats://') || self.endpoint.url.startsWith('tls://')").message("protocol Nats needs an endpoint.url starting with nats:// or tls://"))]
-#[x_kube(validation = Rule::new("self.protocol != 'Files' || self.endpoint.url.startsWith('file://')").message("protocol Files needs an endpoint.url starting with file://"))]
+#[x_kube(validation = Rule::new("self.protocol != 'Files' || self.endpoint.url.startsWith('file://') || self.endpoint.url.startsWith('sftp://')").message("protocol Files needs an endpoint.url starting with file:// (a mounted volume) or sftp://"))]
+#[x_kube(validation = Rule::new("!self.endpoint.url.startsWith('sftp://') || (has(self.endpoint.sshHostKeys) && size(self.endpoint.sshHostKeys) > 0)").message("an sftp:// endpoint needs endpoint.sshHostKeys: the server's public host keys, as in known_hosts (\"ssh-ed25519 AAAA...\"); workers connect to no server they cannot verify"))]
+#[x_kube(validation = Rule::new("!self.endpoint.url.startsWith('sftp://') || self.auth.type in ['SshKey', 'Basic']").message("an sftp:// endpoint authenticates with auth.type SshKey (Secret keys username, privateKey) or Basic (username, password)"))]
+#[x_kube(validation = Rule::new("!has(self.endpoint.sshHostKeys) || self.endpoint.url.startsWith('sftp://')").message("endpoint.sshHostKeys is only used with an sftp:// endpoint"))]
+#[x_kube(validation = Rule::new("!(self.endpoint.url.startsWith('sftp://') || self.endpoint.url.startsWith('file://')) || !self.endpoint.url.matches('(/|^)[.][.](/|$)')").message("a file:// or sftp:// endpoint names its directory without '..'"))]
+#[x_kube(validation = Rule::new("self.auth.type != 'SshKey' || self.endpoint.url.startsWith('sftp://')").message("auth.type SshKey is only used with an sftp:// endpoint"))]
 #[x_kube(validation = Rule::new("!(self.protocol in ['OData', 'Rest']) || self.endpoint.url.startsWith('https://') || self.endpoint.url.startsWith('http://')").message("protocols OData and Rest need an endpoint.url starting with https:// or http://"))]
 #[x_kube(validation = Rule::new("!has(self.healthCheck) || self.protocol in ['OData', 'Rest']").message("healthCheck probes over HTTP and is only supported for protocols OData and Rest"))]
 #[x_kube(validation = Rule::new("!has(self.rest) || self.protocol == 'Rest'").message("rest (paging and write conventions) is only allowed with protocol Rest"))]
@@ -273,12 +278,24 @@ pub enum Protocol {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Endpoint {
-    /// Base URL: https://, http://, nats://, tls:// or file://.
+    /// Base URL: https://, http://, nats://, tls://, file:// (a directory on a volume the
+    /// flow mounts) or sftp://host[:port]/directory (file drops over SFTP).
     #[schemars(
         length(min = 1, max = 2048),
-        pattern(r"^(https?|nats|tls|file)://[^\s]+$")
+        pattern(r"^(https?|nats|tls|file|sftp)://[^\s]+$")
     )]
     pub url: String,
+    /// The SFTP server's public host keys as in known_hosts, without the host name: "ssh-ed25519
+    /// AAAA...". Workers refuse a server presenting any other key. sftp:// only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 8),
+        inner(
+            length(max = 4096),
+            pattern(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) [A-Za-z0-9+/]+={0,2}$")
+        )
+    )]
+    pub ssh_host_keys: Vec<String>,
     /// CA bundle (PEM) used to verify the server certificate, from a Secret key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<SecretKeyRef>,
@@ -339,6 +356,9 @@ pub enum AuthType {
     Basic,
     /// A static bearer token; Secret key `token`.
     Bearer,
+    /// SSH public-key authentication (sftp:// endpoints); Secret keys `username` and
+    /// `privateKey` (OpenSSH format, unencrypted). Basic is SSH password authentication there.
+    SshKey,
     /// OAuth2 client-credentials grant; Secret keys `clientId` and `clientSecret`.
     OAuth2ClientCredentials,
 }
@@ -350,6 +370,7 @@ impl AuthType {
             AuthType::None => &[],
             AuthType::Basic => &["username", "password"],
             AuthType::Bearer => &["token"],
+            AuthType::SshKey => &["username", "privateKey"],
             AuthType::OAuth2ClientCredentials => &["clientId", "clientSecret"],
         }
     }

@@ -198,6 +198,30 @@ pub struct Target {
     /// with a JSON array and no idempotency key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rest: Option<RestWrite>,
+    /// How batches are dropped as files (Files target bindings): `entity` is the batch files'
+    /// name prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesWrite>,
+}
+
+/// File drops: each batch is a CSV file `<entity>-<time>-<hash>.csv` (header row, RFC 4180)
+/// and, once it is complete, its manifest `<batch>.manifest.json` (file name, record count,
+/// SHA-256), each uploaded under a temporary name and renamed. The receiving system answers a
+/// batch with `<batch>.ack` (every record taken) or `<batch>.reject.csv` (`key,reason` rows:
+/// the records it refused; the others are taken).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FilesWrite {
+    /// How long a worker waits for the answer to a batch (keep it below `delivery.ackWait`);
+    /// "0s": it does not wait and counts the batch delivered once its manifest is written.
+    /// A batch without an answer in time counts as delivered.
+    #[serde(default = "default_answer_timeout")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub answer_timeout: String,
+}
+
+fn default_answer_timeout() -> String {
+    "0s".into()
 }
 
 fn default_batch_size() -> u32 {

@@ -77,6 +77,7 @@ fn endpoint(binding: &ConnectorBinding, flow_resilience: Option<&Resilience>) ->
         audience: spec.auth.audience.clone(),
         client_authentication: spec.auth.client_authentication.unwrap_or_default(),
         rate_limit: spec.rate_limit.clone(),
+        ssh_host_keys: spec.endpoint.ssh_host_keys.clone(),
         resilience: resilience(flow_resilience, spec.resilience.as_ref()),
         binding: name,
     }
@@ -133,6 +134,7 @@ pub fn build(inputs: &FlowInputs<'_>) -> Result<WorkerConfig, RenderError> {
         write_mode: spec.target.write_mode,
         batch_size: spec.target.batch_size,
         rest: rest_write(inputs.target, spec.target.rest.as_ref()),
+        files: spec.target.files.clone(),
     };
     let approval = match (&spec.approval, inputs.escalation) {
         (None, _) => None,
@@ -152,6 +154,7 @@ pub fn build(inputs: &FlowInputs<'_>) -> Result<WorkerConfig, RenderError> {
                     // The supplier-collaboration system's own conventions, not the main
                     // target's.
                     rest: rest_write(binding, None),
+                    files: None,
                 }),
                 (Some(to), None) => {
                     return Err(RenderError {

@@ -213,6 +213,8 @@ fn load_credentials(endpoint: &EndpointConfig) -> anyhow::Result<Credentials> {
             password: read_secret(secret_dir, "password")?,
         },
         AuthType::Bearer => Credentials::Bearer(read_secret(secret_dir, "token")?),
+        // An SSH key logs in to an SFTP server (`connectors::drops`), never over HTTP.
+        AuthType::SshKey => Credentials::None,
         AuthType::OAuth2ClientCredentials => Credentials::OAuth2(Box::new(OAuth2 {
             token_url: oauth2::TokenUrl::new(
                 endpoint

@@ -1,7 +1,9 @@
 //! Sources: read a system's records page by page. Each pass starts from a cursor (or from
 //! nothing, for a full refresh) and yields pages with the cursor to resume after them.
 
+pub mod drops;
 pub mod files;
+pub mod files_target;
 pub mod nats;
 pub mod odata;
 pub mod odata_batch;
