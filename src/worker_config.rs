@@ -310,10 +310,22 @@ impl WorkerConfig {
         let targets = std::iter::once(&self.target)
             .chain(self.approval.iter().filter_map(|a| a.escalate_to.as_ref()));
         for target in targets {
-            if !matches!(target.endpoint.protocol, Protocol::OData | Protocol::Rest) {
+            if !matches!(
+                target.endpoint.protocol,
+                Protocol::OData | Protocol::Rest | Protocol::Files
+            ) {
                 return Some(format!(
-                    "ConnectorBinding {} speaks {:?}, which no flowplane target writes (targets are OData v4 entity sets or REST APIs)",
+                    "ConnectorBinding {} speaks {:?}, which no flowplane target writes (targets are OData v4 entity sets, REST APIs or file drops)",
                     target.endpoint.binding, target.endpoint.protocol
+                ));
+            }
+            let prefix = target.entity.trim_matches('/');
+            if target.endpoint.protocol == Protocol::Files
+                && (prefix.is_empty() || prefix.contains('/') || prefix.starts_with('.'))
+            {
+                return Some(format!(
+                    "target.entity {:?} of Files binding {} is the batch files' name prefix: a name without '/' that does not start with '.'",
+                    target.entity, target.endpoint.binding
                 ));
             }
         }

@@ -40,18 +40,18 @@ fn count(yaml: &str, kind: &str) -> usize {
 fn renders_every_child_of_every_example_flow() {
     let (ok, out, err) = render(&base_files(), &["-n", "demo"]);
     assert!(ok, "{err}");
-    assert_eq!(count(&out, "Deployment"), 5);
-    assert_eq!(count(&out, "HorizontalPodAutoscaler"), 5);
+    assert_eq!(count(&out, "Deployment"), 6);
+    assert_eq!(count(&out, "HorizontalPodAutoscaler"), 6);
     assert_eq!(count(&out, "ScaledObject"), 0);
     assert!(count(&out, "CronJob") >= 1);
     assert!(out.contains("flowplane.io/config-hash"));
 
     let (ok, out, err) = render(&base_files(), &["--keda", "--prometheus-operator"]);
     assert!(ok, "{err}");
-    assert_eq!(count(&out, "ScaledObject"), 5);
+    assert_eq!(count(&out, "ScaledObject"), 6);
     assert_eq!(count(&out, "HorizontalPodAutoscaler"), 0);
-    assert_eq!(count(&out, "PrometheusRule"), 5);
-    assert_eq!(count(&out, "ServiceMonitor"), 5);
+    assert_eq!(count(&out, "PrometheusRule"), 6);
+    assert_eq!(count(&out, "ServiceMonitor"), 6);
 }
 
 #[test]
@@ -141,7 +141,7 @@ fn every_pod_of_a_flow_is_inside_its_network_policy_and_drains_are_never_blocked
         assert!(policies.iter().any(|p| selects(p, labels)));
     }
     let budgets = of_kind("PodDisruptionBudget");
-    assert_eq!(budgets.len(), 5);
+    assert_eq!(budgets.len(), 6);
     for budget in budgets {
         assert_eq!(budget["spec"]["unhealthyPodEvictionPolicy"], "AlwaysAllow");
     }
@@ -159,7 +159,7 @@ fn worker_configs() -> std::collections::BTreeMap<String, serde_json::Value> {
             configs.insert(config["flow"].as_str().unwrap().to_string(), config);
         }
     }
-    assert_eq!(configs.len(), 5);
+    assert_eq!(configs.len(), 6);
     configs
 }
 

@@ -309,8 +309,9 @@ pub struct Endpoint {
 #[x_kube(validation = Rule::new("self.type != 'OAuth2ClientCredentials' || has(self.tokenUrl)").message("auth.tokenUrl is required for OAuth2ClientCredentials"))]
 #[x_kube(validation = Rule::new("self.type == 'OAuth2ClientCredentials' || !(has(self.tokenUrl) || has(self.scopes) || has(self.audience) || has(self.clientAuthentication))").message("auth.tokenUrl, scopes, audience and clientAuthentication are only allowed with OAuth2ClientCredentials"))]
 pub struct Auth {
-    /// None, Basic (Secret keys `username`, `password`), Bearer (key `token`) or
-    /// OAuth2ClientCredentials (keys `clientId`, `clientSecret`).
+    /// None, Basic (Secret keys `username`, `password`; over SFTP, password login), Bearer
+    /// (key `token`), OAuth2ClientCredentials (keys `clientId`, `clientSecret`) or SshKey
+    /// (sftp:// only; keys `username`, `privateKey`).
     #[serde(default, rename = "type")]
     pub type_: AuthType,
     /// Secret in the same namespace holding the credentials for this auth type.
@@ -356,11 +357,11 @@ pub enum AuthType {
     Basic,
     /// A static bearer token; Secret key `token`.
     Bearer,
+    /// OAuth2 client-credentials grant; Secret keys `clientId` and `clientSecret`.
+    OAuth2ClientCredentials,
     /// SSH public-key authentication (sftp:// endpoints); Secret keys `username` and
     /// `privateKey` (OpenSSH format, unencrypted). Basic is SSH password authentication there.
     SshKey,
-    /// OAuth2 client-credentials grant; Secret keys `clientId` and `clientSecret`.
-    OAuth2ClientCredentials,
 }
 
 impl AuthType {

@@ -123,12 +123,32 @@ pub struct IntegrationFlowSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 63), pattern(NAME_PATTERN))]
     pub region: Option<String>,
+    /// A volume the workers mount, for Files bindings with a file:// directory: the
+    /// binding's directory must lie under `mountPath`. SFTP drops need none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_volume: Option<DropVolume>,
     /// Stops the flow: workers scale to zero, extraction and refresh stop; the queue is kept.
     #[serde(default)]
     pub suspend: bool,
     /// What happens to the flow's JetStream streams when the flow is deleted.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+}
+
+/// A PersistentVolumeClaim mounted into the flow's worker pods (and refresh jobs).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.mountPath.matches('(/|^)[.][.](/|$)')").message("dropVolume.mountPath names its directory without '..'"))]
+pub struct DropVolume {
+    /// The PersistentVolumeClaim, in the flow's namespace.
+    #[schemars(length(min = 1, max = 253), pattern(NAME_PATTERN))]
+    pub claim_name: String,
+    /// Where the workers see it: an absolute path, e.g. "/drops".
+    #[schemars(length(min = 2, max = 256), pattern(r"^/[A-Za-z0-9._/-]+$"))]
+    pub mount_path: String,
+    /// Mount it read-only (a flow that only reads drops).
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// The source of a flow.

@@ -224,8 +224,31 @@ pub fn build(inputs: &FlowInputs<'_>) -> Result<WorkerConfig, RenderError> {
         approval,
         limits: spec.limits.clone(),
     };
-    match config.problem() {
+    match config.problem().or_else(|| drop_volume_problem(inputs)) {
         Some(message) => Err(RenderError { message }),
         None => Ok(config),
     }
+}
+
+/// A Files binding with a file:// directory the workers would not see: no `dropVolume`, or
+/// one mounted elsewhere.
+fn drop_volume_problem(inputs: &FlowInputs<'_>) -> Option<String> {
+    let mount = inputs
+        .flow
+        .spec
+        .drop_volume
+        .as_ref()
+        .map(|v| v.mount_path.trim_end_matches('/'));
+    let mut bindings = vec![inputs.source, inputs.target];
+    bindings.extend(inputs.escalation);
+    bindings.into_iter().find_map(|binding| {
+        let dir = binding.spec.endpoint.url.strip_prefix("file://")?;
+        let inside = mount.is_some_and(|m| dir == m || dir.starts_with(&format!("{m}/")));
+        (!inside).then(|| {
+            format!(
+                "ConnectorBinding {} drops files in {dir}, which the workers see only with spec.dropVolume mounted at or above it",
+                binding.metadata.name.as_deref().unwrap_or_default()
+            )
+        })
+    })
 }

@@ -161,6 +161,8 @@ fn outcome(records: &[Outgoing<'_>], rejects: &[u8]) -> BatchOutcome {
     }
 }
 
+/// Lower-case hex, as the idempotency key (`target.rs`) and schema hashes spell digests; two
+/// lines are not worth a crate.
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

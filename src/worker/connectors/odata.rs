@@ -189,18 +189,18 @@ fn resolve(base: Option<&Url>, request: &str, link: &str) -> String {
     }
 }
 
+/// What a query value keeps unencoded: RFC 3986's unreserved characters, and `$` (OData's
+/// system query options name themselves with it).
+const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'$');
+
 /// Percent-encodes a query value (spaces, commas and colons included).
 pub(crate) fn encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 8);
-    for byte in value.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'$' => {
-                out.push(byte as char)
-            }
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(value, QUERY_VALUE).to_string()
 }
 
 #[cfg(test)]
