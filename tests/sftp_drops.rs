@@ -283,6 +283,7 @@ async fn batches_and_manifests_reach_sftp_and_rejects_dead_letter_exactly_those_
     .await;
     worker.stop().await.unwrap();
     answering.abort();
+    let dead = list_dead_letters(&js, &names, None).await.unwrap();
     let seen = seen.lock().unwrap();
     println!(
         "{} batches over SFTP, {} rows, {} refused by the platform",
@@ -297,7 +298,6 @@ async fn batches_and_manifests_reach_sftp_and_rejects_dead_letter_exactly_those_
         "every line in a batch file"
     );
     assert!(seen.rows.values().all(|n| *n == 1), "no line twice");
-    let dead = list_dead_letters(&js, &names, None).await.unwrap();
     let dead_keys: BTreeSet<String> = dead.iter().map(|d| d.key.clone()).collect();
     assert_eq!(dead_keys, seen.rejected, "exactly the refused records");
     assert_eq!(dead.len(), seen.rejected.len());
