@@ -666,7 +666,7 @@ fn every_example_flow_renders_a_worker_configuration_with_its_queue_policy() {
         assert!(
             matches!(
                 config.target.endpoint.protocol,
-                Protocol::OData | Protocol::Rest
+                Protocol::OData | Protocol::Rest | Protocol::Files
             ),
             "{name}: target protocol {:?}",
             config.target.endpoint.protocol
