@@ -29,6 +29,7 @@ use crate::api::common::parse_duration;
 use crate::api::connector_binding::ConnectorBindingStatus;
 use crate::controller::conditions::transitions;
 use crate::controller::{Context, Error, Result, WatchScope};
+use crate::queue::quota::{quota_bucket, read_quota_entry};
 
 use status::Probe;
 
@@ -137,12 +138,17 @@ async fn reconcile(binding: Arc<ConnectorBinding>, ctx: Arc<Context>) -> Result<
         // Usage changes without an event: read again while a limit is set.
         requeue = requeue.min(QUOTA_RESYNC);
         let ns = binding.namespace().unwrap_or_default();
-        let state = crate::queue::read_quota(&ctx.jetstream, &ns, &binding.name_any())
-            .await
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "quota record not read");
-                None
-            });
+        // Created here, so workers need only read and write it (their NATS permissions).
+        let state = match quota_bucket(&ctx.jetstream, &ns, &binding.name_any()).await {
+            Ok(store) => read_quota_entry(&store)
+                .await
+                .map(|(state, revision)| (revision != 0).then_some(state)),
+            Err(e) => Err(e),
+        }
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "quota record not read");
+            None
+        });
         status.quota =
             status::quota_usage(&binding, state.as_ref(), Timestamp::now().as_millisecond());
     }
