@@ -240,3 +240,77 @@ fn the_flow_limits_set_the_worker_memory_limit_and_reach_worker_json() {
         .expect("worker.json carries the limits");
     assert!(config.contains("4096"), "{config}");
 }
+
+/// A Files binding on a local directory: the flow's `dropVolume` is mounted into the worker
+/// pods, and a directory outside it is refused with the reason (the workers would not see it).
+#[test]
+fn a_file_drop_directory_is_mounted_from_the_flows_drop_volume() {
+    let dir = std::env::temp_dir().join(format!("render-drops-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/base");
+    let binding = dir.join("binding.yaml");
+    let flow_with = |mount: &str| {
+        let text = std::fs::read_to_string(base.join("flows/order-history-to-planning-drops.yaml"))
+            .unwrap()
+            .replace(
+                "  schedule:\n",
+                &format!("  dropVolume:\n    claimName: planning-drops\n    mountPath: {mount}\n  schedule:\n"),
+            );
+        let path = dir.join(format!("flow-{}.yaml", mount.replace('/', "_")));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    std::fs::write(
+        &binding,
+        "apiVersion: flowplane.io/v1alpha1\nkind: ConnectorBinding\nmetadata: {name: planning-drops}\n\
+         spec: {system: Forecasting, protocol: Files, endpoint: {url: 'file:///drops/inbound'}}\n",
+    )
+    .unwrap();
+    let mut files: Vec<PathBuf> = ["bindings/erp-s4.yaml", "contracts/sales-order-lines.yaml"]
+        .iter()
+        .map(|f| base.join(f))
+        .collect();
+    files.extend(
+        std::fs::read_dir(base.join("codemaps"))
+            .unwrap()
+            .map(|e| e.unwrap().path()),
+    );
+    files.push(binding);
+
+    let mut inside = files.clone();
+    inside.push(flow_with("/drops"));
+    let (ok, out, err) = render(&inside, &["-n", "demo"]);
+    assert!(ok, "{err}");
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&out)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "drops")
+        .expect("the drop volume");
+    assert_eq!(
+        volume["persistentVolumeClaim"]["claimName"],
+        "planning-drops"
+    );
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "drops")
+        .expect("mounted into the worker");
+    assert_eq!(mount["mountPath"], "/drops");
+
+    let mut outside = files;
+    outside.push(flow_with("/elsewhere"));
+    let (ok, _, err) = render(&outside, &["-n", "demo"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!ok);
+    assert!(
+        err.contains("/drops/inbound") && err.contains("dropVolume"),
+        "{err}"
+    );
+}

@@ -196,4 +196,30 @@ mod tests {
         assert!(answer.rejected[0].reason.ends_with("unknown item, plant 9"));
         assert!(outcome(&records, b"what\n4711/10\n").rejected.is_empty());
     }
+
+    /// A local drop directory (a mounted volume): the batch and its manifest, nothing
+    /// half-written left behind.
+    #[tokio::test]
+    async fn a_local_directory_gets_the_batch_then_its_manifest() {
+        let dir = std::env::temp_dir().join(format!("files-target-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut config = crate::worker::sample::sales_order_flow("n", "f", "", "", "").target;
+        config.endpoint.protocol = crate::api::connector_binding::Protocol::Files;
+        config.endpoint.url = format!("file://{}", dir.display());
+        config.entity = "orders".into();
+        let target = FilesTarget::new(&config).unwrap();
+        let records = [outgoing("1/10", r#"{"a":1}"#)];
+        assert!(target.deliver(&records).await.unwrap().rejected.is_empty());
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names[0].starts_with("orders-") && names[0].ends_with(".csv"));
+        assert_eq!(names[1], format!("{}.manifest.json", names[0]));
+        config.entity = "../up".into();
+        assert!(FilesTarget::new(&config).is_err());
+    }
 }
