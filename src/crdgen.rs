@@ -350,7 +350,7 @@ mod tests {
             "## DataContract",
             "## IntegrationFlow",
             "| `spec.auth.type` | string |",
-            "one of: None, Basic, Bearer, OAuth2ClientCredentials",
+            "one of: None, Basic, Bearer, OAuth2ClientCredentials, SshKey",
             "auth.tokenUrl is required for OAuth2ClientCredentials",
             "`spec.source.bindingRef`",
             "### IntegrationFlow `.status`",

@@ -18,7 +18,7 @@ use crate::api::connector_binding::{
 };
 use crate::api::data_contract::{QualityRule, RecordSchema};
 use crate::api::integration_flow::{
-    ApprovalAction, ApprovalRule, OnUnmapped, ReviewTimeoutAction, SyncMode, WriteMode,
+    ApprovalAction, ApprovalRule, FilesWrite, OnUnmapped, ReviewTimeoutAction, SyncMode, WriteMode,
 };
 use crate::queue::{DeliveryConfig, QueueNames};
 
@@ -102,6 +102,9 @@ pub struct EndpointConfig {
     /// Client-side rate limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// The SFTP server's host keys (sftp:// endpoints).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_host_keys: Vec<String>,
     /// Resolved resilience: the flow's overrides over the binding's defaults over ours.
     pub resilience: ResilienceConfig,
 }
@@ -161,6 +164,9 @@ pub struct TargetConfig {
     /// simulator's route); a worker of this release does the same for them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rest: Option<RestWrite>,
+    /// File drops (Files targets); absent: batches are not awaited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesWrite>,
 }
 
 /// The contract version in use.
@@ -304,10 +310,22 @@ impl WorkerConfig {
         let targets = std::iter::once(&self.target)
             .chain(self.approval.iter().filter_map(|a| a.escalate_to.as_ref()));
         for target in targets {
-            if !matches!(target.endpoint.protocol, Protocol::OData | Protocol::Rest) {
+            if !matches!(
+                target.endpoint.protocol,
+                Protocol::OData | Protocol::Rest | Protocol::Files
+            ) {
                 return Some(format!(
-                    "ConnectorBinding {} speaks {:?}, which no flowplane target writes (targets are OData v4 entity sets or REST APIs)",
+                    "ConnectorBinding {} speaks {:?}, which no flowplane target writes (targets are OData v4 entity sets, REST APIs or file drops)",
                     target.endpoint.binding, target.endpoint.protocol
+                ));
+            }
+            let prefix = target.entity.trim_matches('/');
+            if target.endpoint.protocol == Protocol::Files
+                && (prefix.is_empty() || prefix.contains('/') || prefix.starts_with('.'))
+            {
+                return Some(format!(
+                    "target.entity {:?} of Files binding {} is the batch files' name prefix: a name without '/' that does not start with '.'",
+                    target.entity, target.endpoint.binding
                 ));
             }
         }

@@ -499,3 +499,81 @@ async fn an_unlabelled_secret_is_refused_as_a_credential() {
         .unwrap();
     binding_condition(&client, ns, "erp", "Ready", "True").await;
 }
+
+/// The binding's `status.quota` is what its workers used, read from the shared record in
+/// NATS: the binding controller creates the bucket, workers take from it, status shows the
+/// day's use and an exhausted daily quota.
+#[tokio::test]
+async fn a_rate_limited_binding_shows_its_quota_use_in_status() {
+    let client = client().await;
+    operator();
+    let ns = TestNamespace::new(&client, "binding-quota").await;
+    let _: ConnectorBinding = apply_yaml(
+        &client,
+        &ns.name,
+        r#"
+apiVersion: flowplane.io/v1alpha1
+kind: ConnectorBinding
+metadata: {name: planning}
+spec:
+  system: Forecasting
+  protocol: Rest
+  endpoint: {url: "http://127.0.0.1:1/api"}
+  rateLimit: {requestsPerSecond: 100, burst: 10, requestsPerDay: 3}
+"#,
+    )
+    .await;
+    let api: Api<ConnectorBinding> = Api::namespaced(client.clone(), &ns.name);
+    let quota = |state: &'static str, used: u64| {
+        let api = api.clone();
+        async move {
+            let binding = api.get("planning").await.ok()?;
+            let quota = binding.status?.quota?;
+            let wanted = serde_json::to_value(quota.state).ok()? == state;
+            (wanted && quota.used_today == used).then_some(quota)
+        }
+    };
+    let fresh = eventually(60, "status.quota Available, nothing used", || {
+        quota("Available", 0)
+    })
+    .await;
+    assert_eq!(fresh.requests_per_day, Some(3));
+
+    // Three requests' worth taken by a worker's quota client, on the operator's NATS.
+    let nats = async_nats::connect(support::local_env().nats_url.as_str())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let mut endpoint = flowplane::worker::sample::endpoint(
+        "planning",
+        flowplane::api::connector_binding::System::Forecasting,
+        flowplane::api::connector_binding::Protocol::Rest,
+        "http://127.0.0.1:1/api",
+    );
+    endpoint.rate_limit = api.get("planning").await.unwrap().spec.rate_limit;
+    let shared = flowplane::worker::quota::SharedQuota::open(&js, &ns.name, &endpoint)
+        .await
+        .unwrap()
+        .unwrap();
+    for _ in 0..3 {
+        shared.acquire().await.unwrap();
+    }
+    assert!(
+        shared.acquire().await.is_err(),
+        "the day's quota is used up"
+    );
+    // A label change wakes the controller now rather than at its 30 s re-read.
+    api.patch(
+        "planning",
+        &PatchParams::apply(MANAGER),
+        &Patch::Merge(serde_json::json!({"metadata": {"labels": {"touched": "yes"}}})),
+    )
+    .await
+    .unwrap();
+    let used = eventually(60, "status.quota Exhausted, 3 used", || {
+        quota("Exhausted", 3)
+    })
+    .await;
+    assert!(used.message.unwrap().contains("used up"));
+    assert!(used.until.is_some());
+}

@@ -59,6 +59,7 @@ fn target(url: &str, entity: &str) -> TargetConfig {
         batch_size: 100,
         // The earlier releases' route: the forecasting simulator's bulk upsert.
         rest: None,
+        files: None,
     }
 }
 

@@ -565,6 +565,7 @@ async fn a_create_lost_to_another_writer_is_written_as_an_update() {
         write_mode: WriteMode::Upsert,
         batch_size: 10,
         rest: None,
+        files: None,
     };
     let key = ["salesOrder".to_string(), "salesOrderItem".to_string()];
     let mut target = Target::new(&config, &key, Metrics::new("e2e", "lost-create")).unwrap();
@@ -665,7 +666,7 @@ fn every_example_flow_renders_a_worker_configuration_with_its_queue_policy() {
         assert!(
             matches!(
                 config.target.endpoint.protocol,
-                Protocol::OData | Protocol::Rest
+                Protocol::OData | Protocol::Rest | Protocol::Files
             ),
             "{name}: target protocol {:?}",
             config.target.endpoint.protocol

@@ -414,6 +414,7 @@ async fn new_keys_are_created_by_post_and_a_stale_etag_never_overwrites_newer_da
         write_mode: WriteMode::Upsert,
         batch_size: 50,
         rest: None,
+        files: None,
     };
     let names = config.queue.clone();
     let _worker = InProcessWorker::start(config, "cap-writer");
@@ -499,6 +500,7 @@ async fn without_a_version_field_a_428_is_answered_with_if_match_and_an_expired_
         write_mode: WriteMode::Upsert,
         batch_size: 10,
         rest: None,
+        files: None,
     };
     let key_fields = ["salesOrder".to_string(), "salesOrderItem".to_string()];
     // No version field: writes are unconditional until the service asks for more.

@@ -18,7 +18,7 @@ async fn a_settled_operator_makes_no_writes_for_30_seconds() {
     let client = client().await;
     let operator = operator();
     let ns = TestNamespace::new(&client, "idle").await;
-    // The whole example scenario: bindings, contracts, code maps and five flows.
+    // The whole example scenario: bindings, contracts, code maps and six flows.
     let (ok, rendered, err) = support::kubectl(
         &[
             "kustomize",
@@ -35,7 +35,7 @@ async fn a_settled_operator_makes_no_writes_for_30_seconds() {
     let flows: Api<IntegrationFlow> = Api::namespaced(client.clone(), &ns.name);
     eventually(90, "every flow's status at its generation", || async {
         let list = flows.list(&Default::default()).await.ok()?;
-        (list.items.len() == 5
+        (list.items.len() == 6
             && list.items.iter().all(|f| {
                 f.status.as_ref().and_then(|s| s.observed_generation) == f.metadata.generation
             }))
@@ -48,7 +48,7 @@ async fn a_settled_operator_makes_no_writes_for_30_seconds() {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     eventually(90, "every worker Deployment's status observed", || async {
         let list = deployments.list(&Default::default()).await.ok()?;
-        (list.items.len() == 5
+        (list.items.len() == 6
             && list.items.iter().all(|d| {
                 let status = d.status.as_ref();
                 status.and_then(|s| s.observed_generation) == d.metadata.generation

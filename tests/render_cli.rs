@@ -40,18 +40,18 @@ fn count(yaml: &str, kind: &str) -> usize {
 fn renders_every_child_of_every_example_flow() {
     let (ok, out, err) = render(&base_files(), &["-n", "demo"]);
     assert!(ok, "{err}");
-    assert_eq!(count(&out, "Deployment"), 5);
-    assert_eq!(count(&out, "HorizontalPodAutoscaler"), 5);
+    assert_eq!(count(&out, "Deployment"), 6);
+    assert_eq!(count(&out, "HorizontalPodAutoscaler"), 6);
     assert_eq!(count(&out, "ScaledObject"), 0);
     assert!(count(&out, "CronJob") >= 1);
     assert!(out.contains("flowplane.io/config-hash"));
 
     let (ok, out, err) = render(&base_files(), &["--keda", "--prometheus-operator"]);
     assert!(ok, "{err}");
-    assert_eq!(count(&out, "ScaledObject"), 5);
+    assert_eq!(count(&out, "ScaledObject"), 6);
     assert_eq!(count(&out, "HorizontalPodAutoscaler"), 0);
-    assert_eq!(count(&out, "PrometheusRule"), 5);
-    assert_eq!(count(&out, "ServiceMonitor"), 5);
+    assert_eq!(count(&out, "PrometheusRule"), 6);
+    assert_eq!(count(&out, "ServiceMonitor"), 6);
 }
 
 #[test]
@@ -141,7 +141,7 @@ fn every_pod_of_a_flow_is_inside_its_network_policy_and_drains_are_never_blocked
         assert!(policies.iter().any(|p| selects(p, labels)));
     }
     let budgets = of_kind("PodDisruptionBudget");
-    assert_eq!(budgets.len(), 5);
+    assert_eq!(budgets.len(), 6);
     for budget in budgets {
         assert_eq!(budget["spec"]["unhealthyPodEvictionPolicy"], "AlwaysAllow");
     }
@@ -159,7 +159,7 @@ fn worker_configs() -> std::collections::BTreeMap<String, serde_json::Value> {
             configs.insert(config["flow"].as_str().unwrap().to_string(), config);
         }
     }
-    assert_eq!(configs.len(), 5);
+    assert_eq!(configs.len(), 6);
     configs
 }
 
@@ -290,5 +290,79 @@ fn worker_egress_allows_only_dns_nats_and_the_flows_endpoints() {
             {"to": [{"ipBlock": {"cidr": "10.20.30.40/32"}}], "ports": [{"protocol": "TCP", "port": 8443}]},
             {"to": [{"ipBlock": {"cidr": "10.96.0.42/32"}}], "ports": [{"protocol": "TCP", "port": 4222}]}
         ])
+    );
+}
+
+/// A Files binding on a local directory: the flow's `dropVolume` is mounted into the worker
+/// pods, and a directory outside it is refused with the reason (the workers would not see it).
+#[test]
+fn a_file_drop_directory_is_mounted_from_the_flows_drop_volume() {
+    let dir = std::env::temp_dir().join(format!("render-drops-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/base");
+    let binding = dir.join("binding.yaml");
+    let flow_with = |mount: &str| {
+        let text = std::fs::read_to_string(base.join("flows/order-history-to-planning-drops.yaml"))
+            .unwrap()
+            .replace(
+                "  schedule:\n",
+                &format!("  dropVolume:\n    claimName: planning-drops\n    mountPath: {mount}\n  schedule:\n"),
+            );
+        let path = dir.join(format!("flow-{}.yaml", mount.replace('/', "_")));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    std::fs::write(
+        &binding,
+        "apiVersion: flowplane.io/v1alpha1\nkind: ConnectorBinding\nmetadata: {name: planning-drops}\n\
+         spec: {system: Forecasting, protocol: Files, endpoint: {url: 'file:///drops/inbound'}}\n",
+    )
+    .unwrap();
+    let mut files: Vec<PathBuf> = ["bindings/erp-s4.yaml", "contracts/sales-order-lines.yaml"]
+        .iter()
+        .map(|f| base.join(f))
+        .collect();
+    files.extend(
+        std::fs::read_dir(base.join("codemaps"))
+            .unwrap()
+            .map(|e| e.unwrap().path()),
+    );
+    files.push(binding);
+
+    let mut inside = files.clone();
+    inside.push(flow_with("/drops"));
+    let (ok, out, err) = render(&inside, &["-n", "demo"]);
+    assert!(ok, "{err}");
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&out)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "drops")
+        .expect("the drop volume");
+    assert_eq!(
+        volume["persistentVolumeClaim"]["claimName"],
+        "planning-drops"
+    );
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "drops")
+        .expect("mounted into the worker");
+    assert_eq!(mount["mountPath"], "/drops");
+
+    let mut outside = files;
+    outside.push(flow_with("/elsewhere"));
+    let (ok, _, err) = render(&outside, &["-n", "demo"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!ok);
+    assert!(
+        err.contains("/drops/inbound") && err.contains("dropVolume"),
+        "{err}"
     );
 }

@@ -454,6 +454,7 @@ async fn a_retried_batch_carries_the_same_idempotency_key_in_the_configured_enve
         write_mode: WriteMode::Upsert,
         batch_size: 3,
         rest: Some(rest),
+        files: None,
     };
     let put_object = target(
         "/v2/ingest/lines?tenant=eu",

@@ -94,41 +94,20 @@ pub fn url_without_credentials(field: &str) -> Rule {
 }
 
 /// Parses a duration written as [`DURATION_PATTERN`] allows. The schema already refuses other
-/// spellings at admission; offline commands get the same answer here.
+/// spellings at admission; offline commands get the same answer here: the shape is checked
+/// against the same pattern, the arithmetic is jiff's (its "friendly" duration format).
 pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let mut total = std::time::Duration::ZERO;
-    let mut rest = text;
-    if rest.is_empty() {
-        return Err("empty duration".into());
+    static SHAPE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(DURATION_PATTERN)
+            .unwrap_or_else(|e| unreachable!("DURATION_PATTERN is a valid regex: {e}"))
+    });
+    if !SHAPE.is_match(text) {
+        return Err(format!(
+            "{text:?} is not a duration like 30s, 5m, 2h, 1h30m or 250ms"
+        ));
     }
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(format!(
-                "{text:?} is not a duration like 30s, 5m, 2h or 1h30m"
-            ));
-        }
-        let value: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{text:?}: number too large"))?;
-        rest = &rest[digits..];
-        let (unit, len) = if rest.starts_with("ms") {
-            (std::time::Duration::from_millis(1), 2)
-        } else if rest.starts_with('s') {
-            (std::time::Duration::from_secs(1), 1)
-        } else if rest.starts_with('m') {
-            (std::time::Duration::from_secs(60), 1)
-        } else if rest.starts_with('h') {
-            (std::time::Duration::from_secs(3600), 1)
-        } else {
-            return Err(format!("{text:?} has no unit (ms, s, m or h)"));
-        };
-        total += unit * u32::try_from(value).map_err(|_| format!("{text:?}: number too large"))?;
-        rest = &rest[len..];
-    }
-    Ok(total)
+    let duration: jiff::SignedDuration = text.parse().map_err(|e| format!("{text:?}: {e}"))?;
+    std::time::Duration::try_from(duration).map_err(|e| format!("{text:?}: {e}"))
 }
 
 /// A reference to a Secret in the object's own namespace. Cross-namespace references are not

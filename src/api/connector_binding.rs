@@ -45,7 +45,11 @@ use super::common::{
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.protocol != 'Nats' || self.endpoint.url.startsWith('nats://') || self.endpoint.url.startsWith('tls://')").message("protocol Nats needs an endpoint.url starting with nats:// or tls://").field_path(".endpoint.url"))]
-#[x_kube(validation = Rule::new("self.protocol != 'Files' || self.endpoint.url.startsWith('file://')").message("protocol Files needs an endpoint.url starting with file://").field_path(".endpoint.url"))]
+#[x_kube(validation = Rule::new("self.protocol != 'Files' || self.endpoint.url.startsWith('file://') || self.endpoint.url.startsWith('sftp://')").message("protocol Files needs an endpoint.url starting with file:// (a mounted volume) or sftp://").field_path(".endpoint.url"))]
+#[x_kube(validation = Rule::new("!self.endpoint.url.startsWith('sftp://') || (has(self.endpoint.sshHostKeys) && size(self.endpoint.sshHostKeys) > 0)").message("an sftp:// endpoint needs endpoint.sshHostKeys: the server's public host keys, as in known_hosts (\"ssh-ed25519 AAAA...\"); workers connect to no server they cannot verify").field_path(".endpoint.sshHostKeys"))]
+#[x_kube(validation = Rule::new("!self.endpoint.url.startsWith('sftp://') || self.auth.type in ['SshKey', 'Basic']").message("an sftp:// endpoint authenticates with auth.type SshKey (Secret keys username, privateKey) or Basic (username, password)").field_path(".auth.type"))]
+#[x_kube(validation = Rule::new("!has(self.endpoint.sshHostKeys) || self.endpoint.url.startsWith('sftp://')").message("endpoint.sshHostKeys is only used with an sftp:// endpoint").field_path(".endpoint.sshHostKeys"))]
+#[x_kube(validation = Rule::new("self.auth.type != 'SshKey' || self.endpoint.url.startsWith('sftp://')").message("auth.type SshKey is only used with an sftp:// endpoint").field_path(".auth.type"))]
 #[x_kube(validation = Rule::new("!(self.protocol in ['OData', 'Rest']) || self.endpoint.url.startsWith('https://') || self.endpoint.url.startsWith('http://')").message("protocols OData and Rest need an endpoint.url starting with https:// or http://").field_path(".endpoint.url"))]
 #[x_kube(validation = Rule::new("!has(self.healthCheck) || self.protocol in ['OData', 'Rest']").message("healthCheck probes over HTTP and is only supported for protocols OData and Rest").field_path(".healthCheck"))]
 #[x_kube(validation = Rule::new("!has(self.rest) || self.protocol == 'Rest'").message("rest (paging and write conventions) is only allowed with protocol Rest").field_path(".rest"))]
@@ -286,16 +290,29 @@ pub enum Protocol {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, kube::KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Endpoint {
-    /// Base URL: https://, http://, nats://, tls:// or file://. A host is required (file://
-    /// excepted); user-info (`user:password@`), a query, a fragment and `.`/`..` segments are
-    /// refused: credentials come from `auth.secretRef`, paths and queries from each flow.
+    /// Base URL: https://, http://, nats://, tls://, file:// (a directory on a volume the
+    /// flow mounts) or sftp://host[:port]/directory (file drops over SFTP). A host is required
+    /// (file:// excepted); user-info (`user:password@`), a query, a fragment and `.`/`..`
+    /// segments are refused: credentials come from `auth.secretRef`, paths and queries from
+    /// each flow.
     #[schemars(
         length(min = 1, max = 2048),
-        pattern(r"^(https?|nats|tls|file)://[^\x00-\x20\x7f-\x{9f}\x{2028}\x{2029}\\]+$")
+        pattern(r"^(https?|nats|tls|file|sftp)://[^\x00-\x20\x7f-\x{9f}\x{2028}\x{2029}\\]+$")
     )]
     #[x_kube(validation = url_with_host("endpoint.url"))]
     #[x_kube(validation = url_without_credentials("endpoint.url"))]
     pub url: String,
+    /// The SFTP server's public host keys as in known_hosts, without the host name: "ssh-ed25519
+    /// AAAA...". Workers refuse a server presenting any other key. sftp:// only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 8),
+        inner(
+            length(max = 4096),
+            pattern(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) [A-Za-z0-9+/]+={0,2}$")
+        )
+    )]
+    pub ssh_host_keys: Vec<String>,
     /// CA bundle (PEM) used to verify the server certificate, from a Secret key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<SecretKeyRef>,
@@ -309,8 +326,9 @@ pub struct Endpoint {
 #[x_kube(validation = Rule::new("self.type != 'OAuth2ClientCredentials' || has(self.tokenUrl)").message("auth.tokenUrl is required for OAuth2ClientCredentials"))]
 #[x_kube(validation = Rule::new("self.type == 'OAuth2ClientCredentials' || !(has(self.tokenUrl) || has(self.scopes) || has(self.audience) || has(self.clientAuthentication))").message("auth.tokenUrl, scopes, audience and clientAuthentication are only allowed with OAuth2ClientCredentials"))]
 pub struct Auth {
-    /// None, Basic (Secret keys `username`, `password`), Bearer (key `token`) or
-    /// OAuth2ClientCredentials (keys `clientId`, `clientSecret`).
+    /// None, Basic (Secret keys `username`, `password`; over SFTP, password login), Bearer
+    /// (key `token`), OAuth2ClientCredentials (keys `clientId`, `clientSecret`) or SshKey
+    /// (sftp:// only; keys `username`, `privateKey`).
     #[serde(default, rename = "type")]
     pub type_: AuthType,
     /// Secret in the same namespace holding the credentials for this auth type.
@@ -369,6 +387,9 @@ pub enum AuthType {
     Bearer,
     /// OAuth2 client-credentials grant; Secret keys `clientId` and `clientSecret`.
     OAuth2ClientCredentials,
+    /// SSH public-key authentication (sftp:// endpoints); Secret keys `username` and
+    /// `privateKey` (OpenSSH format, unencrypted). Basic is SSH password authentication there.
+    SshKey,
 }
 
 impl AuthType {
@@ -378,22 +399,31 @@ impl AuthType {
             AuthType::None => &[],
             AuthType::Basic => &["username", "password"],
             AuthType::Bearer => &["token"],
+            AuthType::SshKey => &["username", "privateKey"],
             AuthType::OAuth2ClientCredentials => &["clientId", "clientSecret"],
         }
     }
 }
 
-/// Client-side rate limit (a token bucket per binding, shared by all flows of a worker).
+/// The binding's quota: one token bucket and one daily count for the whole cluster, shared by
+/// every worker of every flow that uses the binding (kept in a NATS key-value bucket, see
+/// `queue::quota`). A `429` or `503` with `Retry-After` pauses all of them.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimit {
-    /// Sustained requests per second.
+    /// Sustained requests per second, all workers together.
     #[schemars(range(min = 1, max = 100000))]
     pub requests_per_second: u32,
     /// Requests allowed at once above the sustained rate.
     #[serde(default = "default_burst")]
     #[schemars(range(min = 1, max = 100000))]
     pub burst: u32,
+    /// Requests per UTC day, all workers together; at the quota, workers hold their records
+    /// (nothing is dead-lettered) until the next day or until the quota is raised. Unset: no
+    /// daily quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000000))]
+    pub requests_per_day: Option<u64>,
     /// Requests in flight at once; also bounds the flow's unacknowledged messages.
     #[serde(default = "default_max_concurrent")]
     #[schemars(range(min = 1, max = 1024))]
@@ -456,6 +486,42 @@ pub struct ConnectorBindingStatus {
     /// Result of the last health probe that changed something.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_probe: Option<ProbeResult>,
+    /// The binding's quota as its workers used it (with `rateLimit` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaUsage>,
+}
+
+/// How much of the binding's quota the workers used.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaUsage {
+    /// The UTC day counted (YYYY-MM-DD).
+    pub day: String,
+    /// Requests sent that day by every worker of the binding.
+    pub used_today: u64,
+    /// `rateLimit.requestsPerDay`, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_day: Option<u64>,
+    /// Available: requests may be sent; Exhausted: the daily quota is used up; Paused: the
+    /// endpoint asked to wait (`Retry-After`).
+    pub state: QuotaState,
+    /// Why, when not Available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Until when the workers wait (RFC 3339), when not Available.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+}
+
+/// Whether the workers may send.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum QuotaState {
+    /// Requests may be sent.
+    Available,
+    /// The daily quota is used up.
+    Exhausted,
+    /// The endpoint asked to wait (`Retry-After`).
+    Paused,
 }
 
 /// Outcome of a health probe.

@@ -141,12 +141,32 @@ pub struct IntegrationFlowSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 63), pattern(NAME_PATTERN))]
     pub region: Option<String>,
+    /// A volume the workers mount, for Files bindings with a file:// directory: the
+    /// binding's directory must lie under `mountPath`. SFTP drops need none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_volume: Option<DropVolume>,
     /// Stops the flow: workers scale to zero, extraction and refresh stop; the queue is kept.
     #[serde(default)]
     pub suspend: bool,
     /// What happens to the flow's JetStream streams when the flow is deleted.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+}
+
+/// A PersistentVolumeClaim mounted into the flow's worker pods (and refresh jobs).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.mountPath.matches('(/|^)[.][.](/|$)')").message("dropVolume.mountPath names its directory without '..'"))]
+pub struct DropVolume {
+    /// The PersistentVolumeClaim, in the flow's namespace.
+    #[schemars(length(min = 1, max = 253), pattern(NAME_PATTERN))]
+    pub claim_name: String,
+    /// Where the workers see it: an absolute path, e.g. "/drops".
+    #[schemars(length(min = 2, max = 256), pattern(r"^/[A-Za-z0-9._/-]+$"))]
+    pub mount_path: String,
+    /// Mount it read-only (a flow that only reads drops).
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// The source of a flow.
@@ -228,6 +248,30 @@ pub struct Target {
     /// with a JSON array and no idempotency key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rest: Option<RestWrite>,
+    /// How batches are dropped as files (Files target bindings): `entity` is the batch files'
+    /// name prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesWrite>,
+}
+
+/// File drops: each batch is a CSV file `<entity>-<time>-<hash>.csv` (header row, RFC 4180)
+/// and, once it is complete, its manifest `<batch>.manifest.json` (file name, record count,
+/// SHA-256), each uploaded under a temporary name and renamed. The receiving system answers a
+/// batch with `<batch>.ack` (every record taken) or `<batch>.reject.csv` (`key,reason` rows:
+/// the records it refused; the others are taken).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FilesWrite {
+    /// How long a worker waits for the answer to a batch (keep it below `delivery.ackWait`);
+    /// "0s": it does not wait and counts the batch delivered once its manifest is written.
+    /// A batch without an answer in time counts as delivered.
+    #[serde(default = "default_answer_timeout")]
+    #[schemars(pattern(DURATION_PATTERN))]
+    pub answer_timeout: String,
+}
+
+fn default_answer_timeout() -> String {
+    "0s".into()
 }
 
 fn default_batch_size() -> u32 {

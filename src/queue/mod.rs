@@ -10,12 +10,14 @@ pub mod approvals;
 pub mod cli;
 pub mod headers;
 pub mod jetstream;
+pub mod quota;
 pub mod redrive;
 
 pub use jetstream::{
     QueueError, QueuePolicy, delete_queue, ensure_capture, ensure_queue, read_progress,
     reset_cursor,
 };
+pub use quota::{QuotaState, binding_quota_bucket, read_quota};
 pub use redrive::{DeadLetter, RedriveReport, list_dead_letters, redrive};
 
 /// Names of one flow's JetStream resources. Deterministic from namespace and name, so the

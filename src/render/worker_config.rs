@@ -77,6 +77,7 @@ fn endpoint(binding: &ConnectorBinding, flow_resilience: Option<&Resilience>) ->
         audience: spec.auth.audience.clone(),
         client_authentication: spec.auth.client_authentication.unwrap_or_default(),
         rate_limit: spec.rate_limit.clone(),
+        ssh_host_keys: spec.endpoint.ssh_host_keys.clone(),
         resilience: resilience(flow_resilience, spec.resilience.as_ref()),
         binding: name,
     }
@@ -133,6 +134,7 @@ pub fn build(inputs: &FlowInputs<'_>) -> Result<WorkerConfig, RenderError> {
         write_mode: spec.target.write_mode,
         batch_size: spec.target.batch_size,
         rest: rest_write(inputs.target, spec.target.rest.as_ref()),
+        files: spec.target.files.clone(),
     };
     let approval = match (&spec.approval, inputs.escalation) {
         (None, _) => None,
@@ -152,6 +154,7 @@ pub fn build(inputs: &FlowInputs<'_>) -> Result<WorkerConfig, RenderError> {
                     // The supplier-collaboration system's own conventions, not the main
                     // target's.
                     rest: rest_write(binding, None),
+                    files: None,
                 }),
                 (Some(to), None) => {
                     return Err(RenderError {
@@ -221,8 +224,31 @@ pub fn build(inputs: &FlowInputs<'_>) -> Result<WorkerConfig, RenderError> {
         approval,
         limits: spec.limits.clone(),
     };
-    match config.problem() {
+    match config.problem().or_else(|| drop_volume_problem(inputs)) {
         Some(message) => Err(RenderError { message }),
         None => Ok(config),
     }
+}
+
+/// A Files binding with a file:// directory the workers would not see: no `dropVolume`, or
+/// one mounted elsewhere.
+fn drop_volume_problem(inputs: &FlowInputs<'_>) -> Option<String> {
+    let mount = inputs
+        .flow
+        .spec
+        .drop_volume
+        .as_ref()
+        .map(|v| v.mount_path.trim_end_matches('/'));
+    let mut bindings = vec![inputs.source, inputs.target];
+    bindings.extend(inputs.escalation);
+    bindings.into_iter().find_map(|binding| {
+        let dir = binding.spec.endpoint.url.strip_prefix("file://")?;
+        let inside = mount.is_some_and(|m| dir == m || dir.starts_with(&format!("{m}/")));
+        (!inside).then(|| {
+            format!(
+                "ConnectorBinding {} drops files in {dir}, which the workers see only with spec.dropVolume mounted at or above it",
+                binding.metadata.name.as_deref().unwrap_or_default()
+            )
+        })
+    })
 }

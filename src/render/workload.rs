@@ -73,6 +73,12 @@ fn pod_spec(inputs: &FlowInputs<'_>, args: &[&str], restart_policy: &str) -> Pod
             mounts.push(json!({"name": volume, "mountPath": ca_dir(&name), "readOnly": true}));
         }
     }
+    if let Some(drops) = &flow.spec.drop_volume {
+        volumes.push(json!({"name": "drops", "persistentVolumeClaim": {"claimName": drops.claim_name, "readOnly": drops.read_only}}));
+        mounts.push(
+            json!({"name": "drops", "mountPath": drops.mount_path, "readOnly": drops.read_only}),
+        );
+    }
     typed(json!({
         "automountServiceAccountToken": false,
         "enableServiceLinks": false,

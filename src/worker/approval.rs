@@ -328,7 +328,10 @@ impl Resolver {
             }
             // The target refuses the binding, not this record: tried again later.
             Err(
-                e @ (CallError::Transient(_) | CallError::Refused { .. } | CallError::OffOrigin(_)),
+                e @ (CallError::Transient(_)
+                | CallError::Refused { .. }
+                | CallError::OffOrigin(_)
+                | CallError::OverQuota(_)),
             ) => Err(anyhow::anyhow!("delivery failed: {e}")),
         }
     }

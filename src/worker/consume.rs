@@ -446,6 +446,19 @@ impl Consumer {
                     self.metrics.set_not_ready("target", Some(why.clone()));
                     self.progress.set_blocked(Some(why));
                 }
+                // Nothing was sent: the binding's quota is used up (or paused) for every
+                // worker. Held the same way, and said the same way.
+                Err(CallError::OverQuota(why)) => {
+                    let why = format!("target: {why}");
+                    if self.metrics.target_refused.set(1) == 0 {
+                        tracing::warn!(
+                            records = ready.len(),
+                            "binding quota used up; holding the batch"
+                        );
+                    }
+                    self.metrics.set_not_ready("target", Some(why.clone()));
+                    self.progress.set_blocked(Some(why));
+                }
                 Err(CallError::Transient(_)) if self.metrics.target_refused.get() == 1 => {}
                 _ => break,
             }
@@ -467,7 +480,9 @@ impl Consumer {
             self.progress.set_blocked(None);
         }
         match result {
-            Err(CallError::Refused { .. }) => unreachable!("held above"),
+            Err(CallError::Refused { .. } | CallError::OverQuota(_)) => {
+                unreachable!("held above")
+            }
             Ok(outcome) => {
                 let mut refused = vec![None; ready.len()];
                 for rejected in outcome.rejected {

@@ -25,6 +25,7 @@ use super::http::CallError;
 use super::lease::Lease;
 use super::metrics::Metrics;
 use super::progress::ProgressDeltas;
+use super::quota::SharedQuota;
 use super::trace::{new_traceparent, trace_id};
 use super::transform::Plan;
 use super::transform::Reason;
@@ -567,8 +568,8 @@ impl Extractor {
                 };
                 // A source refusing the binding (401, 403, 404 of the collection) is the
                 // binding's problem: the worker says so on /readyz until a pass succeeds. So is
-                // a source whose links lead to another origin, which the flow's status shows
-                // too (sync.blocked), since no retry will change it.
+                // a source whose links lead to another origin, or whose binding's quota is
+                // used up: the flow's status shows those too (sync.blocked).
                 let (refused, off_origin) = match &pass {
                     Err(e) => e
                         .chain()
@@ -579,6 +580,10 @@ impl Extractor {
                             )),
                             Some(CallError::OffOrigin(why)) => {
                                 let why = format!("source link refused: {why}");
+                                Some((Some(why.clone()), Some(why)))
+                            }
+                            Some(CallError::OverQuota(why)) => {
+                                let why = format!("source: {why}");
                                 Some((Some(why.clone()), Some(why)))
                             }
                             _ => None,
@@ -650,12 +655,20 @@ impl Extractor {
     async fn open_source(&self) -> anyhow::Result<Source> {
         let retention = parse_duration(&self.config.delivery.retention)
             .map_err(|e| anyhow::anyhow!("delivery.retention: {e}"))?;
+        let quota = SharedQuota::open(
+            &self.js,
+            &self.config.namespace,
+            &self.config.source.endpoint,
+        )
+        .await?
+        .map(Arc::new);
         Source::open(
             &self.config.source,
             &self.names,
             retention,
             self.metrics.clone(),
             &self.config.limits,
+            quota,
         )
         .await
     }

@@ -15,6 +15,7 @@ use std::time::Instant;
 use tokio::sync::{Mutex, Semaphore};
 
 use super::metrics::Metrics;
+use super::quota::SharedQuota;
 use super::resilience::{Backoff, Breaker};
 use crate::api::common::parse_duration;
 use crate::api::connector_binding::{AuthType, ClientAuthentication};
@@ -40,6 +41,11 @@ pub enum CallError {
     /// record. The pass fails with this reason; nothing is dead-lettered.
     #[error("{0}")]
     OffOrigin(String),
+    /// The binding's shared quota is used up for the day, or its endpoint asked every worker
+    /// to wait longer than a call waits (`Retry-After`): nothing was sent. Callers hold their
+    /// records and ask again, and never dead-letter a record for it.
+    #[error("{0}")]
+    OverQuota(String),
 }
 
 impl CallError {
@@ -171,6 +177,10 @@ impl OAuth2 {
 /// A resilient client for one binding.
 pub struct HttpClient {
     client: reqwest::Client,
+    /// The binding's quota shared by every worker in the cluster (see [`HttpClient::share_quota`]).
+    quota: std::sync::OnceLock<Arc<SharedQuota>>,
+    /// The rate limit of a client with no shared quota (one not run by a worker: tests,
+    /// `flowplane` commands), in this process only.
     limiter: Option<DefaultDirectRateLimiter>,
     in_flight: Semaphore,
     /// Swapped for freshly read ones when the endpoint refuses them (a rotated Secret).
@@ -208,6 +218,8 @@ fn load_credentials(endpoint: &EndpointConfig) -> anyhow::Result<Credentials> {
             password: read_secret(secret_dir, "password")?,
         },
         AuthType::Bearer => Credentials::Bearer(read_secret(secret_dir, "token")?),
+        // An SSH key logs in to an SFTP server (`connectors::drops`), never over HTTP.
+        AuthType::SshKey => Credentials::None,
         AuthType::OAuth2ClientCredentials => Credentials::OAuth2(Box::new(OAuth2 {
             token_url: oauth2::TokenUrl::new(
                 endpoint
@@ -281,6 +293,7 @@ impl HttpClient {
             .max(1);
         Ok(HttpClient {
             client: builder.build()?,
+            quota: std::sync::OnceLock::new(),
             limiter,
             in_flight: Semaphore::new(concurrency),
             credentials: std::sync::RwLock::new(Arc::new(credentials)),
@@ -292,6 +305,12 @@ impl HttpClient {
             max_body_bytes: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_BODY_BYTES),
             metrics,
         })
+    }
+
+    /// Takes every request from the binding's quota shared across the cluster instead of
+    /// this process's limiter.
+    pub fn share_quota(&self, quota: Arc<SharedQuota>) {
+        let _ = self.quota.set(quota);
     }
 
     /// Bounds the response bodies [`HttpClient::read_body`] reads to `max` bytes.
@@ -410,7 +429,9 @@ impl HttpClient {
                     wait.as_millis()
                 )));
             }
-            if let Some(limiter) = &self.limiter
+            if let Some(quota) = self.quota.get() {
+                quota.acquire().await?;
+            } else if let Some(limiter) = &self.limiter
                 && limiter.check().is_err()
             {
                 self.metrics.throttled.inc();
@@ -449,6 +470,15 @@ impl HttpClient {
                 Ok(response) => {
                     let status = response.status();
                     let retry_after = retry_after(&response);
+                    // Every worker of the binding waits, not only this call.
+                    if let (Some(after), Some(quota)) = (retry_after, self.quota.get())
+                        && matches!(
+                            status,
+                            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+                        )
+                    {
+                        quota.pause(after).await;
+                    }
                     // Only the start of an error body is kept: it may be anything in any size.
                     let body = read_limited(response, ERROR_BODY_BYTES, true).await;
                     let body = String::from_utf8_lossy(&body.unwrap_or_default()).into_owned();

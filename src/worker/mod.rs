@@ -16,6 +16,7 @@ pub mod lease;
 pub mod metrics;
 pub mod progress;
 pub mod quality;
+pub mod quota;
 pub mod resilience;
 pub mod sample;
 pub mod trace;
@@ -163,6 +164,13 @@ pub async fn run(
     target
         .http
         .limit_bodies(flow.config.limits.max_response_bytes as usize);
+    quota::SharedQuota::attach(
+        &target.http,
+        &flow.js,
+        &flow.config.namespace,
+        &flow.config.target.endpoint,
+    )
+    .await?;
     let target = Arc::new(target);
     let mut tasks = tokio::task::JoinSet::new();
     let extractor = Arc::new(flow.extractor());
@@ -186,6 +194,13 @@ pub async fn run(
                     let mut escalate =
                         Target::new(to, flow.plan.key_names(), flow.metrics.clone())?;
                     escalate.order_by(version_field.clone());
+                    quota::SharedQuota::attach(
+                        &escalate.http,
+                        &flow.js,
+                        &flow.config.namespace,
+                        &to.endpoint,
+                    )
+                    .await?;
                     Some(Arc::new(escalate))
                 }
                 None => None,

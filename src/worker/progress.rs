@@ -117,6 +117,10 @@ impl ProgressDeltas {
             }
             if let Some(blocked) = &blocked {
                 p.blocked = blocked.clone();
+            } else if delivered > 0 {
+                // Records reach the target: whatever held them (perhaps as another worker,
+                // since stopped, wrote it) holds no more.
+                p.blocked = None;
             }
             p.contract_version = Some(contract_version.to_string());
         })

@@ -164,6 +164,7 @@ pub fn endpoint(binding: &str, system: System, protocol: Protocol, url: &str) ->
         audience: None,
         client_authentication: Default::default(),
         rate_limit: None,
+        ssh_host_keys: vec![],
         resilience: ResilienceConfig {
             timeout: "10s".into(),
             retry: RetryPolicy {
@@ -216,6 +217,7 @@ pub fn sales_order_flow(
             // upsert (what a worker.json of those releases asks for; tests/rest_interop.rs
             // names the route explicitly).
             rest: None,
+            files: None,
         },
         contract: contract(),
         mapping: mapping(),

@@ -33,6 +33,7 @@ use crate::api::common::parse_duration;
 use crate::api::connector_binding::ConnectorBindingStatus;
 use crate::controller::conditions::transitions;
 use crate::controller::{Context, Error, Result, WatchScope};
+use crate::queue::quota::{quota_bucket, read_quota_entry};
 
 use policy::{NotProbed, Recent};
 use status::{Probe, SecretState};
@@ -41,6 +42,8 @@ pub const KIND: &str = "ConnectorBinding";
 /// Without a health check nothing changes without an event (Secrets are watched); a slow
 /// periodic pass is only a safety net.
 const RESYNC: Duration = Duration::from_secs(600);
+/// How often `status.quota` is read again from the workers' shared record.
+const QUOTA_RESYNC: Duration = Duration::from_secs(30);
 
 pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
     let client = ctx.client.clone();
@@ -170,7 +173,25 @@ async fn reconcile(binding: Arc<ConnectorBinding>, ctx: Arc<Context>) -> Result<
         }
     };
 
-    let status = status::build(&binding, secret, &probe, Timestamp::now());
+    let mut status = status::build(&binding, secret, &probe, Timestamp::now());
+    if binding.spec.rate_limit.is_some() {
+        // Usage changes without an event: read again while a limit is set.
+        requeue = requeue.min(QUOTA_RESYNC);
+        let ns = binding.namespace().unwrap_or_default();
+        // Created here, so workers need only read and write it (their NATS permissions).
+        let state = match quota_bucket(&ctx.jetstream, &ns, &binding.name_any()).await {
+            Ok(store) => read_quota_entry(&store)
+                .await
+                .map(|(state, revision)| (revision != 0).then_some(state)),
+            Err(e) => Err(e),
+        }
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "quota record not read");
+            None
+        });
+        status.quota =
+            status::quota_usage(&binding, state.as_ref(), Timestamp::now().as_millisecond());
+    }
     write_status(&binding, &ctx, status).await?;
     Ok(Action::requeue(requeue))
 }

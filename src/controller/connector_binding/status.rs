@@ -6,9 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::ConnectorBinding;
-use crate::api::connector_binding::{AuthType, ConnectorBindingStatus, ProbeResult};
+use crate::api::connector_binding::{
+    AuthType, ConnectorBindingStatus, ProbeResult, QuotaState as QuotaUsageState, QuotaUsage,
+};
 use crate::controller::conditions::{Desired, merge};
 use crate::controller::data_contract::plan::mark_unknown;
+use crate::queue::QuotaState;
 
 /// The label a Secret must carry, with value "true", before a binding may use it.
 pub const CREDENTIAL_LABEL: &str = "flowplane.io/credential";
@@ -302,7 +305,55 @@ pub fn build(
         observed_generation: binding.metadata.generation,
         conditions,
         last_probe: last,
+        quota: None,
     }
+}
+
+/// The binding's quota as its workers left it in the shared record (`queue::quota`), at
+/// `now_ms`; None without a rate limit. A record of an earlier day counts nothing yet.
+pub fn quota_usage(
+    binding: &ConnectorBinding,
+    state: Option<&QuotaState>,
+    now_ms: i64,
+) -> Option<QuotaUsage> {
+    let limit = binding.spec.rate_limit.as_ref()?;
+    let day = crate::queue::quota::utc_day(now_ms);
+    let used_today = state
+        .filter(|s| s.day == day)
+        .map(|s| s.used_today)
+        .unwrap_or(0);
+    let rfc3339 = |ms: i64| {
+        Timestamp::from_millisecond(ms)
+            .map(|t| t.to_string())
+            .unwrap_or_default()
+    };
+    let (state, message, until) = match (limit.requests_per_day, state) {
+        (Some(per_day), _) if used_today >= per_day => (
+            QuotaUsageState::Exhausted,
+            Some(format!(
+                "the daily quota of {per_day} requests is used up; workers hold their records until the next UTC day or a higher rateLimit.requestsPerDay"
+            )),
+            // Midnight UTC after `now`.
+            Some(rfc3339((now_ms.div_euclid(86_400_000) + 1) * 86_400_000)),
+        ),
+        (_, Some(s)) if s.not_before_ms > now_ms => (
+            QuotaUsageState::Paused,
+            Some(
+                "the endpoint asked to wait (Retry-After); every worker of the binding waits"
+                    .into(),
+            ),
+            Some(rfc3339(s.not_before_ms)),
+        ),
+        _ => (QuotaUsageState::Available, None, None),
+    };
+    Some(QuotaUsage {
+        day,
+        used_today,
+        requests_per_day: limit.requests_per_day,
+        state,
+        message,
+        until,
+    })
 }
 
 #[cfg(test)]

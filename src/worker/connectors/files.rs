@@ -1,150 +1,111 @@
-//! File-drop source: CSV (header row) or JSONL files in the directory of a `file://` URL whose
-//! names match the entity pattern (`*` wildcards). Files are read in name order, one page
-//! each; the cursor is the last file read, so a dropped file is read once.
-
-use std::path::PathBuf;
+//! File-drop source: CSV (header row, RFC 4180, read by the `csv` crate) or JSONL files in the
+//! binding's drop directory (a local directory on a mounted volume, or over SFTP: see
+//! [`super::drops`]) whose names match the entity's glob pattern (the `glob` crate; names
+//! starting with '.', such as files being uploaded, never match). Files are read in name
+//! order, one page each; the cursor is the last file read, so a dropped file is read once.
 
 use serde_json::{Map, Value};
 
 use super::Page;
+use super::drops::DropDir;
 use crate::api::integration_flow::SyncMode;
 use crate::worker::http::CallError;
 use crate::worker_config::SourceConfig;
 
 /// A directory of dropped files.
 pub struct FileSource {
-    dir: PathBuf,
-    pattern: String,
+    dir: DropDir,
+    pattern: glob::Pattern,
     full: bool,
-    pending: Vec<PathBuf>,
+    /// Files of this pass still to read, last first; None until the pass lists the directory.
+    pending: Option<Vec<String>>,
     after: Option<String>,
 }
 
 impl FileSource {
     /// The directory of `config.endpoint.url`.
     pub fn new(config: &SourceConfig) -> anyhow::Result<FileSource> {
-        let dir = config
-            .endpoint
-            .url
-            .strip_prefix("file://")
-            .ok_or_else(|| anyhow::anyhow!("a Files source needs a file:// URL"))?;
         Ok(FileSource {
-            dir: PathBuf::from(dir),
-            pattern: config.entity.clone(),
+            dir: DropDir::new(&config.endpoint)?,
+            pattern: glob::Pattern::new(&config.entity)
+                .map_err(|e| anyhow::anyhow!("the Files source entity {:?}: {e}", config.entity))?,
             full: config.sync_mode == SyncMode::FullRefresh,
-            pending: Vec::new(),
+            pending: None,
             after: None,
         })
     }
 
-    /// Lists the files after `cursor`.
+    /// Starts a pass over the files after `cursor`.
     pub fn begin(&mut self, cursor: Option<&str>) {
         self.after = if self.full {
             None
         } else {
             cursor.map(str::to_string)
         };
-        let mut names: Vec<String> = std::fs::read_dir(&self.dir)
-            .map(|entries| {
-                entries
-                    .filter_map(|e| e.ok())
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .filter(|name| matches_pattern(&self.pattern, name))
-                    .filter(|name| self.after.as_ref().is_none_or(|after| name > after))
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names.reverse();
-        self.pending = names.into_iter().map(|n| self.dir.join(n)).collect();
+        self.pending = None;
     }
 
     /// The next file's records.
     pub async fn next_page(&mut self) -> Result<Option<Page>, CallError> {
-        let Some(path) = self.pending.pop() else {
+        if self.pending.is_none() {
+            let options = glob::MatchOptions {
+                require_literal_leading_dot: true,
+                ..glob::MatchOptions::new()
+            };
+            let mut names: Vec<String> = self
+                .dir
+                .list()
+                .await?
+                .into_iter()
+                .filter(|name| self.pattern.matches_with(name, options))
+                .filter(|name| self.after.as_ref().is_none_or(|after| name > after))
+                .collect();
+            names.sort();
+            names.reverse();
+            self.pending = Some(names);
+        }
+        let Some(name) = self.pending.as_mut().and_then(Vec::pop) else {
             return Ok(None);
         };
-        let text = tokio::fs::read_to_string(&path)
-            .await
-            .map_err(|e| CallError::Transient(format!("reading {}: {e}", path.display())))?;
-        let records = if path.extension().is_some_and(|e| e == "csv") {
-            parse_csv(&text)
+        // A file gone since the listing (moved away by someone else) is an empty page.
+        let bytes = self.dir.read(&name).await?.unwrap_or_default();
+        let records = if name.ends_with(".csv") {
+            parse_csv(&bytes)
         } else {
-            text.lines()
+            String::from_utf8_lossy(&bytes)
+                .lines()
                 .filter(|l| !l.trim().is_empty())
                 .map(|l| serde_json::from_str(l).unwrap_or_else(|_| Value::String(l.to_string())))
                 .collect()
         };
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
         Ok(Some(Page {
             records: records.into(),
-            cursor: name,
+            cursor: Some(name),
             refused: Vec::new(),
         }))
     }
 }
 
-fn matches_pattern(pattern: &str, name: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == name;
-    }
-    let mut rest = name;
-    for (i, part) in parts.iter().enumerate() {
-        if i == 0 {
-            match rest.strip_prefix(part) {
-                Some(r) => rest = r,
-                None => return false,
-            }
-        } else if i == parts.len() - 1 {
-            return rest.ends_with(part);
-        } else {
-            match rest.find(part) {
-                Some(at) => rest = &rest[at + part.len()..],
-                None => return false,
-            }
-        }
-    }
-    true
-}
-
-/// CSV with a header row; quoted fields with `""` escapes; every value a string.
-fn parse_csv(text: &str) -> Vec<Value> {
-    let mut rows = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(split_csv_line);
-    let Some(header) = rows.next() else {
+/// CSV with a header row; every value a string. A row the reader cannot read (a broken quote)
+/// becomes its text, a record the contract refuses and the worker dead-letters.
+fn parse_csv(bytes: &[u8]) -> Vec<Value> {
+    let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(bytes);
+    let Ok(header) = reader.headers().cloned() else {
         return Vec::new();
     };
-    rows.map(|cells| {
-        let mut record = Map::new();
-        for (name, cell) in header.iter().zip(cells) {
-            record.insert(name.clone(), Value::String(cell));
-        }
-        Value::Object(record)
-    })
-    .collect()
-}
-
-fn split_csv_line(line: &str) -> Vec<String> {
-    let mut cells = Vec::new();
-    let mut cell = String::new();
-    let mut quoted = false;
-    let mut chars = line.trim_end_matches('\r').chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                cell.push('"');
-                chars.next();
+    reader
+        .records()
+        .map(|row| match row {
+            Ok(row) => {
+                let mut record = Map::new();
+                for (name, cell) in header.iter().zip(row.iter()) {
+                    record.insert(name.to_string(), Value::String(cell.to_string()));
+                }
+                Value::Object(record)
             }
-            ('"', _) => quoted = !quoted,
-            (',', false) => cells.push(std::mem::take(&mut cell)),
-            _ => cell.push(c),
-        }
-    }
-    cells.push(cell);
-    cells
+            Err(e) => Value::String(format!("unreadable CSV row: {e}")),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -153,10 +114,20 @@ mod tests {
 
     #[test]
     fn csv_and_patterns() {
-        let rows = parse_csv("a,b\n1,\"x, \"\"y\"\"\"\n");
+        let rows = parse_csv(b"a,b\r\n1,\"x, \"\"y\"\"\"\n2,\"multi\nline\"\n");
         assert_eq!(rows[0]["b"], "x, \"y\"");
-        assert!(matches_pattern("orders-*.csv", "orders-2024.csv"));
-        assert!(!matches_pattern("orders-*.csv", "returns-2024.csv"));
-        assert!(matches_pattern("*", "x"));
+        assert_eq!(rows[1]["b"], "multi\nline");
+        let options = glob::MatchOptions {
+            require_literal_leading_dot: true,
+            ..glob::MatchOptions::new()
+        };
+        let pattern = glob::Pattern::new("orders-*.csv").unwrap();
+        assert!(pattern.matches_with("orders-2024.csv", options));
+        assert!(!pattern.matches_with("returns-2024.csv", options));
+        assert!(
+            !glob::Pattern::new("*")
+                .unwrap()
+                .matches_with(".x.part", options)
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! Sources: read a system's records page by page. Each pass starts from a cursor (or from
 //! nothing, for a full refresh) and yields pages with the cursor to resume after them.
 
+pub mod drops;
 pub mod files;
+pub mod files_target;
 pub mod nats;
 pub mod odata;
 pub mod odata_batch;
@@ -18,6 +20,7 @@ use serde_json::Value;
 
 use super::http::{CallError, HttpClient};
 use super::metrics::Metrics;
+use super::quota::SharedQuota;
 use crate::api::connector_binding::Protocol;
 use crate::api::integration_flow::Limits;
 use crate::queue::QueueNames;
@@ -82,17 +85,22 @@ pub enum Source {
 
 impl Source {
     /// Connects to the source described by `config`. An event source captures its subject
-    /// for the flow `names`, keeping events at most `retention`.
+    /// for the flow `names`, keeping events at most `retention`. An HTTP source takes its
+    /// requests from `quota`, the binding's shared quota, when it has one.
     pub async fn open(
         config: &SourceConfig,
         names: &QueueNames,
         retention: Duration,
         metrics: Arc<Metrics>,
         limits: &Limits,
+        quota: Option<Arc<SharedQuota>>,
     ) -> anyhow::Result<Source> {
         let http = |metrics| -> anyhow::Result<HttpClient> {
             let http = HttpClient::new(&config.endpoint, metrics)?;
             http.limit_bodies(limits.max_response_bytes as usize);
+            if let Some(quota) = quota.clone() {
+                http.share_quota(quota);
+            }
             Ok(http)
         };
         Ok(match config.endpoint.protocol {

@@ -1,6 +1,10 @@
 //! OData v4 `$batch` in the multipart format (OData 4.0 Part 1 §11.7, `multipart/mixed`):
-//! writing requests and reading responses for the OData target, and the reverse for the ERP
-//! simulator. Shared by both so the simulator speaks exactly what the worker sends.
+//! writing requests and reading responses for the OData target (the ERP simulator has its own
+//! reader and writer, on mailparse and httparse, in `sim::batch`).
+//!
+//! Hand-written on purpose: no crate reads `multipart/mixed` responses whose parts are
+//! `application/http` messages (multer and similar parse `multipart/form-data` requests on a
+//! server), and this reader bounds nesting depth and part count as untrusted bodies need.
 //!
 //! Multipart rather than the JSON batch format of OData 4.01: every OData v4 service that
 //! takes batches takes multipart (it is the 4.0 format), while JSON batches are optional and

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::Deserialize;
 
+use super::files_target::FilesTarget;
 use super::odata_target::ODataTarget;
 use crate::api::connector_binding::{BodyEnvelope, Protocol, RestWrite, WriteMethod};
 use crate::worker::http::{CallError, HttpClient};
@@ -68,6 +69,8 @@ pub struct Target {
 enum Wire {
     /// REST API.
     Rest(RestTarget),
+    /// File drops (local directory or SFTP).
+    Files(FilesTarget),
     /// OData v4 entity set.
     OData(ODataTarget),
 }
@@ -82,6 +85,12 @@ impl Target {
         let http = HttpClient::new(&config.endpoint, metrics)?;
         match config.endpoint.protocol {
             Protocol::Rest => {}
+            Protocol::Files => {
+                return Ok(Target {
+                    http,
+                    wire: Wire::Files(FilesTarget::new(config)?),
+                });
+            }
             Protocol::OData => {
                 return Ok(Target {
                     http,
@@ -94,7 +103,7 @@ impl Target {
                 });
             }
             other => anyhow::bail!(
-                "target protocol {other:?} is not supported: targets are OData v4 entity sets or REST bulk-upsert APIs"
+                "target protocol {other:?} is not supported: targets are OData v4 entity sets, REST APIs or file drops"
             ),
         }
         let rest = RestTarget::new(
@@ -129,6 +138,7 @@ impl Target {
         let rest = match &self.wire {
             Wire::Rest(rest) => rest,
             Wire::OData(odata) => return odata.deliver(&self.http, records).await,
+            Wire::Files(files) => return files.deliver(records).await,
         };
         let body = rest.body(records);
         let idempotency_key = rest
