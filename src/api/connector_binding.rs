@@ -421,6 +421,10 @@ pub struct ConnectorBindingStatus {
     /// Result of the last health probe that changed something.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_probe: Option<ProbeResult>,
+    /// Digest of the referenced Secrets' UIDs and resourceVersions (never of their data): it
+    /// changes when one is rotated, and the workers that mount them roll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_revision: Option<String>,
 }
 
 /// Outcome of a health probe.

@@ -72,10 +72,12 @@ fn error_policy(_binding: Arc<ConnectorBinding>, error: &Error, ctx: Arc<Context
 }
 
 /// What the referenced Secrets hold: key names with a non-empty value per Secret (`None` when
-/// it does not exist), and the CA bundle when one is referenced and present.
+/// it does not exist), the CA bundle when one is referenced and present, and which versions of
+/// them were read.
 struct Secrets {
     keys: BTreeMap<String, Option<BTreeSet<String>>>,
     ca_pem: Option<Vec<u8>>,
+    revision: Option<String>,
 }
 
 async fn read_secrets(binding: &ConnectorBinding, ctx: &Context) -> Result<Secrets> {
@@ -83,10 +85,16 @@ async fn read_secrets(binding: &ConnectorBinding, ctx: &Context) -> Result<Secre
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let mut keys = BTreeMap::new();
     let mut ca_pem = None;
+    let mut versions = Vec::new();
     let ca = binding.spec.endpoint.ca_secret_ref.as_ref();
     for name in status::referenced_secrets(binding) {
         let secret = api.get_opt(&name).await?;
         let found = secret.map(|s| {
+            versions.push((
+                name.clone(),
+                s.metadata.uid.clone().unwrap_or_default(),
+                s.metadata.resource_version.clone().unwrap_or_default(),
+            ));
             let data = s.data.unwrap_or_default();
             if let Some(ca) = ca.filter(|ca| ca.name == name) {
                 ca_pem = data.get(&ca.key).map(|v| v.0.clone());
@@ -98,7 +106,11 @@ async fn read_secrets(binding: &ConnectorBinding, ctx: &Context) -> Result<Secre
         });
         keys.insert(name, found);
     }
-    Ok(Secrets { keys, ca_pem })
+    Ok(Secrets {
+        keys,
+        ca_pem,
+        revision: status::secret_revision(&versions),
+    })
 }
 
 async fn reconcile(binding: Arc<ConnectorBinding>, ctx: Arc<Context>) -> Result<Action> {
@@ -130,7 +142,8 @@ async fn reconcile(binding: Arc<ConnectorBinding>, ctx: Arc<Context>) -> Result<
         }
     };
 
-    let status = status::build(&binding, secret, &probe, Timestamp::now());
+    let mut status = status::build(&binding, secret, &probe, Timestamp::now());
+    status.secret_revision = secrets.revision;
     write_status(&binding, &ctx, status).await?;
     Ok(Action::requeue(requeue))
 }
