@@ -96,9 +96,13 @@ k8s_replaces() {
   echo ")"
 }
 
+# The version is stamped in as Kubernetes' own build does (helm refuses a chart's kubeVersion
+# against the v0.0.0-master an unstamped apiserver reports); "-r2" names the stamped builds,
+# so a cache holding the unstamped ones rebuilds (a relink: Go's build cache has the rest).
+K8S_BUILD="v$K8S_VERSION-r2"
 k8s_tool() {
   local name="$1"
-  local out="$name-v$K8S_VERSION"
+  local out="$name-$K8S_BUILD"
   [ -x "$BIN/$out" ] && return 0
   local dir="$CACHE/src/kubernetes-v$K8S_VERSION"
   if [ ! -f "$dir/go.sum.done" ]; then
@@ -117,7 +121,13 @@ k8s_tool() {
   (
     cd "$dir"
     log "building $name v$K8S_VERSION (cold builds take many minutes)"
-    go build -trimpath -ldflags='-s -w' -o "$BIN/$out.tmp" "k8s.io/kubernetes/cmd/$name"
+    local minor="${K8S_VERSION#*.}"
+    go build -trimpath -o "$BIN/$out.tmp" -ldflags="-s -w \
+      -X k8s.io/component-base/version.gitVersion=v$K8S_VERSION \
+      -X k8s.io/component-base/version.gitMajor=${K8S_VERSION%%.*} \
+      -X k8s.io/component-base/version.gitMinor=${minor%%.*} \
+      -X k8s.io/component-base/version.gitTreeState=clean" \
+      "k8s.io/kubernetes/cmd/$name"
     mv "$BIN/$out.tmp" "$BIN/$out"
   )
 }
@@ -202,7 +212,7 @@ go_tool "nats-server-v$NATS_VERSION" "github.com/nats-io/nats-server/v2@v$NATS_V
 link "nats-server-v$NATS_VERSION" nats-server
 for t in kube-apiserver kube-controller-manager kubectl kube-scheduler kubelet; do
   k8s_tool "$t"
-  link "$t-v$K8S_VERSION" "$t"
+  link "$t-$K8S_BUILD" "$t"
 done
 
 # The real node (scripts/local-env.sh up --with-node, tests/real_node.rs) and the image
