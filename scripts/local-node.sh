@@ -225,7 +225,9 @@ node_start() {
   local image="${FLOWPLANE_IMAGE_ARCHIVE:-}"
   [ -n "$image" ] || image="$("$here/build-image.sh")"
   ctr_node images import "$image" >/dev/null
-  ctr_node images ls -q | grep -qx "$NODE_IMAGE" || { log "$NODE_IMAGE not in containerd after import"; ctr_node images ls -q >&2; exit 1; }
+  local images
+  images="$(ctr_node images ls -q)"
+  grep -qx "$NODE_IMAGE" <<<"$images" || { log "$NODE_IMAGE not in containerd after import: $images"; exit 1; }
   start kube-scheduler "$BIN/kube-scheduler" --kubeconfig "$STATE/kubeconfig" \
     --authentication-kubeconfig "$STATE/kubeconfig" --authorization-kubeconfig "$STATE/kubeconfig" \
     --leader-elect=false --bind-address 127.0.0.1 --secure-port 0
