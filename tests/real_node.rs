@@ -337,6 +337,10 @@ async fn the_chart_and_the_flows_run_as_real_pods_and_move_data_exactly_once() {
         env.var("FLOWPLANE_IMAGE")
     );
     assert_eq!(operator["spec"]["nodeName"], env.var("FLOWPLANE_NODE_NAME"));
+    // kubectl logs goes through the API server to the kubelet on the bridge address.
+    let name = operator["metadata"]["name"].as_str().unwrap();
+    let logs = env.kubectl(&["logs", "-n", OPERATOR_NS, name], None);
+    assert!(!logs.trim().is_empty(), "the operator pod's log is empty");
 
     // The example flows, pointed at the simulators, in a restricted namespace.
     let sims = start_sims(&node_ip).await;
