@@ -12,6 +12,11 @@
 #   scripts/demo.sh --use-current-context the cluster of your current kubectl context
 #   scripts/demo.sh --check [--timeout S] exit 0 once every flow is Ready and Fresh and records
 #                                         arrived, 1 after S seconds (default 240); then stop
+#   scripts/demo.sh --real-node           the operator and the workers as real pods: a local
+#                                         environment with a kubelet (local-env.sh up --with-node,
+#                                         root, one node per machine), the image of
+#                                         scripts/build-image.sh, the chart installed with it, the
+#                                         flows in a restricted namespace (docs/real-node.md)
 #
 # There is no kubelet on the local control plane, so worker pods are never started there: the
 # workers run here as processes. The demo's "kubelet stand-in" binds each flow's worker pods to
@@ -29,12 +34,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"
 
-kubeconfig="" current_context=false check=false timeout=240
+kubeconfig="" current_context=false check=false timeout=240 real_node=false
 while [ $# -gt 0 ]; do
   case "$1" in
     --kubeconfig) kubeconfig="$(realpath "$2")"; shift 2 ;;
     --use-current-context) current_context=true; shift ;;
     --check) check=true; shift ;;
+    --real-node) real_node=true; shift ;;
     --timeout) timeout="$2"; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
@@ -42,6 +48,11 @@ while [ $# -gt 0 ]; do
 done
 
 export FLOWPLANE_CACHE="${FLOWPLANE_CACHE:-$HOME/.cache/flowplane}"
+if $real_node; then
+  if [ -n "$kubeconfig" ] || $current_context; then echo "--real-node runs its own cluster" >&2; exit 2; fi
+  # An environment of its own beside the default one (which `up --with-node` would restart).
+  export FLOWPLANE_STATE="${FLOWPLANE_STATE:-$FLOWPLANE_CACHE/run/${FLOWPLANE_ENV_NAME:-default}}-node"
+fi
 BIN="${FLOWPLANE_TOOLS:-$FLOWPLANE_CACHE/bin}"
 NS=flowplane-eu
 ENTITIES=(sales-history inventory-positions returns)
@@ -95,30 +106,72 @@ if [ -n "$kubeconfig" ] || $current_context; then
   say "using the cluster of kubectl context $(kubectl config current-context)"
 else
   if ! scripts/local-env.sh env >/dev/null 2>&1; then stop_env=true; fi
-  say "starting the local control plane (scripts/local-env.sh up; a cold first run builds it)"
-  env_file="$(scripts/local-env.sh up)"
+  if $real_node; then
+    say "starting the local control plane with a node (scripts/local-env.sh up --with-node; builds the image)"
+    env_file="$(scripts/local-env.sh up --with-node)"
+  else
+    say "starting the local control plane (scripts/local-env.sh up; a cold first run builds it)"
+    env_file="$(scripts/local-env.sh up)"
+  fi
   # shellcheck disable=SC1090
   . "$env_file"
 fi
+# Where NATS and the simulators listen: loopback, or the node's bridge address (the one
+# address pods reach).
+host=127.0.0.1
+$real_node && host="$FLOWPLANE_NODE_IP"
 # A NATS server of the demo's own, so every run starts with empty queues and cursors (the
 # simulators start from scratch too).
 nats_port=$(free_port) nats_mon=$(free_port)
-NATS_URL="nats://127.0.0.1:$nats_port" NATS_MONITOR_URL="http://127.0.0.1:$nats_mon"
-background nats-server "$BIN/nats-server" -js -a 127.0.0.1 -p "$nats_port" -m "$nats_mon" -sd "$run_dir/jetstream"
+NATS_URL="nats://$host:$nats_port" NATS_MONITOR_URL="http://$host:$nats_mon"
+background nats-server "$BIN/nats-server" -js -a "$host" -p "$nats_port" -m "$nats_mon" -sd "$run_dir/jetstream"
 for _ in $(seq 100); do curl -sf "$NATS_MONITOR_URL/healthz" >/dev/null && break; sleep 0.1; done
 say "NATS with JetStream on $NATS_URL"
 
 # --- simulators ----------------------------------------------------------------------------------
 erp_port=$(free_port) forecast_port=$(free_port)
-ERP_URL="http://127.0.0.1:$erp_port" FORECAST_URL="http://127.0.0.1:$forecast_port"
-background sim-erp "$flowplane" sim erp --listen "127.0.0.1:$erp_port" --order-lines 1000 --bad-every 100
-background sim-forecast "$flowplane" sim forecast --listen "127.0.0.1:$forecast_port"
+ERP_URL="http://$host:$erp_port" FORECAST_URL="http://$host:$forecast_port"
+background sim-erp "$flowplane" sim erp --listen "$host:$erp_port" --order-lines 1000 --bad-every 100
+background sim-forecast "$flowplane" sim forecast --listen "$host:$forecast_port"
 for url in "$ERP_URL/odata/\$metadata" "$FORECAST_URL/healthz"; do
   for _ in $(seq 100); do curl -sf "$url" >/dev/null && break; sleep 0.1; done
 done
 say "ERP simulator on $ERP_URL/odata (1,000 order lines, every 100th bad), forecasting simulator on $FORECAST_URL"
 
 # --- CRDs and the operator -----------------------------------------------------------------------
+operator_log() {
+  if $real_node; then
+    kubectl logs -n flowplane-system -l app.kubernetes.io/name=flowplane --tail 20 2>&1
+  else
+    tail -n 20 "$run_dir/operator.log"
+  fi
+}
+restricted_namespace() {
+  kubectl create namespace "$1" --dry-run=client -o yaml | kubectl apply --server-side -f - >/dev/null
+  kubectl label namespace "$1" --overwrite pod-security.kubernetes.io/enforce=restricted >/dev/null
+}
+if $real_node; then
+  # No kube-proxy: the operator pod reaches the API server on the bridge address.
+  server="$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')"
+  server="${server#https://}"
+  image="$FLOWPLANE_IMAGE"
+  cat >"$run_dir/values.yaml" <<YAML
+replicaCount: 1
+region: eu
+image: {repository: ${image%:*}, tag: ${image##*:}, pullPolicy: Never}
+nats: {url: "$NATS_URL", monitoringEndpoint: "${NATS_MONITOR_URL#http://}"}
+resyncSeconds: 10
+extraEnv:
+- {name: KUBERNETES_SERVICE_HOST, value: "${server%:*}"}
+- {name: KUBERNETES_SERVICE_PORT, value: "${server##*:}"}
+YAML
+  restricted_namespace flowplane-system
+  say "installing the chart (helm upgrade --install, image $image) into flowplane-system"
+  "$BIN/helm" upgrade --install flowplane charts/flowplane -n flowplane-system -f "$run_dir/values.yaml" \
+    --wait --timeout 180s >/dev/null || { say "the operator did not become Ready:"; operator_log >&2; exit 1; }
+  restricted_namespace "$NS"
+fi
+if ! $real_node; then
 say "installing the CRDs (kubectl apply --server-side -f crds/)"
 kubectl apply --server-side --force-conflicts --field-manager=flowplane-demo -f crds/ >/dev/null
 kubectl wait --for condition=Established crd/integrationflows.flowplane.io crd/datacontracts.flowplane.io crd/connectorbindings.flowplane.io --timeout=60s >/dev/null
@@ -130,6 +183,7 @@ background operator "$flowplane" controller --region eu --nats-url "$NATS_URL" \
   --nats-monitoring-endpoint "${NATS_MONITOR_URL#http://}" --http-addr "127.0.0.1:$operator_port" \
   --resync-seconds 10
 operator_pid=${pids[-1]}
+fi
 
 # --- the example flows ---------------------------------------------------------------------------
 say "applying examples/overlays/demo (the EU overlay, bindings pointed at the simulators and NATS)"
@@ -166,6 +220,9 @@ rendered_for_this_run() { # the ConfigMap exists and names this run's NATS and f
   config=$(kubectl get configmap "$1-worker-config" -n "$NS" -o jsonpath='{.data.worker\.json}' 2>/dev/null) || return 1
   [[ "$config" == *"$NATS_URL"* && "$config" == *"$FORECAST_URL"* ]]
 }
+if $real_node; then
+  say "the workers run as pods on the node (kubectl get pods -n $NS)"
+else
 for flow in $flows; do
   for _ in $(seq 120); do
     rendered_for_this_run "$flow" && break
@@ -180,6 +237,7 @@ for flow in $flows; do
   start_worker "$flow"
 done
 say "workers started as local processes (flowplane worker --config <the operator's worker.json>)"
+fi
 
 # --- the kubelet stand-in ------------------------------------------------------------------------
 standin=false
@@ -224,6 +282,10 @@ show() {
   kubectl get flowplane -A 2>&1 | sed 's/^/  /'
   echo "=== the flows' sync figures (status.sync)"
   kubectl get integrationflows -n "$NS" -o custom-columns='FLOW:.metadata.name,DELIVERED:.status.sync.delivered,DEAD LETTERS:.status.sync.deadLetters,LAG:.status.sync.lag,LAST SUCCESS:.status.sync.lastSuccessTime' 2>&1 | sed 's/^/  /'
+  if $real_node; then
+    echo "=== the worker pods (kubelet on $FLOWPLANE_NODE_NAME)"
+    kubectl get pods -n "$NS" -o wide 2>&1 | sed 's/^/  /'
+  fi
   printf '=== records received by the forecasting simulator: '
   python3 scripts/demo-helper.py received "$FORECAST_URL" "${ENTITIES[@]}"
 }
@@ -256,7 +318,7 @@ while true; do
       show
       cat "$run_dir/check.out" >&2
       say "check failed after ${timeout}s; operator log tail:"
-      tail -n 20 "$run_dir/operator.log" >&2
+      operator_log >&2
       exit 1
     fi
   fi

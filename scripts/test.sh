@@ -2,6 +2,8 @@
 # The whole test suite, on a fresh machine or a warm one: installs and builds the real
 # components (cached under ~/.cache/flowplane), starts a private control plane and nats-server,
 # runs every test tier with cargo test (unit, CLI, integration, end-to-end), then stops them.
+# The real-node tier (tests/real_node.rs) starts a second environment with a kubelet
+# (`local-env.sh up --with-node`) from the image built here, and stops it itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,9 +21,16 @@ scripts/install-tools.sh
 # install-tools.sh builds by default, so a warm cache cannot pass what a fresh machine fails.
 export FLOWPLANE_TOOLS="$FLOWPLANE_STATE/tools"
 scripts/check-tools.sh
-cleanup() { scripts/local-env.sh down || true; rm -rf "$FLOWPLANE_STATE" "$FLOWPLANE_STATE-demo"; }
+cleanup() {
+  scripts/local-env.sh down || true
+  FLOWPLANE_STATE="$FLOWPLANE_STATE-node" scripts/local-env.sh down || true
+  rm -rf "$FLOWPLANE_STATE" "$FLOWPLANE_STATE-demo" "$FLOWPLANE_STATE-node"
+}
 trap cleanup EXIT
 scripts/local-env.sh up >/dev/null
+# The image the real-node tier runs (built before cargo test, which must not wait on itself).
+FLOWPLANE_IMAGE_ARCHIVE="$(scripts/build-image.sh)"
+export FLOWPLANE_IMAGE_ARCHIVE
 
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings

@@ -257,6 +257,86 @@ async fn a_flow_gets_its_children_follows_edits_and_prunes() {
     .await;
 }
 
+#[tokio::test]
+async fn kubectl_scale_sets_a_fixed_worker_count_in_place_of_the_autoscaler() {
+    let _shared = OPTIONAL_APIS.read().await;
+    let client = client().await;
+    operator();
+    let ns = TestNamespace::new(&client, "flow-scale").await;
+    dependencies(&client, &ns.name).await;
+    let _: IntegrationFlow = apply_yaml(&client, &ns.name, &flow_yaml("orders", "")).await;
+    eventually(60, "the flow's autoscaler", || async {
+        get_opt::<HorizontalPodAutoscaler>(&client, &ns.name, "orders-worker")
+            .await
+            .map(|_| ())
+    })
+    .await;
+
+    let scale = |replicas: &str| {
+        support::kubectl(
+            &[
+                "scale",
+                "iflow",
+                "orders",
+                "-n",
+                &ns.name,
+                &format!("--replicas={replicas}"),
+            ],
+            None,
+        )
+    };
+    let (ok, _, err) = scale("2");
+    assert!(ok, "kubectl scale: {err}");
+    eventually(60, "two workers and no autoscaler", || async {
+        let d: Deployment = get_opt(&client, &ns.name, "orders-worker").await?;
+        let hpa = get_opt::<HorizontalPodAutoscaler>(&client, &ns.name, "orders-worker").await;
+        (d.spec.replicas == Some(2) && hpa.is_none()).then_some(())
+    })
+    .await;
+    let (_, read_back, _) = support::kubectl(
+        &[
+            "get",
+            "iflow",
+            "orders",
+            "-n",
+            &ns.name,
+            "--subresource",
+            "scale",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ],
+        None,
+    );
+    assert_eq!(read_back, "2", "the scale subresource reads the count back");
+
+    // More than maxReplicas is refused at admission, naming the limit.
+    let (ok, _, err) = scale("5");
+    assert!(!ok, "scaling past maxReplicas was accepted");
+    assert!(err.contains("must not exceed scaling.maxReplicas"), "{err}");
+
+    // Removing the count hands the workers back to the autoscaler.
+    let (ok, _, err) = support::kubectl(
+        &[
+            "patch",
+            "iflow",
+            "orders",
+            "-n",
+            &ns.name,
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/spec/scaling/replicas"}]"#,
+        ],
+        None,
+    );
+    assert!(ok, "{err}");
+    eventually(60, "the autoscaler back", || async {
+        get_opt::<HorizontalPodAutoscaler>(&client, &ns.name, "orders-worker")
+            .await
+            .map(|_| ())
+    })
+    .await;
+}
+
 fn operator_owns_replicas(d: &Deployment) -> bool {
     d.metadata.managed_fields.iter().flatten().any(|m| {
         m.manager.as_deref() == Some("flowplane-operator")

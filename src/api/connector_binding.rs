@@ -486,6 +486,10 @@ pub struct ConnectorBindingStatus {
     /// Result of the last health probe that changed something.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_probe: Option<ProbeResult>,
+    /// Digest of the referenced Secrets' UIDs and resourceVersions (never of their data): it
+    /// changes when one is rotated, and the workers that mount them roll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_revision: Option<String>,
     /// The binding's quota as its workers used it (with `rateLimit` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<QuotaUsage>,

@@ -49,7 +49,7 @@ pub const CRON_PATTERN: &str = r"^(@(yearly|annually|monthly|weekly|daily|midnig
     doc = "One directed data flow between two ConnectorBindings, governed by a DataContract.",
     validation = Rule::new("self.metadata.name.size() <= 45 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("an IntegrationFlow name must be a DNS label of at most 45 characters: it names the flow's workers, CronJob and JetStream streams"),
     scale(
-        spec_replicas_path = ".spec.scaling.minReplicas",
+        spec_replicas_path = ".spec.scaling.replicas",
         status_replicas_path = ".status.replicas",
         label_selector_path = ".status.selector"
     ),
@@ -645,8 +645,15 @@ pub struct EscalationTarget {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, kube::KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("scaling.minReplicas must not exceed scaling.maxReplicas"))]
+#[x_kube(validation = Rule::new("!has(self.replicas) || self.replicas <= self.maxReplicas").message("scaling.replicas (what kubectl scale sets) must not exceed scaling.maxReplicas"))]
 pub struct Scaling {
-    /// Fewest workers (the scale subresource sets this; 0 allows scale to zero with KEDA).
+    /// Exactly this many workers, with no autoscaler: what `kubectl scale` sets (the scale
+    /// subresource). Remove it to hand the count back to the autoscaler (minReplicas to
+    /// maxReplicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: Option<i32>,
+    /// Fewest workers the autoscaler keeps (0 allows scale to zero with KEDA).
     #[serde(default = "default_min_replicas")]
     #[schemars(range(min = 0, max = 100))]
     pub min_replicas: i32,
@@ -663,6 +670,7 @@ pub struct Scaling {
 impl Default for Scaling {
     fn default() -> Self {
         Scaling {
+            replicas: None,
             min_replicas: default_min_replicas(),
             max_replicas: default_max_replicas(),
             lag_per_replica: default_lag_per_replica(),

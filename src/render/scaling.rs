@@ -15,9 +15,11 @@ use super::labels::{flow_name, metadata, workers_name};
 /// Metric the workers export with the flow's consumer lag (pending records).
 pub const LAG_METRIC: &str = "flowplane_worker_lag_records";
 
-/// A flow is autoscaled when it is running and its replica range is a range.
+/// A flow is autoscaled when it is running, not scaled to a fixed count (`kubectl scale`), and
+/// its replica range is a range.
 pub fn autoscaled(flow: &IntegrationFlow) -> bool {
-    !flow.spec.suspend && flow.spec.scaling.min_replicas < flow.spec.scaling.max_replicas
+    let scaling = &flow.spec.scaling;
+    !flow.spec.suspend && scaling.replicas.is_none() && scaling.min_replicas < scaling.max_replicas
 }
 
 fn scale_target(flow: &IntegrationFlow) -> serde_json::Value {

@@ -24,6 +24,8 @@ use super::{FlowInputs, RenderError};
 
 /// Port of the worker's /metrics, /healthz and /readyz.
 pub const METRICS_PORT: i32 = 9090;
+/// Annotation on the worker pod template: the mounted Secrets' revisions.
+pub const SECRETS_REVISION_ANNOTATION: &str = "flowplane.io/secrets-revision";
 /// Annotation on the flow asking for a rolling restart of its workers (any new value).
 pub const RESTART_ANNOTATION: &str = "flowplane.io/restart";
 /// Non-root user of the distroless-style image.
@@ -49,15 +51,36 @@ pub fn config_map(flow: &IntegrationFlow, config: &WorkerConfig) -> Result<Confi
     })
 }
 
+/// The bindings whose Secrets the workers mount (source, target, escalation; once each).
+fn mounted_bindings<'a>(inputs: &FlowInputs<'a>) -> Vec<&'a crate::api::ConnectorBinding> {
+    let mut bindings = vec![inputs.source, inputs.target];
+    bindings.extend(inputs.escalation);
+    bindings.dedup_by_key(|b| b.metadata.name.clone());
+    bindings
+}
+
+/// The mounted bindings' Secret revisions (from their status), in the pod template so that
+/// rotating a Secret in place rolls the workers that read it at start.
+fn secrets_revision(inputs: &FlowInputs<'_>) -> Option<String> {
+    let revisions: Vec<String> = mounted_bindings(inputs)
+        .into_iter()
+        .filter_map(|b| {
+            let revision = b.status.as_ref()?.secret_revision.as_ref()?;
+            Some(format!(
+                "{}={revision}",
+                b.metadata.name.as_deref().unwrap_or_default()
+            ))
+        })
+        .collect();
+    (!revisions.is_empty()).then(|| revisions.join(","))
+}
+
 /// The pod spec shared by the workers and the refresh CronJob.
 fn pod_spec(inputs: &FlowInputs<'_>, args: &[&str], restart_policy: &str) -> PodSpec {
     let flow = inputs.flow;
     let mut volumes = vec![json!({"name": "config", "configMap": {"name": config_map_name(flow)}})];
     let mut mounts = vec![json!({"name": "config", "mountPath": CONFIG_DIR, "readOnly": true})];
-    let mut bindings = vec![inputs.source, inputs.target];
-    bindings.extend(inputs.escalation);
-    bindings.dedup_by_key(|b| b.metadata.name.clone());
-    for binding in bindings {
+    for binding in mounted_bindings(inputs) {
         let name = binding.metadata.name.clone().unwrap_or_default();
         if let (true, Some(secret)) = (
             binding.spec.auth.type_ != AuthType::None,
@@ -114,7 +137,8 @@ fn pod_spec(inputs: &FlowInputs<'_>, args: &[&str], restart_policy: &str) -> Pod
 }
 
 /// The worker Deployment. `replicas` is left out when an autoscaler owns it, so the two never
-/// fight over the field; a suspended flow is pinned to zero.
+/// fight over the field; a suspended flow is pinned to zero, a scaled one (`kubectl scale`) to
+/// its count.
 pub fn deployment(inputs: &FlowInputs<'_>, config_hash: &str, autoscaled: bool) -> Deployment {
     let flow = inputs.flow;
     let config_path = format!("{CONFIG_DIR}/{CONFIG_FILE}");
@@ -127,6 +151,9 @@ pub fn deployment(inputs: &FlowInputs<'_>, config_hash: &str, autoscaled: bool) 
     }
     let mut annotations =
         BTreeMap::from([(CONFIG_HASH_ANNOTATION.to_string(), config_hash.to_string())]);
+    if let Some(revision) = secrets_revision(inputs) {
+        annotations.insert(SECRETS_REVISION_ANNOTATION.to_string(), revision);
+    }
     if let Some(restart) = flow
         .metadata
         .annotations
@@ -148,7 +175,8 @@ pub fn deployment(inputs: &FlowInputs<'_>, config_hash: &str, autoscaled: bool) 
     if flow.spec.suspend {
         spec["replicas"] = json!(0);
     } else if !autoscaled {
-        spec["replicas"] = json!(flow.spec.scaling.min_replicas);
+        let scaling = &flow.spec.scaling;
+        spec["replicas"] = json!(scaling.replicas.unwrap_or(scaling.min_replicas));
     }
     Deployment {
         metadata: metadata(flow, workers_name(flow), "worker"),

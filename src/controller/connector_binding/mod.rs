@@ -79,11 +79,12 @@ fn error_policy(_binding: Arc<ConnectorBinding>, error: &Error, ctx: Arc<Context
     error.action(Duration::from_secs(10))
 }
 
-/// What the referenced Secrets hold: per Secret its state (see [`SecretState`]), and the CA
-/// bundle when one is referenced, present and opted in.
+/// What the referenced Secrets hold: per Secret its state (see [`SecretState`]), the CA bundle
+/// when one is referenced, present and opted in, and which versions of them were read.
 struct Secrets {
     states: BTreeMap<String, SecretState>,
     ca_pem: Option<Vec<u8>>,
+    revision: Option<String>,
 }
 
 /// Reads the referenced Secrets. A Secret without the opt-in label is looked at by its
@@ -93,6 +94,7 @@ async fn read_secrets(binding: &ConnectorBinding, ctx: &Context) -> Result<Secre
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let mut states = BTreeMap::new();
     let mut ca_pem = None;
+    let mut versions = Vec::new();
     let ca = binding.spec.endpoint.ca_secret_ref.as_ref();
     for name in status::referenced_secrets(binding) {
         let state = match api.get_metadata_opt(&name).await? {
@@ -103,6 +105,11 @@ async fn read_secrets(binding: &ConnectorBinding, ctx: &Context) -> Result<Secre
             Some(_) => match api.get_opt(&name).await? {
                 None => SecretState::Missing,
                 Some(secret) => {
+                    versions.push((
+                        name.clone(),
+                        secret.metadata.uid.clone().unwrap_or_default(),
+                        secret.metadata.resource_version.clone().unwrap_or_default(),
+                    ));
                     let data = secret.data.unwrap_or_default();
                     if let Some(ca) = ca.filter(|ca| ca.name == name) {
                         ca_pem = data.get(&ca.key).map(|v| v.0.clone());
@@ -118,7 +125,11 @@ async fn read_secrets(binding: &ConnectorBinding, ctx: &Context) -> Result<Secre
         };
         states.insert(name, state);
     }
-    Ok(Secrets { states, ca_pem })
+    Ok(Secrets {
+        states,
+        ca_pem,
+        revision: status::secret_revision(&versions),
+    })
 }
 
 async fn reconcile(binding: Arc<ConnectorBinding>, ctx: Arc<Context>) -> Result<Action> {
@@ -192,6 +203,7 @@ async fn reconcile(binding: Arc<ConnectorBinding>, ctx: Arc<Context>) -> Result<
         status.quota =
             status::quota_usage(&binding, state.as_ref(), Timestamp::now().as_millisecond());
     }
+    status.secret_revision = secrets.revision;
     write_status(&binding, &ctx, status).await?;
     Ok(Action::requeue(requeue))
 }

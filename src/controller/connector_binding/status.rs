@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::jiff::Timestamp;
+use sha2::{Digest, Sha256};
 
 use crate::api::ConnectorBinding;
 use crate::api::connector_binding::{
@@ -78,6 +79,23 @@ pub fn referenced_secrets(binding: &ConnectorBinding) -> BTreeSet<String> {
         .map(|s| s.name.clone())
         .chain(spec.endpoint.ca_secret_ref.iter().map(|s| s.name.clone()))
         .collect()
+}
+
+/// The digest that changes when a referenced Secret is replaced or rotated: over each found
+/// Secret's (name, UID, resourceVersion), never its data, so status says nothing of the values.
+/// `None` when no referenced Secret exists.
+pub fn secret_revision(found: &[(String, String, String)]) -> Option<String> {
+    if found.is_empty() {
+        return None;
+    }
+    let mut hasher = Sha256::new();
+    for (name, uid, version) in found {
+        for part in [name, uid, version] {
+            hasher.update(part.as_bytes());
+            hasher.update([0]);
+        }
+    }
+    Some(format!("{:x}", hasher.finalize())[..16].to_string())
 }
 
 /// `SecretResolved` from the Secrets found (name -> state).
@@ -306,6 +324,7 @@ pub fn build(
         conditions,
         last_probe: last,
         quota: None,
+        secret_revision: None,
     }
 }
 
@@ -358,6 +377,20 @@ pub fn quota_usage(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn secret_revision_changes_with_any_version_and_only_then() {
+        let found = |v: &str| vec![("creds".to_string(), "uid-1".to_string(), v.to_string())];
+        assert_eq!(super::secret_revision(&[]), None);
+        assert_eq!(
+            super::secret_revision(&found("7")),
+            super::secret_revision(&found("7"))
+        );
+        assert_ne!(
+            super::secret_revision(&found("7")),
+            super::secret_revision(&found("8"))
+        );
+    }
+
     use super::*;
 
     fn at(secs: i64) -> Timestamp {
