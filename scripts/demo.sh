@@ -100,6 +100,9 @@ else
   # shellcheck disable=SC1090
   . "$env_file"
 fi
+# The demo's NATS below runs without authentication (its traffic player speaks plain NATS), so
+# its operator issues no NATS users; the local environment's own NATS requires them.
+unset FLOWPLANE_NATS_SIGNER_DIR FLOWPLANE_NATS_CA NATS_CREDS NATS_CA
 # A NATS server of the demo's own, so every run starts with empty queues and cursors (the
 # simulators start from scratch too).
 nats_port=$(free_port) nats_mon=$(free_port)

@@ -126,7 +126,7 @@ fn forecast(sku: &str, quantity: i64, baseline: i64) -> Value {
 /// version, so the flow's stream drops them as duplicates, though the read count includes
 /// them).
 async fn feed(nats_url: &str, subject: &str, names: &QueueNames, records: &[Value]) {
-    let client = async_nats::connect(nats_url).await.unwrap();
+    let client = support::nats_admin(nats_url).await;
     let js = jetstream(nats_url).await;
     eventually(TIMEOUT, "the worker to read every forecast", || {
         let client = client.clone();

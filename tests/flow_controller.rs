@@ -271,9 +271,8 @@ fn operator_owns_replicas(d: &Deployment) -> bool {
 /// them available. Then records a delivered batch in the flow's progress.
 async fn workers_ran(client: &Client, ns: &str, flow: &str) {
     support::fake_kubelet(client, ns, &format!("flowplane.io/flow={flow}")).await;
-    let nats = async_nats::connect(local_env().nats_url.as_str())
-        .await
-        .unwrap();
+    let nats = support::nats_admin(&local_env().nats_url)
+        .await;
     let js = async_nats::jetstream::new(nats);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -341,9 +340,8 @@ async fn a_queue_deleted_behind_the_operators_back_is_reported_and_created_again
     };
     eventually(60, "QueueReady=True", queue_ready("True")).await;
     let js = async_nats::jetstream::new(
-        async_nats::connect(local_env().nats_url.as_str())
-            .await
-            .unwrap(),
+        support::nats_admin(&local_env().nats_url)
+            .await,
     );
     let names = QueueNames::for_flow(&ns.name, "lost");
     js.delete_stream(&names.stream).await.unwrap();
@@ -409,9 +407,8 @@ async fn deleting_a_flow_removes_children_and_queues_per_policy() {
     let retain = flow_yaml("kept", "").replace("deletionPolicy: Delete", "deletionPolicy: Retain");
     let _: IntegrationFlow = apply_yaml(&client, &ns.name, &retain).await;
     let js = async_nats::jetstream::new(
-        async_nats::connect(local_env().nats_url.as_str())
-            .await
-            .unwrap(),
+        support::nats_admin(&local_env().nats_url)
+            .await,
     );
     for flow in ["gone", "kept"] {
         eventually(60, "queue", || async {
@@ -555,9 +552,8 @@ async fn pending_reviews_show_in_status_and_annotations_decide_them() {
 
     // What a worker parks for a 12% delta.
     let js = async_nats::jetstream::new(
-        async_nats::connect(local_env().nats_url.as_str())
-            .await
-            .unwrap(),
+        support::nats_admin(&local_env().nats_url)
+            .await,
     );
     let names = QueueNames::for_flow(&ns.name, "deltas");
     let store = bucket(&js, &names).await.unwrap();
