@@ -105,6 +105,8 @@ nats_config() { # port, monitoring port
   cat >"$d/server.conf" <<CONF
 listen: 127.0.0.1:$1
 http: 127.0.0.1:$2
+# A flow's user JWT (its allow-lists) goes in CONNECT: more than the default 4 KiB.
+max_control_line: 32768
 jetstream { store_dir: "$STATE/jetstream" }
 tls { cert_file: "$d/server.crt", key_file: "$d/server.key", timeout: 5 }
 include auth.conf

@@ -191,6 +191,8 @@ async fn deltas_are_applied_reviewed_or_escalated_and_reviews_are_approved_or_re
         names: names.clone(),
     };
     let js = jetstream(&nats_url).await;
+    // The terminal below works with the flow's own credentials, as a planner would.
+    let own = with_flow_identity(config.clone());
     let worker = InProcessWorker::start(config, "approver-1");
 
     let records = [
@@ -243,6 +245,10 @@ async fn deltas_are_applied_reviewed_or_escalated_and_reviews_are_approved_or_re
             "e2e",
             "--nats-url",
             &nats_url,
+            "--nats-creds",
+            own.nats_creds_file.as_deref().unwrap(),
+            "--nats-ca",
+            own.nats_ca_file.as_deref().unwrap(),
         ])
         .arg(&review_b.id)
         .output()

@@ -271,8 +271,7 @@ fn operator_owns_replicas(d: &Deployment) -> bool {
 /// them available. Then records a delivered batch in the flow's progress.
 async fn workers_ran(client: &Client, ns: &str, flow: &str) {
     support::fake_kubelet(client, ns, &format!("flowplane.io/flow={flow}")).await;
-    let nats = support::nats_admin(&local_env().nats_url)
-        .await;
+    let nats = support::nats_admin(&local_env().nats_url).await;
     let js = async_nats::jetstream::new(nats);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -339,10 +338,7 @@ async fn a_queue_deleted_behind_the_operators_back_is_reported_and_created_again
         }
     };
     eventually(60, "QueueReady=True", queue_ready("True")).await;
-    let js = async_nats::jetstream::new(
-        support::nats_admin(&local_env().nats_url)
-            .await,
-    );
+    let js = async_nats::jetstream::new(support::nats_admin(&local_env().nats_url).await);
     let names = QueueNames::for_flow(&ns.name, "lost");
     js.delete_stream(&names.stream).await.unwrap();
     // No event tells the operator; its periodic pass (every 5 s here) finds out.
@@ -406,10 +402,7 @@ async fn deleting_a_flow_removes_children_and_queues_per_policy() {
     let _: IntegrationFlow = apply_yaml(&client, &ns.name, &flow_yaml("gone", "")).await;
     let retain = flow_yaml("kept", "").replace("deletionPolicy: Delete", "deletionPolicy: Retain");
     let _: IntegrationFlow = apply_yaml(&client, &ns.name, &retain).await;
-    let js = async_nats::jetstream::new(
-        support::nats_admin(&local_env().nats_url)
-            .await,
-    );
+    let js = async_nats::jetstream::new(support::nats_admin(&local_env().nats_url).await);
     for flow in ["gone", "kept"] {
         eventually(60, "queue", || async {
             let f = flow_status(&client, &ns.name, flow).await;
@@ -551,10 +544,7 @@ async fn pending_reviews_show_in_status_and_annotations_decide_them() {
     .await;
 
     // What a worker parks for a 12% delta.
-    let js = async_nats::jetstream::new(
-        support::nats_admin(&local_env().nats_url)
-            .await,
-    );
+    let js = async_nats::jetstream::new(support::nats_admin(&local_env().nats_url).await);
     let names = QueueNames::for_flow(&ns.name, "deltas");
     let store = bucket(&js, &names).await.unwrap();
     let expires = SystemTime::now()

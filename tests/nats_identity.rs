@@ -202,17 +202,26 @@ async fn a_flows_user_reaches_its_own_queue_and_nothing_of_another_flows() {
             format!("$JS.API.CONSUMER.MSG.NEXT.{bs}.{}", b.names.consumer),
             r#"{"batch":1}"#,
         ),
-        (format!("$JS.API.CONSUMER.INFO.{bs}.{}", b.names.consumer), ""),
+        (
+            format!("$JS.API.CONSUMER.INFO.{bs}.{}", b.names.consumer),
+            "",
+        ),
         (format!("$JS.API.STREAM.PURGE.{bs}"), "{}"),
         (format!("$JS.API.STREAM.DELETE.{bs}"), ""),
         (format!("$JS.API.STREAM.INFO.{bs}"), ""),
         (format!("$JS.API.STREAM.MSG.GET.{dlq}"), r#"{"seq":1}"#),
-        (format!("$JS.API.CONSUMER.CREATE.{dlq}"), r#"{"stream_name":"x","config":{}}"#),
+        (
+            format!("$JS.API.CONSUMER.CREATE.{dlq}"),
+            r#"{"stream_name":"x","config":{}}"#,
+        ),
         (
             format!("$JS.API.DIRECT.GET.{kvs}.$KV.{}.cursor", b.names.kv_bucket),
             "",
         ),
-        (format!("$JS.API.STREAM.MSG.GET.{kvs}"), r#"{"last_by_subj":"x"}"#),
+        (
+            format!("$JS.API.STREAM.MSG.GET.{kvs}"),
+            r#"{"last_by_subj":"x"}"#,
+        ),
         (format!("$JS.API.STREAM.PURGE.{kvs}"), "{}"),
         ("$JS.API.STREAM.NAMES".to_string(), "{}"),
         ("$JS.API.STREAM.LIST".to_string(), "{}"),
@@ -252,7 +261,9 @@ async fn anonymous_and_plaintext_connections_are_refused() {
     }
     .connect()
     .await;
-    let error = anonymous.expect_err("an anonymous client is refused").to_string();
+    let error = anonymous
+        .expect_err("an anonymous client is refused")
+        .to_string();
     assert!(
         error.to_lowercase().contains("authorization"),
         "refused for another reason: {error}"

@@ -84,25 +84,48 @@ pub struct SubjectPermissions {
     pub subscribe: Vec<String>,
 }
 
-/// JetStream API subjects for working with one stream and its consumers, exactly as async-nats
-/// sends them (`STREAM.<op>.<stream>`, `CONSUMER.<op>.<stream>[.<consumer>[.<filter>]]`,
-/// `CONSUMER.MSG.NEXT.<stream>.<consumer>`, `DIRECT.GET.<stream>[.<subject>]`), plus the
-/// acknowledgement and flow-control subjects the server hands out for its consumers.
+/// JetStream API subjects exactly as async-nats sends them for what each of a flow's streams is
+/// used for: `STREAM.<op>.<stream>`, `CONSUMER.<op>.<stream>[.<consumer>[.<filter>]]`,
+/// `CONSUMER.MSG.NEXT.<stream>.<consumer>`, `DIRECT.GET.<stream>[.<subject>]`, and the
+/// acknowledgement (`$JS.ACK`) and flow-control (`$JS.FC`) subjects of its consumers. Each
+/// stream gets only what the flow does with it, which also keeps the user JWT under
+/// nats-server's default 4 KiB control line (the client sends it in CONNECT).
+///
 /// Never `STREAM.CREATE`/`UPDATE`: a stream's subjects are in the request's body, where no
 /// subject permission reaches, so a user allowed to create its own stream could make it capture
 /// another flow's subjects or reply inboxes. The operator creates every stream.
-fn stream_api(stream: &str, publish: &mut Vec<String>) {
-    for op in ["INFO", "MSG.GET", "MSG.DELETE"] {
-        publish.push(format!("$JS.API.STREAM.{op}.{stream}"));
-    }
+fn stream_api(names: &QueueNames, publish: &mut Vec<String>) {
+    let (records, dead, state) = (
+        &names.stream,
+        &names.dead_letter_stream,
+        format!("KV_{}", names.kv_bucket),
+    );
     publish.extend([
-        format!("$JS.API.DIRECT.GET.{stream}"),
+        // Records: the workers' shared pull consumer.
+        format!("$JS.API.STREAM.INFO.{records}"),
+        format!("$JS.API.CONSUMER.*.{records}.>"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{records}.>"),
+        format!("$JS.ACK.{records}.>"),
+        // Dead letters: read and removed one by one (list, redrive).
+        format!("$JS.API.STREAM.INFO.{dead}"),
+        format!("$JS.API.STREAM.MSG.GET.{dead}"),
+        format!("$JS.API.STREAM.MSG.DELETE.{dead}"),
+    ]);
+    bucket_api(&state, &names.kv_bucket, publish);
+}
+
+/// A key-value bucket: reads by direct get, writes to `$KV.<bucket>.<key>`, key listings
+/// through an ordered push consumer (flow control).
+fn bucket_api(stream: &str, bucket: &str, publish: &mut Vec<String>) {
+    publish.extend([
+        format!("$JS.API.STREAM.INFO.{stream}"),
+        format!("$JS.API.STREAM.MSG.GET.{stream}"),
         format!("$JS.API.DIRECT.GET.{stream}.>"),
         format!("$JS.API.CONSUMER.CREATE.{stream}"),
-        format!("$JS.API.CONSUMER.*.{stream}.>"),
-        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.>"),
-        format!("$JS.ACK.{stream}.>"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+        format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
         format!("$JS.FC.{stream}.>"),
+        format!("$KV.{bucket}.>"),
     ]);
 }
 
@@ -119,11 +142,9 @@ pub fn flow_permissions(
         format!("{}.>", names.subject),
         names.dead_letter_subject.clone(),
     ];
-    stream_api(&names.stream, &mut publish);
-    stream_api(&names.dead_letter_stream, &mut publish);
-    for bucket in std::iter::once(&names.kv_bucket).chain(quota_buckets) {
-        stream_api(&format!("KV_{bucket}"), &mut publish);
-        publish.push(format!("$KV.{bucket}.>"));
+    stream_api(names, &mut publish);
+    for bucket in quota_buckets {
+        bucket_api(&format!("KV_{bucket}"), bucket, &mut publish);
     }
     if let Some(subject) = event_subject.filter(|s| reserved_subject(s).is_none()) {
         let capture = names.capture_stream();
@@ -307,7 +328,8 @@ pub const ADMIN_CREDS_FILE: &str = "admin.creds";
 /// the flowplane account with JetStream and one signing key, the signer files the operator's
 /// Secret holds ([`SIGNER_SEED_KEY`], [`ACCOUNT_KEY`]), `auth.conf` for nats-server (operator,
 /// system account, memory resolver preloaded with both accounts: include it from the server's
-/// configuration) and `admin.creds`, a user with the operator's rights, for a person or tests.
+/// configuration) and `admin.creds`, a user with every right in the flowplane account, for a
+/// platform engineer or tests.
 pub fn bootstrap(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let key = |name: &str, new: fn() -> KeyPair| -> anyhow::Result<KeyPair> {
@@ -372,7 +394,8 @@ pub fn bootstrap(dir: &Path) -> anyhow::Result<()> {
         key: signer,
         account: account.public_key(),
     };
-    let admin = signer.issue("flowplane-admin", &operator_permissions())?;
+    // Everything in the flowplane account (no allow-list): for a platform engineer and tests.
+    let admin = signer.issue("flowplane-admin", &SubjectPermissions::default())?;
     write_private(&dir.join(ADMIN_CREDS_FILE), &admin)?;
     Ok(())
 }
@@ -419,7 +442,10 @@ mod tests {
     fn the_platform_server_is_recognised_by_host_and_port() {
         assert!(same_server("nats://NATS.x:4222", "tls://nats.x:4222/"));
         assert!(!same_server("nats://nats.x:4223", "nats://nats.x:4222"));
-        assert!(!same_server("nats://evil.example:4222", "nats://nats.x:4222"));
+        assert!(!same_server(
+            "nats://evil.example:4222",
+            "nats://nats.x:4222"
+        ));
     }
 
     #[test]
@@ -462,6 +488,27 @@ mod tests {
         // A reserved source subject gets no capture rights at all.
         let p = flow_permissions(&names, Some("$KV.>"), &[]);
         assert!(p.publish.iter().all(|s| !s.contains("CAPTURE")));
+    }
+
+    #[test]
+    fn credentials_of_the_longest_names_fit_the_documented_control_line() {
+        let signer_key = KeyPair::new_account();
+        let account = KeyPair::new_account();
+        let signer =
+            AccountSigner::new(&signer_key.seed().unwrap(), &account.public_key()).unwrap();
+        // A 63-character namespace, a 253-character flow, two bindings with quotas.
+        let (ns, flow) = ("n".repeat(63), "f".repeat(253));
+        let names = QueueNames::for_flow(&ns, &flow);
+        let quota = [
+            binding_quota_bucket(&ns, &"b".repeat(253)),
+            binding_quota_bucket(&ns, &"c".repeat(253)),
+        ];
+        let permissions = flow_permissions(&names, Some(&"s".repeat(200)), &quota);
+        let creds = signer.issue(&format!("{ns}/{flow}"), &permissions).unwrap();
+        // CONNECT carries the JWT, its nonce signature and a few hundred bytes of options;
+        // nats-server must run with `max_control_line: 32768` (docs/install.md).
+        let jwt = creds_jwt(&creds).unwrap();
+        assert!(jwt.len() + 1024 < 32768, "{} bytes", jwt.len());
     }
 
     #[test]

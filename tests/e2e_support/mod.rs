@@ -316,20 +316,20 @@ pub async fn jetstream(url: &str) -> async_nats::jetstream::Context {
 /// configuration for another (private, anonymous) server is returned as it is.
 pub fn with_flow_identity(mut config: WorkerConfig) -> WorkerConfig {
     use flowplane::api::connector_binding::Protocol;
-    use flowplane::api::integration_flow::SyncMode;
     use flowplane::queue::identity::{AccountSigner, flow_permissions, same_server};
     let env = crate::support::local_env();
     if config.nats_url != env.nats_url || config.nats_creds_file.is_some() {
         return config;
     }
-    let event_subject = (config.source.sync_mode == SyncMode::Events
-        && config.source.endpoint.protocol == Protocol::Nats
+    let event_subject = (config.source.endpoint.protocol == Protocol::Nats
         && same_server(&config.source.endpoint.url, &config.nats_url))
     .then(|| config.source.entity.clone());
     let signer = AccountSigner::load(&env.nats_signer_dir).expect("the account signer");
     let permissions = flow_permissions(&config.queue, event_subject.as_deref(), &[]);
     let user = format!("{}/{}", config.namespace, config.flow);
-    let creds = signer.issue(&user, &permissions).expect("issue the flow's user");
+    let creds = signer
+        .issue(&user, &permissions)
+        .expect("issue the flow's user");
     let dir = std::env::temp_dir().join("flowplane-test-creds");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{}.creds", config.queue.stream));

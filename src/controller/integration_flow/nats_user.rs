@@ -10,19 +10,18 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use sha2::{Digest, Sha256};
 
-use crate::api::connector_binding::Protocol;
-use crate::api::integration_flow::SyncMode;
-use crate::api::{ConnectorBinding, IntegrationFlow};
 use crate::api::common::parse_duration;
+use crate::api::connector_binding::Protocol;
+use crate::api::{ConnectorBinding, IntegrationFlow};
 use crate::controller::{Context, Error, FIELD_MANAGER, Result};
 use crate::queue::identity::{CA_KEY, CREDS_KEY, flow_permissions, reserved_subject, same_server};
 use crate::queue::{QueueNames, ensure_capture};
 use crate::render::labels::{flow_name, metadata, namespace, nats_secret_name};
 
-/// The event subject a flow's user may read on the platform's NATS server, if any.
+/// The subject a flow with a NATS source reads (through its capture stream, whatever its
+/// sync mode), which its user may read on the platform's NATS server.
 pub fn event_subject<'a>(flow: &'a IntegrationFlow, source: &ConnectorBinding) -> Option<&'a str> {
-    (flow.spec.source.sync_mode == SyncMode::Events && source.spec.protocol == Protocol::Nats)
-        .then_some(flow.spec.source.entity.as_str())
+    (source.spec.protocol == Protocol::Nats).then_some(flow.spec.source.entity.as_str())
 }
 
 /// Why an event flow may not read its source subject (it is the platform's), if so.
@@ -35,7 +34,11 @@ pub fn refused_source(flow: &IntegrationFlow, source: &ConnectorBinding) -> Opti
 /// Issues (or keeps) the flow's NATS user; nothing without a signer (no auth on NATS). For an
 /// event flow whose source is the platform's own NATS server, also makes the capture stream
 /// over the source subject, which the flow's user may read but not create.
-pub async fn ensure(ctx: &Context, flow: &IntegrationFlow, source: &ConnectorBinding) -> Result<()> {
+pub async fn ensure(
+    ctx: &Context,
+    flow: &IntegrationFlow,
+    source: &ConnectorBinding,
+) -> Result<()> {
     let Some(signer) = &ctx.nats_signer else {
         return Ok(());
     };
