@@ -758,3 +758,103 @@ async fn what_a_worker_would_refuse_at_start_stalls_the_flow_instead() {
         );
     }
 }
+
+/// The operator issues each flow its own NATS user into a `<flow>-nats` Secret (never the
+/// ConfigMap) that the workers mount; with flow A's Secret, A's queue is reachable and B's,
+/// in another namespace, is refused by nats-server.
+#[tokio::test]
+async fn each_flow_gets_its_own_nats_user_in_a_secret_its_workers_mount() {
+    use flowplane::queue::identity::NatsAccess;
+    use k8s_openapi::api::core::v1::Secret;
+    let _shared = OPTIONAL_APIS.read().await;
+    let client = client().await;
+    operator();
+    let a = TestNamespace::new(&client, "nats-id-a").await;
+    let b = TestNamespace::new(&client, "nats-id-b").await;
+    for ns in [&a, &b] {
+        dependencies(&client, &ns.name).await;
+        let _: IntegrationFlow = apply_yaml(&client, &ns.name, &flow_yaml("orders", "")).await;
+    }
+    let secret: Secret = eventually(60, "the flow's NATS Secret", || {
+        get_opt(&client, &a.name, "orders-nats")
+    })
+    .await;
+    let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("IntegrationFlow", "orders")
+    );
+    let data = secret.data.clone().unwrap();
+    let creds = String::from_utf8(data["user.creds"].0.clone()).unwrap();
+    assert!(creds.contains("BEGIN NATS USER JWT") && creds.contains("BEGIN USER NKEY SEED"));
+    assert_eq!(
+        data["ca.crt"].0,
+        std::fs::read(&local_env().nats_ca).unwrap(),
+        "the server's CA for the workers"
+    );
+
+    // The workers mount it; worker.json names the files and holds no credential.
+    let deployment: Deployment = eventually(60, "worker Deployment", || {
+        get_opt(&client, &a.name, "orders-worker")
+    })
+    .await;
+    let pod = deployment.spec.template.spec.unwrap();
+    assert!(pod.volumes.unwrap().iter().any(|v| {
+        v.secret
+            .as_ref()
+            .is_some_and(|s| s.secret_name.as_deref() == Some("orders-nats"))
+    }));
+    let config: ConfigMap = get_opt(&client, &a.name, "orders-worker-config")
+        .await
+        .unwrap();
+    let worker_json = &config.data.unwrap()["worker.json"];
+    let worker: serde_json::Value = serde_json::from_str(worker_json).unwrap();
+    assert_eq!(
+        worker["natsCredsFile"],
+        "/var/run/flowplane/nats/user.creds"
+    );
+    assert_eq!(worker["natsCaFile"], "/var/run/flowplane/nats/ca.crt");
+    assert!(!worker_json.contains("NKEY") && !worker_json.contains("eyJ"));
+
+    // Settled: a second pass keeps the same user (no reissue, no rollout).
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let again: Secret = get_opt(&client, &a.name, "orders-nats").await.unwrap();
+    assert_eq!(again.data.unwrap()["user.creds"].0, data["user.creds"].0);
+
+    // With A's Secret: A's queue yes, B's no.
+    let file = std::env::temp_dir().join(format!("{}-orders.creds", a.name));
+    std::fs::write(&file, &creds).unwrap();
+    let own = QueueNames::for_flow(&a.name, "orders");
+    let other = QueueNames::for_flow(&b.name, "orders");
+    let js = async_nats::jetstream::new(
+        NatsAccess {
+            url: local_env().nats_url.clone(),
+            creds_file: Some(file.clone()),
+            ca_file: Some(local_env().nats_ca.clone()),
+            inbox_prefix: Some(own.inbox_prefix()),
+        }
+        .connect()
+        .await
+        .expect("A's user connects"),
+    );
+    let _ = std::fs::remove_file(&file);
+    eventually(60, "A's queue, as A", || {
+        let js = js.clone();
+        let stream = own.stream.clone();
+        async move { js.get_stream(stream).await.ok().map(drop) }
+    })
+    .await;
+    eventually(60, "B's queue in place", || async {
+        let admin = async_nats::jetstream::new(support::nats_admin(&local_env().nats_url).await);
+        admin.get_stream(&other.stream).await.ok().map(drop)
+    })
+    .await;
+    assert!(
+        js.get_stream(&other.stream).await.is_err(),
+        "A read B's stream"
+    );
+    assert!(
+        js.get_key_value(&other.kv_bucket).await.is_err(),
+        "A opened B's bucket"
+    );
+}

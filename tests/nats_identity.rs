@@ -232,6 +232,25 @@ async fn a_flows_user_reaches_its_own_queue_and_nothing_of_another_flows() {
         refused_request(&client, &mut errors, subject, body).await;
     }
 
+    // No consumer of its own anywhere: nats-server accepts a push consumer delivering to a
+    // subject its creator may not publish to, so a consumer on A's own bucket delivering to
+    // B's subject would write into B's stream (seen with nats-server 2.15.2 when this was
+    // allowed). So creating consumers is refused, on its own streams too.
+    let a_state = format!("KV_{}", a.names.kv_bucket);
+    for subject in [
+        format!("$JS.API.CONSUMER.CREATE.{a_state}"),
+        format!("$JS.API.CONSUMER.CREATE.{a_state}.x.>"),
+        format!("$JS.API.CONSUMER.CREATE.{}.x", a.names.stream),
+    ] {
+        refused_request(
+            &client,
+            &mut errors,
+            subject,
+            r#"{"config":{"deliver_subject":"flowplane.elsewhere"}}"#,
+        )
+        .await;
+    }
+
     // B's data is untouched.
     let mut b_stream = admin.get_stream(&b.names.stream).await.unwrap();
     assert_eq!(b_stream.info().await.unwrap().state.messages, 1);

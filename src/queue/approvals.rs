@@ -121,18 +121,22 @@ fn bucket_error(name: &str, e: impl std::fmt::Display) -> QueueError {
     }
 }
 
-/// Ids of all parked records in the bucket.
+/// Ids of all parked records in the bucket (a deleted one too: [`read_parked`] says None).
+/// Listed from the subjects of the bucket's stream (`STREAM.INFO` with a subject filter), not
+/// with `keys()`, whose consumer a flow's NATS user may not create (`queue::identity`).
 pub async fn parked_ids(store: &kv::Store) -> Result<Vec<String>, QueueError> {
-    let keys: Vec<String> = store
-        .keys()
+    let prefix = format!("{}{REVIEW_PREFIX}", store.prefix);
+    let subjects: Vec<(String, usize)> = store
+        .stream
+        .info_with_subjects(format!("{prefix}>"))
         .await
         .map_err(|e| bucket_error(&store.name, e))?
         .try_collect()
         .await
         .map_err(|e| bucket_error(&store.name, e))?;
-    let mut ids: Vec<String> = keys
+    let mut ids: Vec<String> = subjects
         .into_iter()
-        .filter_map(|k| k.strip_prefix(REVIEW_PREFIX).map(str::to_string))
+        .filter_map(|(subject, _)| subject.strip_prefix(&prefix).map(str::to_string))
         .collect();
     ids.sort();
     Ok(ids)

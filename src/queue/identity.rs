@@ -95,17 +95,18 @@ pub struct SubjectPermissions {
 /// subject permission reaches, so a user allowed to create its own stream could make it capture
 /// another flow's subjects or reply inboxes. The operator creates every stream.
 fn stream_api(names: &QueueNames, publish: &mut Vec<String>) {
-    let (records, dead, state) = (
+    let (records, consumer, dead, state) = (
         &names.stream,
+        &names.consumer,
         &names.dead_letter_stream,
         format!("KV_{}", names.kv_bucket),
     );
     publish.extend([
-        // Records: the workers' shared pull consumer.
+        // Records: the workers' shared pull consumer (the operator makes it).
         format!("$JS.API.STREAM.INFO.{records}"),
-        format!("$JS.API.CONSUMER.*.{records}.>"),
-        format!("$JS.API.CONSUMER.MSG.NEXT.{records}.>"),
-        format!("$JS.ACK.{records}.>"),
+        format!("$JS.API.CONSUMER.INFO.{records}.{consumer}"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{records}.{consumer}"),
+        format!("$JS.ACK.{records}.{consumer}.>"),
         // Dead letters: read and removed one by one (list, redrive).
         format!("$JS.API.STREAM.INFO.{dead}"),
         format!("$JS.API.STREAM.MSG.GET.{dead}"),
@@ -114,25 +115,26 @@ fn stream_api(names: &QueueNames, publish: &mut Vec<String>) {
     bucket_api(&state, &names.kv_bucket, publish);
 }
 
-/// A key-value bucket: reads by direct get, writes to `$KV.<bucket>.<key>`, key listings
-/// through an ordered push consumer (flow control).
+/// A key-value bucket: reads by direct get, writes to `$KV.<bucket>.<key>`, key listings by
+/// the stream's subjects (`STREAM.INFO` with a filter).
+///
+/// Never `CONSUMER.CREATE` (so no `keys()`/`watch()`, whose ordered consumers need it): a
+/// consumer's deliver subject is in the request body, and nats-server 2.15 accepts a push
+/// consumer delivering to a subject its creator may not publish to, which would write this
+/// flow's entries into another flow's stream (`tests/nats_identity.rs` shows it).
 fn bucket_api(stream: &str, bucket: &str, publish: &mut Vec<String>) {
     publish.extend([
         format!("$JS.API.STREAM.INFO.{stream}"),
         format!("$JS.API.STREAM.MSG.GET.{stream}"),
         format!("$JS.API.DIRECT.GET.{stream}.>"),
-        format!("$JS.API.CONSUMER.CREATE.{stream}"),
-        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
-        format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
-        format!("$JS.FC.{stream}.>"),
         format!("$KV.{bucket}.>"),
     ]);
 }
 
 /// The permissions of one flow's user: its own stream, dead-letter stream, consumer and
 /// key-value bucket, the quota buckets of the bindings it uses, and, for an event flow whose
-/// source is this NATS server, its consumer over exactly the source subject on its capture
-/// stream (which the operator creates, see [`super::jetstream::ensure_capture`]).
+/// source is this NATS server, its consumer on its capture stream, whose filter is exactly the
+/// source subject (the operator creates both, see [`super::jetstream::ensure_capture`]).
 pub fn flow_permissions(
     names: &QueueNames,
     event_subject: Option<&str>,
@@ -146,12 +148,11 @@ pub fn flow_permissions(
     for bucket in quota_buckets {
         bucket_api(&format!("KV_{bucket}"), bucket, &mut publish);
     }
-    if let Some(subject) = event_subject.filter(|s| reserved_subject(s).is_none()) {
+    if event_subject.is_some_and(|s| reserved_subject(s).is_none()) {
         let capture = names.capture_stream();
         let consumer = names.capture_consumer();
         publish.extend([
             format!("$JS.API.STREAM.INFO.{capture}"),
-            format!("$JS.API.CONSUMER.CREATE.{capture}.{consumer}.{subject}"),
             format!("$JS.API.CONSUMER.INFO.{capture}.{consumer}"),
             format!("$JS.API.CONSUMER.MSG.NEXT.{capture}.{consumer}"),
             format!("$JS.ACK.{capture}.{consumer}.>"),
@@ -483,8 +484,9 @@ mod tests {
             || s.starts_with("flowplane.team-a_orders.")));
         assert_eq!(p.subscribe, vec!["_INBOX.FP_team-a_orders.>".to_string()]);
         assert!(p.publish.contains(
-            &"$JS.API.CONSUMER.CREATE.FP_team-a_orders_CAPTURE.FP_team-a_orders.wms.stock".into()
+            &"$JS.API.CONSUMER.MSG.NEXT.FP_team-a_orders_CAPTURE.FP_team-a_orders".into()
         ));
+        assert!(p.publish.iter().all(|s| !s.contains("CONSUMER.CREATE")));
         // A reserved source subject gets no capture rights at all.
         let p = flow_permissions(&names, Some("$KV.>"), &[]);
         assert!(p.publish.iter().all(|s| !s.contains("CAPTURE")));

@@ -298,6 +298,16 @@ pub async fn ensure_capture(
         },
     };
     let consumer_name = names.capture_consumer();
+    // In place over this subject (the operator made it; a flow's own NATS user may not create
+    // consumers): used as it is.
+    if let Ok(stream) = js.get_stream(&stream_name).await
+        && let Ok(existing) = stream
+            .get_consumer::<consumer::pull::Config>(&consumer_name)
+            .await
+        && existing.cached_info().config.filter_subject == subject
+    {
+        return Ok(existing);
+    }
     let consumer_config = consumer::pull::Config {
         durable_name: Some(consumer_name.clone()),
         description: Some("flowplane extractor of this flow".into()),
