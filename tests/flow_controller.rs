@@ -858,3 +858,51 @@ async fn each_flow_gets_its_own_nats_user_in_a_secret_its_workers_mount() {
         "A opened B's bucket"
     );
 }
+
+/// An event flow reading a subject of the platform's own (another flow's records here) is
+/// Stalled with the reason, and nothing is deployed or issued for it.
+#[tokio::test]
+async fn a_nats_source_on_the_platforms_subjects_is_refused() {
+    let _shared = OPTIONAL_APIS.read().await;
+    let client = client().await;
+    operator();
+    let ns = TestNamespace::new(&client, "flow-reserved").await;
+    dependencies(&client, &ns.name).await;
+    let wms = format!(
+        r#"
+apiVersion: flowplane.io/v1alpha1
+kind: ConnectorBinding
+metadata: {{name: wms}}
+spec: {{system: Warehouse, protocol: Nats, endpoint: {{url: "{}"}}}}
+"#,
+        local_env().nats_url
+    );
+    let _: ConnectorBinding = apply_yaml(&client, &ns.name, &wms).await;
+    let flow = flow_yaml("sniffer", "")
+        .replace(
+            "{bindingRef: erp, entity: A_SalesOrderItem, syncMode: Incremental, cursorField: LastChangeDateTime}",
+            "{bindingRef: wms, entity: \"flowplane.other-team_orders.records.>\", syncMode: Events}",
+        );
+    let _: IntegrationFlow = apply_yaml(&client, &ns.name, &flow).await;
+    let flow = eventually(60, "Stalled naming the reserved subject", || async {
+        let f = flow_status(&client, &ns.name, "sniffer").await;
+        (condition(&f, "Stalled")?.1 == "SourceSubjectReserved").then_some(f)
+    })
+    .await;
+    let (status, _, message) = condition(&flow, "Stalled").unwrap();
+    assert_eq!(status, "True");
+    assert!(
+        message.contains("spec.source.entity") && message.contains("flowplane.>"),
+        "{message}"
+    );
+    assert!(
+        get_opt::<Deployment>(&client, &ns.name, "sniffer-worker")
+            .await
+            .is_none()
+    );
+    assert!(
+        get_opt::<k8s_openapi::api::core::v1::Secret>(&client, &ns.name, "sniffer-nats")
+            .await
+            .is_none()
+    );
+}
