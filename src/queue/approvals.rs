@@ -142,6 +142,18 @@ pub async fn parked_ids(store: &kv::Store) -> Result<Vec<String>, QueueError> {
     Ok(ids)
 }
 
+/// Drops a carried-out review's delete markers from the bucket's stream, so review listings
+/// ([`parked_ids`]) do not grow with every review ever made. Best effort: a marker left behind
+/// only costs a read in later listings.
+pub async fn forget_review(store: &kv::Store, id: &str) {
+    for key in [review_key(id), decision_key(id)] {
+        let subject = format!("{}{key}", store.prefix);
+        if let Err(e) = store.stream.purge().filter(subject).await {
+            tracing::debug!(error = %e, "review marker kept");
+        }
+    }
+}
+
 /// A parked record and its revision, None when absent.
 pub async fn read_parked(
     store: &kv::Store,

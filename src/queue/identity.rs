@@ -111,6 +111,8 @@ fn stream_api(names: &QueueNames, publish: &mut Vec<String>) {
         format!("$JS.API.STREAM.INFO.{dead}"),
         format!("$JS.API.STREAM.MSG.GET.{dead}"),
         format!("$JS.API.STREAM.MSG.DELETE.{dead}"),
+        // Its own state only: drops carried-out reviews' delete markers.
+        format!("$JS.API.STREAM.PURGE.{state}"),
     ]);
     bucket_api(&state, &names.kv_bucket, publish);
 }
@@ -475,7 +477,8 @@ mod tests {
         let names = QueueNames::for_flow("team-a", "orders");
         let p = flow_permissions(&names, Some("wms.stock"), &[]);
         assert!(p.publish.iter().all(|s| !s.contains("$JS.API.>")
-            && !s.starts_with("$JS.API.STREAM.PURGE")
+            && (!s.starts_with("$JS.API.STREAM.PURGE")
+                || s == "$JS.API.STREAM.PURGE.KV_FP_team-a_orders_STATE")
             && !s.starts_with("$JS.API.STREAM.DELETE")
             && !s.starts_with("$JS.API.STREAM.NAMES")
             && !s.starts_with("$JS.API.STREAM.LIST")));
