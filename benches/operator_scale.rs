@@ -61,6 +61,8 @@ fn rendered_children(
         prometheus_operator: false,
         worker_image: "ghcr.io/flowplane/flowplane:0.1.0".into(),
         nats_url: std::env::var("NATS_URL")?,
+        nats_identity: true,
+        nats_tls: true,
         namespace: namespace.into(),
     };
     let rendered = flowplane::render::cli::render(&args);

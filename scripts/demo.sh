@@ -120,6 +120,9 @@ fi
 # address pods reach).
 host=127.0.0.1
 $real_node && host="$FLOWPLANE_NODE_IP"
+# The demo's NATS below runs without authentication (its traffic player speaks plain NATS), so
+# its operator issues no NATS users; the local environment's own NATS requires them.
+unset FLOWPLANE_NATS_SIGNER_DIR FLOWPLANE_NATS_CA NATS_CREDS NATS_CA
 # A NATS server of the demo's own, so every run starts with empty queues and cursors (the
 # simulators start from scratch too).
 nats_port=$(free_port) nats_mon=$(free_port)
@@ -160,16 +163,20 @@ replicaCount: 1
 region: eu
 image: {repository: ${image%:*}, tag: ${image##*:}, pullPolicy: Never}
 nats: {url: "$NATS_URL", monitoringEndpoint: "${NATS_MONITOR_URL#http://}"}
+# The operator acts in the demo's namespace only; the simulators' health checks go to the
+# node's own address, which the SSRF guard refuses unless allowed (docs/security.md).
+watchNamespaces: [$NS]
+ssrf: {allowCIDRs: ["$host/32"]}
 resyncSeconds: 10
 extraEnv:
 - {name: KUBERNETES_SERVICE_HOST, value: "${server%:*}"}
 - {name: KUBERNETES_SERVICE_PORT, value: "${server##*:}"}
 YAML
   restricted_namespace flowplane-system
+  restricted_namespace "$NS"
   say "installing the chart (helm upgrade --install, image $image) into flowplane-system"
   "$BIN/helm" upgrade --install flowplane charts/flowplane -n flowplane-system -f "$run_dir/values.yaml" \
     --wait --timeout 180s >/dev/null || { say "the operator did not become Ready:"; operator_log >&2; exit 1; }
-  restricted_namespace "$NS"
 fi
 if ! $real_node; then
 say "installing the CRDs (kubectl apply --server-side -f crds/)"

@@ -2,7 +2,8 @@
 # Starts (or stops) the real components flowplane runs against, on loopback, the way
 # controller-runtime's envtest does: etcd, kube-apiserver (RBAC on, TLS with a generated CA),
 # kube-controller-manager (garbage collector, namespace, deployment, replicaset and service
-# account controllers), and nats-server with JetStream.
+# account controllers), and nats-server with JetStream in operator mode (decentralized JWT auth:
+# anonymous clients refused, one user per flow issued by the operator) with TLS required.
 #
 #   scripts/local-env.sh up     start what is not running; print the env file to source
 #   scripts/local-env.sh up --with-node
@@ -84,6 +85,45 @@ EXT
   )
 }
 
+# The NATS server's TLS (its own CA) and trust chain: operator, system account, the flowplane
+# account and its signing key, made by `flowplane nats-bootstrap` (kept across restarts).
+# FLOWPLANE_NATS_SANS adds names to the server certificate (e.g. "IP:10.88.0.1" for pods on a
+# bridge); FLOWPLANE_BIN names the flowplane binary (else it is built).
+nats_auth() {
+  local d="$STATE/nats"
+  mkdir -p "$d"
+  # Made once per state, and again when the listen address (a node's bridge) is not in it.
+  if [ ! -f "$d/server.crt" ] || ! grep -q "IP:$LISTEN_HOST[,]" "$d/server.ext"; then
+    (
+      cd "$d"
+      openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 -subj "/CN=flowplane-local-nats-ca" 2>/dev/null
+      printf 'subjectAltName = IP:%s, IP:127.0.0.1, DNS:localhost, DNS:nats.flowplane-system.svc%s\nextendedKeyUsage = serverAuth\n' \
+        "$LISTEN_HOST" "${FLOWPLANE_NATS_SANS:+, $FLOWPLANE_NATS_SANS}" >server.ext
+      openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj "/CN=nats-server" 2>/dev/null
+      openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 3650 -extfile server.ext 2>/dev/null
+    )
+  fi
+  local flowplane="${FLOWPLANE_BIN:-}"
+  if [ -z "$flowplane" ]; then
+    (cd "$here/.." && cargo build --quiet --bin flowplane)
+    flowplane="${CARGO_TARGET_DIR:-$here/../target}/debug/flowplane"
+  fi
+  "$flowplane" nats-bootstrap --dir "$d" >/dev/null
+}
+
+nats_config() { # port, monitoring port
+  local d="$STATE/nats"
+  cat >"$d/server.conf" <<CONF
+listen: $LISTEN_HOST:$1
+http: $LISTEN_HOST:$2
+# A flow's user JWT (its allow-lists) goes in CONNECT: more than the default 4 KiB.
+max_control_line: 32768
+jetstream { store_dir: "$STATE/jetstream" }
+tls { cert_file: "$d/server.crt", key_file: "$d/server.key", timeout: 5 }
+include auth.conf
+CONF
+}
+
 kubeconfig() { # path, server
   local d="$STATE/pki"
   cat >"$1" <<KC
@@ -113,7 +153,7 @@ up() {
     { [ "$WITH_NODE" = 0 ] || node_alive; }; then
     # shellcheck disable=SC1090
     . "$ENV_FILE"
-    if "$BIN/kubectl" --kubeconfig "$KUBECONFIG" get --raw /readyz >/dev/null 2>&1; then
+    if [ -n "${NATS_CREDS:-}" ] && "$BIN/kubectl" --kubeconfig "$KUBECONFIG" get --raw /readyz >/dev/null 2>&1; then
       log "already up"
       echo "$ENV_FILE"
       return 0
@@ -126,6 +166,7 @@ up() {
     LISTEN_HOST="$NODE_IP"
   fi
   certs
+  nats_auth
   local etcd_port etcd_peer api_port nats_port nats_mon
   etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port); nats_port=$(free_port); nats_mon=$(free_port)
   rm -rf "$STATE/etcd-data" "$STATE/jetstream"
@@ -133,7 +174,8 @@ up() {
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
     --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
     --initial-cluster "flowplane=http://127.0.0.1:$etcd_peer" --unsafe-no-fsync --quota-backend-bytes 4294967296
-  start nats-server "$BIN/nats-server" -js -a "$LISTEN_HOST" -p "$nats_port" -m "$nats_mon" -sd "$STATE/jetstream"
+  nats_config "$nats_port" "$nats_mon"
+  start nats-server "$BIN/nats-server" -c "$STATE/nats/server.conf"
   wait_for etcd 30 curl -sf "http://127.0.0.1:$etcd_port/health"
   local pki="$STATE/pki"
   start kube-apiserver "$BIN/kube-apiserver" \
@@ -166,6 +208,10 @@ up() {
 export KUBECONFIG="$STATE/kubeconfig"
 export NATS_URL="nats://$LISTEN_HOST:$nats_port"
 export NATS_MONITOR_URL="http://$LISTEN_HOST:$nats_mon"
+export NATS_CREDS="$STATE/nats/admin.creds"
+export NATS_CA="$STATE/nats/ca.crt"
+export FLOWPLANE_NATS_SIGNER_DIR="$STATE/nats"
+export FLOWPLANE_NATS_CA="$STATE/nats/ca.crt"
 export FLOWPLANE_ETCD_URL="http://127.0.0.1:$etcd_port"
 export PATH="$BIN:\$PATH"
 ENV

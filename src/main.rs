@@ -39,6 +39,9 @@ enum Command {
     Dlq(flowplane::queue::cli::DlqArgs),
     /// List, approve or reject a flow's forecast deltas parked for review.
     Review(flowplane::worker::approval::ReviewArgs),
+    /// Make the NATS operator, accounts and signing key of an installation, and the
+    /// nats-server auth configuration (kept when the directory already holds them).
+    NatsBootstrap(flowplane::queue::identity::BootstrapArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,6 +62,10 @@ fn main() -> anyhow::Result<()> {
         Command::Worker(args) => flowplane::worker::run_cli(args)?,
         Command::Dlq(args) => flowplane::queue::cli::run(args)?,
         Command::Review(args) => flowplane::worker::approval::run_cli(args)?,
+        Command::NatsBootstrap(args) => {
+            flowplane::queue::identity::bootstrap(&args.dir)?;
+            println!("{}", args.dir.display());
+        }
     }
     Ok(())
 }

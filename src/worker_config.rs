@@ -26,6 +26,8 @@ use crate::queue::{DeliveryConfig, QueueNames};
 pub const CONFIG_FILE: &str = "worker.json";
 /// Where the configuration ConfigMap is mounted in worker pods.
 pub const CONFIG_DIR: &str = "/etc/flowplane";
+/// Where the flow's NATS credentials Secret is mounted in worker pods.
+pub const NATS_DIR: &str = "/var/run/flowplane/nats";
 /// Where binding Secrets are mounted in worker pods, one directory per binding.
 pub const SECRETS_DIR: &str = "/var/run/flowplane/secrets";
 
@@ -45,6 +47,14 @@ pub struct WorkerConfig {
     pub flow: String,
     /// The NATS server workers connect to.
     pub nats_url: String,
+    /// The flow's NATS credentials file (mounted from its `<flow>-nats` Secret); none for a
+    /// server without authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_creds_file: Option<String>,
+    /// CA bundle that verifies the NATS server's certificate (mounted from the same Secret);
+    /// with it, TLS is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nats_ca_file: Option<String>,
     /// The flow's JetStream resources.
     pub queue: QueueNames,
     /// Where records come from.
@@ -267,6 +277,16 @@ impl MappingConfig {
 }
 
 impl WorkerConfig {
+    /// How the flow's workers reach NATS: as the flow's own user, replies under its prefix.
+    pub fn nats_access(&self) -> crate::queue::identity::NatsAccess {
+        crate::queue::identity::NatsAccess {
+            url: self.nats_url.clone(),
+            creds_file: self.nats_creds_file.as_ref().map(Into::into),
+            ca_file: self.nats_ca_file.as_ref().map(Into::into),
+            inbox_prefix: Some(self.queue.inbox_prefix()),
+        }
+    }
+
     /// The contract field that carries the source version to the target: the one mapped
     /// from the source's cursor field (without code translation), or the cursor field itself
     /// when the contract declares it and no mapping names it.

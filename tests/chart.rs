@@ -634,6 +634,9 @@ const OPERATOR_NEEDS: &[(&str, &str, &str)] = &[
     ("get", "", "secrets"),
     ("list", "", "secrets"),
     ("watch", "", "secrets"),
+    // Each flow's own NATS user, `<flow>-nats`, owned by the flow (deleted with it).
+    ("create", "", "secrets"),
+    ("patch", "", "secrets"),
     ("get", "apps", "deployments"),
     ("list", "apps", "deployments"),
     ("watch", "apps", "deployments"),
@@ -678,9 +681,7 @@ const OPERATOR_NEEDS: &[(&str, &str, &str)] = &[
 
 /// What the operator never does; a grant of any of these would be a privilege it does not need.
 const OPERATOR_MUST_NOT: &[(&str, &str, &str)] = &[
-    ("create", "", "secrets"),
     ("update", "", "secrets"),
-    ("patch", "", "secrets"),
     ("delete", "", "secrets"),
     ("create", "", "pods"),
     ("delete", "", "pods"),
@@ -863,10 +864,17 @@ async fn the_operator_identity_is_refused_what_the_chart_does_not_grant() {
             .unwrap();
     let post = PostParams::default();
     let problems: Vec<String> = [
+        // It creates Secrets (each flow's NATS user) but never deletes or replaces one.
         refused(
-            "create a Secret",
+            "delete a Secret",
             Api::<Secret>::namespaced(operator.clone(), &ns.name)
-                .create(&post, &secret)
+                .delete("stolen", &DeleteParams::default())
+                .await,
+        ),
+        refused(
+            "replace a Secret",
+            Api::<Secret>::namespaced(operator.clone(), &ns.name)
+                .replace("stolen", &post, &secret)
                 .await,
         ),
         refused(

@@ -127,7 +127,7 @@ fn forecast(sku: &str, quantity: i64, baseline: i64) -> Value {
 /// version, so the flow's stream drops them as duplicates, though the read count includes
 /// them).
 async fn feed(nats_url: &str, subject: &str, names: &QueueNames, records: &[Value]) {
-    let client = async_nats::connect(nats_url).await.unwrap();
+    let client = support::nats_admin(nats_url).await;
     let js = jetstream(nats_url).await;
     eventually(TIMEOUT, "the worker to read every forecast", || {
         let client = client.clone();
@@ -192,6 +192,8 @@ async fn deltas_are_applied_reviewed_or_escalated_and_reviews_are_approved_or_re
         names: names.clone(),
     };
     let js = jetstream(&nats_url).await;
+    // The terminal below works with the flow's own credentials, as a planner would.
+    let own = with_flow_identity(config.clone());
     let worker = InProcessWorker::start(config, "approver-1");
 
     let records = [
@@ -244,6 +246,10 @@ async fn deltas_are_applied_reviewed_or_escalated_and_reviews_are_approved_or_re
             "e2e",
             "--nats-url",
             &nats_url,
+            "--nats-creds",
+            own.nats_creds_file.as_deref().unwrap(),
+            "--nats-ca",
+            own.nats_ca_file.as_deref().unwrap(),
         ])
         .arg(&review_b.id)
         .output()

@@ -78,7 +78,7 @@ async fn every_event_of_a_key_arrives_in_order_and_a_republished_one_once() {
     let config = event_flow(&nats.url(), &sims.forecast_url, "events");
     let entity = config.target.entity.clone();
     let js = jetstream(&nats.url()).await;
-    let client = async_nats::connect(nats.url()).await.unwrap();
+    let client = support::nats_admin(&nats.url()).await;
     let worker = InProcessWorker::start(config.clone(), "events-a");
     capture_ready(&js, &config).await;
 
@@ -151,7 +151,7 @@ async fn events_published_while_no_worker_runs_arrive_after_the_restart() {
     let config = event_flow(&nats.url(), &sims.forecast_url, "events-down");
     let entity = config.target.entity.clone();
     let js = jetstream(&nats.url()).await;
-    let client = async_nats::connect(nats.url()).await.unwrap();
+    let client = support::nats_admin(&nats.url()).await;
     let subject = subject(&config);
     let publish = |from: u32, to: u32| {
         let client = client.clone();

@@ -72,7 +72,7 @@ async fn a_target_answering_401_for_a_while_dead_letters_nothing_and_is_not_read
         listen: Some(listen),
         ..RunOptions::new("refused-a")
     };
-    let worker = tokio::spawn(run(config, options, shutdown));
+    let worker = tokio::spawn(run(with_flow_identity(config), options, shutdown));
 
     let started = std::time::Instant::now();
     let why = eventually(

@@ -239,7 +239,8 @@ async fn a_full_refresh_rereads_everything_and_only_changes_get_through() {
     }
     let dir = TempDir::new("refresh");
     let path = dir.0.join("worker.json");
-    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let refresh = e2e_support::with_flow_identity(config.clone());
+    std::fs::write(&path, serde_json::to_vec(&refresh).unwrap()).unwrap();
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_flowplane"))
         .args(["worker", "--full-refresh", "--config"])
         .arg(&path)

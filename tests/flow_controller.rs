@@ -351,9 +351,7 @@ fn operator_owns_replicas(d: &Deployment) -> bool {
 /// them available. Then records a delivered batch in the flow's progress.
 async fn workers_ran(client: &Client, ns: &str, flow: &str) {
     support::fake_kubelet(client, ns, &format!("flowplane.io/flow={flow}")).await;
-    let nats = async_nats::connect(local_env().nats_url.as_str())
-        .await
-        .unwrap();
+    let nats = support::nats_admin(&local_env().nats_url).await;
     let js = async_nats::jetstream::new(nats);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -420,11 +418,7 @@ async fn a_queue_deleted_behind_the_operators_back_is_reported_and_created_again
         }
     };
     eventually(60, "QueueReady=True", queue_ready("True")).await;
-    let js = async_nats::jetstream::new(
-        async_nats::connect(local_env().nats_url.as_str())
-            .await
-            .unwrap(),
-    );
+    let js = async_nats::jetstream::new(support::nats_admin(&local_env().nats_url).await);
     let names = QueueNames::for_flow(&ns.name, "lost");
     js.delete_stream(&names.stream).await.unwrap();
     // No event tells the operator; its periodic pass (every 5 s here) finds out.
@@ -488,11 +482,7 @@ async fn deleting_a_flow_removes_children_and_queues_per_policy() {
     let _: IntegrationFlow = apply_yaml(&client, &ns.name, &flow_yaml("gone", "")).await;
     let retain = flow_yaml("kept", "").replace("deletionPolicy: Delete", "deletionPolicy: Retain");
     let _: IntegrationFlow = apply_yaml(&client, &ns.name, &retain).await;
-    let js = async_nats::jetstream::new(
-        async_nats::connect(local_env().nats_url.as_str())
-            .await
-            .unwrap(),
-    );
+    let js = async_nats::jetstream::new(support::nats_admin(&local_env().nats_url).await);
     for flow in ["gone", "kept"] {
         eventually(60, "queue", || async {
             let f = flow_status(&client, &ns.name, flow).await;
@@ -634,11 +624,7 @@ async fn pending_reviews_show_in_status_and_annotations_decide_them() {
     .await;
 
     // What a worker parks for a 12% delta.
-    let js = async_nats::jetstream::new(
-        async_nats::connect(local_env().nats_url.as_str())
-            .await
-            .unwrap(),
-    );
+    let js = async_nats::jetstream::new(support::nats_admin(&local_env().nats_url).await);
     let names = QueueNames::for_flow(&ns.name, "deltas");
     let store = bucket(&js, &names).await.unwrap();
     let expires = SystemTime::now()
@@ -928,5 +914,153 @@ async fn a_foreign_object_named_like_a_child_is_left_alone_and_the_flow_says_why
     assert_eq!(
         last.metadata.resource_version,
         before.metadata.resource_version
+    );
+}
+
+/// The operator issues each flow its own NATS user into a `<flow>-nats` Secret (never the
+/// ConfigMap) that the workers mount; with flow A's Secret, A's queue is reachable and B's,
+/// in another namespace, is refused by nats-server.
+#[tokio::test]
+async fn each_flow_gets_its_own_nats_user_in_a_secret_its_workers_mount() {
+    use flowplane::queue::identity::NatsAccess;
+    use k8s_openapi::api::core::v1::Secret;
+    let _shared = OPTIONAL_APIS.read().await;
+    let client = client().await;
+    operator();
+    let a = TestNamespace::new(&client, "nats-id-a").await;
+    let b = TestNamespace::new(&client, "nats-id-b").await;
+    for ns in [&a, &b] {
+        dependencies(&client, &ns.name).await;
+        let _: IntegrationFlow = apply_yaml(&client, &ns.name, &flow_yaml("orders", "")).await;
+    }
+    let secret: Secret = eventually(60, "the flow's NATS Secret", || {
+        get_opt(&client, &a.name, "orders-nats")
+    })
+    .await;
+    let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("IntegrationFlow", "orders")
+    );
+    let data = secret.data.clone().unwrap();
+    let creds = String::from_utf8(data["user.creds"].0.clone()).unwrap();
+    assert!(creds.contains("BEGIN NATS USER JWT") && creds.contains("BEGIN USER NKEY SEED"));
+    assert_eq!(
+        data["ca.crt"].0,
+        std::fs::read(&local_env().nats_ca).unwrap(),
+        "the server's CA for the workers"
+    );
+
+    // The workers mount it; worker.json names the files and holds no credential.
+    let deployment: Deployment = eventually(60, "worker Deployment", || {
+        get_opt(&client, &a.name, "orders-worker")
+    })
+    .await;
+    let pod = deployment.spec.template.spec.unwrap();
+    assert!(pod.volumes.unwrap().iter().any(|v| {
+        v.secret
+            .as_ref()
+            .is_some_and(|s| s.secret_name.as_deref() == Some("orders-nats"))
+    }));
+    let config: ConfigMap = get_opt(&client, &a.name, "orders-worker-config")
+        .await
+        .unwrap();
+    let worker_json = &config.data.unwrap()["worker.json"];
+    let worker: serde_json::Value = serde_json::from_str(worker_json).unwrap();
+    assert_eq!(
+        worker["natsCredsFile"],
+        "/var/run/flowplane/nats/user.creds"
+    );
+    assert_eq!(worker["natsCaFile"], "/var/run/flowplane/nats/ca.crt");
+    assert!(!worker_json.contains("NKEY") && !worker_json.contains("eyJ"));
+
+    // Settled: a second pass keeps the same user (no reissue, no rollout).
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let again: Secret = get_opt(&client, &a.name, "orders-nats").await.unwrap();
+    assert_eq!(again.data.unwrap()["user.creds"].0, data["user.creds"].0);
+
+    // With A's Secret: A's queue yes, B's no.
+    let file = std::env::temp_dir().join(format!("{}-orders.creds", a.name));
+    std::fs::write(&file, &creds).unwrap();
+    let own = QueueNames::for_flow(&a.name, "orders");
+    let other = QueueNames::for_flow(&b.name, "orders");
+    let js = async_nats::jetstream::new(
+        NatsAccess {
+            url: local_env().nats_url.clone(),
+            creds_file: Some(file.clone()),
+            ca_file: Some(local_env().nats_ca.clone()),
+            inbox_prefix: Some(own.inbox_prefix()),
+        }
+        .connect()
+        .await
+        .expect("A's user connects"),
+    );
+    let _ = std::fs::remove_file(&file);
+    eventually(60, "A's queue, as A", || {
+        let js = js.clone();
+        let stream = own.stream.clone();
+        async move { js.get_stream(stream).await.ok().map(drop) }
+    })
+    .await;
+    eventually(60, "B's queue in place", || async {
+        let admin = async_nats::jetstream::new(support::nats_admin(&local_env().nats_url).await);
+        admin.get_stream(&other.stream).await.ok().map(drop)
+    })
+    .await;
+    assert!(
+        js.get_stream(&other.stream).await.is_err(),
+        "A read B's stream"
+    );
+    assert!(
+        js.get_key_value(&other.kv_bucket).await.is_err(),
+        "A opened B's bucket"
+    );
+}
+
+/// An event flow reading a subject of the platform's own (another flow's records here) is
+/// Stalled with the reason, and nothing is deployed or issued for it.
+#[tokio::test]
+async fn a_nats_source_on_the_platforms_subjects_is_refused() {
+    let _shared = OPTIONAL_APIS.read().await;
+    let client = client().await;
+    operator();
+    let ns = TestNamespace::new(&client, "flow-reserved").await;
+    dependencies(&client, &ns.name).await;
+    let wms = format!(
+        r#"
+apiVersion: flowplane.io/v1alpha1
+kind: ConnectorBinding
+metadata: {{name: wms}}
+spec: {{system: Warehouse, protocol: Nats, endpoint: {{url: "{}"}}}}
+"#,
+        local_env().nats_url
+    );
+    let _: ConnectorBinding = apply_yaml(&client, &ns.name, &wms).await;
+    let flow = flow_yaml("sniffer", "")
+        .replace(
+            "{bindingRef: erp, entity: A_SalesOrderItem, syncMode: Incremental, cursorField: LastChangeDateTime}",
+            "{bindingRef: wms, entity: \"flowplane.other-team_orders.records.>\", syncMode: Events}",
+        );
+    let _: IntegrationFlow = apply_yaml(&client, &ns.name, &flow).await;
+    let flow = eventually(60, "Stalled naming the reserved subject", || async {
+        let f = flow_status(&client, &ns.name, "sniffer").await;
+        (condition(&f, "Stalled")?.1 == "SourceSubjectReserved").then_some(f)
+    })
+    .await;
+    let (status, _, message) = condition(&flow, "Stalled").unwrap();
+    assert_eq!(status, "True");
+    assert!(
+        message.contains("spec.source.entity") && message.contains("flowplane.>"),
+        "{message}"
+    );
+    assert!(
+        get_opt::<Deployment>(&client, &ns.name, "sniffer-worker")
+            .await
+            .is_none()
+    );
+    assert!(
+        get_opt::<k8s_openapi::api::core::v1::Secret>(&client, &ns.name, "sniffer-nats")
+            .await
+            .is_none()
     );
 }

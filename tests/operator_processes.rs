@@ -104,6 +104,8 @@ impl OperatorProcess {
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("NATS_URL", &env.nats_url)
+            .env("FLOWPLANE_NATS_SIGNER_DIR", &env.nats_signer_dir)
+            .env("FLOWPLANE_NATS_CA", &env.nats_ca)
             .env("POD_NAME", identity)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

@@ -53,6 +53,8 @@ fn worker_pod(namespace: &str) -> Pod {
     let settings = RenderSettings {
         worker_image: "flowplane:test".into(),
         nats_url: "nats://127.0.0.1:4222".into(),
+        nats_identity: true,
+        nats_tls: true,
         nats_monitoring_endpoint: "127.0.0.1:8222".into(),
         keda: false,
         prometheus_operator: false,

@@ -7,7 +7,8 @@
 //! rolled by a Secret rotation; deleting the flow removes its pods.
 //!
 //! It assumes what local-env.sh gives in node mode: NATS at $NATS_URL on the bridge address,
-//! without authentication, and the API server on the same address.
+//! with TLS and per-flow users (the chart gets the account's signing key and the CA), and the
+//! API server on the same address.
 
 mod e2e_support;
 mod support;
@@ -270,12 +271,48 @@ fn helm_install(env: &NodeEnv) {
     let (api_host, api_port) = server.rsplit_once(':').unwrap();
     let nats = env.var("NATS_URL");
     let monitoring = env.var("NATS_MONITOR_URL").trim_start_matches("http://");
+    // NATS with auth and TLS: the account's signing key (the operator issues its own user and
+    // one per flow) and the server's CA, as `flowplane nats-bootstrap` and local-env made them.
+    let signer_dir = PathBuf::from(env.var("FLOWPLANE_NATS_SIGNER_DIR"));
+    let file = |name: &str| format!("--from-file={name}={}", signer_dir.join(name).display());
+    env.kubectl(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "flowplane-nats-signer",
+            "-n",
+            OPERATOR_NS,
+            &file("account-signer.nk"),
+            &file("account.pub"),
+        ],
+        None,
+    );
+    let ca = format!("--from-file=ca.crt={}", env.var("FLOWPLANE_NATS_CA"));
+    env.kubectl(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "flowplane-nats-ca",
+            "-n",
+            OPERATOR_NS,
+            &ca,
+        ],
+        None,
+    );
+    let node_ip = env.var("FLOWPLANE_NODE_IP");
     // No kube-proxy: the operator reaches the API server on the bridge address, not through
-    // the kubernetes Service's cluster IP.
+    // the kubernetes Service's cluster IP. The simulators' health checks go to the node's own
+    // address, which the SSRF guard refuses unless allowed.
     let values = format!(
         "replicaCount: 1\n\
          image: {{repository: {repository}, tag: {tag}, pullPolicy: Never}}\n\
-         nats: {{url: \"{nats}\", monitoringEndpoint: \"{monitoring}\"}}\n\
+         nats: {{url: \"{nats}\", monitoringEndpoint: \"{monitoring}\", \
+         accountSigner: {{existingSecret: flowplane-nats-signer}}, \
+         ca: {{existingSecret: flowplane-nats-ca, key: ca.crt}}}}\n\
+         watchNamespaces: [{NS}]\n\
+         ssrf: {{allowCIDRs: [\"{node_ip}/32\"]}}\n\
          resyncSeconds: 10\n\
          extraEnv:\n\
          - {{name: KUBERNETES_SERVICE_HOST, value: \"{api_host}\"}}\n\
@@ -320,8 +357,10 @@ async fn the_chart_and_the_flows_run_as_real_pods_and_move_data_exactly_once() {
     let env = NodeEnv::up();
     let node_ip = env.var("FLOWPLANE_NODE_IP").to_string();
 
-    // The operator, installed by the chart from the image built by scripts/build-image.sh.
+    // The operator, installed by the chart from the image built by scripts/build-image.sh,
+    // acting only in the flows' namespace (made first: the chart's Role lives there).
     restricted_namespace(&env, OPERATOR_NS);
+    restricted_namespace(&env, NS);
     helm_install(&env);
     let operator = env.json(&[
         "get",
@@ -344,7 +383,6 @@ async fn the_chart_and_the_flows_run_as_real_pods_and_move_data_exactly_once() {
 
     // The example flows, pointed at the simulators, in a restricted namespace.
     let sims = start_sims(&node_ip).await;
-    restricted_namespace(&env, NS);
     env.kubectl(
         &["apply", "--server-side", "-f", "-"],
         Some(&demo_manifests(&env, &sims)),

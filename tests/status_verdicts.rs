@@ -119,9 +119,7 @@ fn condition_is(object: &Value, type_: &str, status: &str) -> bool {
 /// The flow's worker pods become ready and report a delivery, as running workers would.
 async fn workers_delivered(client: &Client, ns: &str, flow: &str) {
     support::fake_kubelet(client, ns, &format!("flowplane.io/flow={flow}")).await;
-    let nats = async_nats::connect(support::local_env().nats_url.as_str())
-        .await
-        .unwrap();
+    let nats = support::nats_admin(&support::local_env().nats_url).await;
     let js = async_nats::jetstream::new(nats);
     let names = flowplane::queue::QueueNames::for_flow(ns, flow);
     let bucket = flowplane::queue::jetstream::bucket(&js, &names)

@@ -153,6 +153,25 @@ pub struct IntegrationFlowSpec {
     pub deletion_policy: DeletionPolicy,
 }
 
+impl IntegrationFlowSpec {
+    /// The ConnectorBindings the flow uses (source, target, escalation target), each once.
+    pub fn binding_refs(&self) -> Vec<&str> {
+        let mut refs = vec![
+            self.source.binding_ref.as_str(),
+            self.target.binding_ref.as_str(),
+        ];
+        refs.extend(
+            self.approval
+                .iter()
+                .filter_map(|a| a.escalate_to.as_ref())
+                .map(|e| e.binding_ref.as_str()),
+        );
+        refs.sort_unstable();
+        refs.dedup();
+        refs
+    }
+}
+
 /// A PersistentVolumeClaim mounted into the flow's worker pods (and refresh jobs).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, kube::KubeSchema)]
 #[serde(rename_all = "camelCase")]

@@ -38,9 +38,19 @@ pub struct OperatorConfig {
         default_value = "nats://nats.flowplane-system.svc:4222"
     )]
     pub nats_url: String,
-    /// NATS credentials file (mounted from a Secret); never logged.
+    /// NATS credentials file of the operator's own connection (mounted from a Secret); never
+    /// logged. Without it, an operator with a signer issues its own user.
     #[arg(long, env = "FLOWPLANE_NATS_CREDS")]
     pub nats_creds_file: Option<PathBuf>,
+    /// Directory with the flowplane NATS account's signing key (`account-signer.nk`) and the
+    /// account's public key (`account.pub`), mounted from the operator's own Secret. With it,
+    /// each flow gets its own NATS user in a `<flow>-nats` Secret (`queue::identity`).
+    #[arg(long, env = "FLOWPLANE_NATS_SIGNER_DIR")]
+    pub nats_signer_dir: Option<PathBuf>,
+    /// CA bundle of the NATS server's certificate: TLS required, and copied into each flow's
+    /// `<flow>-nats` Secret for its workers.
+    #[arg(long, env = "FLOWPLANE_NATS_CA")]
+    pub nats_ca_file: Option<PathBuf>,
     /// NATS monitoring endpoint (host:port) for KEDA's nats-jetstream scaler.
     #[arg(
         long,
@@ -107,6 +117,10 @@ pub struct Context {
     pub client: Client,
     pub config: OperatorConfig,
     pub jetstream: async_nats::jetstream::Context,
+    /// Issues each flow's NATS user; None when the NATS server has no authentication.
+    pub nats_signer: Option<Arc<crate::queue::identity::AccountSigner>>,
+    /// The NATS server's CA bundle (PEM), handed to each flow's workers.
+    pub nats_ca: Option<String>,
     pub metrics: Metrics,
     pub recorder: Recorder,
     pub optional_apis: OptionalApis,
@@ -129,16 +143,35 @@ impl Context {
         config: OperatorConfig,
         metrics: Metrics,
     ) -> anyhow::Result<Arc<Context>> {
-        let mut options = async_nats::ConnectOptions::new()
+        let nats_signer = match &config.nats_signer_dir {
+            Some(dir) => Some(Arc::new(crate::queue::identity::AccountSigner::load(dir)?)),
+            None => None,
+        };
+        let nats_ca = match &config.nats_ca_file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!("reading the NATS CA bundle {}: {e}", path.display())
+            })?),
+            None => None,
+        };
+        let access = crate::queue::identity::NatsAccess {
+            url: config.nats_url.clone(),
+            creds_file: config.nats_creds_file.clone(),
+            ca_file: config.nats_ca_file.clone(),
+            inbox_prefix: Some(crate::queue::identity::OPERATOR_INBOX_PREFIX.into()),
+        };
+        let mut options = access
+            .options()
+            .await?
             .name("flowplane-operator")
             // Start even when NATS is down: flows then report QueueReady=False instead of
             // the whole operator crash-looping.
             .retry_on_initial_connect();
-        if let Some(creds) = &config.nats_creds_file {
-            options = options
-                .credentials_file(creds)
-                .await
-                .map_err(|e| anyhow::anyhow!("reading NATS credentials file: {e}"))?;
+        if let (None, Some(signer)) = (&config.nats_creds_file, &nats_signer) {
+            let creds = signer.issue(
+                "flowplane-operator",
+                &crate::queue::identity::operator_permissions(),
+            )?;
+            options = options.credentials(&creds)?;
         }
         let nats = options
             .connect(config.nats_url.as_str())
@@ -154,6 +187,8 @@ impl Context {
             client,
             config,
             jetstream: async_nats::jetstream::new(nats),
+            nats_signer,
+            nats_ca,
             metrics,
             applied: Default::default(),
             probe_cluster: Default::default(),

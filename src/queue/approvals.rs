@@ -121,21 +121,37 @@ fn bucket_error(name: &str, e: impl std::fmt::Display) -> QueueError {
     }
 }
 
-/// Ids of all parked records in the bucket.
+/// Ids of all parked records in the bucket (a deleted one too: [`read_parked`] says None).
+/// Listed from the subjects of the bucket's stream (`STREAM.INFO` with a subject filter), not
+/// with `keys()`, whose consumer a flow's NATS user may not create (`queue::identity`).
 pub async fn parked_ids(store: &kv::Store) -> Result<Vec<String>, QueueError> {
-    let keys: Vec<String> = store
-        .keys()
+    let prefix = format!("{}{REVIEW_PREFIX}", store.prefix);
+    let subjects: Vec<(String, usize)> = store
+        .stream
+        .info_with_subjects(format!("{prefix}>"))
         .await
         .map_err(|e| bucket_error(&store.name, e))?
         .try_collect()
         .await
         .map_err(|e| bucket_error(&store.name, e))?;
-    let mut ids: Vec<String> = keys
+    let mut ids: Vec<String> = subjects
         .into_iter()
-        .filter_map(|k| k.strip_prefix(REVIEW_PREFIX).map(str::to_string))
+        .filter_map(|(subject, _)| subject.strip_prefix(&prefix).map(str::to_string))
         .collect();
     ids.sort();
     Ok(ids)
+}
+
+/// Drops a carried-out review's delete markers from the bucket's stream, so review listings
+/// ([`parked_ids`]) do not grow with every review ever made. Best effort: a marker left behind
+/// only costs a read in later listings.
+pub async fn forget_review(store: &kv::Store, id: &str) {
+    for key in [review_key(id), decision_key(id)] {
+        let subject = format!("{}{key}", store.prefix);
+        if let Err(e) = store.stream.purge().filter(subject).await {
+            tracing::debug!(error = %e, "review marker kept");
+        }
+    }
 }
 
 /// A parked record and its revision, None when absent.

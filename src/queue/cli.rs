@@ -2,6 +2,7 @@
 
 use clap::{Args, Subcommand};
 
+use super::identity::NatsAccess;
 use super::{QueueNames, list_dead_letters, redrive};
 
 /// Which flow's queue a terminal command (`dlq`, `review`) works on.
@@ -15,6 +16,13 @@ pub struct FlowQueueArgs {
         global = true
     )]
     pub nats_url: String,
+    /// NATS credentials: the flow's own (`user.creds` of its `<flow>-nats` Secret) or an
+    /// administrator's.
+    #[arg(long, env = "NATS_CREDS", global = true)]
+    pub nats_creds: Option<std::path::PathBuf>,
+    /// CA bundle that signed the NATS server's certificate (TLS is then required).
+    #[arg(long, env = "NATS_CA", global = true)]
+    pub nats_ca: Option<std::path::PathBuf>,
     /// Namespace of the flow.
     #[arg(long, short = 'n', default_value = "default", global = true)]
     pub namespace: String,
@@ -30,11 +38,17 @@ impl FlowQueueArgs {
             .flow
             .as_deref()
             .ok_or_else(|| anyhow::anyhow!("--flow is required"))?;
-        let client = async_nats::connect(self.nats_url.as_str()).await?;
-        Ok((
-            async_nats::jetstream::new(client),
-            QueueNames::for_flow(&self.namespace, flow),
-        ))
+        let names = QueueNames::for_flow(&self.namespace, flow);
+        let client = NatsAccess {
+            url: self.nats_url.clone(),
+            creds_file: self.nats_creds.clone(),
+            ca_file: self.nats_ca.clone(),
+            // The flow's user may receive replies only under the flow's prefix.
+            inbox_prefix: Some(names.inbox_prefix()),
+        }
+        .connect()
+        .await?;
+        Ok((async_nats::jetstream::new(client), names))
     }
 }
 

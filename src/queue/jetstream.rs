@@ -278,21 +278,36 @@ pub async fn ensure_capture(
         CreateStreamErrorKind::JetStream(j) => Some(j.error_code()),
         _ => None,
     };
-    let stream_name = match js.create_stream(config.clone()).await {
-        Ok(_) => name,
-        Err(e) if code(&e) == Some(ErrorCode::STREAM_NAME_EXIST) => {
-            js.update_stream(config)
+    let in_place = |info: &stream::Info| info.config.subjects == config.subjects;
+    let stream_name = match js.get_stream(&name).await {
+        // In place (made by the operator, where a flow's own NATS user may not create streams).
+        Ok(existing) if in_place(existing.cached_info()) => name,
+        _ => match js.create_stream(config.clone()).await {
+            Ok(_) => name,
+            Err(e) if code(&e) == Some(ErrorCode::STREAM_NAME_EXIST) => {
+                js.update_stream(config)
+                    .await
+                    .map_err(|e| stream_error(&name, e))?;
+                name
+            }
+            Err(e) if code(&e) == Some(ErrorCode::STREAM_SUBJECT_OVERLAP) => js
+                .stream_by_subject(subject)
                 .await
-                .map_err(|e| stream_error(&name, e))?;
-            name
-        }
-        Err(e) if code(&e) == Some(ErrorCode::STREAM_SUBJECT_OVERLAP) => js
-            .stream_by_subject(subject)
-            .await
-            .map_err(|_| stream_error(&name, e))?,
-        Err(e) => return Err(stream_error(&name, e)),
+                .map_err(|_| stream_error(&name, e))?,
+            Err(e) => return Err(stream_error(&name, e)),
+        },
     };
     let consumer_name = names.capture_consumer();
+    // In place over this subject (the operator made it; a flow's own NATS user may not create
+    // consumers): used as it is.
+    if let Ok(stream) = js.get_stream(&stream_name).await
+        && let Ok(existing) = stream
+            .get_consumer::<consumer::pull::Config>(&consumer_name)
+            .await
+        && existing.cached_info().config.filter_subject == subject
+    {
+        return Ok(existing);
+    }
     let consumer_config = consumer::pull::Config {
         durable_name: Some(consumer_name.clone()),
         description: Some("flowplane extractor of this flow".into()),

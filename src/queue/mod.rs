@@ -9,6 +9,7 @@ use crate::api::common::RetryPolicy;
 pub mod approvals;
 pub mod cli;
 pub mod headers;
+pub mod identity;
 pub mod jetstream;
 pub mod quota;
 pub mod redrive;
@@ -57,6 +58,12 @@ impl QueueNames {
     /// events published while no worker runs wait there (see [`jetstream::ensure_capture`]).
     pub fn capture_stream(&self) -> String {
         format!("{}_CAPTURE", self.stream)
+    }
+
+    /// Prefix of the reply inboxes of the flow's connections (async-nats `custom_inbox_prefix`):
+    /// the flow's user may subscribe only under it, so no other flow reads its replies.
+    pub fn inbox_prefix(&self) -> String {
+        format!("_INBOX.{}", self.stream)
     }
 
     /// The flow's durable consumer on the capture stream: the flow's stream name, unique per

@@ -33,6 +33,12 @@ pub struct RenderArgs {
     /// NATS URL the workers get.
     #[arg(long, default_value = "nats://nats.flowplane-system.svc:4222")]
     pub nats_url: String,
+    /// Render as an operator that issues each flow its own NATS user (`<flow>-nats` Secret).
+    #[arg(long)]
+    pub nats_identity: bool,
+    /// ... and whose NATS server requires TLS (the CA in the same Secret).
+    #[arg(long, requires = "nats_identity")]
+    pub nats_tls: bool,
     /// Namespace for manifests that name none.
     #[arg(long, short = 'n', default_value = "default")]
     pub namespace: String,
@@ -133,6 +139,8 @@ pub fn render(args: &RenderArgs) -> anyhow::Result<String> {
     let settings = RenderSettings {
         worker_image: args.worker_image.clone(),
         nats_url: args.nats_url.clone(),
+        nats_identity: args.nats_identity,
+        nats_tls: args.nats_identity && args.nats_tls,
         nats_monitoring_endpoint: "nats.flowplane-system.svc:8222".into(),
         keda: args.keda,
         prometheus_operator: args.prometheus_operator,

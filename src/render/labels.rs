@@ -32,6 +32,10 @@ pub fn workers_name(flow: &IntegrationFlow) -> String {
 pub fn config_map_name(flow: &IntegrationFlow) -> String {
     format!("{}-worker-config", flow_name(flow))
 }
+/// The flow's NATS credentials Secret (user creds and the server's CA), issued by the operator.
+pub fn nats_secret_name(flow: &IntegrationFlow) -> String {
+    format!("{}-nats", flow_name(flow))
+}
 pub fn cron_job_name(flow: &IntegrationFlow) -> String {
     format!("{}-refresh", flow_name(flow))
 }

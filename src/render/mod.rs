@@ -29,6 +29,11 @@ use crate::worker_config::WorkerConfig;
 pub struct RenderSettings {
     pub worker_image: String,
     pub nats_url: String,
+    /// The operator issues each flow its own NATS user into the flow's `<flow>-nats` Secret,
+    /// which the workers mount (see `queue::identity`).
+    pub nats_identity: bool,
+    /// That Secret also holds the CA of the NATS server's certificate: TLS required.
+    pub nats_tls: bool,
     /// host:port of the NATS monitoring endpoint, for KEDA's nats-jetstream scaler.
     pub nats_monitoring_endpoint: String,
     /// Which optional APIs are installed.

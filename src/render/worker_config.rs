@@ -8,7 +8,7 @@ use crate::queue::DeliveryConfig;
 use crate::queue::QueueNames;
 use crate::worker_config::{
     ApprovalConfig, CodeTable, ContractConfig, EndpointConfig, FieldMappingConfig, MappingConfig,
-    ResilienceConfig, SECRETS_DIR, SourceConfig, TargetConfig, WorkerConfig,
+    NATS_DIR, ResilienceConfig, SECRETS_DIR, SourceConfig, TargetConfig, WorkerConfig,
 };
 
 use super::labels::{flow_name, namespace};
@@ -177,6 +177,14 @@ pub fn build(inputs: &FlowInputs<'_>) -> Result<WorkerConfig, RenderError> {
         namespace: namespace(flow),
         flow: flow_name(flow),
         nats_url: inputs.settings.nats_url.clone(),
+        nats_creds_file: inputs
+            .settings
+            .nats_identity
+            .then(|| format!("{NATS_DIR}/{}", crate::queue::identity::CREDS_KEY)),
+        nats_ca_file: inputs
+            .settings
+            .nats_tls
+            .then(|| format!("{NATS_DIR}/{}", crate::queue::identity::CA_KEY)),
         queue: QueueNames::for_flow(&namespace(flow), &flow_name(flow)),
         source: SourceConfig {
             endpoint: endpoint(inputs.source, spec.resilience.as_ref()),

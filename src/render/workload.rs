@@ -13,11 +13,11 @@ use serde_json::{Value, json};
 
 use crate::api::IntegrationFlow;
 use crate::api::connector_binding::AuthType;
-use crate::worker_config::{CONFIG_DIR, CONFIG_FILE, WorkerConfig};
+use crate::worker_config::{CONFIG_DIR, CONFIG_FILE, NATS_DIR, WorkerConfig};
 
 use super::labels::{
     CONFIG_HASH_ANNOTATION, FLOW_LABEL, RESTARTED_AT_ANNOTATION, config_map_name, cron_job_name,
-    flow_name, metadata, worker_selector, workers_name,
+    flow_name, metadata, nats_secret_name, worker_selector, workers_name,
 };
 use super::worker_config::{ca_dir, secret_dir};
 use super::{FlowInputs, RenderError};
@@ -101,6 +101,11 @@ fn pod_spec(inputs: &FlowInputs<'_>, args: &[&str], restart_policy: &str) -> Pod
         mounts.push(
             json!({"name": "drops", "mountPath": drops.mount_path, "readOnly": drops.read_only}),
         );
+    }
+    if inputs.settings.nats_identity {
+        // The flow's own NATS user (and the server's CA), never in the ConfigMap.
+        volumes.push(json!({"name": "nats", "secret": {"secretName": nats_secret_name(flow), "defaultMode": 0o440}}));
+        mounts.push(json!({"name": "nats", "mountPath": NATS_DIR, "readOnly": true}));
     }
     typed(json!({
         "automountServiceAccountToken": false,

@@ -32,8 +32,8 @@ use super::transform::Reason;
 use crate::api::common::parse_duration;
 use crate::api::integration_flow::{ApprovalAction, ReviewTimeoutAction};
 use crate::queue::approvals::{
-    Claim, Decision, ParkedReview, decide, decision_key, list_pending, parked_ids, read_decision,
-    read_parked, review_id, review_key,
+    Claim, Decision, ParkedReview, decide, decision_key, forget_review, list_pending, parked_ids,
+    read_decision, read_parked, review_id, review_key,
 };
 use crate::queue::{QueueNames, headers};
 use crate::worker_config::ApprovalConfig;
@@ -257,6 +257,7 @@ impl Approvals {
                         .await
                         .map_err(|e| anyhow::anyhow!("removing review {id}: {e}"))?;
                     let _ = self.store.delete(decision_key(&id)).await;
+                    forget_review(&self.store, &id).await;
                     tracing::info!(review = %id, key = %parked.key, ?outcome, "review carried out");
                 }
                 Err(e) => {

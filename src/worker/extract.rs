@@ -665,6 +665,7 @@ impl Extractor {
         Source::open(
             &self.config.source,
             &self.names,
+            &self.config.nats_access(),
             retention,
             self.metrics.clone(),
             &self.config.limits,

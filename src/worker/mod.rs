@@ -100,7 +100,10 @@ impl Flow {
     async fn connect(config: WorkerConfig) -> anyhow::Result<Flow> {
         let plan = Plan::compile(&config.mapping, &config.contract)
             .map_err(|e| anyhow::anyhow!("worker configuration: {e}"))?;
-        let client = async_nats::ConnectOptions::new()
+        let client = config
+            .nats_access()
+            .options()
+            .await?
             .retry_on_initial_connect()
             .connect(config.nats_url.as_str())
             .await?;

@@ -193,6 +193,8 @@ pub fn sales_order_flow(
         namespace: namespace.into(),
         flow: flow.into(),
         nats_url: nats_url.into(),
+        nats_creds_file: None,
+        nats_ca_file: None,
         queue: QueueNames::for_flow(namespace, flow),
         source: SourceConfig {
             endpoint: endpoint("erp", System::Erp, Protocol::OData, erp_url),

@@ -110,7 +110,7 @@ impl InProcessWorker {
             lease_ttl: Duration::from_secs(3),
             ..RunOptions::new(id)
         };
-        let handle = tokio::spawn(run(config, options, shutdown));
+        let handle = tokio::spawn(run(with_flow_identity(config), options, shutdown));
         InProcessWorker {
             stop,
             handle: Some(handle),
@@ -145,7 +145,8 @@ pub struct WorkerProcess {
 impl WorkerProcess {
     pub fn start(config: &WorkerConfig, dir: &std::path::Path, id: &str) -> WorkerProcess {
         let path = dir.join(format!("{id}.json"));
-        std::fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
+        let config = with_flow_identity(config.clone());
+        std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_flowplane"))
             .args(["worker", "--config"])
             .arg(&path)
@@ -169,7 +170,8 @@ impl WorkerProcess {
         listen: std::net::SocketAddr,
     ) -> WorkerProcess {
         let path = dir.join(format!("{id}.json"));
-        std::fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
+        let config = with_flow_identity(config.clone());
+        std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
         let out = std::fs::File::create(log).unwrap();
         let err = out.try_clone().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_flowplane"))
@@ -301,9 +303,71 @@ impl Drop for PrivateNats {
     }
 }
 
+/// JetStream as an administrator (see [`crate::support::nats_admin`]).
 pub async fn jetstream(url: &str) -> async_nats::jetstream::Context {
-    let client = async_nats::connect(url).await.expect("connect to NATS");
-    async_nats::jetstream::new(client)
+    async_nats::jetstream::new(crate::support::nats_admin(url).await)
+}
+
+/// A worker configuration as a pod gets it on the local environment's NATS (auth and TLS): the
+/// flow's own user, issued with the account signing key exactly as the operator issues it
+/// (`queue::identity::flow_permissions`), in a credentials file, and the server's CA; the
+/// flow's queue (and an event flow's capture stream on this server) made by an administrator
+/// first, as the operator makes them, since the flow's user may not create streams. A
+/// configuration for another (private, anonymous) server is returned as it is.
+pub fn with_flow_identity(mut config: WorkerConfig) -> WorkerConfig {
+    use flowplane::api::connector_binding::Protocol;
+    use flowplane::queue::identity::{AccountSigner, flow_permissions, same_server};
+    let env = crate::support::local_env();
+    if config.nats_url != env.nats_url || config.nats_creds_file.is_some() {
+        return config;
+    }
+    let event_subject = (config.source.endpoint.protocol == Protocol::Nats
+        && same_server(&config.source.endpoint.url, &config.nats_url))
+    .then(|| config.source.entity.clone());
+    let signer = AccountSigner::load(&env.nats_signer_dir).expect("the account signer");
+    let quota_buckets: Vec<String> = std::iter::once(&config.target)
+        .chain(
+            config
+                .approval
+                .iter()
+                .filter_map(|a| a.escalate_to.as_ref()),
+        )
+        .map(|target| &target.endpoint)
+        .chain([&config.source.endpoint])
+        .map(|endpoint| {
+            flowplane::queue::binding_quota_bucket(&config.namespace, &endpoint.binding)
+        })
+        .collect();
+    let permissions = flow_permissions(&config.queue, event_subject.as_deref(), &quota_buckets);
+    let user = format!("{}/{}", config.namespace, config.flow);
+    let creds = signer
+        .issue(&user, &permissions)
+        .expect("issue the flow's user");
+    let dir = std::env::temp_dir().join("flowplane-test-creds");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{}.creds", config.queue.stream));
+    std::fs::write(&path, creds).unwrap();
+    config.nats_creds_file = Some(path.display().to_string());
+    config.nats_ca_file = Some(env.nats_ca.display().to_string());
+    let (url, names) = (config.nats_url.clone(), config.queue.clone());
+    let policy = flowplane::queue::QueuePolicy::from_rendered(&config.delivery).unwrap();
+    // Runs inside the test's runtime: the queue is made from a thread with its own.
+    std::thread::spawn(move || {
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let js = jetstream(&url).await;
+            flowplane::queue::ensure_queue(&js, &names, &policy)
+                .await
+                .expect("make the flow's queue");
+            if let Some(subject) = event_subject {
+                flowplane::queue::ensure_capture(&js, &names, &subject, policy.retention)
+                    .await
+                    .expect("make the flow's capture stream");
+            }
+        })
+    })
+    .join()
+    .unwrap();
+    config
 }
 
 /// Polls `check` every 200ms until it returns Some, or panics with `what` after `timeout`.
@@ -342,8 +406,8 @@ impl Drop for QueueCleanup {
         let _ = std::thread::spawn(move || {
             if let Ok(runtime) = tokio::runtime::Runtime::new() {
                 runtime.block_on(async {
-                    if let Ok(client) = async_nats::connect(url.as_str()).await {
-                        let js = async_nats::jetstream::new(client);
+                    {
+                        let js = jetstream(&url).await;
                         let _ = flowplane::queue::delete_queue(&js, &names).await;
                     }
                 });

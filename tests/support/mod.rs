@@ -20,6 +20,12 @@ use kube::{Client, Config};
 pub struct LocalEnv {
     pub kubeconfig: PathBuf,
     pub nats_url: String,
+    /// Credentials of a user with the operator's rights (all flows' queues).
+    pub nats_creds: PathBuf,
+    /// CA of the NATS server's certificate (TLS required).
+    pub nats_ca: PathBuf,
+    /// The flowplane account's signing key and public key, as in the operator's Secret.
+    pub nats_signer_dir: PathBuf,
 }
 
 pub fn repo_root() -> &'static Path {
@@ -30,14 +36,39 @@ pub fn repo_root() -> &'static Path {
 pub fn local_env() -> &'static LocalEnv {
     static ENV: OnceLock<LocalEnv> = OnceLock::new();
     ENV.get_or_init(|| {
+        // SAFETY: before any thread of the test reads the environment (first call, at start).
+        unsafe { std::env::set_var("FLOWPLANE_BIN", env!("CARGO_BIN_EXE_flowplane")) };
         let env_file = script(&["local-env.sh", "up"]).trim().to_string();
         let vars = read_env_file(Path::new(&env_file));
         let kubeconfig = PathBuf::from(&vars["KUBECONFIG"]);
         LocalEnv {
             kubeconfig,
             nats_url: vars["NATS_URL"].clone(),
+            nats_creds: PathBuf::from(&vars["NATS_CREDS"]),
+            nats_ca: PathBuf::from(&vars["NATS_CA"]),
+            nats_signer_dir: PathBuf::from(&vars["FLOWPLANE_NATS_SIGNER_DIR"]),
         }
     })
+}
+
+/// A JetStream context as an administrator on `url`: the local environment's NATS (auth and
+/// TLS) with its admin credentials, any other (a test's private server) anonymously.
+pub async fn nats_admin(url: &str) -> async_nats::Client {
+    let env = local_env();
+    let access = if url == env.nats_url {
+        flowplane::queue::identity::NatsAccess {
+            url: url.to_string(),
+            creds_file: Some(env.nats_creds.clone()),
+            ca_file: Some(env.nats_ca.clone()),
+            inbox_prefix: Some(flowplane::queue::identity::OPERATOR_INBOX_PREFIX.into()),
+        }
+    } else {
+        flowplane::queue::identity::NatsAccess {
+            url: url.to_string(),
+            ..Default::default()
+        }
+    };
+    access.connect().await.expect("connect to NATS")
 }
 
 /// Runs `scripts/<args[0]> args[1..]`; its standard output, or a failure with its errors.
@@ -537,6 +568,8 @@ pub fn operator() -> &'static Operator {
                     region: None,
                     nats_url,
                     nats_creds_file: None,
+                    nats_signer_dir: Some(env.nats_signer_dir.clone()),
+                    nats_ca_file: Some(env.nats_ca.clone()),
                     nats_monitoring_endpoint: "127.0.0.1:8222".into(),
                     worker_image: WORKER_IMAGE.into(),
                     http_addr: "127.0.0.1:0".parse().unwrap(),

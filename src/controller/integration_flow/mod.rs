@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod changes;
 pub mod dereference;
+pub mod nats_user;
 pub mod status;
 pub mod stores;
 pub mod validate;
@@ -378,6 +379,15 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
             format!("code map {map}: ConfigMap {cm} does not exist"),
         ));
     }
+    // An event source on a subject of the platform's (flow subjects, JetStream/KV APIs,
+    // inboxes, $SYS) is refused: the flow's NATS user never gets it.
+    if let Some(message) = deref
+        .source
+        .as_ref()
+        .and_then(|source| nats_user::refused_source(flow, source))
+    {
+        blocked.get_or_insert(("SourceSubjectReserved", message));
+    }
 
     // build + apply (only with a usable contract and both bindings present; otherwise the
     // last applied configuration keeps running)
@@ -385,6 +395,8 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
     let settings = RenderSettings {
         worker_image: ctx.config.worker_image.clone(),
         nats_url: ctx.config.nats_url.clone(),
+        nats_identity: ctx.nats_signer.is_some(),
+        nats_tls: ctx.nats_signer.is_some() && ctx.config.nats_ca_file.is_some(),
         nats_monitoring_endpoint: ctx.config.nats_monitoring_endpoint.clone(),
         keda: installed.keda,
         prometheus_operator: installed.prometheus_operator,
@@ -405,6 +417,8 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
         };
         match render::children(&inputs) {
             Ok(children) => {
+                // The workers mount the flow's NATS user: issued before they start.
+                nats_user::ensure(ctx, flow, source).await?;
                 max_ack_pending = children.worker_config.delivery.max_ack_pending;
                 let live = apply::Live {
                     config_map: deref.applied_config,

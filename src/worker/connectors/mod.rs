@@ -85,11 +85,13 @@ pub enum Source {
 
 impl Source {
     /// Connects to the source described by `config`. An event source captures its subject
-    /// for the flow `names`, keeping events at most `retention`. An HTTP source takes its
-    /// requests from `quota`, the binding's shared quota, when it has one.
+    /// for the flow `names`, keeping events at most `retention`; on the platform's own NATS
+    /// server (`platform`) it connects as the flow's user. An HTTP source takes its requests
+    /// from `quota`, the binding's shared quota, when it has one.
     pub async fn open(
         config: &SourceConfig,
         names: &QueueNames,
+        platform: &crate::queue::identity::NatsAccess,
         retention: Duration,
         metrics: Arc<Metrics>,
         limits: &Limits,
@@ -115,7 +117,7 @@ impl Source {
                 Source::Rest(source)
             }
             Protocol::Nats => Source::Nats(Box::new(
-                nats::NatsSource::connect(config, names, retention).await?,
+                nats::NatsSource::connect(config, names, platform, retention).await?,
             )),
             Protocol::Files => Source::Files(files::FileSource::new(config)?),
         })

@@ -15,6 +15,7 @@ use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
 
 use super::{Page, Records};
+use crate::queue::identity::{NatsAccess, same_server};
 use crate::queue::{QueueNames, ensure_capture};
 use crate::worker::http::CallError;
 use crate::worker_config::SourceConfig;
@@ -32,12 +33,22 @@ pub struct NatsSource {
 impl NatsSource {
     /// Connects to the source's server and ensures the capture stream and the flow's consumer;
     /// events are kept at most `retention`.
+    ///
+    /// On the platform's own server (`platform`, the flow's queue) the flow's user connects,
+    /// whose permissions allow exactly its consumer over this subject on the capture stream
+    /// the operator made (`queue::identity::flow_permissions`). Elsewhere the binding's own
+    /// token, if any: the flow's credentials never go to a server the binding names.
     pub async fn connect(
         config: &SourceConfig,
         names: &QueueNames,
+        platform: &NatsAccess,
         retention: Duration,
     ) -> anyhow::Result<NatsSource> {
-        let mut options = async_nats::ConnectOptions::new();
+        let mut options = if same_server(&config.endpoint.url, &platform.url) {
+            platform.options().await?
+        } else {
+            async_nats::ConnectOptions::new()
+        };
         if let Some(dir) = &config.endpoint.secret_dir {
             let token = std::path::Path::new(dir).join("token");
             if let Ok(token) = std::fs::read_to_string(&token) {
