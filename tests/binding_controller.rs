@@ -540,9 +540,7 @@ spec:
     assert_eq!(fresh.requests_per_day, Some(3));
 
     // Three requests' worth taken by a worker's quota client, on the operator's NATS.
-    let nats = async_nats::connect(support::local_env().nats_url.as_str())
-        .await
-        .unwrap();
+    let nats = support::nats_admin(&support::local_env().nats_url).await;
     let js = async_nats::jetstream::new(nats);
     let mut endpoint = flowplane::worker::sample::endpoint(
         "planning",
