@@ -381,7 +381,8 @@ link "json-server-v$JSON_SERVER_VERSION" json-server
 # only nobody, the tests' SFTP user.
 sshd_tool() {
   local tag="${OPENSSH_VERSION//[:+~]/_}" out dir tmp
-  out="sshd-v$tag"
+  # -r2: the launcher runs a copy nobody can reach when started by root.
+  out="sshd-v$tag-r2"
   dir="$CACHE/openssh-$tag"
   [ -x "$BIN/$out" ] && return 0
   log "installing OpenSSH sshd $OPENSSH_VERSION (Debian) into $dir"
@@ -396,16 +397,27 @@ sshd_tool() {
   cat >"$BIN/$out.tmp" <<SH
 #!/usr/bin/env bash
 # OpenSSH sshd $OPENSSH_VERSION from $dir; written by scripts/install-tools.sh.
-export LD_LIBRARY_PATH="$dir/usr/lib/x86_64-linux-gnu:$dir/lib/x86_64-linux-gnu"
+dir="$dir"
 if [ "\$(id -u)" = 0 ]; then
-  exec setpriv --reuid=65534 --regid=65534 --clear-groups "$dir/usr/sbin/sshd" "\$@"
+  # nobody cannot reach a cache under /root (mode 0700): it runs a root-owned, world-readable
+  # copy in /tmp, made once per version.
+  run=/tmp/flowplane-sshd-$tag
+  if [ ! -x "\$run/usr/sbin/sshd" ]; then
+    stage="\$(mktemp -d /tmp/flowplane-sshd.XXXXXX)"
+    cp -a "\$dir/." "\$stage/" && chmod -R a+rX,go-w "\$stage" && chmod 755 "\$stage"
+    mv -T "\$stage" "\$run" 2>/dev/null || rm -rf "\$stage"
+  fi
+  [ "\$(stat -c %u "\$run")" = 0 ] || { echo "\$run is not root's; refusing to run it" >&2; exit 1; }
+  export LD_LIBRARY_PATH="\$run/usr/lib/x86_64-linux-gnu:\$run/lib/x86_64-linux-gnu"
+  exec setpriv --reuid=65534 --regid=65534 --clear-groups "\$run/usr/sbin/sshd" "\$@"
 fi
-exec "$dir/usr/sbin/sshd" "\$@"
+export LD_LIBRARY_PATH="\$dir/usr/lib/x86_64-linux-gnu:\$dir/lib/x86_64-linux-gnu"
+exec "\$dir/usr/sbin/sshd" "\$@"
 SH
   chmod +x "$BIN/$out.tmp" && mv "$BIN/$out.tmp" "$BIN/$out"
 }
 sshd_tool
-link "sshd-v${OPENSSH_VERSION//[:+~]/_}" sshd
+link "sshd-v${OPENSSH_VERSION//[:+~]/_}-r2" sshd
 
 # The verdicts of the tools users judge us with, by their own code (tests/verdicts): kstatus
 # (what Flux waits on) and Argo CD's Lua runtime. Keyed by a hash of its source, so an edit
