@@ -84,7 +84,7 @@ impl FileSource {
     }
 }
 
-fn matches_pattern(pattern: &str, name: &str) -> bool {
+pub(crate) fn matches_pattern(pattern: &str, name: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
     if parts.len() == 1 {
         return pattern == name;
@@ -108,43 +108,29 @@ fn matches_pattern(pattern: &str, name: &str) -> bool {
     true
 }
 
-/// CSV with a header row; quoted fields with `""` escapes; every value a string.
-fn parse_csv(text: &str) -> Vec<Value> {
-    let mut rows = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(split_csv_line);
-    let Some(header) = rows.next() else {
+/// CSV with a header row (RFC 4180, read by the csv crate: quoted fields may hold commas,
+/// `""` escapes and line breaks); every value a string. A row with fewer cells than the header
+/// leaves the rest out, extra cells are dropped.
+pub(crate) fn parse_csv(text: &str) -> Vec<Value> {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let Ok(header) = reader.headers().cloned() else {
         return Vec::new();
     };
-    rows.map(|cells| {
-        let mut record = Map::new();
-        for (name, cell) in header.iter().zip(cells) {
-            record.insert(name.clone(), Value::String(cell));
-        }
-        Value::Object(record)
-    })
-    .collect()
-}
-
-fn split_csv_line(line: &str) -> Vec<String> {
-    let mut cells = Vec::new();
-    let mut cell = String::new();
-    let mut quoted = false;
-    let mut chars = line.trim_end_matches('\r').chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                cell.push('"');
-                chars.next();
-            }
-            ('"', _) => quoted = !quoted,
-            (',', false) => cells.push(std::mem::take(&mut cell)),
-            _ => cell.push(c),
-        }
-    }
-    cells.push(cell);
-    cells
+    reader
+        .records()
+        // From a &str with flexible rows, the reader has no error to report.
+        .map_while(Result::ok)
+        .map(|row| {
+            let record: Map<String, Value> = header
+                .iter()
+                .zip(row.iter())
+                .map(|(name, cell)| (name.to_string(), Value::String(cell.to_string())))
+                .collect();
+            Value::Object(record)
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -155,6 +141,11 @@ mod tests {
     fn csv_and_patterns() {
         let rows = parse_csv("a,b\n1,\"x, \"\"y\"\"\"\n");
         assert_eq!(rows[0]["b"], "x, \"y\"");
+        // Found by the fuzz target csv_file: a quoted line break split the row in two.
+        let rows = parse_csv("a,b\r\n\"first\r\nsecond\",2\r\n\r\n3\r\n");
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["a"], "first\r\nsecond");
+        assert_eq!((rows[1]["a"].as_str(), rows[1].get("b")), (Some("3"), None));
         assert!(matches_pattern("orders-*.csv", "orders-2024.csv"));
         assert!(!matches_pattern("orders-*.csv", "returns-2024.csv"));
         assert!(matches_pattern("*", "x"));
