@@ -66,6 +66,7 @@ async fn a_target_answering_401_for_a_while_dead_letters_nothing_and_is_not_read
     let names = config.queue.clone();
     let entity = config.target.entity.clone();
     let listen = free_port();
+    let limits = config.clone();
     let (stop, shutdown) = watch::channel(false);
     let options = RunOptions {
         lease_ttl: Duration::from_secs(3),
@@ -135,6 +136,14 @@ async fn a_target_answering_401_for_a_while_dead_letters_nothing_and_is_not_read
     assert!(started.elapsed() < TIMEOUT);
     stop.send(true).unwrap();
     worker.await.unwrap().unwrap();
+    // The worker ran in this process (its readiness is read from it): this peak bounds its own.
+    let peak = peak_rss_kib("/proc/self/status").expect("this process's peak RSS");
+    eprintln!(
+        "test process peak RSS (the worker ran in it, beside the simulators and other tests): {} MiB (limit {})",
+        peak / 1024,
+        limits.limits.memory
+    );
+    assert!(peak < memory_limit_kib(&limits), "{peak} KiB");
 }
 
 /// The worker's log never carries record values or credentials, only keys and reasons: a
@@ -172,7 +181,7 @@ async fn the_worker_log_carries_keys_and_reasons_never_record_values() {
     let js = jetstream(&nats_url).await;
     let names = config.queue.clone();
     let log = dir.0.join("worker.log");
-    let _worker =
+    let worker =
         WorkerProcess::start_logging(&config, &dir.0, "logs-a", "debug", &log, free_port());
     let p = eventually(TIMEOUT, "49 delivered and 1 dead-lettered", || {
         let js = js.clone();
@@ -193,6 +202,7 @@ async fn the_worker_log_carries_keys_and_reasons_never_record_values() {
     for secret in [PLANT, TOKEN] {
         assert!(!text.contains(secret), "the log carries {secret}");
     }
+    assert_peak_rss_within_limit(&worker, &config, "debug logging");
 }
 
 /// A 5 MiB record (five times NATS's max payload) and a record nested 300 deep sit among 200
