@@ -26,3 +26,5 @@ scripts/local-env.sh up >/dev/null
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets "$@"
+# A short smoke of every fuzz target from the committed corpus (docs/testing.md).
+scripts/fuzz.sh 10

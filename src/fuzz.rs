@@ -143,11 +143,13 @@ pub fn odata_batch(data: &[u8]) {
     }
 }
 
-/// Records a source publishes: JSON a consumer can read, inside the flow's depth limit.
+/// Records a source publishes: UTF-8 JSON text within serde_json's nesting limit, so the
+/// consumer either maps it or dead-letters it (Undecodable). Not "reads it": a number beyond
+/// f64, like `1e444`, is JSON that serde_json refuses to build (the raw_fields target's first
+/// finding); the record is published as the source sent it and dead-lettered when consumed.
 fn assert_publishable(records: &[Bytes]) {
     for record in records {
-        let value: Value = serde_json::from_slice(record).expect("a kept record is JSON");
-        drop(value);
+        serde_json::from_slice::<serde::de::IgnoredAny>(record).expect("a kept record is JSON");
         std::str::from_utf8(record).expect("a kept record is UTF-8");
     }
 }
