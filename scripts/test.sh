@@ -35,3 +35,6 @@ export FLOWPLANE_IMAGE_ARCHIVE
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets "$@"
+# A short smoke of every fuzz target from the committed corpus (docs/testing.md), built without
+# a sanitizer and unoptimized: the sanitizer build costs CI more than it finds in safe Rust.
+FUZZ_FLAGS="--sanitizer none --dev" scripts/fuzz.sh 10

@@ -193,15 +193,7 @@ impl WorkerProcess {
 
     /// Peak resident memory so far, in KiB (Linux: VmHWM of /proc/<pid>/status).
     pub fn peak_rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()
+        peak_rss_kib(&format!("/proc/{}/status", self.child.id()))
     }
 
     /// SIGKILL: no graceful shutdown, no final flush, unacked messages left behind.
@@ -215,6 +207,20 @@ impl Drop for WorkerProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Peak resident memory (VmHWM) of the process whose `/proc/<pid>/status` is `status`, in
+/// KiB (`/proc/self/status`: this test process, with whatever runs in it).
+pub fn peak_rss_kib(status: &str) -> Option<u64> {
+    std::fs::read_to_string(status)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A directory removed on drop.
