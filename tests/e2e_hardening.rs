@@ -183,15 +183,7 @@ async fn the_worker_log_carries_keys_and_reasons_never_record_values() {
     let log = dir.0.join("worker.log");
     let worker =
         WorkerProcess::start_logging(&config, &dir.0, "logs-a", "debug", &log, free_port());
-    let p = eventually(TIMEOUT, "49 delivered and 1 dead-lettered", || {
-        let js = js.clone();
-        let names = names.clone();
-        async move {
-            let p = progress(&js, &names).await;
-            (p.delivered + p.dead_lettered == 50).then_some(p)
-        }
-    })
-    .await;
+    let p = settled(&js, &names, 50, TIMEOUT).await;
     assert_eq!((p.read, p.delivered, p.dead_lettered), (50, 49, 1));
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
@@ -260,15 +252,7 @@ async fn a_5_mib_record_and_a_too_deep_record_are_dead_lettered_at_extraction() 
         &dir.0.join("worker.log"),
         free_port(),
     );
-    let p = eventually(TIMEOUT, "198 delivered and 2 dead-lettered", || {
-        let js = js.clone();
-        let names = names.clone();
-        async move {
-            let p = progress(&js, &names).await;
-            (p.delivered + p.dead_lettered >= 200).then_some(p)
-        }
-    })
-    .await;
+    let p = settled(&js, &names, 200, TIMEOUT).await;
     assert_eq!((p.read, p.delivered, p.dead_lettered), (200, 198, 2));
     assert_eq!(sims.forecast.received(&entity).keys.len(), 198);
     // The dead letters carry their reasons; the big one is cut, with its size.
@@ -571,15 +555,7 @@ async fn a_record_with_invalid_utf8_is_dead_lettered_and_the_page_flows() {
     let entity = config.target.entity.clone();
     let dir = TempDir::new("utf8");
     let worker = WorkerProcess::start(&config, &dir.0, "utf8-a");
-    let p = eventually(TIMEOUT, "99 delivered and 1 dead-lettered", || {
-        let js = js.clone();
-        let names = names.clone();
-        async move {
-            let p = progress(&js, &names).await;
-            (p.delivered + p.dead_lettered >= 100).then_some(p)
-        }
-    })
-    .await;
+    let p = settled(&js, &names, 100, TIMEOUT).await;
     assert_eq!((p.read, p.delivered, p.dead_lettered), (100, 99, 1));
     let received = sims.forecast.received(&entity);
     assert_eq!(received.keys.len(), 99);
@@ -652,15 +628,7 @@ async fn a_page_over_max_page_records_is_refused_until_the_source_pages_smaller(
     assert!(why.contains("a page of 60 records"), "{why}");
 
     source.honours_limit.store(true, Ordering::Relaxed);
-    let p = eventually(TIMEOUT, "all 60 delivered", || {
-        let js = js.clone();
-        let names = names.clone();
-        async move {
-            let p = progress(&js, &names).await;
-            (p.delivered + p.dead_lettered >= 60).then_some(p)
-        }
-    })
-    .await;
+    let p = settled(&js, &names, 60, TIMEOUT).await;
     assert_eq!((p.read, p.delivered, p.dead_lettered), (60, 60, 0));
     assert_eq!(sims.forecast.received(&entity).keys.len(), 60);
     assert_peak_rss_within_limit(&worker, &config, "pages over maxPageRecords");
@@ -728,15 +696,7 @@ async fn a_response_over_max_response_bytes_is_refused_until_it_fits() {
             fixed.as_object().unwrap().clone(),
         )
         .unwrap();
-    let p = eventually(TIMEOUT, "all 200 delivered", || {
-        let js = js.clone();
-        let names = names.clone();
-        async move {
-            let p = progress(&js, &names).await;
-            (p.delivered + p.dead_lettered >= 200).then_some(p)
-        }
-    })
-    .await;
+    let p = settled(&js, &names, 200, TIMEOUT).await;
     assert_eq!((p.read, p.delivered, p.dead_lettered), (200, 200, 0));
     assert_eq!(sims.forecast.received(&entity).keys.len(), 200);
     assert_peak_rss_within_limit(&worker, &config, "a response over maxResponseBytes");

@@ -398,6 +398,25 @@ pub async fn progress(js: &async_nats::jetstream::Context, names: &QueueNames) -
         .unwrap_or_default()
 }
 
+/// Waits up to `timeout` until `records` records of the flow are delivered or dead-lettered,
+/// and returns its progress then (the caller asserts the exact split).
+pub async fn settled(
+    js: &async_nats::jetstream::Context,
+    names: &QueueNames,
+    records: u64,
+    timeout: Duration,
+) -> FlowProgress {
+    eventually(
+        timeout,
+        &format!("{records} records delivered or dead-lettered"),
+        || async move {
+            let p = progress(js, names).await;
+            (p.delivered + p.dead_lettered >= records).then_some(p)
+        },
+    )
+    .await
+}
+
 /// Deletes the flow's JetStream resources when the test ends.
 pub struct QueueCleanup {
     pub url: String,
