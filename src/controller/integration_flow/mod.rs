@@ -5,6 +5,7 @@ pub mod apply;
 pub mod changes;
 pub mod dereference;
 pub mod nats_user;
+pub mod redrive_gate;
 pub mod status;
 pub mod stores;
 pub mod validate;
@@ -321,7 +322,11 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
     let ctx = &*fctx.ctx;
     let ns = namespace(flow);
     let started = std::time::Instant::now();
-    let deref = dereference::dereference(flow, &ctx.client, &fctx.stores).await?;
+    // A new redrive reads the code maps from the apiserver, not the watch: the fix written
+    // just before the annotation must be in the configuration the redrive waits for.
+    let redrive_requested = redrive_gate::requested(flow).is_some();
+    let deref =
+        dereference::dereference(flow, &ctx.client, &fctx.stores, redrive_requested).await?;
 
     // validate
     let history = match &deref.contract {
@@ -466,7 +471,10 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
         Err(e) => Err(format!("spec.{e}")),
     };
 
-    let operations = handle_operations(flow, ctx, &names).await;
+    let redrive_waits = redrive_requested
+        .then(|| redrive_gate::wait_reason(flow, blocked.as_ref(), deployment.as_ref()))
+        .flatten();
+    let operations = handle_operations(flow, ctx, &names, redrive_waits.is_none()).await;
     let pending_approvals = match &queue {
         Ok(_) if flow.spec.approval.is_some() => list_pending(&ctx.jetstream, &names)
             .await
@@ -492,6 +500,10 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
         queue,
         deployment: deployment.as_ref(),
         operations,
+        redrive_waits: redrive_waits.map(|why| {
+            let value = redrive_gate::requested(flow).unwrap_or_default();
+            format!("{REDRIVE_ANNOTATION}={value} {why}")
+        }),
         pending_approvals,
         now: Timestamp::now(),
     });
@@ -549,11 +561,13 @@ async fn decide_all(
 }
 
 /// Handles one-off operations whose annotation value differs from the one acknowledged in
-/// status; returns the acknowledged values. A failed operation is retried on the next pass.
+/// status; returns the acknowledged values. A failed operation is retried on the next pass; a
+/// redrive that may not run yet (`redrive_may_run`, see [`redrive_gate`]) too.
 async fn handle_operations(
     flow: &IntegrationFlow,
     ctx: &Context,
     names: &QueueNames,
+    redrive_may_run: bool,
 ) -> BTreeMap<String, String> {
     let mut acknowledged = flow
         .status
@@ -572,7 +586,9 @@ async fn handle_operations(
             continue;
         };
         let short = key.trim_start_matches("flowplane.io/").to_string();
-        if acknowledged.get(&short) == Some(value) {
+        if acknowledged.get(&short) == Some(value)
+            || (key == REDRIVE_ANNOTATION && !redrive_may_run)
+        {
             continue;
         }
         let outcome = match key {

@@ -31,6 +31,8 @@ pub struct Observed<'a> {
     pub queue: Result<QueueState, String>,
     pub deployment: Option<&'a Deployment>,
     pub operations: BTreeMap<String, String>,
+    /// A requested redrive held back until every worker runs the applied configuration, and why.
+    pub redrive_waits: Option<String>,
     /// Reviews parked by the workers, undecided.
     pub pending_approvals: Vec<PendingApproval>,
     pub now: Timestamp,
@@ -170,7 +172,14 @@ pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
         Some((reason, message)) => Desired::new("Stalled", true, *reason, message.clone()),
         None => Desired::new("Stalled", false, "NotStalled", ""),
     };
-    let reconciling = if rolling && observed.blocked.is_none() && !flow.spec.suspend {
+    let reconciling = if let Some(message) = &observed.redrive_waits {
+        Desired::new(
+            "Reconciling",
+            true,
+            "RedriveWaitsForRollout",
+            message.clone(),
+        )
+    } else if rolling && observed.blocked.is_none() && !flow.spec.suspend {
         Desired::new(
             "Reconciling",
             true,
