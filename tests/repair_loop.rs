@@ -15,6 +15,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use e2e_support::{InProcessWorker, QueueCleanup, jetstream, progress, start_sims};
+use flowplane::api::integration_flow::CodeDrift;
 use flowplane::api::{ConnectorBinding, DataContract, IntegrationFlow};
 use flowplane::queue::{QueueNames, list_dead_letters};
 use flowplane::sim::erp::{ErpSeed, UNKNOWN_PLANT};
@@ -184,9 +185,35 @@ async fn a_redrive_during_the_rollout_of_the_fix_delivers_every_record_once() {
             .all(|l| l.reason == "UnmappedCode" && l.record["Plant"] == UNKNOWN_PLANT)
     );
 
+    // Drift, reported from the first record of the unknown plant on: 9999 unmapped, and 1050,
+    // which the ERP never sent, orphaned.
+    let flows: Api<IntegrationFlow> = Api::namespaced(client.clone(), &ns.name);
+    let drift_is = |unmapped: Vec<String>| {
+        let flows = flows.clone();
+        let expected = vec![CodeDrift {
+            code_map: "plants".into(),
+            unmapped_count: unmapped.len() as u64,
+            unmapped,
+            orphaned: vec!["1050".into()],
+            orphaned_count: 1,
+        }];
+        move || {
+            let (flows, expected) = (flows.clone(), expected.clone());
+            async move {
+                let flow = flows.get(FLOW).await.ok()?;
+                (flow.status?.code_drift == expected).then_some(())
+            }
+        }
+    };
+    eventually(
+        60,
+        "9999 unmapped and 1050 orphaned in status",
+        drift_is(vec![UNKNOWN_PLANT.into()]),
+    )
+    .await;
+
     // The fix, and the redrive right after it: the workers still hold the old table.
     let _: ConfigMap = apply_yaml(&client, &ns.name, &code_map(true)).await;
-    let flows: Api<IntegrationFlow> = Api::namespaced(client.clone(), &ns.name);
     flows
         .patch(
             FLOW,
@@ -294,5 +321,7 @@ async fn a_redrive_during_the_rollout_of_the_fix_delivers_every_record_once() {
         .filter(|k| k.value["location"] == "DC-OVERFLOW")
         .count();
     assert_eq!(overflow, 5);
+    // The table now maps every code the ERP sent; 1050 is still never sent.
+    eventually(60, "no unmapped code left in status", drift_is(Vec::new())).await;
     new_worker.stop().await.unwrap();
 }

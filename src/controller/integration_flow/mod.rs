@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod changes;
 pub mod dereference;
+pub mod drift;
 pub mod nats_user;
 pub mod redrive_gate;
 pub mod status;
@@ -36,9 +37,11 @@ use crate::api::integration_flow::{DeletionPolicy, IntegrationFlowStatus};
 use crate::api::{ConnectorBinding, DataContract, IntegrationFlow};
 use crate::contract::history;
 use crate::controller::conditions::{Desired, transitions};
+use crate::controller::metrics::CodeMapLabels;
 use crate::controller::{Context, Error, Result, WatchScope};
 use crate::queue::QueueNames;
 use crate::queue::approvals::{Decision, decide, list_pending};
+use crate::queue::codes::read_observed_codes;
 use crate::queue::jetstream::{QueuePolicy, delete_queue, ensure_queue, reset_cursor};
 use crate::queue::redrive::redrive;
 use crate::render::labels::{cron_job_name, flow_name, namespace, rules_name, workers_name};
@@ -315,7 +318,20 @@ async fn cleanup(flow: &IntegrationFlow, ctx: &Context) -> Result<Action> {
             .map_err(|e| Error::Nats(e.to_string()))?;
     }
     ctx.applied.forget_flow(&namespace(flow), &flow_name(flow));
+    for map in flow.spec.mapping.iter().flat_map(|m| &m.code_maps) {
+        let labels = code_map_labels(flow, &map.name);
+        ctx.metrics.unmapped_codes.remove(&labels);
+        ctx.metrics.orphaned_codes.remove(&labels);
+    }
     Ok(Action::await_change())
+}
+
+fn code_map_labels(flow: &IntegrationFlow, code_map: &str) -> CodeMapLabels {
+    CodeMapLabels {
+        namespace: namespace(flow),
+        flow: flow_name(flow),
+        code_map: code_map.to_string(),
+    }
 }
 
 async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action> {
@@ -489,6 +505,26 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
         _ => Vec::new(),
     };
 
+    // Drift: the codes the workers saw against the tables as they are now.
+    let code_drift = match &queue {
+        Ok(_) if !deref.code_maps.is_empty() => read_observed_codes(&ctx.jetstream, &names)
+            .await
+            .map(|observed| drift::report(&deref.code_maps, &observed))
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    for entry in &code_drift {
+        let labels = code_map_labels(flow, &entry.code_map);
+        ctx.metrics
+            .unmapped_codes
+            .get_or_create(&labels)
+            .set(entry.unmapped_count as i64);
+        ctx.metrics
+            .orphaned_codes
+            .get_or_create(&labels)
+            .set(entry.orphaned_count as i64);
+    }
+
     let queued_at = started.elapsed();
     // status
     let status = status::build(status::Observed {
@@ -505,6 +541,7 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
             format!("{REDRIVE_ANNOTATION}={value} {why}")
         }),
         pending_approvals,
+        code_drift,
         now: Timestamp::now(),
     });
     write_status(flow, ctx, status).await?;

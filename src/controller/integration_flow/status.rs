@@ -8,7 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::api::IntegrationFlow;
 use crate::api::common::parse_duration;
-use crate::api::integration_flow::{IntegrationFlowStatus, PendingApproval, SyncStatus};
+use crate::api::integration_flow::{CodeDrift, IntegrationFlowStatus, PendingApproval, SyncStatus};
 use crate::controller::conditions::{Desired, merge};
 use crate::queue::approvals::PendingReview;
 use crate::render::labels::{worker_selector_string, workers_name};
@@ -35,6 +35,8 @@ pub struct Observed<'a> {
     pub redrive_waits: Option<String>,
     /// Reviews parked by the workers, undecided.
     pub pending_approvals: Vec<PendingApproval>,
+    /// Unmapped and orphaned codes per code map.
+    pub code_drift: Vec<CodeDrift>,
     pub now: Timestamp,
 }
 
@@ -271,5 +273,6 @@ pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
         sync,
         pending_approvals: observed.pending_approvals,
         operations: observed.operations,
+        code_drift: observed.code_drift,
     }
 }
