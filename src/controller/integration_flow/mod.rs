@@ -505,13 +505,21 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
         _ => Vec::new(),
     };
 
-    // Drift: the codes the workers saw against the tables as they are now.
+    // Drift: the codes the workers saw against the tables as they are now. A failed read
+    // keeps what status said, rather than clearing it for one pass.
+    let previous_drift = || {
+        flow.status
+            .as_ref()
+            .map(|s| s.code_drift.clone())
+            .unwrap_or_default()
+    };
     let code_drift = match &queue {
         Ok(_) if !deref.code_maps.is_empty() => read_observed_codes(&ctx.jetstream, &names)
             .await
             .map(|observed| drift::report(&deref.code_maps, &observed))
-            .unwrap_or_default(),
-        _ => Vec::new(),
+            .unwrap_or_else(|_| previous_drift()),
+        Ok(_) => Vec::new(),
+        Err(_) => previous_drift(),
     };
     for entry in &code_drift {
         let labels = code_map_labels(flow, &entry.code_map);
