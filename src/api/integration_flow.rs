@@ -792,6 +792,32 @@ pub struct IntegrationFlowStatus {
     /// One-off operations (annotations) handled, with the annotation value acknowledged.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub operations: BTreeMap<String, String>,
+    /// Drift between the codes the source sends and the code maps, per code map the workers
+    /// have seen codes of: unmapped codes (sent, not in the table) and orphaned ones (in the
+    /// table, never sent since the flow started).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub code_drift: Vec<CodeDrift>,
+}
+
+/// Drift of one code map against the codes the source sent.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CodeDrift {
+    /// The code map (`spec.mapping.codeMaps[].name`).
+    pub code_map: String,
+    /// Codes the source sent that the table does not map, sorted; the first 20 that could be
+    /// a ConfigMap key (the only codes a table can ever map).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unmapped: Vec<String>,
+    /// All unmapped codes seen.
+    #[serde(default)]
+    pub unmapped_count: u64,
+    /// Codes of the table the source has not sent since the flow started, sorted; the first 20.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub orphaned: Vec<String>,
+    /// All orphaned codes.
+    #[serde(default)]
+    pub orphaned_count: u64,
 }
 
 /// Data progress reported by the workers.

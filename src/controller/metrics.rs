@@ -6,6 +6,7 @@ use std::time::Instant;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -20,8 +21,20 @@ pub struct ErrorLabels {
     pub error: &'static str,
 }
 
+/// One code map of one flow.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeMapLabels {
+    pub namespace: String,
+    pub flow: String,
+    pub code_map: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
+    /// Codes the source sent that a flow's code map does not map (status.codeDrift).
+    pub unmapped_codes: Family<CodeMapLabels, Gauge>,
+    /// Codes of a flow's code map the source has not sent since the flow started.
+    pub orphaned_codes: Family<CodeMapLabels, Gauge>,
     pub reconciles: Family<KindLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
     pub duration: Family<KindLabels, Histogram>,
@@ -55,7 +68,21 @@ impl Default for Metrics {
             "Duration of reconciles, by kind",
             duration.clone(),
         );
+        let unmapped_codes = Family::<CodeMapLabels, Gauge>::default();
+        let orphaned_codes = Family::<CodeMapLabels, Gauge>::default();
+        registry.register(
+            "flow_unmapped_codes",
+            "Codes the source sent that the flow's code map does not map",
+            unmapped_codes.clone(),
+        );
+        registry.register(
+            "flow_orphaned_codes",
+            "Codes of the flow's code map the source has not sent since the flow started",
+            orphaned_codes.clone(),
+        );
         Metrics {
+            unmapped_codes,
+            orphaned_codes,
             kube_writes,
             reconciles,
             errors,
@@ -109,6 +136,25 @@ impl Drop for ReconcileTimer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn code_drift_is_exported_per_flow_and_code_map() {
+        let metrics = Metrics::default();
+        let labels = CodeMapLabels {
+            namespace: "eu".into(),
+            flow: "orders".into(),
+            code_map: "plants".into(),
+        };
+        metrics.unmapped_codes.get_or_create(&labels).set(1);
+        metrics.orphaned_codes.get_or_create(&labels).set(2);
+        let text = metrics.encode();
+        for line in [
+            r#"flowplane_operator_flow_unmapped_codes{namespace="eu",flow="orders",code_map="plants"} 1"#,
+            r#"flowplane_operator_flow_orphaned_codes{namespace="eu",flow="orders",code_map="plants"} 2"#,
+        ] {
+            assert!(text.contains(line), "{text}");
+        }
+    }
 
     #[test]
     fn reconciles_errors_and_durations_are_exported_by_kind() {

@@ -8,6 +8,7 @@ use crate::api::common::RetryPolicy;
 
 pub mod approvals;
 pub mod cli;
+pub mod codes;
 pub mod headers;
 pub mod identity;
 pub mod jetstream;

@@ -279,6 +279,12 @@ pub async fn run(
         if let Err(e) = flow.progress.flush(&flow.store, &version).await {
             tracing::warn!(error = %e, "progress not written; retrying");
         }
+        if let Some(codes) = flow.plan.take_new_codes()
+            && let Err(e) = crate::queue::codes::add_observed_codes(&flow.store, &codes).await
+        {
+            flow.plan.keep_new_codes();
+            tracing::warn!(error = %e, "observed codes not written; retrying");
+        }
     }
     flow.metrics.set_ready(false);
     while tasks.join_next().await.is_some() {}

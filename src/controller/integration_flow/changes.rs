@@ -58,6 +58,8 @@ pub fn deployment_fingerprint(deployment: &Deployment) -> u64 {
         status.and_then(|s| s.ready_replicas),
         status.and_then(|s| s.available_replicas),
         status.and_then(|s| s.updated_replicas),
+        // The last old worker gone: a waiting redrive may run.
+        status.and_then(|s| s.terminating_replicas),
     ))
 }
 

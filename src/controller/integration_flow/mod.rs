@@ -4,7 +4,9 @@
 pub mod apply;
 pub mod changes;
 pub mod dereference;
+pub mod drift;
 pub mod nats_user;
+pub mod redrive_gate;
 pub mod status;
 pub mod stores;
 pub mod validate;
@@ -35,9 +37,11 @@ use crate::api::integration_flow::{DeletionPolicy, IntegrationFlowStatus};
 use crate::api::{ConnectorBinding, DataContract, IntegrationFlow};
 use crate::contract::history;
 use crate::controller::conditions::{Desired, transitions};
+use crate::controller::metrics::CodeMapLabels;
 use crate::controller::{Context, Error, Result, WatchScope};
 use crate::queue::QueueNames;
 use crate::queue::approvals::{Decision, decide, list_pending};
+use crate::queue::codes::read_observed_codes;
 use crate::queue::jetstream::{QueuePolicy, delete_queue, ensure_queue, reset_cursor};
 use crate::queue::redrive::redrive;
 use crate::render::labels::{cron_job_name, flow_name, namespace, rules_name, workers_name};
@@ -314,14 +318,31 @@ async fn cleanup(flow: &IntegrationFlow, ctx: &Context) -> Result<Action> {
             .map_err(|e| Error::Nats(e.to_string()))?;
     }
     ctx.applied.forget_flow(&namespace(flow), &flow_name(flow));
+    for map in flow.spec.mapping.iter().flat_map(|m| &m.code_maps) {
+        let labels = code_map_labels(flow, &map.name);
+        ctx.metrics.unmapped_codes.remove(&labels);
+        ctx.metrics.orphaned_codes.remove(&labels);
+    }
     Ok(Action::await_change())
+}
+
+fn code_map_labels(flow: &IntegrationFlow, code_map: &str) -> CodeMapLabels {
+    CodeMapLabels {
+        namespace: namespace(flow),
+        flow: flow_name(flow),
+        code_map: code_map.to_string(),
+    }
 }
 
 async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action> {
     let ctx = &*fctx.ctx;
     let ns = namespace(flow);
     let started = std::time::Instant::now();
-    let deref = dereference::dereference(flow, &ctx.client, &fctx.stores).await?;
+    // A new redrive reads the code maps from the apiserver, not the watch: the fix written
+    // just before the annotation must be in the configuration the redrive waits for.
+    let redrive_requested = redrive_gate::requested(flow).is_some();
+    let deref =
+        dereference::dereference(flow, &ctx.client, &fctx.stores, redrive_requested).await?;
 
     // validate
     let history = match &deref.contract {
@@ -466,7 +487,10 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
         Err(e) => Err(format!("spec.{e}")),
     };
 
-    let operations = handle_operations(flow, ctx, &names).await;
+    let redrive_waits = redrive_requested
+        .then(|| redrive_gate::wait_reason(flow, blocked.as_ref(), deployment.as_ref()))
+        .flatten();
+    let operations = handle_operations(flow, ctx, &names, redrive_waits.is_none()).await;
     let pending_approvals = match &queue {
         Ok(_) if flow.spec.approval.is_some() => list_pending(&ctx.jetstream, &names)
             .await
@@ -481,6 +505,34 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
         _ => Vec::new(),
     };
 
+    // Drift: the codes the workers saw against the tables as they are now. A failed read
+    // keeps what status said, rather than clearing it for one pass.
+    let previous_drift = || {
+        flow.status
+            .as_ref()
+            .map(|s| s.code_drift.clone())
+            .unwrap_or_default()
+    };
+    let code_drift = match &queue {
+        Ok(_) if !deref.code_maps.is_empty() => read_observed_codes(&ctx.jetstream, &names)
+            .await
+            .map(|observed| drift::report(&deref.code_maps, &observed))
+            .unwrap_or_else(|_| previous_drift()),
+        Ok(_) => Vec::new(),
+        Err(_) => previous_drift(),
+    };
+    for entry in &code_drift {
+        let labels = code_map_labels(flow, &entry.code_map);
+        ctx.metrics
+            .unmapped_codes
+            .get_or_create(&labels)
+            .set(entry.unmapped_count as i64);
+        ctx.metrics
+            .orphaned_codes
+            .get_or_create(&labels)
+            .set(entry.orphaned_count as i64);
+    }
+
     let queued_at = started.elapsed();
     // status
     let status = status::build(status::Observed {
@@ -492,7 +544,12 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
         queue,
         deployment: deployment.as_ref(),
         operations,
+        redrive_waits: redrive_waits.map(|why| {
+            let value = redrive_gate::requested(flow).unwrap_or_default();
+            format!("{REDRIVE_ANNOTATION}={value} {why}")
+        }),
         pending_approvals,
+        code_drift,
         now: Timestamp::now(),
     });
     write_status(flow, ctx, status).await?;
@@ -549,11 +606,13 @@ async fn decide_all(
 }
 
 /// Handles one-off operations whose annotation value differs from the one acknowledged in
-/// status; returns the acknowledged values. A failed operation is retried on the next pass.
+/// status; returns the acknowledged values. A failed operation is retried on the next pass; a
+/// redrive that may not run yet (`redrive_may_run`, see [`redrive_gate`]) too.
 async fn handle_operations(
     flow: &IntegrationFlow,
     ctx: &Context,
     names: &QueueNames,
+    redrive_may_run: bool,
 ) -> BTreeMap<String, String> {
     let mut acknowledged = flow
         .status
@@ -572,7 +631,9 @@ async fn handle_operations(
             continue;
         };
         let short = key.trim_start_matches("flowplane.io/").to_string();
-        if acknowledged.get(&short) == Some(value) {
+        if acknowledged.get(&short) == Some(value)
+            || (key == REDRIVE_ANNOTATION && !redrive_may_run)
+        {
             continue;
         }
         let outcome = match key {

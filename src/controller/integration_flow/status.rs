@@ -8,7 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::api::IntegrationFlow;
 use crate::api::common::parse_duration;
-use crate::api::integration_flow::{IntegrationFlowStatus, PendingApproval, SyncStatus};
+use crate::api::integration_flow::{CodeDrift, IntegrationFlowStatus, PendingApproval, SyncStatus};
 use crate::controller::conditions::{Desired, merge};
 use crate::queue::approvals::PendingReview;
 use crate::render::labels::{worker_selector_string, workers_name};
@@ -31,8 +31,12 @@ pub struct Observed<'a> {
     pub queue: Result<QueueState, String>,
     pub deployment: Option<&'a Deployment>,
     pub operations: BTreeMap<String, String>,
+    /// A requested redrive held back until every worker runs the applied configuration, and why.
+    pub redrive_waits: Option<String>,
     /// Reviews parked by the workers, undecided.
     pub pending_approvals: Vec<PendingApproval>,
+    /// Unmapped and orphaned codes per code map.
+    pub code_drift: Vec<CodeDrift>,
     pub now: Timestamp,
 }
 
@@ -170,7 +174,14 @@ pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
         Some((reason, message)) => Desired::new("Stalled", true, *reason, message.clone()),
         None => Desired::new("Stalled", false, "NotStalled", ""),
     };
-    let reconciling = if rolling && observed.blocked.is_none() && !flow.spec.suspend {
+    let reconciling = if let Some(message) = &observed.redrive_waits {
+        Desired::new(
+            "Reconciling",
+            true,
+            "RedriveWaitsForRollout",
+            message.clone(),
+        )
+    } else if rolling && observed.blocked.is_none() && !flow.spec.suspend {
         Desired::new(
             "Reconciling",
             true,
@@ -262,5 +273,6 @@ pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
         sync,
         pending_approvals: observed.pending_approvals,
         operations: observed.operations,
+        code_drift: observed.code_drift,
     }
 }
