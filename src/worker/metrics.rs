@@ -51,7 +51,8 @@ pub struct Metrics {
     pub quality_alerts: Counter,
     /// Time to map, validate and deliver one batch.
     pub batch_seconds: Histogram,
-    /// Unix time of the last delivered batch.
+    /// Unix time of the flow's last delivered batch: by this worker, or as the flow's progress
+    /// record says (any worker, before a restart); 0 until the flow has delivered anything.
     pub last_success: Gauge,
     /// Records waiting in the flow's consumer.
     pub lag: Gauge,
@@ -137,7 +138,7 @@ impl Metrics {
         );
         registry.register(
             "last_success_timestamp_seconds",
-            "Unix time of the last delivered batch",
+            "Unix time of the flow's last delivered batch (from its progress record: survives restarts); 0 before the first",
             last_success.clone(),
         );
         registry.register(
@@ -178,6 +179,13 @@ impl Metrics {
                 reason: reason.as_str(),
             })
             .inc();
+    }
+
+    /// Raises the last-success time to `unix` (from the progress record) if that is newer.
+    pub fn observe_last_success(&self, unix: Option<i64>) {
+        if let Some(unix) = unix {
+            self.last_success.set(self.last_success.get().max(unix));
+        }
     }
 
     /// Marks the worker ready (connected, queue ensured) or not.
