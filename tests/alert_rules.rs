@@ -112,7 +112,7 @@ fn generated_rules_pass_promtool_check_and_fire_when_they_should() {
     let rules = dir.join("rules.yaml");
     std::fs::write(&rules, rule_file(&rule_groups(&flow()))).unwrap();
     let checked = run_promtool(&["check", "rules", rules.to_str().unwrap()]);
-    assert!(checked.contains("SUCCESS: 10 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 11 rules found"), "{checked}");
     let plain = dir.join("plain.yaml");
     std::fs::write(
         &plain,
@@ -123,7 +123,7 @@ fn generated_rules_pass_promtool_check_and_fire_when_they_should() {
     )
     .unwrap();
     let checked = run_promtool(&["check", "rules", plain.to_str().unwrap()]);
-    assert!(checked.contains("SUCCESS: 7 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 8 rules found"), "{checked}");
 
     let cases = vec![
     // Stale: the last success stays at 1m while time passes; fresh: it follows time.
@@ -206,6 +206,20 @@ fn generated_rules_pass_promtool_check_and_fire_when_they_should() {
             "0 0 0 0 0 5 5 5 5 5 5 5 5 5 5 5 5 5",
         ),
         alert("FlowplaneDeadLetters", "15m", false, "warning", ""),
+    ),
+    // The oldest dead letter (dead-lettered at 2m) outlives the 15m freshness SLA; an empty
+    // dead-letter stream (0) or a redrive that took it back at 10m stays silent.
+    test_case(
+        series("flowplane_worker_oldest_dead_letter_timestamp_seconds", "0 0 120x40"),
+        alert("FlowplaneDeadLetterAged", "16m", false, "warning", "")
+            + &alert("FlowplaneDeadLetterAged", "19m", true, "warning", ""),
+    ),
+    test_case(
+        series(
+            "flowplane_worker_oldest_dead_letter_timestamp_seconds",
+            "0 0 120 120 120 120 120 120 120 120 0x30",
+        ),
+        alert("FlowplaneDeadLetterAged", "25m", false, "warning", ""),
     ),
     // Lag above what 3 workers absorb (1500) and growing; high but shrinking stays silent.
     test_case(
@@ -293,7 +307,7 @@ fn hostile_labels_that_admission_accepts_still_load_in_prometheus_verbatim() {
     let rules = dir.join("rules.yaml");
     std::fs::write(&rules, rule_file(&rule_groups(&flow))).unwrap();
     let checked = run_promtool(&["check", "rules", rules.to_str().unwrap()]);
-    assert!(checked.contains("SUCCESS: 10 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 11 rules found"), "{checked}");
 
     // Prometheus expands templates in alert labels: the firing alert carries every value
     // exactly as written, and the flow's own labels.

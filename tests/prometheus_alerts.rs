@@ -2,7 +2,8 @@
 //! scraping real worker processes on the real nats-server: a quiet flow whose worker is
 //! replaced stays silent (the new worker reports the last delivery its flow's progress record
 //! holds, not 0), and a flow whose last delivery is older than its SLA fires
-//! FlowplaneFlowStale, after its worker was replaced too. Read through Prometheus' HTTP API.
+//! FlowplaneFlowStale, after its worker was replaced too, and FlowplaneDeadLetterAged for the
+//! dead letters it keeps. Read through Prometheus' HTTP API.
 
 mod e2e_support;
 mod support;
@@ -23,6 +24,8 @@ use serde_json::{Value, json};
 
 const NAMESPACE: &str = "e2e";
 const RECORDS: u64 = 20;
+/// The stale flow's source has every 10th record bad: 2 dead letters.
+const DEAD: u64 = 2;
 
 fn flow(name: &str, freshness: &str) -> IntegrationFlow {
     serde_yaml::from_str(&format!(
@@ -34,7 +37,9 @@ spec:
   source: {{bindingRef: erp, entity: A_SalesOrderItem, syncMode: Incremental}}
   target: {{bindingRef: forecasting, entity: sales-order-lines}}
   contract: {{name: sales-order-lines}}
-  sla: {{freshness: {freshness}}}
+  # Dead letters alone do not fire here (FlowplaneDeadLetters, FlowplaneErrorRatioHigh): the
+  # test is about freshness and the dead letters' age.
+  sla: {{freshness: {freshness}, maxErrorRatio: 1, maxDeadLetters: 100}}
 "#
     ))
     .unwrap()
@@ -192,18 +197,18 @@ async fn scraped_last_success(flow: &str, port: u16) -> Option<i64> {
 async fn a_quiet_flow_stays_silent_across_a_restart_and_a_stale_one_fires() {
     let env = support::local_env();
     let nats_url = env.nats_url.clone();
-    let sims = start_sims(ErpSeed {
+    let seed = |bad_every| ErpSeed {
         order_lines: RECORDS as u32,
         inventory: 0,
         returns: 0,
-        bad_every: 0,
+        bad_every,
         page_size: 100,
-    })
-    .await;
+    };
+    let sims = [start_sims(seed(0)).await, start_sims(seed(10)).await];
     let js = jetstream(&nats_url).await;
     let mut flows = Vec::new();
     let mut cleanups = Vec::new();
-    for (prefix, freshness) in [("quiet", "1h"), ("stale", "1m")] {
+    for ((prefix, freshness), sims) in [("quiet", "1h"), ("stale", "1m")].into_iter().zip(&sims) {
         let name = unique_flow(&format!("prom-{prefix}"));
         let config = sample::sales_order_flow(
             NAMESPACE,
@@ -242,13 +247,21 @@ async fn a_quiet_flow_stays_silent_across_a_restart_and_a_stale_one_fires() {
     .await;
     println!("rule groups loaded: {}", rules.len());
 
-    // Both flows deliver their records, then have nothing more to do.
-    for flow in &flows {
-        eventually(Duration::from_secs(120), "every record delivered", || {
-            let js = js.clone();
-            let names = flow.config.queue.clone();
-            async move { (progress(&js, &names).await.delivered == RECORDS).then_some(()) }
-        })
+    // Both flows deliver their records (the stale one dead-letters two), then have nothing
+    // more to do.
+    for (flow, dead) in flows.iter().zip([0, DEAD]) {
+        eventually(
+            Duration::from_secs(120),
+            "every record delivered or dead-lettered",
+            || {
+                let js = js.clone();
+                let names = flow.config.queue.clone();
+                async move {
+                    let p = progress(&js, &names).await;
+                    (p.delivered == RECORDS - dead && p.dead_lettered == dead).then_some(())
+                }
+            },
+        )
         .await;
     }
 
@@ -283,43 +296,76 @@ async fn a_quiet_flow_stays_silent_across_a_restart_and_a_stale_one_fires() {
         .await;
     }
 
+    // The age of the exception queue: the time the oldest dead letter was stored, 0 for none.
+    let mut dead_letters = js
+        .get_stream(&flows[1].config.queue.dead_letter_stream)
+        .await
+        .unwrap();
+    let oldest = dead_letters
+        .info()
+        .await
+        .unwrap()
+        .state
+        .first_timestamp
+        .unix_timestamp();
+    for (flow, expected) in flows.iter().zip([0, oldest]) {
+        let query = format!(
+            r#"flowplane_worker_oldest_dead_letter_timestamp_seconds{{flow="{}",instance="127.0.0.1:{}"}}"#,
+            flow.name, flow.port
+        );
+        eventually(
+            Duration::from_secs(30),
+            &format!("{query} == {expected}"),
+            || async {
+                let data = api("/api/v1/query", &[("query", &query)]).await;
+                let value = data["result"][0]["value"][1]
+                    .as_str()?
+                    .parse::<f64>()
+                    .ok()?;
+                (value as i64 == expected).then_some(())
+            },
+        )
+        .await;
+    }
+
     let (quiet, stale) = (&flows[0].name, &flows[1].name);
+    let firing = |alert: &str| (alert.to_string(), "firing".to_string());
     let started = std::time::Instant::now();
     eventually(
-        Duration::from_secs(150),
-        "FlowplaneFlowStale firing for the stale flow",
+        Duration::from_secs(180),
+        "FlowplaneFlowStale and FlowplaneDeadLetterAged firing for the stale flow",
         || async {
-            alerts_of(stale)
-                .await
-                .contains(&("FlowplaneFlowStale".to_string(), "firing".to_string()))
-                .then_some(())
+            let alerts = alerts_of(stale).await;
+            (alerts.contains(&firing("FlowplaneFlowStale"))
+                && alerts.contains(&firing("FlowplaneDeadLetterAged")))
+            .then_some(())
         },
     )
     .await;
     println!(
-        "FlowplaneFlowStale firing {:.0}s after the new worker was scraped (rule: for 1m)",
+        "FlowplaneFlowStale and FlowplaneDeadLetterAged firing {:.0}s after the new worker was scraped (rules: for 1m)",
         started.elapsed().as_secs_f64()
     );
     // By now the quiet flow's new worker has been scraped for over a minute: nothing is
     // pending or firing for it. The stale flow's data is also older than its contract's
     // warnAfter (30m) and errorAfter (2h): those fire too, and nothing else.
     assert_eq!(alerts_of(quiet).await, vec![], "alerts of the quiet flow");
-    let firing = |alert: &str| (alert.to_string(), "firing".to_string());
     assert_eq!(
         alerts_of(stale).await,
         vec![
             firing("FlowplaneContractFreshnessBreached"),
             firing("FlowplaneContractFreshnessWarning"),
+            firing("FlowplaneDeadLetterAged"),
             firing("FlowplaneFlowStale"),
         ],
         "alerts of the stale flow"
     );
-    // Quiet indeed: nothing was delivered twice, nothing dead-lettered.
-    for flow in &flows {
+    // Quiet indeed: read = delivered + dead-lettered, nothing twice.
+    for (flow, dead) in flows.iter().zip([0, DEAD]) {
         let p = progress(&js, &flow.config.queue).await;
         assert_eq!(
             (p.read, p.delivered, p.dead_lettered),
-            (RECORDS, RECORDS, 0),
+            (RECORDS, RECORDS - dead, dead),
             "{}",
             flow.name
         );

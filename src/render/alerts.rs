@@ -1,6 +1,6 @@
 //! Alert rules of a flow: freshness (the flow's SLA and its contract's warnAfter/errorAfter),
-//! error ratio, dead letters, quality rules with action Alert, lag growth, throttling and
-//! workers down. A PrometheusRule + ServiceMonitor with the Prometheus Operator, otherwise a
+//! error ratio, dead letters and their age, quality rules with action Alert, lag growth,
+//! throttling and workers down. A PrometheusRule + ServiceMonitor with the Prometheus Operator, otherwise a
 //! ConfigMap holding a rule file for a plain Prometheus.
 //!
 //! Freshness reads `flowplane_worker_last_success_timestamp_seconds`, which each worker takes
@@ -136,6 +136,18 @@ pub fn rule_groups(flow: &IntegrationFlow, contract: &ResolvedContract) -> Vec<R
             "warning",
             format!("Flow {ns}/{name} dead-lettered more than {max_dead_letters} records in 24h"),
             "Inspect with `flowplane dlq list`, fix the cause, then annotate the flow with flowplane.io/redrive.",
+        ),
+        rule(
+            "FlowplaneDeadLetterAged",
+            format!(
+                "time() - min(flowplane_worker_oldest_dead_letter_timestamp_seconds{{{selector}}} > 0) > {freshness_secs}"
+            ),
+            "1m",
+            "warning",
+            format!(
+                "A record of flow {ns}/{name} has waited in the dead-letter stream for more than {freshness_secs}s (the flow's freshness SLA): its data is stale at the target"
+            ),
+            "Inspect with `flowplane dlq list`, fix the cause, then annotate the flow with flowplane.io/redrive; the redrive removes what it takes back.",
         ),
         rule(
             "FlowplaneLagGrowing",

@@ -56,6 +56,9 @@ pub struct Metrics {
     pub last_success: Gauge,
     /// Records waiting in the flow's consumer.
     pub lag: Gauge,
+    /// Unix time the oldest record still in the flow's dead-letter stream was dead-lettered;
+    /// 0 while the stream is empty (a redrive removes what it takes back).
+    pub oldest_dead_letter: Gauge,
     /// Supervised tasks restarted after they failed, by task.
     pub task_restarts: Family<TaskLabel, Counter>,
     /// 1 while the target refuses the binding's access (401, 403, 404 of a whole request).
@@ -88,6 +91,7 @@ impl Metrics {
         let batch_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let last_success = Gauge::default();
         let lag = Gauge::default();
+        let oldest_dead_letter = Gauge::default();
         let task_restarts = Family::<TaskLabel, Counter>::default();
         let target_refused = Gauge::default();
         registry.register(
@@ -142,6 +146,11 @@ impl Metrics {
             last_success.clone(),
         );
         registry.register(
+            "oldest_dead_letter_timestamp_seconds",
+            "Unix time the oldest record in the flow's dead-letter stream was dead-lettered; 0 when none",
+            oldest_dead_letter.clone(),
+        );
+        registry.register(
             "lag_records",
             "Records waiting in the flow's consumer",
             lag.clone(),
@@ -164,6 +173,7 @@ impl Metrics {
             batch_seconds,
             last_success,
             lag,
+            oldest_dead_letter,
             task_restarts,
             target_refused,
             ready: AtomicBool::new(false),

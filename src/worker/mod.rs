@@ -284,6 +284,15 @@ pub async fn run(
             flow.metrics.lag.set(lag as i64);
             flow.progress.set_lag(lag);
         }
+        // The exception queue's age: what waits longest for a fix and a redrive.
+        if let Ok(dead) = flow.js.get_stream(&names.dead_letter_stream).await {
+            let state = &dead.cached_info().state;
+            flow.metrics.oldest_dead_letter.set(if state.messages == 0 {
+                0
+            } else {
+                state.first_timestamp.unix_timestamp()
+            });
+        }
         match flow.progress.flush(&flow.store, &version).await {
             // Also what other workers of the flow delivered.
             Ok(Some(progress)) => flow
