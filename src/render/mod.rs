@@ -20,7 +20,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::DynamicObject;
 
-use crate::api::data_contract::{QualityRule, RecordSchema};
+use crate::api::data_contract::{ContractSla, QualityRule, RecordSchema};
 use crate::api::{ConnectorBinding, IntegrationFlow};
 use crate::worker_config::WorkerConfig;
 
@@ -49,6 +49,9 @@ pub struct ResolvedContract {
     pub schema_hash: String,
     pub schema: RecordSchema,
     pub quality: Vec<QualityRule>,
+    /// The contract's freshness SLA (from its current spec: an SLA belongs to the domain, not
+    /// to a schema version), alerted on in the flow's rules.
+    pub sla: Option<ContractSla>,
 }
 
 /// Everything a flow's children are built from.
@@ -107,7 +110,7 @@ pub fn children(inputs: &FlowInputs<'_>) -> Result<Children, RenderError> {
     } else {
         (Some(scaling::horizontal_pod_autoscaler(inputs.flow)), None)
     };
-    let rules = alerts::rule_groups(inputs.flow);
+    let rules = alerts::rule_groups(inputs.flow, inputs.contract);
     let (prometheus_rule, service_monitor, rules_config_map) =
         if inputs.settings.prometheus_operator {
             (
