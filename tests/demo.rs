@@ -4,7 +4,8 @@
 //! simulators, the operator and the workers, and exits 0 once every demo flow is Ready and Fresh
 //! with a delivery since it started, the forecasting simulator received records of each
 //! flow, and the loop reached the ERP simulator's replenishment entity and the supplier portal;
-//! then it stops everything it started. About 75-90 s warm.
+//! then it stops everything it started. 109 s warm with the five flows (2026-11-30, loaded
+//! machine; 75-90 s with three).
 
 use std::path::PathBuf;
 use std::process::Command;
