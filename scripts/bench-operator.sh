@@ -13,24 +13,25 @@ export FLOWPLANE_CACHE="${FLOWPLANE_CACHE:-$HOME/.cache/flowplane}"
 runs="${RUNS:-1}"
 cargo build --release --locked --quiet --bin flowplane
 cargo bench --locked --bench operator_scale --no-run 2>/dev/null
-ratios=()
+results="$(mktemp)"
 for run in $(seq "$runs"); do
-  export FLOWPLANE_ENV_NAME="bench-$$-$run"
-  export FLOWPLANE_STATE="$FLOWPLANE_CACHE/run/$FLOWPLANE_ENV_NAME"
-  cleanup() { scripts/local-env.sh down || true; rm -rf "$FLOWPLANE_STATE"; }
-  trap cleanup EXIT
-  # shellcheck disable=SC1090
-  . "$(scripts/local-env.sh up)"
-  kubectl apply --server-side -f crds/ >/dev/null
-  kubectl wait --for condition=Established crd --all --timeout=60s >/dev/null
-  echo "--- operator at ${FLOWS:-1000} flows, run $run of $runs ($(date -u +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg), kube-controller-manager at ${KCM_API_QPS:-20} requests/s)"
-  out="$(mktemp)"
-  FLOWPLANE_BIN="${CARGO_TARGET_DIR:-$(pwd)/target}/release/flowplane" \
-    cargo bench --locked --bench operator_scale | tee "$out"
-  echo "(load at the end: $(cut -d' ' -f1-3 /proc/loadavg))"
-  ratios+=("$(awk '/^ratio operator \/ floor:/ {print $NF}' "$out")")
-  rm -f "$out"
-  cleanup
-  trap - EXIT
+  # A subshell per run: the sourced environment (PATH with the tool cache first) must not
+  # reach the next run's install-tools.
+  (
+    export FLOWPLANE_ENV_NAME="bench-$$-$run"
+    export FLOWPLANE_STATE="$FLOWPLANE_CACHE/run/$FLOWPLANE_ENV_NAME"
+    cleanup() { scripts/local-env.sh down || true; rm -rf "$FLOWPLANE_STATE"; }
+    trap cleanup EXIT
+    # shellcheck disable=SC1090
+    . "$(scripts/local-env.sh up)"
+    kubectl apply --server-side -f crds/ >/dev/null
+    kubectl wait --for condition=Established crd --all --timeout=60s >/dev/null
+    echo "--- operator at ${FLOWS:-1000} flows, run $run of $runs ($(date -u +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg), kube-controller-manager at ${KCM_API_QPS:-20} requests/s)"
+    FLOWPLANE_BIN="${CARGO_TARGET_DIR:-$(pwd)/target}/release/flowplane" \
+      cargo bench --locked --bench operator_scale | tee -a "$results"
+    echo "(load at the end: $(cut -d' ' -f1-3 /proc/loadavg))"
+  )
 done
+read -ra ratios <<<"$(awk '/^ratio operator \/ floor:/ {print $NF}' "$results" | tr '\n' ' ')"
+rm -f "$results"
 echo "ratios operator / floor: ${ratios[*]}; median $(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END {print (NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2)}')"
