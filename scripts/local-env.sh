@@ -20,6 +20,8 @@
 #                               make Prometheus read its rule files again (after writing them)
 #
 # State (certs, data, logs, pids) lives in $FLOWPLANE_STATE (default ~/.cache/flowplane/run/<name>).
+# KCM_API_QPS: kube-controller-manager's request rate (default 20, its own default; burst 1.5x);
+# scripts/bench-operator.sh raises it for 10,000 flows, as large clusters do.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -226,7 +228,8 @@ up() {
     --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false \
     --controllers garbage-collector-controller,namespace-controller,deployment-controller,replicaset-controller,serviceaccount-controller,serviceaccount-token-controller,job-controller,cronjob-controller,horizontal-pod-autoscaler-controller,disruption-controller$node_controllers \
     --root-ca-file "$pki/ca.crt" --service-account-private-key-file "$pki/sa.key" \
-    --concurrent-gc-syncs 5
+    --concurrent-gc-syncs 5 \
+    --kube-api-qps "${KCM_API_QPS:-20}" --kube-api-burst "$(( ${KCM_API_QPS:-20} * 3 / 2 ))"
   wait_for nats-server 30 curl -sf "http://$LISTEN_HOST:$nats_mon/healthz?js-enabled-only=true"
   wait_for prometheus 30 curl -sf "http://127.0.0.1:$prom_port/-/ready"
   [ "$WITH_NODE" = 1 ] && node_start

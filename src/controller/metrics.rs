@@ -29,6 +29,13 @@ pub struct CodeMapLabels {
     pub code_map: String,
 }
 
+/// The watch that raised a reconcile request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerLabels {
+    pub kind: &'static str,
+    pub trigger: &'static str,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     /// Codes the source sent that a flow's code map does not map (status.codeDrift).
@@ -36,6 +43,9 @@ pub struct Metrics {
     /// Codes of a flow's code map the source has not sent since the flow started.
     pub orphaned_codes: Family<CodeMapLabels, Gauge>,
     pub reconciles: Family<KindLabels, Counter>,
+    /// Reconcile requests by the watch that raised them (before the queue merges requests
+    /// for the same object), to see what makes reconciles grow with the number of objects.
+    pub triggers: Family<TriggerLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
     pub duration: Family<KindLabels, Histogram>,
     /// Write requests (anything but GET) the operator's client sent to the apiserver.
@@ -48,10 +58,16 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("flowplane_operator");
         let reconciles = Family::<KindLabels, Counter>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
+        let triggers = Family::<TriggerLabels, Counter>::default();
         let duration = Family::<KindLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
         });
         registry.register("reconciles", "Reconciles run, by kind", reconciles.clone());
+        registry.register(
+            "reconcile_triggers",
+            "Reconcile requests raised, by kind and the watch that raised them",
+            triggers.clone(),
+        );
         registry.register(
             "reconcile_errors",
             "Failed reconciles, by kind and error class",
@@ -85,6 +101,7 @@ impl Default for Metrics {
             orphaned_codes,
             kube_writes,
             reconciles,
+            triggers,
             errors,
             duration,
             registry: Arc::new(registry),
@@ -101,6 +118,13 @@ impl Metrics {
             kind,
             start: Instant::now(),
         }
+    }
+
+    /// Counts `requests` reconcile requests of `kind` raised by the watch named `trigger`.
+    pub fn triggered(&self, kind: &'static str, trigger: &'static str, requests: usize) {
+        self.triggers
+            .get_or_create(&TriggerLabels { kind, trigger })
+            .inc_by(requests as u64);
     }
 
     pub fn error(&self, kind: &'static str, error: &'static str) {

@@ -29,7 +29,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 
 use crate::api::common::Condition;
@@ -107,6 +107,41 @@ fn uses_config_map(flow: &IntegrationFlow, config_map: &str) -> bool {
             .any(|c| c.config_map_ref == config_map)
 }
 
+/// Drops the watch events of the children this process just wrote
+/// ([`apply::AppliedCache::is_own_write`]).
+fn not_own_writes<K, S>(
+    events: S,
+    ctx: &Arc<Context>,
+) -> impl futures::Stream<Item = std::result::Result<K, watcher::Error>> + use<K, S>
+where
+    K: Resource<DynamicType = ()>,
+    S: futures::Stream<Item = std::result::Result<K, watcher::Error>>,
+{
+    let ctx = ctx.clone();
+    events.filter(move |event| {
+        let own =
+            matches!(event, Ok(object) if ctx.applied.is_own_write(&K::kind(&()), object.meta()));
+        std::future::ready(!own)
+    })
+}
+
+/// Counts the objects `events` passes as reconcile requests raised by `trigger`.
+fn counted<K, S>(
+    events: S,
+    metrics: &crate::controller::metrics::Metrics,
+    trigger: &'static str,
+) -> impl futures::Stream<Item = std::result::Result<K, watcher::Error>> + use<K, S>
+where
+    S: futures::Stream<Item = std::result::Result<K, watcher::Error>>,
+{
+    let metrics = metrics.clone();
+    events.inspect(move |event| {
+        if event.is_ok() {
+            metrics.triggered(KIND, trigger, 1);
+        }
+    })
+}
+
 /// What a flow reconcile shares: the operator's context and this controller's stores.
 pub struct FlowContext {
     pub ctx: Arc<Context>,
@@ -116,6 +151,17 @@ pub struct FlowContext {
 /// Keeps stored objects small: the field-ownership bookkeeping is never read here.
 fn without_managed_fields<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
+}
+
+/// Keeps of a worker Deployment what the flow's status reads (replicas, generation, status
+/// counts): the pod template and condition history were most of the store at 10,000 flows.
+fn slim_deployment(deployment: &mut Deployment) {
+    without_managed_fields(deployment);
+    deployment.metadata.annotations = None;
+    deployment.spec.template = Default::default();
+    if let Some(status) = deployment.status.as_mut() {
+        status.conditions = None;
+    }
 }
 
 /// The owning flow of a child, from its owner references.
@@ -140,7 +186,7 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
     let (cron_jobs, cron_job_writer) = reflector::store();
     let (autoscalers, autoscaler_writer) = reflector::store();
     // Status-only changes (most of them the operator's own writes) need no reconcile: only
-    // the spec (generation), the operation annotations and the finalizers do.
+    // the spec (generation), the operation annotations, deletion and others' finalizers do.
     let flow_changes = watcher(
         scope.api::<IntegrationFlow>(&client),
         watcher::Config::default().any_semantic(),
@@ -149,22 +195,23 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
     .modify(without_managed_fields)
     .reflect(flow_writer)
     .applied_objects()
-    .predicate_filter(
-        predicates::generation
-            .combine(predicates::annotations)
-            .combine(predicates::finalizers),
-        Default::default(),
+    .predicate_filter(changes::flow_fingerprint, Default::default());
+    // A contract or binding change re-reconciles every flow that uses it: only what flows
+    // read of them passes (a binding's probe results and quota counts do not).
+    let contract_changes = changes::worth_reconciling(
+        watcher(scope.api::<DataContract>(&client), Default::default())
+            .default_backoff()
+            .modify(without_managed_fields)
+            .reflect(contract_writer),
+        changes::contract_fingerprint,
     );
-    let contract_changes = watcher(scope.api::<DataContract>(&client), Default::default())
-        .default_backoff()
-        .modify(without_managed_fields)
-        .reflect(contract_writer)
-        .touched_objects();
-    let binding_changes = watcher(scope.api::<ConnectorBinding>(&client), Default::default())
-        .default_backoff()
-        .modify(without_managed_fields)
-        .reflect(binding_writer)
-        .touched_objects();
+    let binding_changes = changes::worth_reconciling(
+        watcher(scope.api::<ConnectorBinding>(&client), Default::default())
+            .default_backoff()
+            .modify(without_managed_fields)
+            .reflect(binding_writer),
+        changes::binding_fingerprint,
+    );
     // Only their existence matters here: kube-controller-manager rewrites every autoscaler's
     // status every 15 s, which must not re-reconcile every flow.
     let cron_job_changes = changes::worth_reconciling(
@@ -192,7 +239,7 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
     let deployment_changes = changes::worth_reconciling(
         watcher(scope.api::<Deployment>(&client), managed)
             .default_backoff()
-            .modify(without_managed_fields)
+            .modify(slim_deployment)
             .reflect(deployment_writer),
         changes::deployment_fingerprint,
     );
@@ -241,28 +288,59 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
         tracing::warn!(error = %e, "could not probe optional APIs; assuming none");
     }
 
-    Controller::for_stream(flow_changes, flows)
-        .owns_stream(deployment_changes)
-        .owns_stream(cron_job_changes)
-        .owns_stream(autoscaler_changes)
+    let metrics = &ctx.metrics;
+    let (contract_metrics, binding_metrics, cm_metrics) =
+        (metrics.clone(), metrics.clone(), metrics.clone());
+    let cm_ctx = ctx.clone();
+    Controller::for_stream(counted(flow_changes, metrics, "flow"), flows)
+        .owns_stream(counted(
+            not_own_writes(deployment_changes, &ctx),
+            metrics,
+            "deployment",
+        ))
+        .owns_stream(counted(
+            not_own_writes(cron_job_changes, &ctx),
+            metrics,
+            "cron_job",
+        ))
+        .owns_stream(counted(
+            not_own_writes(autoscaler_changes, &ctx),
+            metrics,
+            "autoscaler",
+        ))
         .watches_stream(contract_changes, move |dc| {
             let name = dc.name_any();
-            flows_where(&contract_store, dc.metadata.namespace.clone(), |f| {
+            let flows = flows_where(&contract_store, dc.metadata.namespace.clone(), |f| {
                 f.spec.contract.name == name
-            })
+            });
+            contract_metrics.triggered(KIND, "contract", flows.len());
+            flows
         })
         .watches_stream(binding_changes, move |cb| {
             let name = cb.name_any();
-            flows_where(&binding_store, cb.metadata.namespace.clone(), |f| {
+            let flows = flows_where(&binding_store, cb.metadata.namespace.clone(), |f| {
                 uses_binding(f, &name)
-            })
+            });
+            binding_metrics.triggered(KIND, "binding", flows.len());
+            flows
         })
         .watches_stream(config_map_changes, move |cm| {
+            // A flow's own ConfigMap (worker configuration, rules) concerns its flow only; the
+            // flows that read a ConfigMap (code maps, contract histories) are found by scanning
+            // every flow, which per event of each of two ConfigMaps per flow grew with the
+            // square of the flows.
+            if let Some(owner) = owning_flow(&cm.metadata) {
+                if cm_ctx.applied.is_own_write("ConfigMap", &cm.metadata) {
+                    return Vec::new();
+                }
+                cm_metrics.triggered(KIND, "owned_config_map", 1);
+                return vec![owner];
+            }
             let name = cm.name_any();
-            let mut flows = flows_where(&cm_store, cm.metadata.namespace.clone(), |f| {
+            let flows = flows_where(&cm_store, cm.metadata.namespace.clone(), |f| {
                 uses_config_map(f, &name)
             });
-            flows.extend(owning_flow(&cm.metadata));
+            cm_metrics.triggered(KIND, "referenced_config_map", flows.len());
             flows
         })
         .reconcile_all_on(optional_crds)
@@ -294,6 +372,22 @@ async fn reconcile(flow: Arc<IntegrationFlow>, fctx: Arc<FlowContext>) -> Result
     }
     fctx.stores.ready().await;
     let api: Api<IntegrationFlow> = Api::namespaced(ctx.client.clone(), &namespace(&flow));
+    let mut flow = flow;
+    if flow.metadata.deletion_timestamp.is_none()
+        && !flow.finalizers().iter().any(|f| f == FINALIZER)
+    {
+        // kube's helper adds a missing finalizer and ends the pass there, waiting for the
+        // watch event of its own patch: a second pass for every new flow. Here the pass goes
+        // on with the finalizer in place (the event is not news: `changes::flow_fingerprint`).
+        finalizer(&api, FINALIZER, flow.clone(), |_| async {
+            Ok::<_, Error>(Action::await_change())
+        })
+        .await
+        .map_err(finalizer_error)?;
+        let mut with_finalizer = (*flow).clone();
+        with_finalizer.finalizers_mut().push(FINALIZER.into());
+        flow = Arc::new(with_finalizer);
+    }
     finalizer(&api, FINALIZER, flow, |event| async {
         match event {
             finalizer::Event::Apply(flow) => apply_flow(&flow, &fctx).await,
@@ -301,11 +395,15 @@ async fn reconcile(flow: Arc<IntegrationFlow>, fctx: Arc<FlowContext>) -> Result
         }
     })
     .await
-    .map_err(|e| match e {
+    .map_err(finalizer_error)
+}
+
+fn finalizer_error(e: finalizer::Error<Error>) -> Error {
+    match e {
         finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
         finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
         other => Error::spec("FinalizerFailed", other.to_string()),
-    })
+    }
 }
 
 /// Deletes or keeps the flow's queues per `deletionPolicy`; the children go with the flow
