@@ -152,10 +152,11 @@ async fn a_flow_gets_its_children_follows_edits_and_prunes() {
     let labels = deployment.metadata.labels.clone().unwrap();
     assert_eq!(labels["app.kubernetes.io/managed-by"], "flowplane");
     assert_eq!(labels["app.kubernetes.io/instance"], "orders");
-    // An autoscaler owns replicas: the operator never applies the field.
+    // No autoscaler can own replicas here (no metrics API): the operator sets them
+    // (`optional_apis_swap_autoscaler_and_alert_objects` checks it lets go under KEDA).
     assert!(
-        !operator_owns_replicas(&deployment),
-        "operator must not own spec.replicas"
+        operator_owns_replicas(&deployment),
+        "the operator owns spec.replicas"
     );
     let hash = deployment
         .spec
@@ -211,7 +212,7 @@ async fn a_flow_gets_its_children_follows_edits_and_prunes() {
             .is_none()
     );
     let workers: Deployment = get_opt(&client, &ns.name, "orders-worker").await.unwrap();
-    assert_eq!(workers.spec.unwrap().replicas, Some(1));
+    assert_eq!(workers.spec.replicas, Some(1));
     let rules: ConfigMap = get_opt(&client, &ns.name, "orders-alerts").await.unwrap();
     assert!(rules.data.unwrap()["flowplane-rules.yaml"].contains("FlowplaneFlowStale"));
 
@@ -309,7 +310,7 @@ async fn kubectl_scale_sets_a_fixed_worker_count_in_place_of_the_autoscaler() {
     eventually(60, "two workers and no autoscaler", || async {
         let d: Deployment = get_opt(&client, &ns.name, "orders-worker").await?;
         let hpa = get_opt::<HorizontalPodAutoscaler>(&client, &ns.name, "orders-worker").await;
-        (d.spec?.replicas == Some(2) && hpa.is_none()).then_some(())
+        (d.spec.replicas == Some(2) && hpa.is_none()).then_some(())
     })
     .await;
     eventually(60, "status naming the fixed count", || {
@@ -354,7 +355,7 @@ async fn kubectl_scale_sets_a_fixed_worker_count_in_place_of_the_autoscaler() {
     assert!(ok, "{err}");
     eventually(60, "the floor back", || async {
         let d: Deployment = get_opt(&client, &ns.name, "orders-worker").await?;
-        (d.spec?.replicas == Some(1)).then_some(())
+        (d.spec.replicas == Some(1)).then_some(())
     })
     .await;
     eventually(60, "status naming the missing metrics API", || {
@@ -702,7 +703,7 @@ async fn a_registered_but_unserved_external_metrics_api_gets_no_hpa() {
                 .is_none()
         );
         let d: Deployment = get_opt(&client, &ns, "unserved-worker").await.unwrap();
-        assert_eq!(d.spec.unwrap().replicas, Some(1));
+        assert_eq!(d.spec.replicas, Some(1));
     };
     // Remove the registration whatever happened: while it is unavailable, namespace deletion
     // waits on discovery.

@@ -26,6 +26,8 @@ pub struct LocalEnv {
     pub nats_ca: PathBuf,
     /// The flowplane account's signing key and public key, as in the operator's Secret.
     pub nats_signer_dir: PathBuf,
+    /// host:port of nats-server's HTTP monitoring endpoint (KEDA's scaler reads `/jsz`).
+    pub nats_monitoring_endpoint: String,
 }
 
 pub fn repo_root() -> &'static Path {
@@ -47,6 +49,9 @@ pub fn local_env() -> &'static LocalEnv {
             nats_creds: PathBuf::from(&vars["NATS_CREDS"]),
             nats_ca: PathBuf::from(&vars["NATS_CA"]),
             nats_signer_dir: PathBuf::from(&vars["FLOWPLANE_NATS_SIGNER_DIR"]),
+            nats_monitoring_endpoint: vars["NATS_MONITOR_URL"]
+                .trim_start_matches("http://")
+                .to_string(),
         }
     })
 }
@@ -570,7 +575,7 @@ pub fn operator() -> &'static Operator {
                     nats_creds_file: None,
                     nats_signer_dir: Some(env.nats_signer_dir.clone()),
                     nats_ca_file: Some(env.nats_ca.clone()),
-                    nats_monitoring_endpoint: "127.0.0.1:8222".into(),
+                    nats_monitoring_endpoint: env.nats_monitoring_endpoint.clone(),
                     worker_image: WORKER_IMAGE.into(),
                     http_addr: "127.0.0.1:0".parse().unwrap(),
                     resync_seconds: 5,
