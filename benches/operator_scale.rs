@@ -58,11 +58,13 @@ fn rendered_children(
     let args = flowplane::render::cli::RenderArgs {
         files: vec![file.clone()],
         keda: false,
+        external_metrics: false,
         prometheus_operator: false,
         worker_image: "ghcr.io/flowplane/flowplane:0.1.0".into(),
         nats_url: std::env::var("NATS_URL")?,
         nats_identity: true,
         nats_tls: true,
+        nats_account: "$G".into(),
         namespace: namespace.into(),
     };
     let rendered = flowplane::render::cli::render(&args);

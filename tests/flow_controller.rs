@@ -152,10 +152,11 @@ async fn a_flow_gets_its_children_follows_edits_and_prunes() {
     let labels = deployment.metadata.labels.clone().unwrap();
     assert_eq!(labels["app.kubernetes.io/managed-by"], "flowplane");
     assert_eq!(labels["app.kubernetes.io/instance"], "orders");
-    // An autoscaler owns replicas: the operator never applies the field.
+    // No autoscaler can own replicas here (no metrics API): the operator sets them
+    // (`optional_apis_swap_autoscaler_and_alert_objects` checks it lets go under KEDA).
     assert!(
-        !operator_owns_replicas(&deployment),
-        "operator must not own spec.replicas"
+        operator_owns_replicas(&deployment),
+        "the operator owns spec.replicas"
     );
     let hash = deployment
         .spec
@@ -203,11 +204,15 @@ async fn a_flow_gets_its_children_follows_edits_and_prunes() {
             .await
             .is_some()
     );
+    // This cluster serves no external.metrics.k8s.io: no HPA that could never read the lag,
+    // a fixed count from minReplicas instead, and status says why.
     assert!(
         get_opt::<HorizontalPodAutoscaler>(&client, &ns.name, "orders-worker")
             .await
-            .is_some()
+            .is_none()
     );
+    let workers: Deployment = get_opt(&client, &ns.name, "orders-worker").await.unwrap();
+    assert_eq!(workers.spec.replicas, Some(1));
     let rules: ConfigMap = get_opt(&client, &ns.name, "orders-alerts").await.unwrap();
     assert!(rules.data.unwrap()["flowplane-rules.yaml"].contains("FlowplaneFlowStale"));
 
@@ -228,6 +233,13 @@ async fn a_flow_gets_its_children_follows_edits_and_prunes() {
         flow.status.as_ref().unwrap().contract_version.as_deref(),
         Some("1.0.0")
     );
+    let (autoscaled, reason, message) = condition(&flow, "Autoscaled").unwrap();
+    assert_eq!(
+        (autoscaled.as_str(), reason.as_str()),
+        ("False", "ExternalMetricsUnavailable"),
+        "{message}"
+    );
+    assert!(message.contains("1 fixed workers"), "{message}");
     let (ready, reason, message) = condition(&flow, "Ready").unwrap();
     assert_eq!(ready, "False");
     assert_eq!(reason, "NoWorkerAvailable", "{message}");
@@ -265,10 +277,18 @@ async fn kubectl_scale_sets_a_fixed_worker_count_in_place_of_the_autoscaler() {
     let ns = TestNamespace::new(&client, "flow-scale").await;
     dependencies(&client, &ns.name).await;
     let _: IntegrationFlow = apply_yaml(&client, &ns.name, &flow_yaml("orders", "")).await;
-    eventually(60, "the flow's autoscaler", || async {
-        get_opt::<HorizontalPodAutoscaler>(&client, &ns.name, "orders-worker")
-            .await
-            .map(|_| ())
+    // Without a metrics API the autoscaler's place is held by minReplicas (see
+    // `without_a_served_external_metrics_api_a_flow_gets_no_hpa`).
+    let autoscaled_reason = |reason: &'static str| {
+        let client = client.clone();
+        let ns = ns.name.clone();
+        async move {
+            let f = flow_status(&client, &ns, "orders").await;
+            (condition(&f, "Autoscaled")?.1 == reason).then_some(())
+        }
+    };
+    eventually(60, "the flow's fixed floor", || {
+        autoscaled_reason("ExternalMetricsUnavailable")
     })
     .await;
 
@@ -291,6 +311,10 @@ async fn kubectl_scale_sets_a_fixed_worker_count_in_place_of_the_autoscaler() {
         let d: Deployment = get_opt(&client, &ns.name, "orders-worker").await?;
         let hpa = get_opt::<HorizontalPodAutoscaler>(&client, &ns.name, "orders-worker").await;
         (d.spec.replicas == Some(2) && hpa.is_none()).then_some(())
+    })
+    .await;
+    eventually(60, "status naming the fixed count", || {
+        autoscaled_reason("FixedReplicas")
     })
     .await;
     let (_, read_back, _) = support::kubectl(
@@ -329,10 +353,13 @@ async fn kubectl_scale_sets_a_fixed_worker_count_in_place_of_the_autoscaler() {
         None,
     );
     assert!(ok, "{err}");
-    eventually(60, "the autoscaler back", || async {
-        get_opt::<HorizontalPodAutoscaler>(&client, &ns.name, "orders-worker")
-            .await
-            .map(|_| ())
+    eventually(60, "the floor back", || async {
+        let d: Deployment = get_opt(&client, &ns.name, "orders-worker").await?;
+        (d.spec.replicas == Some(1)).then_some(())
+    })
+    .await;
+    eventually(60, "status naming the missing metrics API", || {
+        autoscaled_reason("ExternalMetricsUnavailable")
     })
     .await;
 }
@@ -533,10 +560,13 @@ async fn optional_apis_swap_autoscaler_and_alert_objects() {
     let ns = TestNamespace::new(&client, "flow-optional").await;
     dependencies(&client, &ns.name).await;
     let _: IntegrationFlow = apply_yaml(&client, &ns.name, &flow_yaml("scaled", "")).await;
-    eventually(60, "HPA", || {
-        get_opt::<HorizontalPodAutoscaler>(&client, &ns.name, "scaled-worker")
+    eventually(60, "rules ConfigMap", || {
+        get_opt::<ConfigMap>(&client, &ns.name, "scaled-alerts")
     })
     .await;
+    // No metrics API yet: the operator holds the worker count (minReplicas) until KEDA comes.
+    let d: Deployment = get_opt(&client, &ns.name, "scaled-worker").await.unwrap();
+    assert!(operator_owns_replicas(&d));
 
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let cache = support::cache_dir().join("crds");
@@ -575,13 +605,6 @@ async fn optional_apis_swap_autoscaler_and_alert_objects() {
         })
         .await;
         assert_eq!(so.data["spec"]["triggers"][0]["type"], "nats-jetstream");
-        eventually(60, "HPA pruned", || async {
-            get_opt::<HorizontalPodAutoscaler>(&client, &ns, "scaled-worker")
-                .await
-                .is_none()
-                .then_some(())
-        })
-        .await;
         eventually(60, "PrometheusRule", || async {
             rule_api.get_opt("scaled-alerts").await.ok().flatten()
         })
@@ -601,6 +624,94 @@ async fn optional_apis_swap_autoscaler_and_alert_objects() {
     for name in installed {
         crds.delete(&name, &DeleteParams::default()).await.ok();
     }
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic.into_panic());
+    }
+}
+
+/// The registration an external metrics adapter makes (prometheus-adapter, KEDA's metrics
+/// server), here with nothing behind it.
+fn external_metrics_api_service(ns: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "apiregistration.k8s.io/v1",
+        "kind": "APIService",
+        "metadata": {"name": "v1beta1.external.metrics.k8s.io"},
+        "spec": {
+            "group": "external.metrics.k8s.io",
+            "version": "v1beta1",
+            "service": {"namespace": ns, "name": "no-adapter", "port": 443},
+            "insecureSkipTLSVerify": true,
+            "groupPriorityMinimum": 100,
+            "versionPriority": 100
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_registered_but_unserved_external_metrics_api_gets_no_hpa() {
+    use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+    let _exclusive = OPTIONAL_APIS.write().await;
+    let client = client().await;
+    operator();
+    let ns = TestNamespace::new(&client, "flow-metrics-api").await;
+    dependencies(&client, &ns.name).await;
+    let services: Api<APIService> = Api::all(client.clone());
+    let registration: APIService =
+        serde_json::from_value(external_metrics_api_service(&ns.name)).unwrap();
+    services
+        .patch(
+            "v1beta1.external.metrics.k8s.io",
+            &apply_params(),
+            &Patch::Apply(&registration),
+        )
+        .await
+        .unwrap();
+    let (client2, ns_name, services2) = (client.clone(), ns.name.clone(), services.clone());
+    let result = async move {
+        let (client, ns) = (client2, ns_name);
+        // The aggregator has judged it: registered, not available (its Service is missing).
+        eventually(60, "the APIService judged unavailable", || async {
+            let service = services2
+                .get("v1beta1.external.metrics.k8s.io")
+                .await
+                .ok()?;
+            service
+                .status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Available" && c.status == "False")
+                .then_some(())
+        })
+        .await;
+        let _: IntegrationFlow = apply_yaml(&client, &ns, &flow_yaml("unserved", "")).await;
+        let flow = eventually(60, "the Autoscaled condition", || async {
+            let f = flow_status(&client, &ns, "unserved").await;
+            condition(&f, "Autoscaled").map(|_| f)
+        })
+        .await;
+        let (status, reason, message) = condition(&flow, "Autoscaled").unwrap();
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "ExternalMetricsUnavailable"),
+            "{message}"
+        );
+        // Past the operator's periodic re-check (30 s) it still renders none.
+        tokio::time::sleep(std::time::Duration::from_secs(35)).await;
+        assert!(
+            get_opt::<HorizontalPodAutoscaler>(&client, &ns, "unserved-worker")
+                .await
+                .is_none()
+        );
+        let d: Deployment = get_opt(&client, &ns, "unserved-worker").await.unwrap();
+        assert_eq!(d.spec.replicas, Some(1));
+    };
+    // Remove the registration whatever happened: while it is unavailable, namespace deletion
+    // waits on discovery.
+    let outcome = tokio::spawn(result).await;
+    services
+        .delete("v1beta1.external.metrics.k8s.io", &DeleteParams::default())
+        .await
+        .ok();
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic.into_panic());
     }

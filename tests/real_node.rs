@@ -415,7 +415,8 @@ async fn the_chart_and_the_flows_run_as_real_pods_and_move_data_exactly_once() {
         .map(|f| f["metadata"]["name"].as_str().unwrap().to_string())
         .collect();
     assert!(flows.contains(&ORDERS.to_string()), "flows: {flows:?}");
-    // As many as each flow's Deployment wants (the autoscaler's floor), every one Ready.
+    // As many as each flow's Deployment wants (minReplicas: without a metrics API there is no
+    // autoscaler), every one Ready.
     for flow in &flows {
         eventually(
             Duration::from_secs(180),

@@ -21,9 +21,14 @@ pub struct RenderArgs {
     /// ConfigMaps they reference.
     #[arg(short = 'f', long = "filename", required = true)]
     pub files: Vec<PathBuf>,
-    /// Render as if KEDA were installed (ScaledObject instead of HorizontalPodAutoscaler).
+    /// Render as if KEDA were installed (a ScaledObject for each autoscaled flow).
     #[arg(long)]
     pub keda: bool,
+    /// Render as if the cluster served `external.metrics.k8s.io` (a metrics adapter): an HPA on
+    /// the lag metric where KEDA is not installed. Without either, autoscaled flows run
+    /// `minReplicas` workers and get no autoscaler, as the operator does.
+    #[arg(long)]
+    pub external_metrics: bool,
     /// Render as if the Prometheus Operator were installed (PrometheusRule + ServiceMonitor).
     #[arg(long)]
     pub prometheus_operator: bool,
@@ -39,6 +44,10 @@ pub struct RenderArgs {
     /// ... and whose NATS server requires TLS (the CA in the same Secret).
     #[arg(long, requires = "nats_identity")]
     pub nats_tls: bool,
+    /// The NATS account the flows' streams live in, for KEDA's scaler: the flowplane account's
+    /// public key (`A...`) in operator mode.
+    #[arg(long, default_value = "$G")]
+    pub nats_account: String,
     /// Namespace for manifests that name none.
     #[arg(long, short = 'n', default_value = "default")]
     pub namespace: String,
@@ -142,7 +151,9 @@ pub fn render(args: &RenderArgs) -> anyhow::Result<String> {
         nats_identity: args.nats_identity,
         nats_tls: args.nats_identity && args.nats_tls,
         nats_monitoring_endpoint: "nats.flowplane-system.svc:8222".into(),
+        nats_account: args.nats_account.clone(),
         keda: args.keda,
+        external_metrics: args.external_metrics,
         prometheus_operator: args.prometheus_operator,
     };
     let mut out = String::new();

@@ -32,6 +32,8 @@ pub struct LocalEnv {
     pub prometheus_targets: PathBuf,
     /// Where Prometheus reads rule files from (on `scripts/local-env.sh reload-rules`).
     pub prometheus_rules: PathBuf,
+    /// host:port of nats-server's HTTP monitoring endpoint (KEDA's scaler reads `/jsz`).
+    pub nats_monitoring_endpoint: String,
 }
 
 pub fn repo_root() -> &'static Path {
@@ -56,6 +58,9 @@ pub fn local_env() -> &'static LocalEnv {
             prometheus_url: vars["PROMETHEUS_URL"].clone(),
             prometheus_targets: PathBuf::from(&vars["FLOWPLANE_PROMETHEUS_TARGETS"]),
             prometheus_rules: PathBuf::from(&vars["FLOWPLANE_PROMETHEUS_RULES"]),
+            nats_monitoring_endpoint: vars["NATS_MONITOR_URL"]
+                .trim_start_matches("http://")
+                .to_string(),
         }
     })
 }
@@ -584,7 +589,7 @@ pub fn operator() -> &'static Operator {
                     nats_creds_file: None,
                     nats_signer_dir: Some(env.nats_signer_dir.clone()),
                     nats_ca_file: Some(env.nats_ca.clone()),
-                    nats_monitoring_endpoint: "127.0.0.1:8222".into(),
+                    nats_monitoring_endpoint: env.nats_monitoring_endpoint.clone(),
                     worker_image: WORKER_IMAGE.into(),
                     http_addr: "127.0.0.1:0".parse().unwrap(),
                     resync_seconds: 5,

@@ -51,6 +51,9 @@ use stores::{ConfigMaps, Stores};
 pub const KIND: &str = "IntegrationFlow";
 /// Flows reconciled at the same time.
 const RECONCILE_CONCURRENCY: u16 = 32;
+/// How often the operator asks API discovery whether `external.metrics.k8s.io` is served (a
+/// metrics adapter has no CRD to watch, and its APIService can go unavailable at any time).
+const OPTIONAL_APIS_RECHECK: Duration = Duration::from_secs(30);
 /// Finalizer that removes (or deliberately keeps) the flow's JetStream resources.
 pub const FINALIZER: &str = "flowplane.io/queues";
 /// Annotation asking to move dead letters back to the stream (any new value; "reason=X" for one reason).
@@ -284,6 +287,19 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
             ctx.optional_apis.refresh().await.ok()?.then_some(())
         }
     });
+    let recheck_ctx = ctx.clone();
+    let rechecks = futures::stream::unfold(recheck_ctx, |ctx| async move {
+        tokio::time::sleep(OPTIONAL_APIS_RECHECK).await;
+        let changed = match ctx.optional_apis.refresh().await {
+            Ok(changed) => changed,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not probe optional APIs; keeping the last answer");
+                false
+            }
+        };
+        Some((changed, ctx))
+    })
+    .filter_map(|changed| std::future::ready(changed.then_some(())));
     if let Err(e) = ctx.optional_apis.refresh().await {
         tracing::warn!(error = %e, "could not probe optional APIs; assuming none");
     }
@@ -343,7 +359,7 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
             cm_metrics.triggered(KIND, "referenced_config_map", flows.len());
             flows
         })
-        .reconcile_all_on(optional_crds)
+        .reconcile_all_on(futures::stream::select(optional_crds, rechecks))
         // Bounded: thousands of flows reconciling at once only queue at the apiserver and NATS
         // and inflate memory; a few in flight keep both busy.
         // Debounced: kube-controller-manager updates a new Deployment's status several times
@@ -517,7 +533,12 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
         nats_identity: ctx.nats_signer.is_some(),
         nats_tls: ctx.nats_signer.is_some() && ctx.config.nats_ca_file.is_some(),
         nats_monitoring_endpoint: ctx.config.nats_monitoring_endpoint.clone(),
+        nats_account: ctx
+            .nats_signer
+            .as_ref()
+            .map_or_else(|| "$G".to_string(), |signer| signer.account().to_string()),
         keda: installed.keda,
+        external_metrics: installed.external_metrics,
         prometheus_operator: installed.prometheus_operator,
     };
     let mut deployment = deref.deployment.clone();
@@ -641,6 +662,7 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
         blocked,
         queue,
         deployment: deployment.as_ref(),
+        autoscaler: render::scaling::autoscaler(flow, &settings),
         operations,
         redrive_waits: redrive_waits.map(|why| {
             let value = redrive_gate::requested(flow).unwrap_or_default();

@@ -12,6 +12,7 @@ use crate::api::integration_flow::{CodeDrift, IntegrationFlowStatus, PendingAppr
 use crate::controller::conditions::{Desired, merge};
 use crate::queue::approvals::PendingReview;
 use crate::render::labels::{worker_selector_string, workers_name};
+use crate::render::scaling::{Autoscaler, LAG_METRIC, fixed_replicas};
 
 use super::dereference::QueueState;
 
@@ -30,6 +31,8 @@ pub struct Observed<'a> {
     /// Queue readiness: Ok(state) or the error talking to JetStream.
     pub queue: Result<QueueState, String>,
     pub deployment: Option<&'a Deployment>,
+    /// What sets the worker count, as rendered for the cluster's APIs.
+    pub autoscaler: Autoscaler,
     pub operations: BTreeMap<String, String>,
     /// A requested redrive held back until every worker runs the applied configuration, and why.
     pub redrive_waits: Option<String>,
@@ -86,6 +89,54 @@ fn workers(flow: &IntegrationFlow, deployment: Option<&Deployment>) -> (i32, i32
         )
     };
     (desired, ready, condition, !rolled_out)
+}
+
+/// Who sets the worker count and, without an autoscaler, why: informational, never blocks
+/// Ready.
+fn autoscaled(flow: &IntegrationFlow, autoscaler: Autoscaler) -> Desired {
+    let scaling = &flow.spec.scaling;
+    let (min, max) = (scaling.min_replicas, scaling.max_replicas);
+    let fixed = fixed_replicas(flow, autoscaler).unwrap_or_default();
+    let (status, reason, message) = match autoscaler {
+        Autoscaler::ScaledObject => (
+            true,
+            "KedaScaledObject",
+            format!(
+                "KEDA scales the workers from {min} to {max} on consumer lag, {} pending records per worker",
+                scaling.lag_per_replica
+            ),
+        ),
+        Autoscaler::HorizontalPodAutoscaler => (
+            true,
+            "HorizontalPodAutoscaler",
+            format!(
+                "HorizontalPodAutoscaler {} scales the workers from {} to {max} on the external metric {LAG_METRIC}",
+                workers_name(flow),
+                min.max(1)
+            ),
+        ),
+        Autoscaler::NoMetricsApi => (
+            false,
+            "ExternalMetricsUnavailable",
+            format!(
+                "the cluster serves no external.metrics.k8s.io (neither KEDA nor a metrics adapter is installed), so an autoscaler could never read the lag: {fixed} fixed workers (spec.scaling.minReplicas, at least one)"
+            ),
+        ),
+        Autoscaler::None if flow.spec.suspend => {
+            (false, "Suspended", "the flow is suspended".to_string())
+        }
+        Autoscaler::None if scaling.replicas.is_some() => (
+            false,
+            "FixedReplicas",
+            format!("spec.scaling.replicas sets {fixed} workers"),
+        ),
+        Autoscaler::None => (
+            false,
+            "FixedReplicas",
+            format!("minReplicas = maxReplicas: {fixed} workers"),
+        ),
+    };
+    Desired::new("Autoscaled", status, reason, message)
 }
 
 fn freshness(
@@ -169,6 +220,7 @@ pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
         Err(e) => Desired::new("QueueReady", false, "QueueUnavailable", e.clone()),
     };
     let fresh = freshness(flow, &observed.queue, observed.now);
+    let autoscaled = autoscaled(flow, observed.autoscaler);
     let running_contract = observed.contract_version.is_some();
     let stalled = match &observed.blocked {
         Some((reason, message)) => Desired::new("Stalled", true, *reason, message.clone()),
@@ -245,6 +297,7 @@ pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
             queue_condition,
             workers_condition,
             fresh,
+            autoscaled,
         ],
         generation,
         observed.now,
