@@ -238,7 +238,9 @@ async fn proposals_read_are_applied_parked_escalated_or_dead_lettered_each_once(
         } else {
             Decision::Reject
         };
-        decide(&js, &names, &review.id, decision).await.unwrap();
+        decide(&js, &names, &review.id, decision, None)
+            .await
+            .unwrap();
     }
     settle(Counts {
         read: 40,
