@@ -454,6 +454,15 @@ async fn a_review_nobody_decides_is_rejected_applied_or_escalated_as_on_timeout_
                 assert!(letters.is_empty(), "{letters:#?}");
             }
         }
+        // Audited as timed out, whatever onTimeout did.
+        assert_eq!(
+            route_counts(&js, &names)
+                .await
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            [(Route::TimedOut, 1)]
+        );
     }
     for worker in workers {
         worker.stop().await.unwrap();
