@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use e2e_support::*;
-use flowplane::queue::approvals::{Decision, decide, list_pending};
+use flowplane::queue::approvals::{Decision, Route, decide, list_pending, route_counts};
 use flowplane::queue::{QueueNames, list_dead_letters};
 use flowplane::sim::erp::ErpSeed;
 use flowplane::sim::erp_write::REPLENISHMENT_PROPOSALS;
@@ -238,7 +238,9 @@ async fn proposals_read_are_applied_parked_escalated_or_dead_lettered_each_once(
         } else {
             Decision::Reject
         };
-        decide(&js, &names, &review.id, decision).await.unwrap();
+        decide(&js, &names, &review.id, decision, None)
+            .await
+            .unwrap();
     }
     settle(Counts {
         read: 40,
@@ -275,6 +277,21 @@ async fn proposals_read_are_applied_parked_escalated_or_dead_lettered_each_once(
         .await
         .unwrap();
     assert_eq!(rejected.len(), 3, "{rejected:#?}");
+    // The decision audit: each routed proposal once (the three unmapped ones never reach the
+    // rules; the four pending have no route yet): 36 + 5 + 3 + 9 = 60 - 3 - 4.
+    assert_eq!(
+        route_counts(&js, &names)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect::<Vec<_>>(),
+        [
+            (Route::Applied, 36),
+            (Route::Approved, 5),
+            (Route::Rejected, 3),
+            (Route::Escalated, 9)
+        ]
+    );
     // Values as the ERP got them: ERP material and plant codes, from the code maps.
     let sample = erp.keys.values().next().unwrap();
     assert!(

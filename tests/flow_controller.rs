@@ -720,8 +720,10 @@ async fn a_registered_but_unserved_external_metrics_api_gets_no_hpa() {
 #[tokio::test]
 async fn pending_reviews_show_in_status_and_annotations_decide_them() {
     use flowplane::queue::approvals::{
-        Decision, ParkedReview, read_decision, review_id, review_key,
+        Decision, ParkedReview, Route, RouteRecord, read_decision, record_route, review_id,
+        review_key,
     };
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     let client = client().await;
     operator();
     let ns = TestNamespace::new(&client, "flow-review").await;
@@ -778,28 +780,157 @@ async fn pending_reviews_show_in_status_and_annotations_decide_them() {
     );
     assert!(first.expires.ends_with('Z'), "RFC 3339: {}", first.expires);
 
-    let flows: Api<IntegrationFlow> = Api::namespaced(client.clone(), &ns.name);
+    // Planners decide with their own Kubernetes identity (impersonated), allowed to annotate
+    // flows in this namespace and nothing else.
+    let role: Role = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "planner"},
+        "rules": [{"apiGroups": ["flowplane.io"], "resources": ["integrationflows"],
+            "verbs": ["get", "patch"]}],
+    }))
+    .unwrap();
+    Api::<Role>::namespaced(client.clone(), &ns.name)
+        .create(&Default::default(), &role)
+        .await
+        .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "planners"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "planner"},
+        "subjects": [
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"},
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "mallory"},
+        ],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), &ns.name)
+        .create(&Default::default(), &binding)
+        .await
+        .unwrap();
+    let as_user = |user: &'static str| {
+        let ns = ns.name.clone();
+        async move {
+            let mut config = support::admin_config().await;
+            config.auth_info.impersonate = Some(user.into());
+            config.auth_info.impersonate_groups = Some(vec!["system:authenticated".into()]);
+            Api::<IntegrationFlow>::namespaced(Client::try_from(config).unwrap(), &ns)
+        }
+    };
+    let decider = |f: &IntegrationFlow| {
+        f.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("flowplane.io/decided-by").cloned())
+    };
+    let alice = as_user("alice").await;
+    // The chart's MutatingAdmissionPolicy (installed with the operator's RBAC) takes effect
+    // within seconds: until then, a decision on no review with a changing forged decider.
+    let mut attempt = 0;
+    eventually(60, "the decider stamped by the admission policy", || {
+        attempt += 1;
+        let annotate = json!({"metadata": {"annotations": {
+            "flowplane.io/approve": "no-such-review",
+            "flowplane.io/decided-by": format!("bob-{attempt}"),
+        }}});
+        let alice = alice.clone();
+        async move {
+            let f = alice
+                .patch("deltas", &PatchParams::default(), &Patch::Merge(&annotate))
+                .await
+                .unwrap();
+            (decider(&f).as_deref() == Some("alice")).then_some(())
+        }
+    })
+    .await;
+    // alice decides and claims bob did: the record says alice.
     let annotate = json!({"metadata": {"annotations": {
         "flowplane.io/approve": ids[0],
         "flowplane.io/reject": format!("{}, unknown-review", ids[1]),
+        "flowplane.io/decided-by": "bob",
     }}});
-    flows
+    let f = alice
         .patch("deltas", &PatchParams::default(), &Patch::Merge(&annotate))
         .await
         .unwrap();
+    assert_eq!(decider(&f).as_deref(), Some("alice"));
     eventually(60, "decisions recorded and acknowledged", || async {
         let f = flow_status(&client, &ns.name, "deltas").await;
         let ops = f.status?.operations;
         (ops.get("approve") == Some(&ids[0]) && ops.contains_key("reject")).then_some(())
     })
     .await;
+    for (id, decision) in [(&ids[0], Decision::Approve), (&ids[1], Decision::Reject)] {
+        let record = read_decision(&store, id).await.unwrap().unwrap();
+        assert_eq!(record.decision, decision);
+        assert_eq!(record.decided_by.as_deref(), Some("alice"));
+        assert!(record.decided_at > expires - 3600 - 600, "{record:?}");
+    }
+    // mallory rewrites the decider alone: she gets her own name, and the decisions stay alice's.
+    let mallory = as_user("mallory").await;
+    let forged = json!({"metadata": {"annotations": {"flowplane.io/decided-by": "carol"}}});
+    let f = mallory
+        .patch("deltas", &PatchParams::default(), &Patch::Merge(&forged))
+        .await
+        .unwrap();
+    assert_eq!(decider(&f).as_deref(), Some("mallory"));
+    // The admin's spec edit (no decision annotation changed) leaves the decider alone.
+    let f = Api::<IntegrationFlow>::namespaced(client.clone(), &ns.name)
+        .patch(
+            "deltas",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {"team": "planning"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(decider(&f).as_deref(), Some("mallory"));
     assert_eq!(
-        read_decision(&store, &ids[0]).await.unwrap(),
-        Some(Decision::Approve)
+        read_decision(&store, &ids[0])
+            .await
+            .unwrap()
+            .unwrap()
+            .decided_by
+            .as_deref(),
+        Some("alice")
     );
+
+    // The status summary counts the routes the workers recorded (what `Approvals` writes).
+    let routes = [
+        (Route::Applied, 3),
+        (Route::Approved, 2),
+        (Route::Rejected, 1),
+        (Route::Escalated, 4),
+        (Route::TimedOut, 1),
+    ];
+    for (route, n) in routes {
+        for i in 0..n {
+            let record = RouteRecord {
+                id: review_id(&format!("SKU-{i}|{}", route.as_str()), 1),
+                key: format!("SKU-{i}"),
+                route,
+                delta_percent: Some(1.0),
+                decided_by: None,
+                decided_at: None,
+                at: expires,
+            };
+            // Twice: a redelivered delta is one record.
+            record_route(&store, &record).await.unwrap();
+            record_route(&store, &record).await.unwrap();
+        }
+    }
+    let counts = eventually(60, "route counts in status", || async {
+        let f = flow_status(&client, &ns.name, "deltas").await;
+        f.status?.routes.filter(|r| r.applied == 3)
+    })
+    .await;
     assert_eq!(
-        read_decision(&store, &ids[1]).await.unwrap(),
-        Some(Decision::Reject)
+        (
+            counts.applied,
+            counts.approved,
+            counts.rejected,
+            counts.escalated,
+            counts.timed_out
+        ),
+        (3, 2, 1, 4, 1)
     );
     // Decided reviews leave the pending list.
     eventually(60, "decided reviews leave status", || async {

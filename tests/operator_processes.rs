@@ -414,6 +414,15 @@ async fn a_namespace_scoped_operator_runs_on_roles_and_leaves_other_namespaces_a
     support::kubectl(
         &[
             "delete",
+            "mutatingadmissionpolicy,mutatingadmissionpolicybinding",
+            &format!("{release}-stamp-decider"),
+            "--ignore-not-found",
+        ],
+        None,
+    );
+    support::kubectl(
+        &[
+            "delete",
             "role,rolebinding",
             "-n",
             "default",

@@ -789,6 +789,10 @@ pub struct IntegrationFlowStatus {
     /// Forecast deltas waiting for a planner's decision.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_approvals: Vec<PendingApproval>,
+    /// How many forecast deltas took each route, from the decision audit (`flowplane review
+    /// list --routes` lists each delta with who decided and when). Approval flows only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<RouteCounts>,
     /// One-off operations (annotations) handled, with the annotation value acknowledged.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub operations: BTreeMap<String, String>,
@@ -847,6 +851,22 @@ pub struct SyncStatus {
     /// (401, 403, or 404 of the entity set). Records wait; none is dead-lettered for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked: Option<String>,
+}
+
+/// Forecast deltas per route (the decision audit's summary).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteCounts {
+    /// Delivered by the rules, without review.
+    pub applied: u64,
+    /// Reviewed and approved by a planner.
+    pub approved: u64,
+    /// Reviewed and rejected by a planner.
+    pub rejected: u64,
+    /// Sent to the escalation target by the rules.
+    pub escalated: u64,
+    /// Not decided in time (the flow's onTimeout was carried out).
+    pub timed_out: u64,
 }
 
 /// A forecast delta parked for review.

@@ -33,14 +33,14 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 
 use crate::api::common::Condition;
-use crate::api::integration_flow::{DeletionPolicy, IntegrationFlowStatus};
+use crate::api::integration_flow::{DeletionPolicy, IntegrationFlowStatus, RouteCounts};
 use crate::api::{ConnectorBinding, DataContract, IntegrationFlow};
 use crate::contract::history;
 use crate::controller::conditions::{Desired, transitions};
 use crate::controller::metrics::CodeMapLabels;
 use crate::controller::{Context, Error, Result, WatchScope};
 use crate::queue::QueueNames;
-use crate::queue::approvals::{Decision, decide, list_pending};
+use crate::queue::approvals::{Decision, Route, decide, list_pending, route_counts};
 use crate::queue::codes::read_observed_codes;
 use crate::queue::jetstream::{QueuePolicy, delete_queue, ensure_queue, reset_cursor};
 use crate::queue::redrive::redrive;
@@ -62,6 +62,9 @@ pub const REDRIVE_ANNOTATION: &str = "flowplane.io/redrive";
 pub const APPROVE_ANNOTATION: &str = "flowplane.io/approve";
 /// Annotation rejecting pending reviews: comma-separated review ids.
 pub const REJECT_ANNOTATION: &str = "flowplane.io/reject";
+/// Who set or changed a decision annotation: stamped from the request's user by the chart's
+/// MutatingAdmissionPolicy, overwriting whatever the request carried.
+pub const DECIDED_BY_ANNOTATION: &str = "flowplane.io/decided-by";
 /// Annotation asking to forget the source cursor and re-sync fully (any new value).
 pub const RESET_CURSOR_ANNOTATION: &str = "flowplane.io/reset-cursor";
 use crate::render::workload::RESTART_ANNOTATION;
@@ -623,6 +626,23 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
             .unwrap_or_default(),
         _ => Vec::new(),
     };
+    // A failed read keeps what status said, rather than clearing it for one pass.
+    let routes = match &queue {
+        Ok(_) if flow.spec.approval.is_some() => route_counts(&ctx.jetstream, &names)
+            .await
+            .map(|counts| {
+                let count = |route: Route| counts.get(&route).copied().unwrap_or(0);
+                Some(RouteCounts {
+                    applied: count(Route::Applied),
+                    approved: count(Route::Approved),
+                    rejected: count(Route::Rejected),
+                    escalated: count(Route::Escalated),
+                    timed_out: count(Route::TimedOut),
+                })
+            })
+            .unwrap_or_else(|_| flow.status.as_ref().and_then(|s| s.routes.clone())),
+        _ => None,
+    };
 
     // Drift: the codes the workers saw against the tables as they are now. A failed read
     // keeps what status said, rather than clearing it for one pass.
@@ -669,6 +689,7 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
             format!("{REDRIVE_ANNOTATION}={value} {why}")
         }),
         pending_approvals,
+        routes,
         code_drift,
         now: Timestamp::now(),
     });
@@ -705,17 +726,18 @@ async fn ensured_queue_state(
         .inspect_err(|_| ctx.applied.forget(&key))
 }
 
-/// Records a planner's decision on each listed review. A review that is no longer pending
-/// (decided already, timed out) counts as handled: the annotation is history, not a request
-/// to retry forever.
+/// Records a planner's decision on each listed review, by `decided_by`. A review that is no
+/// longer pending (decided already, timed out) counts as handled: the annotation is history,
+/// not a request to retry forever.
 async fn decide_all(
     ctx: &Context,
     names: &QueueNames,
     ids: &str,
     decision: Decision,
+    decided_by: Option<&str>,
 ) -> std::result::Result<(), String> {
     for id in ids.split(',').map(str::trim).filter(|id| !id.is_empty()) {
-        if let Err(e) = decide(&ctx.jetstream, names, id, decision).await {
+        if let Err(e) = decide(&ctx.jetstream, names, id, decision, decided_by).await {
             let message = e.to_string();
             if !message.contains("no pending review") {
                 return Err(message);
@@ -766,8 +788,15 @@ async fn handle_operations(
                     .map(|_| ())
                     .map_err(|e| e.to_string())
             }
-            APPROVE_ANNOTATION => decide_all(ctx, names, value, Decision::Approve).await,
-            REJECT_ANNOTATION => decide_all(ctx, names, value, Decision::Reject).await,
+            APPROVE_ANNOTATION | REJECT_ANNOTATION => {
+                let decision = if key == APPROVE_ANNOTATION {
+                    Decision::Approve
+                } else {
+                    Decision::Reject
+                };
+                let decided_by = annotations.get(DECIDED_BY_ANNOTATION).map(String::as_str);
+                decide_all(ctx, names, value, decision, decided_by).await
+            }
             _ => reset_cursor(&ctx.jetstream, names)
                 .await
                 .map_err(|e| e.to_string()),

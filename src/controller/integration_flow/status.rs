@@ -8,7 +8,9 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::api::IntegrationFlow;
 use crate::api::common::parse_duration;
-use crate::api::integration_flow::{CodeDrift, IntegrationFlowStatus, PendingApproval, SyncStatus};
+use crate::api::integration_flow::{
+    CodeDrift, IntegrationFlowStatus, PendingApproval, RouteCounts, SyncStatus,
+};
 use crate::controller::conditions::{Desired, merge};
 use crate::queue::approvals::PendingReview;
 use crate::render::labels::{worker_selector_string, workers_name};
@@ -38,6 +40,8 @@ pub struct Observed<'a> {
     pub redrive_waits: Option<String>,
     /// Reviews parked by the workers, undecided.
     pub pending_approvals: Vec<PendingApproval>,
+    /// Deltas per route, from the decision audit (approval flows).
+    pub routes: Option<RouteCounts>,
     /// Unmapped and orphaned codes per code map.
     pub code_drift: Vec<CodeDrift>,
     pub now: Timestamp,
@@ -325,6 +329,7 @@ pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
         selector: Some(worker_selector_string(flow)),
         sync,
         pending_approvals: observed.pending_approvals,
+        routes: observed.routes,
         operations: observed.operations,
         code_drift: observed.code_drift,
     }
