@@ -160,25 +160,29 @@ async fn reconciled(flows: &Api<IntegrationFlow>, name: &str) {
 }
 
 /// The operator instances (POD_NAME) that published events about a flow (the redrive
-/// annotation's OperationHandled, at least).
+/// annotation's OperationHandled, at least), once there is one: the redrive waits until the
+/// flow's new workers are rolled out, which may be a pass or two after the flow is reconciled.
 async fn reporters(client: &Client, namespace: &str, flow: &str) -> Vec<String> {
     let events: Api<Event> = Api::namespaced(client.clone(), namespace);
-    let mut instances: Vec<String> = events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.regarding.as_ref().is_some_and(|r| {
-                r.kind.as_deref() == Some("IntegrationFlow") && r.name.as_deref() == Some(flow)
+    eventually(90, &format!("an event about flow {flow}"), || async {
+        let mut instances: Vec<String> = events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.regarding.as_ref().is_some_and(|r| {
+                    r.kind.as_deref() == Some("IntegrationFlow") && r.name.as_deref() == Some(flow)
+                })
             })
-        })
-        .filter_map(|e| e.reporting_instance)
-        .collect();
-    instances.sort();
-    instances.dedup();
-    instances
+            .filter_map(|e| e.reporting_instance)
+            .collect();
+        instances.sort();
+        instances.dedup();
+        (!instances.is_empty()).then_some(instances)
+    })
+    .await
 }
 
 #[tokio::test]
