@@ -7,9 +7,8 @@ mod support;
 use std::collections::BTreeMap;
 use std::process::Command;
 
+use flowplane::api::IntegrationFlow;
 use flowplane::api::integration_flow::{ALERT_LABEL_VALUE_PATTERN, Alerting};
-use flowplane::api::{DataContract, IntegrationFlow};
-use flowplane::contract::canonical::schema_hash;
 use flowplane::render::ResolvedContract;
 use flowplane::render::alerts::{RuleGroup, rule_file};
 
@@ -34,19 +33,7 @@ spec:
 /// The example sales-order-lines contract: sla.freshness warnAfter 30m, errorAfter 2h, and two
 /// quality rules with action Alert.
 fn contract() -> ResolvedContract {
-    let text = std::fs::read_to_string(
-        support::repo_root().join("examples/base/contracts/sales-order-lines.yaml"),
-    )
-    .unwrap();
-    let dc: DataContract = serde_yaml::from_str(&text).unwrap();
-    ResolvedContract {
-        name: dc.metadata.name.clone().unwrap(),
-        version: dc.spec.version.clone(),
-        schema_hash: schema_hash(&dc.spec.schema),
-        schema: dc.spec.schema.clone(),
-        quality: dc.spec.quality.clone(),
-        sla: dc.spec.sla.clone(),
-    }
+    support::example_contract("sales-order-lines.yaml")
 }
 
 /// The same contract without an SLA and without Alert rules.

@@ -83,20 +83,6 @@ metadata: {name: planning}
 spec: {system: Forecasting, protocol: Rest, endpoint: {url: "http://127.0.0.1:1/api"}}
 "#;
 
-const CONTRACT: &str = r#"
-apiVersion: flowplane.io/v1alpha1
-kind: DataContract
-metadata: {name: order-lines}
-spec:
-  domain: order-lines
-  version: 1.0.0
-  owner: {team: demand-planning}
-  schema:
-    primaryKey: [orderId]
-    fields:
-    - {name: orderId, type: String, required: true}
-"#;
-
 const FLOW: &str = r#"
 apiVersion: flowplane.io/v1alpha1
 kind: IntegrationFlow
@@ -126,7 +112,12 @@ async fn secret_problems_are_named_and_creating_the_secret_makes_binding_and_flo
     let ns = ns.name.as_str();
     let _: ConnectorBinding = apply_yaml(&client, ns, ERP).await;
     let _: ConnectorBinding = apply_yaml(&client, ns, PLANNING).await;
-    let _: DataContract = apply_yaml(&client, ns, CONTRACT).await;
+    let _: DataContract = apply_yaml(
+        &client,
+        ns,
+        &support::minimal_contract("order-lines", "orderId"),
+    )
+    .await;
     let _: IntegrationFlow = apply_yaml(&client, ns, FLOW).await;
 
     // No Secret at all.

@@ -165,13 +165,7 @@ fn skus(report: &flowplane::sim::forecast::EntityReport) -> Vec<String> {
 }
 
 fn seed() -> ErpSeed {
-    ErpSeed {
-        order_lines: 0,
-        inventory: 0,
-        returns: 0,
-        bad_every: 0,
-        page_size: 100,
-    }
+    ErpSeed::empty()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -122,14 +122,7 @@ struct Counts {
 async fn proposals_read_are_applied_parked_escalated_or_dead_lettered_each_once() {
     let dir = TempDir::new("loop");
     let configs = rendered_demo_flows(dir.0.as_path());
-    let sims = start_sims(ErpSeed {
-        order_lines: 0,
-        inventory: 0,
-        returns: 0,
-        bad_every: 0,
-        page_size: 100,
-    })
-    .await;
+    let sims = start_sims(ErpSeed::empty()).await;
     let portal = PortalState::new();
     let portal_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let urls = Urls {

@@ -141,36 +141,73 @@ async fn sims() -> Sims {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_workers_of_two_flows_share_one_binding_rate() {
+/// Two flows, `a` and `b`, from the ERP simulator to the counting server through one target
+/// binding with `limit`. Fields drop in order: the queues are removed before the server stops.
+struct TwoFlows {
+    _cleanup: [QueueCleanup; 2],
+    a: WorkerConfig,
+    b: WorkerConfig,
+    binding: String,
+    log: Log,
+    _sims: Sims,
+    nats: PrivateNats,
+}
+
+async fn two_flows(limit: &RateLimit) -> TwoFlows {
     let nats = PrivateNats::start();
     let sims = sims().await;
     let (server, log) = counting_server().await;
+    let binding = unique_flow("planner");
+    let a = flow(&nats.url(), &sims.erp_url, &server, "a", &binding, limit);
+    let b = flow(&nats.url(), &sims.erp_url, &server, "b", &binding, limit);
+    let _cleanup = [a.clone(), b.clone()].map(|c| QueueCleanup {
+        url: nats.url(),
+        names: c.queue,
+    });
+    TwoFlows {
+        _cleanup,
+        a,
+        b,
+        binding,
+        log,
+        _sims: sims,
+        nats,
+    }
+}
+
+/// Waits until both paths have every line once, then stops the workers.
+async fn deliver_every_line(log: &Log, workers: [InProcessWorker; 3]) {
+    eventually(TIMEOUT, "every line at both paths", || async {
+        every_line_once(log).then_some(())
+    })
+    .await;
+    for worker in workers {
+        worker.stop().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_workers_of_two_flows_share_one_binding_rate() {
     let limit = RateLimit {
         requests_per_second: 50,
         burst: 5,
         max_concurrent: 4,
         requests_per_day: None,
     };
-    let planner = unique_flow("planner");
-    let a = flow(&nats.url(), &sims.erp_url, &server, "a", &planner, &limit);
-    let b = flow(&nats.url(), &sims.erp_url, &server, "b", &planner, &limit);
-    let _cleanup = [a.clone(), b.clone()].map(|c| QueueCleanup {
-        url: nats.url(),
-        names: c.queue,
-    });
+    let TwoFlows {
+        a,
+        b,
+        binding: planner,
+        log,
+        nats,
+        ..
+    } = two_flows(&limit).await;
     let workers = [
         InProcessWorker::start(a.clone(), "a-1"),
         InProcessWorker::start(a.clone(), "a-2"),
         InProcessWorker::start(b.clone(), "b-1"),
     ];
-    eventually(TIMEOUT, "every line at both paths", || async {
-        every_line_once(&log).then_some(())
-    })
-    .await;
-    for worker in workers {
-        worker.stop().await.unwrap();
-    }
+    deliver_every_line(&log, workers).await;
 
     let times: Vec<Instant> = log.lock().unwrap().requests.iter().map(|r| r.0).collect();
     let span = times[times.len() - 1].duration_since(times[0]);
@@ -213,22 +250,20 @@ async fn three_workers_of_two_flows_share_one_binding_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn at_the_daily_quota_workers_stop_say_so_and_lose_nothing() {
-    let nats = PrivateNats::start();
-    let sims = sims().await;
-    let (server, log) = counting_server().await;
     let mut limit = RateLimit {
         requests_per_second: 100,
         burst: 10,
         max_concurrent: 4,
         requests_per_day: Some(100),
     };
-    let planner = unique_flow("planner");
-    let a = flow(&nats.url(), &sims.erp_url, &server, "a", &planner, &limit);
-    let b = flow(&nats.url(), &sims.erp_url, &server, "b", &planner, &limit);
-    let _cleanup = [a.clone(), b.clone()].map(|c| QueueCleanup {
-        url: nats.url(),
-        names: c.queue,
-    });
+    let TwoFlows {
+        a,
+        b,
+        binding: planner,
+        log,
+        nats,
+        ..
+    } = two_flows(&limit).await;
     let js = jetstream(&nats.url()).await;
     let workers = [
         InProcessWorker::start(a.clone(), "a-1"),
@@ -313,35 +348,21 @@ async fn at_the_daily_quota_workers_stop_say_so_and_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_retry_after_pauses_every_worker_of_the_binding() {
-    let nats = PrivateNats::start();
-    let sims = sims().await;
-    let (server, log) = counting_server().await;
-    log.lock().unwrap().throttle_at = Some(40);
     let limit = RateLimit {
         requests_per_second: 50,
         burst: 5,
         max_concurrent: 4,
         requests_per_day: None,
     };
-    let planner = unique_flow("planner");
-    let a = flow(&nats.url(), &sims.erp_url, &server, "a", &planner, &limit);
-    let b = flow(&nats.url(), &sims.erp_url, &server, "b", &planner, &limit);
-    let _cleanup = [a.clone(), b.clone()].map(|c| QueueCleanup {
-        url: nats.url(),
-        names: c.queue,
-    });
+    let flows = two_flows(&limit).await;
+    let (a, b, log) = (&flows.a, &flows.b, &flows.log);
+    log.lock().unwrap().throttle_at = Some(40);
     let workers = [
         InProcessWorker::start(a.clone(), "a-1"),
         InProcessWorker::start(b.clone(), "b-1"),
         InProcessWorker::start(b.clone(), "b-2"),
     ];
-    eventually(TIMEOUT, "every line at both paths", || async {
-        every_line_once(&log).then_some(())
-    })
-    .await;
-    for worker in workers {
-        worker.stop().await.unwrap();
-    }
+    deliver_every_line(log, workers).await;
     let log = log.lock().unwrap();
     let throttled = log.throttled.expect("the 429 was sent");
     // Requests that took their token before the pause was stored may still arrive just after

@@ -106,11 +106,7 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_whose_deliveries_all_end_without_an_outcome_is_dead_lettered() {
     let nats = PrivateNats::start();
-    let sims = start_sims(ErpSeed {
-        order_lines: 0,
-        ..ErpSeed::default()
-    })
-    .await;
+    let sims = start_sims(ErpSeed::empty()).await;
     let mut config = sample::sales_order_flow(
         "e2e",
         &unique_flow("maxdeliver"),
@@ -545,14 +541,7 @@ async fn several_workers_never_overwrite_a_newer_value_at_an_odata_target() {
 /// and its POST (409), the target reads it and writes its newer version as an update.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_lost_to_another_writer_is_written_as_an_update() {
-    let sims = start_sims(ErpSeed {
-        order_lines: 0,
-        inventory: 0,
-        returns: 0,
-        bad_every: 0,
-        page_size: 100,
-    })
-    .await;
+    let sims = start_sims(ErpSeed::empty()).await;
     let set = PLANNED_INDEPENDENT_REQUIREMENTS;
     sims.erp
         .declare_keys(set, &["salesOrder", "salesOrderItem"]);

@@ -14,33 +14,9 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use flowplane::api::{ConnectorBinding, DataContract, IntegrationFlow};
 use flowplane::queue::QueueNames;
 use support::{
-    TestNamespace, apply_yaml, client, eventually, local_env, nats_admin, operator,
-    operator_forbidden, repo_root,
+    TestNamespace, UNREACHABLE_BINDINGS, apply_yaml, client, eventually, local_env,
+    minimal_contract, nats_admin, operator, operator_forbidden, repo_root,
 };
-
-const DEPENDENCIES: &str = r#"
-apiVersion: flowplane.io/v1alpha1
-kind: ConnectorBinding
-metadata: {name: erp}
-spec: {system: Erp, protocol: OData, endpoint: {url: "http://127.0.0.1:9/odata"}}
----
-apiVersion: flowplane.io/v1alpha1
-kind: ConnectorBinding
-metadata: {name: forecasting}
-spec: {system: Forecasting, protocol: Rest, endpoint: {url: "http://127.0.0.1:9/api"}}
----
-apiVersion: flowplane.io/v1alpha1
-kind: DataContract
-metadata: {name: sales-order-lines}
-spec:
-  domain: sales-order-lines
-  version: 1.0.0
-  owner: {team: demand-planning}
-  schema:
-    primaryKey: [orderId]
-    fields:
-    - {name: orderId, type: String, required: true}
-"#;
 
 const FLOW: &str = r#"
 apiVersion: flowplane.io/v1alpha1
@@ -141,7 +117,11 @@ async fn keda_scales_a_flows_workers_on_consumer_lag_from_min_to_max_and_back() 
     let client = client().await;
     operator();
     let ns = TestNamespace::new(&client, "keda").await;
-    for doc in DEPENDENCIES.split("---") {
+    let dependencies = format!(
+        "{UNREACHABLE_BINDINGS}---{}",
+        minimal_contract("sales-order-lines", "orderId")
+    );
+    for doc in dependencies.split("---") {
         if doc.contains("kind: DataContract") {
             let _: DataContract = apply_yaml(&client, &ns.name, doc).await;
         } else {

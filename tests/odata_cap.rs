@@ -192,14 +192,7 @@ fn cap_flow(nats: &str, binding: &str, entity: &str, target_url: &str) -> Worker
 }
 
 async fn forecast_sims() -> Sims {
-    start_sims(ErpSeed {
-        order_lines: 0,
-        inventory: 0,
-        returns: 0,
-        bad_every: 0,
-        page_size: 100,
-    })
-    .await
+    start_sims(ErpSeed::empty()).await
 }
 
 async fn stored_cursor(js: &async_nats::jetstream::Context, names: &QueueNames) -> Option<String> {

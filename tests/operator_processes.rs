@@ -24,31 +24,7 @@ use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
 use flowplane::api::IntegrationFlow;
-use support::{TestNamespace, apply_yaml, client, eventually, local_env};
-
-const REFERENCES: &str = r#"
-apiVersion: flowplane.io/v1alpha1
-kind: ConnectorBinding
-metadata: {name: erp}
-spec: {system: Erp, protocol: OData, endpoint: {url: "http://127.0.0.1:9/odata"}}
----
-apiVersion: flowplane.io/v1alpha1
-kind: ConnectorBinding
-metadata: {name: forecasting}
-spec: {system: Forecasting, protocol: Rest, endpoint: {url: "http://127.0.0.1:9/api"}}
----
-apiVersion: flowplane.io/v1alpha1
-kind: DataContract
-metadata: {name: orders}
-spec:
-  domain: orders
-  version: 1.0.0
-  owner: {team: planning}
-  schema:
-    primaryKey: [id]
-    fields:
-    - {name: id, type: String, required: true}
-"#;
+use support::{TestNamespace, UNREACHABLE_BINDINGS, apply_yaml, client, eventually, local_env};
 
 fn flow_yaml(name: &str, region: &str) -> String {
     format!(
@@ -71,7 +47,10 @@ spec:
 fn apply_references(namespace: &str) {
     let (ok, _, err) = support::kubectl(
         &["apply", "--server-side", "-n", namespace, "-f", "-"],
-        Some(REFERENCES),
+        Some(&format!(
+            "{UNREACHABLE_BINDINGS}---{}",
+            support::minimal_contract("orders", "id")
+        )),
     );
     assert!(ok, "{err}");
 }

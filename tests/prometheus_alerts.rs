@@ -12,8 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use e2e_support::*;
-use flowplane::api::{DataContract, IntegrationFlow};
-use flowplane::contract::canonical::schema_hash;
+use flowplane::api::IntegrationFlow;
 use flowplane::queue::jetstream::{bucket, update_progress};
 use flowplane::render::ResolvedContract;
 use flowplane::render::alerts::{rule_file, rule_groups};
@@ -47,19 +46,7 @@ spec:
 
 /// The example contract the sample flow validates with.
 fn contract() -> ResolvedContract {
-    let text = std::fs::read_to_string(
-        support::repo_root().join("examples/base/contracts/sales-order-lines.yaml"),
-    )
-    .unwrap();
-    let dc: DataContract = serde_yaml::from_str(&text).unwrap();
-    ResolvedContract {
-        name: dc.metadata.name.clone().unwrap(),
-        version: dc.spec.version.clone(),
-        schema_hash: schema_hash(&dc.spec.schema),
-        schema: dc.spec.schema.clone(),
-        quality: dc.spec.quality.clone(),
-        sla: dc.spec.sla.clone(),
-    }
+    support::example_contract("sales-order-lines.yaml")
 }
 
 /// Writes `text` to `dir/name` in one step (Prometheus watches the directory).

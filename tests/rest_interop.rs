@@ -205,14 +205,7 @@ async fn json_server_collections_are_read_by_link_header_page_and_offset_exactly
 async fn json_server_lines_reach_the_forecasting_simulator_route_exactly_once() {
     let server = JsonServer::start(&order_lines()).await;
     let nats = PrivateNats::start();
-    let sims = start_sims(ErpSeed {
-        order_lines: 0,
-        inventory: 0,
-        returns: 0,
-        bad_every: 0,
-        page_size: 100,
-    })
-    .await;
+    let sims = start_sims(ErpSeed::empty()).await;
     let js = jetstream(&nats.url()).await;
     let flow = unique_flow("rest");
     let mut config =

@@ -79,6 +79,18 @@ impl Default for ErpSeed {
     }
 }
 
+impl ErpSeed {
+    /// No rows at all: for tests that use the simulator as a write target only.
+    pub fn empty() -> Self {
+        ErpSeed {
+            order_lines: 0,
+            inventory: 0,
+            returns: 0,
+            ..ErpSeed::default()
+        }
+    }
+}
+
 /// A record with the sequence of its last change.
 type Row = (u64, Map<String, Value>);
 

@@ -388,6 +388,55 @@ impl Drop for TestNamespace {
 }
 
 /// Server-side applies one object from YAML into `namespace` (field manager `flowplane-tests`).
+/// ConnectorBindings `erp` (OData) and `forecasting` (REST) at a port nothing answers: for
+/// tests of the operator, where no data moves.
+pub const UNREACHABLE_BINDINGS: &str = r#"
+apiVersion: flowplane.io/v1alpha1
+kind: ConnectorBinding
+metadata: {name: erp}
+spec: {system: Erp, protocol: OData, endpoint: {url: "http://127.0.0.1:9/odata"}}
+---
+apiVersion: flowplane.io/v1alpha1
+kind: ConnectorBinding
+metadata: {name: forecasting}
+spec: {system: Forecasting, protocol: Rest, endpoint: {url: "http://127.0.0.1:9/api"}}
+"#;
+
+/// The smallest DataContract `name` (and domain) 1.0.0: one required String field `key`, the
+/// primary key.
+pub fn minimal_contract(name: &str, key: &str) -> String {
+    format!(
+        r#"
+apiVersion: flowplane.io/v1alpha1
+kind: DataContract
+metadata: {{name: {name}}}
+spec:
+  domain: {name}
+  version: 1.0.0
+  owner: {{team: demand-planning}}
+  schema:
+    primaryKey: [{key}]
+    fields:
+    - {{name: {key}, type: String, required: true}}
+"#
+    )
+}
+
+/// A contract of `examples/base/contracts/` as the flow controller resolves it.
+pub fn example_contract(file: &str) -> flowplane::render::ResolvedContract {
+    let text =
+        std::fs::read_to_string(repo_root().join("examples/base/contracts").join(file)).unwrap();
+    let dc: flowplane::api::DataContract = serde_yaml::from_str(&text).unwrap();
+    flowplane::render::ResolvedContract {
+        name: dc.metadata.name.clone().unwrap(),
+        version: dc.spec.version.clone(),
+        schema_hash: flowplane::contract::canonical::schema_hash(&dc.spec.schema),
+        schema: dc.spec.schema.clone(),
+        quality: dc.spec.quality.clone(),
+        sla: dc.spec.sla.clone(),
+    }
+}
+
 pub async fn apply_yaml<K>(client: &Client, namespace: &str, yaml: &str) -> K
 where
     K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>

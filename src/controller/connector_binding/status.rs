@@ -415,6 +415,10 @@ mod tests {
 
     const BASIC: &str = "  auth: {type: Basic, secretRef: {name: erp-user}}\n";
 
+    fn assert_mentions(condition: &Desired, text: &str) {
+        assert!(condition.message.contains(text), "{}", condition.message);
+    }
+
     fn keys(list: &[&str]) -> SecretState {
         SecretState::Keys(list.iter().map(|k| k.to_string()).collect())
     }
@@ -425,18 +429,11 @@ mod tests {
         let missing = secret_resolved(&b, &BTreeMap::new());
         assert!(!missing.status);
         assert_eq!(missing.reason, "SecretNotFound");
-        assert!(
-            missing.message.contains(
-                "Secret erp-user (needed by auth type Basic) does not exist in namespace n"
-            ),
-            "{}",
-            missing.message
+        assert_mentions(
+            &missing,
+            "Secret erp-user (needed by auth type Basic) does not exist in namespace n",
         );
-        assert!(
-            missing.message.contains("Secret erp-ca"),
-            "{}",
-            missing.message
-        );
+        assert_mentions(&missing, "Secret erp-ca");
 
         let found = BTreeMap::from([
             ("erp-user".to_string(), keys(&["username"])),
@@ -444,13 +441,7 @@ mod tests {
         ]);
         let lacking = secret_resolved(&b, &found);
         assert_eq!(lacking.reason, "SecretKeyMissing");
-        assert!(
-            lacking
-                .message
-                .contains("Secret erp-user lacks key password"),
-            "{}",
-            lacking.message
-        );
+        assert_mentions(&lacking, "Secret erp-user lacks key password");
 
         let found = BTreeMap::from([
             ("erp-user".to_string(), keys(&["username", "password"])),
@@ -465,12 +456,9 @@ mod tests {
         ]);
         let refused = secret_resolved(&b, &unlabelled);
         assert_eq!(refused.reason, "SecretNotOptedIn");
-        assert!(
-            refused.message.contains(
-                "Secret erp-user (needed by auth type Basic) is not labelled flowplane.io/credential: \"true\""
-            ),
-            "{}",
-            refused.message
+        assert_mentions(
+            &refused,
+            "Secret erp-user (needed by auth type Basic) is not labelled flowplane.io/credential: \"true\"",
         );
         assert!(opted_in(Some(&BTreeMap::from([(
             CREDENTIAL_LABEL.to_string(),

@@ -437,18 +437,23 @@ mod tests {
         assert_eq!(second.newly_published, None);
     }
 
-    #[test]
-    fn a_compatible_minor_appends_and_a_breaking_one_is_refused_with_its_breaks() {
-        let mut data = BTreeMap::new();
-        let (c, _) = settle(contract("1.0.0", None), &mut data, 100);
-        // Backward: adding an optional field is fine.
+    /// Version 1.1.0 of `published`: one optional field more (a backward-compatible change).
+    fn with_optional_note(published: &DataContract) -> DataContract {
         let mut next = contract("1.1.0", None);
         next.spec
             .schema
             .fields
             .push(serde_yaml::from_str("{name: note, type: String, nullable: true}").unwrap());
-        next.status = c.status.clone();
-        let (c, p) = settle(next, &mut data, 200);
+        next.status = published.status.clone();
+        next
+    }
+
+    #[test]
+    fn a_compatible_minor_appends_and_a_breaking_one_is_refused_with_its_breaks() {
+        let mut data = BTreeMap::new();
+        let (c, _) = settle(contract("1.0.0", None), &mut data, 100);
+        // Backward: adding an optional field is fine.
+        let (c, p) = settle(with_optional_note(&c), &mut data, 200);
         assert_eq!(p.newly_published.as_deref(), Some("1.1.0"));
         assert_eq!(
             p.status
@@ -578,12 +583,7 @@ mod tests {
     fn a_reconcile_on_a_stale_cache_computes_what_the_publication_wrote() {
         let mut data = BTreeMap::new();
         let (c, _) = settle(contract("1.0.0", None), &mut data, 100);
-        let mut next = contract("1.1.0", None);
-        next.spec
-            .schema
-            .fields
-            .push(serde_yaml::from_str("{name: note, type: String, nullable: true}").unwrap());
-        next.status = c.status.clone();
+        let next = with_optional_note(&c);
         let published = plan(&next, &data, at(200));
         let annotation = parse_first_seen(Some(&first_seen_annotation(&published.status.history)));
         // Another pass (or another replica) still sees the status before 1.1.0 was published,

@@ -110,24 +110,19 @@ pub fn check(body: Bytes, max_depth: usize) -> Checked {
                     out.get_or_insert_with(|| bytes.to_vec())[i + 1] = b'_';
                     flaws.push((i..i + RESERVED.len() + 2, Flaw::ReservedString));
                 }
-                i += 1;
-                while i < bytes.len() {
-                    match bytes[i] {
-                        b'"' => break,
-                        b'\\' => i += 1,
-                        b if b >= 0x80 => {
-                            let width = utf8_width(&bytes[i..]);
-                            if width == 0 {
-                                out.get_or_insert_with(|| bytes.to_vec())[i] = b'?';
-                                flaws.push((i..i + 1, Flaw::InvalidUtf8));
-                            } else {
-                                i += width - 1;
-                            }
-                        }
-                        _ => {}
+                let end = string_end(bytes, i);
+                // Invalid UTF-8 becomes `?`, byte for byte, so offsets do not move.
+                let mut at = i + 1;
+                for chunk in bytes[i + 1..end].utf8_chunks() {
+                    at += chunk.valid().len();
+                    let invalid = at..at + chunk.invalid().len();
+                    if !invalid.is_empty() {
+                        out.get_or_insert_with(|| bytes.to_vec())[invalid.clone()].fill(b'?');
+                        at = invalid.end;
+                        flaws.push((invalid, Flaw::InvalidUtf8));
                     }
-                    i += 1;
                 }
+                i = end;
             }
             b'{' | b'[' => {
                 depth += 1;
@@ -158,19 +153,17 @@ pub fn check(body: Bytes, max_depth: usize) -> Checked {
     }
 }
 
-/// The length of the valid UTF-8 sequence `bytes` starts with (a non-ASCII lead byte), 0 if
-/// it is not one.
-fn utf8_width(bytes: &[u8]) -> usize {
-    let width = match bytes[0] {
-        0xC2..=0xDF => 2,
-        0xE0..=0xEF => 3,
-        0xF0..=0xF4 => 4,
-        _ => return 0,
-    };
-    match bytes.get(..width).map(std::str::from_utf8) {
-        Some(Ok(_)) => width,
-        _ => 0,
+/// The offset of the quote closing the string whose opening quote is at `open` (the body's
+/// length if it never closes). A quote byte never occurs inside a multi-byte UTF-8 sequence.
+fn string_end(bytes: &[u8], open: usize) -> usize {
+    let mut i = open + 1;
+    while i < bytes.len() && bytes[i] != b'"' {
+        if bytes[i] == b'\\' {
+            i += 1;
+        }
+        i += 1;
     }
+    i.min(bytes.len())
 }
 
 /// The offset of the bracket closing the container `bytes` starts with, without recursion.
@@ -179,15 +172,7 @@ fn matching_close(bytes: &[u8]) -> Option<usize> {
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'"' => {
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'"' {
-                    if bytes[i] == b'\\' {
-                        i += 1;
-                    }
-                    i += 1;
-                }
-            }
+            b'"' => i = string_end(bytes, i),
             b'{' | b'[' => depth += 1,
             b'}' | b']' => {
                 depth -= 1;
