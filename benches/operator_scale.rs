@@ -63,6 +63,7 @@ fn rendered_children(
         nats_url: std::env::var("NATS_URL")?,
         nats_identity: true,
         nats_tls: true,
+        queue_replicas: 1,
         namespace: namespace.into(),
     };
     let rendered = flowplane::render::cli::render(&args);

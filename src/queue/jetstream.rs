@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use super::{CURSOR_KEY, DeliveryConfig, FlowProgress, PROGRESS_KEY, QueueNames};
 use crate::api::common::parse_duration;
-use crate::api::integration_flow::Delivery;
+use crate::api::integration_flow::{Delivery, Discard, QueuePlacement};
 
 /// Number of subject partitions records are spread over (`<subject>.<partition>`), by a hash of
 /// the record's primary key. Fixed, because changing it would move keys between partitions.
@@ -31,12 +31,36 @@ pub struct QueuePolicy {
     pub ack_wait: Duration,
     /// Unacknowledged records in flight across all workers.
     pub max_ack_pending: i64,
+    /// Replicas of the streams, the consumer and the bucket (1, 3 or 5).
+    pub replicas: usize,
+    /// Most bytes of the flow's stream, and of its dead-letter stream.
+    pub max_bytes: i64,
+    /// What the flow's stream does when full (the dead-letter stream always refuses).
+    pub discard: stream::DiscardPolicy,
+    /// Cluster and server tags the replicas must be placed on.
+    pub placement: Option<stream::Placement>,
+}
+
+/// Smallest `delivery.maxBytes`, as the admission rules say.
+const MIN_MAX_BYTES: i64 = 1 << 20;
+
+/// The bounds of a flow's queue as written (in the flow or its rendered configuration).
+struct Bounds<'a> {
+    replicas: u8,
+    max_bytes: i64,
+    discard: Discard,
+    placement: Option<&'a QueuePlacement>,
 }
 
 impl QueuePolicy {
     /// The policy an IntegrationFlow's `delivery` asks for. `max_ack_pending` comes from the
     /// source binding's rate limit when it has one (the operator knows it); 1000 otherwise.
-    pub fn from_delivery(delivery: &Delivery, max_ack_pending: u32) -> Result<QueuePolicy, String> {
+    /// `default_replicas` is the operator's, for a flow that sets none.
+    pub fn from_delivery(
+        delivery: &Delivery,
+        max_ack_pending: u32,
+        default_replicas: u8,
+    ) -> Result<QueuePolicy, String> {
         QueuePolicy::parse(
             [
                 &delivery.retention,
@@ -45,6 +69,12 @@ impl QueuePolicy {
                 &delivery.ack_wait,
             ],
             max_ack_pending,
+            Bounds {
+                replicas: delivery.replicas.unwrap_or(default_replicas),
+                max_bytes: delivery.max_bytes,
+                discard: delivery.discard,
+                placement: delivery.placement.as_ref(),
+            },
         )
     }
 
@@ -59,12 +89,19 @@ impl QueuePolicy {
                 &delivery.ack_wait,
             ],
             delivery.max_ack_pending,
+            Bounds {
+                replicas: delivery.replicas,
+                max_bytes: delivery.max_bytes,
+                discard: delivery.discard,
+                placement: delivery.placement.as_ref(),
+            },
         )
     }
 
     fn parse(
         [retention, dead_letter_retention, dedupe_window, ack_wait]: [&str; 4],
         max_ack_pending: u32,
+        bounds: Bounds<'_>,
     ) -> Result<QueuePolicy, String> {
         let field = |name: &str, text: &str| {
             parse_duration(text).map_err(|e| format!("delivery.{name}: {e}"))
@@ -75,6 +112,16 @@ impl QueuePolicy {
             dedupe_window: field("dedupeWindow", dedupe_window)?,
             ack_wait: field("ackWait", ack_wait)?,
             max_ack_pending: i64::from(max_ack_pending.max(1)),
+            replicas: usize::from(bounds.replicas),
+            max_bytes: bounds.max_bytes,
+            discard: match bounds.discard {
+                Discard::Old => stream::DiscardPolicy::Old,
+                Discard::New => stream::DiscardPolicy::New,
+            },
+            placement: bounds.placement.map(|p| stream::Placement {
+                cluster: p.cluster.clone(),
+                tags: p.tags.clone(),
+            }),
         };
         // JetStream reads a max age of 0 as "forever" and refuses a duplicate window longer
         // than the max age; the admission rules refuse both, this says so to offline callers.
@@ -88,13 +135,25 @@ impl QueuePolicy {
                 "delivery.dedupeWindow ({dedupe_window}) must not exceed delivery.retention ({retention})"
             ));
         }
+        if ![1, 3, 5].contains(&policy.replicas) {
+            return Err(format!(
+                "delivery.replicas must be 1, 3 or 5, not {}",
+                policy.replicas
+            ));
+        }
+        if policy.max_bytes < MIN_MAX_BYTES {
+            return Err(format!(
+                "delivery.maxBytes must be at least {MIN_MAX_BYTES}, not {}",
+                policy.max_bytes
+            ));
+        }
         Ok(policy)
     }
 }
 
 impl Default for QueuePolicy {
     fn default() -> Self {
-        QueuePolicy::from_delivery(&Delivery::default(), 1000)
+        QueuePolicy::from_delivery(&Delivery::default(), 1000, 1)
             .unwrap_or_else(|_| unreachable!("the default delivery durations parse"))
     }
 }
@@ -156,6 +215,10 @@ pub async fn ensure_queue(
         storage: stream::StorageType::File,
         max_age: policy.retention,
         duplicate_window: policy.dedupe_window,
+        max_bytes: policy.max_bytes,
+        discard: policy.discard,
+        num_replicas: policy.replicas,
+        placement: policy.placement.clone(),
         ..Default::default()
     };
     let dead_letters = stream::Config {
@@ -164,6 +227,12 @@ pub async fn ensure_queue(
         retention: stream::RetentionPolicy::Limits,
         storage: stream::StorageType::File,
         max_age: policy.dead_letter_retention,
+        // Refused when full, never an old dead letter dropped: the worker terminates a record
+        // only once its dead letter is stored, so the record waits in the flow's stream.
+        max_bytes: policy.max_bytes,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: policy.replicas,
+        placement: policy.placement.clone(),
         // Redrive deletes single dead letters; keep that possible.
         deny_delete: false,
         ..Default::default()
@@ -181,6 +250,8 @@ pub async fn ensure_queue(
         max_deliver: -1,
         ack_wait: policy.ack_wait,
         max_ack_pending: policy.max_ack_pending,
+        // Replicated like its stream, so the position of every record survives a lost node.
+        num_replicas: policy.replicas,
         ..Default::default()
     };
     let bucket = kv::Config {
@@ -188,6 +259,8 @@ pub async fn ensure_queue(
         description: "flowplane flow state: cursor, progress, leases, reviews".into(),
         history: 1,
         storage: stream::StorageType::File,
+        num_replicas: policy.replicas,
+        placement: policy.placement.clone(),
         ..Default::default()
     };
     // Independent but for the consumer, which needs its stream. Creating is idempotent for
@@ -205,12 +278,29 @@ pub async fn ensure_queue(
         put_stream(js, dead_letters),
         async {
             match js.create_key_value(bucket).await {
-                Ok(store) => Ok(store),
-                // Made by an earlier version with another description, say: it is in place.
-                Err(e) => js
-                    .get_key_value(&names.kv_bucket)
-                    .await
-                    .map_err(|_| bucket_error(&names.kv_bucket, e)),
+                Ok(_) => Ok(()),
+                // Made by an earlier version with another description or replica count, say:
+                // in place, brought to the flow's replicas.
+                Err(e) => {
+                    let mut stream = js
+                        .get_stream(format!("KV_{}", names.kv_bucket))
+                        .await
+                        .map_err(|_| bucket_error(&names.kv_bucket, e))?;
+                    let mut config = stream
+                        .info()
+                        .await
+                        .map_err(|e| bucket_error(&names.kv_bucket, e))?
+                        .config
+                        .clone();
+                    if config.num_replicas == policy.replicas {
+                        return Ok(());
+                    }
+                    config.num_replicas = policy.replicas;
+                    js.update_stream(config)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| bucket_error(&names.kv_bucket, e))
+                }
             }
         },
     )?;
@@ -447,7 +537,7 @@ mod tests {
             dead_letter_retention: "720h".into(),
             ..Delivery::default()
         };
-        let policy = QueuePolicy::from_delivery(&delivery, 10).unwrap();
+        let policy = QueuePolicy::from_delivery(&delivery, 10, 1).unwrap();
         assert_eq!(policy.retention, Duration::from_secs(3600));
         assert_eq!(policy.dedupe_window, Duration::from_secs(600));
         assert_eq!(
@@ -455,13 +545,13 @@ mod tests {
             Duration::from_secs(720 * 3600)
         );
         delivery.dedupe_window = "2h".into();
-        let error = QueuePolicy::from_delivery(&delivery, 10).unwrap_err();
+        let error = QueuePolicy::from_delivery(&delivery, 10, 1).unwrap_err();
         assert!(error.contains("dedupeWindow (2h)"), "{error}");
         delivery.dedupe_window = "2m".into();
         delivery.dead_letter_retention = "0s".into();
-        assert!(QueuePolicy::from_delivery(&delivery, 10).is_err());
+        assert!(QueuePolicy::from_delivery(&delivery, 10, 1).is_err());
         delivery.dead_letter_retention = "2 weeks".into();
-        let error = QueuePolicy::from_delivery(&delivery, 10).unwrap_err();
+        let error = QueuePolicy::from_delivery(&delivery, 10, 1).unwrap_err();
         assert!(
             error.starts_with("delivery.deadLetterRetention:"),
             "{error}"
@@ -478,6 +568,10 @@ mod tests {
             retention: "168h".into(),
             dead_letter_retention: "720h".into(),
             dedupe_window: "2m".into(),
+            replicas: 3,
+            max_bytes: 1 << 30,
+            discard: Discard::Old,
+            placement: None,
         };
         let mut delivery = rendered.clone();
         delivery.retention = "48h".into();
@@ -487,14 +581,55 @@ mod tests {
         assert_eq!(policy.dedupe_window, Duration::from_secs(900));
         // A worker.json rendered before these fields existed reads with the flow defaults.
         let mut json = serde_json::to_value(&rendered).unwrap();
-        for field in ["retention", "deadLetterRetention", "dedupeWindow"] {
+        for field in [
+            "retention",
+            "deadLetterRetention",
+            "dedupeWindow",
+            "replicas",
+            "maxBytes",
+            "discard",
+        ] {
             json.as_object_mut().unwrap().remove(field);
         }
         let old: DeliveryConfig = serde_json::from_value(json).unwrap();
         assert_eq!(
-            QueuePolicy::from_rendered(&old).unwrap().retention,
-            QueuePolicy::default().retention
+            QueuePolicy::from_rendered(&old).unwrap(),
+            QueuePolicy {
+                max_ack_pending: 100,
+                ack_wait: Duration::from_secs(30),
+                ..QueuePolicy::default()
+            }
         );
+    }
+
+    #[test]
+    fn replicas_come_from_the_flow_else_the_operator_and_bounds_are_checked() {
+        let mut delivery = Delivery::default();
+        let policy = QueuePolicy::from_delivery(&delivery, 10, 3).unwrap();
+        assert_eq!(policy.replicas, 3);
+        assert_eq!(policy.max_bytes, 1 << 30);
+        assert_eq!(policy.discard, stream::DiscardPolicy::Old);
+        assert_eq!(policy.placement, None);
+        delivery.replicas = Some(5);
+        delivery.discard = Discard::New;
+        delivery.placement = Some(QueuePlacement {
+            cluster: Some("eu".into()),
+            tags: vec!["az:a".into()],
+        });
+        let policy = QueuePolicy::from_delivery(&delivery, 10, 3).unwrap();
+        assert_eq!(policy.replicas, 5);
+        assert_eq!(policy.discard, stream::DiscardPolicy::New);
+        assert_eq!(policy.placement.unwrap().tags, ["az:a"]);
+        delivery.replicas = Some(2);
+        let error = QueuePolicy::from_delivery(&delivery, 10, 3).unwrap_err();
+        assert!(
+            error.contains("delivery.replicas must be 1, 3 or 5"),
+            "{error}"
+        );
+        delivery.replicas = None;
+        delivery.max_bytes = 1000;
+        let error = QueuePolicy::from_delivery(&delivery, 10, 3).unwrap_err();
+        assert!(error.starts_with("delivery.maxBytes"), "{error}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::api::common::RetryPolicy;
+use crate::api::integration_flow::{Discard, QueuePlacement};
 
 pub mod approvals;
 pub mod cli;
@@ -13,6 +14,7 @@ pub mod identity;
 pub mod jetstream;
 pub mod quota;
 pub mod redrive;
+pub mod replication;
 
 pub use jetstream::{
     QueueError, QueuePolicy, delete_queue, ensure_capture, ensure_queue, read_progress,
@@ -20,6 +22,7 @@ pub use jetstream::{
 };
 pub use quota::{QuotaState, binding_quota_bucket, read_quota};
 pub use redrive::{DeadLetter, RedriveReport, list_dead_letters, redrive};
+pub use replication::{REPLICA_LOST_AFTER, ReplicaState, StreamHealth, stream_health};
 
 /// Names of one flow's JetStream resources. Deterministic from namespace and name, so the
 /// operator, the workers and a person at a terminal all find the same objects.
@@ -151,6 +154,19 @@ pub struct DeliveryConfig {
     /// Window in which a republished idempotency key is dropped.
     #[serde(default = "default_dedupe_window")]
     pub dedupe_window: String,
+    /// Replicas of the flow's streams, consumer and bucket (the flow's, else the operator's
+    /// default, resolved at render time).
+    #[serde(default = "default_replicas")]
+    pub replicas: u8,
+    /// Most bytes of the flow's stream and, separately, of its dead-letter stream.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: i64,
+    /// What the flow's stream does when full.
+    #[serde(default)]
+    pub discard: Discard,
+    /// Where the replicas go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<QueuePlacement>,
 }
 
 // Configurations rendered before these fields existed get the flow defaults.
@@ -162,6 +178,13 @@ fn default_dead_letter_retention() -> String {
 }
 fn default_dedupe_window() -> String {
     crate::api::integration_flow::Delivery::default().dedupe_window
+}
+// Configurations rendered before replication existed ran on one server.
+fn default_replicas() -> u8 {
+    1
+}
+fn default_max_bytes() -> i64 {
+    crate::api::integration_flow::Delivery::default().max_bytes
 }
 
 #[cfg(test)]
