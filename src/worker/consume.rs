@@ -15,6 +15,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_nats::StatusCode;
+use async_nats::jetstream::consumer::pull::BatchConfig;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt;
 use serde_json::Value;
@@ -136,24 +138,63 @@ impl Consumer {
             .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
+    /// One pull request: up to `batch_size` records and `fetch_max_bytes` bytes, waiting 1 s
+    /// at most for the first. Hand-written over `request_batch` rather than async-nats'
+    /// `fetch()`: its batch ends at any 409 status, and a replicated consumer (R3/R5) sends
+    /// its records only once their delivery has quorum while the server's "409 Batch
+    /// Completed" (request filled in count with bytes to spare) and "409 Message Size Exceeds
+    /// MaxBytes" go out at once, so they overtake the records they close (nats-server
+    /// `consumer.go`, `deliverMsg` queues for replication, the 409s are sent directly). Here a
+    /// 409 that says how many records of the request are still unsent waits for the others.
     async fn fetch(&self, consumer: &PullConsumer) -> anyhow::Result<Vec<jetstream::Message>> {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(self.batch_size)
-            .max_bytes(self.fetch_max_bytes)
-            .expires(Duration::from_secs(1))
-            .messages()
+        const EXPIRES: Duration = Duration::from_secs(1);
+        let client = self.js.client();
+        let inbox = client.new_inbox();
+        let mut replies = client.subscribe(inbox.clone()).await?;
+        consumer
+            .request_batch(
+                BatchConfig {
+                    batch: self.batch_size,
+                    expires: Some(EXPIRES),
+                    no_wait: true,
+                    // Room for one record's subject, ack reply and headers on top: the server
+                    // never sends a record larger than the whole request, so a record of
+                    // `limits.maxRecordBytes` (at most fetchMaxBytes) must still fit.
+                    max_bytes: self.fetch_max_bytes + ENVELOPE_BYTES,
+                    ..Default::default()
+                },
+                inbox.into(),
+            )
             .await?;
+        // As async-nats: the server's own end of the request (408) comes by `EXPIRES`.
+        let deadline = tokio::time::Instant::now() + EXPIRES + Duration::from_secs(5);
+        let mut expected = self.batch_size;
         let mut messages = Vec::with_capacity(self.batch_size);
-        while let Some(message) = batch.next().await {
-            match message {
-                Ok(m) => messages.push(m),
-                Err(e) => {
-                    if messages.is_empty() {
-                        return Err(anyhow::anyhow!("{e}"));
+        while messages.len() < expected {
+            let Ok(Some(message)) = tokio::time::timeout_at(deadline, replies.next()).await else {
+                break;
+            };
+            match message.status {
+                None | Some(StatusCode::OK) => messages.push(jetstream::Message {
+                    message,
+                    context: self.js.clone(),
+                }),
+                Some(StatusCode::IDLE_HEARTBEAT) => {}
+                // No records (404) or the request expired (408): the server sends these after
+                // the replicated records it answers.
+                Some(StatusCode::NOT_FOUND | StatusCode::TIMEOUT) => break,
+                Some(status) => match unsent_of_request(&message) {
+                    Some(unsent) if status == StatusCode::REQUEST_TERMINATED => {
+                        expected = self.batch_size.saturating_sub(unsent);
                     }
-                    break;
-                }
+                    _ if messages.is_empty() => {
+                        return Err(anyhow::anyhow!(
+                            "pull request ended: {status} {:?}",
+                            message.description
+                        ));
+                    }
+                    _ => break,
+                },
             }
         }
         Ok(messages)
@@ -624,4 +665,22 @@ impl Consumer {
             let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
         }
     }
+}
+
+/// Bytes of a delivered record beyond its payload that a pull request's byte limit counts:
+/// the headers the extractor reserves room for (`extract::HEADER_ROOM`), its subject and the
+/// ack reply subject.
+const ENVELOPE_BYTES: usize = super::extract::HEADER_ROOM + 1024;
+
+/// Records of a pull request that the server will not send: the `Nats-Pending-Messages` of
+/// a status that closes the request early (none or negative once the count is filled).
+fn unsent_of_request(status: &async_nats::Message) -> Option<usize> {
+    let pending: i64 = status
+        .headers
+        .as_ref()?
+        .get("Nats-Pending-Messages")?
+        .as_str()
+        .parse()
+        .ok()?;
+    Some(pending.max(0) as usize)
 }
