@@ -58,12 +58,14 @@ fn rendered_children(
     let args = flowplane::render::cli::RenderArgs {
         files: vec![file.clone()],
         keda: false,
+        external_metrics: false,
         prometheus_operator: false,
         worker_image: "ghcr.io/flowplane/flowplane:0.1.0".into(),
         nats_url: std::env::var("NATS_URL")?,
         nats_identity: true,
         nats_tls: true,
         queue_replicas: 1,
+        nats_account: "$G".into(),
         namespace: namespace.into(),
     };
     let rendered = flowplane::render::cli::render(&args);
@@ -299,6 +301,15 @@ async fn operator_writes(metrics_url: &str) -> anyhow::Result<f64> {
         .ok_or_else(|| anyhow::anyhow!("no write counter in {metrics_url}"))
 }
 
+/// IntegrationFlow reconciles run so far, from the operator's /metrics text.
+fn flow_reconciles(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(r#"flowplane_operator_reconciles_total{kind="IntegrationFlow"}"#))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -306,8 +317,11 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 fn peak_rss_mib(child: &Child) -> f64 {
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    peak_rss_mib_of(child.id())
+}
+
+fn peak_rss_mib_of(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
         .find(|l| l.starts_with("VmHWM:"))
@@ -395,17 +409,20 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     tokio::time::timeout(Duration::from_secs(1800), settled).await???;
     let operator_time = start.elapsed();
+    let settled_figures = reqwest::get(&metrics_url).await?.text().await?;
     let operator_cpu: HashMap<String, f64> = cpu.since_last()?.into_iter().collect();
     let requests_after_operator = apiserver_request_seconds(&client).await?;
 
     // Quiet: the reconciles that owned-object events queue up (Deployment status from
-    // kube-controller-manager, and so on) drain; wait until no write for 20 s (at most 10 min).
+    // kube-controller-manager, and so on) drain; wait until no write for 20 s (at most 10 min,
+    // or 0.2 s per flow: kube-controller-manager's own rate limit sets the pace).
+    let quiet_limit = Duration::from_secs(600).max(Duration::from_millis(200) * flows as u32);
     let quiet_start = Instant::now();
     let mut last = operator_writes(&metrics_url).await?;
     let mut quiet_since = Instant::now();
     while quiet_since.elapsed() < Duration::from_secs(20) {
         anyhow::ensure!(
-            quiet_start.elapsed() < Duration::from_secs(600),
+            quiet_start.elapsed() < quiet_limit,
             "the operator never went quiet"
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -446,6 +463,12 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("operator write requests in 60 s idle:   {idle_writes}");
     println!("operator peak RSS:                      {rss:.1} MiB");
+    // What else grows with the flows: NATS holds three streams and a consumer per flow.
+    for (name, pid) in &cpu.processes {
+        if name != "operator" {
+            println!("  {name} peak RSS: {:.1} MiB", peak_rss_mib_of(*pid));
+        }
+    }
     println!("CPU seconds by process, floor phase | operator phase (until settled):");
     for (name, floor_seconds) in &floor_cpu {
         let operator_seconds = operator_cpu.get(name).copied().unwrap_or(0.0);
@@ -463,7 +486,17 @@ async fn main() -> anyhow::Result<()> {
         "  operator: {}",
         top_request_seconds(&requests_before_operator, &requests_after_operator)
     );
-    println!("the operator's own reconcile figures, for where the time went:");
+    println!(
+        "IntegrationFlow reconciles per flow:    {:.2} until settled, {:.2} at the end",
+        flow_reconciles(&settled_figures) / flows as f64,
+        flow_reconciles(&reconcile_figures) / flows as f64
+    );
+    println!("the operator's own reconcile figures until settled, for where the time went:");
+    settled_figures
+        .lines()
+        .filter(|l| l.contains("IntegrationFlow") && !l.contains("_bucket"))
+        .for_each(|l| println!("  {l}"));
+    println!("and at the end (after the quiet wait and 60 s idle, with its resyncs):");
     reconcile_figures
         .lines()
         .filter(|l| l.contains("IntegrationFlow") && !l.contains("_bucket"))

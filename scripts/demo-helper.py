@@ -6,13 +6,20 @@
                              operator's worker.json with the mounted-Secret paths moved under
                              DIR/secrets) and each binding's Secret keys as files there, mode 0600,
                              as the pod's Secret volumes would. Prints nothing about the values.
-  traffic NATS_URL ERP_URL   plays the warehouse (WMS events on NATS) and the ERP (new and changed
-                             sales order lines) until killed.
+  traffic NATS_URL ERP_URL FORECAST_URL
+                             plays the warehouse (WMS events on NATS), the ERP (new and changed
+                             sales order lines) and the forecasting platform (5 more replenishment
+                             proposals every 15 s) until killed.
+  loop FORECAST_URL ERP_URL PORTAL_URL
+                             prints the loop's counts: proposals published (and the route each is
+                             meant to take), applied in the ERP, escalated to and forecasts at the
+                             supplier portal.
   received FORECAST_URL E..  prints "entity=records" for each entity the forecasting simulator got.
-  check NS SINCE FORECAST_URL E..
+  check NS SINCE FORECAST_URL ERP_URL PORTAL_URL E..
                              exit 0 when every IntegrationFlow in NS (stdin: the list as JSON) is
-                             Ready and Fresh with a delivery at or after SINCE (RFC 3339, UTC) and
-                             every entity received records; else print why.
+                             Ready and Fresh with a delivery at or after SINCE (RFC 3339, UTC),
+                             every entity received records, and the loop reached the ERP's
+                             replenishment entity and the supplier portal; else print why.
 """
 
 import base64
@@ -110,11 +117,22 @@ class Nats:
                 self.sock.sendall(b"PONG\r\n")
 
 
-def traffic(nats_url, erp_url):
+def post_json(url, body):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    urllib.request.urlopen(request, timeout=5).read()
+
+
+def traffic(nats_url, erp_url, forecast_url):
     nats = Nats(nats_url)
     rma = 0
     line = 100_000
     while True:
+        # A planning run every 15 s: five more replenishment proposals.
+        if line % 15 == 0:
+            try:
+                post_json(forecast_url.rstrip("/") + "/admin/proposals", {"count": 5})
+            except (urllib.error.URLError, OSError) as e:
+                print("demo traffic: forecasting simulator: %s" % e, file=sys.stderr)
         for _ in range(5):
             nats.publish(
                 "wms.stock.adjustments." + random.choice(PLANTS),
@@ -181,6 +199,36 @@ def received_counts(forecast_url, entities):
     return counts
 
 
+def get_json(url):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return json.load(r)
+    except (urllib.error.URLError, OSError, ValueError):
+        return {}
+
+
+def loop_counts(forecast_url, erp_url, portal_url):
+    published = get_json(forecast_url.rstrip("/") + "/admin/proposals")
+    erp = get_json(erp_url.rstrip("/") + "/admin/received/PurchaseReqnItem")
+    exceptions = get_json(portal_url.rstrip("/") + "/admin/received/forecast-exceptions")
+    forecasts = get_json(portal_url.rstrip("/") + "/admin/received/forecasts")
+    return {
+        "published": published,
+        "erp": len(erp.get("keys") or {}),
+        "escalated": len(exceptions.get("distinct") or []),
+        "forecasts": len(forecasts.get("distinct") or []),
+    }
+
+
+def loop(forecast_url, erp_url, portal_url):
+    c = loop_counts(forecast_url, erp_url, portal_url)
+    p = c["published"]
+    print("proposals published: %s (by the rules: apply %s, review %s, escalate %s, unmapped location %s)"
+          % (p.get("total", "?"), p.get("apply", "?"), p.get("review", "?"), p.get("escalate", "?"), p.get("deadLetter", "?")))
+    print("ERP simulator PurchaseReqnItem: %d   supplier portal: forecast-exceptions=%d  forecasts=%d"
+          % (c["erp"], c["escalated"], c["forecasts"]))
+
+
 def received(forecast_url, entities):
     counts = received_counts(forecast_url, entities)
     print("  ".join("%s=%s" % (e, c) for e, c in counts.items()))
@@ -193,7 +241,7 @@ def condition(flow, kind):
     return {}
 
 
-def check(namespace, since, forecast_url, entities):
+def check(namespace, since, forecast_url, erp_url, portal_url, entities):
     flows = json.load(sys.stdin)["items"]
     problems = []
     if not flows:
@@ -210,6 +258,11 @@ def check(namespace, since, forecast_url, entities):
     for entity, count in received_counts(forecast_url, entities).items():
         if not isinstance(count, int) or count == 0:
             problems.append("the forecasting simulator has no %s records yet" % entity)
+    c = loop_counts(forecast_url, erp_url, portal_url)
+    for what in ("erp", "escalated", "forecasts"):
+        if not c[what]:
+            problems.append("the loop has not reached %s yet" % {"erp": "the ERP's PurchaseReqnItem",
+                            "escalated": "the portal's forecast-exceptions", "forecasts": "the portal's forecasts"}[what])
     for p in problems:
         print("  waiting: " + p)
     sys.exit(1 if problems else 0)
@@ -220,11 +273,13 @@ def main():
     if command == "worker-config":
         worker_config(args[0])
     elif command == "traffic":
-        traffic(args[0], args[1])
+        traffic(args[0], args[1], args[2])
+    elif command == "loop":
+        loop(args[0], args[1], args[2])
     elif command == "received":
         received(args[0], args[1:])
     elif command == "check":
-        check(args[0], args[1], args[2], args[3:])
+        check(args[0], args[1], args[2], args[3], args[4], args[5:])
     else:
         sys.exit(__doc__)
 

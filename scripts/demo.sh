@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # The main job, on this machine, end to end:
-#   builds flowplane, starts a local control plane (scripts/local-env.sh), NATS, the ERP and
-#   forecasting simulators, installs the CRDs, starts the operator, applies the example flows
+#   builds flowplane, starts a local control plane (scripts/local-env.sh), NATS, the ERP,
+#   forecasting and supplier-portal simulators, installs the CRDs, starts the operator, applies
+#   the five example flows
 #   (examples/overlays/demo: the EU overlay with its systems replaced by the simulators), runs
 #   each flow's worker as a local process from the configuration the operator rendered, plays
-#   the warehouse and the ERP (events and new order lines), and shows the flows becoming Ready
-#   and Fresh and the records arriving. Ctrl-C stops everything it started.
+#   the warehouse, the ERP and the forecasting platform (events, new order lines, replenishment
+#   proposals) and a planner approving reviews, and shows the flows becoming Ready and Fresh,
+#   the records arriving and the loop's counts; on the local environment its Prometheus scrapes
+#   the operator and the workers and evaluates the rules the operator rendered, and the demo
+#   shows the pending and firing alerts (scripts/demo-prometheus.sh). Ctrl-C stops everything
+#   it started.
 #
 #   scripts/demo.sh                       local control plane (started, and stopped on exit)
 #   scripts/demo.sh --kubeconfig PATH     an existing cluster instead (kind, minikube, ...)
@@ -74,6 +79,7 @@ cleanup() {
     for _ in $(seq 50); do kill -0 "${pids[$i]}" 2>/dev/null || break; sleep 0.1; done
     if kill -9 "${pids[$i]}" 2>/dev/null; then say "${names[$i]} did not stop within 5s; killed"; fi
   done
+  [ -n "${PROMETHEUS_URL:-}" ] && { scripts/demo-prometheus.sh clean || true; }
   if $stop_env; then scripts/local-env.sh down >/dev/null 2>&1 || true; fi
   rm -rf "$run_dir" # worker configs and the demo Secrets' files
   exit "$status"
@@ -132,14 +138,15 @@ for _ in $(seq 100); do curl -sf "$NATS_MONITOR_URL/healthz" >/dev/null && break
 say "NATS with JetStream on $NATS_URL"
 
 # --- simulators ----------------------------------------------------------------------------------
-erp_port=$(free_port) forecast_port=$(free_port)
-ERP_URL="http://$host:$erp_port" FORECAST_URL="http://$host:$forecast_port"
+erp_port=$(free_port) forecast_port=$(free_port) portal_port=$(free_port)
+ERP_URL="http://$host:$erp_port" FORECAST_URL="http://$host:$forecast_port" PORTAL_URL="http://$host:$portal_port"
 background sim-erp "$flowplane" sim erp --listen "$host:$erp_port" --order-lines 1000 --bad-every 100
-background sim-forecast "$flowplane" sim forecast --listen "$host:$forecast_port"
-for url in "$ERP_URL/odata/\$metadata" "$FORECAST_URL/healthz"; do
+background sim-forecast "$flowplane" sim forecast --listen "$host:$forecast_port" --proposals 40
+background sim-portal "$flowplane" sim portal --listen "$host:$portal_port"
+for url in "$ERP_URL/odata/\$metadata" "$FORECAST_URL/healthz" "$PORTAL_URL/status"; do
   for _ in $(seq 100); do curl -sf "$url" >/dev/null && break; sleep 0.1; done
 done
-say "ERP simulator on $ERP_URL/odata (1,000 order lines, every 100th bad), forecasting simulator on $FORECAST_URL"
+say "ERP simulator on $ERP_URL/odata (1,000 order lines, every 100th bad), forecasting simulator on $FORECAST_URL (40 replenishment proposals), supplier portal on $PORTAL_URL"
 
 # --- CRDs and the operator -----------------------------------------------------------------------
 operator_log() {
@@ -190,6 +197,7 @@ background operator "$flowplane" controller --region eu --nats-url "$NATS_URL" \
   --nats-monitoring-endpoint "${NATS_MONITOR_URL#http://}" --http-addr "127.0.0.1:$operator_port" \
   --resync-seconds 10
 operator_pid=${pids[-1]}
+[ -n "${PROMETHEUS_URL:-}" ] && scripts/demo-prometheus.sh target operator "127.0.0.1:$operator_port" component=operator
 fi
 
 # --- the example flows ---------------------------------------------------------------------------
@@ -197,6 +205,7 @@ say "applying examples/overlays/demo (the EU overlay, bindings pointed at the si
 kubectl kustomize examples/overlays/demo |
   sed -e "s#http://127.0.0.1:18081/odata#$ERP_URL/odata#" \
       -e "s#http://127.0.0.1:18082#$FORECAST_URL#" \
+      -e "s#http://127.0.0.1:18083#$PORTAL_URL#" \
       -e "s#nats://127.0.0.1:14222#$NATS_URL#" |
   kubectl apply --server-side --force-conflicts --field-manager=flowplane-demo -f - >/dev/null
 # Fake credentials for the demo only (their values are never printed).
@@ -205,7 +214,7 @@ flows=$(kubectl get integrationflows -n "$NS" -o jsonpath='{.items[*].metadata.n
 say "flows: $flows"
 
 # --- the traffic: warehouse events and new ERP order lines -----------------------------------------
-background traffic python3 scripts/demo-helper.py traffic "$NATS_URL" "$ERP_URL"
+background traffic python3 scripts/demo-helper.py traffic "$NATS_URL" "$ERP_URL" "$FORECAST_URL"
 
 # --- each flow's worker, from the configuration the operator rendered -------------------------------
 declare -A worker_port
@@ -221,6 +230,10 @@ start_worker() {
   worker_port[$flow]=$(free_port)
   background "worker-$flow" "$flowplane" worker --config "$dir/worker.json" \
     --listen "127.0.0.1:${worker_port[$flow]}" --worker-id "$flow-local-0"
+  # Labelled as the Prometheus Operator labels a ServiceMonitor's targets (FlowplaneWorkersDown).
+  [ -n "${PROMETHEUS_URL:-}" ] && scripts/demo-prometheus.sh target "worker-$flow" \
+    "127.0.0.1:${worker_port[$flow]}" "namespace=$NS" "service=$flow-worker"
+  return 0
 }
 rendered_for_this_run() { # the ConfigMap exists and names this run's NATS and forecasting simulator
   local config
@@ -295,12 +308,31 @@ show() {
   fi
   printf '=== records received by the forecasting simulator: '
   python3 scripts/demo-helper.py received "$FORECAST_URL" "${ENTITIES[@]}"
+  echo "=== the loop: replenishment proposals -> approval rules -> ERP / planner / supplier portal"
+  python3 scripts/demo-helper.py loop "$FORECAST_URL" "$ERP_URL" "$PORTAL_URL" | sed 's/^/  /'
+  kubectl get integrationflow forecast-deltas-to-erp-replenishment -n "$NS" \
+    -o custom-columns='PENDING REVIEW:.status.pendingApprovals[*].key' 2>&1 | sed 's/^/  /'
+  if [ -n "${PROMETHEUS_URL:-}" ]; then
+    echo "=== alerts in Prometheus ($PROMETHEUS_URL, the rules the operator rendered)"
+    scripts/demo-prometheus.sh rules "$NS" || true
+    scripts/demo-prometheus.sh alerts 2>&1 | sed 's/^/  /'
+  fi
 }
 started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 flows_ready() {
   kubectl get integrationflows -n "$NS" -o json |
-    python3 scripts/demo-helper.py check "$NS" "$started_at" "$FORECAST_URL" "${ENTITIES[@]}"
+    python3 scripts/demo-helper.py check "$NS" "$started_at" "$FORECAST_URL" "$ERP_URL" "$PORTAL_URL" "${ENTITIES[@]}"
 }
+# The planner: approves the oldest pending review about every 20 s (the flowplane.io/approve
+# annotation, docs/operations.md), so the demo shows a parked change reaching the ERP.
+planner() {
+  local id
+  id=$(kubectl get integrationflow forecast-deltas-to-erp-replenishment -n "$NS" -o jsonpath='{.status.pendingApprovals[0].id}' 2>/dev/null) || return 0
+  [ -n "$id" ] || return 0
+  kubectl annotate integrationflow forecast-deltas-to-erp-replenishment -n "$NS" --overwrite "flowplane.io/approve=$id" >/dev/null 2>&1 &&
+    say "planner: approved review $id"
+}
+last_planner=$SECONDS
 deadline=$((SECONDS + timeout))
 last_show=-100
 if ! $check; then
@@ -315,6 +347,7 @@ while true; do
     exit 1
   done
   $standin && kubelet_standin
+  if [ $((SECONDS - last_planner)) -ge 20 ]; then planner; last_planner=$SECONDS; fi
   if $check; then
     if flows_ready >"$run_dir/check.out" 2>&1; then
       show

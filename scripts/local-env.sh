@@ -3,7 +3,10 @@
 # controller-runtime's envtest does: etcd, kube-apiserver (RBAC on, TLS with a generated CA),
 # kube-controller-manager (garbage collector, namespace, deployment, replicaset and service
 # account controllers), and nats-server with JetStream in operator mode (decentralized JWT auth:
-# anonymous clients refused, one user per flow issued by the operator) with TLS required.
+# anonymous clients refused, one user per flow issued by the operator) with TLS required, and
+# Prometheus (docs/observability.md): it scrapes what $FLOWPLANE_PROMETHEUS_TARGETS lists (one
+# file_sd JSON file per process: the operator, each worker) and evaluates the rule files in
+# $FLOWPLANE_PROMETHEUS_RULES (reloaded by `scripts/local-env.sh reload-rules`).
 #
 #   scripts/local-env.sh up     start what is not running; print the env file to source
 #   scripts/local-env.sh up --with-node
@@ -11,10 +14,18 @@
 #                               containerd with runc and the CNI bridge, the image built by
 #                               scripts/build-image.sh imported; NATS and the API server listen
 #                               on the node's bridge address then, so pods reach them
+#   scripts/local-env.sh keda-up
+#                               also KEDA (docs/autoscaling.md): its CRDs, operator and metrics
+#                               API server as processes, the latter registered as the APIService
+#                               of external.metrics.k8s.io; keda-down removes all of it again
 #   scripts/local-env.sh down   stop only the processes this script started (and the node)
 #   scripts/local-env.sh env    print the env file path (fails if not up)
+#   scripts/local-env.sh reload-rules
+#                               make Prometheus read its rule files again (after writing them)
 #
 # State (certs, data, logs, pids) lives in $FLOWPLANE_STATE (default ~/.cache/flowplane/run/<name>).
+# KCM_API_QPS: kube-controller-manager's request rate (default 20, its own default; burst 1.5x);
+# scripts/bench-operator.sh raises it for 10,000 flows, as large clusters do.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -65,7 +76,7 @@ wait_for() { # description, seconds, command...
 
 certs() {
   local d="$STATE/pki"
-  [ -f "$d/admin.crt" ] && grep -q "IP:$NODE_IP" "$d/server.ext" && return 0
+  [ -f "$d/admin.crt" ] && [ -f "$d/front-proxy-client.crt" ] && grep -q "IP:$NODE_IP" "$d/server.ext" && return 0
   rm -rf "$d"
   mkdir -p "$d"
   (
@@ -80,6 +91,11 @@ EXT
     printf 'extendedKeyUsage = clientAuth\n' >client.ext
     openssl req -newkey rsa:2048 -nodes -keyout admin.key -out admin.csr -subj "/O=system:masters/CN=flowplane-admin" 2>/dev/null
     openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out admin.crt -days 3650 -extfile client.ext 2>/dev/null
+    # The aggregation layer: the API server proxies to extension API servers (KEDA's metrics
+    # server) as front-proxy-client, which they trust through front-proxy-ca.
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout front-proxy-ca.key -out front-proxy-ca.crt -days 3650 -subj "/CN=flowplane-front-proxy-ca" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -keyout front-proxy-client.key -out front-proxy-client.csr -subj "/CN=front-proxy-client" 2>/dev/null
+    openssl x509 -req -in front-proxy-client.csr -CA front-proxy-ca.crt -CAkey front-proxy-ca.key -CAcreateserial -out front-proxy-client.crt -days 3650 -extfile client.ext 2>/dev/null
     openssl genrsa -out sa.key 2048 2>/dev/null
     openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
   )
@@ -136,6 +152,21 @@ include auth.conf
 CONF
 }
 
+# Prometheus on loopback: scrapes every 2 s and evaluates every 2 s, so a test sees an alert's
+# state change within seconds; what it scrapes is listed by file (file_sd: Prometheus watches
+# the directory), the rule files are read at start and on reload (--web.enable-lifecycle).
+prometheus_config() {
+  local d="$STATE/prometheus"
+  rm -rf "$d" && mkdir -p "$d/targets" "$d/rules" "$d/data"
+  cat >"$d/prometheus.yml" <<CONF
+global: {scrape_interval: 2s, scrape_timeout: 2s, evaluation_interval: 2s}
+rule_files: ["$d/rules/*.yaml"]
+scrape_configs:
+- job_name: flowplane
+  file_sd_configs: [{files: ["$d/targets/*.json"], refresh_interval: 5s}]
+CONF
+}
+
 kubeconfig() { # path, server
   local d="$STATE/pki"
   cat >"$1" <<KC
@@ -161,11 +192,11 @@ KC
 up() {
   "$here/install-tools.sh"
   mkdir -p "$STATE"
-  if [ -f "$ENV_FILE" ] && alive etcd && alive kube-apiserver && alive kube-controller-manager && alive nats-server &&
+  if [ -f "$ENV_FILE" ] && alive etcd && alive kube-apiserver && alive kube-controller-manager && alive nats-server && alive prometheus &&
     { [ "$WITH_NODE" = 0 ] || node_alive; }; then
     # shellcheck disable=SC1090
     . "$ENV_FILE"
-    if [ -n "${NATS_CREDS:-}" ] && "$BIN/kubectl" --kubeconfig "$KUBECONFIG" get --raw /readyz >/dev/null 2>&1; then
+    if [ -n "${NATS_CREDS:-}" ] && [ -n "${PROMETHEUS_URL:-}" ] && "$BIN/kubectl" --kubeconfig "$KUBECONFIG" get --raw /readyz >/dev/null 2>&1; then
       log "already up"
       echo "$ENV_FILE"
       return 0
@@ -188,6 +219,11 @@ up() {
     --initial-cluster "flowplane=http://127.0.0.1:$etcd_peer" --unsafe-no-fsync --quota-backend-bytes 4294967296
   nats_config "$nats_port" "$nats_mon"
   start nats-server "$BIN/nats-server" -c "$STATE/nats/server.conf"
+  local prom_port; prom_port=$(free_port)
+  prometheus_config
+  start prometheus "$BIN/prometheus" --config.file "$STATE/prometheus/prometheus.yml" \
+    --storage.tsdb.path "$STATE/prometheus/data" --storage.tsdb.retention.time 1d \
+    --web.listen-address "127.0.0.1:$prom_port" --web.enable-lifecycle --log.level warn
   wait_for etcd 30 curl -sf "http://127.0.0.1:$etcd_port/health"
   local pki="$STATE/pki"
   start kube-apiserver "$BIN/kube-apiserver" \
@@ -195,6 +231,10 @@ up() {
     --bind-address "$LISTEN_HOST" --advertise-address "$LISTEN_HOST" --secure-port "$api_port" \
     --tls-cert-file "$pki/server.crt" --tls-private-key-file "$pki/server.key" \
     --client-ca-file "$pki/ca.crt" \
+    --requestheader-client-ca-file "$pki/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "$pki/front-proxy-client.crt" --proxy-client-key-file "$pki/front-proxy-client.key" \
     --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
     --service-account-issuer https://kubernetes.default.svc \
     --service-cluster-ip-range 10.96.0.0/16 \
@@ -213,8 +253,10 @@ up() {
     --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false \
     --controllers garbage-collector-controller,namespace-controller,deployment-controller,replicaset-controller,serviceaccount-controller,serviceaccount-token-controller,job-controller,cronjob-controller,horizontal-pod-autoscaler-controller,disruption-controller$node_controllers \
     --root-ca-file "$pki/ca.crt" --service-account-private-key-file "$pki/sa.key" \
-    --concurrent-gc-syncs 5
+    --concurrent-gc-syncs 5 --horizontal-pod-autoscaler-downscale-stabilization 30s \
+    --kube-api-qps "${KCM_API_QPS:-20}" --kube-api-burst "$(( ${KCM_API_QPS:-20} * 3 / 2 ))"
   wait_for nats-server 30 curl -sf "http://$LISTEN_HOST:$nats_mon/healthz?js-enabled-only=true"
+  wait_for prometheus 30 curl -sf "http://127.0.0.1:$prom_port/-/ready"
   [ "$WITH_NODE" = 1 ] && node_start
   cat >"$ENV_FILE" <<ENV
 export KUBECONFIG="$STATE/kubeconfig"
@@ -225,6 +267,9 @@ export NATS_CA="$STATE/nats/ca.crt"
 export FLOWPLANE_NATS_SIGNER_DIR="$STATE/nats"
 export FLOWPLANE_NATS_CA="$STATE/nats/ca.crt"
 export FLOWPLANE_ETCD_URL="http://127.0.0.1:$etcd_port"
+export PROMETHEUS_URL="http://127.0.0.1:$prom_port"
+export FLOWPLANE_PROMETHEUS_TARGETS="$STATE/prometheus/targets"
+export FLOWPLANE_PROMETHEUS_RULES="$STATE/prometheus/rules"
 export PATH="$BIN:\$PATH"
 ENV
   [ "$WITH_NODE" = 1 ] && cat >>"$ENV_FILE" <<ENV
@@ -237,12 +282,88 @@ ENV
   echo "$ENV_FILE"
 }
 
+# KEDA v2 as processes. Its metrics server must be reachable by the API server's aggregator,
+# which finds an APIService's backend through its Service: a ClusterIP needs kube-proxy (none
+# here), and --enable-aggregator-routing needs an endpoint address, which EndpointSlices refuse
+# for loopback. A Service of type ExternalName is resolved by the aggregator to its name, so
+# `localhost` reaches the metrics server on loopback; the aggregator verifies the server as
+# keda-metrics-apiserver.keda.svc against the APIService's caBundle.
+keda_up() {
+  [ -f "$ENV_FILE" ] || { log "not up"; exit 1; }
+  # shellcheck disable=SC1090
+  . "$ENV_FILE"
+  local d="$STATE/keda" kubectl="$BIN/kubectl"
+  mkdir -p "$d"
+  if [ ! -f "$d/tls.crt" ]; then
+    (
+      cd "$d"
+      openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 -subj "/CN=flowplane-local-keda-ca" 2>/dev/null
+      printf 'subjectAltName = IP:127.0.0.1, DNS:localhost, DNS:keda-metrics-apiserver.keda.svc, DNS:keda-operator.keda.svc\nextendedKeyUsage = serverAuth, clientAuth\n' >tls.ext
+      openssl req -newkey rsa:2048 -nodes -keyout tls.key -out tls.csr -subj "/CN=keda" 2>/dev/null
+      openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out tls.crt -days 3650 -extfile tls.ext 2>/dev/null
+    )
+  fi
+  local crds=("$CACHE"/crds/keda-*.yaml)
+  for f in "${crds[@]}"; do "$kubectl" apply --server-side --force-conflicts -f "$f" >/dev/null; done
+  for f in "${crds[@]}"; do "$kubectl" wait --for condition=established --timeout 60s -f "$f" >/dev/null; done
+  "$kubectl" create namespace keda --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
+  local grpc_port adapter_port
+  grpc_port=$(free_port); adapter_port=$(free_port)
+  stop keda-operator; stop keda-adapter
+  # No leader election, no certificate rotation or patching: the certificates are ours.
+  start keda-operator env KUBECONFIG="$KUBECONFIG" POD_NAMESPACE=keda KEDA_CLUSTER_OBJECT_NAMESPACE=keda WATCH_NAMESPACE= \
+    "$BIN/keda-operator" --metrics-bind-address "127.0.0.1:$(free_port)" --health-probe-bind-address "127.0.0.1:$(free_port)" \
+    --metrics-service-bind-address "127.0.0.1:$grpc_port" --cert-dir "$d" --ca-dir "$d" \
+    --enable-webhook-patching=false --enable-apiservice-patching=false
+  start keda-adapter env KUBECONFIG="$KUBECONFIG" POD_NAMESPACE=keda KEDA_CLUSTER_OBJECT_NAMESPACE=keda WATCH_NAMESPACE= \
+    "$BIN/keda-adapter" --secure-port "$adapter_port" --bind-address 127.0.0.1 --port "$(free_port)" \
+    --tls-cert-file "$d/tls.crt" --tls-private-key-file "$d/tls.key" --cert-dir "$d" \
+    --metrics-service-address "127.0.0.1:$grpc_port" --metrics-service-grpc-authority keda-operator.keda.svc \
+    --authentication-kubeconfig "$KUBECONFIG" --authorization-kubeconfig "$KUBECONFIG" --lister-kubeconfig "$KUBECONFIG"
+  "$kubectl" apply --server-side --force-conflicts -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Service
+metadata: {name: keda-metrics-apiserver, namespace: keda}
+spec:
+  type: ExternalName
+  externalName: localhost
+  ports: [{name: https, port: $adapter_port}]
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {name: v1beta1.external.metrics.k8s.io}
+spec:
+  group: external.metrics.k8s.io
+  version: v1beta1
+  service: {namespace: keda, name: keda-metrics-apiserver, port: $adapter_port}
+  caBundle: $(base64 -w0 <"$d/ca.crt")
+  groupPriorityMinimum: 100
+  versionPriority: 100
+YAML
+  wait_for keda-adapter 120 "$kubectl" get --raw /apis/external.metrics.k8s.io/v1beta1
+  alive keda-operator || { log "keda-operator exited"; tail -n 20 "$STATE/keda-operator.log" >&2; return 1; }
+  log "KEDA up: external.metrics.k8s.io served by keda-adapter on 127.0.0.1:$adapter_port"
+}
+
+keda_down() {
+  if [ -f "$ENV_FILE" ]; then
+    # shellcheck disable=SC1090
+    . "$ENV_FILE"
+    "$BIN/kubectl" delete apiservice v1beta1.external.metrics.k8s.io --ignore-not-found >/dev/null 2>&1 || true
+    for f in "$CACHE"/crds/keda-*.yaml; do "$BIN/kubectl" delete -f "$f" --ignore-not-found --wait=false >/dev/null 2>&1 || true; done
+  fi
+  stop keda-adapter
+  stop keda-operator
+}
+
 down_quiet() {
   # The operator (started by demo.sh with the same pid files) first, then the node, then the
   # control plane.
   stop operator
+  stop keda-adapter
+  stop keda-operator
   node_down
-  for p in kube-controller-manager kube-apiserver nats-server etcd; do stop "$p"; done
+  for p in prometheus kube-controller-manager kube-apiserver nats-server etcd; do stop "$p"; done
   rm -f "$ENV_FILE"
 }
 
@@ -257,7 +378,14 @@ case "${1:-}" in
       *) echo "usage: $0 up [--with-node]" >&2; exit 2 ;;
     esac
     up ;;
+  keda-up) keda_up ;;
+  keda-down) keda_down; log "KEDA stopped" ;;
   down) down_quiet; log "stopped" ;;
   env) [ -f "$ENV_FILE" ] && echo "$ENV_FILE" || { log "not up"; exit 1; } ;;
-  *) echo "usage: $0 up|down|env" >&2; exit 2 ;;
+  reload-rules)
+    [ -f "$ENV_FILE" ] || { log "not up"; exit 1; }
+    # shellcheck disable=SC1090
+    . "$ENV_FILE"
+    curl -sf -X POST "$PROMETHEUS_URL/-/reload" >/dev/null ;;
+  *) echo "usage: $0 up|keda-up|keda-down|down|env|reload-rules" >&2; exit 2 ;;
 esac

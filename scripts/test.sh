@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 
 export FLOWPLANE_CACHE="${FLOWPLANE_CACHE:-$HOME/.cache/flowplane}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$FLOWPLANE_CACHE/target}"
+# Each clone builds the crate once under a new path: incremental state would only fill the disk
+# (5 GB per clone in the shared target directory).
+export CARGO_INCREMENTAL=0
 # A control plane of its own, so a developer's running demo is neither used nor disturbed.
 export FLOWPLANE_ENV_NAME="test-$$"
 export FLOWPLANE_STATE="$FLOWPLANE_CACHE/run/$FLOWPLANE_ENV_NAME"
@@ -35,3 +38,6 @@ export FLOWPLANE_IMAGE_ARCHIVE
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked --all-targets "$@"
+# A short smoke of every fuzz target from the committed corpus (docs/testing.md), built without
+# a sanitizer and unoptimized: the sanitizer build costs CI more than it finds in safe Rust.
+FUZZ_FLAGS="--sanitizer none --dev" scripts/fuzz.sh 10

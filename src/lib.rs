@@ -5,6 +5,7 @@ pub mod api;
 pub mod contract;
 pub mod controller;
 pub mod crdgen;
+pub mod fuzz;
 pub mod queue;
 pub mod render;
 pub mod sim;

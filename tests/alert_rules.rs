@@ -1,14 +1,17 @@
 //! The generated alert rules pass `promtool check rules`, and `promtool test rules` shows each
-//! alert firing on the series that should fire it and silent otherwise.
+//! alert firing on the series that should fire it and silent otherwise, including a quiet
+//! flow across a worker restart (the case that used to fire FlowplaneFlowStale falsely).
 
 mod support;
 
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use flowplane::api::IntegrationFlow;
 use flowplane::api::integration_flow::{ALERT_LABEL_VALUE_PATTERN, Alerting};
-use flowplane::render::alerts::{rule_file, rule_groups};
+use flowplane::api::{DataContract, IntegrationFlow};
+use flowplane::contract::canonical::schema_hash;
+use flowplane::render::ResolvedContract;
+use flowplane::render::alerts::{RuleGroup, rule_file};
 
 fn flow() -> IntegrationFlow {
     serde_yaml::from_str(
@@ -26,6 +29,37 @@ spec:
 "#,
     )
     .unwrap()
+}
+
+/// The example sales-order-lines contract: sla.freshness warnAfter 30m, errorAfter 2h, and two
+/// quality rules with action Alert.
+fn contract() -> ResolvedContract {
+    let text = std::fs::read_to_string(
+        support::repo_root().join("examples/base/contracts/sales-order-lines.yaml"),
+    )
+    .unwrap();
+    let dc: DataContract = serde_yaml::from_str(&text).unwrap();
+    ResolvedContract {
+        name: dc.metadata.name.clone().unwrap(),
+        version: dc.spec.version.clone(),
+        schema_hash: schema_hash(&dc.spec.schema),
+        schema: dc.spec.schema.clone(),
+        quality: dc.spec.quality.clone(),
+        sla: dc.spec.sla.clone(),
+    }
+}
+
+/// The same contract without an SLA and without Alert rules.
+fn plain_contract() -> ResolvedContract {
+    let mut c = contract();
+    c.sla = None;
+    c.quality
+        .retain(|q| q.action != flowplane::api::data_contract::QualityAction::Alert);
+    c
+}
+
+fn rule_groups(flow: &IntegrationFlow) -> Vec<RuleGroup> {
+    flowplane::render::alerts::rule_groups(flow, &contract())
 }
 
 /// Series of the flow, and the same series of another flow (never matched).
@@ -78,18 +112,80 @@ fn generated_rules_pass_promtool_check_and_fire_when_they_should() {
     let rules = dir.join("rules.yaml");
     std::fs::write(&rules, rule_file(&rule_groups(&flow()))).unwrap();
     let checked = run_promtool(&["check", "rules", rules.to_str().unwrap()]);
-    assert!(checked.contains("SUCCESS: 6 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 11 rules found"), "{checked}");
+    let plain = dir.join("plain.yaml");
+    std::fs::write(
+        &plain,
+        rule_file(&flowplane::render::alerts::rule_groups(
+            &flow(),
+            &plain_contract(),
+        )),
+    )
+    .unwrap();
+    let checked = run_promtool(&["check", "rules", plain.to_str().unwrap()]);
+    assert!(checked.contains("SUCCESS: 8 rules found"), "{checked}");
 
     let cases = vec![
-    // Stale: the last success stays at t=0 while time passes; fresh: it follows time.
+    // Stale: the last success stays at 1m while time passes; fresh: it follows time.
     test_case(
-        series("flowplane_worker_last_success_timestamp_seconds", "0x40"),
+        series("flowplane_worker_last_success_timestamp_seconds", "60x40"),
         alert("FlowplaneFlowStale", "10m", false, "critical", "")
             + &alert("FlowplaneFlowStale", "25m", true, "critical", ""),
     ),
     test_case(
         series("flowplane_worker_last_success_timestamp_seconds", "0+60x40"),
         alert("FlowplaneFlowStale", "35m", false, "critical", ""),
+    ),
+    // A quiet flow whose last delivery was at 5m, its worker replaced at 12m (no series for a
+    // minute, then a new worker): the new worker reports the recorded 5m, not 0, so nothing
+    // fires before the 15m SLA runs out (at 20m, plus the rule's 1m).
+    test_case(
+        series(
+            "flowplane_worker_last_success_timestamp_seconds",
+            "0 0 0 0 0 300 300 300 300 300 300 300 _ 300x20",
+        ),
+        alert("FlowplaneFlowStale", "19m", false, "critical", "")
+            + &alert("FlowplaneFlowStale", "22m", true, "critical", ""),
+    ),
+    // A flow that has never delivered exports 0: no freshness alert (status says NoDataYet).
+    test_case(
+        series("flowplane_worker_last_success_timestamp_seconds", "0x200"),
+        alert("FlowplaneFlowStale", "180m", false, "critical", "")
+            + &alert("FlowplaneContractFreshnessBreached", "180m", false, "critical", ""),
+    ),
+    // ... but says so once the workers reported nothing for the 15m SLA; one delivery clears it.
+    test_case(
+        series("flowplane_worker_last_success_timestamp_seconds", "0x40"),
+        alert("FlowplaneFlowNoData", "10m", false, "warning", "")
+            + &alert("FlowplaneFlowNoData", "20m", true, "warning", ""),
+    ),
+    test_case(
+        series("flowplane_worker_last_success_timestamp_seconds", "0 0 0 180x40"),
+        alert("FlowplaneFlowNoData", "25m", false, "warning", ""),
+    ),
+    // The contract's freshness: warning after 30m, critical after 2h (delivered at 1m).
+    test_case(
+        series("flowplane_worker_last_success_timestamp_seconds", "60x200"),
+        alert("FlowplaneContractFreshnessWarning", "30m", false, "warning", "")
+            + &alert("FlowplaneContractFreshnessWarning", "33m", true, "warning", "")
+            + &alert("FlowplaneContractFreshnessBreached", "100m", false, "critical", "")
+            + &alert("FlowplaneContractFreshnessBreached", "124m", true, "critical", ""),
+    ),
+    test_case(
+        series("flowplane_worker_last_success_timestamp_seconds", "0+60x200"),
+        alert("FlowplaneContractFreshnessWarning", "150m", false, "warning", "")
+            + &alert("FlowplaneContractFreshnessBreached", "150m", false, "critical", ""),
+    ),
+    // Quality rules with action Alert: violations in the last 15 minutes fire; none stay silent,
+    // and old ones stop firing.
+    test_case(
+        series("flowplane_worker_quality_alerts_total", "0 0 0 2 2 2 2 2 2 2 2 2 2 2 2 2 2 2 2 2 2 2 2 2 2 2"),
+        alert("FlowplaneQualityAlert", "5m", true, "warning", "")
+            + &alert("FlowplaneQualityAlert", "25m", false, "warning", ""),
+    ),
+    test_case(
+        series("flowplane_worker_quality_alerts_total", "0x30"),
+        alert("FlowplaneQualityAlert", "20m", false, "warning", ""),
     ),
     // Error ratio 10% > 5%; 1% stays silent.
     test_case(
@@ -110,6 +206,20 @@ fn generated_rules_pass_promtool_check_and_fire_when_they_should() {
             "0 0 0 0 0 5 5 5 5 5 5 5 5 5 5 5 5 5",
         ),
         alert("FlowplaneDeadLetters", "15m", false, "warning", ""),
+    ),
+    // The oldest dead letter (dead-lettered at 2m) outlives the 15m freshness SLA; an empty
+    // dead-letter stream (0) or a redrive that took it back at 10m stays silent.
+    test_case(
+        series("flowplane_worker_oldest_dead_letter_timestamp_seconds", "0 0 120x40"),
+        alert("FlowplaneDeadLetterAged", "16m", false, "warning", "")
+            + &alert("FlowplaneDeadLetterAged", "19m", true, "warning", ""),
+    ),
+    test_case(
+        series(
+            "flowplane_worker_oldest_dead_letter_timestamp_seconds",
+            "0 0 120 120 120 120 120 120 120 120 0x30",
+        ),
+        alert("FlowplaneDeadLetterAged", "25m", false, "warning", ""),
     ),
     // Lag above what 3 workers absorb (1500) and growing; high but shrinking stays silent.
     test_case(
@@ -197,7 +307,7 @@ fn hostile_labels_that_admission_accepts_still_load_in_prometheus_verbatim() {
     let rules = dir.join("rules.yaml");
     std::fs::write(&rules, rule_file(&rule_groups(&flow))).unwrap();
     let checked = run_promtool(&["check", "rules", rules.to_str().unwrap()]);
-    assert!(checked.contains("SUCCESS: 6 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 11 rules found"), "{checked}");
 
     // Prometheus expands templates in alert labels: the firing alert carries every value
     // exactly as written, and the flow's own labels.

@@ -251,6 +251,8 @@ fn helm_template_renders_a_production_install() {
     }
     assert_eq!(find(&docs, "ValidatingAdmissionPolicy").len(), 2);
     assert_eq!(find(&docs, "ValidatingAdmissionPolicyBinding").len(), 2);
+    assert_eq!(find(&docs, "MutatingAdmissionPolicy").len(), 1);
+    assert_eq!(find(&docs, "MutatingAdmissionPolicyBinding").len(), 1);
     // By default: the operator's rules in a Role of the release namespace, the leader-election
     // Role, and a Role naming the `kubernetes` Service in `default`; the ClusterRole only reads
     // CRDs, ServiceCIDRs and Nodes.
@@ -467,6 +469,15 @@ fn cleanup_cluster_scoped(release: &str) {
             None,
         );
     }
+    let _ = support::kubectl(
+        &[
+            "delete",
+            "mutatingadmissionpolicy,mutatingadmissionpolicybinding",
+            &format!("{name}-stamp-decider"),
+            "--ignore-not-found",
+        ],
+        None,
+    );
 }
 
 #[tokio::test]

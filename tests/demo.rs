@@ -2,8 +2,10 @@
 //! gets this build's binary), starts a control plane of its own (a separate local environment,
 //! so the demo's operator never meets the in-process operators of the other tests), NATS, the
 //! simulators, the operator and the workers, and exits 0 once every demo flow is Ready and Fresh
-//! with a delivery since it started and the forecasting simulator received records of each
-//! flow; then it stops everything it started. About 75-90 s warm.
+//! with a delivery since it started, the forecasting simulator received records of each
+//! flow, and the loop reached the ERP simulator's replenishment entity and the supplier portal;
+//! then it stops everything it started. 109 s warm with the five flows (2026-11-30, loaded
+//! machine; 75-90 s with three).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -49,7 +51,14 @@ fn the_demo_shows_every_flow_ready_and_fresh_with_records_arriving() {
         "order-history-to-forecasting",
         "inventory-events-to-forecasting",
         "returns-events-to-forecasting",
+        "forecasts-to-supplier-portal",
+        "forecast-deltas-to-erp-replenishment",
     ] {
         assert!(stdout.contains(flow), "{flow} not shown:\n{stdout}");
     }
+    // The loop's counts at the simulators.
+    assert!(
+        stdout.contains("ERP simulator PurchaseReqnItem:"),
+        "the loop's counts not shown:\n{stdout}"
+    );
 }

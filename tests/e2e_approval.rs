@@ -15,7 +15,9 @@ use flowplane::api::data_contract::RecordSchema;
 use flowplane::api::integration_flow::{
     ApprovalAction, ApprovalRule, ReviewTimeoutAction, SyncMode, WriteMode,
 };
-use flowplane::queue::approvals::{Decision, PendingReview, decide, list_pending};
+use flowplane::queue::approvals::{
+    Decision, PendingReview, Route, decide, list_pending, route_counts,
+};
 use flowplane::queue::{QueueNames, list_dead_letters};
 use flowplane::sim::erp::ErpSeed;
 use flowplane::worker::sample;
@@ -259,11 +261,11 @@ async fn deltas_are_applied_reviewed_or_escalated_and_reviews_are_approved_or_re
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    decide(&js, &names, &review_d.id, Decision::Reject)
+    decide(&js, &names, &review_d.id, Decision::Reject, Some("dana"))
         .await
         .unwrap();
     assert!(
-        decide(&js, &names, "0000000000000000", Decision::Approve)
+        decide(&js, &names, "0000000000000000", Decision::Approve, None)
             .await
             .is_err(),
         "an unknown review id is an error"
@@ -305,6 +307,64 @@ async fn deltas_are_applied_reviewed_or_escalated_and_reviews_are_approved_or_re
     .await;
     assert_eq!(sims.forecast.received(ERP).duplicates(), 0);
     assert!(!skus(&sims.forecast.received(ERP)).contains(&"SKU-D".to_string()));
+
+    // The decision audit: every delta's route once, the reviewed ones with who and when (the
+    // terminal has no Kubernetes identity, so nobody is named for B).
+    let counts = route_counts(&js, &names).await.unwrap();
+    assert_eq!(
+        counts.into_iter().collect::<Vec<_>>(),
+        [
+            (Route::Applied, 1),
+            (Route::Approved, 1),
+            (Route::Rejected, 1),
+            (Route::Escalated, 2)
+        ]
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowplane"))
+        .args(["review", "list", "--routes", "--flow", &flow, "-n", "e2e"])
+        .args(["--nats-url", &nats_url])
+        .args(["--nats-creds", own.nats_creds_file.as_deref().unwrap()])
+        .args(["--nats-ca", own.nats_ca_file.as_deref().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let routes: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let mut audit: Vec<(&str, &str, Option<&str>, bool)> = routes
+        .iter()
+        .map(|r| {
+            (
+                r["route"].as_str().unwrap(),
+                &r["key"].as_str().unwrap()[..5],
+                r["decidedBy"].as_str(),
+                r["decidedAt"].is_i64(),
+            )
+        })
+        .collect();
+    audit.sort();
+    assert_eq!(
+        audit,
+        [
+            ("applied", "SKU-A", None, false),
+            ("approved", "SKU-B", None, true),
+            ("escalated", "SKU-C", None, false),
+            ("escalated", "SKU-E", None, false),
+            ("rejected", "SKU-D", Some("dana"), true),
+        ],
+        "{routes:#?}"
+    );
+    assert!(
+        routes
+            .iter()
+            .all(|r| r["at"].as_i64().unwrap() > 1_700_000_000)
+    );
     worker.stop().await.unwrap();
 }
 
@@ -394,6 +454,15 @@ async fn a_review_nobody_decides_is_rejected_applied_or_escalated_as_on_timeout_
                 assert!(letters.is_empty(), "{letters:#?}");
             }
         }
+        // Audited as timed out, whatever onTimeout did.
+        assert_eq!(
+            route_counts(&js, &names)
+                .await
+                .unwrap()
+                .into_iter()
+                .collect::<Vec<_>>(),
+            [(Route::TimedOut, 1)]
+        );
     }
     for worker in workers {
         worker.stop().await.unwrap();

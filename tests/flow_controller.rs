@@ -152,10 +152,11 @@ async fn a_flow_gets_its_children_follows_edits_and_prunes() {
     let labels = deployment.metadata.labels.clone().unwrap();
     assert_eq!(labels["app.kubernetes.io/managed-by"], "flowplane");
     assert_eq!(labels["app.kubernetes.io/instance"], "orders");
-    // An autoscaler owns replicas: the operator never applies the field.
+    // No autoscaler can own replicas here (no metrics API): the operator sets them
+    // (`optional_apis_swap_autoscaler_and_alert_objects` checks it lets go under KEDA).
     assert!(
-        !operator_owns_replicas(&deployment),
-        "operator must not own spec.replicas"
+        operator_owns_replicas(&deployment),
+        "the operator owns spec.replicas"
     );
     let hash = deployment
         .spec
@@ -203,11 +204,15 @@ async fn a_flow_gets_its_children_follows_edits_and_prunes() {
             .await
             .is_some()
     );
+    // This cluster serves no external.metrics.k8s.io: no HPA that could never read the lag,
+    // a fixed count from minReplicas instead, and status says why.
     assert!(
         get_opt::<HorizontalPodAutoscaler>(&client, &ns.name, "orders-worker")
             .await
-            .is_some()
+            .is_none()
     );
+    let workers: Deployment = get_opt(&client, &ns.name, "orders-worker").await.unwrap();
+    assert_eq!(workers.spec.replicas, Some(1));
     let rules: ConfigMap = get_opt(&client, &ns.name, "orders-alerts").await.unwrap();
     assert!(rules.data.unwrap()["flowplane-rules.yaml"].contains("FlowplaneFlowStale"));
 
@@ -228,6 +233,13 @@ async fn a_flow_gets_its_children_follows_edits_and_prunes() {
         flow.status.as_ref().unwrap().contract_version.as_deref(),
         Some("1.0.0")
     );
+    let (autoscaled, reason, message) = condition(&flow, "Autoscaled").unwrap();
+    assert_eq!(
+        (autoscaled.as_str(), reason.as_str()),
+        ("False", "ExternalMetricsUnavailable"),
+        "{message}"
+    );
+    assert!(message.contains("1 fixed workers"), "{message}");
     let (ready, reason, message) = condition(&flow, "Ready").unwrap();
     assert_eq!(ready, "False");
     assert_eq!(reason, "NoWorkerAvailable", "{message}");
@@ -265,10 +277,18 @@ async fn kubectl_scale_sets_a_fixed_worker_count_in_place_of_the_autoscaler() {
     let ns = TestNamespace::new(&client, "flow-scale").await;
     dependencies(&client, &ns.name).await;
     let _: IntegrationFlow = apply_yaml(&client, &ns.name, &flow_yaml("orders", "")).await;
-    eventually(60, "the flow's autoscaler", || async {
-        get_opt::<HorizontalPodAutoscaler>(&client, &ns.name, "orders-worker")
-            .await
-            .map(|_| ())
+    // Without a metrics API the autoscaler's place is held by minReplicas (see
+    // `without_a_served_external_metrics_api_a_flow_gets_no_hpa`).
+    let autoscaled_reason = |reason: &'static str| {
+        let client = client.clone();
+        let ns = ns.name.clone();
+        async move {
+            let f = flow_status(&client, &ns, "orders").await;
+            (condition(&f, "Autoscaled")?.1 == reason).then_some(())
+        }
+    };
+    eventually(60, "the flow's fixed floor", || {
+        autoscaled_reason("ExternalMetricsUnavailable")
     })
     .await;
 
@@ -291,6 +311,10 @@ async fn kubectl_scale_sets_a_fixed_worker_count_in_place_of_the_autoscaler() {
         let d: Deployment = get_opt(&client, &ns.name, "orders-worker").await?;
         let hpa = get_opt::<HorizontalPodAutoscaler>(&client, &ns.name, "orders-worker").await;
         (d.spec.replicas == Some(2) && hpa.is_none()).then_some(())
+    })
+    .await;
+    eventually(60, "status naming the fixed count", || {
+        autoscaled_reason("FixedReplicas")
     })
     .await;
     let (_, read_back, _) = support::kubectl(
@@ -329,10 +353,13 @@ async fn kubectl_scale_sets_a_fixed_worker_count_in_place_of_the_autoscaler() {
         None,
     );
     assert!(ok, "{err}");
-    eventually(60, "the autoscaler back", || async {
-        get_opt::<HorizontalPodAutoscaler>(&client, &ns.name, "orders-worker")
-            .await
-            .map(|_| ())
+    eventually(60, "the floor back", || async {
+        let d: Deployment = get_opt(&client, &ns.name, "orders-worker").await?;
+        (d.spec.replicas == Some(1)).then_some(())
+    })
+    .await;
+    eventually(60, "status naming the missing metrics API", || {
+        autoscaled_reason("ExternalMetricsUnavailable")
     })
     .await;
 }
@@ -533,10 +560,13 @@ async fn optional_apis_swap_autoscaler_and_alert_objects() {
     let ns = TestNamespace::new(&client, "flow-optional").await;
     dependencies(&client, &ns.name).await;
     let _: IntegrationFlow = apply_yaml(&client, &ns.name, &flow_yaml("scaled", "")).await;
-    eventually(60, "HPA", || {
-        get_opt::<HorizontalPodAutoscaler>(&client, &ns.name, "scaled-worker")
+    eventually(60, "rules ConfigMap", || {
+        get_opt::<ConfigMap>(&client, &ns.name, "scaled-alerts")
     })
     .await;
+    // No metrics API yet: the operator holds the worker count (minReplicas) until KEDA comes.
+    let d: Deployment = get_opt(&client, &ns.name, "scaled-worker").await.unwrap();
+    assert!(operator_owns_replicas(&d));
 
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let cache = support::cache_dir().join("crds");
@@ -575,13 +605,6 @@ async fn optional_apis_swap_autoscaler_and_alert_objects() {
         })
         .await;
         assert_eq!(so.data["spec"]["triggers"][0]["type"], "nats-jetstream");
-        eventually(60, "HPA pruned", || async {
-            get_opt::<HorizontalPodAutoscaler>(&client, &ns, "scaled-worker")
-                .await
-                .is_none()
-                .then_some(())
-        })
-        .await;
         eventually(60, "PrometheusRule", || async {
             rule_api.get_opt("scaled-alerts").await.ok().flatten()
         })
@@ -606,11 +629,101 @@ async fn optional_apis_swap_autoscaler_and_alert_objects() {
     }
 }
 
+/// The registration an external metrics adapter makes (prometheus-adapter, KEDA's metrics
+/// server), here with nothing behind it.
+fn external_metrics_api_service(ns: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "apiregistration.k8s.io/v1",
+        "kind": "APIService",
+        "metadata": {"name": "v1beta1.external.metrics.k8s.io"},
+        "spec": {
+            "group": "external.metrics.k8s.io",
+            "version": "v1beta1",
+            "service": {"namespace": ns, "name": "no-adapter", "port": 443},
+            "insecureSkipTLSVerify": true,
+            "groupPriorityMinimum": 100,
+            "versionPriority": 100
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_registered_but_unserved_external_metrics_api_gets_no_hpa() {
+    use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+    let _exclusive = OPTIONAL_APIS.write().await;
+    let client = client().await;
+    operator();
+    let ns = TestNamespace::new(&client, "flow-metrics-api").await;
+    dependencies(&client, &ns.name).await;
+    let services: Api<APIService> = Api::all(client.clone());
+    let registration: APIService =
+        serde_json::from_value(external_metrics_api_service(&ns.name)).unwrap();
+    services
+        .patch(
+            "v1beta1.external.metrics.k8s.io",
+            &apply_params(),
+            &Patch::Apply(&registration),
+        )
+        .await
+        .unwrap();
+    let (client2, ns_name, services2) = (client.clone(), ns.name.clone(), services.clone());
+    let result = async move {
+        let (client, ns) = (client2, ns_name);
+        // The aggregator has judged it: registered, not available (its Service is missing).
+        eventually(60, "the APIService judged unavailable", || async {
+            let service = services2
+                .get("v1beta1.external.metrics.k8s.io")
+                .await
+                .ok()?;
+            service
+                .status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Available" && c.status == "False")
+                .then_some(())
+        })
+        .await;
+        let _: IntegrationFlow = apply_yaml(&client, &ns, &flow_yaml("unserved", "")).await;
+        let flow = eventually(60, "the Autoscaled condition", || async {
+            let f = flow_status(&client, &ns, "unserved").await;
+            condition(&f, "Autoscaled").map(|_| f)
+        })
+        .await;
+        let (status, reason, message) = condition(&flow, "Autoscaled").unwrap();
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "ExternalMetricsUnavailable"),
+            "{message}"
+        );
+        // Past the operator's periodic re-check (30 s) it still renders none.
+        tokio::time::sleep(std::time::Duration::from_secs(35)).await;
+        assert!(
+            get_opt::<HorizontalPodAutoscaler>(&client, &ns, "unserved-worker")
+                .await
+                .is_none()
+        );
+        let d: Deployment = get_opt(&client, &ns, "unserved-worker").await.unwrap();
+        assert_eq!(d.spec.replicas, Some(1));
+    };
+    // Remove the registration whatever happened: while it is unavailable, namespace deletion
+    // waits on discovery.
+    let outcome = tokio::spawn(result).await;
+    services
+        .delete("v1beta1.external.metrics.k8s.io", &DeleteParams::default())
+        .await
+        .ok();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic.into_panic());
+    }
+}
+
 #[tokio::test]
 async fn pending_reviews_show_in_status_and_annotations_decide_them() {
     use flowplane::queue::approvals::{
-        Decision, ParkedReview, read_decision, review_id, review_key,
+        Decision, ParkedReview, Route, RouteRecord, read_decision, record_route, review_id,
+        review_key,
     };
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     let client = client().await;
     operator();
     let ns = TestNamespace::new(&client, "flow-review").await;
@@ -667,28 +780,157 @@ async fn pending_reviews_show_in_status_and_annotations_decide_them() {
     );
     assert!(first.expires.ends_with('Z'), "RFC 3339: {}", first.expires);
 
-    let flows: Api<IntegrationFlow> = Api::namespaced(client.clone(), &ns.name);
+    // Planners decide with their own Kubernetes identity (impersonated), allowed to annotate
+    // flows in this namespace and nothing else.
+    let role: Role = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "planner"},
+        "rules": [{"apiGroups": ["flowplane.io"], "resources": ["integrationflows"],
+            "verbs": ["get", "patch"]}],
+    }))
+    .unwrap();
+    Api::<Role>::namespaced(client.clone(), &ns.name)
+        .create(&Default::default(), &role)
+        .await
+        .unwrap();
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "planners"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "planner"},
+        "subjects": [
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"},
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "mallory"},
+        ],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), &ns.name)
+        .create(&Default::default(), &binding)
+        .await
+        .unwrap();
+    let as_user = |user: &'static str| {
+        let ns = ns.name.clone();
+        async move {
+            let mut config = support::admin_config().await;
+            config.auth_info.impersonate = Some(user.into());
+            config.auth_info.impersonate_groups = Some(vec!["system:authenticated".into()]);
+            Api::<IntegrationFlow>::namespaced(Client::try_from(config).unwrap(), &ns)
+        }
+    };
+    let decider = |f: &IntegrationFlow| {
+        f.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("flowplane.io/decided-by").cloned())
+    };
+    let alice = as_user("alice").await;
+    // The chart's MutatingAdmissionPolicy (installed with the operator's RBAC) takes effect
+    // within seconds: until then, a decision on no review with a changing forged decider.
+    let mut attempt = 0;
+    eventually(60, "the decider stamped by the admission policy", || {
+        attempt += 1;
+        let annotate = json!({"metadata": {"annotations": {
+            "flowplane.io/approve": "no-such-review",
+            "flowplane.io/decided-by": format!("bob-{attempt}"),
+        }}});
+        let alice = alice.clone();
+        async move {
+            let f = alice
+                .patch("deltas", &PatchParams::default(), &Patch::Merge(&annotate))
+                .await
+                .unwrap();
+            (decider(&f).as_deref() == Some("alice")).then_some(())
+        }
+    })
+    .await;
+    // alice decides and claims bob did: the record says alice.
     let annotate = json!({"metadata": {"annotations": {
         "flowplane.io/approve": ids[0],
         "flowplane.io/reject": format!("{}, unknown-review", ids[1]),
+        "flowplane.io/decided-by": "bob",
     }}});
-    flows
+    let f = alice
         .patch("deltas", &PatchParams::default(), &Patch::Merge(&annotate))
         .await
         .unwrap();
+    assert_eq!(decider(&f).as_deref(), Some("alice"));
     eventually(60, "decisions recorded and acknowledged", || async {
         let f = flow_status(&client, &ns.name, "deltas").await;
         let ops = f.status?.operations;
         (ops.get("approve") == Some(&ids[0]) && ops.contains_key("reject")).then_some(())
     })
     .await;
+    for (id, decision) in [(&ids[0], Decision::Approve), (&ids[1], Decision::Reject)] {
+        let record = read_decision(&store, id).await.unwrap().unwrap();
+        assert_eq!(record.decision, decision);
+        assert_eq!(record.decided_by.as_deref(), Some("alice"));
+        assert!(record.decided_at > expires - 3600 - 600, "{record:?}");
+    }
+    // mallory rewrites the decider alone: she gets her own name, and the decisions stay alice's.
+    let mallory = as_user("mallory").await;
+    let forged = json!({"metadata": {"annotations": {"flowplane.io/decided-by": "carol"}}});
+    let f = mallory
+        .patch("deltas", &PatchParams::default(), &Patch::Merge(&forged))
+        .await
+        .unwrap();
+    assert_eq!(decider(&f).as_deref(), Some("mallory"));
+    // The admin's spec edit (no decision annotation changed) leaves the decider alone.
+    let f = Api::<IntegrationFlow>::namespaced(client.clone(), &ns.name)
+        .patch(
+            "deltas",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {"team": "planning"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(decider(&f).as_deref(), Some("mallory"));
     assert_eq!(
-        read_decision(&store, &ids[0]).await.unwrap(),
-        Some(Decision::Approve)
+        read_decision(&store, &ids[0])
+            .await
+            .unwrap()
+            .unwrap()
+            .decided_by
+            .as_deref(),
+        Some("alice")
     );
+
+    // The status summary counts the routes the workers recorded (what `Approvals` writes).
+    let routes = [
+        (Route::Applied, 3),
+        (Route::Approved, 2),
+        (Route::Rejected, 1),
+        (Route::Escalated, 4),
+        (Route::TimedOut, 1),
+    ];
+    for (route, n) in routes {
+        for i in 0..n {
+            let record = RouteRecord {
+                id: review_id(&format!("SKU-{i}|{}", route.as_str()), 1),
+                key: format!("SKU-{i}"),
+                route,
+                delta_percent: Some(1.0),
+                decided_by: None,
+                decided_at: None,
+                at: expires,
+            };
+            // Twice: a redelivered delta is one record.
+            record_route(&store, &record).await.unwrap();
+            record_route(&store, &record).await.unwrap();
+        }
+    }
+    let counts = eventually(60, "route counts in status", || async {
+        let f = flow_status(&client, &ns.name, "deltas").await;
+        f.status?.routes.filter(|r| r.applied == 3)
+    })
+    .await;
     assert_eq!(
-        read_decision(&store, &ids[1]).await.unwrap(),
-        Some(Decision::Reject)
+        (
+            counts.applied,
+            counts.approved,
+            counts.rejected,
+            counts.escalated,
+            counts.timed_out
+        ),
+        (3, 2, 1, 4, 1)
     );
     // Decided reviews leave the pending list.
     eventually(60, "decided reviews leave status", || async {

@@ -98,7 +98,10 @@ fn the_chart_and_every_rendered_child_pass_the_linter_but_its_named_exclusions()
     ]);
     assert!(ok, "{err}");
     std::fs::write(dir.join("chart.yaml"), chart).unwrap();
-    for extra in [&[][..], &["--keda", "--prometheus-operator"][..]] {
+    for extra in [
+        &["--external-metrics"][..],
+        &["--keda", "--prometheus-operator"][..],
+    ] {
         let mut render = Command::new(env!("CARGO_BIN_EXE_flowplane"));
         render.args(["render", "-n", "flowplane-eu"]).args(extra);
         for file in example_files() {
@@ -110,7 +113,7 @@ fn the_chart_and_every_rendered_child_pass_the_linter_but_its_named_exclusions()
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let name = if extra.is_empty() {
+        let name = if extra.len() == 1 {
             "rendered.yaml"
         } else {
             "rendered-optional.yaml"

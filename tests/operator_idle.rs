@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::api::{Api, Patch, PatchParams};
 
 use flowplane::api::IntegrationFlow;
@@ -56,33 +55,6 @@ async fn a_settled_operator_makes_no_writes_for_30_seconds() {
             }))
         .then_some(())
     })
-    .await;
-
-    // The autoscalers have lifted their Deployments to their floors (created without
-    // `replicas`, a Deployment starts at one; kube-controller-manager's autoscaler raises it
-    // on its next 15 s pass, and the flow's worker count rightly changes with it).
-    let autoscalers: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns.name);
-    eventually(
-        90,
-        "every autoscaler's floor reached and rolled out",
-        || async {
-            let deployments = deployments.list(&Default::default()).await.ok()?;
-            let autoscalers = autoscalers.list(&Default::default()).await.ok()?;
-            autoscalers
-                .items
-                .iter()
-                .all(|hpa| {
-                    let floor = hpa.spec.min_replicas.unwrap_or(1);
-                    deployments.items.iter().any(|d| {
-                        d.metadata.name == hpa.metadata.name
-                            && d.spec.replicas.unwrap_or(0) >= floor
-                            && d.status.as_ref().and_then(|s| s.observed_generation)
-                                == d.metadata.generation
-                    })
-                })
-                .then_some(())
-        },
-    )
     .await;
 
     // Settled: no write for 10 s in a row (bounded at 120 s).

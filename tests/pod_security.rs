@@ -49,6 +49,7 @@ fn worker_pod(namespace: &str) -> Pod {
         schema_hash: schema_hash(&contract.spec.schema),
         schema: contract.spec.schema.clone(),
         quality: contract.spec.quality.clone(),
+        sla: contract.spec.sla.clone(),
     };
     let settings = RenderSettings {
         worker_image: "flowplane:test".into(),
@@ -57,7 +58,9 @@ fn worker_pod(namespace: &str) -> Pod {
         nats_tls: true,
         nats_monitoring_endpoint: "127.0.0.1:8222".into(),
         queue_replicas: 1,
+        nats_account: "$G".into(),
         keda: false,
+        external_metrics: false,
         prometheus_operator: false,
     };
     let code_maps = flow

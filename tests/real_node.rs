@@ -148,6 +148,7 @@ struct Sims {
     forecast: std::sync::Arc<ForecastState>,
     erp_url: String,
     forecast_url: String,
+    portal_url: String,
 }
 
 async fn start_sims(host: &str) -> Sims {
@@ -159,16 +160,24 @@ async fn start_sims(host: &str) -> Sims {
         page_size: 100,
     });
     let forecast = ForecastState::new();
+    // The loop's flows have something to read (their counts are checked in tests/e2e_loop.rs).
+    forecast.proposals.publish(20);
     let erp_listener = tokio::net::TcpListener::bind((host, 0)).await.unwrap();
     let forecast_listener = tokio::net::TcpListener::bind((host, 0)).await.unwrap();
+    let portal_listener = tokio::net::TcpListener::bind((host, 0)).await.unwrap();
     let sims = Sims {
         erp: erp.clone(),
         forecast: forecast.clone(),
         erp_url: format!("http://{}/odata", erp_listener.local_addr().unwrap()),
         forecast_url: format!("http://{}", forecast_listener.local_addr().unwrap()),
+        portal_url: format!("http://{}", portal_listener.local_addr().unwrap()),
     };
     tokio::spawn(async move { flowplane::sim::erp::serve(erp_listener, erp).await });
     tokio::spawn(async move { flowplane::sim::forecast::serve(forecast_listener, forecast).await });
+    tokio::spawn(async move {
+        flowplane::sim::portal::serve(portal_listener, flowplane::sim::portal::PortalState::new())
+            .await
+    });
     sims
 }
 
@@ -234,6 +243,7 @@ fn demo_manifests(env: &NodeEnv, sims: &Sims) -> String {
     rendered
         .replace("http://127.0.0.1:18081/odata", &sims.erp_url)
         .replace("http://127.0.0.1:18082", &sims.forecast_url)
+        .replace("http://127.0.0.1:18083", &sims.portal_url)
         .replace("nats://127.0.0.1:14222", env.var("NATS_URL"))
 }
 
@@ -405,7 +415,8 @@ async fn the_chart_and_the_flows_run_as_real_pods_and_move_data_exactly_once() {
         .map(|f| f["metadata"]["name"].as_str().unwrap().to_string())
         .collect();
     assert!(flows.contains(&ORDERS.to_string()), "flows: {flows:?}");
-    // As many as each flow's Deployment wants (the autoscaler's floor), every one Ready.
+    // As many as each flow's Deployment wants (minReplicas: without a metrics API there is no
+    // autoscaler), every one Ready.
     for flow in &flows {
         eventually(
             Duration::from_secs(180),

@@ -41,10 +41,19 @@ fn renders_every_child_of_every_example_flow() {
     let (ok, out, err) = render(&base_files(), &["-n", "demo"]);
     assert!(ok, "{err}");
     assert_eq!(count(&out, "Deployment"), 6);
-    assert_eq!(count(&out, "HorizontalPodAutoscaler"), 6);
+    // Without KEDA or a metrics adapter no autoscaler could read the lag: none, and every
+    // worker Deployment has a fixed count.
+    assert_eq!(count(&out, "HorizontalPodAutoscaler"), 0);
     assert_eq!(count(&out, "ScaledObject"), 0);
+    assert_eq!(out.matches("\n  replicas: ").count(), 6);
     assert!(count(&out, "CronJob") >= 1);
     assert!(out.contains("flowplane.io/config-hash"));
+
+    let (ok, out, err) = render(&base_files(), &["--external-metrics"]);
+    assert!(ok, "{err}");
+    assert_eq!(count(&out, "HorizontalPodAutoscaler"), 6);
+    assert_eq!(count(&out, "ScaledObject"), 0);
+    assert_eq!(out.matches("\n  replicas: ").count(), 0);
 
     let (ok, out, err) = render(&base_files(), &["--keda", "--prometheus-operator"]);
     assert!(ok, "{err}");

@@ -861,9 +861,39 @@ pub struct IntegrationFlowStatus {
     /// Forecast deltas waiting for a planner's decision.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_approvals: Vec<PendingApproval>,
+    /// How many forecast deltas took each route, from the decision audit (`flowplane review
+    /// list --routes` lists each delta with who decided and when). Approval flows only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<RouteCounts>,
     /// One-off operations (annotations) handled, with the annotation value acknowledged.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub operations: BTreeMap<String, String>,
+    /// Drift between the codes the source sends and the code maps, per code map the workers
+    /// have seen codes of: unmapped codes (sent, not in the table) and orphaned ones (in the
+    /// table, never sent since the flow started).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub code_drift: Vec<CodeDrift>,
+}
+
+/// Drift of one code map against the codes the source sent.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CodeDrift {
+    /// The code map (`spec.mapping.codeMaps[].name`).
+    pub code_map: String,
+    /// Codes the source sent that the table does not map, sorted; the first 20 that could be
+    /// a ConfigMap key (the only codes a table can ever map).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unmapped: Vec<String>,
+    /// All unmapped codes seen.
+    #[serde(default)]
+    pub unmapped_count: u64,
+    /// Codes of the table the source has not sent since the flow started, sorted; the first 20.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub orphaned: Vec<String>,
+    /// All orphaned codes.
+    #[serde(default)]
+    pub orphaned_count: u64,
 }
 
 /// Data progress reported by the workers.
@@ -919,6 +949,22 @@ pub struct ReplicaStatus {
     /// `Current` (up to date), `Behind` (catching up, or not heard from for a moment) or
     /// `Lost` (not heard from for longer than the operator waits; QueueReady=False).
     pub state: String,
+}
+
+/// Forecast deltas per route (the decision audit's summary).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteCounts {
+    /// Delivered by the rules, without review.
+    pub applied: u64,
+    /// Reviewed and approved by a planner.
+    pub approved: u64,
+    /// Reviewed and rejected by a planner.
+    pub rejected: u64,
+    /// Sent to the escalation target by the rules.
+    pub escalated: u64,
+    /// Not decided in time (the flow's onTimeout was carried out).
+    pub timed_out: u64,
 }
 
 /// A forecast delta parked for review.

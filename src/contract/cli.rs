@@ -42,7 +42,7 @@ enum ContractCommand {
     },
 }
 
-const MODES: [Compatibility; 7] = [
+pub(crate) const MODES: [Compatibility; 7] = [
     Compatibility::None,
     Compatibility::Backward,
     Compatibility::BackwardTransitive,
@@ -167,25 +167,31 @@ struct TypeHeader {
 fn load(path: &Path) -> Result<DataContract, String> {
     let shown = path.display();
     let text = std::fs::read_to_string(path).map_err(|e| format!("{shown}: cannot read: {e}"))?;
+    parse(&text).map_err(|e| format!("{shown}: {e}"))
+}
+
+/// A DataContract manifest's text, parsed and validated (the fuzz target `contract` feeds it
+/// arbitrary text).
+pub(crate) fn parse(text: &str) -> Result<DataContract, String> {
     let header: TypeHeader =
-        serde_yaml::from_str(&text).map_err(|e| format!("{shown}: not a YAML manifest: {e}"))?;
+        serde_yaml::from_str(text).map_err(|e| format!("not a YAML manifest: {e}"))?;
     let expected_api = format!("{GROUP}/{VERSION}");
     if header.kind.as_deref() != Some("DataContract")
         || header.api_version.as_deref() != Some(expected_api.as_str())
     {
         return Err(format!(
-            "{shown}: not a DataContract (apiVersion {}, kind {}; expected {expected_api}, DataContract)",
+            "not a DataContract (apiVersion {}, kind {}; expected {expected_api}, DataContract)",
             header.api_version.as_deref().unwrap_or("missing"),
             header.kind.as_deref().unwrap_or("missing"),
         ));
     }
     let contract: DataContract =
-        serde_yaml::from_str(&text).map_err(|e| format!("{shown}: invalid DataContract: {e}"))?;
+        serde_yaml::from_str(text).map_err(|e| format!("invalid DataContract: {e}"))?;
     let problems = validate_contract(&contract.spec);
     if !problems.is_empty() {
         let lines: Vec<String> = problems.iter().map(|p| format!("  - spec.{p}")).collect();
         return Err(format!(
-            "{shown}: invalid DataContract {} {}:\n{}",
+            "invalid DataContract {} {}:\n{}",
             contract.spec.domain,
             contract.spec.version,
             lines.join("\n")

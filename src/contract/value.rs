@@ -157,7 +157,10 @@ pub fn is_timestamp(raw: &str) -> bool {
     if !is_date(date) || time.len() < 9 {
         return false;
     }
-    let (clock, rest) = time.split_at(8);
+    // Not split_at: a multi-byte character across byte 8 panicked it.
+    let (Some(clock), Some(rest)) = (time.get(..8), time.get(8..)) else {
+        return false;
+    };
     if !is_clock(clock, 60) {
         return false;
     }
@@ -260,6 +263,8 @@ mod tests {
         assert!(!is_timestamp("2024-03-31T12:00:00"));
         assert!(!is_timestamp("2024-03-31T24:00:00Z"));
         assert!(!is_timestamp("2024-03-31T12:00:00.Z"));
+        // A multi-byte character across the end of the clock: refused, not a panic.
+        assert!(!is_timestamp("2024-01-01T00:00:0\u{e9}Z"));
         assert!(!is_timestamp("2024-03-31T12:00:00+0200"));
     }
 

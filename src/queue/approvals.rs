@@ -4,6 +4,11 @@
 //! `flowplane.io/approve|reject` annotations) and `flowplane review` use [`list_pending`] and
 //! [`decide`]. The id is derived from the record's key and source version, so a redelivered
 //! record is parked once.
+//!
+//! The decision audit: every forecast delta's route is kept under `audit.<route>.<id>`
+//! ([`RouteRecord`]: who decided and when), written by the workers when they route a delta or
+//! carry out a review. The route is in the key, so [`route_counts`] counts from the subject
+//! list alone; a redelivered delta overwrites its record, so the counts stay exact.
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
@@ -17,6 +22,8 @@ use super::jetstream::{QueueError, bucket};
 pub const REVIEW_PREFIX: &str = "review.";
 /// Key prefix of decisions.
 pub const DECISION_PREFIX: &str = "decision.";
+/// Key prefix of the decision audit.
+pub const AUDIT_PREFIX: &str = "audit.";
 
 /// A planner's decision on a parked delta.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +32,86 @@ pub enum Decision {
     Approve,
     /// Drop it (dead-lettered with reason `ReviewRejected`).
     Reject,
+}
+
+/// A decision as stored under `decision.<id>`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionRecord {
+    /// What was decided.
+    pub decision: Decision,
+    /// The Kubernetes user whose request set the decision annotation (stamped by the chart's
+    /// MutatingAdmissionPolicy, never typed); None from `flowplane review`, which has no
+    /// Kubernetes identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    /// When the operator recorded it, Unix seconds.
+    pub decided_at: i64,
+}
+
+/// The route a forecast delta took.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub enum Route {
+    /// Delivered by the rules, without review.
+    Applied,
+    /// Reviewed and approved.
+    Approved,
+    /// Reviewed and rejected (dead-lettered).
+    Rejected,
+    /// Sent to the escalation target by the rules.
+    Escalated,
+    /// Nobody decided in time: the flow's `onTimeout` was carried out.
+    TimedOut,
+}
+
+impl Route {
+    /// Every route, in the order status and docs show them.
+    pub const ALL: [Route; 5] = [
+        Route::Applied,
+        Route::Approved,
+        Route::Rejected,
+        Route::Escalated,
+        Route::TimedOut,
+    ];
+
+    /// The route's name in bucket keys and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Applied => "applied",
+            Route::Approved => "approved",
+            Route::Rejected => "rejected",
+            Route::Escalated => "escalated",
+            Route::TimedOut => "timedOut",
+        }
+    }
+}
+
+/// One delta's route in the decision audit, as stored under `audit.<route>.<id>`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteRecord {
+    /// Review id (derived from key and source version, also for deltas never reviewed).
+    pub id: String,
+    /// Primary key of the record.
+    pub key: String,
+    /// The route taken.
+    pub route: Route,
+    /// Delta in percent (None when infinite).
+    pub delta_percent: Option<f64>,
+    /// Who decided (approved and rejected routes; see [`DecisionRecord::decided_by`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    /// When the decision was recorded, Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<i64>,
+    /// When a worker took the route, Unix seconds.
+    pub at: i64,
+}
+
+/// Bucket key of a delta's route.
+pub fn audit_key(route: Route, id: &str) -> String {
+    format!("{AUDIT_PREFIX}{}.{id}", route.as_str())
 }
 
 /// A pending review as the operator's status and `flowplane review list` show it.
@@ -41,7 +128,7 @@ pub struct PendingReview {
     pub expires: i64,
     /// A decision recorded but not yet carried out by a worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub decision: Option<Decision>,
+    pub decision: Option<DecisionRecord>,
 }
 
 /// Who is carrying out a decision or timeout right now (so workers do not act twice).
@@ -174,7 +261,10 @@ pub async fn read_parked(
 }
 
 /// The decision recorded for `id`, if any.
-pub async fn read_decision(store: &kv::Store, id: &str) -> Result<Option<Decision>, QueueError> {
+pub async fn read_decision(
+    store: &kv::Store,
+    id: &str,
+) -> Result<Option<DecisionRecord>, QueueError> {
     let entry = store
         .entry(decision_key(id))
         .await
@@ -208,14 +298,15 @@ pub async fn list_pending(
     Ok(pending)
 }
 
-/// Records a decision on review `id` for the workers, which carry it out within seconds.
-/// An id that is not pending (unknown, or already carried out) is an error naming it.
-/// Deciding again overwrites an earlier decision not yet carried out.
+/// Records a decision on review `id` by `decided_by` (now) for the workers, which carry it
+/// out within seconds. An id that is not pending (unknown, or already carried out) is an
+/// error naming it. Deciding again overwrites an earlier decision not yet carried out.
 pub async fn decide(
     js: &jetstream::Context,
     names: &QueueNames,
     id: &str,
     decision: Decision,
+    decided_by: Option<&str>,
 ) -> Result<(), QueueError> {
     let store = bucket(js, names).await?;
     if read_parked(&store, id).await?.is_none() {
@@ -224,12 +315,88 @@ pub async fn decide(
             format!("no pending review {id}"),
         ));
     }
-    let value = Bytes::from(serde_json::to_vec(&decision).unwrap_or_default());
+    let record = DecisionRecord {
+        decision,
+        decided_by: decided_by.map(str::to_string),
+        decided_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_default(),
+    };
+    let value = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
     store
         .put(decision_key(id), value)
         .await
         .map_err(|e| bucket_error(&names.kv_bucket, e))?;
     Ok(())
+}
+
+/// Records a delta's route (a second record of the same delta and route overwrites the first).
+pub async fn record_route(store: &kv::Store, record: &RouteRecord) -> Result<(), QueueError> {
+    let value = Bytes::from(serde_json::to_vec(record).unwrap_or_default());
+    store
+        .put(audit_key(record.route, &record.id), value)
+        .await
+        .map_err(|e| bucket_error(&store.name, e))?;
+    Ok(())
+}
+
+/// The audit's bucket keys (without the bucket's prefix), from the stream's subjects.
+async fn audit_keys(store: &kv::Store) -> Result<Vec<String>, QueueError> {
+    let subjects: Vec<(String, usize)> = store
+        .stream
+        .info_with_subjects(format!("{}{AUDIT_PREFIX}>", store.prefix))
+        .await
+        .map_err(|e| bucket_error(&store.name, e))?
+        .try_collect()
+        .await
+        .map_err(|e| bucket_error(&store.name, e))?;
+    let mut keys: Vec<String> = subjects
+        .into_iter()
+        .filter_map(|(subject, _)| subject.strip_prefix(&store.prefix).map(str::to_string))
+        .collect();
+    keys.sort();
+    Ok(keys)
+}
+
+/// How many deltas took each route (routes none took are absent).
+pub async fn route_counts(
+    js: &jetstream::Context,
+    names: &QueueNames,
+) -> Result<std::collections::BTreeMap<Route, u64>, QueueError> {
+    let store = bucket(js, names).await?;
+    let mut counts = std::collections::BTreeMap::new();
+    for key in audit_keys(&store).await? {
+        if let Some(route) = Route::ALL
+            .into_iter()
+            .find(|r| key.starts_with(&format!("{AUDIT_PREFIX}{}.", r.as_str())))
+        {
+            *counts.entry(route).or_insert(0) += 1;
+        }
+    }
+    Ok(counts)
+}
+
+/// Every delta's route, ordered by route and id.
+pub async fn list_routes(
+    js: &jetstream::Context,
+    names: &QueueNames,
+) -> Result<Vec<RouteRecord>, QueueError> {
+    let store = bucket(js, names).await?;
+    let mut records = Vec::new();
+    for key in audit_keys(&store).await? {
+        let entry = store
+            .entry(key)
+            .await
+            .map_err(|e| bucket_error(&store.name, e))?;
+        if let Some(entry) = entry
+            && entry.operation == kv::Operation::Put
+            && let Ok(record) = serde_json::from_slice(&entry.value)
+        {
+            records.push(record);
+        }
+    }
+    Ok(records)
 }
 
 #[cfg(test)]
@@ -258,5 +425,22 @@ mod tests {
             serde_json::from_str::<Decision>("\"Reject\"").unwrap(),
             Decision::Reject
         );
+    }
+
+    #[test]
+    fn audit_keys_name_the_route_and_are_valid_keys() {
+        let id = review_id("SKU-1/DC-NORTH", 7);
+        assert_eq!(
+            audit_key(Route::TimedOut, &id),
+            format!("audit.timedOut.{id}")
+        );
+        for route in Route::ALL {
+            let key = audit_key(route, &id);
+            assert!(key.chars().all(|c| c.is_ascii_alphanumeric() || c == '.'));
+            assert_eq!(
+                serde_json::to_string(&route).unwrap(),
+                format!("\"{}\"", route.as_str())
+            );
+        }
     }
 }

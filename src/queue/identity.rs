@@ -197,6 +197,11 @@ impl AccountSigner {
         Ok(AccountSigner { key, account })
     }
 
+    /// The account's public key (`A...`): the account its users' streams live in.
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+
     /// From a directory holding [`SIGNER_SEED_KEY`] and [`ACCOUNT_KEY`] (a mounted Secret).
     pub fn load(dir: &Path) -> anyhow::Result<AccountSigner> {
         let read = |name: &str| {

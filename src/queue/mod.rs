@@ -9,6 +9,7 @@ use crate::api::integration_flow::{Discard, QueuePlacement};
 
 pub mod approvals;
 pub mod cli;
+pub mod codes;
 pub mod headers;
 pub mod identity;
 pub mod jetstream;

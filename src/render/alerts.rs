@@ -1,6 +1,13 @@
-//! Alert rules of a flow: freshness, error ratio, dead letters, lag growth, throttling and
-//! workers down. A PrometheusRule + ServiceMonitor with the Prometheus Operator, otherwise a
+//! Alert rules of a flow: freshness (the flow's SLA and its contract's warnAfter/errorAfter),
+//! error ratio, dead letters and their age, quality rules with action Alert, lag growth,
+//! throttling and workers down. A PrometheusRule + ServiceMonitor with the Prometheus Operator, otherwise a
 //! ConfigMap holding a rule file for a plain Prometheus.
+//!
+//! Freshness reads `flowplane_worker_last_success_timestamp_seconds`, which each worker takes
+//! from the flow's progress record (shared by the workers, kept across restarts), so a rollout
+//! of a quiet flow does not look like a flow that stopped delivering. A flow that has never
+//! delivered exports 0, which the freshness rules ignore: FlowplaneFlowNoData fires instead
+//! once its workers have reported nothing for the flow's freshness SLA (status: `NoDataYet`).
 
 use std::collections::BTreeMap;
 
@@ -12,8 +19,10 @@ use serde_json::json;
 use super::optional_kinds;
 use crate::api::IntegrationFlow;
 use crate::api::common::parse_duration;
+use crate::api::data_contract::QualityAction;
 use crate::api::integration_flow::RESERVED_ALERT_LABELS;
 
+use super::ResolvedContract;
 use super::labels::{flow_name, metadata, namespace, rules_name, worker_selector, workers_name};
 use super::scaling::LAG_METRIC;
 
@@ -39,7 +48,11 @@ pub struct AlertRule {
 /// Default freshness when the flow sets no SLA.
 const DEFAULT_FRESHNESS_SECS: u64 = 3600;
 
-pub fn rule_groups(flow: &IntegrationFlow) -> Vec<RuleGroup> {
+/// The freshness metric, its never-delivered zero left out.
+const LAST_SUCCESS: &str = "flowplane_worker_last_success_timestamp_seconds";
+
+/// The rules of a flow that runs `contract`.
+pub fn rule_groups(flow: &IntegrationFlow, contract: &ResolvedContract) -> Vec<RuleGroup> {
     let name = flow_name(flow);
     let ns = namespace(flow);
     let selector = format!(r#"namespace="{ns}",flow="{name}""#);
@@ -80,16 +93,29 @@ pub fn rule_groups(flow: &IntegrationFlow) -> Vec<RuleGroup> {
                 ]),
             }
         };
-    let rules = vec![
+    let stale_after =
+        |secs: u64| format!("time() - max({LAST_SUCCESS}{{{selector}}} > 0) > {secs}");
+    let mut rules = vec![
         rule(
             "FlowplaneFlowStale",
-            format!(
-                "time() - max(flowplane_worker_last_success_timestamp_seconds{{{selector}}}) > {freshness_secs}"
-            ),
-            "5m",
+            stale_after(freshness_secs),
+            // The metric survives restarts (it comes from the progress record), so waiting
+            // only covers a scrape or two, not a rollout.
+            "1m",
             "critical",
             format!("Flow {ns}/{name} has delivered nothing for more than {freshness_secs}s"),
             "Check the flow's Fresh and WorkersAvailable conditions, the source binding's Reachable condition and the worker logs.",
+        ),
+        rule(
+            "FlowplaneFlowNoData",
+            format!("max({LAST_SUCCESS}{{{selector}}}) == 0"),
+            // Running workers that report no delivery at all, for as long as the SLA allows.
+            &format!("{freshness_secs}s"),
+            "warning",
+            format!(
+                "Flow {ns}/{name} has delivered nothing since it was created, for more than {freshness_secs}s"
+            ),
+            "Check the flow's Fresh condition (NoDataYet), the source binding's Reachable condition and the worker logs; a source without any data yet is expected to clear this once it has some.",
         ),
         rule(
             "FlowplaneErrorRatioHigh",
@@ -110,6 +136,18 @@ pub fn rule_groups(flow: &IntegrationFlow) -> Vec<RuleGroup> {
             "warning",
             format!("Flow {ns}/{name} dead-lettered more than {max_dead_letters} records in 24h"),
             "Inspect with `flowplane dlq list`, fix the cause, then annotate the flow with flowplane.io/redrive.",
+        ),
+        rule(
+            "FlowplaneDeadLetterAged",
+            format!(
+                "time() - min(flowplane_worker_oldest_dead_letter_timestamp_seconds{{{selector}}} > 0) > {freshness_secs}"
+            ),
+            "1m",
+            "warning",
+            format!(
+                "A record of flow {ns}/{name} has waited in the dead-letter stream for more than {freshness_secs}s (the flow's freshness SLA): its data is stale at the target"
+            ),
+            "Inspect with `flowplane dlq list`, fix the cause, then annotate the flow with flowplane.io/redrive; the redrive removes what it takes back.",
         ),
         rule(
             "FlowplaneLagGrowing",
@@ -141,6 +179,56 @@ pub fn rule_groups(flow: &IntegrationFlow) -> Vec<RuleGroup> {
             "Check the flow's WorkersAvailable condition and the worker pods' events.",
         ),
     ];
+    let contract_name = &contract.name;
+    if let Some(sla) = &contract.sla {
+        let thresholds = [
+            (
+                "FlowplaneContractFreshnessWarning",
+                &sla.freshness.warn_after,
+                "warning",
+                "warnAfter",
+            ),
+            (
+                "FlowplaneContractFreshnessBreached",
+                &sla.freshness.error_after,
+                "critical",
+                "errorAfter",
+            ),
+        ];
+        for (alert, after, severity, field) in thresholds {
+            // Admission refuses an unparsable duration; one that slipped past makes no rule.
+            let Ok(after) = parse_duration(after) else {
+                continue;
+            };
+            let secs = after.as_secs();
+            rules.push(rule(
+                alert,
+                stale_after(secs),
+                "1m",
+                severity,
+                format!(
+                    "Flow {ns}/{name} has delivered no {contract_name} data for more than {secs}s (the DataContract's sla.freshness.{field})"
+                ),
+                "Check the flow's Fresh and WorkersAvailable conditions and the source binding's Reachable condition; the contract's owner is who to tell.",
+            ));
+        }
+    }
+    if contract
+        .quality
+        .iter()
+        .any(|q| q.action == QualityAction::Alert)
+    {
+        rules.push(rule(
+            "FlowplaneQualityAlert",
+            format!("sum(increase(flowplane_worker_quality_alerts_total{{{selector}}}[15m])) > 0"),
+            "0m",
+            "warning",
+            format!(
+                "Flow {ns}/{name} delivered records that fail a quality rule of DataContract {contract_name} with action Alert"
+            ),
+            "The records were delivered; check the source data against the contract's Alert rules and tell the contract's owner.",
+        ));
+    }
     vec![RuleGroup {
         name: format!("flowplane-{ns}-{name}"),
         rules,

@@ -21,9 +21,14 @@ pub struct RenderArgs {
     /// ConfigMaps they reference.
     #[arg(short = 'f', long = "filename", required = true)]
     pub files: Vec<PathBuf>,
-    /// Render as if KEDA were installed (ScaledObject instead of HorizontalPodAutoscaler).
+    /// Render as if KEDA were installed (a ScaledObject for each autoscaled flow).
     #[arg(long)]
     pub keda: bool,
+    /// Render as if the cluster served `external.metrics.k8s.io` (a metrics adapter): an HPA on
+    /// the lag metric where KEDA is not installed. Without either, autoscaled flows run
+    /// `minReplicas` workers and get no autoscaler, as the operator does.
+    #[arg(long)]
+    pub external_metrics: bool,
     /// Render as if the Prometheus Operator were installed (PrometheusRule + ServiceMonitor).
     #[arg(long)]
     pub prometheus_operator: bool,
@@ -42,6 +47,10 @@ pub struct RenderArgs {
     /// Replicas of a flow's queue when the flow sets none, as the operator's `--queue-replicas`.
     #[arg(long, default_value_t = 1, value_parser = crate::api::integration_flow::parse_queue_replicas)]
     pub queue_replicas: u8,
+    /// The NATS account the flows' streams live in, for KEDA's scaler: the flowplane account's
+    /// public key (`A...`) in operator mode.
+    #[arg(long, default_value = "$G")]
+    pub nats_account: String,
     /// Namespace for manifests that name none.
     #[arg(long, short = 'n', default_value = "default")]
     pub namespace: String,
@@ -146,7 +155,9 @@ pub fn render(args: &RenderArgs) -> anyhow::Result<String> {
         nats_tls: args.nats_identity && args.nats_tls,
         nats_monitoring_endpoint: "nats.flowplane-system.svc:8222".into(),
         queue_replicas: args.queue_replicas,
+        nats_account: args.nats_account.clone(),
         keda: args.keda,
+        external_metrics: args.external_metrics,
         prometheus_operator: args.prometheus_operator,
     };
     let mut out = String::new();
@@ -194,6 +205,7 @@ pub fn render(args: &RenderArgs) -> anyhow::Result<String> {
             schema_hash: schema_hash(&dc.spec.schema),
             schema: dc.spec.schema.clone(),
             quality: dc.spec.quality.clone(),
+            sla: dc.spec.sla.clone(),
         };
         let mut code_maps = BTreeMap::new();
         for map in flow.spec.mapping.iter().flat_map(|m| &m.code_maps) {

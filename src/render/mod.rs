@@ -20,7 +20,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::DynamicObject;
 
-use crate::api::data_contract::{QualityRule, RecordSchema};
+use crate::api::data_contract::{ContractSla, QualityRule, RecordSchema};
 use crate::api::{ConnectorBinding, IntegrationFlow};
 use crate::worker_config::WorkerConfig;
 
@@ -38,8 +38,14 @@ pub struct RenderSettings {
     pub nats_monitoring_endpoint: String,
     /// Replicas of a flow's queue when the flow sets none (the operator's `--queue-replicas`).
     pub queue_replicas: u8,
+    /// The NATS account the flows' streams live in, as the monitoring endpoint names it: the
+    /// flowplane account's public key (`A...`) in operator mode, `$G` without accounts.
+    pub nats_account: String,
     /// Which optional APIs are installed.
     pub keda: bool,
+    /// The cluster serves `external.metrics.k8s.io` (a metrics adapter, or KEDA's): an HPA
+    /// on the lag metric can read it.
+    pub external_metrics: bool,
     pub prometheus_operator: bool,
 }
 
@@ -51,6 +57,9 @@ pub struct ResolvedContract {
     pub schema_hash: String,
     pub schema: RecordSchema,
     pub quality: Vec<QualityRule>,
+    /// The contract's freshness SLA (from its current spec: an SLA belongs to the domain, not
+    /// to a schema version), alerted on in the flow's rules.
+    pub sla: Option<ContractSla>,
 }
 
 /// Everything a flow's children are built from.
@@ -94,22 +103,22 @@ pub fn children(inputs: &FlowInputs<'_>) -> Result<Children, RenderError> {
     let worker_config = worker_config::build(inputs)?;
     let config_map = workload::config_map(inputs.flow, &worker_config)?;
     let config_hash = labels::config_hash(&config_map);
-    let autoscaled = scaling::autoscaled(inputs.flow);
-    let (horizontal_pod_autoscaler, scaled_object) = if !autoscaled {
-        (None, None)
-    } else if inputs.settings.keda {
-        (
+    let autoscaler = scaling::autoscaler(inputs.flow, inputs.settings);
+    let (horizontal_pod_autoscaler, scaled_object) = match autoscaler {
+        scaling::Autoscaler::ScaledObject => (
             None,
             Some(scaling::scaled_object(
                 inputs.flow,
                 &worker_config,
                 inputs.settings,
             )),
-        )
-    } else {
-        (Some(scaling::horizontal_pod_autoscaler(inputs.flow)), None)
+        ),
+        scaling::Autoscaler::HorizontalPodAutoscaler => {
+            (Some(scaling::horizontal_pod_autoscaler(inputs.flow)), None)
+        }
+        scaling::Autoscaler::NoMetricsApi | scaling::Autoscaler::None => (None, None),
     };
-    let rules = alerts::rule_groups(inputs.flow);
+    let rules = alerts::rule_groups(inputs.flow, inputs.contract);
     let (prometheus_rule, service_monitor, rules_config_map) =
         if inputs.settings.prometheus_operator {
             (
@@ -125,7 +134,11 @@ pub fn children(inputs: &FlowInputs<'_>) -> Result<Children, RenderError> {
             )
         };
     Ok(Children {
-        deployment: workload::deployment(inputs, &config_hash, autoscaled),
+        deployment: workload::deployment(
+            inputs,
+            &config_hash,
+            scaling::fixed_replicas(inputs.flow, autoscaler),
+        ),
         service: workload::service(inputs.flow),
         pod_disruption_budget: workload::pod_disruption_budget(inputs.flow),
         network_policy: workload::network_policy(inputs),

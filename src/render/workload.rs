@@ -141,10 +141,9 @@ fn pod_spec(inputs: &FlowInputs<'_>, args: &[&str], restart_policy: &str) -> Pod
     }))
 }
 
-/// The worker Deployment. `replicas` is left out when an autoscaler owns it, so the two never
-/// fight over the field; a suspended flow is pinned to zero, a scaled one (`kubectl scale`) to
-/// its count.
-pub fn deployment(inputs: &FlowInputs<'_>, config_hash: &str, autoscaled: bool) -> Deployment {
+/// The worker Deployment. `replicas` is left out (`None`) when an autoscaler owns it, so the
+/// two never fight over the field (`scaling::fixed_replicas` decides).
+pub fn deployment(inputs: &FlowInputs<'_>, config_hash: &str, replicas: Option<i32>) -> Deployment {
     let flow = inputs.flow;
     let config_path = format!("{CONFIG_DIR}/{CONFIG_FILE}");
     let mut pod = pod_spec(inputs, &["worker", "--config", &config_path], "Always");
@@ -177,11 +176,8 @@ pub fn deployment(inputs: &FlowInputs<'_>, config_hash: &str, autoscaled: bool) 
             "spec": pod
         }
     });
-    if flow.spec.suspend {
-        spec["replicas"] = json!(0);
-    } else if !autoscaled {
-        let scaling = &flow.spec.scaling;
-        spec["replicas"] = json!(scaling.replicas.unwrap_or(scaling.min_replicas));
+    if let Some(replicas) = replicas {
+        spec["replicas"] = json!(replicas);
     }
     Deployment {
         metadata: metadata(flow, workers_name(flow), "worker"),

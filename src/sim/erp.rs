@@ -133,6 +133,7 @@ impl ErpState {
         for i in 0..seed.returns {
             state.upsert(RETURNS, return_line(i));
         }
+        state.declare_keys(super::erp_write::REPLENISHMENT_PROPOSALS, &["proposalId"]);
         state
     }
 

@@ -41,6 +41,12 @@ const SOURCE_VERSION_HEADER: &str = "Flowplane-Source-Version";
 /// reads it).
 pub const PLANNED_INDEPENDENT_REQUIREMENTS: &str = "A_PlndIndepRqmtItem";
 
+/// The replenishment entity set: purchase requisition items proposed by the forecasting
+/// platform, keyed by `proposalId` (the example flow `forecast-deltas-to-erp-replenishment`
+/// writes them; a real S/4HANA numbers requisitions itself, the simulator keeps the proposal's
+/// id so every proposal is traceable to one item).
+pub const REPLENISHMENT_PROPOSALS: &str = "PurchaseReqnItem";
+
 /// Records the ERP refuses: those whose `field` holds one of `values`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct WriteRule {

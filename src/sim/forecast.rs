@@ -10,7 +10,8 @@
 //! `GET /admin/received/{entity}` reports exactly what arrived, per key: writes applied,
 //! duplicates, stale writes, the applied versions and the last value, plus request totals, so
 //! tests can check exactly-once delivery; `GET /admin/applied/{entity}` is just the count.
-//! `/admin/faults` switches latency, 5xx and 429s.
+//! `/admin/faults` switches latency, 5xx and 429s. What the platform publishes (replenishment
+//! proposals, the published forecast) is served by [`super::planning`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -114,6 +115,8 @@ pub struct ForecastState {
     entities: Mutex<BTreeMap<String, Entity>>,
     /// Switchable misbehaviour.
     pub faults: Faults,
+    /// Replenishment proposals it publishes (`super::planning`).
+    pub proposals: super::planning::Proposals,
 }
 
 /// What one entity received, as stored: each key's value stays the JSON text that arrived
@@ -294,6 +297,7 @@ pub fn router(state: Arc<ForecastState>) -> Router {
         .route("/admin/applied/{entity}", get(applied))
         .route("/admin/reset", post(reset))
         .route("/admin/faults", post(set_faults).delete(clear_faults))
+        .merge(super::planning::routes())
         .with_state(state)
 }
 

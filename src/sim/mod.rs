@@ -1,12 +1,15 @@
 //! Simulators of the systems a flow connects, for tests, the demo and benchmarks: an ERP
-//! speaking OData v4 and a forecasting platform with a bulk-ingest REST API. Both run
-//! in-process (`serve(listener, state)`) or as `flowplane sim erp|forecast`.
+//! speaking OData v4, a forecasting platform with a bulk-ingest REST API that also publishes
+//! replenishment proposals and forecasts, and a supplier-collaboration portal. Each runs
+//! in-process (`serve(listener, state)`) or as `flowplane sim erp|forecast|portal`.
 
 pub mod batch;
 pub mod erp;
 pub mod erp_write;
 pub mod faults;
 pub mod forecast;
+pub mod planning;
+pub mod portal;
 
 use clap::{Args, Subcommand};
 
@@ -43,10 +46,21 @@ pub enum SimSystem {
         #[arg(long, default_value_t = 100)]
         page_size: usize,
     },
-    /// Forecasting platform with a bulk upsert API and a report of what it received.
+    /// Forecasting platform with a bulk upsert API and a report of what it received; it
+    /// publishes replenishment proposals and a forecast.
     Forecast {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8082")]
+        listen: String,
+        /// Replenishment proposals published at the start (more by POST /admin/proposals).
+        #[arg(long, default_value_t = 0)]
+        proposals: u64,
+    },
+    /// Supplier-collaboration portal: takes forecasts and escalated replenishment changes
+    /// (Bearer token required) and reports them at /admin/received/{collection}.
+    Portal {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8083")]
         listen: String,
     },
 }
@@ -81,14 +95,27 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
                     _ = tokio::signal::ctrl_c() => {}
                 }
             }
-            SimSystem::Forecast { listen } => {
+            SimSystem::Forecast { listen, proposals } => {
                 let listener = tokio::net::TcpListener::bind(&listen).await?;
                 eprintln!(
                     "forecast simulator on http://{}/api/v1",
                     listener.local_addr()?
                 );
+                let state = forecast::ForecastState::new();
+                state.proposals.publish(proposals);
                 tokio::select! {
-                    served = forecast::serve(listener, forecast::ForecastState::new()) => served?,
+                    served = forecast::serve(listener, state) => served?,
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            SimSystem::Portal { listen } => {
+                let listener = tokio::net::TcpListener::bind(&listen).await?;
+                eprintln!(
+                    "supplier portal simulator on http://{}",
+                    listener.local_addr()?
+                );
+                tokio::select! {
+                    served = portal::serve(listener, portal::PortalState::new()) => served?,
                     _ = tokio::signal::ctrl_c() => {}
                 }
             }

@@ -32,8 +32,9 @@ use super::transform::Reason;
 use crate::api::common::parse_duration;
 use crate::api::integration_flow::{ApprovalAction, ReviewTimeoutAction};
 use crate::queue::approvals::{
-    Claim, Decision, ParkedReview, decide, decision_key, forget_review, list_pending, parked_ids,
-    read_decision, read_parked, review_id, review_key,
+    Claim, Decision, ParkedReview, Route, RouteRecord, decide, decision_key, forget_review,
+    list_pending, list_routes, parked_ids, read_decision, read_parked, record_route, review_id,
+    review_key,
 };
 use crate::queue::{QueueNames, headers};
 use crate::worker_config::ApprovalConfig;
@@ -176,6 +177,33 @@ impl Approvals {
         }
     }
 
+    /// Records the route the rules gave a delta (Apply or Escalate) in the decision audit.
+    /// The caller NAKs the message if this fails, so no delta goes unrecorded.
+    pub async fn record_ruled(
+        &self,
+        message: &jetstream::Message,
+        version: u64,
+        delta: f64,
+        route: Route,
+    ) -> anyhow::Result<()> {
+        let key = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(headers::KEY))
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default();
+        let record = RouteRecord {
+            id: review_id(&key, version),
+            key,
+            route,
+            delta_percent: delta.is_finite().then_some(delta),
+            decided_by: None,
+            decided_at: None,
+            at: now_unix_ms() / 1000,
+        };
+        Ok(record_route(&self.store, &record).await?)
+    }
+
     /// Carries out decisions and timeouts until `shutdown`.
     pub async fn run(self: Arc<Self>, resolver: Resolver, mut shutdown: watch::Receiver<bool>) {
         while !*shutdown.borrow() {
@@ -202,13 +230,18 @@ impl Approvals {
             {
                 continue;
             }
-            let outcome = match read_decision(&self.store, &id).await? {
-                Some(Decision::Approve) => Outcome::Deliver,
-                Some(Decision::Reject) => Outcome::DeadLetter(Reason::ReviewRejected),
+            let decision = read_decision(&self.store, &id).await?;
+            let (outcome, route) = match decision.as_ref().map(|d| d.decision) {
+                Some(Decision::Approve) => (Outcome::Deliver, Route::Approved),
+                Some(Decision::Reject) => {
+                    (Outcome::DeadLetter(Reason::ReviewRejected), Route::Rejected)
+                }
                 None if parked.expires * 1000 <= now_ms => match self.on_timeout {
-                    ReviewTimeoutAction::Apply => Outcome::Deliver,
-                    ReviewTimeoutAction::Reject => Outcome::DeadLetter(Reason::ReviewTimeout),
-                    ReviewTimeoutAction::Escalate => Outcome::Escalate,
+                    ReviewTimeoutAction::Apply => (Outcome::Deliver, Route::TimedOut),
+                    ReviewTimeoutAction::Reject => {
+                        (Outcome::DeadLetter(Reason::ReviewTimeout), Route::TimedOut)
+                    }
+                    ReviewTimeoutAction::Escalate => (Outcome::Escalate, Route::TimedOut),
                 },
                 None => continue,
             };
@@ -222,6 +255,18 @@ impl Approvals {
             let Ok(revision) = self.store.update(review_key(&id), value, revision).await else {
                 continue;
             };
+            // The audit first: carrying out is retried until done, so the record never
+            // names a route that was not taken.
+            let record = RouteRecord {
+                id: id.clone(),
+                key: parked.key.clone(),
+                route,
+                delta_percent: parked.delta_percent,
+                decided_by: decision.as_ref().and_then(|d| d.decided_by.clone()),
+                decided_at: decision.as_ref().map(|d| d.decided_at),
+                at: now_ms / 1000,
+            };
+            record_route(&self.store, &record).await?;
             let done = match outcome {
                 Outcome::Deliver => resolver.deliver(&resolver.target, &parked).await,
                 Outcome::Escalate => match &self.escalate {
@@ -394,7 +439,11 @@ pub struct ReviewArgs {
 #[derive(Subcommand, Debug)]
 pub enum ReviewCommand {
     /// Print the pending reviews as JSON lines.
-    List,
+    List {
+        /// Print the decision audit instead: every delta's route, who decided and when.
+        #[arg(long)]
+        routes: bool,
+    },
     /// Release a parked delta to the target.
     Approve {
         /// Review id (from `list`).
@@ -413,17 +462,24 @@ pub fn run_cli(args: ReviewArgs) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let (js, names) = args.queue.connect().await?;
         match args.command {
-            ReviewCommand::List => {
+            ReviewCommand::List { routes: false } => {
                 for review in list_pending(&js, &names).await? {
                     println!("{}", serde_json::to_string(&review)?);
                 }
             }
+            ReviewCommand::List { routes: true } => {
+                for record in list_routes(&js, &names).await? {
+                    println!("{}", serde_json::to_string(&record)?);
+                }
+            }
+            // A terminal talks to NATS, not Kubernetes: no identity to stamp, so the audit
+            // says nobody; the annotations are the audited way to decide.
             ReviewCommand::Approve { id } => {
-                decide(&js, &names, &id, Decision::Approve).await?;
+                decide(&js, &names, &id, Decision::Approve, None).await?;
                 println!("review {id} approved");
             }
             ReviewCommand::Reject { id } => {
-                decide(&js, &names, &id, Decision::Reject).await?;
+                decide(&js, &names, &id, Decision::Reject, None).await?;
                 println!("review {id} rejected");
             }
         }

@@ -33,6 +33,7 @@ use super::resilience::Backoff;
 use super::trace::{log_safe, trace_id};
 use super::transform::{Plan, Reason};
 use crate::api::integration_flow::ApprovalAction;
+use crate::queue::approvals::Route;
 use crate::queue::{QueueNames, headers};
 
 /// Everything a consume loop needs.
@@ -393,8 +394,26 @@ impl Consumer {
                 "delta routed"
             );
             match action {
-                ApprovalAction::Apply => apply.push(r),
-                ApprovalAction::Escalate => escalate.push(r),
+                ApprovalAction::Apply | ApprovalAction::Escalate => {
+                    let route = if action == ApprovalAction::Apply {
+                        Route::Applied
+                    } else {
+                        Route::Escalated
+                    };
+                    match approvals
+                        .record_ruled(message, r.version, delta, route)
+                        .await
+                    {
+                        Ok(()) if route == Route::Applied => apply.push(r),
+                        Ok(()) => escalate.push(r),
+                        Err(e) => {
+                            tracing::warn!(trace_id = trace, error = %e, "route not recorded; redelivering");
+                            let _ = message
+                                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                                .await;
+                        }
+                    }
+                }
                 ApprovalAction::Review => {
                     match approvals.park(message, data, r.version, delta).await {
                         Ok(id) => {

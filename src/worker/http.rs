@@ -326,9 +326,10 @@ impl HttpClient {
         let max = self
             .max_body_bytes
             .load(std::sync::atomic::Ordering::Relaxed);
+        // The refusal names the limit before any colon: the log keeps only that part.
         read_limited(response, max, false)
             .await
-            .map_err(|e| CallError::Transient(format!("reading the response: {e}")))
+            .map_err(CallError::Transient)
     }
 
     /// The underlying client, to build requests with.
@@ -581,17 +582,23 @@ async fn read_limited(mut response: Response, max: usize, cut: bool) -> Result<B
         && length > max as u64
     {
         return Err(format!(
-            "the body is {length} bytes, more than the limit of {max}"
+            "the response body is {length} bytes, more than limits.maxResponseBytes ({max})"
         ));
     }
     let mut body = bytes::BytesMut::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("reading the response: {e}"))?
+    {
         if body.len() + chunk.len() > max {
             if cut {
                 body.extend_from_slice(&chunk[..max - body.len()]);
                 break;
             }
-            return Err(format!("the body is more than the limit of {max} bytes"));
+            return Err(format!(
+                "the response body is more than limits.maxResponseBytes ({max})"
+            ));
         }
         body.extend_from_slice(&chunk);
     }

@@ -51,10 +51,14 @@ pub struct Metrics {
     pub quality_alerts: Counter,
     /// Time to map, validate and deliver one batch.
     pub batch_seconds: Histogram,
-    /// Unix time of the last delivered batch.
+    /// Unix time of the flow's last delivered batch: by this worker, or as the flow's progress
+    /// record says (any worker, before a restart); 0 until the flow has delivered anything.
     pub last_success: Gauge,
     /// Records waiting in the flow's consumer.
     pub lag: Gauge,
+    /// Unix time the oldest record still in the flow's dead-letter stream was dead-lettered;
+    /// 0 while the stream is empty (a redrive removes what it takes back).
+    pub oldest_dead_letter: Gauge,
     /// Supervised tasks restarted after they failed, by task.
     pub task_restarts: Family<TaskLabel, Counter>,
     /// 1 while the target refuses the binding's access (401, 403, 404 of a whole request).
@@ -87,6 +91,7 @@ impl Metrics {
         let batch_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let last_success = Gauge::default();
         let lag = Gauge::default();
+        let oldest_dead_letter = Gauge::default();
         let task_restarts = Family::<TaskLabel, Counter>::default();
         let target_refused = Gauge::default();
         registry.register(
@@ -137,8 +142,13 @@ impl Metrics {
         );
         registry.register(
             "last_success_timestamp_seconds",
-            "Unix time of the last delivered batch",
+            "Unix time of the flow's last delivered batch (from its progress record: survives restarts); 0 before the first",
             last_success.clone(),
+        );
+        registry.register(
+            "oldest_dead_letter_timestamp_seconds",
+            "Unix time the oldest record in the flow's dead-letter stream was dead-lettered; 0 when none",
+            oldest_dead_letter.clone(),
         );
         registry.register(
             "lag_records",
@@ -163,6 +173,7 @@ impl Metrics {
             batch_seconds,
             last_success,
             lag,
+            oldest_dead_letter,
             task_restarts,
             target_refused,
             ready: AtomicBool::new(false),
@@ -178,6 +189,13 @@ impl Metrics {
                 reason: reason.as_str(),
             })
             .inc();
+    }
+
+    /// Raises the last-success time to `unix` (from the progress record) if that is newer.
+    pub fn observe_last_success(&self, unix: Option<i64>) {
+        if let Some(unix) = unix {
+            self.last_success.set(self.last_success.get().max(unix));
+        }
     }
 
     /// Marks the worker ready (connected, queue ensured) or not.

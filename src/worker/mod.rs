@@ -257,6 +257,14 @@ pub async fn run(
             },
         ));
     }
+    // Freshness is the flow's, not this process's: a new worker starts from the last delivery
+    // any worker recorded, so a rollout of a quiet flow does not look stale.
+    match crate::queue::jetstream::read_progress_entry(&flow.store).await {
+        Ok((progress, _)) => flow
+            .metrics
+            .observe_last_success(progress.last_success_unix),
+        Err(e) => tracing::warn!(error = %e, "progress record not read; freshness starts unknown"),
+    }
     flow.metrics.set_ready(true);
     tracing::info!(flow = %flow.config.flow, namespace = %flow.config.namespace, worker = %options.worker_id, "worker running");
 
@@ -276,8 +284,28 @@ pub async fn run(
             flow.metrics.lag.set(lag as i64);
             flow.progress.set_lag(lag);
         }
-        if let Err(e) = flow.progress.flush(&flow.store, &version).await {
-            tracing::warn!(error = %e, "progress not written; retrying");
+        // The exception queue's age: what waits longest for a fix and a redrive.
+        if let Ok(dead) = flow.js.get_stream(&names.dead_letter_stream).await {
+            let state = &dead.cached_info().state;
+            flow.metrics.oldest_dead_letter.set(if state.messages == 0 {
+                0
+            } else {
+                state.first_timestamp.unix_timestamp()
+            });
+        }
+        match flow.progress.flush(&flow.store, &version).await {
+            // Also what other workers of the flow delivered.
+            Ok(Some(progress)) => flow
+                .metrics
+                .observe_last_success(progress.last_success_unix),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "progress not written; retrying"),
+        }
+        if let Some(codes) = flow.plan.take_new_codes()
+            && let Err(e) = crate::queue::codes::add_observed_codes(&flow.store, &codes).await
+        {
+            flow.plan.keep_new_codes();
+            tracing::warn!(error = %e, "observed codes not written; retrying");
         }
     }
     flow.metrics.set_ready(false);

@@ -74,8 +74,13 @@ impl ProgressDeltas {
         self.lag_known.store(true, Ordering::Relaxed);
     }
 
-    /// Adds what happened since the last flush to the shared record.
-    pub async fn flush(&self, store: &kv::Store, contract_version: &str) -> Result<(), QueueError> {
+    /// Adds what happened since the last flush to the shared record; the record as written,
+    /// or `None` when there was nothing to write.
+    pub async fn flush(
+        &self,
+        store: &kv::Store,
+        contract_version: &str,
+    ) -> Result<Option<FlowProgress>, QueueError> {
         let read = self.read.swap(0, Ordering::Relaxed);
         let delivered = self.delivered.swap(0, Ordering::Relaxed);
         let dead = self.dead_lettered.swap(0, Ordering::Relaxed);
@@ -99,7 +104,7 @@ impl ProgressDeltas {
             && lag.is_none()
             && blocked.is_none()
         {
-            return Ok(());
+            return Ok(None);
         }
         let result = update_progress(store, |p: &mut FlowProgress| {
             p.read += read;
@@ -145,6 +150,6 @@ impl ProgressDeltas {
             self.dead_lettered.fetch_add(dead, Ordering::Relaxed);
             self.duplicates.fetch_add(duplicates, Ordering::Relaxed);
         }
-        result.map(|_| ())
+        result.map(Some)
     }
 }

@@ -6,8 +6,10 @@
 //! field they check, and each output field's `"name":` prefix pre-escaped. Mapping a record
 //! writes straight into a caller-owned buffer; the only allocations are on the error path.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use regex::Regex;
 use serde_json::Value;
@@ -17,6 +19,7 @@ use crate::api::data_contract::{
 };
 use crate::api::integration_flow::OnUnmapped;
 use crate::contract::value::check_value;
+use crate::queue::codes::{MAX_CODES_PER_MAP, ObservedCodes};
 use crate::worker::quality::{BatchCheck, BatchRule, Facts};
 use crate::worker_config::{CodeTable, ContractConfig, MappingConfig};
 
@@ -134,7 +137,12 @@ struct CodeMapPlan {
     name: String,
     on_unmapped: OnUnmapped,
     default: Option<String>,
-    entries: HashMap<String, String>,
+    /// Source code -> (target code, index into `seen`).
+    entries: HashMap<String, (String, usize)>,
+    /// Which entries the source has sent (the drift report's input, see crate::queue::codes).
+    seen: Vec<AtomicBool>,
+    /// Codes the source sent that the table does not know (bounded).
+    unmapped: Mutex<BTreeSet<String>>,
 }
 
 /// The compiled mapping of one flow.
@@ -150,6 +158,8 @@ pub struct Plan {
     batch_rules: Vec<BatchRule>,
     /// A DuplicateKeys rule needs each record's canonical key.
     wants_key: bool,
+    /// A code was seen for the first time since the last [`Plan::take_new_codes`].
+    new_codes: AtomicBool,
 }
 
 /// Counts of Alert-action quality violations, reported by the caller as a metric.
@@ -270,7 +280,35 @@ impl Plan {
                 && schema.additional_fields == AdditionalFields::Reject,
             batch_rules,
             wants_key,
+            new_codes: AtomicBool::new(false),
         })
+    }
+
+    /// Marks the codes as not written yet (writing them failed), so the next pass tries again.
+    pub fn keep_new_codes(&self) {
+        self.new_codes.store(true, Ordering::Relaxed);
+    }
+
+    /// Every code seen per code map, when one was new since the last call: what the worker
+    /// merges into the flow's record of observed codes. A hit costs one relaxed load.
+    pub fn take_new_codes(&self) -> Option<ObservedCodes> {
+        if !self.new_codes.swap(false, Ordering::Relaxed) {
+            return None;
+        }
+        let mut observed = ObservedCodes::default();
+        for table in &self.code_maps {
+            let mut codes: BTreeSet<String> = table
+                .entries
+                .iter()
+                .filter(|(_, (_, i))| table.seen[*i].load(Ordering::Relaxed))
+                .map(|(code, _)| code.clone())
+                .collect();
+            codes.extend(lock(&table.unmapped).iter().cloned());
+            if !codes.is_empty() {
+                observed.maps.insert(table.name.clone(), codes);
+            }
+        }
+        Some(observed)
     }
 
     /// The contract's primary key field names.
@@ -417,8 +455,19 @@ impl Plan {
         code: &'a str,
     ) -> Result<&'a str, Rejection> {
         let table = &self.code_maps[index];
-        if let Some(target) = table.entries.get(code) {
+        if let Some((target, seen)) = table.entries.get(code) {
+            if !table.seen[*seen].load(Ordering::Relaxed) {
+                table.seen[*seen].store(true, Ordering::Relaxed);
+                self.new_codes.store(true, Ordering::Relaxed);
+            }
             return Ok(target.as_str());
+        }
+        {
+            let mut unmapped = lock(&table.unmapped);
+            if unmapped.len() < MAX_CODES_PER_MAP && !unmapped.contains(code) {
+                unmapped.insert(code.to_string());
+                self.new_codes.store(true, Ordering::Relaxed);
+            }
         }
         match (table.on_unmapped, &table.default) {
             (OnUnmapped::PassThrough, _) => Ok(code),
@@ -449,9 +498,23 @@ fn compile_code_map(name: &str, table: &CodeTable) -> CodeMapPlan {
         entries: table
             .entries
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .enumerate()
+            .map(|(i, (k, v))| (k.clone(), (v.clone(), i)))
             .collect(),
+        seen: table
+            .entries
+            .iter()
+            .map(|_| AtomicBool::new(false))
+            .collect(),
+        unmapped: Mutex::default(),
     }
+}
+
+/// A panic elsewhere while holding the lock leaves a plain set behind; keep using it.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn compile_rule(rule: &QualityRule) -> Result<CompiledRule, String> {
@@ -577,6 +640,27 @@ mod tests {
         assert_eq!(mapped["orderDate"], "2024-03-01");
         assert_eq!(mapped["source"], "s4");
         assert_eq!(plan.source_key(&record).as_deref(), Some("1000001/10"));
+    }
+
+    #[test]
+    fn codes_seen_are_reported_once_each_mapped_or_not() {
+        let plan = Plan::compile(&sample::mapping(), &sample::contract()).unwrap();
+        assert_eq!(plan.take_new_codes(), None);
+        let mut out = Vec::new();
+        for plant in ["1010", "9999", "1010", "1030"] {
+            out.clear();
+            let _ = plan.map_into(&sample::order_line(plant, "5"), &mut out);
+        }
+        let seen = plan.take_new_codes().unwrap();
+        let plants: Vec<&str> = seen.maps["plant-to-location"]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(plants, ["1010", "1030", "9999"]);
+        assert_eq!(seen.maps["item-category"].len(), 1, "TAN");
+        // Nothing new: nothing to write.
+        let _ = plan.map_into(&sample::order_line("1030", "5"), &mut out);
+        assert_eq!(plan.take_new_codes(), None);
     }
 
     #[test]

@@ -193,15 +193,7 @@ impl WorkerProcess {
 
     /// Peak resident memory so far, in KiB (Linux: VmHWM of /proc/<pid>/status).
     pub fn peak_rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()
+        peak_rss_kib(&format!("/proc/{}/status", self.child.id()))
     }
 
     /// SIGKILL: no graceful shutdown, no final flush, unacked messages left behind.
@@ -215,6 +207,20 @@ impl Drop for WorkerProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Peak resident memory (VmHWM) of the process whose `/proc/<pid>/status` is `status`, in
+/// KiB (`/proc/self/status`: this test process, with whatever runs in it).
+pub fn peak_rss_kib(status: &str) -> Option<u64> {
+    std::fs::read_to_string(status)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// A directory removed on drop.
@@ -390,6 +396,25 @@ pub async fn progress(js: &async_nats::jetstream::Context, names: &QueueNames) -
     flowplane::queue::read_progress(js, names)
         .await
         .unwrap_or_default()
+}
+
+/// Waits up to `timeout` until `records` records of the flow are delivered or dead-lettered,
+/// and returns its progress then (the caller asserts the exact split).
+pub async fn settled(
+    js: &async_nats::jetstream::Context,
+    names: &QueueNames,
+    records: u64,
+    timeout: Duration,
+) -> FlowProgress {
+    eventually(
+        timeout,
+        &format!("{records} records delivered or dead-lettered"),
+        || async move {
+            let p = progress(js, names).await;
+            (p.delivered + p.dead_lettered >= records).then_some(p)
+        },
+    )
+    .await
 }
 
 /// Deletes the flow's JetStream resources when the test ends.

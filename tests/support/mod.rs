@@ -26,6 +26,14 @@ pub struct LocalEnv {
     pub nats_ca: PathBuf,
     /// The flowplane account's signing key and public key, as in the operator's Secret.
     pub nats_signer_dir: PathBuf,
+    /// Prometheus' HTTP API (loopback).
+    pub prometheus_url: String,
+    /// Where Prometheus finds what to scrape (file_sd: one JSON file per process).
+    pub prometheus_targets: PathBuf,
+    /// Where Prometheus reads rule files from (on `scripts/local-env.sh reload-rules`).
+    pub prometheus_rules: PathBuf,
+    /// host:port of nats-server's HTTP monitoring endpoint (KEDA's scaler reads `/jsz`).
+    pub nats_monitoring_endpoint: String,
 }
 
 pub fn repo_root() -> &'static Path {
@@ -47,6 +55,12 @@ pub fn local_env() -> &'static LocalEnv {
             nats_creds: PathBuf::from(&vars["NATS_CREDS"]),
             nats_ca: PathBuf::from(&vars["NATS_CA"]),
             nats_signer_dir: PathBuf::from(&vars["FLOWPLANE_NATS_SIGNER_DIR"]),
+            prometheus_url: vars["PROMETHEUS_URL"].clone(),
+            prometheus_targets: PathBuf::from(&vars["FLOWPLANE_PROMETHEUS_TARGETS"]),
+            prometheus_rules: PathBuf::from(&vars["FLOWPLANE_PROMETHEUS_RULES"]),
+            nats_monitoring_endpoint: vars["NATS_MONITOR_URL"]
+                .trim_start_matches("http://")
+                .to_string(),
         }
     })
 }
@@ -69,6 +83,11 @@ pub async fn nats_admin(url: &str) -> async_nats::Client {
         }
     };
     access.connect().await.expect("connect to NATS")
+}
+
+/// Makes the local environment's Prometheus read its rule files again.
+pub fn reload_prometheus_rules() {
+    script(&["local-env.sh", "reload-rules"]);
 }
 
 /// Runs `scripts/<args[0]> args[1..]`; its standard output, or a failure with its errors.
@@ -570,7 +589,7 @@ pub fn operator() -> &'static Operator {
                     nats_creds_file: None,
                     nats_signer_dir: Some(env.nats_signer_dir.clone()),
                     nats_ca_file: Some(env.nats_ca.clone()),
-                    nats_monitoring_endpoint: "127.0.0.1:8222".into(),
+                    nats_monitoring_endpoint: env.nats_monitoring_endpoint.clone(),
                     worker_image: WORKER_IMAGE.into(),
                     http_addr: "127.0.0.1:0".parse().unwrap(),
                     resync_seconds: 5,

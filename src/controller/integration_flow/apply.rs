@@ -17,7 +17,9 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GetParams, Patch, PatchParams, Preconditions,
+};
 use kube::{Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -37,6 +39,9 @@ use crate::render::optional_kinds;
 #[derive(Default)]
 pub struct AppliedCache {
     entries: Mutex<HashMap<String, String>>,
+    /// The resourceVersion each child had when this process last wrote it: the watch event
+    /// of that very write tells the flow nothing it does not know (see [`Self::is_own_write`]).
+    own_versions: Mutex<HashMap<String, String>>,
 }
 
 const ABSENT: &str = "absent";
@@ -61,6 +66,32 @@ impl AppliedCache {
         if let Ok(mut entries) = self.entries.lock() {
             entries.retain(|k, _| !k.contains(&marker));
         }
+        if let Ok(mut versions) = self.own_versions.lock() {
+            versions.retain(|k, _| !k.contains(&marker));
+        }
+    }
+
+    fn wrote(&self, key: String, meta: &ObjectMeta) {
+        if let (Some(version), Ok(mut versions)) =
+            (meta.resource_version.clone(), self.own_versions.lock())
+        {
+            versions.insert(key, version);
+        }
+    }
+
+    /// Whether `meta` (a child of kind `kind`, as a watch delivers it) is exactly what this
+    /// process last wrote: its creation or update event would only re-run the pass that
+    /// wrote it. (When the event wins the race with the write's response, it passes: one
+    /// reconcile too many, never one too few.)
+    pub fn is_own_write(&self, kind: &str, meta: &ObjectMeta) -> bool {
+        let (Some(namespace), Some(name), Some(version)) =
+            (&meta.namespace, &meta.name, &meta.resource_version)
+        else {
+            return false;
+        };
+        self.own_versions.lock().is_ok_and(|versions| {
+            versions.get(&format!("{kind}/{namespace}/{name}")) == Some(version)
+        })
     }
 }
 
@@ -143,7 +174,10 @@ impl Applier<'_> {
             return Ok(None);
         }
         let api: Api<K> = Api::namespaced(self.client.clone(), self.namespace);
-        if let Some(live) = api.get_metadata_opt(&name).await?
+        // Read from the API server's watch cache (`any`), not etcd: one quorum read per new
+        // child was a large part of a flow's first pass; the cache lags by milliseconds, a
+        // window the check-then-apply has anyway.
+        if let Some(live) = api.get_metadata_opt_with(&name, &GetParams::any()).await?
             && !owned_by(&live.metadata, self.flow)
         {
             return Err(conflict(&K::kind(&()), &name, self.flow));
@@ -152,6 +186,7 @@ impl Applier<'_> {
             .patch(&name, &self.params, &Patch::Apply(object))
             .await
             .map_err(|e| refused(&K::kind(&()), &name, e))?;
+        self.cache.wrote(key.clone(), applied.meta());
         self.cache.set(key, hash);
         Ok(Some(applied))
     }
@@ -165,14 +200,16 @@ impl Applier<'_> {
         }
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), self.namespace, resource);
-        if let Some(live) = api.get_metadata_opt(&name).await?
+        if let Some(live) = api.get_metadata_opt_with(&name, &GetParams::any()).await?
             && !owned_by(&live.metadata, self.flow)
         {
             return Err(conflict(&resource.kind, &name, self.flow));
         }
-        api.patch(&name, &self.params, &Patch::Apply(object))
+        let applied = api
+            .patch(&name, &self.params, &Patch::Apply(object))
             .await
             .map_err(|e| refused(&resource.kind, &name, e))?;
+        self.cache.wrote(key.clone(), &applied.metadata);
         self.cache.set(key, hash);
         Ok(())
     }

@@ -9,6 +9,8 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use futures::{Stream, StreamExt, future};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Resource;
+
+use crate::api::{ConnectorBinding, DataContract, IntegrationFlow};
 use kube::runtime::watcher::{self, Event};
 
 /// The objects of `events` that are new, deleted, or whose `fingerprint` changed.
@@ -58,6 +60,67 @@ pub fn deployment_fingerprint(deployment: &Deployment) -> u64 {
         status.and_then(|s| s.ready_replicas),
         status.and_then(|s| s.available_replicas),
         status.and_then(|s| s.updated_replicas),
+        // The last old worker gone: a waiting redrive may run.
+        status.and_then(|s| s.terminating_replicas),
+    ))
+}
+
+/// What of a flow calls for a pass: its spec (generation), its annotations (the one-off
+/// operations), its deletion, and finalizers other than ours. Not its status (the operator's
+/// own writes, mostly), nor our finalizer: the pass that adds it goes on to apply the flow, so
+/// the event of that addition would only repeat it.
+pub fn flow_fingerprint(flow: &IntegrationFlow) -> Option<u64> {
+    let meta = &flow.metadata;
+    let other_finalizers: Vec<&String> = meta
+        .finalizers
+        .iter()
+        .flatten()
+        .filter(|f| *f != super::FINALIZER)
+        .collect();
+    Some(hash_of((
+        meta.generation,
+        &meta.annotations,
+        other_finalizers,
+        meta.deletion_timestamp.is_some(),
+    )))
+}
+
+/// What a flow reads of a binding: its spec (generation), whether it is Ready and why not, and
+/// the Secret revision its workers mount. Probe results and quota counts change far more often
+/// and would re-reconcile every flow of the binding each time.
+pub fn binding_fingerprint(binding: &ConnectorBinding) -> u64 {
+    let status = binding.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| (&c.status, &c.reason, &c.message));
+    hash_of((
+        binding.metadata.generation,
+        ready,
+        status.and_then(|s| s.secret_revision.as_ref()),
+    ))
+}
+
+/// What a flow reads of a contract: its spec (generation) and the verdict in its status
+/// (checked generation, conditions, published versions, breaks); condition timestamps aside.
+pub fn contract_fingerprint(contract: &DataContract) -> u64 {
+    let status = contract.status.as_ref();
+    let conditions: Vec<_> = status
+        .iter()
+        .flat_map(|s| &s.conditions)
+        .map(|c| (&c.type_, &c.status, &c.reason, &c.message))
+        .collect();
+    hash_of((
+        contract.metadata.generation,
+        status.and_then(|s| s.observed_generation),
+        conditions,
+        status.and_then(|s| s.latest_good_version.as_ref()),
+        status.map(|s| {
+            s.history
+                .iter()
+                .map(|p| (&p.version, &p.schema_hash))
+                .collect::<Vec<_>>()
+        }),
+        status.map(|s| &s.breaks),
     ))
 }
 

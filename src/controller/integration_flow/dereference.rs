@@ -29,10 +29,12 @@ pub struct Dereferenced {
     pub applied_config: bool,
 }
 
+/// `fresh_code_maps`: read the code maps from the apiserver rather than the watch's view.
 pub async fn dereference(
     flow: &IntegrationFlow,
     client: &kube::Client,
     stores: &Stores,
+    fresh_code_maps: bool,
 ) -> Result<Dereferenced> {
     let ns = namespace(flow);
     let spec = &flow.spec;
@@ -41,11 +43,18 @@ pub async fn dereference(
     let mut code_maps = BTreeMap::new();
     let mut missing_code_maps = Vec::new();
     for map in spec.mapping.iter().flat_map(|m| &m.code_maps) {
-        match stores
-            .config_maps
-            .data(client, &ns, &map.config_map_ref)
-            .await?
-        {
+        let data = if fresh_code_maps {
+            stores
+                .config_maps
+                .fresh_data(client, &ns, &map.config_map_ref)
+                .await?
+        } else {
+            stores
+                .config_maps
+                .data(client, &ns, &map.config_map_ref)
+                .await?
+        };
+        match data {
             Some(data) => {
                 code_maps.insert(map.name.clone(), (*data).clone());
             }

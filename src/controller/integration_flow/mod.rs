@@ -4,7 +4,9 @@
 pub mod apply;
 pub mod changes;
 pub mod dereference;
+pub mod drift;
 pub mod nats_user;
+pub mod redrive_gate;
 pub mod status;
 pub mod stores;
 pub mod validate;
@@ -27,17 +29,19 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 
 use crate::api::common::Condition;
-use crate::api::integration_flow::{DeletionPolicy, IntegrationFlowStatus};
+use crate::api::integration_flow::{DeletionPolicy, IntegrationFlowStatus, RouteCounts};
 use crate::api::{ConnectorBinding, DataContract, IntegrationFlow};
 use crate::contract::history;
 use crate::controller::conditions::{Desired, transitions};
+use crate::controller::metrics::CodeMapLabels;
 use crate::controller::{Context, Error, Result, WatchScope};
 use crate::queue::QueueNames;
-use crate::queue::approvals::{Decision, decide, list_pending};
+use crate::queue::approvals::{Decision, Route, decide, list_pending, route_counts};
+use crate::queue::codes::read_observed_codes;
 use crate::queue::jetstream::{QueuePolicy, delete_queue, ensure_queue, reset_cursor};
 use crate::queue::redrive::redrive;
 use crate::render::labels::{cron_job_name, flow_name, namespace, rules_name, workers_name};
@@ -47,6 +51,9 @@ use stores::{ConfigMaps, Stores};
 pub const KIND: &str = "IntegrationFlow";
 /// Flows reconciled at the same time.
 const RECONCILE_CONCURRENCY: u16 = 32;
+/// How often the operator asks API discovery whether `external.metrics.k8s.io` is served (a
+/// metrics adapter has no CRD to watch, and its APIService can go unavailable at any time).
+const OPTIONAL_APIS_RECHECK: Duration = Duration::from_secs(30);
 /// Finalizer that removes (or deliberately keeps) the flow's JetStream resources.
 pub const FINALIZER: &str = "flowplane.io/queues";
 /// Annotation asking to move dead letters back to the stream (any new value; "reason=X" for one reason).
@@ -55,6 +62,9 @@ pub const REDRIVE_ANNOTATION: &str = "flowplane.io/redrive";
 pub const APPROVE_ANNOTATION: &str = "flowplane.io/approve";
 /// Annotation rejecting pending reviews: comma-separated review ids.
 pub const REJECT_ANNOTATION: &str = "flowplane.io/reject";
+/// Who set or changed a decision annotation: stamped from the request's user by the chart's
+/// MutatingAdmissionPolicy, overwriting whatever the request carried.
+pub const DECIDED_BY_ANNOTATION: &str = "flowplane.io/decided-by";
 /// Annotation asking to forget the source cursor and re-sync fully (any new value).
 pub const RESET_CURSOR_ANNOTATION: &str = "flowplane.io/reset-cursor";
 use crate::render::workload::RESTART_ANNOTATION;
@@ -103,6 +113,41 @@ fn uses_config_map(flow: &IntegrationFlow, config_map: &str) -> bool {
             .any(|c| c.config_map_ref == config_map)
 }
 
+/// Drops the watch events of the children this process just wrote
+/// ([`apply::AppliedCache::is_own_write`]).
+fn not_own_writes<K, S>(
+    events: S,
+    ctx: &Arc<Context>,
+) -> impl futures::Stream<Item = std::result::Result<K, watcher::Error>> + use<K, S>
+where
+    K: Resource<DynamicType = ()>,
+    S: futures::Stream<Item = std::result::Result<K, watcher::Error>>,
+{
+    let ctx = ctx.clone();
+    events.filter(move |event| {
+        let own =
+            matches!(event, Ok(object) if ctx.applied.is_own_write(&K::kind(&()), object.meta()));
+        std::future::ready(!own)
+    })
+}
+
+/// Counts the objects `events` passes as reconcile requests raised by `trigger`.
+fn counted<K, S>(
+    events: S,
+    metrics: &crate::controller::metrics::Metrics,
+    trigger: &'static str,
+) -> impl futures::Stream<Item = std::result::Result<K, watcher::Error>> + use<K, S>
+where
+    S: futures::Stream<Item = std::result::Result<K, watcher::Error>>,
+{
+    let metrics = metrics.clone();
+    events.inspect(move |event| {
+        if event.is_ok() {
+            metrics.triggered(KIND, trigger, 1);
+        }
+    })
+}
+
 /// What a flow reconcile shares: the operator's context and this controller's stores.
 pub struct FlowContext {
     pub ctx: Arc<Context>,
@@ -112,6 +157,17 @@ pub struct FlowContext {
 /// Keeps stored objects small: the field-ownership bookkeeping is never read here.
 fn without_managed_fields<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
+}
+
+/// Keeps of a worker Deployment what the flow's status reads (replicas, generation, status
+/// counts): the pod template and condition history were most of the store at 10,000 flows.
+fn slim_deployment(deployment: &mut Deployment) {
+    without_managed_fields(deployment);
+    deployment.metadata.annotations = None;
+    deployment.spec.template = Default::default();
+    if let Some(status) = deployment.status.as_mut() {
+        status.conditions = None;
+    }
 }
 
 /// The owning flow of a child, from its owner references.
@@ -136,7 +192,7 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
     let (cron_jobs, cron_job_writer) = reflector::store();
     let (autoscalers, autoscaler_writer) = reflector::store();
     // Status-only changes (most of them the operator's own writes) need no reconcile: only
-    // the spec (generation), the operation annotations and the finalizers do.
+    // the spec (generation), the operation annotations, deletion and others' finalizers do.
     let flow_changes = watcher(
         scope.api::<IntegrationFlow>(&client),
         watcher::Config::default().any_semantic(),
@@ -145,22 +201,23 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
     .modify(without_managed_fields)
     .reflect(flow_writer)
     .applied_objects()
-    .predicate_filter(
-        predicates::generation
-            .combine(predicates::annotations)
-            .combine(predicates::finalizers),
-        Default::default(),
+    .predicate_filter(changes::flow_fingerprint, Default::default());
+    // A contract or binding change re-reconciles every flow that uses it: only what flows
+    // read of them passes (a binding's probe results and quota counts do not).
+    let contract_changes = changes::worth_reconciling(
+        watcher(scope.api::<DataContract>(&client), Default::default())
+            .default_backoff()
+            .modify(without_managed_fields)
+            .reflect(contract_writer),
+        changes::contract_fingerprint,
     );
-    let contract_changes = watcher(scope.api::<DataContract>(&client), Default::default())
-        .default_backoff()
-        .modify(without_managed_fields)
-        .reflect(contract_writer)
-        .touched_objects();
-    let binding_changes = watcher(scope.api::<ConnectorBinding>(&client), Default::default())
-        .default_backoff()
-        .modify(without_managed_fields)
-        .reflect(binding_writer)
-        .touched_objects();
+    let binding_changes = changes::worth_reconciling(
+        watcher(scope.api::<ConnectorBinding>(&client), Default::default())
+            .default_backoff()
+            .modify(without_managed_fields)
+            .reflect(binding_writer),
+        changes::binding_fingerprint,
+    );
     // Only their existence matters here: kube-controller-manager rewrites every autoscaler's
     // status every 15 s, which must not re-reconcile every flow.
     let cron_job_changes = changes::worth_reconciling(
@@ -188,7 +245,7 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
     let deployment_changes = changes::worth_reconciling(
         watcher(scope.api::<Deployment>(&client), managed)
             .default_backoff()
-            .modify(without_managed_fields)
+            .modify(slim_deployment)
             .reflect(deployment_writer),
         changes::deployment_fingerprint,
     );
@@ -233,35 +290,79 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
             ctx.optional_apis.refresh().await.ok()?.then_some(())
         }
     });
+    let recheck_ctx = ctx.clone();
+    let rechecks = futures::stream::unfold(recheck_ctx, |ctx| async move {
+        tokio::time::sleep(OPTIONAL_APIS_RECHECK).await;
+        let changed = match ctx.optional_apis.refresh().await {
+            Ok(changed) => changed,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not probe optional APIs; keeping the last answer");
+                false
+            }
+        };
+        Some((changed, ctx))
+    })
+    .filter_map(|changed| std::future::ready(changed.then_some(())));
     if let Err(e) = ctx.optional_apis.refresh().await {
         tracing::warn!(error = %e, "could not probe optional APIs; assuming none");
     }
 
-    Controller::for_stream(flow_changes, flows)
-        .owns_stream(deployment_changes)
-        .owns_stream(cron_job_changes)
-        .owns_stream(autoscaler_changes)
+    let metrics = &ctx.metrics;
+    let (contract_metrics, binding_metrics, cm_metrics) =
+        (metrics.clone(), metrics.clone(), metrics.clone());
+    let cm_ctx = ctx.clone();
+    Controller::for_stream(counted(flow_changes, metrics, "flow"), flows)
+        .owns_stream(counted(
+            not_own_writes(deployment_changes, &ctx),
+            metrics,
+            "deployment",
+        ))
+        .owns_stream(counted(
+            not_own_writes(cron_job_changes, &ctx),
+            metrics,
+            "cron_job",
+        ))
+        .owns_stream(counted(
+            not_own_writes(autoscaler_changes, &ctx),
+            metrics,
+            "autoscaler",
+        ))
         .watches_stream(contract_changes, move |dc| {
             let name = dc.name_any();
-            flows_where(&contract_store, dc.metadata.namespace.clone(), |f| {
+            let flows = flows_where(&contract_store, dc.metadata.namespace.clone(), |f| {
                 f.spec.contract.name == name
-            })
+            });
+            contract_metrics.triggered(KIND, "contract", flows.len());
+            flows
         })
         .watches_stream(binding_changes, move |cb| {
             let name = cb.name_any();
-            flows_where(&binding_store, cb.metadata.namespace.clone(), |f| {
+            let flows = flows_where(&binding_store, cb.metadata.namespace.clone(), |f| {
                 uses_binding(f, &name)
-            })
-        })
-        .watches_stream(config_map_changes, move |cm| {
-            let name = cm.name_any();
-            let mut flows = flows_where(&cm_store, cm.metadata.namespace.clone(), |f| {
-                uses_config_map(f, &name)
             });
-            flows.extend(owning_flow(&cm.metadata));
+            binding_metrics.triggered(KIND, "binding", flows.len());
             flows
         })
-        .reconcile_all_on(optional_crds)
+        .watches_stream(config_map_changes, move |cm| {
+            // A flow's own ConfigMap (worker configuration, rules) concerns its flow only; the
+            // flows that read a ConfigMap (code maps, contract histories) are found by scanning
+            // every flow, which per event of each of two ConfigMaps per flow grew with the
+            // square of the flows.
+            if let Some(owner) = owning_flow(&cm.metadata) {
+                if cm_ctx.applied.is_own_write("ConfigMap", &cm.metadata) {
+                    return Vec::new();
+                }
+                cm_metrics.triggered(KIND, "owned_config_map", 1);
+                return vec![owner];
+            }
+            let name = cm.name_any();
+            let flows = flows_where(&cm_store, cm.metadata.namespace.clone(), |f| {
+                uses_config_map(f, &name)
+            });
+            cm_metrics.triggered(KIND, "referenced_config_map", flows.len());
+            flows
+        })
+        .reconcile_all_on(futures::stream::select(optional_crds, rechecks))
         // Bounded: thousands of flows reconciling at once only queue at the apiserver and NATS
         // and inflate memory; a few in flight keep both busy.
         // Debounced: kube-controller-manager updates a new Deployment's status several times
@@ -290,6 +391,22 @@ async fn reconcile(flow: Arc<IntegrationFlow>, fctx: Arc<FlowContext>) -> Result
     }
     fctx.stores.ready().await;
     let api: Api<IntegrationFlow> = Api::namespaced(ctx.client.clone(), &namespace(&flow));
+    let mut flow = flow;
+    if flow.metadata.deletion_timestamp.is_none()
+        && !flow.finalizers().iter().any(|f| f == FINALIZER)
+    {
+        // kube's helper adds a missing finalizer and ends the pass there, waiting for the
+        // watch event of its own patch: a second pass for every new flow. Here the pass goes
+        // on with the finalizer in place (the event is not news: `changes::flow_fingerprint`).
+        finalizer(&api, FINALIZER, flow.clone(), |_| async {
+            Ok::<_, Error>(Action::await_change())
+        })
+        .await
+        .map_err(finalizer_error)?;
+        let mut with_finalizer = (*flow).clone();
+        with_finalizer.finalizers_mut().push(FINALIZER.into());
+        flow = Arc::new(with_finalizer);
+    }
     finalizer(&api, FINALIZER, flow, |event| async {
         match event {
             finalizer::Event::Apply(flow) => apply_flow(&flow, &fctx).await,
@@ -297,11 +414,15 @@ async fn reconcile(flow: Arc<IntegrationFlow>, fctx: Arc<FlowContext>) -> Result
         }
     })
     .await
-    .map_err(|e| match e {
+    .map_err(finalizer_error)
+}
+
+fn finalizer_error(e: finalizer::Error<Error>) -> Error {
+    match e {
         finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
         finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
         other => Error::spec("FinalizerFailed", other.to_string()),
-    })
+    }
 }
 
 /// Deletes or keeps the flow's queues per `deletionPolicy`; the children go with the flow
@@ -314,14 +435,31 @@ async fn cleanup(flow: &IntegrationFlow, ctx: &Context) -> Result<Action> {
             .map_err(|e| Error::Nats(e.to_string()))?;
     }
     ctx.applied.forget_flow(&namespace(flow), &flow_name(flow));
+    for map in flow.spec.mapping.iter().flat_map(|m| &m.code_maps) {
+        let labels = code_map_labels(flow, &map.name);
+        ctx.metrics.unmapped_codes.remove(&labels);
+        ctx.metrics.orphaned_codes.remove(&labels);
+    }
     Ok(Action::await_change())
+}
+
+fn code_map_labels(flow: &IntegrationFlow, code_map: &str) -> CodeMapLabels {
+    CodeMapLabels {
+        namespace: namespace(flow),
+        flow: flow_name(flow),
+        code_map: code_map.to_string(),
+    }
 }
 
 async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action> {
     let ctx = &*fctx.ctx;
     let ns = namespace(flow);
     let started = std::time::Instant::now();
-    let deref = dereference::dereference(flow, &ctx.client, &fctx.stores).await?;
+    // A new redrive reads the code maps from the apiserver, not the watch: the fix written
+    // just before the annotation must be in the configuration the redrive waits for.
+    let redrive_requested = redrive_gate::requested(flow).is_some();
+    let deref =
+        dereference::dereference(flow, &ctx.client, &fctx.stores, redrive_requested).await?;
 
     // validate
     let history = match &deref.contract {
@@ -399,7 +537,12 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
         nats_tls: ctx.nats_signer.is_some() && ctx.config.nats_ca_file.is_some(),
         nats_monitoring_endpoint: ctx.config.nats_monitoring_endpoint.clone(),
         queue_replicas: ctx.config.queue_replicas,
+        nats_account: ctx
+            .nats_signer
+            .as_ref()
+            .map_or_else(|| "$G".to_string(), |signer| signer.account().to_string()),
         keda: installed.keda,
+        external_metrics: installed.external_metrics,
         prometheus_operator: installed.prometheus_operator,
     };
     let mut deployment = deref.deployment.clone();
@@ -471,7 +614,10 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
         Err(e) => Err(format!("spec.{e}")),
     };
 
-    let operations = handle_operations(flow, ctx, &names).await;
+    let redrive_waits = redrive_requested
+        .then(|| redrive_gate::wait_reason(flow, blocked.as_ref(), deployment.as_ref()))
+        .flatten();
+    let operations = handle_operations(flow, ctx, &names, redrive_waits.is_none()).await;
     let pending_approvals = match &queue {
         Ok(_) if flow.spec.approval.is_some() => list_pending(&ctx.jetstream, &names)
             .await
@@ -485,6 +631,51 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
             .unwrap_or_default(),
         _ => Vec::new(),
     };
+    // A failed read keeps what status said, rather than clearing it for one pass.
+    let routes = match &queue {
+        Ok(_) if flow.spec.approval.is_some() => route_counts(&ctx.jetstream, &names)
+            .await
+            .map(|counts| {
+                let count = |route: Route| counts.get(&route).copied().unwrap_or(0);
+                Some(RouteCounts {
+                    applied: count(Route::Applied),
+                    approved: count(Route::Approved),
+                    rejected: count(Route::Rejected),
+                    escalated: count(Route::Escalated),
+                    timed_out: count(Route::TimedOut),
+                })
+            })
+            .unwrap_or_else(|_| flow.status.as_ref().and_then(|s| s.routes.clone())),
+        _ => None,
+    };
+
+    // Drift: the codes the workers saw against the tables as they are now. A failed read
+    // keeps what status said, rather than clearing it for one pass.
+    let previous_drift = || {
+        flow.status
+            .as_ref()
+            .map(|s| s.code_drift.clone())
+            .unwrap_or_default()
+    };
+    let code_drift = match &queue {
+        Ok(_) if !deref.code_maps.is_empty() => read_observed_codes(&ctx.jetstream, &names)
+            .await
+            .map(|observed| drift::report(&deref.code_maps, &observed))
+            .unwrap_or_else(|_| previous_drift()),
+        Ok(_) => Vec::new(),
+        Err(_) => previous_drift(),
+    };
+    for entry in &code_drift {
+        let labels = code_map_labels(flow, &entry.code_map);
+        ctx.metrics
+            .unmapped_codes
+            .get_or_create(&labels)
+            .set(entry.unmapped_count as i64);
+        ctx.metrics
+            .orphaned_codes
+            .get_or_create(&labels)
+            .set(entry.orphaned_count as i64);
+    }
 
     let queued_at = started.elapsed();
     // status
@@ -496,8 +687,15 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
         blocked,
         queue,
         deployment: deployment.as_ref(),
+        autoscaler: render::scaling::autoscaler(flow, &settings),
         operations,
+        redrive_waits: redrive_waits.map(|why| {
+            let value = redrive_gate::requested(flow).unwrap_or_default();
+            format!("{REDRIVE_ANNOTATION}={value} {why}")
+        }),
         pending_approvals,
+        routes,
+        code_drift,
         now: Timestamp::now(),
     });
     write_status(flow, ctx, status).await?;
@@ -533,17 +731,18 @@ async fn ensured_queue_state(
         .inspect_err(|_| ctx.applied.forget(&key))
 }
 
-/// Records a planner's decision on each listed review. A review that is no longer pending
-/// (decided already, timed out) counts as handled: the annotation is history, not a request
-/// to retry forever.
+/// Records a planner's decision on each listed review, by `decided_by`. A review that is no
+/// longer pending (decided already, timed out) counts as handled: the annotation is history,
+/// not a request to retry forever.
 async fn decide_all(
     ctx: &Context,
     names: &QueueNames,
     ids: &str,
     decision: Decision,
+    decided_by: Option<&str>,
 ) -> std::result::Result<(), String> {
     for id in ids.split(',').map(str::trim).filter(|id| !id.is_empty()) {
-        if let Err(e) = decide(&ctx.jetstream, names, id, decision).await {
+        if let Err(e) = decide(&ctx.jetstream, names, id, decision, decided_by).await {
             let message = e.to_string();
             if !message.contains("no pending review") {
                 return Err(message);
@@ -554,11 +753,13 @@ async fn decide_all(
 }
 
 /// Handles one-off operations whose annotation value differs from the one acknowledged in
-/// status; returns the acknowledged values. A failed operation is retried on the next pass.
+/// status; returns the acknowledged values. A failed operation is retried on the next pass; a
+/// redrive that may not run yet (`redrive_may_run`, see [`redrive_gate`]) too.
 async fn handle_operations(
     flow: &IntegrationFlow,
     ctx: &Context,
     names: &QueueNames,
+    redrive_may_run: bool,
 ) -> BTreeMap<String, String> {
     let mut acknowledged = flow
         .status
@@ -577,7 +778,9 @@ async fn handle_operations(
             continue;
         };
         let short = key.trim_start_matches("flowplane.io/").to_string();
-        if acknowledged.get(&short) == Some(value) {
+        if acknowledged.get(&short) == Some(value)
+            || (key == REDRIVE_ANNOTATION && !redrive_may_run)
+        {
             continue;
         }
         let outcome = match key {
@@ -590,8 +793,15 @@ async fn handle_operations(
                     .map(|_| ())
                     .map_err(|e| e.to_string())
             }
-            APPROVE_ANNOTATION => decide_all(ctx, names, value, Decision::Approve).await,
-            REJECT_ANNOTATION => decide_all(ctx, names, value, Decision::Reject).await,
+            APPROVE_ANNOTATION | REJECT_ANNOTATION => {
+                let decision = if key == APPROVE_ANNOTATION {
+                    Decision::Approve
+                } else {
+                    Decision::Reject
+                };
+                let decided_by = annotations.get(DECIDED_BY_ANNOTATION).map(String::as_str);
+                decide_all(ctx, names, value, decision, decided_by).await
+            }
             _ => reset_cursor(&ctx.jetstream, names)
                 .await
                 .map_err(|e| e.to_string()),

@@ -9,11 +9,13 @@ use k8s_openapi::jiff::Timestamp;
 use crate::api::IntegrationFlow;
 use crate::api::common::parse_duration;
 use crate::api::integration_flow::{
-    IntegrationFlowStatus, PendingApproval, QueueStatus, ReplicaStatus, SyncStatus,
+    CodeDrift, IntegrationFlowStatus, PendingApproval, QueueStatus, ReplicaStatus, RouteCounts,
+    SyncStatus,
 };
 use crate::controller::conditions::{Desired, merge};
 use crate::queue::approvals::PendingReview;
 use crate::render::labels::{worker_selector_string, workers_name};
+use crate::render::scaling::{Autoscaler, LAG_METRIC, fixed_replicas};
 
 use super::dereference::QueueState;
 
@@ -32,9 +34,17 @@ pub struct Observed<'a> {
     /// Queue readiness: Ok(state) or the error talking to JetStream.
     pub queue: Result<QueueState, String>,
     pub deployment: Option<&'a Deployment>,
+    /// What sets the worker count, as rendered for the cluster's APIs.
+    pub autoscaler: Autoscaler,
     pub operations: BTreeMap<String, String>,
+    /// A requested redrive held back until every worker runs the applied configuration, and why.
+    pub redrive_waits: Option<String>,
     /// Reviews parked by the workers, undecided.
     pub pending_approvals: Vec<PendingApproval>,
+    /// Deltas per route, from the decision audit (approval flows).
+    pub routes: Option<RouteCounts>,
+    /// Unmapped and orphaned codes per code map.
+    pub code_drift: Vec<CodeDrift>,
     pub now: Timestamp,
 }
 
@@ -84,6 +94,54 @@ fn workers(flow: &IntegrationFlow, deployment: Option<&Deployment>) -> (i32, i32
         )
     };
     (desired, ready, condition, !rolled_out)
+}
+
+/// Who sets the worker count and, without an autoscaler, why: informational, never blocks
+/// Ready.
+fn autoscaled(flow: &IntegrationFlow, autoscaler: Autoscaler) -> Desired {
+    let scaling = &flow.spec.scaling;
+    let (min, max) = (scaling.min_replicas, scaling.max_replicas);
+    let fixed = fixed_replicas(flow, autoscaler).unwrap_or_default();
+    let (status, reason, message) = match autoscaler {
+        Autoscaler::ScaledObject => (
+            true,
+            "KedaScaledObject",
+            format!(
+                "KEDA scales the workers from {min} to {max} on consumer lag, {} pending records per worker",
+                scaling.lag_per_replica
+            ),
+        ),
+        Autoscaler::HorizontalPodAutoscaler => (
+            true,
+            "HorizontalPodAutoscaler",
+            format!(
+                "HorizontalPodAutoscaler {} scales the workers from {} to {max} on the external metric {LAG_METRIC}",
+                workers_name(flow),
+                min.max(1)
+            ),
+        ),
+        Autoscaler::NoMetricsApi => (
+            false,
+            "ExternalMetricsUnavailable",
+            format!(
+                "the cluster serves no external.metrics.k8s.io (neither KEDA nor a metrics adapter is installed), so an autoscaler could never read the lag: {fixed} fixed workers (spec.scaling.minReplicas, at least one)"
+            ),
+        ),
+        Autoscaler::None if flow.spec.suspend => {
+            (false, "Suspended", "the flow is suspended".to_string())
+        }
+        Autoscaler::None if scaling.replicas.is_some() => (
+            false,
+            "FixedReplicas",
+            format!("spec.scaling.replicas sets {fixed} workers"),
+        ),
+        Autoscaler::None => (
+            false,
+            "FixedReplicas",
+            format!("minReplicas = maxReplicas: {fixed} workers"),
+        ),
+    };
+    Desired::new("Autoscaled", status, reason, message)
 }
 
 fn freshness(
@@ -176,12 +234,20 @@ pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
         Err(e) => Desired::new("QueueReady", false, "QueueUnavailable", e.clone()),
     };
     let fresh = freshness(flow, &observed.queue, observed.now);
+    let autoscaled = autoscaled(flow, observed.autoscaler);
     let running_contract = observed.contract_version.is_some();
     let stalled = match &observed.blocked {
         Some((reason, message)) => Desired::new("Stalled", true, *reason, message.clone()),
         None => Desired::new("Stalled", false, "NotStalled", ""),
     };
-    let reconciling = if rolling && observed.blocked.is_none() && !flow.spec.suspend {
+    let reconciling = if let Some(message) = &observed.redrive_waits {
+        Desired::new(
+            "Reconciling",
+            true,
+            "RedriveWaitsForRollout",
+            message.clone(),
+        )
+    } else if rolling && observed.blocked.is_none() && !flow.spec.suspend {
         Desired::new(
             "Reconciling",
             true,
@@ -247,6 +313,7 @@ pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
             queue_condition,
             workers_condition,
             fresh,
+            autoscaled,
         ],
         generation,
         observed.now,
@@ -287,6 +354,8 @@ pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
                 .collect(),
         }),
         pending_approvals: observed.pending_approvals,
+        routes: observed.routes,
         operations: observed.operations,
+        code_drift: observed.code_drift,
     }
 }

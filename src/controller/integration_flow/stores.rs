@@ -137,6 +137,18 @@ impl ConfigMaps {
         {
             return Ok(Some(data.clone()));
         }
+        self.fresh_data(client, namespace, name).await
+    }
+
+    /// The ConfigMap's data as the apiserver has it now (a GET, whatever the watch has seen),
+    /// kept for [`ConfigMaps::data`]; None when it does not exist.
+    pub async fn fresh_data(
+        &self,
+        client: &Client,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<ConfigMapData>> {
+        let key = (namespace.to_string(), name.to_string());
         let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
         let Some(config_map) = api.get_opt(name).await? else {
             return Ok(None);

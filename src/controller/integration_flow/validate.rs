@@ -74,6 +74,7 @@ pub fn choose_contract(
                     schema_hash: p.schema_hash.clone(),
                     schema: p.schema.clone(),
                     quality: p.quality.clone(),
+                    sla: contract.spec.sla.clone(),
                 },
             ))
         })
@@ -87,6 +88,7 @@ pub fn choose_contract(
                 schema_hash: schema_hash(&contract.spec.schema),
                 schema: contract.spec.schema.clone(),
                 quality: contract.spec.quality.clone(),
+                sla: contract.spec.sla.clone(),
             },
         ));
     }

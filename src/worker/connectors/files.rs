@@ -88,7 +88,7 @@ impl FileSource {
 
 /// CSV with a header row; every value a string. A row the reader cannot read (a broken quote)
 /// becomes its text, a record the contract refuses and the worker dead-letters.
-fn parse_csv(bytes: &[u8]) -> Vec<Value> {
+pub(crate) fn parse_csv(bytes: &[u8]) -> Vec<Value> {
     let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(bytes);
     let Ok(header) = reader.headers().cloned() else {
         return Vec::new();
@@ -117,6 +117,11 @@ mod tests {
         let rows = parse_csv(b"a,b\r\n1,\"x, \"\"y\"\"\"\n2,\"multi\nline\"\n");
         assert_eq!(rows[0]["b"], "x, \"y\"");
         assert_eq!(rows[1]["b"], "multi\nline");
+        // Found by the fuzz target csv_file: a quoted line break split the row in two.
+        let rows = parse_csv(b"a,b\r\n\"first\r\nsecond\",2\r\n\r\n3\r\n");
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["a"], "first\r\nsecond");
+        assert_eq!((rows[1]["a"].as_str(), rows[1].get("b")), (Some("3"), None));
         let options = glob::MatchOptions {
             require_literal_leading_dot: true,
             ..glob::MatchOptions::new()

@@ -7,6 +7,7 @@
 //! context URL (itself resolved against the request URL), else against the request URL;
 //! never against the binding URL, which may sit above the service root.
 
+use bytes::Bytes;
 use reqwest::Url;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -17,6 +18,10 @@ use crate::worker::http::{CallError, HttpClient};
 use crate::worker_config::SourceConfig;
 
 const DELTA_PREFIX: &str = "delta:";
+
+/// Records per page asked of the service (`Prefer: odata.maxpagesize`), at most the flow's
+/// `limits.maxPageRecords`.
+const PAGE_SIZE: u32 = 1000;
 
 /// An OData collection response; the records stay JSON text (see `raw`).
 #[derive(Deserialize)]
@@ -110,13 +115,15 @@ impl ODataSource {
             return Ok(None);
         };
         let track = self.config.sync_mode == SyncMode::Incremental;
+        // No larger than the flow takes (a larger page is refused whole).
+        let page_size = PAGE_SIZE.min(self.limits.max_page_records);
         let response = self
             .http
             .send(|client| {
                 let prefer = if track {
-                    "odata.maxpagesize=1000, odata.track-changes"
+                    format!("odata.maxpagesize={page_size}, odata.track-changes")
                 } else {
-                    "odata.maxpagesize=1000"
+                    format!("odata.maxpagesize={page_size}")
                 };
                 client
                     .get(&url)
@@ -125,27 +132,8 @@ impl ODataSource {
                     .header("prefer", prefer)
             })
             .await?;
-        let checked = raw::check(
-            self.http.read_body(response).await?,
-            self.limits.max_json_depth as usize + raw::ENVELOPE_DEPTH,
-        );
-        let body = checked.body.clone();
-        let no_value = || CallError::Permanent {
-            status: 200,
-            body: "OData response has no value array".into(),
-        };
-        let page: Collection = serde_json::from_slice(&body).map_err(|e| {
-            match serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
-                // Well-formed JSON of another shape: retrying will not help.
-                Ok(_) => no_value(),
-                Err(_) => CallError::Transient(format!("OData response is not JSON: {e}")),
-            }
-        })?;
-        let records = page
-            .value
-            .ok_or_else(no_value)
-            .and_then(|value| raw::elements(&body, value).map_err(|_| no_value()))?;
-        let (records, refused) = raw::admit(&checked, records, &self.limits)?;
+        let page = split_page(self.http.read_body(response).await?, &self.limits)?;
+        let records = page.records;
         let base = base_url(&url, page.context.as_deref());
         self.next = page
             .next_link
@@ -167,7 +155,7 @@ impl ODataSource {
         let cursor = delta.or_else(|| self.reached.clone());
         Ok(Some(Page {
             records: Records::Json(records),
-            refused,
+            refused: page.refused,
             cursor,
         }))
     }
@@ -189,6 +177,51 @@ impl ODataSource {
             }
         }
     }
+}
+
+/// What one response body of a collection says: its records (those with a flaw set aside)
+/// and its links, not yet resolved.
+pub(crate) struct CollectionPage {
+    pub records: Vec<Bytes>,
+    pub refused: Vec<raw::Refused>,
+    pub context: Option<String>,
+    pub next_link: Option<String>,
+    pub delta_link: Option<String>,
+}
+
+/// Splits a collection response body into its records within `limits` (pure: the fuzz
+/// target `odata_page` feeds it arbitrary bytes).
+pub(crate) fn split_page(body: Bytes, limits: &Limits) -> Result<CollectionPage, CallError> {
+    let checked = raw::check(body, limits.max_json_depth as usize + raw::ENVELOPE_DEPTH);
+    let body = checked.body.clone();
+    let no_value = || CallError::Permanent {
+        status: 200,
+        body: "OData response has no value array".into(),
+    };
+    let page: Collection = serde_json::from_slice(&body).map_err(|e| {
+        match serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+            // Well-formed JSON of another shape: retrying will not help.
+            Ok(_) => no_value(),
+            Err(_) => CallError::Transient(format!("OData response is not JSON: {e}")),
+        }
+    })?;
+    let records = page
+        .value
+        .ok_or_else(no_value)
+        .and_then(|value| raw::elements(&body, value).map_err(|_| no_value()))?;
+    let (records, refused) = raw::admit(&checked, records, limits)?;
+    Ok(CollectionPage {
+        records,
+        refused,
+        context: page.context,
+        next_link: page.next_link,
+        delta_link: page.delta_link,
+    })
+}
+
+/// The URL a link of a response to `request` leads to (see [`resolve`]).
+pub(crate) fn next_url(request: &str, context: Option<&str>, link: &str) -> String {
+    resolve(base_url(request, context).as_ref(), request, link)
 }
 
 /// The base URL of a response's links (OData JSON Format 4.01 section 4.3): its context URL,
@@ -236,17 +269,13 @@ pub(crate) fn encode(value: &str) -> String {
 mod tests {
     use super::*;
 
-    fn next(request: &str, context: Option<&str>, link: &str) -> String {
-        resolve(base_url(request, context).as_ref(), request, link)
-    }
-
     #[test]
     fn relative_links_resolve_against_the_context_url_not_the_binding() {
         let service = "http://erp/sap/opu/odata4/sap/api_salesorder/srvd_a2x/sap/salesorder/0001";
         let request = format!("{service}/A_SalesOrderItem?$filter=x%20ge%201&$orderby=x");
         // CAP: a context URL relative to the request, a link relative to the context URL.
         assert_eq!(
-            next(
+            next_url(
                 &request,
                 Some("$metadata#A_SalesOrderItem"),
                 "A_SalesOrderItem?$skiptoken=500"
@@ -255,12 +284,12 @@ mod tests {
         );
         // No context URL: against the request URL.
         assert_eq!(
-            next(&request, None, "A_SalesOrderItem?$skiptoken=500"),
+            next_url(&request, None, "A_SalesOrderItem?$skiptoken=500"),
             format!("{service}/A_SalesOrderItem?$skiptoken=500")
         );
         // An absolute context URL elsewhere, an absolute-path link, an absolute link.
         assert_eq!(
-            next(
+            next_url(
                 &request,
                 Some("https://gw/svc/$metadata#Set"),
                 "Set?$deltatoken=7"
@@ -268,11 +297,11 @@ mod tests {
             "https://gw/svc/Set?$deltatoken=7"
         );
         assert_eq!(
-            next(&request, None, "/other/Set?$skiptoken=1"),
+            next_url(&request, None, "/other/Set?$skiptoken=1"),
             "http://erp/other/Set?$skiptoken=1"
         );
         assert_eq!(
-            next(&request, Some("$metadata#X"), "https://b/S?$skiptoken=2"),
+            next_url(&request, Some("$metadata#X"), "https://b/S?$skiptoken=2"),
             "https://b/S?$skiptoken=2"
         );
     }

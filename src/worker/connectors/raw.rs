@@ -52,6 +52,9 @@ pub enum Flaw {
     InvalidUtf8,
     /// Objects and arrays in it nest deeper than the flow's `limits.maxJsonDepth`.
     TooDeep,
+    /// A string in it is serde_json's private raw-value marker, which makes the reader slice
+    /// the page wrongly (found by the odata_page fuzz target).
+    ReservedString,
 }
 
 impl Flaw {
@@ -60,6 +63,7 @@ impl Flaw {
         match self {
             Flaw::InvalidUtf8 => "the record is not valid UTF-8".into(),
             Flaw::TooDeep => format!("the record nests deeper than {max_depth} levels"),
+            Flaw::ReservedString => format!("the record holds the string {RESERVED:?}"),
         }
     }
 }
@@ -86,6 +90,9 @@ pub struct Checked {
     flaws: Vec<(std::ops::Range<usize>, Flaw)>,
 }
 
+/// The string serde_json takes for its raw-value marker (`serde_json::raw::TOKEN`, private).
+const RESERVED: &str = "$serde_json::private::RawValue";
+
 /// Checks `body`; `max_depth` counts containers from the top of the body (callers add the
 /// levels of the page's envelope). A body without flaws is not copied.
 pub fn check(body: Bytes, max_depth: usize) -> Checked {
@@ -97,6 +104,12 @@ pub fn check(body: Bytes, max_depth: usize) -> Checked {
     while i < bytes.len() {
         match bytes[i] {
             b'"' => {
+                if bytes[i + 1..].starts_with(RESERVED.as_bytes())
+                    && bytes.get(i + 1 + RESERVED.len()) == Some(&b'"')
+                {
+                    out.get_or_insert_with(|| bytes.to_vec())[i + 1] = b'_';
+                    flaws.push((i..i + RESERVED.len() + 2, Flaw::ReservedString));
+                }
                 i += 1;
                 while i < bytes.len() {
                     match bytes[i] {
@@ -347,6 +360,17 @@ mod tests {
                 .text
                 .ends_with(format!("{}}}", "]".repeat(500)).as_bytes())
         );
+        // serde_json's private raw-value marker as a key: that record is set aside.
+        let page = Bytes::from_static(
+            br#"{"value":[{"k":1},{"$serde_json::private::RawValue":"0","a":1},{"k":3}]}"#,
+        );
+        let checked = check(page, 66);
+        let collection: Collection = serde_json::from_slice(&checked.body).unwrap();
+        let records = elements(&checked.body, collection.value).unwrap();
+        let (kept, refused) = checked.partition(records);
+        assert_eq!(kept.len(), 2);
+        assert_eq!(refused[0].flaw, Flaw::ReservedString);
+        assert!(refused[0].text.starts_with(br#"{"$serde_json"#));
         // A clean page is not copied.
         let clean = Bytes::from_static(br#"[{"a":[1,[2]]}]"#);
         let checked = check(clean.clone(), 4);

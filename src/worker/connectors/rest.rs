@@ -66,6 +66,12 @@ impl RestSource {
         )
     }
 
+    /// The page size to ask for: `wanted`, at most the flow's `limits.maxPageRecords` (a
+    /// larger page is refused whole).
+    fn page_size(&self, wanted: u32) -> u32 {
+        wanted.min(self.limits.max_page_records)
+    }
+
     /// Starts a pass after `cursor`.
     pub fn begin(&mut self, cursor: Option<&str>) {
         self.reached = cursor.map(str::to_string);
@@ -75,7 +81,7 @@ impl RestSource {
             _ => None,
         };
         let Some(read) = self.config.rest.clone() else {
-            let mut url = format!("{}?limit={PAGE_SIZE}", self.base());
+            let mut url = format!("{}?limit={}", self.base(), self.page_size(PAGE_SIZE));
             if let Some(after) = since {
                 url.push_str(&format!("&since={}", encode(after)));
             }
@@ -91,8 +97,10 @@ impl RestSource {
             return;
         };
         if read.pagination != Pagination::None {
-            url.query_pairs_mut()
-                .append_pair(&read.limit_param, &read.page_size.to_string());
+            url.query_pairs_mut().append_pair(
+                &read.limit_param,
+                &self.page_size(read.page_size).to_string(),
+            );
         }
         if let Some(after) = since {
             url.query_pairs_mut().append_pair(&read.since_param, after);
@@ -135,8 +143,9 @@ impl RestSource {
                         self.follow(&request_url, &next)
                     }
                     Some(next) => Some(format!(
-                        "{}?limit={PAGE_SIZE}&cursor={}",
+                        "{}?limit={}&cursor={}",
                         self.base(),
+                        self.page_size(PAGE_SIZE),
                         encode(&next)
                     )),
                 };
@@ -249,12 +258,12 @@ fn page_url(
 }
 
 /// A page read with configured settings: its records and the next link or cursor in the body.
-struct ConfiguredPage {
-    records: Vec<Bytes>,
-    next: Option<String>,
+pub(crate) struct ConfiguredPage {
+    pub records: Vec<Bytes>,
+    pub next: Option<String>,
 }
 
-fn read_page(read: &RestRead, body: &Bytes) -> Result<ConfiguredPage, String> {
+pub(crate) fn read_page(read: &RestRead, body: &Bytes) -> Result<ConfiguredPage, String> {
     let top: &RawValue = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let records = match pointer(top, &read.records) {
         Some(array) if array.get().starts_with('[') => {
@@ -319,7 +328,7 @@ fn next_from_link_headers(headers: &reqwest::header::HeaderMap) -> Option<String
 /// rather than taken from `parse_link_header` (0.4): that crate splits the field at every comma
 /// (a URI may contain commas) and removes all whitespace, so `rel="next last"` (RFC 8288 3.3)
 /// becomes one relation "nextlast".
-fn parse_link_header(value: &str) -> Vec<(String, Vec<String>)> {
+pub(crate) fn parse_link_header(value: &str) -> Vec<(String, Vec<String>)> {
     let mut links = Vec::new();
     let mut rest = value;
     loop {
@@ -385,7 +394,7 @@ fn parse_link_header(value: &str) -> Vec<(String, Vec<String>)> {
 /// A page's records (each one's JSON text) and its next token or URL: the body is an array
 /// of records or an object with them under `items`, `data` or `value`, and the next page
 /// under `next`, `nextCursor` or `nextLink`. Anything else is an empty last page.
-fn split_page(body: &Bytes) -> serde_json::Result<(Vec<Bytes>, Option<String>)> {
+pub(crate) fn split_page(body: &Bytes) -> serde_json::Result<(Vec<Bytes>, Option<String>)> {
     let top: &RawValue = serde_json::from_slice(body)?;
     let is_array = |v: &RawValue| v.get().starts_with('[');
     if is_array(top) {

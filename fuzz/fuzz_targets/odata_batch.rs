@@ -1,0 +1,3 @@
+//! See `flowplane::fuzz::odata_batch` for what this target feeds and checks.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| flowplane::fuzz::odata_batch(data));

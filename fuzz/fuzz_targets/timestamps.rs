@@ -1,0 +1,3 @@
+//! See `flowplane::fuzz::timestamps` for what this target feeds and checks.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| flowplane::fuzz::timestamps(data));

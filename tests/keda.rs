@@ -1,0 +1,227 @@
+//! Real autoscaling: KEDA v2 (built from its Go module by install-tools.sh), its operator and
+//! metrics API server running against the local API server (`scripts/local-env.sh keda-up`),
+//! scales a flow's worker Deployment on its consumer's lag, from minReplicas to maxReplicas and
+//! back, through the HPA KEDA makes and kube-controller-manager's HPA controller. No worker
+//! runs: the lag is records published to the flow's stream, then purged.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+
+use flowplane::api::{ConnectorBinding, DataContract, IntegrationFlow};
+use flowplane::queue::QueueNames;
+use support::{
+    TestNamespace, apply_yaml, client, eventually, local_env, nats_admin, operator,
+    operator_forbidden, repo_root,
+};
+
+const DEPENDENCIES: &str = r#"
+apiVersion: flowplane.io/v1alpha1
+kind: ConnectorBinding
+metadata: {name: erp}
+spec: {system: Erp, protocol: OData, endpoint: {url: "http://127.0.0.1:9/odata"}}
+---
+apiVersion: flowplane.io/v1alpha1
+kind: ConnectorBinding
+metadata: {name: forecasting}
+spec: {system: Forecasting, protocol: Rest, endpoint: {url: "http://127.0.0.1:9/api"}}
+---
+apiVersion: flowplane.io/v1alpha1
+kind: DataContract
+metadata: {name: sales-order-lines}
+spec:
+  domain: sales-order-lines
+  version: 1.0.0
+  owner: {team: demand-planning}
+  schema:
+    primaryKey: [orderId]
+    fields:
+    - {name: orderId, type: String, required: true}
+"#;
+
+const FLOW: &str = r#"
+apiVersion: flowplane.io/v1alpha1
+kind: IntegrationFlow
+metadata: {name: orders}
+spec:
+  source: {bindingRef: erp, entity: A_SalesOrderItem, syncMode: FullRefresh}
+  target: {bindingRef: forecasting, entity: /v1/sales-history}
+  contract: {name: sales-order-lines, versions: "^1"}
+  scaling: {minReplicas: 1, maxReplicas: 3, lagPerReplica: 500}
+  deletionPolicy: Delete
+"#;
+
+/// Records published: four workers' worth of lag, so KEDA asks for more than maxReplicas.
+const RECORDS: usize = 2000;
+
+/// `scripts/local-env.sh keda-up` for the life of the test; `keda-down` on drop, whatever
+/// happened, so the other tiers see a cluster without KEDA.
+struct Keda;
+
+impl Keda {
+    fn up() -> Keda {
+        local_env();
+        let keda = Keda;
+        keda.script("keda-up");
+        keda
+    }
+
+    fn script(&self, command: &str) {
+        let out = std::process::Command::new("bash")
+            .arg(repo_root().join("scripts/local-env.sh"))
+            .arg(command)
+            .output()
+            .expect("run scripts/local-env.sh");
+        assert!(
+            out.status.success(),
+            "local-env.sh {command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Keda {
+    fn drop(&mut self) {
+        self.script("keda-down");
+    }
+}
+
+/// Samples lag and worker count every 5 s, printing each sample, until `done` holds for the
+/// Deployment's replica count; fails after `secs`.
+async fn timeline(
+    phase: &str,
+    secs: u64,
+    started: Instant,
+    deployments: &Api<Deployment>,
+    js: &async_nats::jetstream::Context,
+    names: &QueueNames,
+    done: impl Fn(i32) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        assert!(
+            operator_forbidden().is_empty(),
+            "{:?}",
+            operator_forbidden()
+        );
+        let lag = match js.get_stream(&names.stream).await {
+            Ok(stream) => match stream.consumer_info(&names.consumer).await {
+                Ok(info) => info.num_pending + info.num_ack_pending as u64,
+                Err(_) => 0,
+            },
+            Err(_) => 0,
+        };
+        let replicas = deployments
+            .get("orders-worker")
+            .await
+            .ok()
+            .and_then(|d| d.spec.replicas)
+            .unwrap_or(0);
+        println!(
+            "keda timeline: t={:>4}s phase={phase} lag={lag} replicas={replicas}",
+            started.elapsed().as_secs()
+        );
+        if done(replicas) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{phase}: {replicas} workers after {secs}s"
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn keda_scales_a_flows_workers_on_consumer_lag_from_min_to_max_and_back() {
+    let _keda = Keda::up();
+    let client = client().await;
+    operator();
+    let ns = TestNamespace::new(&client, "keda").await;
+    for doc in DEPENDENCIES.split("---") {
+        if doc.contains("kind: DataContract") {
+            let _: DataContract = apply_yaml(&client, &ns.name, doc).await;
+        } else {
+            let _: ConnectorBinding = apply_yaml(&client, &ns.name, doc).await;
+        }
+    }
+    let _: IntegrationFlow = apply_yaml(&client, &ns.name, FLOW).await;
+
+    // KEDA is installed: a ScaledObject, the flow says KEDA scales it, and KEDA has made its HPA.
+    let scaled_objects = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "keda.sh",
+        "v1alpha1",
+        "ScaledObject",
+    ));
+    let so_api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns.name, &scaled_objects);
+    let flows: Api<IntegrationFlow> = Api::namespaced(client.clone(), &ns.name);
+    eventually(120, "Autoscaled=True KedaScaledObject", || async {
+        let flow = flows.get("orders").await.ok()?;
+        flow.status?
+            .conditions
+            .iter()
+            .any(|c| {
+                c.type_ == "Autoscaled" && c.status == "True" && c.reason == "KedaScaledObject"
+            })
+            .then_some(())
+    })
+    .await;
+    eventually(
+        120,
+        "the ScaledObject Ready (KEDA reached the scaler)",
+        || async {
+            let so = so_api.get_opt("orders-worker").await.ok()??;
+            so.data["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                .then_some(())
+        },
+    )
+    .await;
+
+    let names = QueueNames::for_flow(&ns.name, "orders");
+    let js = async_nats::jetstream::new(nats_admin(&local_env().nats_url).await);
+    eventually(60, "the flow's stream and consumer", || async {
+        js.get_stream(&names.stream)
+            .await
+            .ok()?
+            .consumer_info(&names.consumer)
+            .await
+            .ok()
+    })
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let started = Instant::now();
+    timeline("idle", 120, started, &deployments, &js, &names, |r| r == 1).await;
+
+    // Lag: records nobody consumes (no worker runs here).
+    for i in 0..RECORDS {
+        js.publish(
+            format!("{}.0", names.subject),
+            format!("{{\"orderId\":\"{i}\"}}").into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    }
+    timeline("lag", 300, started, &deployments, &js, &names, |r| r == 3).await;
+
+    // The lag gone, KEDA's HPA brings the workers back to minReplicas (the local
+    // kube-controller-manager's scale-down stabilization is 30 s, the default 5 min).
+    js.get_stream(&names.stream)
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .unwrap();
+    timeline("drained", 300, started, &deployments, &js, &names, |r| {
+        r == 1
+    })
+    .await;
+}

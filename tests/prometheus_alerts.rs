@@ -1,0 +1,373 @@
+//! The generated alert rules in a real Prometheus (the local environment's, Debian's build),
+//! scraping real worker processes on the real nats-server: a quiet flow whose worker is
+//! replaced stays silent (the new worker reports the last delivery its flow's progress record
+//! holds, not 0), and a flow whose last delivery is older than its SLA fires
+//! FlowplaneFlowStale, after its worker was replaced too, and FlowplaneDeadLetterAged for the
+//! dead letters it keeps. Read through Prometheus' HTTP API.
+
+mod e2e_support;
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use e2e_support::*;
+use flowplane::api::{DataContract, IntegrationFlow};
+use flowplane::contract::canonical::schema_hash;
+use flowplane::queue::jetstream::{bucket, update_progress};
+use flowplane::render::ResolvedContract;
+use flowplane::render::alerts::{rule_file, rule_groups};
+use flowplane::sim::erp::ErpSeed;
+use flowplane::worker::sample;
+use flowplane::worker_config::WorkerConfig;
+use serde_json::{Value, json};
+
+const NAMESPACE: &str = "e2e";
+const RECORDS: u64 = 20;
+/// The stale flow's source has every 10th record bad: 2 dead letters.
+const DEAD: u64 = 2;
+
+fn flow(name: &str, freshness: &str) -> IntegrationFlow {
+    serde_yaml::from_str(&format!(
+        r#"
+apiVersion: flowplane.io/v1alpha1
+kind: IntegrationFlow
+metadata: {{name: {name}, namespace: {NAMESPACE}}}
+spec:
+  source: {{bindingRef: erp, entity: A_SalesOrderItem, syncMode: Incremental}}
+  target: {{bindingRef: forecasting, entity: sales-order-lines}}
+  contract: {{name: sales-order-lines}}
+  # Dead letters alone do not fire here (FlowplaneDeadLetters, FlowplaneErrorRatioHigh): the
+  # test is about freshness and the dead letters' age.
+  sla: {{freshness: {freshness}, maxErrorRatio: 1, maxDeadLetters: 100}}
+"#
+    ))
+    .unwrap()
+}
+
+/// The example contract the sample flow validates with.
+fn contract() -> ResolvedContract {
+    let text = std::fs::read_to_string(
+        support::repo_root().join("examples/base/contracts/sales-order-lines.yaml"),
+    )
+    .unwrap();
+    let dc: DataContract = serde_yaml::from_str(&text).unwrap();
+    ResolvedContract {
+        name: dc.metadata.name.clone().unwrap(),
+        version: dc.spec.version.clone(),
+        schema_hash: schema_hash(&dc.spec.schema),
+        schema: dc.spec.schema.clone(),
+        quality: dc.spec.quality.clone(),
+        sla: dc.spec.sla.clone(),
+    }
+}
+
+/// Writes `text` to `dir/name` in one step (Prometheus watches the directory).
+fn write_atomically(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One flow as Prometheus sees it: its rule file, its worker process, its scrape target.
+struct Watched {
+    name: String,
+    config: WorkerConfig,
+    dir: TempDir,
+    worker: Option<WorkerProcess>,
+    port: u16,
+}
+
+impl Watched {
+    fn new(name: String, freshness: &str, config: WorkerConfig) -> Watched {
+        let env = support::local_env();
+        let groups = rule_groups(&flow(&name, freshness), &contract());
+        write_atomically(
+            &env.prometheus_rules,
+            &format!("{name}.yaml"),
+            &rule_file(&groups),
+        );
+        Watched {
+            dir: TempDir::new(&name),
+            name,
+            config,
+            worker: None,
+            port: 0,
+        }
+    }
+
+    /// Starts a worker process (a new one: SIGKILLs the old) and points Prometheus at it.
+    fn start_worker(&mut self, id: &str) {
+        if let Some(mut old) = self.worker.take() {
+            old.kill();
+        }
+        self.port = free_port();
+        let log = self.dir.0.join(format!("{id}.log"));
+        self.worker = Some(WorkerProcess::start_logging(
+            &self.config,
+            &self.dir.0,
+            id,
+            "warn",
+            &log,
+            format!("127.0.0.1:{}", self.port).parse().unwrap(),
+        ));
+        let target = json!([{
+            "targets": [format!("127.0.0.1:{}", self.port)],
+            "labels": {"namespace": NAMESPACE, "service": format!("{}-worker", self.name)},
+        }]);
+        write_atomically(
+            &support::local_env().prometheus_targets,
+            &format!("{}.json", self.name),
+            &target.to_string(),
+        );
+    }
+
+    fn kill_worker(&mut self) {
+        if let Some(mut old) = self.worker.take() {
+            old.kill();
+        }
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        let env = support::local_env();
+        let _ = std::fs::remove_file(env.prometheus_targets.join(format!("{}.json", self.name)));
+        let _ = std::fs::remove_file(env.prometheus_rules.join(format!("{}.yaml", self.name)));
+        support::reload_prometheus_rules();
+    }
+}
+
+async fn api(path: &str, query: &[(&str, &str)]) -> Value {
+    let url = format!("{}{path}", support::local_env().prometheus_url);
+    let body: Value = reqwest::Client::new()
+        .get(&url)
+        .query(query)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["status"], "success", "{url}: {body}");
+    body["data"].clone()
+}
+
+/// The active (pending or firing) alerts of a flow: (alertname, state).
+async fn alerts_of(flow: &str) -> Vec<(String, String)> {
+    let data = api("/api/v1/alerts", &[]).await;
+    let mut alerts: Vec<(String, String)> = data["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["labels"]["flow"] == flow)
+        .map(|a| {
+            (
+                a["labels"]["alertname"].as_str().unwrap().to_string(),
+                a["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    alerts.sort();
+    alerts
+}
+
+/// The freshness metric as Prometheus scraped it from the worker on `port`.
+async fn scraped_last_success(flow: &str, port: u16) -> Option<i64> {
+    let query = format!(
+        r#"flowplane_worker_last_success_timestamp_seconds{{flow="{flow}",instance="127.0.0.1:{port}"}}"#
+    );
+    let data = api("/api/v1/query", &[("query", &query)]).await;
+    data["result"].as_array()?.first()?["value"][1]
+        .as_str()?
+        .parse::<f64>()
+        .ok()
+        .map(|v| v as i64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_flow_stays_silent_across_a_restart_and_a_stale_one_fires() {
+    let env = support::local_env();
+    let nats_url = env.nats_url.clone();
+    let seed = |bad_every| ErpSeed {
+        order_lines: RECORDS as u32,
+        inventory: 0,
+        returns: 0,
+        bad_every,
+        page_size: 100,
+    };
+    let sims = [start_sims(seed(0)).await, start_sims(seed(10)).await];
+    let js = jetstream(&nats_url).await;
+    let mut flows = Vec::new();
+    let mut cleanups = Vec::new();
+    for ((prefix, freshness), sims) in [("quiet", "1h"), ("stale", "1m")].into_iter().zip(&sims) {
+        let name = unique_flow(&format!("prom-{prefix}"));
+        let config = sample::sales_order_flow(
+            NAMESPACE,
+            &name,
+            &nats_url,
+            &sims.erp_url,
+            &sims.forecast_url,
+        );
+        cleanups.push(QueueCleanup {
+            url: nats_url.clone(),
+            names: config.queue.clone(),
+        });
+        flows.push(Watched::new(name, freshness, config));
+    }
+    support::reload_prometheus_rules();
+    for flow in &mut flows {
+        flow.start_worker("w1");
+    }
+    let rules = eventually(
+        Duration::from_secs(30),
+        "Prometheus loads both rule groups",
+        || async {
+            let data = api("/api/v1/rules", &[]).await;
+            let names: Vec<String> = data["groups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| g["name"].as_str().unwrap().to_string())
+                .collect();
+            flows
+                .iter()
+                .all(|f| names.contains(&format!("flowplane-{NAMESPACE}-{}", f.name)))
+                .then_some(names)
+        },
+    )
+    .await;
+    println!("rule groups loaded: {}", rules.len());
+
+    // Both flows deliver their records (the stale one dead-letters two), then have nothing
+    // more to do.
+    for (flow, dead) in flows.iter().zip([0, DEAD]) {
+        eventually(
+            Duration::from_secs(120),
+            "every record delivered or dead-lettered",
+            || {
+                let js = js.clone();
+                let names = flow.config.queue.clone();
+                async move {
+                    let p = progress(&js, &names).await;
+                    (p.delivered == RECORDS - dead && p.dead_lettered == dead).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    // The stale flow's last delivery becomes two hours old (as if it had been quiet that
+    // long while its source stopped sending), with no worker running.
+    flows[1].kill_worker();
+    let two_hours_ago = jiff::Timestamp::now().as_second() - 7200;
+    let store = bucket(&js, &flows[1].config.queue).await.unwrap();
+    update_progress(&store, |p| p.last_success_unix = Some(two_hours_ago))
+        .await
+        .unwrap();
+
+    // A rollout: every worker replaced by a new process, which delivers nothing new.
+    for flow in &mut flows {
+        flow.start_worker("w2");
+    }
+    for flow in &flows {
+        let recorded = progress(&js, &flow.config.queue)
+            .await
+            .last_success_unix
+            .expect("a delivery is recorded");
+        let port = flow.port;
+        let name = flow.name.clone();
+        eventually(
+            Duration::from_secs(60),
+            &format!("Prometheus scrapes {name}'s new worker reporting the recorded last delivery {recorded}"),
+            || {
+                let name = name.clone();
+                async move { (scraped_last_success(&name, port).await == Some(recorded)).then_some(()) }
+            },
+        )
+        .await;
+    }
+
+    // The age of the exception queue: the time the oldest dead letter was stored, 0 for none.
+    let mut dead_letters = js
+        .get_stream(&flows[1].config.queue.dead_letter_stream)
+        .await
+        .unwrap();
+    let oldest = dead_letters
+        .info()
+        .await
+        .unwrap()
+        .state
+        .first_timestamp
+        .unix_timestamp();
+    for (flow, expected) in flows.iter().zip([0, oldest]) {
+        let query = format!(
+            r#"flowplane_worker_oldest_dead_letter_timestamp_seconds{{flow="{}",instance="127.0.0.1:{}"}}"#,
+            flow.name, flow.port
+        );
+        eventually(
+            Duration::from_secs(30),
+            &format!("{query} == {expected}"),
+            || async {
+                let data = api("/api/v1/query", &[("query", &query)]).await;
+                let value = data["result"][0]["value"][1]
+                    .as_str()?
+                    .parse::<f64>()
+                    .ok()?;
+                (value as i64 == expected).then_some(())
+            },
+        )
+        .await;
+    }
+
+    let (quiet, stale) = (&flows[0].name, &flows[1].name);
+    let firing = |alert: &str| (alert.to_string(), "firing".to_string());
+    let started = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(180),
+        "FlowplaneFlowStale and FlowplaneDeadLetterAged firing for the stale flow",
+        || async {
+            let alerts = alerts_of(stale).await;
+            (alerts.contains(&firing("FlowplaneFlowStale"))
+                && alerts.contains(&firing("FlowplaneDeadLetterAged")))
+            .then_some(())
+        },
+    )
+    .await;
+    println!(
+        "FlowplaneFlowStale and FlowplaneDeadLetterAged firing {:.0}s after the new worker was scraped (rules: for 1m)",
+        started.elapsed().as_secs_f64()
+    );
+    // By now the quiet flow's new worker has been scraped for over a minute: nothing is
+    // pending or firing for it. The stale flow's data is also older than its contract's
+    // warnAfter (30m) and errorAfter (2h): those fire too, and nothing else.
+    assert_eq!(alerts_of(quiet).await, vec![], "alerts of the quiet flow");
+    assert_eq!(
+        alerts_of(stale).await,
+        vec![
+            firing("FlowplaneContractFreshnessBreached"),
+            firing("FlowplaneContractFreshnessWarning"),
+            firing("FlowplaneDeadLetterAged"),
+            firing("FlowplaneFlowStale"),
+        ],
+        "alerts of the stale flow"
+    );
+    // Quiet indeed: read = delivered + dead-lettered, nothing twice.
+    for (flow, dead) in flows.iter().zip([0, DEAD]) {
+        let p = progress(&js, &flow.config.queue).await;
+        assert_eq!(
+            (p.read, p.delivered, p.dead_lettered),
+            (RECORDS, RECORDS - dead, dead),
+            "{}",
+            flow.name
+        );
+    }
+}
