@@ -9,6 +9,8 @@ use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::context::CreateStreamErrorKind;
 use async_nats::jetstream::{self, consumer, kv, stream};
 use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use super::{CURSOR_KEY, DeliveryConfig, FlowProgress, PROGRESS_KEY, QueueNames};
 use crate::api::common::parse_duration;
@@ -455,13 +457,18 @@ pub async fn read_progress(
     names: &QueueNames,
 ) -> Result<FlowProgress, QueueError> {
     let store = bucket(js, names).await?;
-    Ok(read_progress_entry(&store).await?.0)
+    Ok(read_json_entry(&store, PROGRESS_KEY).await?.0)
 }
 
-/// Progress and the revision it was read at (0 when absent), for compare-and-set updates.
-pub async fn read_progress_entry(store: &kv::Store) -> Result<(FlowProgress, u64), QueueError> {
+/// A JSON record of a key-value bucket and the revision it was read at (0 when absent, so the
+/// next [`write_json_entry`] creates it). A deleted or unreadable record reads as the default:
+/// the next compare-and-set write replaces it.
+pub async fn read_json_entry<T: DeserializeOwned + Default>(
+    store: &kv::Store,
+    key: &str,
+) -> Result<(T, u64), QueueError> {
     let entry = store
-        .entry(PROGRESS_KEY)
+        .entry(key)
         .await
         .map_err(|e| bucket_error(&store.name, e))?;
     Ok(match entry {
@@ -469,9 +476,26 @@ pub async fn read_progress_entry(store: &kv::Store) -> Result<(FlowProgress, u64
             serde_json::from_slice(&entry.value).unwrap_or_default(),
             entry.revision,
         ),
-        Some(entry) => (FlowProgress::default(), entry.revision),
-        None => (FlowProgress::default(), 0),
+        Some(entry) => (T::default(), entry.revision),
+        None => (T::default(), 0),
     })
+}
+
+/// Compare-and-set: writes `value` at `key` only if the record is still at `revision` (0:
+/// creates it, only if no one did). False when another writer came first (or the write failed):
+/// read again and retry.
+pub async fn write_json_entry<T: Serialize>(
+    store: &kv::Store,
+    key: &str,
+    value: &T,
+    revision: u64,
+) -> bool {
+    let value = Bytes::from(serde_json::to_vec(value).unwrap_or_default());
+    if revision == 0 {
+        store.create(key, value).await.is_ok()
+    } else {
+        store.update(key, value, revision).await.is_ok()
+    }
 }
 
 /// Changes the progress record with compare-and-set, retrying when another worker wrote
@@ -481,19 +505,9 @@ pub async fn update_progress(
     change: impl Fn(&mut FlowProgress),
 ) -> Result<FlowProgress, QueueError> {
     for _ in 0..50 {
-        let (mut progress, revision) = read_progress_entry(store).await?;
+        let (mut progress, revision) = read_json_entry(store, PROGRESS_KEY).await?;
         change(&mut progress);
-        let value = Bytes::from(serde_json::to_vec(&progress).unwrap_or_default());
-        let written = if revision == 0 {
-            store.create(PROGRESS_KEY, value).await.map(|_| ()).ok()
-        } else {
-            store
-                .update(PROGRESS_KEY, value, revision)
-                .await
-                .map(|_| ())
-                .ok()
-        };
-        if written.is_some() {
+        if write_json_entry(store, PROGRESS_KEY, &progress, revision).await {
             return Ok(progress);
         }
     }

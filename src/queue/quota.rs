@@ -7,12 +7,11 @@
 //! the writes. The record also holds a not-before time that a `Retry-After` sets, pausing
 //! every worker of the binding. The operator reads it for the binding's `status.quota`.
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use async_nats::jetstream::{self, kv};
 
-use super::jetstream::QueueError;
+use super::jetstream::{QueueError, read_json_entry};
 use super::sanitize;
 
 /// The key-value bucket holding the quota record of `binding` in `namespace`. One name for the
@@ -76,35 +75,6 @@ pub async fn quota_bucket(
     }
 }
 
-/// The quota record and the revision it was read at (0 when absent).
-pub async fn read_quota_entry(store: &kv::Store) -> Result<(QuotaState, u64), QueueError> {
-    let entry = store
-        .entry(QUOTA_KEY)
-        .await
-        .map_err(|e| QueueError::Bucket {
-            name: store.name.clone(),
-            message: e.to_string(),
-        })?;
-    Ok(match entry {
-        Some(entry) if entry.operation == kv::Operation::Put => (
-            serde_json::from_slice(&entry.value).unwrap_or_default(),
-            entry.revision,
-        ),
-        Some(entry) => (QuotaState::default(), entry.revision),
-        None => (QuotaState::default(), 0),
-    })
-}
-
-/// Writes `state` if the record is still at `revision`; false when another worker wrote first.
-pub async fn write_quota_entry(store: &kv::Store, state: &QuotaState, revision: u64) -> bool {
-    let value = Bytes::from(serde_json::to_vec(state).unwrap_or_default());
-    if revision == 0 {
-        store.create(QUOTA_KEY, value).await.is_ok()
-    } else {
-        store.update(QUOTA_KEY, value, revision).await.is_ok()
-    }
-}
-
 /// The binding's quota record as workers last wrote it; None when no worker used the binding
 /// yet (no bucket or no record).
 pub async fn read_quota(
@@ -118,7 +88,7 @@ pub async fn read_quota(
     else {
         return Ok(None);
     };
-    let (state, revision) = read_quota_entry(&store).await?;
+    let (state, revision) = read_json_entry::<QuotaState>(&store, QUOTA_KEY).await?;
     Ok((revision != 0).then_some(state))
 }
 

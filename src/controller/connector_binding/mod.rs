@@ -33,7 +33,8 @@ use crate::api::common::parse_duration;
 use crate::api::connector_binding::ConnectorBindingStatus;
 use crate::controller::conditions::transitions;
 use crate::controller::{Context, Error, Result, WatchScope};
-use crate::queue::quota::{quota_bucket, read_quota_entry};
+use crate::queue::jetstream::read_json_entry;
+use crate::queue::quota::{QUOTA_KEY, QuotaState, quota_bucket};
 
 use policy::{NotProbed, Recent};
 use status::{Probe, SecretState};
@@ -191,7 +192,7 @@ async fn reconcile(binding: Arc<ConnectorBinding>, ctx: Arc<Context>) -> Result<
         let ns = binding.namespace().unwrap_or_default();
         // Created here, so workers need only read and write it (their NATS permissions).
         let state = match quota_bucket(&ctx.jetstream, &ns, &binding.name_any()).await {
-            Ok(store) => read_quota_entry(&store)
+            Ok(store) => read_json_entry::<QuotaState>(&store, QUOTA_KEY)
                 .await
                 .map(|(state, revision)| (revision != 0).then_some(state)),
             Err(e) => Err(e),
