@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::StatusCode;
 use async_nats::jetstream::consumer::pull::BatchConfig;
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, kv};
 use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::watch;
@@ -27,7 +27,7 @@ use super::connectors::target::{Outgoing, Target};
 use super::dead_letter::dead_letter;
 use super::http::CallError;
 use super::metrics::Metrics;
-use super::progress::ProgressDeltas;
+use super::progress::{Outcome, ProgressDeltas};
 use super::quality::{self, Facts, Judgement};
 use super::resilience::Backoff;
 use super::trace::{log_safe, trace_id};
@@ -59,6 +59,8 @@ pub struct Consumer {
     pub metrics: Arc<Metrics>,
     /// Progress to flush.
     pub progress: Arc<ProgressDeltas>,
+    /// The flow's bucket: its progress record says which records have an outcome already.
+    pub store: kv::Store,
     /// Approval routing, when the flow has `approval`.
     pub approval: Option<Arc<Approvals>>,
     /// The flow's ack wait: a batch held while the target refuses access is kept from
@@ -210,6 +212,53 @@ impl Consumer {
         (delivered > self.max_deliver).then_some(delivered)
     }
 
+    /// Records of the batch that JetStream delivered again although their outcome is recorded
+    /// (an ack lost when the consumer's leader failed over): acked here, not sent again.
+    async fn settled_already(&self, messages: &[jetstream::Message]) -> Vec<bool> {
+        let mut settled = vec![false; messages.len()];
+        let again: Vec<(usize, u64)> = messages
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| {
+                let info = m.info().ok()?;
+                (info.delivered > 1).then_some((i, info.stream_sequence))
+            })
+            .collect();
+        if again.is_empty() {
+            return settled;
+        }
+        let sequences: Vec<u64> = again.iter().map(|&(_, s)| s).collect();
+        let known = self.progress.settled_of(&self.store, &sequences).await;
+        let mut acked = 0;
+        for (&(i, _), known) in again.iter().zip(known) {
+            if known {
+                settled[i] = true;
+                let _ = messages[i].ack().await;
+                acked += 1;
+            }
+        }
+        if acked > 0 {
+            tracing::info!(
+                records = acked,
+                "records delivered again after their outcome was recorded; acked, not sent again"
+            );
+        }
+        settled
+    }
+
+    /// Records `message`'s outcome in the flow's progress, once per record.
+    fn settle(&self, message: &jetstream::Message, outcome: Outcome) {
+        match message.info() {
+            Ok(info) => self.progress.settle(info.stream_sequence, outcome),
+            // Not a message of the flow's stream (no ack reply to read): counted as it is.
+            Err(_) => match outcome {
+                Outcome::Delivered => self.progress.add_delivered(1),
+                Outcome::DeadLettered => self.progress.add_dead_lettered(1),
+                Outcome::Parked => {}
+            },
+        }
+    }
+
     /// Maps, validates, routes and delivers one batch.
     async fn process(&self, messages: &[jetstream::Message], buffer: &mut Vec<u8>) {
         let started = Instant::now();
@@ -218,7 +267,11 @@ impl Consumer {
         // Set when a record broke a quality rule whose action is FailBatch.
         let mut failed_batch: Option<String> = None;
         let mut facts = Facts::default();
+        let settled = self.settled_already(messages).await;
         for (index, message) in messages.iter().enumerate() {
+            if settled[index] {
+                continue;
+            }
             if let Some(delivered) = self.delivered_too_often(message) {
                 self.reject(
                     message,
@@ -418,6 +471,7 @@ impl Consumer {
                     match approvals.park(message, data, r.version, delta).await {
                         Ok(id) => {
                             tracing::info!(trace_id = trace, stage = "approval", review = %id, "delta parked for review");
+                            self.settle(message, Outcome::Parked);
                             // Confirmed ack: a redelivery after the review was carried out
                             // would park the record a second time.
                             if let Err(e) = message.double_ack().await {
@@ -459,7 +513,7 @@ impl Consumer {
         match dead_letter(&self.js, &self.names, message, reason, stage, detail).await {
             Ok(()) => {
                 self.metrics.dead_letter(reason);
-                self.progress.add_dead_lettered(1);
+                self.settle(message, Outcome::DeadLettered);
             }
             Err(e) => {
                 tracing::warn!(trace_id = trace_id(traceparent), error = %e, "dead-lettering failed; redelivering");
@@ -578,6 +632,7 @@ impl Consumer {
                                 "record delivered"
                             );
                             let _ = message.ack().await;
+                            self.settle(message, Outcome::Delivered);
                             delivered += 1;
                         }
                     }
@@ -586,7 +641,6 @@ impl Consumer {
                 self.metrics
                     .last_success
                     .set(super::clock::now_unix_ms() / 1000);
-                self.progress.add_delivered(delivered);
             }
             Err(CallError::Permanent { status, .. }) if ready.len() > 1 => {
                 // One bad record must not sink its batch: find it by sending one at a time.

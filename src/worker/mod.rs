@@ -237,6 +237,7 @@ pub async fn run(
         redelivery: resilience::Backoff::new(&flow.config.delivery.retry),
         metrics: flow.metrics.clone(),
         progress: flow.progress.clone(),
+        store: flow.store.clone(),
         approval,
         ack_wait: crate::api::common::parse_duration(&flow.config.delivery.ack_wait)
             .unwrap_or(Duration::from_secs(30)),
