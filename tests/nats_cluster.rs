@@ -495,11 +495,22 @@ async fn a_flow_on_three_replicas_loses_a_follower_then_its_leader_and_delivers_
     tokio::time::sleep(Duration::from_secs(6)).await;
     let settled = progress(&js, &names).await;
     let report = sims.forecast.received(&entity);
+    // Deliveries beyond one per record: what the failovers sent again, absorbed above.
+    let consumer = js
+        .get_stream(&names.stream)
+        .await
+        .unwrap()
+        .consumer_info(&names.consumer)
+        .await
+        .unwrap()
+        .delivered;
     eprintln!(
-        "counts: read {}, delivered {}, dead-lettered {}; target: {} keys, {} applied, {} duplicates",
+        "counts: read {}, delivered {}, dead-lettered {}; consumer: {} deliveries of {} records; target: {} keys, {} applied, {} duplicates",
         settled.read,
         settled.delivered,
         settled.dead_lettered,
+        consumer.consumer_sequence,
+        consumer.stream_sequence,
         report.keys.len(),
         report.applied(),
         report.duplicates()
