@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use e2e_support::*;
-use flowplane::api::IntegrationFlow;
+use flowplane::api::{ConnectorBinding, IntegrationFlow};
 use flowplane::queue::identity::{AccountSigner, NatsAccess, OPERATOR_INBOX_PREFIX};
 use flowplane::queue::{QueueNames, QueuePolicy, ReplicaState, stream_health};
 use flowplane::sim::erp::ErpSeed;
@@ -346,6 +346,53 @@ async fn a_flow_on_three_replicas_loses_a_follower_then_its_leader_and_delivers_
     )
     .await;
     eprintln!("the watched flow's stream: {queue:?}");
+
+    // The bookkeeping beside the flow's queue: the quota bucket the operator makes for a
+    // binding with a rate limit has the operator's replicas (every flow on the binding takes
+    // its tokens there), and a capture stream on the platform's NATS follows its flow's.
+    support::apply_yaml::<ConnectorBinding>(
+        &client,
+        &namespace.name,
+        "apiVersion: flowplane.io/v1alpha1\nkind: ConnectorBinding\nmetadata: {name: planning}\nspec:\n  system: Forecasting\n  protocol: Rest\n  endpoint: {url: \"http://127.0.0.1:1/api\"}\n  rateLimit: {requestsPerSecond: 100, burst: 10}\n",
+    )
+    .await;
+    let admin = cluster.admin(0).await;
+    let replicas_of = |stream: String| {
+        let admin = admin.clone();
+        async move {
+            Some(
+                admin
+                    .get_stream(&stream)
+                    .await
+                    .ok()?
+                    .info()
+                    .await
+                    .ok()?
+                    .config
+                    .num_replicas,
+            )
+        }
+    };
+    let quota_stream = format!(
+        "KV_{}",
+        flowplane::queue::binding_quota_bucket(&namespace.name, "planning")
+    );
+    eventually(TIMEOUT, "the binding's quota bucket on 3 replicas", || {
+        let replicas = replicas_of(quota_stream.clone());
+        async move { (replicas.await? == NODES).then_some(()) }
+    })
+    .await;
+    let policy = QueuePolicy::from_delivery(&Default::default(), 1, NODES as u8).unwrap();
+    let events = QueueNames::for_flow(&namespace.name, "events");
+    let subject = "wms.cluster.returns";
+    flowplane::queue::ensure_capture(&admin, &events, subject, policy.retention, Some(&policy))
+        .await
+        .expect("the operator's capture stream");
+    // As the flow's worker finds it (it may not change streams on the platform): in place.
+    flowplane::queue::ensure_capture(&admin, &events, subject, policy.retention, None)
+        .await
+        .expect("the worker's capture stream");
+    assert_eq!(replicas_of(events.capture_stream()).await, Some(NODES));
 
     // The data flow, a worker on its three-replica queue: 3000 order lines, every 30th bad
     // (100 dead letters), a slow target so that the kills land mid-run.

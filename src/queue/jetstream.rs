@@ -283,26 +283,11 @@ pub async fn ensure_queue(
                 Ok(_) => Ok(()),
                 // Made by an earlier version with another description or replica count, say:
                 // in place, brought to the flow's replicas.
-                Err(e) => {
-                    let mut stream = js
-                        .get_stream(format!("KV_{}", names.kv_bucket))
-                        .await
-                        .map_err(|_| bucket_error(&names.kv_bucket, e))?;
-                    let mut config = stream
-                        .info()
-                        .await
-                        .map_err(|e| bucket_error(&names.kv_bucket, e))?
-                        .config
-                        .clone();
-                    if config.num_replicas == policy.replicas {
-                        return Ok(());
-                    }
-                    config.num_replicas = policy.replicas;
-                    js.update_stream(config)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| bucket_error(&names.kv_bucket, e))
-                }
+                Err(e) => scale_bucket(js, &names.kv_bucket, policy.replicas)
+                    .await
+                    .map_err(|scaling| {
+                        bucket_error(&names.kv_bucket, format!("{e}; in place: {scaling}"))
+                    }),
             }
         },
     )?;
@@ -348,13 +333,31 @@ const CAPTURE_ACK_WAIT: Duration = Duration::from_secs(30);
 /// another stream on that server already captures the subject (another flow's, or the
 /// publisher's own), the flow reads that one through its own consumer instead, because
 /// JetStream refuses two streams over one subject. Returns the consumer.
+///
+/// Replicas: `replicated` is the flow's policy when the capture is on the platform's own NATS
+/// (the operator makes it there): the capture then has the flow's replicas and placement, so
+/// losing a server neither stops the flow's events nor loses those not yet forwarded, and a
+/// change of the flow's replicas scales it in place. `None` on a source's own server, which
+/// flowplane does not run and whose size it does not know: a stream made there has 1 replica
+/// (more would be refused on a single server), one found there keeps what its owner gave it.
 pub async fn ensure_capture(
     js: &jetstream::Context,
     names: &QueueNames,
     subject: &str,
     retention: Duration,
+    replicated: Option<&QueuePolicy>,
 ) -> Result<consumer::PullConsumer, QueueError> {
     let name = names.capture_stream();
+    let existing = js
+        .get_stream(&name)
+        .await
+        .ok()
+        .map(|s| s.cached_info().config.clone());
+    let (replicas, placement) = match (replicated, &existing) {
+        (Some(policy), _) => (policy.replicas, policy.placement.clone()),
+        (None, Some(found)) => (found.num_replicas.max(1), found.placement.clone()),
+        (None, None) => (1, None),
+    };
     let config = stream::Config {
         name: name.clone(),
         description: Some("flowplane: events captured for the flow's extractor".into()),
@@ -364,16 +367,20 @@ pub async fn ensure_capture(
         discard: stream::DiscardPolicy::Old,
         max_age: retention,
         duplicate_window: CAPTURE_DUPLICATE_WINDOW,
+        num_replicas: replicas,
+        placement,
         ..Default::default()
     };
     let code = |e: &async_nats::jetstream::context::CreateStreamError| match e.kind() {
         CreateStreamErrorKind::JetStream(j) => Some(j.error_code()),
         _ => None,
     };
-    let in_place = |info: &stream::Info| info.config.subjects == config.subjects;
-    let stream_name = match js.get_stream(&name).await {
+    let in_place = |found: &stream::Config| {
+        found.subjects == config.subjects && found.num_replicas.max(1) == replicas
+    };
+    let stream_name = match existing {
         // In place (made by the operator, where a flow's own NATS user may not create streams).
-        Ok(existing) if in_place(existing.cached_info()) => name,
+        Some(found) if in_place(&found) => name,
         _ => match js.create_stream(config.clone()).await {
             Ok(_) => name,
             Err(e) if code(&e) == Some(ErrorCode::STREAM_NAME_EXIST) => {
@@ -441,6 +448,33 @@ pub async fn delete_queue(js: &jetstream::Context, names: &QueueNames) -> Result
 fn is_not_found(message: &str) -> bool {
     let message = message.to_ascii_lowercase();
     message.contains("not found") || message.contains("10059")
+}
+
+/// Brings the key-value bucket `name` to `replicas` in place (JetStream adds or removes
+/// replicas of its stream); nothing when it has them already.
+pub async fn scale_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    replicas: usize,
+) -> Result<(), QueueError> {
+    let mut stream = js
+        .get_stream(format!("KV_{name}"))
+        .await
+        .map_err(|e| bucket_error(name, e))?;
+    let mut config = stream
+        .info()
+        .await
+        .map_err(|e| bucket_error(name, e))?
+        .config
+        .clone();
+    if config.num_replicas == replicas {
+        return Ok(());
+    }
+    config.num_replicas = replicas;
+    js.update_stream(config)
+        .await
+        .map(|_| ())
+        .map_err(|e| bucket_error(name, e))
 }
 
 /// Opens the flow's bucket.

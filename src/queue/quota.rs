@@ -45,11 +45,17 @@ pub struct QuotaState {
     pub not_before_ms: i64,
 }
 
-/// The quota bucket of `binding`, created when missing (by the first worker that needs it).
+/// The quota bucket of `binding`, created with `replicas` when missing. The operator makes it
+/// (a flow's NATS user may use it, not create it) with its `--queue-replicas` and keeps it at
+/// that ([`super::jetstream::scale_bucket`]): every request of every flow on the binding takes
+/// a token here first, so a bucket on one lost server would stop all of them however many
+/// replicas their queues have. Its content needs no such care (a lost record only refills the
+/// token bucket and restarts the day's count).
 pub async fn quota_bucket(
     js: &jetstream::Context,
     namespace: &str,
     binding: &str,
+    replicas: usize,
 ) -> Result<kv::Store, QueueError> {
     let name = binding_quota_bucket(namespace, binding);
     if let Ok(store) = js.get_key_value(&name).await {
@@ -60,6 +66,7 @@ pub async fn quota_bucket(
         description: "flowplane binding quota: token bucket, daily count, Retry-After pause".into(),
         history: 1,
         storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas,
         ..Default::default()
     };
     match js.create_key_value(config).await {

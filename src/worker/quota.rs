@@ -44,7 +44,10 @@ impl SharedQuota {
         let Some(limit) = &endpoint.rate_limit else {
             return Ok(None);
         };
-        let store = quota_bucket(js, namespace, &endpoint.binding).await?;
+        // Made by the operator with its replicas (a flow's NATS user may not create it); a
+        // worker on a NATS without accounts that starts first makes it with 1, and the
+        // operator brings it to its replicas.
+        let store = quota_bucket(js, namespace, &endpoint.binding, 1).await?;
         Ok(Some(SharedQuota {
             store,
             limits: Limits {
