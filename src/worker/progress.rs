@@ -306,3 +306,52 @@ impl ProgressDeltas {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outcome_counts_once_per_sequence_and_a_flush_once_per_writer() {
+        let mut record = FlowProgress::default();
+        let first = Flush {
+            number: 1,
+            read: 3,
+            outcomes: vec![
+                (1, Outcome::Delivered),
+                (2, Outcome::DeadLettered),
+                (3, Outcome::Parked),
+            ],
+            ..Flush::default()
+        };
+        first.apply(&mut record, "w1", "1.0.0", 100);
+        // The same flush again (its write went through, its reply was lost): no change.
+        first.apply(&mut record, "w1", "1.0.0", 101);
+        assert_eq!(
+            (record.read, record.delivered, record.dead_lettered),
+            (3, 1, 1)
+        );
+        // Another worker got records 1 and 3 again after a failover, and one new one.
+        let again = Flush {
+            number: 1,
+            outcomes: vec![
+                (1, Outcome::Delivered),
+                (3, Outcome::Delivered),
+                (4, Outcome::Delivered),
+            ],
+            ..Flush::default()
+        };
+        again.apply(&mut record, "w2", "1.0.0", 102);
+        assert_eq!((record.delivered, record.dead_lettered), (2, 1));
+        assert!(record.settled.contains(4) && !record.settled.contains(5));
+        // A writer's mark is dropped once old; the others stay.
+        let later = Flush {
+            number: 2,
+            read: 1,
+            ..Flush::default()
+        };
+        later.apply(&mut record, "w2", "1.0.0", 102 + FLUSH_MARK_KEPT_SECS);
+        assert_eq!(record.read, 4);
+        assert_eq!(record.flushes.keys().collect::<Vec<_>>(), ["w2"]);
+    }
+}
