@@ -64,6 +64,7 @@ fn rendered_children(
         nats_url: std::env::var("NATS_URL")?,
         nats_identity: true,
         nats_tls: true,
+        queue_replicas: 1,
         nats_account: "$G".into(),
         namespace: namespace.into(),
     };

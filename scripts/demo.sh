@@ -169,7 +169,7 @@ if $real_node; then
 replicaCount: 1
 region: eu
 image: {repository: ${image%:*}, tag: ${image##*:}, pullPolicy: Never}
-nats: {url: "$NATS_URL", monitoringEndpoint: "${NATS_MONITOR_URL#http://}"}
+nats: {url: "$NATS_URL", monitoringEndpoint: "${NATS_MONITOR_URL#http://}", queueReplicas: 1}
 # The operator acts in the demo's namespace only; the simulators' health checks go to the
 # node's own address, which the SSRF guard refuses unless allowed (docs/security.md).
 watchNamespaces: [$NS]

@@ -102,7 +102,8 @@ EXT
 }
 
 # The NATS server's TLS (its own CA) and trust chain: operator, system account, the flowplane
-# account and its signing key, made by `flowplane nats-bootstrap` (kept across restarts).
+# account and its signing key, made by `flowplane nats-bootstrap` (kept across restarts); and a
+# route certificate for the 3-node cluster the cluster tier starts with this trust chain.
 # FLOWPLANE_NATS_SANS adds names to the server certificate (e.g. "IP:10.88.0.1" for pods on a
 # bridge); FLOWPLANE_BIN names the flowplane binary (else it is built).
 nats_auth() {
@@ -117,6 +118,17 @@ nats_auth() {
         "$LISTEN_HOST" "${FLOWPLANE_NATS_SANS:+, $FLOWPLANE_NATS_SANS}" >server.ext
       openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj "/CN=nats-server" 2>/dev/null
       openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 3650 -extfile server.ext 2>/dev/null
+      rm -f route.crt
+    )
+  fi
+  # Routes between the servers of a NATS cluster (the cluster tier, tests/nats_cluster.rs) are
+  # TLS too, verified both ways: a certificate for server and client use, from the same CA.
+  if [ ! -f "$d/route.crt" ]; then
+    (
+      cd "$d"
+      printf 'subjectAltName = IP:127.0.0.1, DNS:localhost\nextendedKeyUsage = serverAuth, clientAuth\n' >route.ext
+      openssl req -newkey rsa:2048 -nodes -keyout route.key -out route.csr -subj "/CN=nats-route" 2>/dev/null
+      openssl x509 -req -in route.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out route.crt -days 3650 -extfile route.ext 2>/dev/null
     )
   fi
   local flowplane="${FLOWPLANE_BIN:-}"

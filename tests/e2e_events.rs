@@ -254,16 +254,16 @@ async fn two_flows_on_one_subject_share_the_capture_stream_and_each_reads_every_
     let first = QueueNames::for_flow("e2e", &unique_flow("first"));
     let second = QueueNames::for_flow("e2e", &unique_flow("second"));
     let retention = Duration::from_secs(3600);
-    let a = ensure_capture(&js, &first, &subject, retention)
+    let a = ensure_capture(&js, &first, &subject, retention, None)
         .await
         .unwrap();
-    let b = ensure_capture(&js, &second, &subject, retention)
+    let b = ensure_capture(&js, &second, &subject, retention, None)
         .await
         .unwrap();
     assert_eq!(a.cached_info().stream_name, first.capture_stream());
     assert_eq!(b.cached_info().stream_name, first.capture_stream());
     // Again, as every new lease holder does: nothing changes.
-    ensure_capture(&js, &first, &subject, retention)
+    ensure_capture(&js, &first, &subject, retention, None)
         .await
         .unwrap();
     for i in 0..3 {

@@ -168,7 +168,7 @@ async fn proposals_read_are_applied_parked_escalated_or_dead_lettered_each_once(
     // The bindings' shared quota buckets, which the operator's binding controller makes (a
     // flow's user may use them, not create them).
     for binding in ["forecasting-platform", "erp-s4", "supplier-portal"] {
-        flowplane::queue::quota::quota_bucket(&js, "e2e", binding)
+        flowplane::queue::quota::quota_bucket(&js, "e2e", binding, 1)
             .await
             .unwrap();
     }

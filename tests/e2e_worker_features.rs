@@ -41,7 +41,7 @@ async fn the_queue_policy_creates_the_streams_and_updates_them_in_place() {
         dedupe_window: "10m".into(),
         ..Delivery::default()
     };
-    let policy = QueuePolicy::from_delivery(&delivery, 100).unwrap();
+    let policy = QueuePolicy::from_delivery(&delivery, 100, 1).unwrap();
     ensure_queue(&js, &names, &policy).await.unwrap();
     assert_eq!(
         stream_limits(&js, &names.stream).await,
@@ -65,7 +65,7 @@ async fn the_queue_policy_creates_the_streams_and_updates_them_in_place() {
         max_deliver: 3,
         ..delivery
     };
-    let policy = QueuePolicy::from_delivery(&changed, 100).unwrap();
+    let policy = QueuePolicy::from_delivery(&changed, 100, 1).unwrap();
     ensure_queue(&js, &names, &policy).await.unwrap();
     assert_eq!(
         stream_limits(&js, &names.stream).await,
@@ -632,7 +632,7 @@ fn every_example_flow_renders_a_worker_configuration_with_its_queue_policy() {
         let name = flow.metadata.name.as_deref().unwrap();
         let config = configs.iter().find(|c| c.flow == name).unwrap();
         let rendered = QueuePolicy::from_rendered(&config.delivery).unwrap();
-        let wanted = QueuePolicy::from_delivery(&flow.spec.delivery, 1).unwrap();
+        let wanted = QueuePolicy::from_delivery(&flow.spec.delivery, 1, 1).unwrap();
         assert_eq!(
             (
                 rendered.retention,

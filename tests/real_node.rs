@@ -318,7 +318,7 @@ fn helm_install(env: &NodeEnv) {
     let values = format!(
         "replicaCount: 1\n\
          image: {{repository: {repository}, tag: {tag}, pullPolicy: Never}}\n\
-         nats: {{url: \"{nats}\", monitoringEndpoint: \"{monitoring}\", \
+         nats: {{url: \"{nats}\", monitoringEndpoint: \"{monitoring}\", queueReplicas: 1, \
          accountSigner: {{existingSecret: flowplane-nats-signer}}, \
          ca: {{existingSecret: flowplane-nats-ca, key: ca.crt}}}}\n\
          watchNamespaces: [{NS}]\n\

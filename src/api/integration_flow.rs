@@ -467,6 +467,68 @@ pub struct Delivery {
     #[schemars(length(max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
     #[x_kube(validation = duration_within("delivery.dedupeWindow", "1s", "8760h"))]
     pub dedupe_window: String,
+    /// Copies of the flow's stream, consumer, dead-letter stream and key-value bucket on the
+    /// NATS cluster: 1, 3 or 5. A majority of them must be up for the flow to move (3 ride out
+    /// one lost node, 5 two). Unset: the operator's default (`--queue-replicas`, the chart's
+    /// `nats.queueReplicas`). More than the cluster's JetStream servers cannot be placed
+    /// (QueueReady=False).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == 1 || self == 3 || self == 5").message("delivery.replicas must be 1, 3 or 5: an even number adds a copy but no tolerance of a lost node"))]
+    pub replicas: Option<u8>,
+    /// Most bytes the flow's stream may hold (its JetStream max bytes); the dead-letter stream
+    /// has the same bound of its own. Bounds what one flow can take of the JetStream disk.
+    /// 1 MiB to 1 TiB; 1 GiB by default.
+    #[serde(default = "default_max_bytes")]
+    #[schemars(range(min = 1048576, max = 1099511627776_i64))]
+    pub max_bytes: i64,
+    /// What the flow's stream does when it reaches `maxBytes`: `Old` (default) removes its
+    /// oldest records, delivered or not, to take new ones; `New` refuses new records, so the
+    /// extractor waits and retries until `retention` frees room (no record is lost, the flow
+    /// holds). The dead-letter stream always refuses when full: a record waits in the flow's
+    /// stream rather than lose its dead letter.
+    #[serde(default)]
+    pub discard: Discard,
+    /// Where the replicas go: a NATS cluster by name and server tags (all must match). Unset:
+    /// anywhere JetStream has room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<QueuePlacement>,
+}
+
+/// A queue replica count as the operator's and `render`'s `--queue-replicas` take it: 1, 3 or
+/// 5, as `delivery.replicas` admits.
+pub fn parse_queue_replicas(text: &str) -> Result<u8, String> {
+    match text.trim().parse::<u8>() {
+        Ok(n @ (1 | 3 | 5)) => Ok(n),
+        _ => Err(format!("queue replicas must be 1, 3 or 5, not {text:?}")),
+    }
+}
+
+/// What a full stream does with a new record.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum Discard {
+    /// Remove the oldest records to make room.
+    #[default]
+    Old,
+    /// Refuse the new record; the publisher retries.
+    New,
+}
+
+/// JetStream placement of a flow's queue: which cluster, which tagged servers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueuePlacement {
+    /// Name of the NATS cluster (in a super-cluster) to place the replicas in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), pattern(r"^[A-Za-z0-9_-]+$"))]
+    pub cluster: Option<String>,
+    /// Server tags (`server_tags` in nats-server's configuration) every replica's server must
+    /// have, e.g. `az:eu-west-1a`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 8),
+        inner(length(min = 1, max = 64), pattern(r"^[A-Za-z0-9_.:=-]+$"))
+    )]
+    pub tags: Vec<String>,
 }
 
 impl Default for Delivery {
@@ -478,6 +540,10 @@ impl Default for Delivery {
             retry: None,
             dead_letter_retention: default_dead_letter_retention(),
             dedupe_window: default_dedupe_window(),
+            replicas: None,
+            max_bytes: default_max_bytes(),
+            discard: Discard::Old,
+            placement: None,
         }
     }
 }
@@ -496,6 +562,9 @@ fn default_dead_letter_retention() -> String {
 }
 fn default_dedupe_window() -> String {
     "2m".into()
+}
+fn default_max_bytes() -> i64 {
+    1 << 30
 }
 
 /// What a worker accepts from untrusted systems, and how much memory it may use. See
@@ -786,6 +855,9 @@ pub struct IntegrationFlowStatus {
     /// Progress of the data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<SyncStatus>,
+    /// The flow's stream on the NATS cluster: its leader and the health of each replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueStatus>,
     /// Forecast deltas waiting for a planner's decision.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending_approvals: Vec<PendingApproval>,
@@ -851,6 +923,32 @@ pub struct SyncStatus {
     /// (401, 403, or 404 of the entity set). Records wait; none is dead-lettered for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked: Option<String>,
+}
+
+/// The flow's stream as the NATS cluster reports it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueStatus {
+    /// Replicas the stream is configured with.
+    pub replicas: u8,
+    /// Server that leads the stream's replication group (takes its writes); none on a
+    /// single server outside a cluster, or while the group elects one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// The other replicas, by server name, as the leader sees them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub followers: Vec<ReplicaStatus>,
+}
+
+/// One follower replica of the flow's stream.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicaStatus {
+    /// Server name.
+    pub name: String,
+    /// `Current` (up to date), `Behind` (catching up, or not heard from for a moment) or
+    /// `Lost` (not heard from for longer than the operator waits; QueueReady=False).
+    pub state: String,
 }
 
 /// Forecast deltas per route (the decision audit's summary).

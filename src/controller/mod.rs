@@ -58,6 +58,16 @@ pub struct OperatorConfig {
         default_value = "nats.flowplane-system.svc:8222"
     )]
     pub nats_monitoring_endpoint: String,
+    /// Replicas of each flow's stream, consumer, dead-letter stream and bucket when the flow's
+    /// `delivery.replicas` is unset: 1 for a single nats-server, 3 (the chart's default) on a
+    /// NATS cluster, 5 to ride out two lost servers.
+    #[arg(
+        long,
+        env = "FLOWPLANE_QUEUE_REPLICAS",
+        default_value_t = 1,
+        value_parser = crate::api::integration_flow::parse_queue_replicas
+    )]
+    pub queue_replicas: u8,
     /// Image of the sync workers (the operator's own image by default).
     #[arg(
         long,

@@ -6,11 +6,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use async_nats::jetstream::{self, kv};
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::QueueNames;
-use super::jetstream::{QueueError, bucket};
+use super::jetstream::{QueueError, bucket, read_json_entry, write_json_entry};
 
 /// Key of the observed codes in the flow's bucket.
 pub const CODES_KEY: &str = "codes";
@@ -51,46 +50,24 @@ impl ObservedCodes {
     }
 }
 
-async fn read_entry(store: &kv::Store) -> Result<(ObservedCodes, u64), QueueError> {
-    let entry = store
-        .entry(CODES_KEY)
-        .await
-        .map_err(|e| QueueError::Bucket {
-            name: store.name.clone(),
-            message: e.to_string(),
-        })?;
-    Ok(match entry {
-        Some(entry) if entry.operation == kv::Operation::Put => (
-            serde_json::from_slice(&entry.value).unwrap_or_default(),
-            entry.revision,
-        ),
-        Some(entry) => (ObservedCodes::default(), entry.revision),
-        None => (ObservedCodes::default(), 0),
-    })
-}
-
 /// The codes the flow's workers have reported (none yet: empty).
 pub async fn read_observed_codes(
     js: &jetstream::Context,
     names: &QueueNames,
 ) -> Result<ObservedCodes, QueueError> {
-    Ok(read_entry(&bucket(js, names).await?).await?.0)
+    Ok(read_json_entry(&bucket(js, names).await?, CODES_KEY)
+        .await?
+        .0)
 }
 
 /// Merges `seen` into the flow's record with compare-and-set (other workers write too).
 pub async fn add_observed_codes(store: &kv::Store, seen: &ObservedCodes) -> Result<(), QueueError> {
     for _ in 0..50 {
-        let (mut codes, revision) = read_entry(store).await?;
+        let (mut codes, revision) = read_json_entry::<ObservedCodes>(store, CODES_KEY).await?;
         if !codes.merge(seen) {
             return Ok(());
         }
-        let value = Bytes::from(serde_json::to_vec(&codes).unwrap_or_default());
-        let written = if revision == 0 {
-            store.create(CODES_KEY, value).await.is_ok()
-        } else {
-            store.update(CODES_KEY, value, revision).await.is_ok()
-        };
-        if written {
+        if write_json_entry(store, CODES_KEY, &codes, revision).await {
             return Ok(());
         }
     }

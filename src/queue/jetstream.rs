@@ -9,10 +9,12 @@ use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::context::CreateStreamErrorKind;
 use async_nats::jetstream::{self, consumer, kv, stream};
 use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use super::{CURSOR_KEY, DeliveryConfig, FlowProgress, PROGRESS_KEY, QueueNames};
 use crate::api::common::parse_duration;
-use crate::api::integration_flow::Delivery;
+use crate::api::integration_flow::{Delivery, Discard, QueuePlacement};
 
 /// Number of subject partitions records are spread over (`<subject>.<partition>`), by a hash of
 /// the record's primary key. Fixed, because changing it would move keys between partitions.
@@ -31,12 +33,36 @@ pub struct QueuePolicy {
     pub ack_wait: Duration,
     /// Unacknowledged records in flight across all workers.
     pub max_ack_pending: i64,
+    /// Replicas of the streams, the consumer and the bucket (1, 3 or 5).
+    pub replicas: usize,
+    /// Most bytes of the flow's stream, and of its dead-letter stream.
+    pub max_bytes: i64,
+    /// What the flow's stream does when full (the dead-letter stream always refuses).
+    pub discard: stream::DiscardPolicy,
+    /// Cluster and server tags the replicas must be placed on.
+    pub placement: Option<stream::Placement>,
+}
+
+/// Smallest `delivery.maxBytes`, as the admission rules say.
+const MIN_MAX_BYTES: i64 = 1 << 20;
+
+/// The bounds of a flow's queue as written (in the flow or its rendered configuration).
+struct Bounds<'a> {
+    replicas: u8,
+    max_bytes: i64,
+    discard: Discard,
+    placement: Option<&'a QueuePlacement>,
 }
 
 impl QueuePolicy {
     /// The policy an IntegrationFlow's `delivery` asks for. `max_ack_pending` comes from the
     /// source binding's rate limit when it has one (the operator knows it); 1000 otherwise.
-    pub fn from_delivery(delivery: &Delivery, max_ack_pending: u32) -> Result<QueuePolicy, String> {
+    /// `default_replicas` is the operator's, for a flow that sets none.
+    pub fn from_delivery(
+        delivery: &Delivery,
+        max_ack_pending: u32,
+        default_replicas: u8,
+    ) -> Result<QueuePolicy, String> {
         QueuePolicy::parse(
             [
                 &delivery.retention,
@@ -45,6 +71,12 @@ impl QueuePolicy {
                 &delivery.ack_wait,
             ],
             max_ack_pending,
+            Bounds {
+                replicas: delivery.replicas.unwrap_or(default_replicas),
+                max_bytes: delivery.max_bytes,
+                discard: delivery.discard,
+                placement: delivery.placement.as_ref(),
+            },
         )
     }
 
@@ -59,12 +91,19 @@ impl QueuePolicy {
                 &delivery.ack_wait,
             ],
             delivery.max_ack_pending,
+            Bounds {
+                replicas: delivery.replicas,
+                max_bytes: delivery.max_bytes,
+                discard: delivery.discard,
+                placement: delivery.placement.as_ref(),
+            },
         )
     }
 
     fn parse(
         [retention, dead_letter_retention, dedupe_window, ack_wait]: [&str; 4],
         max_ack_pending: u32,
+        bounds: Bounds<'_>,
     ) -> Result<QueuePolicy, String> {
         let field = |name: &str, text: &str| {
             parse_duration(text).map_err(|e| format!("delivery.{name}: {e}"))
@@ -75,6 +114,16 @@ impl QueuePolicy {
             dedupe_window: field("dedupeWindow", dedupe_window)?,
             ack_wait: field("ackWait", ack_wait)?,
             max_ack_pending: i64::from(max_ack_pending.max(1)),
+            replicas: usize::from(bounds.replicas),
+            max_bytes: bounds.max_bytes,
+            discard: match bounds.discard {
+                Discard::Old => stream::DiscardPolicy::Old,
+                Discard::New => stream::DiscardPolicy::New,
+            },
+            placement: bounds.placement.map(|p| stream::Placement {
+                cluster: p.cluster.clone(),
+                tags: p.tags.clone(),
+            }),
         };
         // JetStream reads a max age of 0 as "forever" and refuses a duplicate window longer
         // than the max age; the admission rules refuse both, this says so to offline callers.
@@ -88,13 +137,25 @@ impl QueuePolicy {
                 "delivery.dedupeWindow ({dedupe_window}) must not exceed delivery.retention ({retention})"
             ));
         }
+        if ![1, 3, 5].contains(&policy.replicas) {
+            return Err(format!(
+                "delivery.replicas must be 1, 3 or 5, not {}",
+                policy.replicas
+            ));
+        }
+        if policy.max_bytes < MIN_MAX_BYTES {
+            return Err(format!(
+                "delivery.maxBytes must be at least {MIN_MAX_BYTES}, not {}",
+                policy.max_bytes
+            ));
+        }
         Ok(policy)
     }
 }
 
 impl Default for QueuePolicy {
     fn default() -> Self {
-        QueuePolicy::from_delivery(&Delivery::default(), 1000)
+        QueuePolicy::from_delivery(&Delivery::default(), 1000, 1)
             .unwrap_or_else(|_| unreachable!("the default delivery durations parse"))
     }
 }
@@ -156,6 +217,10 @@ pub async fn ensure_queue(
         storage: stream::StorageType::File,
         max_age: policy.retention,
         duplicate_window: policy.dedupe_window,
+        max_bytes: policy.max_bytes,
+        discard: policy.discard,
+        num_replicas: policy.replicas,
+        placement: policy.placement.clone(),
         ..Default::default()
     };
     let dead_letters = stream::Config {
@@ -164,6 +229,12 @@ pub async fn ensure_queue(
         retention: stream::RetentionPolicy::Limits,
         storage: stream::StorageType::File,
         max_age: policy.dead_letter_retention,
+        // Refused when full, never an old dead letter dropped: the worker terminates a record
+        // only once its dead letter is stored, so the record waits in the flow's stream.
+        max_bytes: policy.max_bytes,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: policy.replicas,
+        placement: policy.placement.clone(),
         // Redrive deletes single dead letters; keep that possible.
         deny_delete: false,
         ..Default::default()
@@ -181,6 +252,8 @@ pub async fn ensure_queue(
         max_deliver: -1,
         ack_wait: policy.ack_wait,
         max_ack_pending: policy.max_ack_pending,
+        // Replicated like its stream, so the position of every record survives a lost node.
+        num_replicas: policy.replicas,
         ..Default::default()
     };
     let bucket = kv::Config {
@@ -188,6 +261,8 @@ pub async fn ensure_queue(
         description: "flowplane flow state: cursor, progress, leases, reviews".into(),
         history: 1,
         storage: stream::StorageType::File,
+        num_replicas: policy.replicas,
+        placement: policy.placement.clone(),
         ..Default::default()
     };
     // Independent but for the consumer, which needs its stream. Creating is idempotent for
@@ -205,12 +280,14 @@ pub async fn ensure_queue(
         put_stream(js, dead_letters),
         async {
             match js.create_key_value(bucket).await {
-                Ok(store) => Ok(store),
-                // Made by an earlier version with another description, say: it is in place.
-                Err(e) => js
-                    .get_key_value(&names.kv_bucket)
+                Ok(_) => Ok(()),
+                // Made by an earlier version with another description or replica count, say:
+                // in place, brought to the flow's replicas.
+                Err(e) => scale_bucket(js, &names.kv_bucket, policy.replicas)
                     .await
-                    .map_err(|_| bucket_error(&names.kv_bucket, e)),
+                    .map_err(|scaling| {
+                        bucket_error(&names.kv_bucket, format!("{e}; in place: {scaling}"))
+                    }),
             }
         },
     )?;
@@ -256,13 +333,31 @@ const CAPTURE_ACK_WAIT: Duration = Duration::from_secs(30);
 /// another stream on that server already captures the subject (another flow's, or the
 /// publisher's own), the flow reads that one through its own consumer instead, because
 /// JetStream refuses two streams over one subject. Returns the consumer.
+///
+/// Replicas: `replicated` is the flow's policy when the capture is on the platform's own NATS
+/// (the operator makes it there): the capture then has the flow's replicas and placement, so
+/// losing a server neither stops the flow's events nor loses those not yet forwarded, and a
+/// change of the flow's replicas scales it in place. `None` on a source's own server, which
+/// flowplane does not run and whose size it does not know: a stream made there has 1 replica
+/// (more would be refused on a single server), one found there keeps what its owner gave it.
 pub async fn ensure_capture(
     js: &jetstream::Context,
     names: &QueueNames,
     subject: &str,
     retention: Duration,
+    replicated: Option<&QueuePolicy>,
 ) -> Result<consumer::PullConsumer, QueueError> {
     let name = names.capture_stream();
+    let existing = js
+        .get_stream(&name)
+        .await
+        .ok()
+        .map(|s| s.cached_info().config.clone());
+    let (replicas, placement) = match (replicated, &existing) {
+        (Some(policy), _) => (policy.replicas, policy.placement.clone()),
+        (None, Some(found)) => (found.num_replicas.max(1), found.placement.clone()),
+        (None, None) => (1, None),
+    };
     let config = stream::Config {
         name: name.clone(),
         description: Some("flowplane: events captured for the flow's extractor".into()),
@@ -272,16 +367,20 @@ pub async fn ensure_capture(
         discard: stream::DiscardPolicy::Old,
         max_age: retention,
         duplicate_window: CAPTURE_DUPLICATE_WINDOW,
+        num_replicas: replicas,
+        placement,
         ..Default::default()
     };
     let code = |e: &async_nats::jetstream::context::CreateStreamError| match e.kind() {
         CreateStreamErrorKind::JetStream(j) => Some(j.error_code()),
         _ => None,
     };
-    let in_place = |info: &stream::Info| info.config.subjects == config.subjects;
-    let stream_name = match js.get_stream(&name).await {
+    let in_place = |found: &stream::Config| {
+        found.subjects == config.subjects && found.num_replicas.max(1) == replicas
+    };
+    let stream_name = match existing {
         // In place (made by the operator, where a flow's own NATS user may not create streams).
-        Ok(existing) if in_place(existing.cached_info()) => name,
+        Some(found) if in_place(&found) => name,
         _ => match js.create_stream(config.clone()).await {
             Ok(_) => name,
             Err(e) if code(&e) == Some(ErrorCode::STREAM_NAME_EXIST) => {
@@ -351,6 +450,33 @@ fn is_not_found(message: &str) -> bool {
     message.contains("not found") || message.contains("10059")
 }
 
+/// Brings the key-value bucket `name` to `replicas` in place (JetStream adds or removes
+/// replicas of its stream); nothing when it has them already.
+pub async fn scale_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    replicas: usize,
+) -> Result<(), QueueError> {
+    let mut stream = js
+        .get_stream(format!("KV_{name}"))
+        .await
+        .map_err(|e| bucket_error(name, e))?;
+    let mut config = stream
+        .info()
+        .await
+        .map_err(|e| bucket_error(name, e))?
+        .config
+        .clone();
+    if config.num_replicas == replicas {
+        return Ok(());
+    }
+    config.num_replicas = replicas;
+    js.update_stream(config)
+        .await
+        .map(|_| ())
+        .map_err(|e| bucket_error(name, e))
+}
+
 /// Opens the flow's bucket.
 pub async fn bucket(js: &jetstream::Context, names: &QueueNames) -> Result<kv::Store, QueueError> {
     js.get_key_value(&names.kv_bucket)
@@ -365,13 +491,18 @@ pub async fn read_progress(
     names: &QueueNames,
 ) -> Result<FlowProgress, QueueError> {
     let store = bucket(js, names).await?;
-    Ok(read_progress_entry(&store).await?.0)
+    Ok(read_json_entry(&store, PROGRESS_KEY).await?.0)
 }
 
-/// Progress and the revision it was read at (0 when absent), for compare-and-set updates.
-pub async fn read_progress_entry(store: &kv::Store) -> Result<(FlowProgress, u64), QueueError> {
+/// A JSON record of a key-value bucket and the revision it was read at (0 when absent, so the
+/// next [`write_json_entry`] creates it). A deleted or unreadable record reads as the default:
+/// the next compare-and-set write replaces it.
+pub async fn read_json_entry<T: DeserializeOwned + Default>(
+    store: &kv::Store,
+    key: &str,
+) -> Result<(T, u64), QueueError> {
     let entry = store
-        .entry(PROGRESS_KEY)
+        .entry(key)
         .await
         .map_err(|e| bucket_error(&store.name, e))?;
     Ok(match entry {
@@ -379,9 +510,26 @@ pub async fn read_progress_entry(store: &kv::Store) -> Result<(FlowProgress, u64
             serde_json::from_slice(&entry.value).unwrap_or_default(),
             entry.revision,
         ),
-        Some(entry) => (FlowProgress::default(), entry.revision),
-        None => (FlowProgress::default(), 0),
+        Some(entry) => (T::default(), entry.revision),
+        None => (T::default(), 0),
     })
+}
+
+/// Compare-and-set: writes `value` at `key` only if the record is still at `revision` (0:
+/// creates it, only if no one did). False when another writer came first (or the write failed):
+/// read again and retry.
+pub async fn write_json_entry<T: Serialize>(
+    store: &kv::Store,
+    key: &str,
+    value: &T,
+    revision: u64,
+) -> bool {
+    let value = Bytes::from(serde_json::to_vec(value).unwrap_or_default());
+    if revision == 0 {
+        store.create(key, value).await.is_ok()
+    } else {
+        store.update(key, value, revision).await.is_ok()
+    }
 }
 
 /// Changes the progress record with compare-and-set, retrying when another worker wrote
@@ -391,19 +539,9 @@ pub async fn update_progress(
     change: impl Fn(&mut FlowProgress),
 ) -> Result<FlowProgress, QueueError> {
     for _ in 0..50 {
-        let (mut progress, revision) = read_progress_entry(store).await?;
+        let (mut progress, revision) = read_json_entry(store, PROGRESS_KEY).await?;
         change(&mut progress);
-        let value = Bytes::from(serde_json::to_vec(&progress).unwrap_or_default());
-        let written = if revision == 0 {
-            store.create(PROGRESS_KEY, value).await.map(|_| ()).ok()
-        } else {
-            store
-                .update(PROGRESS_KEY, value, revision)
-                .await
-                .map(|_| ())
-                .ok()
-        };
-        if written.is_some() {
+        if write_json_entry(store, PROGRESS_KEY, &progress, revision).await {
             return Ok(progress);
         }
     }
@@ -447,7 +585,7 @@ mod tests {
             dead_letter_retention: "720h".into(),
             ..Delivery::default()
         };
-        let policy = QueuePolicy::from_delivery(&delivery, 10).unwrap();
+        let policy = QueuePolicy::from_delivery(&delivery, 10, 1).unwrap();
         assert_eq!(policy.retention, Duration::from_secs(3600));
         assert_eq!(policy.dedupe_window, Duration::from_secs(600));
         assert_eq!(
@@ -455,13 +593,13 @@ mod tests {
             Duration::from_secs(720 * 3600)
         );
         delivery.dedupe_window = "2h".into();
-        let error = QueuePolicy::from_delivery(&delivery, 10).unwrap_err();
+        let error = QueuePolicy::from_delivery(&delivery, 10, 1).unwrap_err();
         assert!(error.contains("dedupeWindow (2h)"), "{error}");
         delivery.dedupe_window = "2m".into();
         delivery.dead_letter_retention = "0s".into();
-        assert!(QueuePolicy::from_delivery(&delivery, 10).is_err());
+        assert!(QueuePolicy::from_delivery(&delivery, 10, 1).is_err());
         delivery.dead_letter_retention = "2 weeks".into();
-        let error = QueuePolicy::from_delivery(&delivery, 10).unwrap_err();
+        let error = QueuePolicy::from_delivery(&delivery, 10, 1).unwrap_err();
         assert!(
             error.starts_with("delivery.deadLetterRetention:"),
             "{error}"
@@ -478,6 +616,10 @@ mod tests {
             retention: "168h".into(),
             dead_letter_retention: "720h".into(),
             dedupe_window: "2m".into(),
+            replicas: 3,
+            max_bytes: 1 << 30,
+            discard: Discard::Old,
+            placement: None,
         };
         let mut delivery = rendered.clone();
         delivery.retention = "48h".into();
@@ -487,14 +629,55 @@ mod tests {
         assert_eq!(policy.dedupe_window, Duration::from_secs(900));
         // A worker.json rendered before these fields existed reads with the flow defaults.
         let mut json = serde_json::to_value(&rendered).unwrap();
-        for field in ["retention", "deadLetterRetention", "dedupeWindow"] {
+        for field in [
+            "retention",
+            "deadLetterRetention",
+            "dedupeWindow",
+            "replicas",
+            "maxBytes",
+            "discard",
+        ] {
             json.as_object_mut().unwrap().remove(field);
         }
         let old: DeliveryConfig = serde_json::from_value(json).unwrap();
         assert_eq!(
-            QueuePolicy::from_rendered(&old).unwrap().retention,
-            QueuePolicy::default().retention
+            QueuePolicy::from_rendered(&old).unwrap(),
+            QueuePolicy {
+                max_ack_pending: 100,
+                ack_wait: Duration::from_secs(30),
+                ..QueuePolicy::default()
+            }
         );
+    }
+
+    #[test]
+    fn replicas_come_from_the_flow_else_the_operator_and_bounds_are_checked() {
+        let mut delivery = Delivery::default();
+        let policy = QueuePolicy::from_delivery(&delivery, 10, 3).unwrap();
+        assert_eq!(policy.replicas, 3);
+        assert_eq!(policy.max_bytes, 1 << 30);
+        assert_eq!(policy.discard, stream::DiscardPolicy::Old);
+        assert_eq!(policy.placement, None);
+        delivery.replicas = Some(5);
+        delivery.discard = Discard::New;
+        delivery.placement = Some(QueuePlacement {
+            cluster: Some("eu".into()),
+            tags: vec!["az:a".into()],
+        });
+        let policy = QueuePolicy::from_delivery(&delivery, 10, 3).unwrap();
+        assert_eq!(policy.replicas, 5);
+        assert_eq!(policy.discard, stream::DiscardPolicy::New);
+        assert_eq!(policy.placement.unwrap().tags, ["az:a"]);
+        delivery.replicas = Some(2);
+        let error = QueuePolicy::from_delivery(&delivery, 10, 3).unwrap_err();
+        assert!(
+            error.contains("delivery.replicas must be 1, 3 or 5"),
+            "{error}"
+        );
+        delivery.replicas = None;
+        delivery.max_bytes = 1000;
+        let error = QueuePolicy::from_delivery(&delivery, 10, 3).unwrap_err();
+        assert!(error.starts_with("delivery.maxBytes"), "{error}");
     }
 
     #[test]

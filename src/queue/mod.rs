@@ -2,9 +2,12 @@
 //! worker (which uses it): resource names, and the progress record workers keep in the
 //! key-value bucket so the operator can tell whether data is flowing and fresh.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::api::common::RetryPolicy;
+use crate::api::integration_flow::{Discard, QueuePlacement};
 
 pub mod approvals;
 pub mod cli;
@@ -14,6 +17,8 @@ pub mod identity;
 pub mod jetstream;
 pub mod quota;
 pub mod redrive;
+pub mod replication;
+pub mod settled;
 
 pub use jetstream::{
     QueueError, QueuePolicy, delete_queue, ensure_capture, ensure_queue, read_progress,
@@ -21,6 +26,8 @@ pub use jetstream::{
 };
 pub use quota::{QuotaState, binding_quota_bucket, read_quota};
 pub use redrive::{DeadLetter, RedriveReport, list_dead_letters, redrive};
+pub use replication::{REPLICA_LOST_AFTER, ReplicaState, StreamHealth, stream_health};
+pub use settled::SettledSequences;
 
 /// Names of one flow's JetStream resources. Deterministic from namespace and name, so the
 /// operator, the workers and a person at a terminal all find the same objects.
@@ -104,10 +111,12 @@ pub struct FlowProgress {
     /// inclusively) are not counted again.
     #[serde(default)]
     pub read: u64,
-    /// Records delivered to the target.
+    /// Records delivered to the target, each counted once: a record JetStream delivers again
+    /// after its outcome was recorded (an ack lost in a stream leader's failover) is not sent
+    /// or counted again (see [`settled`]).
     #[serde(default)]
     pub delivered: u64,
-    /// Records moved to the dead-letter stream.
+    /// Records moved to the dead-letter stream, each counted once as `delivered`.
     #[serde(default)]
     pub dead_lettered: u64,
     /// Records the flow's stream dropped because a record with the same identity
@@ -129,7 +138,28 @@ pub struct FlowProgress {
     /// source link to another origin); none while records flow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked: Option<String>,
+    /// Stream sequences of the records counted in `delivered` and `dead_lettered` (or parked
+    /// for review), so a record delivered again is neither sent nor counted twice.
+    #[serde(default, skip_serializing_if = "SettledSequences::is_empty")]
+    pub settled: SettledSequences,
+    /// The last flush each worker process wrote: a flush whose write went through while its
+    /// reply was lost (a bucket leader's failover) is not added a second time when retried.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub flushes: BTreeMap<String, FlushMark>,
 }
+
+/// One worker process's last flush of progress.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlushMark {
+    /// The flush's number; each process counts from 1.
+    pub number: u64,
+    /// Unix seconds it was written; marks older than [`FLUSH_MARK_KEPT_SECS`] are dropped.
+    pub unix: i64,
+}
+
+/// How long a worker's flush mark is kept after its last flush: far longer than a retry
+/// takes, short enough that workers long gone do not pile up in the record.
+pub const FLUSH_MARK_KEPT_SECS: i64 = 600;
 
 /// Queue policy with durations as written in the flow.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -152,6 +182,19 @@ pub struct DeliveryConfig {
     /// Window in which a republished idempotency key is dropped.
     #[serde(default = "default_dedupe_window")]
     pub dedupe_window: String,
+    /// Replicas of the flow's streams, consumer and bucket (the flow's, else the operator's
+    /// default, resolved at render time).
+    #[serde(default = "default_replicas")]
+    pub replicas: u8,
+    /// Most bytes of the flow's stream and, separately, of its dead-letter stream.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: i64,
+    /// What the flow's stream does when full.
+    #[serde(default)]
+    pub discard: Discard,
+    /// Where the replicas go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<QueuePlacement>,
 }
 
 // Configurations rendered before these fields existed get the flow defaults.
@@ -163,6 +206,13 @@ fn default_dead_letter_retention() -> String {
 }
 fn default_dedupe_window() -> String {
     crate::api::integration_flow::Delivery::default().dedupe_window
+}
+// Configurations rendered before replication existed ran on one server.
+fn default_replicas() -> u8 {
+    1
+}
+fn default_max_bytes() -> i64 {
+    crate::api::integration_flow::Delivery::default().max_bytes
 }
 
 #[cfg(test)]

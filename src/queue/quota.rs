@@ -7,12 +7,11 @@
 //! the writes. The record also holds a not-before time that a `Retry-After` sets, pausing
 //! every worker of the binding. The operator reads it for the binding's `status.quota`.
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use async_nats::jetstream::{self, kv};
 
-use super::jetstream::QueueError;
+use super::jetstream::{QueueError, read_json_entry};
 use super::sanitize;
 
 /// The key-value bucket holding the quota record of `binding` in `namespace`. One name for the
@@ -46,11 +45,17 @@ pub struct QuotaState {
     pub not_before_ms: i64,
 }
 
-/// The quota bucket of `binding`, created when missing (by the first worker that needs it).
+/// The quota bucket of `binding`, created with `replicas` when missing. The operator makes it
+/// (a flow's NATS user may use it, not create it) with its `--queue-replicas` and keeps it at
+/// that ([`super::jetstream::scale_bucket`]): every request of every flow on the binding takes
+/// a token here first, so a bucket on one lost server would stop all of them however many
+/// replicas their queues have. Its content needs no such care (a lost record only refills the
+/// token bucket and restarts the day's count).
 pub async fn quota_bucket(
     js: &jetstream::Context,
     namespace: &str,
     binding: &str,
+    replicas: usize,
 ) -> Result<kv::Store, QueueError> {
     let name = binding_quota_bucket(namespace, binding);
     if let Ok(store) = js.get_key_value(&name).await {
@@ -61,6 +66,7 @@ pub async fn quota_bucket(
         description: "flowplane binding quota: token bucket, daily count, Retry-After pause".into(),
         history: 1,
         storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas,
         ..Default::default()
     };
     match js.create_key_value(config).await {
@@ -73,35 +79,6 @@ pub async fn quota_bucket(
                 name,
                 message: e.to_string(),
             }),
-    }
-}
-
-/// The quota record and the revision it was read at (0 when absent).
-pub async fn read_quota_entry(store: &kv::Store) -> Result<(QuotaState, u64), QueueError> {
-    let entry = store
-        .entry(QUOTA_KEY)
-        .await
-        .map_err(|e| QueueError::Bucket {
-            name: store.name.clone(),
-            message: e.to_string(),
-        })?;
-    Ok(match entry {
-        Some(entry) if entry.operation == kv::Operation::Put => (
-            serde_json::from_slice(&entry.value).unwrap_or_default(),
-            entry.revision,
-        ),
-        Some(entry) => (QuotaState::default(), entry.revision),
-        None => (QuotaState::default(), 0),
-    })
-}
-
-/// Writes `state` if the record is still at `revision`; false when another worker wrote first.
-pub async fn write_quota_entry(store: &kv::Store, state: &QuotaState, revision: u64) -> bool {
-    let value = Bytes::from(serde_json::to_vec(state).unwrap_or_default());
-    if revision == 0 {
-        store.create(QUOTA_KEY, value).await.is_ok()
-    } else {
-        store.update(QUOTA_KEY, value, revision).await.is_ok()
     }
 }
 
@@ -118,7 +95,7 @@ pub async fn read_quota(
     else {
         return Ok(None);
     };
-    let (state, revision) = read_quota_entry(&store).await?;
+    let (state, revision) = read_json_entry::<QuotaState>(&store, QUOTA_KEY).await?;
     Ok((revision != 0).then_some(state))
 }
 

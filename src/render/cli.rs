@@ -44,6 +44,9 @@ pub struct RenderArgs {
     /// ... and whose NATS server requires TLS (the CA in the same Secret).
     #[arg(long, requires = "nats_identity")]
     pub nats_tls: bool,
+    /// Replicas of a flow's queue when the flow sets none, as the operator's `--queue-replicas`.
+    #[arg(long, default_value_t = 1, value_parser = crate::api::integration_flow::parse_queue_replicas)]
+    pub queue_replicas: u8,
     /// The NATS account the flows' streams live in, for KEDA's scaler: the flowplane account's
     /// public key (`A...`) in operator mode.
     #[arg(long, default_value = "$G")]
@@ -151,6 +154,7 @@ pub fn render(args: &RenderArgs) -> anyhow::Result<String> {
         nats_identity: args.nats_identity,
         nats_tls: args.nats_identity && args.nats_tls,
         nats_monitoring_endpoint: "nats.flowplane-system.svc:8222".into(),
+        queue_replicas: args.queue_replicas,
         nats_account: args.nats_account.clone(),
         keda: args.keda,
         external_metrics: args.external_metrics,

@@ -36,6 +36,8 @@ pub struct RenderSettings {
     pub nats_tls: bool,
     /// host:port of the NATS monitoring endpoint, for KEDA's nats-jetstream scaler.
     pub nats_monitoring_endpoint: String,
+    /// Replicas of a flow's queue when the flow sets none (the operator's `--queue-replicas`).
+    pub queue_replicas: u8,
     /// The NATS account the flows' streams live in, as the monitoring endpoint names it: the
     /// flowplane account's public key (`A...`) in operator mode, `$G` without accounts.
     pub nats_account: String,

@@ -228,6 +228,13 @@ pub fn build(inputs: &FlowInputs<'_>) -> Result<WorkerConfig, RenderError> {
             retention: spec.delivery.retention.clone(),
             dead_letter_retention: spec.delivery.dead_letter_retention.clone(),
             dedupe_window: spec.delivery.dedupe_window.clone(),
+            replicas: spec
+                .delivery
+                .replicas
+                .unwrap_or(inputs.settings.queue_replicas),
+            max_bytes: spec.delivery.max_bytes,
+            discard: spec.delivery.discard,
+            placement: spec.delivery.placement.clone(),
         },
         approval,
         limits: spec.limits.clone(),

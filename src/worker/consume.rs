@@ -15,7 +15,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use async_nats::StatusCode;
+use async_nats::jetstream::consumer::pull::BatchConfig;
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, kv};
 use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::watch;
@@ -25,7 +27,7 @@ use super::connectors::target::{Outgoing, Target};
 use super::dead_letter::dead_letter;
 use super::http::CallError;
 use super::metrics::Metrics;
-use super::progress::ProgressDeltas;
+use super::progress::{Outcome, ProgressDeltas};
 use super::quality::{self, Facts, Judgement};
 use super::resilience::Backoff;
 use super::trace::{log_safe, trace_id};
@@ -57,6 +59,8 @@ pub struct Consumer {
     pub metrics: Arc<Metrics>,
     /// Progress to flush.
     pub progress: Arc<ProgressDeltas>,
+    /// The flow's bucket: its progress record says which records have an outcome already.
+    pub store: kv::Store,
     /// Approval routing, when the flow has `approval`.
     pub approval: Option<Arc<Approvals>>,
     /// The flow's ack wait: a batch held while the target refuses access is kept from
@@ -137,24 +141,63 @@ impl Consumer {
             .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
+    /// One pull request: up to `batch_size` records and `fetch_max_bytes` bytes, waiting 1 s
+    /// at most for the first. Hand-written over `request_batch` rather than async-nats'
+    /// `fetch()`: its batch ends at any 409 status, and a replicated consumer (R3/R5) sends
+    /// its records only once their delivery has quorum while the server's "409 Batch
+    /// Completed" (request filled in count with bytes to spare) and "409 Message Size Exceeds
+    /// MaxBytes" go out at once, so they overtake the records they close (nats-server
+    /// `consumer.go`, `deliverMsg` queues for replication, the 409s are sent directly). Here a
+    /// 409 that says how many records of the request are still unsent waits for the others.
     async fn fetch(&self, consumer: &PullConsumer) -> anyhow::Result<Vec<jetstream::Message>> {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(self.batch_size)
-            .max_bytes(self.fetch_max_bytes)
-            .expires(Duration::from_secs(1))
-            .messages()
+        const EXPIRES: Duration = Duration::from_secs(1);
+        let client = self.js.client();
+        let inbox = client.new_inbox();
+        let mut replies = client.subscribe(inbox.clone()).await?;
+        consumer
+            .request_batch(
+                BatchConfig {
+                    batch: self.batch_size,
+                    expires: Some(EXPIRES),
+                    no_wait: true,
+                    // Room for one record's subject, ack reply and headers on top: the server
+                    // never sends a record larger than the whole request, so a record of
+                    // `limits.maxRecordBytes` (at most fetchMaxBytes) must still fit.
+                    max_bytes: self.fetch_max_bytes + ENVELOPE_BYTES,
+                    ..Default::default()
+                },
+                inbox.into(),
+            )
             .await?;
+        // As async-nats: the server's own end of the request (408) comes by `EXPIRES`.
+        let deadline = tokio::time::Instant::now() + EXPIRES + Duration::from_secs(5);
+        let mut expected = self.batch_size;
         let mut messages = Vec::with_capacity(self.batch_size);
-        while let Some(message) = batch.next().await {
-            match message {
-                Ok(m) => messages.push(m),
-                Err(e) => {
-                    if messages.is_empty() {
-                        return Err(anyhow::anyhow!("{e}"));
+        while messages.len() < expected {
+            let Ok(Some(message)) = tokio::time::timeout_at(deadline, replies.next()).await else {
+                break;
+            };
+            match message.status {
+                None | Some(StatusCode::OK) => messages.push(jetstream::Message {
+                    message,
+                    context: self.js.clone(),
+                }),
+                Some(StatusCode::IDLE_HEARTBEAT) => {}
+                // No records (404) or the request expired (408): the server sends these after
+                // the replicated records it answers.
+                Some(StatusCode::NOT_FOUND | StatusCode::TIMEOUT) => break,
+                Some(status) => match unsent_of_request(&message) {
+                    Some(unsent) if status == StatusCode::REQUEST_TERMINATED => {
+                        expected = self.batch_size.saturating_sub(unsent);
                     }
-                    break;
-                }
+                    _ if messages.is_empty() => {
+                        return Err(anyhow::anyhow!(
+                            "pull request ended: {status} {:?}",
+                            message.description
+                        ));
+                    }
+                    _ => break,
+                },
             }
         }
         Ok(messages)
@@ -169,6 +212,53 @@ impl Consumer {
         (delivered > self.max_deliver).then_some(delivered)
     }
 
+    /// Records of the batch that JetStream delivered again although their outcome is recorded
+    /// (an ack lost when the consumer's leader failed over): acked here, not sent again.
+    async fn settled_already(&self, messages: &[jetstream::Message]) -> Vec<bool> {
+        let mut settled = vec![false; messages.len()];
+        let again: Vec<(usize, u64)> = messages
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| {
+                let info = m.info().ok()?;
+                (info.delivered > 1).then_some((i, info.stream_sequence))
+            })
+            .collect();
+        if again.is_empty() {
+            return settled;
+        }
+        let sequences: Vec<u64> = again.iter().map(|&(_, s)| s).collect();
+        let known = self.progress.settled_of(&self.store, &sequences).await;
+        let mut acked = 0;
+        for (&(i, _), known) in again.iter().zip(known) {
+            if known {
+                settled[i] = true;
+                let _ = messages[i].ack().await;
+                acked += 1;
+            }
+        }
+        if acked > 0 {
+            tracing::info!(
+                records = acked,
+                "records delivered again after their outcome was recorded; acked, not sent again"
+            );
+        }
+        settled
+    }
+
+    /// Records `message`'s outcome in the flow's progress, once per record.
+    fn settle(&self, message: &jetstream::Message, outcome: Outcome) {
+        match message.info() {
+            Ok(info) => self.progress.settle(info.stream_sequence, outcome),
+            // Not a message of the flow's stream (no ack reply to read): counted as it is.
+            Err(_) => match outcome {
+                Outcome::Delivered => self.progress.add_delivered(1),
+                Outcome::DeadLettered => self.progress.add_dead_lettered(1),
+                Outcome::Parked => {}
+            },
+        }
+    }
+
     /// Maps, validates, routes and delivers one batch.
     async fn process(&self, messages: &[jetstream::Message], buffer: &mut Vec<u8>) {
         let started = Instant::now();
@@ -177,7 +267,11 @@ impl Consumer {
         // Set when a record broke a quality rule whose action is FailBatch.
         let mut failed_batch: Option<String> = None;
         let mut facts = Facts::default();
+        let settled = self.settled_already(messages).await;
         for (index, message) in messages.iter().enumerate() {
+            if settled[index] {
+                continue;
+            }
             if let Some(delivered) = self.delivered_too_often(message) {
                 self.reject(
                     message,
@@ -377,6 +471,7 @@ impl Consumer {
                     match approvals.park(message, data, r.version, delta).await {
                         Ok(id) => {
                             tracing::info!(trace_id = trace, stage = "approval", review = %id, "delta parked for review");
+                            self.settle(message, Outcome::Parked);
                             // Confirmed ack: a redelivery after the review was carried out
                             // would park the record a second time.
                             if let Err(e) = message.double_ack().await {
@@ -418,7 +513,7 @@ impl Consumer {
         match dead_letter(&self.js, &self.names, message, reason, stage, detail).await {
             Ok(()) => {
                 self.metrics.dead_letter(reason);
-                self.progress.add_dead_lettered(1);
+                self.settle(message, Outcome::DeadLettered);
             }
             Err(e) => {
                 tracing::warn!(trace_id = trace_id(traceparent), error = %e, "dead-lettering failed; redelivering");
@@ -537,6 +632,7 @@ impl Consumer {
                                 "record delivered"
                             );
                             let _ = message.ack().await;
+                            self.settle(message, Outcome::Delivered);
                             delivered += 1;
                         }
                     }
@@ -545,7 +641,6 @@ impl Consumer {
                 self.metrics
                     .last_success
                     .set(super::clock::now_unix_ms() / 1000);
-                self.progress.add_delivered(delivered);
             }
             Err(CallError::Permanent { status, .. }) if ready.len() > 1 => {
                 // One bad record must not sink its batch: find it by sending one at a time.
@@ -643,4 +738,22 @@ impl Consumer {
             let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
         }
     }
+}
+
+/// Bytes of a delivered record beyond its payload that a pull request's byte limit counts:
+/// the headers the extractor reserves room for (`extract::HEADER_ROOM`), its subject and the
+/// ack reply subject.
+const ENVELOPE_BYTES: usize = super::extract::HEADER_ROOM + 1024;
+
+/// Records of a pull request that the server will not send: the `Nats-Pending-Messages` of
+/// a status that closes the request early (none or negative once the count is filled).
+fn unsent_of_request(status: &async_nats::Message) -> Option<usize> {
+    let pending: i64 = status
+        .headers
+        .as_ref()?
+        .get("Nats-Pending-Messages")?
+        .as_str()
+        .parse()
+        .ok()?;
+    Some(pending.max(0) as usize)
 }

@@ -43,7 +43,7 @@ const PREFETCH_PAGES: usize = 2;
 const IN_FLIGHT_PAGES: usize = 4;
 
 /// Room left for a record's headers below the NATS server's max payload.
-const HEADER_ROOM: usize = 8 * 1024;
+pub(super) const HEADER_ROOM: usize = 8 * 1024;
 /// How much of a record dead-lettered at extraction for its size is kept.
 pub const DEAD_LETTER_KEEP: usize = 64 * 1024;
 

@@ -237,6 +237,7 @@ pub async fn run(
         redelivery: resilience::Backoff::new(&flow.config.delivery.retry),
         metrics: flow.metrics.clone(),
         progress: flow.progress.clone(),
+        store: flow.store.clone(),
         approval,
         ack_wait: crate::api::common::parse_duration(&flow.config.delivery.ack_wait)
             .unwrap_or(Duration::from_secs(30)),
@@ -259,7 +260,12 @@ pub async fn run(
     }
     // Freshness is the flow's, not this process's: a new worker starts from the last delivery
     // any worker recorded, so a rollout of a quiet flow does not look stale.
-    match crate::queue::jetstream::read_progress_entry(&flow.store).await {
+    match crate::queue::jetstream::read_json_entry::<crate::queue::FlowProgress>(
+        &flow.store,
+        crate::queue::PROGRESS_KEY,
+    )
+    .await
+    {
         Ok((progress, _)) => flow
             .metrics
             .observe_last_success(progress.last_success_unix),

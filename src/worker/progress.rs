@@ -1,21 +1,41 @@
 //! Progress bookkeeping: counters kept locally and added to the flow's shared progress record
 //! (compare-and-set in the bucket) about once a second, so the per-batch hot path never waits
 //! for a key-value write.
+//!
+//! Counts stay exact when JetStream delivers a record again or a write's reply is lost (a
+//! NATS server failing over): the outcome of a record of the flow's stream is kept by its
+//! stream sequence and counted only if the shared record does not have that sequence yet
+//! ([`crate::queue::settled`]); and each flush carries this process's flush number, so a
+//! flush retried after its write went through unconfirmed is not added twice.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use async_nats::jetstream::kv;
 
-use crate::queue::jetstream::update_progress;
-use crate::queue::{FlowProgress, QueueError};
+use crate::queue::jetstream::{read_json_entry, update_progress};
+use crate::queue::{FLUSH_MARK_KEPT_SECS, FlowProgress, FlushMark, PROGRESS_KEY, QueueError};
+
+/// What became of a record of the flow's stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    DeadLettered,
+    /// Parked for a planner's review: counted when the review is carried out.
+    Parked,
+}
 
 /// Changes not yet written to the bucket.
-#[derive(Default)]
 pub struct ProgressDeltas {
+    /// This process in the record's flush marks.
+    writer: String,
     read: AtomicU64,
+    /// Deliveries and dead letters of records not in the flow's stream (extraction's dead
+    /// letters, reviewed records): counted as they happen.
     delivered: AtomicU64,
     dead_lettered: AtomicU64,
+    /// Outcomes of records of the flow's stream, by stream sequence.
+    outcomes: Mutex<Vec<(u64, Outcome)>>,
     duplicates: AtomicU64,
     last_success_unix: AtomicI64,
     lag: AtomicU64,
@@ -25,6 +45,115 @@ pub struct ProgressDeltas {
     blocked: Mutex<Option<Option<String>>>,
     /// What was last written, so an unchanged state is not written again.
     blocked_written: Mutex<Option<String>>,
+    /// Flushes made so far; the next one takes the next number.
+    flushes: AtomicU64,
+    /// A flush whose write was not confirmed: written again, as it is, before anything new.
+    unconfirmed: Mutex<Option<Flush>>,
+}
+
+impl Default for ProgressDeltas {
+    fn default() -> Self {
+        ProgressDeltas {
+            // Unique per process: a restarted worker must not look like one whose flushes
+            // were all written already.
+            writer: format!("{:016x}", rand::random::<u64>()),
+            read: AtomicU64::default(),
+            delivered: AtomicU64::default(),
+            dead_lettered: AtomicU64::default(),
+            outcomes: Mutex::default(),
+            duplicates: AtomicU64::default(),
+            last_success_unix: AtomicI64::default(),
+            lag: AtomicU64::default(),
+            lag_known: Default::default(),
+            cursor: Mutex::default(),
+            blocked: Mutex::default(),
+            blocked_written: Mutex::default(),
+            flushes: AtomicU64::default(),
+            unconfirmed: Mutex::default(),
+        }
+    }
+}
+
+/// One write's worth of changes.
+#[derive(Default)]
+struct Flush {
+    number: u64,
+    read: u64,
+    delivered: u64,
+    dead_lettered: u64,
+    outcomes: Vec<(u64, Outcome)>,
+    duplicates: u64,
+    last_success: i64,
+    cursor: Option<String>,
+    lag: Option<u64>,
+    blocked: Option<Option<String>>,
+}
+
+impl Flush {
+    fn is_empty(&self) -> bool {
+        self.read == 0
+            && self.delivered == 0
+            && self.dead_lettered == 0
+            && self.outcomes.is_empty()
+            && self.duplicates == 0
+            && self.cursor.is_none()
+            && self.lag.is_none()
+            && self.blocked.is_none()
+    }
+
+    /// Adds this flush to the shared record, unless the record has it already.
+    fn apply(&self, p: &mut FlowProgress, writer: &str, contract_version: &str, now: i64) {
+        if p.flushes
+            .get(writer)
+            .is_some_and(|m| m.number >= self.number)
+        {
+            return;
+        }
+        p.flushes
+            .retain(|_, mark| now - mark.unix < FLUSH_MARK_KEPT_SECS);
+        p.flushes.insert(
+            writer.to_string(),
+            FlushMark {
+                number: self.number,
+                unix: now,
+            },
+        );
+        let (mut delivered, mut dead) = (self.delivered, self.dead_lettered);
+        for &(sequence, outcome) in &self.outcomes {
+            if p.settled.insert(sequence) {
+                match outcome {
+                    Outcome::Delivered => delivered += 1,
+                    Outcome::DeadLettered => dead += 1,
+                    Outcome::Parked => {}
+                }
+            }
+        }
+        p.read += self.read;
+        p.delivered += delivered;
+        p.dead_lettered += dead;
+        p.duplicates += self.duplicates;
+        if self.last_success > 0 {
+            p.last_success_unix = Some(self.last_success.max(p.last_success_unix.unwrap_or(0)));
+        }
+        if let Some(cursor) = &self.cursor {
+            p.cursor = Some(cursor.clone());
+        }
+        if let Some(lag) = self.lag {
+            p.lag = lag;
+        }
+        if let Some(blocked) = &self.blocked {
+            p.blocked = blocked.clone();
+        } else if delivered > 0 {
+            // Records reach the target: whatever held them (perhaps as another worker,
+            // since stopped, wrote it) holds no more.
+            p.blocked = None;
+        }
+        p.contract_version = Some(contract_version.to_string());
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl ProgressDeltas {
@@ -33,16 +162,54 @@ impl ProgressDeltas {
         self.read.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Records delivered, just now.
+    /// Records delivered just now that are not in the flow's stream (reviewed records).
     pub fn add_delivered(&self, n: u64) {
         self.delivered.fetch_add(n, Ordering::Relaxed);
+        self.delivered_now();
+    }
+
+    /// Records dead-lettered that are not in the flow's stream (at extraction, after review).
+    pub fn add_dead_lettered(&self, n: u64) {
+        self.dead_lettered.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The outcome of the record at `sequence` of the flow's stream; counted once per
+    /// sequence, however often the record was delivered.
+    pub fn settle(&self, sequence: u64, outcome: Outcome) {
+        lock(&self.outcomes).push((sequence, outcome));
+        if outcome == Outcome::Delivered {
+            self.delivered_now();
+        }
+    }
+
+    fn delivered_now(&self) {
         self.last_success_unix
             .store(super::clock::now_unix_ms() / 1000, Ordering::Relaxed);
     }
 
-    /// Records dead-lettered.
-    pub fn add_dead_lettered(&self, n: u64) {
-        self.dead_lettered.fetch_add(n, Ordering::Relaxed);
+    /// Which of `sequences` (records JetStream delivered again) have an outcome already, here
+    /// or in the shared record. A record whose outcome is only in another worker's unwritten
+    /// changes is not found: it is sent again, and still counted once.
+    pub async fn settled_of(&self, store: &kv::Store, sequences: &[u64]) -> Vec<bool> {
+        let shared = match read_json_entry::<FlowProgress>(store, PROGRESS_KEY).await {
+            Ok((progress, _)) => progress.settled,
+            Err(e) => {
+                tracing::warn!(error = %e, "progress record not read; redelivered records are sent again");
+                Default::default()
+            }
+        };
+        let outcomes = lock(&self.outcomes);
+        let unconfirmed = lock(&self.unconfirmed);
+        let here = |sequence: u64| {
+            outcomes.iter().any(|&(s, _)| s == sequence)
+                || unconfirmed
+                    .as_ref()
+                    .is_some_and(|f| f.outcomes.iter().any(|&(s, _)| s == sequence))
+        };
+        sequences
+            .iter()
+            .map(|&s| shared.contains(s) || here(s))
+            .collect()
     }
 
     /// Records the flow's stream dropped as already stored.
@@ -75,81 +242,116 @@ impl ProgressDeltas {
     }
 
     /// Adds what happened since the last flush to the shared record; the record as written,
-    /// or `None` when there was nothing to write.
+    /// or `None` when there was nothing to write. A flush not confirmed is written again first.
     pub async fn flush(
         &self,
         store: &kv::Store,
         contract_version: &str,
     ) -> Result<Option<FlowProgress>, QueueError> {
-        let read = self.read.swap(0, Ordering::Relaxed);
-        let delivered = self.delivered.swap(0, Ordering::Relaxed);
-        let dead = self.dead_lettered.swap(0, Ordering::Relaxed);
-        let duplicates = self.duplicates.swap(0, Ordering::Relaxed);
-        let last_success = self.last_success_unix.swap(0, Ordering::Relaxed);
-        let cursor = self.cursor.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let lag = self
-            .lag_known
-            .swap(false, Ordering::Relaxed)
-            .then(|| self.lag.load(Ordering::Relaxed));
-        let blocked = self
-            .blocked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if read == 0
-            && delivered == 0
-            && dead == 0
-            && duplicates == 0
-            && cursor.is_none()
-            && lag.is_none()
-            && blocked.is_none()
-        {
-            return Ok(None);
+        let mut written = None;
+        let retried = lock(&self.unconfirmed).take();
+        if let Some(flush) = retried {
+            written = Some(self.write(store, contract_version, flush).await?);
         }
+        let flush = self.take();
+        if flush.is_empty() {
+            return Ok(written);
+        }
+        self.write(store, contract_version, flush).await.map(Some)
+    }
+
+    /// What happened since the last flush, numbered.
+    fn take(&self) -> Flush {
+        let mut flush = Flush {
+            read: self.read.swap(0, Ordering::Relaxed),
+            delivered: self.delivered.swap(0, Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.swap(0, Ordering::Relaxed),
+            outcomes: std::mem::take(&mut *lock(&self.outcomes)),
+            duplicates: self.duplicates.swap(0, Ordering::Relaxed),
+            last_success: self.last_success_unix.swap(0, Ordering::Relaxed),
+            cursor: lock(&self.cursor).take(),
+            lag: self
+                .lag_known
+                .swap(false, Ordering::Relaxed)
+                .then(|| self.lag.load(Ordering::Relaxed)),
+            blocked: lock(&self.blocked).take(),
+            number: 0,
+        };
+        if !flush.is_empty() {
+            flush.number = self.flushes.fetch_add(1, Ordering::Relaxed) + 1;
+        }
+        flush
+    }
+
+    async fn write(
+        &self,
+        store: &kv::Store,
+        contract_version: &str,
+        flush: Flush,
+    ) -> Result<FlowProgress, QueueError> {
+        let now = super::clock::now_unix_ms() / 1000;
         let result = update_progress(store, |p: &mut FlowProgress| {
-            p.read += read;
-            p.delivered += delivered;
-            p.dead_lettered += dead;
-            p.duplicates += duplicates;
-            if last_success > 0 {
-                p.last_success_unix = Some(last_success.max(p.last_success_unix.unwrap_or(0)));
-            }
-            if let Some(cursor) = &cursor {
-                p.cursor = Some(cursor.clone());
-            }
-            if let Some(lag) = lag {
-                p.lag = lag;
-            }
-            if let Some(blocked) = &blocked {
-                p.blocked = blocked.clone();
-            } else if delivered > 0 {
-                // Records reach the target: whatever held them (perhaps as another worker,
-                // since stopped, wrote it) holds no more.
-                p.blocked = None;
-            }
-            p.contract_version = Some(contract_version.to_string());
+            flush.apply(p, &self.writer, contract_version, now)
         })
         .await;
-        if let Some(blocked) = blocked {
-            if result.is_ok() {
-                *self
-                    .blocked_written
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()) = blocked;
-            } else {
-                let mut pending = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
-                if pending.is_none() {
-                    *pending = Some(blocked);
+        match &result {
+            Ok(_) => {
+                if let Some(blocked) = flush.blocked {
+                    *lock(&self.blocked_written) = blocked;
                 }
             }
+            // Not lost, and not added twice if it was written after all: kept with its number.
+            Err(_) => *lock(&self.unconfirmed) = Some(flush),
         }
-        if result.is_err() {
-            // Not lost: added again on the next flush.
-            self.read.fetch_add(read, Ordering::Relaxed);
-            self.delivered.fetch_add(delivered, Ordering::Relaxed);
-            self.dead_lettered.fetch_add(dead, Ordering::Relaxed);
-            self.duplicates.fetch_add(duplicates, Ordering::Relaxed);
-        }
-        result.map(Some)
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outcome_counts_once_per_sequence_and_a_flush_once_per_writer() {
+        let mut record = FlowProgress::default();
+        let first = Flush {
+            number: 1,
+            read: 3,
+            outcomes: vec![
+                (1, Outcome::Delivered),
+                (2, Outcome::DeadLettered),
+                (3, Outcome::Parked),
+            ],
+            ..Flush::default()
+        };
+        first.apply(&mut record, "w1", "1.0.0", 100);
+        // The same flush again (its write went through, its reply was lost): no change.
+        first.apply(&mut record, "w1", "1.0.0", 101);
+        assert_eq!(
+            (record.read, record.delivered, record.dead_lettered),
+            (3, 1, 1)
+        );
+        // Another worker got records 1 and 3 again after a failover, and one new one.
+        let again = Flush {
+            number: 1,
+            outcomes: vec![
+                (1, Outcome::Delivered),
+                (3, Outcome::Delivered),
+                (4, Outcome::Delivered),
+            ],
+            ..Flush::default()
+        };
+        again.apply(&mut record, "w2", "1.0.0", 102);
+        assert_eq!((record.delivered, record.dead_lettered), (2, 1));
+        assert!(record.settled.contains(4) && !record.settled.contains(5));
+        // A writer's mark is dropped once old; the others stay.
+        let later = Flush {
+            number: 2,
+            read: 1,
+            ..Flush::default()
+        };
+        later.apply(&mut record, "w2", "1.0.0", 102 + FLUSH_MARK_KEPT_SECS);
+        assert_eq!(record.read, 4);
+        assert_eq!(record.flushes.keys().collect::<Vec<_>>(), ["w2"]);
     }
 }

@@ -11,7 +11,8 @@ use async_nats::jetstream::{self, kv};
 
 use super::clock::now_unix_ms;
 use super::http::CallError;
-use crate::queue::quota::{QuotaState, quota_bucket, read_quota_entry, utc_day, write_quota_entry};
+use crate::queue::jetstream::{read_json_entry, write_json_entry};
+use crate::queue::quota::{QUOTA_KEY, QuotaState, quota_bucket, utc_day};
 use crate::worker_config::EndpointConfig;
 
 /// A pause longer than this is not waited out inside a call: the caller holds its records and
@@ -43,7 +44,10 @@ impl SharedQuota {
         let Some(limit) = &endpoint.rate_limit else {
             return Ok(None);
         };
-        let store = quota_bucket(js, namespace, &endpoint.binding).await?;
+        // Made by the operator with its replicas (a flow's NATS user may not create it); a
+        // worker on a NATS without accounts that starts first makes it with 1, and the
+        // operator brings it to its replicas.
+        let store = quota_bucket(js, namespace, &endpoint.binding, 1).await?;
         Ok(Some(SharedQuota {
             store,
             limits: Limits {
@@ -73,12 +77,14 @@ impl SharedQuota {
     /// a longer pause: the caller holds its records and asks again later.
     pub async fn acquire(&self) -> Result<(), CallError> {
         loop {
-            let (mut state, revision) = read_quota_entry(&self.store).await.map_err(|e| {
-                CallError::Transient(format!("quota of {}: {e}", self.limits.binding))
-            })?;
+            let (mut state, revision) = read_json_entry::<QuotaState>(&self.store, QUOTA_KEY)
+                .await
+                .map_err(|e| {
+                    CallError::Transient(format!("quota of {}: {e}", self.limits.binding))
+                })?;
             let wait = match self.limits.take(&mut state, now_unix_ms()) {
                 Ok(()) => {
-                    if write_quota_entry(&self.store, &state, revision).await {
+                    if write_json_entry(&self.store, QUOTA_KEY, &state, revision).await {
                         return Ok(());
                     }
                     // Another worker took a token in between: read again at once.
@@ -142,14 +148,16 @@ impl SharedQuota {
     pub async fn pause(&self, after: Duration) {
         let until = now_unix_ms() + after.as_millis() as i64;
         for _ in 0..50 {
-            let Ok((mut state, revision)) = read_quota_entry(&self.store).await else {
+            let Ok((mut state, revision)) =
+                read_json_entry::<QuotaState>(&self.store, QUOTA_KEY).await
+            else {
                 return;
             };
             if state.not_before_ms >= until {
                 return;
             }
             state.not_before_ms = until;
-            if write_quota_entry(&self.store, &state, revision).await {
+            if write_json_entry(&self.store, QUOTA_KEY, &state, revision).await {
                 return;
             }
         }

@@ -365,9 +365,15 @@ pub fn with_flow_identity(mut config: WorkerConfig) -> WorkerConfig {
                 .await
                 .expect("make the flow's queue");
             if let Some(subject) = event_subject {
-                flowplane::queue::ensure_capture(&js, &names, &subject, policy.retention)
-                    .await
-                    .expect("make the flow's capture stream");
+                flowplane::queue::ensure_capture(
+                    &js,
+                    &names,
+                    &subject,
+                    policy.retention,
+                    Some(&policy),
+                )
+                .await
+                .expect("make the flow's capture stream");
             }
         })
     })

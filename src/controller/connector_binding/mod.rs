@@ -33,7 +33,8 @@ use crate::api::common::parse_duration;
 use crate::api::connector_binding::ConnectorBindingStatus;
 use crate::controller::conditions::transitions;
 use crate::controller::{Context, Error, Result, WatchScope};
-use crate::queue::quota::{quota_bucket, read_quota_entry};
+use crate::queue::jetstream::{read_json_entry, scale_bucket};
+use crate::queue::quota::{QUOTA_KEY, QuotaState, binding_quota_bucket, quota_bucket};
 
 use policy::{NotProbed, Recent};
 use status::{Probe, SecretState};
@@ -189,11 +190,23 @@ async fn reconcile(binding: Arc<ConnectorBinding>, ctx: Arc<Context>) -> Result<
         // Usage changes without an event: read again while a limit is set.
         requeue = requeue.min(QUOTA_RESYNC);
         let ns = binding.namespace().unwrap_or_default();
-        // Created here, so workers need only read and write it (their NATS permissions).
-        let state = match quota_bucket(&ctx.jetstream, &ns, &binding.name_any()).await {
-            Ok(store) => read_quota_entry(&store)
-                .await
-                .map(|(state, revision)| (revision != 0).then_some(state)),
+        // Created here, so workers need only read and write it (their NATS permissions), with
+        // the operator's replicas (see `quota_bucket`), kept at them once per operator run.
+        let replicas = usize::from(ctx.config.queue_replicas);
+        let bucket = binding_quota_bucket(&ns, &binding.name_any());
+        let key = format!("quota/{bucket}");
+        let state = match quota_bucket(&ctx.jetstream, &ns, &binding.name_any(), replicas).await {
+            Ok(store) => {
+                if ctx.applied.get(&key).as_deref() != Some(replicas.to_string().as_str()) {
+                    match scale_bucket(&ctx.jetstream, &bucket, replicas).await {
+                        Ok(()) => ctx.applied.set(key, replicas.to_string()),
+                        Err(e) => tracing::warn!(error = %e, "quota bucket not scaled"),
+                    }
+                }
+                read_json_entry::<QuotaState>(&store, QUOTA_KEY)
+                    .await
+                    .map(|(state, revision)| (revision != 0).then_some(state))
+            }
             Err(e) => Err(e),
         }
         .unwrap_or_else(|e| {

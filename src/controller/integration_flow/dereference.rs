@@ -11,7 +11,7 @@ use super::stores::{ConfigMapData, Stores};
 use crate::api::{ConnectorBinding, DataContract, IntegrationFlow};
 use crate::controller::Result;
 use crate::queue::jetstream::read_progress;
-use crate::queue::{FlowProgress, QueueNames};
+use crate::queue::{FlowProgress, QueueNames, StreamHealth, stream_health};
 use crate::render::labels::{config_map_name, namespace, workers_name};
 
 /// What a flow references, as found.
@@ -98,15 +98,17 @@ pub struct QueueState {
     pub lag: u64,
     /// Records in the dead-letter stream.
     pub dead_letters: u64,
+    /// The flow's stream on the cluster: leader and followers.
+    pub health: StreamHealth,
 }
 
 pub async fn queue_state(
     js: &jetstream::Context,
     names: &QueueNames,
 ) -> std::result::Result<QueueState, String> {
-    // Three independent lookups, sent together; looking a consumer or stream up returns its
+    // Four independent lookups, sent together; looking a consumer or stream up returns its
     // info, so no second request for it.
-    let (progress, consumer, dead_letter_stream) = futures::try_join!(
+    let (progress, consumer, stream, dead_letter_stream) = futures::try_join!(
         async { read_progress(js, names).await.map_err(|e| e.to_string()) },
         async {
             js.get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(
@@ -115,6 +117,11 @@ pub async fn queue_state(
             )
             .await
             .map_err(|e| format!("consumer {}: {e}", names.consumer))
+        },
+        async {
+            js.get_stream(&names.stream)
+                .await
+                .map_err(|e| format!("stream {}: {e}", names.stream))
         },
         async {
             js.get_stream(&names.dead_letter_stream)
@@ -129,5 +136,6 @@ pub async fn queue_state(
         progress,
         lag,
         dead_letters,
+        health: stream_health(stream.cached_info()),
     })
 }

@@ -536,6 +536,7 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
         nats_identity: ctx.nats_signer.is_some(),
         nats_tls: ctx.nats_signer.is_some() && ctx.config.nats_ca_file.is_some(),
         nats_monitoring_endpoint: ctx.config.nats_monitoring_endpoint.clone(),
+        queue_replicas: ctx.config.queue_replicas,
         nats_account: ctx
             .nats_signer
             .as_ref()
@@ -604,7 +605,11 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
     let applied_at = started.elapsed();
     // queues
     let names = QueueNames::for_flow(&ns, &flow_name(flow));
-    let queue = match QueuePolicy::from_delivery(&flow.spec.delivery, max_ack_pending) {
+    let queue = match QueuePolicy::from_delivery(
+        &flow.spec.delivery,
+        max_ack_pending,
+        ctx.config.queue_replicas,
+    ) {
         Ok(policy) => ensured_queue_state(ctx, &names, &policy).await,
         Err(e) => Err(format!("spec.{e}")),
     };

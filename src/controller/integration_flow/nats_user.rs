@@ -10,12 +10,11 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use sha2::{Digest, Sha256};
 
-use crate::api::common::parse_duration;
 use crate::api::connector_binding::Protocol;
 use crate::api::{ConnectorBinding, IntegrationFlow};
 use crate::controller::{Context, Error, FIELD_MANAGER, Result};
 use crate::queue::identity::{CA_KEY, CREDS_KEY, flow_permissions, reserved_subject, same_server};
-use crate::queue::{QueueNames, binding_quota_bucket, ensure_capture};
+use crate::queue::{QueueNames, QueuePolicy, binding_quota_bucket, ensure_capture};
 use crate::render::labels::{flow_name, metadata, namespace, nats_secret_name};
 
 /// The subject a flow with a NATS source reads (through its capture stream, whatever its
@@ -67,11 +66,18 @@ pub async fn ensure(
     if let Some(subject) = event_subject(flow, source)
         .filter(|_| same_server(&source.spec.endpoint.url, &ctx.config.nats_url))
     {
-        let retention = parse_duration(&flow.spec.delivery.retention)
-            .map_err(|e| Error::spec("InvalidSpec", format!("spec.delivery.retention: {e}")))?;
-        ensure_capture(&ctx.jetstream, &names, subject, retention)
-            .await
-            .map_err(|e| Error::Nats(e.to_string()))?;
+        // The capture's max age and replicas are the flow's queue's; its ack limits unused.
+        let policy = QueuePolicy::from_delivery(&flow.spec.delivery, 1, ctx.config.queue_replicas)
+            .map_err(|e| Error::spec("InvalidSpec", format!("spec.{e}")))?;
+        ensure_capture(
+            &ctx.jetstream,
+            &names,
+            subject,
+            policy.retention,
+            Some(&policy),
+        )
+        .await
+        .map_err(|e| Error::Nats(e.to_string()))?;
     }
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let live = api.get_opt(&secret_name).await?;

@@ -9,7 +9,8 @@ use k8s_openapi::jiff::Timestamp;
 use crate::api::IntegrationFlow;
 use crate::api::common::parse_duration;
 use crate::api::integration_flow::{
-    CodeDrift, IntegrationFlowStatus, PendingApproval, RouteCounts, SyncStatus,
+    CodeDrift, IntegrationFlowStatus, PendingApproval, QueueStatus, ReplicaStatus, RouteCounts,
+    SyncStatus,
 };
 use crate::controller::conditions::{Desired, merge};
 use crate::queue::approvals::PendingReview;
@@ -215,12 +216,21 @@ pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
     let generation = flow.metadata.generation;
     let (desired, ready_replicas, workers_condition, rolling) = workers(flow, observed.deployment);
     let queue_condition = match &observed.queue {
-        Ok(_) => Desired::new(
-            "QueueReady",
-            true,
-            "QueueReady",
-            "stream, consumer and dead-letter stream exist",
-        ),
+        Ok(state) => match state.health.problem() {
+            Some(problem) if state.health.leader.is_none() => {
+                Desired::new("QueueReady", false, "NoStreamLeader", problem)
+            }
+            Some(problem) => Desired::new("QueueReady", false, "ReplicaLost", problem),
+            None => Desired::new(
+                "QueueReady",
+                true,
+                "QueueReady",
+                format!(
+                    "stream, consumer and dead-letter stream exist; {} replica(s), none lost",
+                    state.health.replicas
+                ),
+            ),
+        },
         Err(e) => Desired::new("QueueReady", false, "QueueUnavailable", e.clone()),
     };
     let fresh = freshness(flow, &observed.queue, observed.now);
@@ -260,6 +270,8 @@ pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
         )
     } else {
         // With no contract running yet but a usable one chosen, what blocks is further down.
+        // A lost replica does not: the majority still takes and serves every record, and
+        // QueueReady=False says the queue tolerates no further loss.
         [
             &observed.bindings,
             &queue_condition,
@@ -267,7 +279,7 @@ pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
             &fresh,
         ]
         .into_iter()
-        .find(|c| !c.status)
+        .find(|c| !c.status && c.reason != "ReplicaLost")
         .map(|c| {
             Desired::new(
                 "Ready",
@@ -328,6 +340,19 @@ pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
         workers: Some(format!("{ready_replicas}/{desired}")),
         selector: Some(worker_selector_string(flow)),
         sync,
+        queue: observed.queue.as_ref().ok().map(|q| QueueStatus {
+            replicas: q.health.replicas.min(usize::from(u8::MAX)) as u8,
+            leader: q.health.leader.clone(),
+            followers: q
+                .health
+                .followers
+                .iter()
+                .map(|(name, state)| ReplicaStatus {
+                    name: name.clone(),
+                    state: state.as_str().to_string(),
+                })
+                .collect(),
+        }),
         pending_approvals: observed.pending_approvals,
         routes: observed.routes,
         operations: observed.operations,

@@ -57,7 +57,9 @@ impl NatsSource {
         }
         let client = options.connect(config.endpoint.url.as_str()).await?;
         let js = jetstream::new(client);
-        let consumer = ensure_capture(&js, names, &config.entity, retention)
+        // The operator made it with the flow's replicas where the source is the platform's server
+        // (the flow's user may not change streams there): found in place. Elsewhere, 1 replica.
+        let consumer = ensure_capture(&js, names, &config.entity, retention, None)
             .await
             .map_err(|e| {
                 anyhow::anyhow!("capturing {} on the source's NATS server (JetStream must be enabled there): {e}", config.entity)
