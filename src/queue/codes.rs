@@ -29,6 +29,19 @@ pub struct ObservedCodes {
 }
 
 impl ObservedCodes {
+    /// `codes` of one code map `map`.
+    #[cfg(test)]
+    pub(crate) fn of_map(map: &str, codes: &[&str]) -> ObservedCodes {
+        ObservedCodes {
+            maps: [(
+                map.to_string(),
+                codes.iter().map(|c| c.to_string()).collect(),
+            )]
+            .into(),
+            dropped: BTreeMap::new(),
+        }
+    }
+
     /// Adds `other`'s codes; true when anything was new.
     pub fn merge(&mut self, other: &ObservedCodes) -> bool {
         let mut changed = false;
@@ -81,28 +94,17 @@ pub async fn add_observed_codes(store: &kv::Store, seen: &ObservedCodes) -> Resu
 mod tests {
     use super::*;
 
-    fn observed(map: &str, codes: &[&str]) -> ObservedCodes {
-        ObservedCodes {
-            maps: [(
-                map.to_string(),
-                codes.iter().map(|c| c.to_string()).collect(),
-            )]
-            .into(),
-            dropped: BTreeMap::new(),
-        }
-    }
-
     #[test]
     fn merging_reports_news_and_stays_bounded() {
-        let mut kept = observed("plants", &["1010", "9999"]);
-        assert!(!kept.merge(&observed("plants", &["9999"])));
-        assert!(kept.merge(&observed("plants", &["1020"])));
+        let mut kept = ObservedCodes::of_map("plants", &["1010", "9999"]);
+        assert!(!kept.merge(&ObservedCodes::of_map("plants", &["9999"])));
+        assert!(kept.merge(&ObservedCodes::of_map("plants", &["1020"])));
         assert_eq!(kept.maps["plants"].len(), 3);
         let many: Vec<String> = (0..MAX_CODES_PER_MAP + 7)
             .map(|i| format!("M{i}"))
             .collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
-        assert!(kept.merge(&observed("materials", &many)));
+        assert!(kept.merge(&ObservedCodes::of_map("materials", &many)));
         assert_eq!(kept.maps["materials"].len(), MAX_CODES_PER_MAP);
         assert_eq!(kept.dropped["materials"], 7);
     }

@@ -66,17 +66,6 @@ mod tests {
             .collect()
     }
 
-    fn seen(map: &str, codes: &[&str]) -> ObservedCodes {
-        ObservedCodes {
-            maps: [(
-                map.to_string(),
-                codes.iter().map(|c| c.to_string()).collect(),
-            )]
-            .into(),
-            dropped: BTreeMap::new(),
-        }
-    }
-
     #[test]
     fn unmapped_and_orphaned_codes_per_code_map() {
         let tables: BTreeMap<_, _> = [
@@ -84,7 +73,7 @@ mod tests {
             ("units".to_string(), table(&["ST"])),
         ]
         .into();
-        let observed = seen("plants", &["1010", "1020", "9999", "bad code\n"]);
+        let observed = ObservedCodes::of_map("plants", &["1010", "1020", "9999", "bad code\n"]);
         let drift = report(&tables, &observed);
         // No code of `units` seen yet: nothing to say about it.
         assert_eq!(
@@ -113,7 +102,7 @@ mod tests {
         let codes: Vec<String> = (0..50).map(|i| format!("P{i:03}")).collect();
         let codes: Vec<&str> = codes.iter().map(String::as_str).collect();
         let tables: BTreeMap<_, _> = [("plants".to_string(), table(&["X"]))].into();
-        let drift = report(&tables, &seen("plants", &codes));
+        let drift = report(&tables, &ObservedCodes::of_map("plants", &codes));
         assert_eq!(drift[0].unmapped.len(), LISTED);
         assert_eq!(drift[0].unmapped[0], "P000");
         assert_eq!(drift[0].unmapped_count, 50);
