@@ -2,6 +2,8 @@
 //! worker (which uses it): resource names, and the progress record workers keep in the
 //! key-value bucket so the operator can tell whether data is flowing and fresh.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::api::common::RetryPolicy;
@@ -129,6 +131,10 @@ pub struct FlowProgress {
     /// source link to another origin); none while records flow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked: Option<String>,
+    /// Unix seconds of the last delivery per value of the flow's `freshnessBy` field (declared
+    /// codes only, at most its `maxValues` plus `_other`); empty without one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub last_success_by: BTreeMap<String, i64>,
 }
 
 /// Queue policy with durations as written in the flow.

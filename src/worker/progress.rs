@@ -2,6 +2,7 @@
 //! (compare-and-set in the bucket) about once a second, so the per-batch hot path never waits
 //! for a key-value write.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -9,6 +10,7 @@ use async_nats::jetstream::kv;
 
 use crate::queue::jetstream::update_progress;
 use crate::queue::{FlowProgress, QueueError};
+use crate::worker_config::OTHER_KEY;
 
 /// Changes not yet written to the bucket.
 #[derive(Default)]
@@ -25,9 +27,29 @@ pub struct ProgressDeltas {
     blocked: Mutex<Option<Option<String>>>,
     /// What was last written, so an unchanged state is not written again.
     blocked_written: Mutex<Option<String>>,
+    /// Last delivery per value of the freshnessBy field (label values, see `key_freshness`).
+    delivered_by: Mutex<BTreeMap<String, i64>>,
+    /// Most values the progress record keeps (besides `_other`); 0 without freshnessBy.
+    key_cap: usize,
 }
 
 impl ProgressDeltas {
+    /// Bookkeeping that keeps the last delivery of at most `key_cap` values of the
+    /// freshnessBy field (0: none).
+    pub fn with_key_cap(key_cap: usize) -> ProgressDeltas {
+        ProgressDeltas {
+            key_cap,
+            ..ProgressDeltas::default()
+        }
+    }
+
+    /// Records of `value` (a label value) delivered just now.
+    pub fn add_delivered_key(&self, value: String, unix: i64) {
+        let mut by = self.delivered_by.lock().unwrap_or_else(|p| p.into_inner());
+        let at = by.entry(value).or_default();
+        *at = (*at).max(unix);
+    }
+
     /// Records read from the source.
     pub fn add_read(&self, n: u64) {
         self.read.fetch_add(n, Ordering::Relaxed);
@@ -96,6 +118,8 @@ impl ProgressDeltas {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        let delivered_by =
+            std::mem::take(&mut *self.delivered_by.lock().unwrap_or_else(|p| p.into_inner()));
         if read == 0
             && delivered == 0
             && dead == 0
@@ -103,6 +127,7 @@ impl ProgressDeltas {
             && cursor.is_none()
             && lag.is_none()
             && blocked.is_none()
+            && delivered_by.is_empty()
         {
             return Ok(None);
         }
@@ -127,6 +152,21 @@ impl ProgressDeltas {
                 // since stopped, wrote it) holds no more.
                 p.blocked = None;
             }
+            for (value, at) in &delivered_by {
+                // Workers admit values on their own: the record stays within the cap however
+                // their choices differ.
+                let kept = p.last_success_by.keys().filter(|k| *k != OTHER_KEY).count();
+                let value = if value == OTHER_KEY
+                    || p.last_success_by.contains_key(value)
+                    || kept < self.key_cap
+                {
+                    value.as_str()
+                } else {
+                    OTHER_KEY
+                };
+                let last = p.last_success_by.entry(value.to_string()).or_default();
+                *last = (*last).max(*at);
+            }
             p.contract_version = Some(contract_version.to_string());
         })
         .await;
@@ -149,6 +189,9 @@ impl ProgressDeltas {
             self.delivered.fetch_add(delivered, Ordering::Relaxed);
             self.dead_lettered.fetch_add(dead, Ordering::Relaxed);
             self.duplicates.fetch_add(duplicates, Ordering::Relaxed);
+            for (value, at) in delivered_by {
+                self.add_delivered_key(value, at);
+            }
         }
         result.map(Some)
     }
