@@ -40,11 +40,6 @@ impl KeyFreshness {
         &self.field[0]
     }
 
-    /// Most values with a series of their own.
-    pub fn cap(&self) -> usize {
-        self.cap
-    }
-
     /// The label value of a delivered record (its mapped JSON).
     pub fn label_of(&self, mapped: &[u8]) -> String {
         let fields = fields_of(mapped, &self.field);
