@@ -394,7 +394,11 @@ fn freshness_by_a_key_field_takes_only_declared_codes() {
     );
     let (ok, out, err) = render(&base_files(), &["-n", "demo"]);
     assert!(ok, "{err}");
-    assert_eq!(out.matches("alert: FlowplaneKeyStale").count(), 1, "only the inventory flow");
+    assert_eq!(
+        out.matches("alert: FlowplaneKeyStale").count(),
+        1,
+        "only the inventory flow"
+    );
 
     // onHandQuantity: a number of the record, neither an Enum nor translated by a code map.
     let dir = std::env::temp_dir().join(format!("fp-freshness-by-{}", std::process::id()));
