@@ -314,6 +314,8 @@ show() {
     -o custom-columns='PENDING REVIEW:.status.pendingApprovals[*].key' 2>&1 | sed 's/^/  /'
   if [ -n "${PROMETHEUS_URL:-}" ]; then
     echo "=== alerts in Prometheus ($PROMETHEUS_URL, the rules the operator rendered)"
+    # The pods on the node's bridge, at their pod IPs (the host is on the bridge).
+    if $real_node; then scripts/demo-prometheus.sh pods "$NS" flowplane-system || true; fi
     scripts/demo-prometheus.sh rules "$NS" || true
     scripts/demo-prometheus.sh alerts 2>&1 | sed 's/^/  /'
   fi

@@ -137,6 +137,9 @@ pub struct IntegrationFlowSpec {
     /// Extra labels for this flow's alerts (e.g. team, severity routing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerting: Option<Alerting>,
+    /// Business observability of the flow's data: freshness per value of a key field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observability: Option<Observability>,
     /// Region whose operator runs this flow; unset means every region's operator does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 63), pattern(NAME_PATTERN))]
@@ -815,6 +818,43 @@ pub struct Alerting {
     pub labels: BTreeMap<String, String>,
 }
 
+/// What the workers measure of the flow's data beyond the flow as a whole.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Observability {
+    /// Freshness per value of one key field (e.g. per location), so one warehouse that stops
+    /// sending is seen while the others keep the flow as a whole fresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freshness_by: Option<FreshnessBy>,
+}
+
+/// Freshness per value of a contract field: the workers export the last delivery of each
+/// value (`flowplane_worker_key_last_success_timestamp_seconds{key_field, key}`), kept in the
+/// flow's progress record across restarts, and `FlowplaneKeyStale` fires for a value older
+/// than `sla.freshness` while the flow as a whole is fresh. Only codes become label values:
+/// the values of the contract field's Enum, or of the code map that translates the field
+/// (at most 64 characters of `[A-Za-z0-9._:/-]`, starting with a letter or digit); every
+/// other value, and every value beyond `maxValues`, counts under the one value `_other`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FreshnessBy {
+    /// Contract (canonical) field, after mapping and code translation, e.g. "location". It
+    /// must be an Enum field of the contract or a field `mapping.fields` translates with a
+    /// code map (otherwise the flow is stalled with InvalidSpec): its values are then codes
+    /// the flow's owner declared, never free record values.
+    #[schemars(length(min = 1, max = 63), pattern(FIELD_NAME_PATTERN))]
+    pub field: String,
+    /// Most values with their own series (first delivered, first kept); the rest count under
+    /// `_other`. 1 to 500.
+    #[serde(default = "default_max_values")]
+    #[schemars(range(min = 1, max = 500))]
+    pub max_values: u32,
+}
+
+fn default_max_values() -> u32 {
+    100
+}
+
 /// Deletion policy of a flow's queues.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 pub enum DeletionPolicy {
@@ -923,6 +963,11 @@ pub struct SyncStatus {
     /// (401, 403, or 404 of the entity set). Records wait; none is dead-lettered for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked: Option<String>,
+    /// Values of `spec.observability.freshnessBy.field` (e.g. locations) whose last delivery is
+    /// older than `sla.freshness`, oldest first, at most 20: one warehouse that stopped
+    /// sending while the flow as a whole is fresh.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stale_keys: Vec<String>,
 }
 
 /// The flow's stream as the NATS cluster reports it.

@@ -146,6 +146,10 @@ pub struct FlowProgress {
     /// reply was lost (a bucket leader's failover) is not added a second time when retried.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub flushes: BTreeMap<String, FlushMark>,
+    /// Unix seconds of the last delivery per value of the flow's `freshnessBy` field (declared
+    /// codes only, at most its `maxValues` plus `_other`); empty without one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub last_success_by: BTreeMap<String, i64>,
 }
 
 /// One worker process's last flush of progress.

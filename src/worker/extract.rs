@@ -20,6 +20,7 @@ use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use tokio::sync::mpsc;
 
+use super::clock::now_unix_ms;
 use super::connectors::{Page, Records, Source, raw};
 use super::http::CallError;
 use super::lease::Lease;
@@ -29,7 +30,7 @@ use super::quota::SharedQuota;
 use super::trace::{new_traceparent, trace_id};
 use super::transform::Plan;
 use super::transform::Reason;
-use super::version::version_of;
+use super::version::{change_time_ms, version_of};
 use crate::api::common::parse_duration;
 use crate::api::integration_flow::SyncMode;
 use crate::queue::jetstream::{PARTITIONS, partition_of, partition_subject};
@@ -67,6 +68,8 @@ const MSG_ID: HeaderName = HeaderName::from_static(headers::MSG_ID);
 const TRACEPARENT: HeaderName = HeaderName::from_static(headers::TRACEPARENT);
 const KEY: HeaderName = HeaderName::from_static(headers::KEY);
 const SOURCE_VERSION: HeaderName = HeaderName::from_static(headers::SOURCE_VERSION);
+const CHANGED_AT: HeaderName = HeaderName::from_static(headers::CHANGED_AT);
+const READ_AT: HeaderName = HeaderName::from_static(headers::READ_AT);
 
 /// What a full-refresh run did.
 #[derive(Serialize, Debug, Default, Clone, PartialEq, Eq)]
@@ -142,13 +145,18 @@ impl Extractor {
         subjects: &[Subject],
     ) -> (Subject, HeaderMap) {
         let key = self.plan.source_key(record);
-        let cursor_version = self
+        let cursor_value = self
             .config
             .source
             .cursor_field
             .as_deref()
-            .and_then(|field| record.get(field))
-            .and_then(version_of);
+            .and_then(|field| record.get(field));
+        let cursor_version = cursor_value.and_then(version_of);
+        // For the end-to-end latency: the source's own change time where it has one.
+        let changed_at = cursor_value.and_then(change_time_ms).or(match origin {
+            Origin::Event { stored_unix_ns, .. } => Some((stored_unix_ns / 1_000_000) as i64),
+            Origin::Pass { .. } => None,
+        });
         let (id, version) = identity(key.as_deref(), cursor_version, origin, content);
         let key = key.unwrap_or_default();
         let traceparent = new_traceparent();
@@ -159,6 +167,10 @@ impl Extractor {
         map.insert(TRACEPARENT, HeaderValue::from(traceparent));
         map.insert(KEY, HeaderValue::from(key));
         map.insert(SOURCE_VERSION, HeaderValue::from(version));
+        map.insert(READ_AT, HeaderValue::from(now_unix_ms()));
+        if let Some(ms) = changed_at {
+            map.insert(CHANGED_AT, HeaderValue::from(ms));
+        }
         (subject, map)
     }
 

@@ -683,6 +683,7 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
         flow,
         bindings,
         contract: choice.condition,
+        contract_sla: deref.contract.as_ref().and_then(|c| c.spec.sla.clone()),
         contract_version,
         blocked,
         queue,
