@@ -56,7 +56,13 @@ fn the_five_breakdowns_are_detected_or_prevented_and_the_quiet_demo_stays_silent
             .nth(1)
             .unwrap_or_else(|| panic!("breakdown {number} not printed:\n{stdout}"));
         let section = section.split("\n\n").next().unwrap();
-        for line in ["injected", "detected", "recovery", "target         MET", "planner next"] {
+        for line in [
+            "injected",
+            "detected",
+            "recovery",
+            "target         MET",
+            "planner next",
+        ] {
             assert!(
                 section.contains(line),
                 "breakdown {number} has no {line:?} line:\n{section}"
