@@ -160,7 +160,9 @@ background sim-portal "$flowplane" sim portal --listen "$host:$portal_port"
 for url in "$ERP_URL/odata/\$metadata" "$FORECAST_URL/healthz" "$PORTAL_URL/status"; do
   for _ in $(seq 100); do curl -sf "$url" >/dev/null && break; sleep 0.1; done
 done
-say "ERP simulator on $ERP_URL/odata (1,000 order lines, every ${bad_every}th bad), forecasting simulator on $FORECAST_URL ($proposals replenishment proposals), supplier portal on $PORTAL_URL"
+bad="every ${bad_every}th bad"
+[ "$bad_every" = 0 ] && bad="none bad"
+say "ERP simulator on $ERP_URL/odata (1,000 order lines, $bad), forecasting simulator on $FORECAST_URL ($proposals replenishment proposals), supplier portal on $PORTAL_URL"
 
 # --- CRDs and the operator -----------------------------------------------------------------------
 operator_log() {
@@ -239,6 +241,9 @@ background traffic python3 scripts/demo-helper.py traffic "$NATS_URL" "$ERP_URL"
 declare -A worker_port worker_slot worker_template
 # What of a worker pod's template a new local worker must follow: its configuration, a restart
 # asked for, a rotated Secret (the annotations the operator sets on the pod template).
+TEMPLATE_KEY_PY='def key(meta):
+    a = meta.get("annotations") or {}
+    return "|".join(a.get("flowplane.io/" + k, "") for k in ("config-hash", "restarted-at", "secrets-revision"))'
 start_worker() {
   local flow="$1" dir="$run_dir/workers/$1" slot="${worker_slot[$1]:-}"
   mkdir -p "$dir"
@@ -270,10 +275,10 @@ start_worker() {
     "127.0.0.1:${worker_port[$flow]}" "namespace=$NS" "service=$flow-worker"
   return 0
 }
-template_key() { # stdin: a Deployment as JSON; prints what its pods' template holds
-  python3 -c 'import json,sys
-a = (json.load(sys.stdin)["spec"]["template"].get("metadata") or {}).get("annotations") or {}
-print("|".join(a.get("flowplane.io/" + k, "") for k in ("config-hash", "restarted-at", "secrets-revision")))'
+template_key() { # stdin: a Deployment as JSON; prints the key of its pod template
+  python3 -c "import json,sys
+$TEMPLATE_KEY_PY
+print(key(json.load(sys.stdin)['spec']['template'].get('metadata') or {}))"
 }
 # A rollout as a kubelet would carry it out: a flow whose pod template changed gets a new local
 # worker from the configuration rendered for it.
@@ -332,11 +337,11 @@ kubelet_standin() {
     running=False
     curl -sf "http://127.0.0.1:${worker_port[$flow]}/readyz" >/dev/null 2>&1 && running=True
     kubectl get pods -n "$NS" -l "flowplane.io/flow=$flow,app.kubernetes.io/component=worker" -o json 2>/dev/null |
-      python3 -c 'import json,sys
-for p in json.load(sys.stdin)["items"]:
-    m, a = p["metadata"], p["metadata"].get("annotations") or {}
-    key = "|".join(a.get("flowplane.io/" + k, "") for k in ("config-hash", "restarted-at", "secrets-revision"))
-    print(m["name"], p["spec"].get("nodeName") or "-", "1" if m.get("deletionTimestamp") else "0", key)' |
+      python3 -c "import json,sys
+$TEMPLATE_KEY_PY
+for p in json.load(sys.stdin)['items']:
+    m = p['metadata']
+    print(m['name'], p['spec'].get('nodeName') or '-', '1' if m.get('deletionTimestamp') else '0', key(m))" |
       while read -r pod node deleting template; do
         [ -n "$pod" ] || continue
         # A pod of an old template is one whose worker was replaced: gone once deleted.
