@@ -26,6 +26,8 @@ import urllib.request
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# No __pycache__ left in the worktree for the helper imported below.
+sys.dont_write_bytecode = True
 _spec = importlib.util.spec_from_file_location("demo_helper", os.path.join(HERE, "demo-helper.py"))
 demo_helper = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(demo_helper)
