@@ -129,7 +129,7 @@ fn generated_rules_pass_promtool_check_and_fire_when_they_should() {
     let rules = dir.join("rules.yaml");
     std::fs::write(&rules, rule_file(&rule_groups(&flow()))).unwrap();
     let checked = run_promtool(&["check", "rules", rules.to_str().unwrap()]);
-    assert!(checked.contains("SUCCESS: 14 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 15 rules found"), "{checked}");
     let plain = dir.join("plain.yaml");
     std::fs::write(
         &plain,
@@ -140,7 +140,7 @@ fn generated_rules_pass_promtool_check_and_fire_when_they_should() {
     )
     .unwrap();
     let checked = run_promtool(&["check", "rules", plain.to_str().unwrap()]);
-    assert!(checked.contains("SUCCESS: 11 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 12 rules found"), "{checked}");
 
     let cases = vec![
     // Stale: the last success stays at 1m while time passes; fresh: it follows time.
@@ -246,6 +246,24 @@ fn generated_rules_pass_promtool_check_and_fire_when_they_should() {
     test_case(
         series("flowplane_worker_lag_records", "8000-100x60"),
         alert("FlowplaneLagGrowing", "45m", false, "warning", ""),
+    ),
+    // Retries with nothing delivered (an outage) fire within the rule's minute; retries while
+    // records still arrive, or a quiet flow, stay silent.
+    test_case(
+        series("flowplane_worker_records_retried_total", "0 0 0 0 0 4+4x20")
+            + &series("flowplane_worker_records_delivered_total", "0+100x5 500x20"),
+        alert("FlowplaneFlowFailing", "5m", false, "critical", "")
+            + &alert("FlowplaneFlowFailing", "8m", true, "critical", ""),
+    ),
+    test_case(
+        series("flowplane_worker_records_retried_total", "0+4x25")
+            + &series("flowplane_worker_records_delivered_total", "0+100x25"),
+        alert("FlowplaneFlowFailing", "20m", false, "critical", ""),
+    ),
+    test_case(
+        series("flowplane_worker_records_retried_total", "3x25")
+            + &series("flowplane_worker_records_delivered_total", "500x25"),
+        alert("FlowplaneFlowFailing", "20m", false, "critical", ""),
     ),
     // Throttling for 15 minutes.
     test_case(
@@ -370,7 +388,7 @@ fn hostile_labels_that_admission_accepts_still_load_in_prometheus_verbatim() {
     let rules = dir.join("rules.yaml");
     std::fs::write(&rules, rule_file(&rule_groups(&flow))).unwrap();
     let checked = run_promtool(&["check", "rules", rules.to_str().unwrap()]);
-    assert!(checked.contains("SUCCESS: 14 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 15 rules found"), "{checked}");
 
     // Prometheus expands templates in alert labels: the firing alert carries every value
     // exactly as written, and the flow's own labels.

@@ -57,6 +57,16 @@ const KEY_LAST_SUCCESS: &str = "flowplane_worker_key_last_success_timestamp_seco
 /// Review timeout when the flow sets none (as the worker's).
 const DEFAULT_REVIEW_TIMEOUT_SECS: u64 = 24 * 3600;
 
+/// How long a freshness-style condition must hold before its alert fires: a quarter of the
+/// threshold it measures, 1m at most (a scrape or two at the Prometheus Operator's 30s) and
+/// 5s at least. A fixed minute would double the time to detection of a 60s SLA.
+fn hold_for(threshold_secs: u64) -> String {
+    match threshold_secs / 4 {
+        60.. => "1m".to_string(),
+        secs => format!("{}s", secs.max(5)),
+    }
+}
+
 /// The rules of a flow that runs `contract`.
 pub fn rule_groups(flow: &IntegrationFlow, contract: &ResolvedContract) -> Vec<RuleGroup> {
     let name = flow_name(flow);
@@ -107,7 +117,7 @@ pub fn rule_groups(flow: &IntegrationFlow, contract: &ResolvedContract) -> Vec<R
             stale_after(freshness_secs),
             // The metric survives restarts (it comes from the progress record), so waiting
             // only covers a scrape or two, not a rollout.
-            "1m",
+            &hold_for(freshness_secs),
             "critical",
             format!("Flow {ns}/{name} has delivered nothing for more than {freshness_secs}s"),
             "Check the flow's Fresh and WorkersAvailable conditions, the source binding's Reachable condition and the worker logs.",
@@ -154,6 +164,19 @@ pub fn rule_groups(flow: &IntegrationFlow, contract: &ResolvedContract) -> Vec<R
                 "A record of flow {ns}/{name} has waited in the dead-letter stream for more than {freshness_secs}s (the flow's freshness SLA): its data is stale at the target"
             ),
             "Inspect with `flowplane dlq list`, fix the cause, then annotate the flow with flowplane.io/redrive; the redrive removes what it takes back.",
+        ),
+        rule(
+            "FlowplaneFlowFailing",
+            // Calls or records retried while nothing reached the target: a source or target
+            // outage, seen before the flow's data is older than its SLA. The 1m windows need
+            // two scrapes in them (the ServiceMonitor scrapes every 30s).
+            format!(
+                "sum(increase(flowplane_worker_records_retried_total{{{selector}}}[1m])) > 0 unless sum(increase(flowplane_worker_records_delivered_total{{{selector}}}[1m])) > 0"
+            ),
+            &hold_for(freshness_secs),
+            "critical",
+            format!("Flow {ns}/{name}'s workers retry failing calls and deliver nothing"),
+            "The source or target binding fails: check its Reachable condition, `kubectl get iflow <flow> -o jsonpath='{.status.sync.blocked}'` and the worker logs (5xx, timeouts, an open circuit breaker); records are retried with backoff, and those that used up delivery.maxDeliver are dead-lettered MaxDeliveries: redrive them once it answers again.",
         ),
         rule(
             "FlowplaneLagGrowing",
@@ -276,7 +299,7 @@ pub fn rule_groups(flow: &IntegrationFlow, contract: &ResolvedContract) -> Vec<R
             rules.push(rule(
                 alert,
                 stale_after(secs),
-                "1m",
+                &hold_for(secs),
                 severity,
                 format!(
                     "Flow {ns}/{name} has delivered no {contract_name} data for more than {secs}s (the DataContract's sla.freshness.{field})"
@@ -343,4 +366,18 @@ pub fn service_monitor(flow: &IntegrationFlow) -> DynamicObject {
         "endpoints": [{"port": "metrics", "interval": "30s"}]
     }});
     object
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hold_for;
+
+    #[test]
+    fn freshness_alerts_wait_a_quarter_of_their_threshold_between_5s_and_a_minute() {
+        assert_eq!(hold_for(3600), "1m");
+        assert_eq!(hold_for(240), "1m");
+        assert_eq!(hold_for(60), "15s");
+        assert_eq!(hold_for(20), "5s");
+        assert_eq!(hold_for(0), "5s");
+    }
 }
