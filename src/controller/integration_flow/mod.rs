@@ -6,6 +6,7 @@ pub mod changes;
 pub mod dereference;
 pub mod drift;
 pub mod nats_user;
+pub mod operations;
 pub mod redrive_gate;
 pub mod status;
 pub mod stores;
@@ -612,7 +613,25 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
     let redrive_waits = redrive_requested
         .then(|| redrive_gate::wait_reason(flow, blocked.as_ref(), deployment.as_ref()))
         .flatten();
-    let operations = handle_operations(flow, ctx, &names, redrive_waits.is_none()).await;
+    let mut operations = handle_operations(flow, ctx, &names, redrive_waits.is_none()).await;
+    let progress_cursor = queue.as_ref().ok().and_then(|q| q.progress.cursor.clone());
+    let source_facts = operations::SourceFacts {
+        sync_mode: flow.spec.source.sync_mode,
+        has_cursor_field: flow.spec.source.cursor_field.is_some(),
+        protocol: deref.source.as_ref().map(|b| b.spec.protocol),
+        cursor: progress_cursor.as_deref(),
+    };
+    let reports = match &queue {
+        Ok(_) => operations::handle(flow, ctx, &names, source_facts, &mut operations).await,
+        Err(_) => {
+            let previous = flow.status.clone().unwrap_or_default();
+            operations::Reports {
+                replay: previous.replay,
+                backfill: previous.backfill,
+                cursor_change: previous.cursor_change,
+            }
+        }
+    };
     let pending_approvals = match &queue {
         Ok(_) if flow.spec.approval.is_some() => list_pending(&ctx.jetstream, &names)
             .await
@@ -684,6 +703,7 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
         deployment: deployment.as_ref(),
         autoscaler: render::scaling::autoscaler(flow, &settings),
         operations,
+        reports,
         redrive_waits: redrive_waits.map(|why| {
             let value = redrive_gate::requested(flow).unwrap_or_default();
             format!("{REDRIVE_ANNOTATION}={value} {why}")
