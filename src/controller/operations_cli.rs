@@ -112,6 +112,7 @@ fn annotation(
         // The binding's protocol is the operator's to check.
         protocol: None,
         cursor: cursor.as_deref(),
+        cursor_is_time: None,
     };
     match request {
         Request::Replay(args) => {

@@ -204,8 +204,11 @@ pub struct SourceFacts<'a> {
     pub has_cursor_field: bool,
     /// The source binding's protocol, when the binding exists.
     pub protocol: Option<Protocol>,
-    /// The cursor the extractor resumes from now.
+    /// The cursor the extractor resumes from now (a delta link says nothing of the type).
     pub cursor: Option<&'a str>,
+    /// Whether the cursor field holds times (true) or numbers (false), from the contract
+    /// field it is mapped to, when that says.
+    pub cursor_is_time: Option<bool>,
 }
 
 /// Checks a backfill request: a window of an Incremental OData or REST source's cursor
@@ -232,7 +235,9 @@ pub fn check_backfill(
             "only OData and REST sources can read a window of their cursor field",
         ));
     }
-    if source.cursor.is_some_and(|c| c.parse::<u64>().is_ok()) {
+    if source.cursor_is_time == Some(false)
+        || source.cursor.is_some_and(|c| c.parse::<u64>().is_ok())
+    {
         return Err(refuse(
             "BackfillUnsupported",
             "the flow's cursor field holds numbers, not times: a window of times cannot be read from it",
@@ -331,7 +336,14 @@ pub fn check_cursor(
                 ),
             ));
         };
-        if let Some(current) = source.cursor.and_then(cursor_kind)
+        let field_kind = source.cursor_is_time.map(|time| {
+            if time {
+                CursorKind::Time
+            } else {
+                CursorKind::Number
+            }
+        });
+        if let Some(current) = field_kind.or_else(|| source.cursor.and_then(cursor_kind))
             && current != kind
         {
             return Err(refuse(
@@ -373,48 +385,61 @@ pub struct Reports {
     pub replay: Option<ReplayStatus>,
     pub backfill: Option<BackfillStatus>,
     pub cursor_change: Option<CursorChangeStatus>,
+    /// `OperationsAccepted`: whether the last request handled was accepted (False naming it
+    /// and its reason when refused); absent on a flow that never had one.
+    pub accepted: Option<Desired>,
 }
 
 impl Reports {
-    /// `OperationsAccepted`: False naming the refused request while one is, True once any
-    /// request was handled; absent on a flow that never had one.
-    pub fn condition(&self) -> Option<Desired> {
-        let refused = [
-            self.replay
-                .as_ref()
-                .map(|r| (REPLAY_ANNOTATION, r.state, &r.reason, &r.message)),
-            self.backfill
-                .as_ref()
-                .map(|r| (BACKFILL_ANNOTATION, r.state, &r.reason, &r.message)),
-            self.cursor_change
-                .as_ref()
-                .map(|r| (CURSOR_ANNOTATION, r.state, &r.reason, &r.message)),
-        ];
-        let any = refused.iter().any(Option::is_some);
-        match refused
-            .into_iter()
-            .flatten()
-            .find(|(_, state, _, _)| *state == OperationState::Refused)
-        {
-            Some((annotation, _, reason, message)) => Some(Desired::new(
-                "OperationsAccepted",
-                false,
-                reason.clone().unwrap_or_default(),
-                format!(
-                    "{annotation} refused: {}",
-                    message.clone().unwrap_or_default()
-                ),
-            )),
-            None if any => Some(Desired::new(
-                "OperationsAccepted",
-                true,
-                "Accepted",
-                "the last replay, backfill and cursor requests were accepted",
-            )),
-            None => None,
+    /// What the flow's status says now.
+    pub fn previous(flow: &IntegrationFlow) -> Reports {
+        let status = flow.status.clone().unwrap_or_default();
+        let accepted = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == ACCEPTED)
+            .map(|c| Desired::new(ACCEPTED, c.status == "True", &c.reason, &c.message));
+        Reports {
+            replay: status.replay,
+            backfill: status.backfill,
+            cursor_change: status.cursor_change,
+            accepted,
         }
     }
+
+    /// The `OperationsAccepted` condition.
+    pub fn condition(&self) -> Option<Desired> {
+        self.accepted.clone()
+    }
+
+    fn handled(
+        &mut self,
+        annotation: &str,
+        value: &str,
+        state: OperationState,
+        reason: Option<&str>,
+        message: &str,
+    ) {
+        self.accepted = Some(if state == OperationState::Refused {
+            Desired::new(
+                ACCEPTED,
+                false,
+                reason.unwrap_or_default(),
+                format!("{annotation}={value} refused: {message}"),
+            )
+        } else {
+            Desired::new(
+                ACCEPTED,
+                true,
+                "Accepted",
+                format!("{annotation}={value} accepted"),
+            )
+        });
+    }
 }
+
+/// Type of the condition saying whether the last request was accepted.
+const ACCEPTED: &str = "OperationsAccepted";
 
 fn backfill_status(record: &BackfillRecord) -> BackfillStatus {
     BackfillStatus {
@@ -446,12 +471,7 @@ pub async fn handle(
     source: SourceFacts<'_>,
     acknowledged: &mut BTreeMap<String, String>,
 ) -> Reports {
-    let previous = flow.status.clone().unwrap_or_default();
-    let mut reports = Reports {
-        replay: previous.replay,
-        backfill: previous.backfill,
-        cursor_change: previous.cursor_change,
-    };
+    let mut reports = Reports::previous(flow);
     let annotations = flow.metadata.annotations.clone().unwrap_or_default();
     let now = Timestamp::now();
     let new = |key: &str| {
@@ -512,6 +532,13 @@ pub async fn handle(
         )
         .await
         {
+            reports.handled(
+                REPLAY_ANNOTATION,
+                &value,
+                status.state,
+                status.reason.as_deref(),
+                status.message.as_deref().unwrap_or_default(),
+            );
             reports.replay = Some(status);
         }
     }
@@ -567,6 +594,13 @@ pub async fn handle(
         )
         .await
         {
+            reports.handled(
+                BACKFILL_ANNOTATION,
+                &value,
+                status.state,
+                status.reason.as_deref(),
+                status.message.as_deref().unwrap_or_default(),
+            );
             reports.backfill = Some(status);
         }
     }
@@ -621,6 +655,13 @@ pub async fn handle(
         )
         .await
         {
+            reports.handled(
+                CURSOR_ANNOTATION,
+                &value,
+                status.state,
+                status.reason.as_deref(),
+                status.message.as_deref().unwrap_or_default(),
+            );
             reports.cursor_change = Some(status);
         }
     }
@@ -689,6 +730,7 @@ mod tests {
             has_cursor_field: true,
             protocol: Some(Protocol::OData),
             cursor,
+            cursor_is_time: None,
         }
     }
 
@@ -808,7 +850,13 @@ mod tests {
             reason("id=c1,value=2999-01-01T00:00:00Z", odata(None)).reason,
             "CursorInvalid"
         );
-        // Any type while the cursor is a delta link or unset.
+        // The contract's type of the cursor field decides, also behind a delta link.
+        let typed = SourceFacts {
+            cursor_is_time: Some(true),
+            ..odata(Some("delta:http://x/S?$deltatoken=1"))
+        };
+        assert_eq!(reason("id=c1,value=42", typed).reason, "CursorInvalid");
+        // Any type while the cursor is a delta link or unset and the contract does not say.
         assert!(
             check_cursor(
                 "id=c1,value=42",
@@ -831,34 +879,30 @@ mod tests {
     }
 
     #[test]
-    fn the_condition_names_a_refused_request() {
+    fn the_condition_says_whether_the_last_request_was_accepted() {
         let mut reports = Reports::default();
         assert!(reports.condition().is_none());
-        reports.replay = Some(ReplayStatus {
-            id: "r1".into(),
-            from: None,
-            state: OperationState::Done,
-            reason: None,
-            message: None,
-            replayed: 3,
-            duplicates: 0,
-        });
-        assert!(reports.condition().unwrap().status);
-        reports.cursor_change = Some(CursorChangeStatus {
-            id: "c1".into(),
-            value: None,
-            previous: None,
-            state: OperationState::Refused,
-            reason: Some("CursorInvalid".into()),
-            message: Some("value=\"x\" is neither".into()),
-        });
+        reports.handled(
+            REPLAY_ANNOTATION,
+            "id=r1,from=x",
+            OperationState::Refused,
+            Some("ReplayInvalid"),
+            "bad",
+        );
         let condition = reports.condition().unwrap();
         assert!(!condition.status);
-        assert_eq!(condition.reason, "CursorInvalid");
-        assert!(
-            condition
-                .message
-                .starts_with("flowplane.io/cursor refused:")
+        assert_eq!(condition.reason, "ReplayInvalid");
+        assert_eq!(
+            condition.message,
+            "flowplane.io/replay=id=r1,from=x refused: bad"
         );
+        reports.handled(
+            CURSOR_ANNOTATION,
+            "id=c1,value=1",
+            OperationState::Done,
+            None,
+            "set",
+        );
+        assert!(reports.condition().unwrap().status);
     }
 }
