@@ -30,3 +30,6 @@ pub const DELIVERIES: &str = "Flowplane-Deliveries";
 /// On a dead letter cut to its first 64 KiB (a record larger than the flow takes): the size
 /// of the record the source sent, in bytes.
 pub const TRUNCATED: &str = "Flowplane-Truncated";
+/// On a record a replay republished: the replay's request id. A later replay skips such
+/// copies (it replays the records the flow received, not earlier replays of them).
+pub const REPLAY: &str = "Flowplane-Replay";

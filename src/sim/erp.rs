@@ -457,19 +457,34 @@ fn odata_error(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-/// `LastChangeDateTime gt 2024-01-01T00:00:00.001Z` (or `ge`, value optionally quoted).
-fn parse_change_filter(filter: &str) -> Result<(i64, bool), String> {
+/// `LastChangeDateTime gt 2024-01-01T00:00:00.001Z` (or `ge`, value optionally quoted),
+/// optionally followed by `and LastChangeDateTime lt <timestamp>` (a window): the lower bound
+/// (nanoseconds, inclusive or not) and the exclusive upper bound.
+fn parse_change_filter(filter: &str) -> Result<((i64, bool), Option<i64>), String> {
+    let unsupported = || {
+        format!(
+            "unsupported $filter {filter:?}: this service filters on '{CHANGE_FIELD} gt|ge <timestamp>[ and {CHANGE_FIELD} lt <timestamp>]'"
+        )
+    };
+    let literal = |value: &str| {
+        let value = value.trim_matches('\'');
+        parse_rfc3339_nanos(value)
+            .ok_or_else(|| format!("{value:?} is not a DateTimeOffset literal"))
+    };
     let parts: Vec<&str> = filter.split_whitespace().collect();
     match parts.as_slice() {
         [field, op, value] if *field == CHANGE_FIELD && (*op == "gt" || *op == "ge") => {
-            let value = value.trim_matches('\'');
-            let nanos = parse_rfc3339_nanos(value)
-                .ok_or_else(|| format!("{value:?} is not a DateTimeOffset literal"))?;
-            Ok((nanos, *op == "ge"))
+            Ok(((literal(value)?, *op == "ge"), None))
         }
-        _ => Err(format!(
-            "unsupported $filter {filter:?}: this service filters on '{CHANGE_FIELD} gt|ge <timestamp>'"
-        )),
+        [field, op, value, and, upper_field, "lt", upper]
+            if *field == CHANGE_FIELD
+                && (*op == "gt" || *op == "ge")
+                && *and == "and"
+                && *upper_field == CHANGE_FIELD =>
+        {
+            Ok(((literal(value)?, *op == "ge"), Some(literal(upper)?)))
+        }
+        _ => Err(unsupported()),
     }
 }
 
@@ -500,10 +515,10 @@ async fn query(
     if let Some(failure) = state.faults.intercept().await {
         return failure;
     }
-    let changed_after = match options.filter.as_deref().map(parse_change_filter) {
+    let (changed_after, changed_before) = match options.filter.as_deref().map(parse_change_filter) {
         Some(Err(message)) => return odata_error(StatusCode::BAD_REQUEST, &message),
-        Some(Ok(bound)) => Some(bound),
-        None => None,
+        Some(Ok((bound, before))) => (Some(bound), before),
+        None => (None, None),
     };
     let limit = max_page_size(&headers)
         .unwrap_or(state.page_size)
@@ -543,6 +558,16 @@ async fn query(
             (rows, more)
         }
     };
+    // A window's end: rows come in change order, so the first one at or past it ends the set.
+    let (mut rows, mut more) = (rows, more);
+    if let Some(before) = changed_before
+        && let Some(cut) = rows
+            .iter()
+            .position(|(sequence, _)| (EPOCH_MS + *sequence as i64) * 1_000_000 >= before)
+    {
+        rows.truncate(cut);
+        more = false;
+    }
     let last_sequence = rows.last().map(|(s, _)| *s);
     let host = headers
         .get("host")

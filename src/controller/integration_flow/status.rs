@@ -41,6 +41,8 @@ pub struct Observed<'a> {
     /// What sets the worker count, as rendered for the cluster's APIs.
     pub autoscaler: Autoscaler,
     pub operations: BTreeMap<String, String>,
+    /// Replay, backfill and cursor changes as handled.
+    pub reports: super::operations::Reports,
     /// A requested redrive held back until every worker runs the applied configuration, and why.
     pub redrive_waits: Option<String>,
     /// Reviews parked by the workers, undecided.
@@ -358,22 +360,19 @@ pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
-    let conditions = merge(
-        previous,
-        &[
-            ready,
-            reconciling,
-            stalled,
-            observed.contract,
-            observed.bindings,
-            queue_condition,
-            workers_condition,
-            fresh,
-            autoscaled,
-        ],
-        generation,
-        observed.now,
-    );
+    let mut desired_conditions = vec![
+        ready,
+        reconciling,
+        stalled,
+        observed.contract,
+        observed.bindings,
+        queue_condition,
+        workers_condition,
+        fresh,
+        autoscaled,
+    ];
+    desired_conditions.extend(observed.reports.condition());
+    let conditions = merge(previous, &desired_conditions, generation, observed.now);
     let sync = observed.queue.as_ref().ok().map(|q| SyncStatus {
         last_success_time: q
             .progress
@@ -384,6 +383,7 @@ pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
         dead_letters: q.dead_letters,
         delivered: q.progress.delivered,
         duplicates: q.progress.duplicates,
+        replayed: q.progress.replayed,
         cursor: q.progress.cursor.clone(),
         blocked: q.progress.blocked.clone(),
         stale_keys: stale_keys(flow, &q.progress.last_success_by, observed.now),
@@ -414,6 +414,9 @@ pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
         routes: observed.routes,
         operations: observed.operations,
         code_drift: observed.code_drift,
+        replay: observed.reports.replay,
+        backfill: observed.reports.backfill,
+        cursor_change: observed.reports.cursor_change,
     }
 }
 
