@@ -450,6 +450,7 @@ spec:
             },
             lag: 0,
             dead_letters: 0,
+            health: Default::default(),
         })
     }
 
