@@ -42,7 +42,7 @@ row("Flows: freshness and lag", 0)
 ts("Freshness (seconds since the last delivered batch)",
    [(f"time() - max by (namespace, flow) (flowplane_worker_last_success_timestamp_seconds{{{SEL}}})",
      "{{namespace}}/{{flow}}")], "s", 0, 1,
-   description="FlowplaneFlowStale fires when this exceeds the flow's spec.sla.freshness for 1m; the contract's warnAfter/errorAfter fire their own alerts. The workers report their flow's last delivery from its progress record, so a restart does not reset it.")
+   description="FlowplaneFlowStale fires when this exceeds the flow's spec.sla.freshness for a quarter of it (1m at most); the contract's warnAfter/errorAfter fire their own alerts. The workers report their flow's last delivery from its progress record, so a restart does not reset it.")
 ts("Consumer lag (records waiting)",
    [(f"max by (namespace, flow) (flowplane_worker_lag_records{{{SEL}}})", "{{namespace}}/{{flow}}")],
    "short", 12, 1, description="Drives KEDA/HPA scaling; FlowplaneLagGrowing fires when it keeps growing past what maxReplicas absorbs.")
