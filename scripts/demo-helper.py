@@ -6,10 +6,11 @@
                              operator's worker.json with the mounted-Secret paths moved under
                              DIR/secrets) and each binding's Secret keys as files there, mode 0600,
                              as the pod's Secret volumes would. Prints nothing about the values.
-  traffic NATS_URL ERP_URL FORECAST_URL
+  traffic NATS_URL ERP_URL FORECAST_URL [PAUSED_DIR]
                              plays the warehouse (WMS events on NATS), the ERP (new and changed
                              sales order lines) and the forecasting platform (5 more replenishment
-                             proposals every 15 s) until killed.
+                             proposals every 15 s) until killed; a file named proposals,
+                             inventory, returns or orders in PAUSED_DIR holds that part back.
   loop FORECAST_URL ERP_URL PORTAL_URL
                              prints the loop's counts: proposals published (and the route each is
                              meant to take), applied in the ERP, escalated to and forecasts at the
@@ -122,18 +123,22 @@ def post_json(url, body):
     urllib.request.urlopen(request, timeout=5).read()
 
 
-def traffic(nats_url, erp_url, forecast_url):
+def traffic(nats_url, erp_url, forecast_url, paused_dir=None):
     nats = Nats(nats_url)
     rma = 0
     line = 100_000
+
+    def paused(part):
+        return paused_dir is not None and os.path.exists(os.path.join(paused_dir, part))
+
     while True:
         # A planning run every 15 s: five more replenishment proposals.
-        if line % 15 == 0:
+        if line % 15 == 0 and not paused("proposals"):
             try:
                 post_json(forecast_url.rstrip("/") + "/admin/proposals", {"count": 5})
             except (urllib.error.URLError, OSError) as e:
                 print("demo traffic: forecasting simulator: %s" % e, file=sys.stderr)
-        for _ in range(5):
+        for _ in range(0 if paused("inventory") else 5):
             nats.publish(
                 "wms.stock.adjustments." + random.choice(PLANTS),
                 {
@@ -148,7 +153,8 @@ def traffic(nats_url, erp_url, forecast_url):
             )
         rma += 1
         nats.publish(
-            "wms.returns.received",
+            # Paused: sent where no flow listens, so the connection still answers PINGs.
+            "wms.returns.received" if not paused("returns") else "demo.paused",
             {
                 "rma": "RMA-%08d" % rma,
                 "line": 1,
@@ -163,6 +169,10 @@ def traffic(nats_url, erp_url, forecast_url):
         )
         # A new sales order line in the ERP: the order-history flow picks it up on its next poll.
         line += 1
+        if paused("orders"):
+            # The ERP's batch has not run: no new order lines.
+            time.sleep(1)
+            continue
         order = {
             "SalesOrder": str(2_000_000 + line // 10),
             "SalesOrderItem": str((line % 10 + 1) * 10),
@@ -273,7 +283,7 @@ def main():
     if command == "worker-config":
         worker_config(args[0])
     elif command == "traffic":
-        traffic(args[0], args[1], args[2])
+        traffic(args[0], args[1], args[2], args[3] if len(args) > 3 else None)
     elif command == "loop":
         loop(args[0], args[1], args[2])
     elif command == "received":

@@ -6,6 +6,11 @@
 #
 #   demo-prometheus.sh target NAME HOST:PORT [LABEL=VALUE...]
 #                                   scrape HOST:PORT's /metrics (file demo-NAME.json)
+#   demo-prometheus.sh pods NAMESPACE...
+#                                   scrape the running pods' metrics ports at their pod IPs
+#                                   (--real-node: the pods sit on the node's bridge, which this
+#                                   host is on); one file per namespace, rewritten each call, so
+#                                   replaced pods drop out and new ones come in
 #   demo-prometheus.sh rules NAMESPACE
 #                                   the flows' rule files from the ConfigMaps the operator
 #                                   rendered (label prometheus_rule=1); reloads Prometheus when
@@ -28,6 +33,36 @@ labels = dict(arg.split("=", 1) for arg in sys.argv[2:])
 print(json.dumps([{"targets": [sys.argv[1]], "labels": labels}]))
 PY
   mv "$targets/.demo-$name.json.tmp" "$targets/demo-$name.json"
+  ;;
+pods)
+  shift
+  read -r -d '' pod_targets <<'PY' || true
+import json, sys
+groups = []
+for pod in json.load(sys.stdin)["items"]:
+    ip = pod.get("status", {}).get("podIP")
+    if not ip or pod.get("status", {}).get("phase") != "Running":
+        continue
+    labels = pod["metadata"].get("labels", {})
+    for container in pod["spec"]["containers"]:
+        for port in container.get("ports", []):
+            # Workers serve /metrics on "metrics", the operator on "http".
+            if port.get("name") not in ("metrics", "http"):
+                continue
+            target = {"namespace": pod["metadata"]["namespace"], "pod": pod["metadata"]["name"]}
+            flow = labels.get("flowplane.io/flow")
+            if flow:
+                # As the Prometheus Operator labels a ServiceMonitor's targets (FlowplaneWorkersDown).
+                target["service"] = flow + "-worker"
+            else:
+                target["component"] = labels.get("app.kubernetes.io/component", "operator")
+            groups.append({"targets": ["%s:%d" % (ip, port["containerPort"])], "labels": target})
+print(json.dumps(groups))
+PY
+  for namespace in "$@"; do
+    kubectl get pods -n "$namespace" -o json | python3 -c "$pod_targets" >"$targets/.demo-pods-$namespace.json.tmp"
+    mv "$targets/.demo-pods-$namespace.json.tmp" "$targets/demo-pods-$namespace.json"
+  done
   ;;
 rules)
   read -r -d '' write_rules <<'PY' || true
@@ -76,7 +111,7 @@ clean)
   curl -sf -X POST "$PROMETHEUS_URL/-/reload" >/dev/null || true
   ;;
 *)
-  echo "usage: $0 target NAME HOST:PORT [LABEL=VALUE...] | rules NAMESPACE | alerts | clean" >&2
+  echo "usage: $0 target NAME HOST:PORT [LABEL=VALUE...] | pods NAMESPACE... | rules NAMESPACE | alerts | clean" >&2
   exit 2
   ;;
 esac

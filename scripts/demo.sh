@@ -17,6 +17,15 @@
 #   scripts/demo.sh --use-current-context the cluster of your current kubectl context
 #   scripts/demo.sh --check [--timeout S] exit 0 once every flow is Ready and Fresh and records
 #                                         arrived, 1 after S seconds (default 240); then stop
+#   scripts/demo.sh --serve FILE          run until stopped; once every flow is Ready and Fresh
+#                                         and records arrived, write FILE (shell assignments:
+#                                         the simulators', NATS's and Prometheus's URLs, the run
+#                                         directory) for scripts/scenario.sh
+#   scripts/demo.sh --overlay DIR         apply DIR instead of examples/overlays/demo
+#   scripts/demo.sh --no-planner          no stand-in planner approving reviews
+#   scripts/demo.sh --clean-data          no bad records: no bad order lines, and the 19 first
+#                                         replenishment proposals only (the 20th names a
+#                                         location no code map knows), no planning runs after
 #   scripts/demo.sh --real-node           the operator and the workers as real pods: a local
 #                                         environment with a kubelet (local-env.sh up --with-node,
 #                                         root, one node per machine), the image of
@@ -40,8 +49,13 @@ cd "$(dirname "$0")/.."
 root="$(pwd)"
 
 kubeconfig="" current_context=false check=false timeout=240 real_node=false
+serve="" overlay=examples/overlays/demo planner=true bad_every=100 proposals=40
 while [ $# -gt 0 ]; do
   case "$1" in
+    --serve) serve="$(realpath "$2")"; shift 2 ;;
+    --overlay) overlay="$2"; shift 2 ;;
+    --no-planner) planner=false; shift ;;
+    --clean-data) bad_every=0 proposals=19; shift ;;
     --kubeconfig) kubeconfig="$(realpath "$2")"; shift 2 ;;
     --use-current-context) current_context=true; shift ;;
     --check) check=true; shift ;;
@@ -140,13 +154,15 @@ say "NATS with JetStream on $NATS_URL"
 # --- simulators ----------------------------------------------------------------------------------
 erp_port=$(free_port) forecast_port=$(free_port) portal_port=$(free_port)
 ERP_URL="http://$host:$erp_port" FORECAST_URL="http://$host:$forecast_port" PORTAL_URL="http://$host:$portal_port"
-background sim-erp "$flowplane" sim erp --listen "$host:$erp_port" --order-lines 1000 --bad-every 100
-background sim-forecast "$flowplane" sim forecast --listen "$host:$forecast_port" --proposals 40
+background sim-erp "$flowplane" sim erp --listen "$host:$erp_port" --order-lines 1000 --bad-every "$bad_every"
+background sim-forecast "$flowplane" sim forecast --listen "$host:$forecast_port" --proposals "$proposals"
 background sim-portal "$flowplane" sim portal --listen "$host:$portal_port"
 for url in "$ERP_URL/odata/\$metadata" "$FORECAST_URL/healthz" "$PORTAL_URL/status"; do
   for _ in $(seq 100); do curl -sf "$url" >/dev/null && break; sleep 0.1; done
 done
-say "ERP simulator on $ERP_URL/odata (1,000 order lines, every 100th bad), forecasting simulator on $FORECAST_URL (40 replenishment proposals), supplier portal on $PORTAL_URL"
+bad="every ${bad_every}th bad"
+[ "$bad_every" = 0 ] && bad="none bad"
+say "ERP simulator on $ERP_URL/odata (1,000 order lines, $bad), forecasting simulator on $FORECAST_URL ($proposals replenishment proposals), supplier portal on $PORTAL_URL"
 
 # --- CRDs and the operator -----------------------------------------------------------------------
 operator_log() {
@@ -201,8 +217,10 @@ operator_pid=${pids[-1]}
 fi
 
 # --- the example flows ---------------------------------------------------------------------------
-say "applying examples/overlays/demo (the EU overlay, bindings pointed at the simulators and NATS)"
-kubectl kustomize examples/overlays/demo |
+# Deliveries from here on are this run's (flows_ready).
+started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+say "applying $overlay (the EU overlay, bindings pointed at the simulators and NATS)"
+kubectl kustomize "$overlay" |
   sed -e "s#http://127.0.0.1:18081/odata#$ERP_URL/odata#" \
       -e "s#http://127.0.0.1:18082#$FORECAST_URL#" \
       -e "s#http://127.0.0.1:18083#$PORTAL_URL#" \
@@ -214,13 +232,29 @@ flows=$(kubectl get integrationflows -n "$NS" -o jsonpath='{.items[*].metadata.n
 say "flows: $flows"
 
 # --- the traffic: warehouse events and new ERP order lines -----------------------------------------
-background traffic python3 scripts/demo-helper.py traffic "$NATS_URL" "$ERP_URL" "$FORECAST_URL"
+# A file named orders, inventory, returns or proposals in $run_dir/paused stops that part.
+mkdir -p "$run_dir/paused"
+[ "$bad_every" = 0 ] && touch "$run_dir/paused/proposals"
+background traffic python3 scripts/demo-helper.py traffic "$NATS_URL" "$ERP_URL" "$FORECAST_URL" "$run_dir/paused"
 
 # --- each flow's worker, from the configuration the operator rendered -------------------------------
-declare -A worker_port
+declare -A worker_port worker_slot worker_template
+# What of a worker pod's template a new local worker must follow: its configuration, a restart
+# asked for, a rotated Secret (the annotations the operator sets on the pod template).
+TEMPLATE_KEY_PY='def key(meta):
+    a = meta.get("annotations") or {}
+    return "|".join(a.get("flowplane.io/" + k, "") for k in ("config-hash", "restarted-at", "secrets-revision"))'
 start_worker() {
-  local flow="$1" dir="$run_dir/workers/$1"
+  local flow="$1" dir="$run_dir/workers/$1" slot="${worker_slot[$1]:-}"
   mkdir -p "$dir"
+  if [ -n "$slot" ]; then # a rollout: the old worker stops first, as its pod would
+    kill "${pids[$slot]}" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "${pids[$slot]}" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "${pids[$slot]}" 2>/dev/null || true
+  fi
+  # The template first, then the ConfigMap the operator applied before it.
+  worker_template[$flow]=$(kubectl get deployment "$flow-worker" -n "$NS" -o json 2>/dev/null |
+    template_key) || worker_template[$flow]=""
   {
     printf '{"configMap":'; kubectl get configmap "$flow-worker-config" -n "$NS" -o json
     printf ',"bindings":'; kubectl get connectorbindings -n "$NS" -o json
@@ -230,10 +264,34 @@ start_worker() {
   worker_port[$flow]=$(free_port)
   background "worker-$flow" "$flowplane" worker --config "$dir/worker.json" \
     --listen "127.0.0.1:${worker_port[$flow]}" --worker-id "$flow-local-0"
+  if [ -n "$slot" ]; then
+    pids[$slot]=${pids[-1]}
+    unset 'pids[-1]' 'names[-1]'
+  else
+    worker_slot[$flow]=$((${#pids[@]} - 1))
+  fi
   # Labelled as the Prometheus Operator labels a ServiceMonitor's targets (FlowplaneWorkersDown).
   [ -n "${PROMETHEUS_URL:-}" ] && scripts/demo-prometheus.sh target "worker-$flow" \
     "127.0.0.1:${worker_port[$flow]}" "namespace=$NS" "service=$flow-worker"
   return 0
+}
+template_key() { # stdin: a Deployment as JSON; prints the key of its pod template
+  python3 -c "import json,sys
+$TEMPLATE_KEY_PY
+print(key(json.load(sys.stdin)['spec']['template'].get('metadata') or {}))"
+}
+# A rollout as a kubelet would carry it out: a flow whose pod template changed gets a new local
+# worker from the configuration rendered for it.
+follow_rollouts() {
+  local flow template
+  for flow in $flows; do
+    template=$(kubectl get deployment "$flow-worker" -n "$NS" -o json 2>/dev/null | template_key) || continue
+    [ -n "$template" ] && [ "$template" != "${worker_template[$flow]}" ] || continue
+    # A worker started before its Deployment existed runs what the Deployment was made from.
+    if [ -z "${worker_template[$flow]}" ]; then worker_template[$flow]=$template; continue; fi
+    say "rollout of $flow: its local worker restarts with the new configuration"
+    start_worker "$flow"
+  done
 }
 rendered_for_this_run() { # the ConfigMap exists and names this run's NATS and forecasting simulator
   local config
@@ -273,15 +331,28 @@ metadata:
 NODE
 fi
 kubelet_standin() {
-  local now flow pod node ready
+  local now flow pod node ready running deleting template
   now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
   for flow in $flows; do
-    ready=False
-    curl -sf "http://127.0.0.1:${worker_port[$flow]}/readyz" >/dev/null 2>&1 && ready=True
-    kubectl get pods -n "$NS" -l "flowplane.io/flow=$flow,app.kubernetes.io/component=worker" \
-      -o jsonpath='{range .items[*]}{.metadata.name} {.spec.nodeName}{"\n"}{end}' 2>/dev/null |
-      while read -r pod node; do
+    running=False
+    curl -sf "http://127.0.0.1:${worker_port[$flow]}/readyz" >/dev/null 2>&1 && running=True
+    kubectl get pods -n "$NS" -l "flowplane.io/flow=$flow,app.kubernetes.io/component=worker" -o json 2>/dev/null |
+      python3 -c "import json,sys
+$TEMPLATE_KEY_PY
+for p in json.load(sys.stdin)['items']:
+    m = p['metadata']
+    print(m['name'], p['spec'].get('nodeName') or '-', '1' if m.get('deletionTimestamp') else '0', key(m))" |
+      while read -r pod node deleting template; do
         [ -n "$pod" ] || continue
+        # A pod of an old template is one whose worker was replaced: gone once deleted.
+        if [ "$deleting" = 1 ]; then
+          kubectl delete pod "$pod" -n "$NS" --grace-period=0 --force >/dev/null 2>&1 || true
+          continue
+        fi
+        [ "$node" = - ] && node=""
+        # Ready only while the local worker answers and runs this pod's template.
+        ready=False
+        [ "$running" = True ] && [ "$template" = "${worker_template[$flow]}" ] && ready=True
         if [ -z "$node" ]; then
           printf '{"apiVersion":"v1","kind":"Binding","metadata":{"name":"%s"},"target":{"apiVersion":"v1","kind":"Node","name":"flowplane-demo-node"}}' "$pod" |
             kubectl create --raw "/api/v1/namespaces/$NS/pods/$pod/binding" -f - >/dev/null 2>&1 || continue
@@ -314,11 +385,12 @@ show() {
     -o custom-columns='PENDING REVIEW:.status.pendingApprovals[*].key' 2>&1 | sed 's/^/  /'
   if [ -n "${PROMETHEUS_URL:-}" ]; then
     echo "=== alerts in Prometheus ($PROMETHEUS_URL, the rules the operator rendered)"
+    # The pods on the node's bridge, at their pod IPs (the host is on the bridge).
+    if $real_node; then scripts/demo-prometheus.sh pods "$NS" flowplane-system || true; fi
     scripts/demo-prometheus.sh rules "$NS" || true
     scripts/demo-prometheus.sh alerts 2>&1 | sed 's/^/  /'
   fi
 }
-started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 flows_ready() {
   kubectl get integrationflows -n "$NS" -o json |
     python3 scripts/demo-helper.py check "$NS" "$started_at" "$FORECAST_URL" "$ERP_URL" "$PORTAL_URL" "${ENTITIES[@]}"
@@ -346,8 +418,24 @@ while true; do
     tail -n 20 "$run_dir/${names[$i]}.log" >&2
     exit 1
   done
+  $real_node || follow_rollouts
   $standin && kubelet_standin
-  if [ $((SECONDS - last_planner)) -ge 20 ]; then planner; last_planner=$SECONDS; fi
+  if $planner && [ $((SECONDS - last_planner)) -ge 20 ]; then planner; last_planner=$SECONDS; fi
+  if [ -n "$serve" ] && [ ! -f "$serve" ] && flows_ready >"$run_dir/check.out" 2>&1; then
+    cat >"$serve.tmp" <<STATE
+NS=$NS
+KUBECONFIG=${KUBECONFIG:-}
+NATS_URL=$NATS_URL
+ERP_URL=$ERP_URL
+FORECAST_URL=$FORECAST_URL
+PORTAL_URL=$PORTAL_URL
+PROMETHEUS_URL=${PROMETHEUS_URL:-}
+FLOWPLANE_BIN=$flowplane
+DEMO_RUN_DIR=$run_dir
+STATE
+    mv "$serve.tmp" "$serve"
+    say "ready: every demo flow is Ready and Fresh and records arrived (${SECONDS}s); state in $serve"
+  fi
   if $check; then
     if flows_ready >"$run_dir/check.out" 2>&1; then
       show

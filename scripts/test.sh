@@ -27,7 +27,7 @@ scripts/check-tools.sh
 cleanup() {
   scripts/local-env.sh down || true
   FLOWPLANE_STATE="$FLOWPLANE_STATE-node" scripts/local-env.sh down || true
-  rm -rf "$FLOWPLANE_STATE" "$FLOWPLANE_STATE-demo" "$FLOWPLANE_STATE-node"
+  rm -rf "$FLOWPLANE_STATE" "$FLOWPLANE_STATE-demo" "$FLOWPLANE_STATE-scenario" "$FLOWPLANE_STATE-node"
 }
 trap cleanup EXIT
 scripts/local-env.sh up >/dev/null

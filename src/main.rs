@@ -37,6 +37,12 @@ enum Command {
     Worker(flowplane::worker::WorkerArgs),
     /// List or redrive a flow's dead letters.
     Dlq(flowplane::queue::cli::DlqArgs),
+    /// Replay a flow's records from a time (writes the flowplane.io/replay annotation).
+    Replay(flowplane::controller::operations_cli::ReplayArgs),
+    /// Re-read a window of a flow's source without moving its cursor (flowplane.io/backfill).
+    Backfill(flowplane::controller::operations_cli::BackfillArgs),
+    /// Set a flow's source cursor to an explicit value (flowplane.io/cursor).
+    Cursor(flowplane::controller::operations_cli::CursorArgs),
     /// List, approve or reject a flow's forecast deltas parked for review.
     Review(flowplane::worker::approval::ReviewArgs),
     /// Make the NATS operator, accounts and signing key of an installation, and the
@@ -61,6 +67,15 @@ fn main() -> anyhow::Result<()> {
         Command::Sim(args) => flowplane::sim::run(args)?,
         Command::Worker(args) => flowplane::worker::run_cli(args)?,
         Command::Dlq(args) => flowplane::queue::cli::run(args)?,
+        Command::Replay(args) => flowplane::controller::operations_cli::run(
+            flowplane::controller::operations_cli::Request::Replay(args),
+        )?,
+        Command::Backfill(args) => flowplane::controller::operations_cli::run(
+            flowplane::controller::operations_cli::Request::Backfill(args),
+        )?,
+        Command::Cursor(args) => flowplane::controller::operations_cli::run(
+            flowplane::controller::operations_cli::Request::Cursor(args),
+        )?,
         Command::Review(args) => flowplane::worker::approval::run_cli(args)?,
         Command::NatsBootstrap(args) => {
             flowplane::queue::identity::bootstrap(&args.dir)?;

@@ -74,6 +74,39 @@ pub struct WorkerConfig {
     /// defaults).
     #[serde(default)]
     pub limits: crate::api::integration_flow::Limits,
+    /// Freshness per value of a key field (`spec.observability.freshnessBy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freshness_by: Option<FreshnessByConfig>,
+}
+
+/// Freshness per value of a contract field, with the codes that may become label values.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FreshnessByConfig {
+    /// The contract field.
+    pub field: String,
+    /// The declared codes (the field's Enum values or its code map's values) that are shaped
+    /// like a code ([`is_code`]); any other value counts under [`OTHER_KEY`].
+    pub codes: Vec<String>,
+    /// Most values with a series of their own.
+    pub max_values: u32,
+}
+
+/// The one value every undeclared value, and every value past the cap, counts under. It
+/// starts with `_`, which no code does ([`is_code`]).
+pub const OTHER_KEY: &str = "_other";
+
+/// A value shaped like a code: 1 to 64 characters of `[A-Za-z0-9._:/-]`, starting with a
+/// letter or digit. Only such values become label values (bounded length, no free text).
+pub fn is_code(value: &str) -> bool {
+    value.len() <= 64
+        && value
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '/' | '-'))
 }
 
 /// How to reach one binding's system.

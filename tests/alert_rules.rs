@@ -25,6 +25,15 @@ spec:
   scaling: {minReplicas: 1, maxReplicas: 3, lagPerReplica: 500}
   sla: {freshness: 15m, maxErrorRatio: 0.05, maxDeadLetters: 10}
   alerting: {labels: {team: demand-planning}}
+  observability: {freshnessBy: {field: location, maxValues: 10}}
+  # Approval routing makes it a proposals flow: FlowplaneReviewAged, and failed posts are
+  # critical.
+  approval:
+    valueField: orderedQuantity
+    baselineField: netAmount
+    rules: [{belowPercent: 5, action: Apply}, {belowPercent: 20, action: Review}]
+    otherwise: Review
+    reviewTimeout: 1h
 "#,
     )
     .unwrap()
@@ -56,6 +65,21 @@ fn series(name: &str, values: &str) -> String {
     )
 }
 
+/// The per-location freshness of the flow (and of another flow, never matched).
+fn key_series(key: &str, values: &str) -> String {
+    let name = "flowplane_worker_key_last_success_timestamp_seconds";
+    format!(
+        "      - series: '{name}{{namespace=\"eu\",flow=\"orders\",key_field=\"location\",key=\"{key}\"}}'\n        values: '{values}'\n      - series: '{name}{{namespace=\"eu\",flow=\"other\",key_field=\"location\",key=\"{key}\"}}'\n        values: '{values}'\n"
+    )
+}
+
+/// Failed deliveries of the flow to `target`.
+fn target_series(target: &str, values: &str) -> String {
+    format!(
+        "      - series: 'flowplane_worker_records_delivery_failed_total{{namespace=\"eu\",flow=\"orders\",target=\"{target}\"}}'\n        values: '{values}'\n"
+    )
+}
+
 fn alert(name: &str, at: &str, firing: bool, severity: &str, extra_labels: &str) -> String {
     let rule = rule_groups(&flow())[0]
         .rules
@@ -63,7 +87,13 @@ fn alert(name: &str, at: &str, firing: bool, severity: &str, extra_labels: &str)
         .find(|r| r.alert == name)
         .cloned()
         .unwrap();
-    let annotations = serde_json::to_string(&rule.annotations).unwrap();
+    // Prometheus expands `{{ $labels.x }}` in annotations: from the alert's own labels.
+    let mut annotations = serde_json::to_string(&rule.annotations).unwrap();
+    for pair in extra_labels.split(", ").filter(|p| !p.is_empty()) {
+        if let Some((name, value)) = pair.split_once(": ") {
+            annotations = annotations.replace(&format!("{{{{ $labels.{name} }}}}"), value);
+        }
+    }
     let exp = if firing {
         format!(
             "        exp_alerts:\n          - exp_labels: {{alertname: {name}, namespace: eu, flow: orders, team: demand-planning, severity: {severity}{extra_labels}}}\n            exp_annotations: {annotations}\n"
@@ -99,7 +129,7 @@ fn generated_rules_pass_promtool_check_and_fire_when_they_should() {
     let rules = dir.join("rules.yaml");
     std::fs::write(&rules, rule_file(&rule_groups(&flow()))).unwrap();
     let checked = run_promtool(&["check", "rules", rules.to_str().unwrap()]);
-    assert!(checked.contains("SUCCESS: 11 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 15 rules found"), "{checked}");
     let plain = dir.join("plain.yaml");
     std::fs::write(
         &plain,
@@ -110,7 +140,7 @@ fn generated_rules_pass_promtool_check_and_fire_when_they_should() {
     )
     .unwrap();
     let checked = run_promtool(&["check", "rules", plain.to_str().unwrap()]);
-    assert!(checked.contains("SUCCESS: 8 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 12 rules found"), "{checked}");
 
     let cases = vec![
     // Stale: the last success stays at 1m while time passes; fresh: it follows time.
@@ -217,6 +247,24 @@ fn generated_rules_pass_promtool_check_and_fire_when_they_should() {
         series("flowplane_worker_lag_records", "8000-100x60"),
         alert("FlowplaneLagGrowing", "45m", false, "warning", ""),
     ),
+    // Retries with nothing delivered (an outage) fire within the rule's minute; retries while
+    // records still arrive, or a quiet flow, stay silent.
+    test_case(
+        series("flowplane_worker_records_retried_total", "0 0 0 0 0 4+4x20")
+            + &series("flowplane_worker_records_delivered_total", "0+100x5 500x20"),
+        alert("FlowplaneFlowFailing", "5m", false, "critical", "")
+            + &alert("FlowplaneFlowFailing", "8m", true, "critical", ""),
+    ),
+    test_case(
+        series("flowplane_worker_records_retried_total", "0+4x25")
+            + &series("flowplane_worker_records_delivered_total", "0+100x25"),
+        alert("FlowplaneFlowFailing", "20m", false, "critical", ""),
+    ),
+    test_case(
+        series("flowplane_worker_records_retried_total", "3x25")
+            + &series("flowplane_worker_records_delivered_total", "500x25"),
+        alert("FlowplaneFlowFailing", "20m", false, "critical", ""),
+    ),
     // Throttling for 15 minutes.
     test_case(
         series("flowplane_worker_requests_throttled_total", "0+3x60"),
@@ -225,6 +273,52 @@ fn generated_rules_pass_promtool_check_and_fire_when_they_should() {
     test_case(
         series("flowplane_worker_requests_throttled_total", "7x60"),
         alert("FlowplaneThrottled", "30m", false, "info", ""),
+    ),
+    // Freshness per location: DC-WEST delivered last at 1m while DC-NORTH and the flow keep
+    // delivering: FlowplaneKeyStale for DC-WEST alone, past the 15m SLA plus 1m. `_other`
+    // (values that are no declared code, or past the cap) never fires.
+    test_case(
+        series("flowplane_worker_last_success_timestamp_seconds", "0+60x40")
+            + &key_series("DC-NORTH", "0+60x40")
+            + &key_series("DC-WEST", "60x40")
+            + &key_series("_other", "60x40"),
+        alert("FlowplaneKeyStale", "15m", false, "critical", "")
+            + &alert(
+                "FlowplaneKeyStale",
+                "20m",
+                true,
+                "critical",
+                ", key_field: location, key: DC-WEST",
+            ),
+    ),
+    // The whole flow stale: FlowplaneFlowStale says so, not one FlowplaneKeyStale per value.
+    test_case(
+        series("flowplane_worker_last_success_timestamp_seconds", "60x40")
+            + &key_series("DC-WEST", "60x40"),
+        alert("FlowplaneKeyStale", "30m", false, "critical", "")
+            + &alert("FlowplaneFlowStale", "30m", true, "critical", ""),
+    ),
+    // The oldest pending review (parked at 2m) outlives half the 1h review timeout; none
+    // pending (0) stays silent.
+    test_case(
+        series("flowplane_worker_oldest_pending_review_timestamp_seconds", "0 0 120x60"),
+        alert("FlowplaneReviewAged", "31m", false, "warning", "")
+            + &alert("FlowplaneReviewAged", "34m", true, "warning", ""),
+    ),
+    test_case(
+        series("flowplane_worker_oldest_pending_review_timestamp_seconds", "0x60"),
+        alert("FlowplaneReviewAged", "50m", false, "warning", ""),
+    ),
+    // A replenishment proposal that failed to post (dead-lettered at delivery): critical in a
+    // proposals flow, for 15 minutes; none stays silent.
+    test_case(
+        target_series("target", "0 0 0 1x30"),
+        alert("FlowplaneDeliveryFailed", "5m", true, "critical", ", target: target")
+            + &alert("FlowplaneDeliveryFailed", "25m", false, "critical", ""),
+    ),
+    test_case(
+        target_series("target", "0x30"),
+        alert("FlowplaneDeliveryFailed", "20m", false, "critical", ""),
     ),
     // Workers down: no `up` series of the workers' Service; up=1 keeps it silent.
     test_case(
@@ -294,7 +388,7 @@ fn hostile_labels_that_admission_accepts_still_load_in_prometheus_verbatim() {
     let rules = dir.join("rules.yaml");
     std::fs::write(&rules, rule_file(&rule_groups(&flow))).unwrap();
     let checked = run_promtool(&["check", "rules", rules.to_str().unwrap()]);
-    assert!(checked.contains("SUCCESS: 11 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 15 rules found"), "{checked}");
 
     // Prometheus expands templates in alert labels: the firing alert carries every value
     // exactly as written, and the flow's own labels.

@@ -190,7 +190,12 @@ async fn deltas_are_applied_reviewed_or_escalated_and_reviews_are_approved_or_re
     let js = jetstream(&nats_url).await;
     // The terminal below works with the flow's own credentials, as a planner would.
     let own = with_flow_identity(config.clone());
-    let worker = InProcessWorker::start(config, "approver-1");
+    let listen = free_listen_addr();
+    let worker = InProcessWorker::start_listening(config, "approver-1", Some(listen));
+    let started = jiff::Timestamp::now().as_second();
+    let oldest_review = format!(
+        r#"flowplane_worker_oldest_pending_review_timestamp_seconds{{namespace="e2e",flow="{flow}"}}"#
+    );
 
     let records = [
         forecast("SKU-A", 102, 100), // +2%: Apply
@@ -230,6 +235,16 @@ async fn deltas_are_applied_reviewed_or_escalated_and_reviews_are_approved_or_re
     assert!(review_b.expires > 0);
     // Parked, not delivered.
     assert!(!skus(&sims.forecast.received(ERP)).contains(&"SKU-B".to_string()));
+    // The exception queue's age: when the oldest pending review was parked.
+    let parked_at = eventually(TIMEOUT, "the oldest pending review's age", || async {
+        scrape(listen, &oldest_review).await.filter(|v| *v > 0.0)
+    })
+    .await as i64;
+    let now = jiff::Timestamp::now().as_second();
+    assert!(
+        (started..=now).contains(&parked_at),
+        "parked at {parked_at}, between {started} and {now}"
+    );
 
     // Approve B from a terminal, reject D as the operator's annotation handler does.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowplane"))
@@ -268,6 +283,11 @@ async fn deltas_are_applied_reviewed_or_escalated_and_reviews_are_approved_or_re
     eventually(TIMEOUT, "the approved delta at the ERP", || {
         let forecast = sims.forecast.clone();
         async move { (skus(&forecast.received(ERP)) == ["SKU-A", "SKU-B"]).then_some(()) }
+    })
+    .await;
+    // Nothing waits any more: the age goes back to 0 (FlowplaneReviewAged clears).
+    eventually(TIMEOUT, "no pending review left", || async {
+        (scrape(listen, &oldest_review).await == Some(0.0)).then_some(())
     })
     .await;
     let letters = eventually(TIMEOUT, "the rejected delta in the DLQ", || {

@@ -356,7 +356,8 @@ async fn erp_to_erp_over_odata_batches_arrives_exactly_once() {
     config.target.batch_size = 100;
     let names = config.queue.clone();
     let js = jetstream(&nats.url()).await;
-    let worker = InProcessWorker::start(config, "odata-a");
+    let listen = free_listen_addr();
+    let worker = InProcessWorker::start_listening(config, "odata-a", Some(listen));
 
     eventually(TIMEOUT, "the 30 failing requests used up", || {
         let failed = sims.erp.part_faults().failed();
@@ -397,6 +398,14 @@ async fn erp_to_erp_over_odata_batches_arrives_exactly_once() {
     .await;
     // Settle: late redeliveries must not change anything.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // The proposals the ERP refused, counted as failed posts (FlowplaneDeliveryFailed).
+    let failed_posts = scrape(
+        listen,
+        &format!(
+            r#"flowplane_worker_records_delivery_failed_total{{namespace="e2e",flow="{flow}",target="target"}}"#
+        ),
+    )
+    .await;
     worker.stop().await.unwrap();
 
     let report = sims.erp.received(PLANNED_INDEPENDENT_REQUIREMENTS);
@@ -433,6 +442,7 @@ async fn erp_to_erp_over_odata_batches_arrives_exactly_once() {
     assert_eq!(refused.len(), expected_refused);
     assert_eq!(progress.delivered, expected_delivered as u64);
     assert_eq!(progress.dead_lettered, 20 + expected_refused as u64);
+    assert_eq!(failed_posts, Some(expected_refused as f64));
     for letter in letters.iter().filter(|l| l.reason == "TargetRejected") {
         assert_eq!(letter.stage, "deliver");
         assert!(

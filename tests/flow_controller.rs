@@ -754,6 +754,7 @@ async fn pending_reviews_show_in_status_and_annotations_decide_them() {
             version: 7,
             delta_percent: Some(delta),
             expires,
+            parked_unix: None,
             record: json!({"sku": key}),
             original: "{}".into(),
             subject: format!("{}.0", names.subject),

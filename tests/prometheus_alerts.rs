@@ -3,7 +3,9 @@
 //! replaced stays silent (the new worker reports the last delivery its flow's progress record
 //! holds, not 0), and a flow whose last delivery is older than its SLA fires
 //! FlowplaneFlowStale, after its worker was replaced too, and FlowplaneDeadLetterAged for the
-//! dead letters it keeps. Read through Prometheus' HTTP API.
+//! dead letters it keeps; and a flow with freshness per location whose one warehouse stops
+//! sending while the others go on fires FlowplaneKeyStale for that location only, across a
+//! worker restart. Read through Prometheus' HTTP API.
 
 mod e2e_support;
 mod support;
@@ -18,7 +20,7 @@ use flowplane::render::ResolvedContract;
 use flowplane::render::alerts::{rule_file, rule_groups};
 use flowplane::sim::erp::ErpSeed;
 use flowplane::worker::sample;
-use flowplane::worker_config::WorkerConfig;
+use flowplane::worker_config::{FreshnessByConfig, WorkerConfig};
 use serde_json::{Value, json};
 
 const NAMESPACE: &str = "e2e";
@@ -27,6 +29,11 @@ const RECORDS: u64 = 20;
 const DEAD: u64 = 2;
 
 fn flow(name: &str, freshness: &str) -> IntegrationFlow {
+    flow_with(name, freshness, "")
+}
+
+/// The flow with `extra` appended to its spec (indented by two spaces).
+fn flow_with(name: &str, freshness: &str, extra: &str) -> IntegrationFlow {
     serde_yaml::from_str(&format!(
         r#"
 apiVersion: flowplane.io/v1alpha1
@@ -39,7 +46,7 @@ spec:
   # Dead letters alone do not fire here (FlowplaneDeadLetters, FlowplaneErrorRatioHigh): the
   # test is about freshness and the dead letters' age.
   sla: {{freshness: {freshness}, maxErrorRatio: 1, maxDeadLetters: 100}}
-"#
+{extra}"#
     ))
     .unwrap()
 }
@@ -75,8 +82,13 @@ struct Watched {
 
 impl Watched {
     fn new(name: String, freshness: &str, config: WorkerConfig) -> Watched {
+        Watched::with_flow(flow(&name, freshness), config)
+    }
+
+    fn with_flow(spec: IntegrationFlow, config: WorkerConfig) -> Watched {
         let env = support::local_env();
-        let groups = rule_groups(&flow(&name, freshness), &contract());
+        let name = spec.metadata.name.clone().unwrap();
+        let groups = rule_groups(&spec, &contract());
         write_atomically(
             &env.prometheus_rules,
             &format!("{name}.yaml"),
@@ -150,8 +162,17 @@ async fn api(path: &str, query: &[(&str, &str)]) -> Value {
 
 /// The active (pending or firing) alerts of a flow: (alertname, state).
 async fn alerts_of(flow: &str) -> Vec<(String, String)> {
+    alerts_with_key(flow)
+        .await
+        .into_iter()
+        .map(|(alert, state, _)| (alert, state))
+        .collect()
+}
+
+/// The active alerts of a flow with their `key` label: (alertname, state, key or "").
+async fn alerts_with_key(flow: &str) -> Vec<(String, String, String)> {
     let data = api("/api/v1/alerts", &[]).await;
-    let mut alerts: Vec<(String, String)> = data["alerts"]
+    let mut alerts: Vec<(String, String, String)> = data["alerts"]
         .as_array()
         .unwrap()
         .iter()
@@ -160,11 +181,23 @@ async fn alerts_of(flow: &str) -> Vec<(String, String)> {
             (
                 a["labels"]["alertname"].as_str().unwrap().to_string(),
                 a["state"].as_str().unwrap().to_string(),
+                a["labels"]["key"].as_str().unwrap_or("").to_string(),
             )
         })
         .collect();
     alerts.sort();
     alerts
+}
+
+/// A gauge of the worker on `port` as Prometheus scraped it, by PromQL label matchers.
+async fn scraped(metric: &str, matchers: &str, port: u16) -> Option<i64> {
+    let query = format!(r#"{metric}{{{matchers},instance="127.0.0.1:{port}"}}"#);
+    let data = api("/api/v1/query", &[("query", &query)]).await;
+    data["result"].as_array()?.first()?["value"][1]
+        .as_str()?
+        .parse::<f64>()
+        .ok()
+        .map(|v| v as i64)
 }
 
 /// The freshness metric as Prometheus scraped it from the worker on `port`.
@@ -357,4 +390,240 @@ async fn a_quiet_flow_stays_silent_across_a_restart_and_a_stale_one_fires() {
             flow.name
         );
     }
+}
+
+/// Records the target took: applied, or ignored as older than what it holds.
+fn taken(received: &flowplane::sim::forecast::EntityReport) -> u64 {
+    received.applied() + received.keys.values().map(|k| k.stale).sum::<u64>()
+}
+
+/// Lines of the seed whose plant is 1010, 1020 and 1030 (DC-NORTH, DC-SOUTH, DC-EAST): the
+/// warehouses that keep sending. 1040 (DC-WEST) is line 3, which stops.
+const SENDING: [&str; 3] = ["1000000/10", "1000000/20", "1000000/30"];
+const LOCATIONS: [&str; 4] = ["DC-EAST", "DC-NORTH", "DC-SOUTH", "DC-WEST"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_warehouse_that_stops_fires_its_key_stale_alert_and_no_other() {
+    let env = support::local_env();
+    let nats_url = env.nats_url.clone();
+    let sims = start_sims(ErpSeed {
+        order_lines: RECORDS as u32,
+        inventory: 0,
+        returns: 0,
+        bad_every: 0,
+        page_size: 100,
+    })
+    .await;
+    let js = jetstream(&nats_url).await;
+    let name = unique_flow("prom-keys");
+    let spec = flow_with(
+        &name,
+        "1m",
+        "  observability: {freshnessBy: {field: location, maxValues: 10}}\n",
+    );
+    let mut config = sample::sales_order_flow(
+        NAMESPACE,
+        &name,
+        &nats_url,
+        &sims.erp_url,
+        &sims.forecast_url,
+    );
+    // What the operator renders for this flow: the values of the code map that translates
+    // `location` (tests/flow_controller.rs checks the rendering itself).
+    config.freshness_by = Some(FreshnessByConfig {
+        field: "location".into(),
+        codes: sample::plant_to_location(false)
+            .entries
+            .into_values()
+            .collect(),
+        max_values: 10,
+    });
+    let _cleanup = QueueCleanup {
+        url: nats_url.clone(),
+        names: config.queue.clone(),
+    };
+    let mut watched = Watched::with_flow(spec, config);
+    support::reload_prometheus_rules();
+    watched.start_worker("w1");
+    eventually(
+        Duration::from_secs(30),
+        "Prometheus loads the rule group",
+        || async {
+            let data = api("/api/v1/rules", &[]).await;
+            data["groups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g["name"] == format!("flowplane-{NAMESPACE}-{name}"))
+                .then_some(())
+        },
+    )
+    .await;
+    settled(
+        &js,
+        &watched.config.queue,
+        RECORDS,
+        Duration::from_secs(120),
+    )
+    .await;
+
+    // A rollout (every record settled, so none is in flight): the new worker has delivered
+    // nothing of DC-WEST itself and must still report its last delivery, from the progress
+    // record, or DC-WEST's alert could never fire.
+    watched.start_worker("w2");
+    let west = eventually(
+        Duration::from_secs(30),
+        "DC-WEST's last delivery in the progress record",
+        || async {
+            progress(&js, &watched.config.queue)
+                .await
+                .last_success_by
+                .get("DC-WEST")
+                .copied()
+        },
+    )
+    .await;
+    let port = watched.port;
+    eventually(
+        Duration::from_secs(60),
+        &format!("Prometheus scrapes the new worker reporting DC-WEST's last delivery {west}"),
+        || async {
+            (scraped(
+                "flowplane_worker_key_last_success_timestamp_seconds",
+                &format!(r#"flow="{name}",key_field="location",key="DC-WEST""#),
+                port,
+            )
+            .await
+                == Some(west))
+            .then_some(())
+        },
+    )
+    .await;
+
+    // Three warehouses keep sending (one change each every 2 s); DC-WEST sends nothing more.
+    let erp = sims.erp.clone();
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let feeder = tokio::spawn(async move {
+        let mut changes = 0u64;
+        while !*stopped.borrow() {
+            for key in SENDING {
+                let quantity = json!({"RequestedQuantity": format!("{}", 1 + changes % 40)});
+                erp.update(
+                    flowplane::sim::erp::SALES_ORDER_LINES,
+                    key,
+                    quantity.as_object().unwrap().clone(),
+                )
+                .expect("seeded line");
+                changes += 1;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = stopped.changed() => {}
+            }
+        }
+        changes
+    });
+
+    let started = std::time::Instant::now();
+    let firing = |key: &str| {
+        (
+            "FlowplaneKeyStale".to_string(),
+            "firing".to_string(),
+            key.to_string(),
+        )
+    };
+    eventually(
+        Duration::from_secs(240),
+        "FlowplaneKeyStale firing for DC-WEST",
+        || async {
+            alerts_with_key(&name)
+                .await
+                .contains(&firing("DC-WEST"))
+                .then_some(())
+        },
+    )
+    .await;
+    println!(
+        "FlowplaneKeyStale{{key=DC-WEST}} firing {:.0}s after the new worker was scraped (SLA 1m, for: 1m)",
+        started.elapsed().as_secs_f64()
+    );
+    // The others are fresh: nothing else pending or firing for the flow, not even
+    // FlowplaneFlowStale (the flow as a whole delivers).
+    assert_eq!(
+        alerts_with_key(&name).await,
+        vec![firing("DC-WEST")],
+        "alerts of the flow"
+    );
+    for key in LOCATIONS {
+        let age = jiff::Timestamp::now().as_second()
+            - scraped(
+                "flowplane_worker_key_last_success_timestamp_seconds",
+                &format!(r#"flow="{name}",key="{key}""#),
+                port,
+            )
+            .await
+            .unwrap_or(0);
+        println!("{key}: last delivery {age}s ago");
+        assert_eq!(age > 60, key == "DC-WEST", "{key}: {age}s");
+    }
+
+    let _ = stop.send(true);
+    let changes = feeder.await.unwrap();
+    // Exact: every change the worker read was delivered once, nothing dead-lettered, nothing
+    // twice at the target; and every line's last change arrived. (A line changed twice while
+    // no worker held the extractor lease - the replaced worker's lease runs out first - is
+    // read once, at its current state: OData serves records, not every change, so read is at
+    // most RECORDS + changes.)
+    let erp = sims.erp.clone();
+    let forecast = sims.forecast.clone();
+    let p = eventually(
+        Duration::from_secs(60),
+        "every line's last change delivered and the progress record caught up",
+        || {
+            let (js, names, erp, forecast) = (
+                js.clone(),
+                watched.config.queue.clone(),
+                erp.clone(),
+                forecast.clone(),
+            );
+            async move {
+                let received = forecast.received("sales-order-lines");
+                // Each sending line's current change (its version: the change time in ns)
+                // is the last version applied to one of the target's keys.
+                let arrived = SENDING.iter().all(|key| {
+                    let line = erp
+                        .get(flowplane::sim::erp::SALES_ORDER_LINES, key)
+                        .unwrap();
+                    let stamp: jiff::Timestamp = line["LastChangeDateTime"]
+                        .as_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    let version = stamp.as_nanosecond() as u64;
+                    received
+                        .keys
+                        .values()
+                        .any(|k| k.applied_versions.last() == Some(&version))
+                });
+                let p = progress(&js, &names).await;
+                (arrived && p.delivered == taken(&received)).then_some((p, received))
+            }
+        },
+    )
+    .await;
+    let (p, received) = p;
+    println!(
+        "{changes} changes made, {} read, {} applied at the forecasting simulator",
+        p.read,
+        received.applied()
+    );
+    assert_eq!(
+        (p.read, p.delivered, p.dead_lettered, received.duplicates()),
+        (taken(&received), taken(&received), 0, 0),
+        "read = delivered = what the target took, nothing twice, nothing dead-lettered: {p:?}"
+    );
+    assert!(p.read > RECORDS && p.read <= RECORDS + changes, "{p:?}");
+    let mut keys: Vec<&str> = p.last_success_by.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, LOCATIONS, "one entry per location, no _other");
 }

@@ -375,3 +375,52 @@ fn a_file_drop_directory_is_mounted_from_the_flows_drop_volume() {
         "{err}"
     );
 }
+
+/// `observability.freshnessBy` reaches worker.json with the codes its values may take (the
+/// values of the code map that translates the field), adds FlowplaneKeyStale to the rules,
+/// and a field whose values would be free record values is refused.
+#[test]
+fn freshness_by_a_key_field_takes_only_declared_codes() {
+    let configs = worker_configs();
+    let inventory = &configs["inventory-events-to-forecasting"];
+    assert_eq!(
+        inventory["freshnessBy"],
+        serde_json::json!({
+            "field": "location",
+            "codes": ["DE-DUS-DC", "DE-HAM-DC", "NL-RTM-DC", "PL-POZ-XD",
+                      "US-ATL-DC", "US-CHI-DC", "US-DAL-DC", "US-RNO-XD"],
+            "maxValues": 50,
+        })
+    );
+    let (ok, out, err) = render(&base_files(), &["-n", "demo"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.matches("alert: FlowplaneKeyStale").count(),
+        1,
+        "only the inventory flow"
+    );
+
+    // onHandQuantity: a number of the record, neither an Enum nor translated by a code map.
+    let dir = std::env::temp_dir().join(format!("fp-freshness-by-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files: Vec<PathBuf> = base_files()
+        .into_iter()
+        .filter(|f| !f.to_string_lossy().contains("/flows/"))
+        .collect();
+    let flow = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("examples/base/flows/inventory-events-to-forecasting.yaml"),
+    )
+    .unwrap()
+    .replace("field: location", "field: onHandQuantity");
+    let path = dir.join("flow.yaml");
+    std::fs::write(&path, flow).unwrap();
+    files.push(path);
+    let (ok, _, err) = render(&files, &["-n", "demo"]);
+    std::fs::remove_dir_all(&dir).ok();
+    assert!(!ok);
+    assert!(
+        err.contains("freshnessBy.field \"onHandQuantity\" is neither an Enum field"),
+        "{err}"
+    );
+}

@@ -42,7 +42,7 @@ row("Flows: freshness and lag", 0)
 ts("Freshness (seconds since the last delivered batch)",
    [(f"time() - max by (namespace, flow) (flowplane_worker_last_success_timestamp_seconds{{{SEL}}})",
      "{{namespace}}/{{flow}}")], "s", 0, 1,
-   description="FlowplaneFlowStale fires when this exceeds the flow's spec.sla.freshness for 1m; the contract's warnAfter/errorAfter fire their own alerts. The workers report their flow's last delivery from its progress record, so a restart does not reset it.")
+   description="FlowplaneFlowStale fires when this exceeds the flow's spec.sla.freshness for a quarter of it (1m at most); the contract's warnAfter/errorAfter fire their own alerts. The workers report their flow's last delivery from its progress record, so a restart does not reset it.")
 ts("Consumer lag (records waiting)",
    [(f"max by (namespace, flow) (flowplane_worker_lag_records{{{SEL}}})", "{{namespace}}/{{flow}}")],
    "short", 12, 1, description="Drives KEDA/HPA scaling; FlowplaneLagGrowing fires when it keeps growing past what maxReplicas absorbs.")
@@ -74,15 +74,34 @@ ts("Batch latency (map, validate, deliver)",
      "p50 {{namespace}}/{{flow}}"),
     (f"histogram_quantile(0.95, sum by (namespace, flow, le) (rate(flowplane_worker_batch_latency_seconds_bucket{{{SEL}}}[5m])))",
      "p95 {{namespace}}/{{flow}}")], "s", 0, 26, w=24)
-row("Operator", 34)
+row("Flows: per location, exceptions and latency", 34)
+ts("Freshness per key (seconds since the last delivery of each value)",
+   [(f'time() - max by (namespace, flow, key_field, key) (flowplane_worker_key_last_success_timestamp_seconds{{{SEL},key!="_other"}})',
+     "{{namespace}}/{{flow}} {{key_field}}={{key}}")], "s", 0, 35,
+   description="Flows with spec.observability.freshnessBy: one line per declared code (e.g. per location). FlowplaneKeyStale fires for a value past the flow's sla.freshness while the flow is fresh.")
+ts("End-to-end latency (source change -> target)",
+   [(f"histogram_quantile(0.5, sum by (namespace, flow, since, le) (rate(flowplane_worker_end_to_end_latency_seconds_bucket{{{SEL}}}[5m])))",
+     "p50 {{namespace}}/{{flow}} ({{since}})"),
+    (f"histogram_quantile(0.99, sum by (namespace, flow, since, le) (rate(flowplane_worker_end_to_end_latency_seconds_bucket{{{SEL}}}[5m])))",
+     "p99 {{namespace}}/{{flow}} ({{since}})")], "s", 12, 35,
+   description="since=change: from the record's change timestamp at the source; since=read: from when the extractor read it (the source has no change time). docs/observability.md.")
+ts("Oldest pending review (seconds waiting for a planner)",
+   [(f"time() - min by (namespace, flow) (flowplane_worker_oldest_pending_review_timestamp_seconds{{{SEL}}} > 0)",
+     "{{namespace}}/{{flow}}")], "s", 0, 43,
+   description="FlowplaneReviewAged fires past half the flow's approval.reviewTimeout.")
+ts("Failed posts per hour (records a target refused for good)",
+   [(f"sum by (namespace, flow, target) (increase(flowplane_worker_records_delivery_failed_total{{{SEL}}}[1h]))",
+     "{{namespace}}/{{flow}} {{target}}")], "short", 12, 43,
+   description="In a forecast -> ERP flow: replenishment proposals that did not post. FlowplaneDeliveryFailed.")
+row("Operator", 51)
 ts("Reconciles per second by kind",
-   [("sum by (kind) (rate(flowplane_operator_reconciles_total[5m]))", "{{kind}}")], "ops", 0, 35, w=8)
+   [("sum by (kind) (rate(flowplane_operator_reconciles_total[5m]))", "{{kind}}")], "ops", 0, 52, w=8)
 ts("Reconcile errors per second by kind and class",
    [("sum by (kind, error) (rate(flowplane_operator_reconcile_errors_total[5m]))", "{{kind}} {{error}}")],
-   "ops", 8, 35, w=8)
+   "ops", 8, 52, w=8)
 ts("Reconcile duration p95 by kind",
    [("histogram_quantile(0.95, sum by (kind, le) (rate(flowplane_operator_reconcile_duration_seconds_bucket[5m])))",
-     "{{kind}}")], "s", 16, 35, w=8)
+     "{{kind}}")], "s", 16, 52, w=8)
 
 
 def var(name, query):
@@ -95,7 +114,7 @@ def var(name, query):
 dashboard = {
     "uid": "flowplane",
     "title": "flowplane",
-    "description": "Per-flow freshness, lag, throughput, dead letters, retries and throttling of flowplane sync workers, and the operator's own health.",
+    "description": "Per-flow freshness, lag, throughput, dead letters, retries and throttling of flowplane sync workers, freshness per location, pending reviews, failed posts and end-to-end latency, and the operator's own health.",
     "tags": ["flowplane", "kubernetes", "integration"],
     "timezone": "browser",
     "schemaVersion": 39,

@@ -151,6 +151,12 @@ pub struct RestRead {
     #[serde(default = "default_since_param")]
     #[schemars(length(min = 1, max = 64), pattern(QUERY_PARAM_PATTERN))]
     pub since_param: String,
+    /// Query parameter a backfill sends the end of its window in (the records changed before
+    /// it, exclusive), beside `sinceParam` with the window's start, e.g. "until" or
+    /// "updatedAt_lt".
+    #[serde(default = "default_until_param")]
+    #[schemars(length(min = 1, max = 64), pattern(QUERY_PARAM_PATTERN))]
+    pub until_param: String,
 }
 
 /// A query parameter name.
@@ -181,6 +187,10 @@ fn default_page_size() -> u32 {
 }
 fn default_since_param() -> String {
     "since".into()
+}
+
+fn default_until_param() -> String {
+    "until".into()
 }
 
 /// A paging style of REST APIs.

@@ -137,6 +137,9 @@ pub struct IntegrationFlowSpec {
     /// Extra labels for this flow's alerts (e.g. team, severity routing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerting: Option<Alerting>,
+    /// Business observability of the flow's data: freshness per value of a key field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observability: Option<Observability>,
     /// Region whose operator runs this flow; unset means every region's operator does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 63), pattern(NAME_PATTERN))]
@@ -228,7 +231,17 @@ pub struct Source {
     /// or `nextLink` (a URL, or a token sent back as `cursor`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rest: Option<RestRead>,
+    /// Longest window a backfill (`flowplane.io/backfill` annotation) may re-read, from its
+    /// `from` to its `to`; a longer one is refused (reason `BackfillWindowTooLarge`). 1m to
+    /// 8760h; 744h (31 days) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = DURATION_MAX_LENGTH), pattern(DURATION_PATTERN))]
+    #[x_kube(validation = duration_within("source.maxBackfillWindow", "1m", "8760h"))]
+    pub max_backfill_window: Option<String>,
 }
+
+/// Backfill window span when a flow sets no `source.maxBackfillWindow`.
+pub const DEFAULT_MAX_BACKFILL_WINDOW: &str = "744h";
 
 /// How the source is read.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -815,6 +828,43 @@ pub struct Alerting {
     pub labels: BTreeMap<String, String>,
 }
 
+/// What the workers measure of the flow's data beyond the flow as a whole.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Observability {
+    /// Freshness per value of one key field (e.g. per location), so one warehouse that stops
+    /// sending is seen while the others keep the flow as a whole fresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freshness_by: Option<FreshnessBy>,
+}
+
+/// Freshness per value of a contract field: the workers export the last delivery of each
+/// value (`flowplane_worker_key_last_success_timestamp_seconds{key_field, key}`), kept in the
+/// flow's progress record across restarts, and `FlowplaneKeyStale` fires for a value older
+/// than `sla.freshness` while the flow as a whole is fresh. Only codes become label values:
+/// the values of the contract field's Enum, or of the code map that translates the field
+/// (at most 64 characters of `[A-Za-z0-9._:/-]`, starting with a letter or digit); every
+/// other value, and every value beyond `maxValues`, counts under the one value `_other`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FreshnessBy {
+    /// Contract (canonical) field, after mapping and code translation, e.g. "location". It
+    /// must be an Enum field of the contract or a field `mapping.fields` translates with a
+    /// code map (otherwise the flow is stalled with InvalidSpec): its values are then codes
+    /// the flow's owner declared, never free record values.
+    #[schemars(length(min = 1, max = 63), pattern(FIELD_NAME_PATTERN))]
+    pub field: String,
+    /// Most values with their own series (first delivered, first kept); the rest count under
+    /// `_other`. 1 to 500.
+    #[serde(default = "default_max_values")]
+    #[schemars(range(min = 1, max = 500))]
+    pub max_values: u32,
+}
+
+fn default_max_values() -> u32 {
+    100
+}
+
 /// Deletion policy of a flow's queues.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 pub enum DeletionPolicy {
@@ -873,6 +923,112 @@ pub struct IntegrationFlowStatus {
     /// table, never sent since the flow started).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub code_drift: Vec<CodeDrift>,
+    /// The last replay requested by the `flowplane.io/replay` annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplayStatus>,
+    /// The last backfill window requested by the `flowplane.io/backfill` annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backfill: Option<BackfillStatus>,
+    /// The last cursor change requested by the `flowplane.io/cursor` annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor_change: Option<CursorChangeStatus>,
+}
+
+/// Where a replay, backfill or cursor change requested by annotation stands.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum OperationState {
+    /// Not carried out: the request is invalid (`reason`, `message` say why).
+    Refused,
+    /// Accepted; waiting for the worker holding the extractor lease (backfill).
+    Requested,
+    /// Done; the figures are final.
+    Done,
+    /// Carried out in part: the worker's error is in `message`.
+    Failed,
+}
+
+/// A replay: the records the flow's stream stored at or after `from`, sent through the
+/// workers again (the target sees them as upserts of versions it already holds).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayStatus {
+    /// Request id (one replay per id).
+    pub id: String,
+    /// Start time (RFC 3339) as requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Where the request stands.
+    pub state: OperationState,
+    /// Why it was refused (`Refused`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What happened, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Records republished to the flow's stream for the workers.
+    #[serde(default)]
+    pub replayed: u64,
+    /// Records of the range that were copies of one already replayed by this request (the
+    /// same record stored twice, e.g. redriven), dropped.
+    #[serde(default)]
+    pub duplicates: u64,
+}
+
+/// A backfill: the source re-read for the window `[from, to)` of its cursor field, into the
+/// flow, without moving the live cursor.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackfillStatus {
+    /// Request id (one backfill per id).
+    pub id: String,
+    /// Window start (RFC 3339, inclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Window end (RFC 3339, exclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Where the request stands.
+    pub state: OperationState,
+    /// Why it was refused (`Refused`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What happened, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Records of the window read from the source.
+    #[serde(default)]
+    pub read: u64,
+    /// Records stored in the flow's stream (new, or older than the dedupe window).
+    #[serde(default)]
+    pub published: u64,
+    /// Records the stream already held (within the dedupe window).
+    #[serde(default)]
+    pub duplicates: u64,
+    /// Records dead-lettered at extraction.
+    #[serde(default)]
+    pub dead_lettered: u64,
+}
+
+/// A cursor set to an explicit value.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CursorChangeStatus {
+    /// Request id.
+    pub id: String,
+    /// The cursor value requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The cursor before the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+    /// Where the request stands.
+    pub state: OperationState,
+    /// Why it was refused (`Refused`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What happened, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Drift of one code map against the codes the source sent.
@@ -916,6 +1072,10 @@ pub struct SyncStatus {
     /// record with the same identity (a re-read, a redelivered or republished source event).
     #[serde(default)]
     pub duplicates: u64,
+    /// Records republished by replays since the flow started: read + replayed = delivered +
+    /// dead letters (+ in flight).
+    #[serde(default)]
+    pub replayed: u64,
     /// Source cursor the extractor resumes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
@@ -923,6 +1083,11 @@ pub struct SyncStatus {
     /// (401, 403, or 404 of the entity set). Records wait; none is dead-lettered for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked: Option<String>,
+    /// Values of `spec.observability.freshnessBy.field` (e.g. locations) whose last delivery is
+    /// older than `sla.freshness`, oldest first, at most 20: one warehouse that stopped
+    /// sending while the flow as a whole is fresh.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stale_keys: Vec<String>,
 }
 
 /// The flow's stream as the NATS cluster reports it.

@@ -9,6 +9,7 @@ pub mod error;
 pub mod integration_flow;
 pub mod leader;
 pub mod metrics;
+pub mod operations_cli;
 pub mod optional_apis;
 
 use std::net::SocketAddr;

@@ -155,6 +155,9 @@ pub struct ParkedReview {
     pub delta_percent: Option<f64>,
     /// Expiry, Unix seconds.
     pub expires: i64,
+    /// When it was parked, Unix seconds (absent in reviews parked by earlier releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked_unix: Option<i64>,
     /// The mapped, validated record (what the target receives).
     pub record: serde_json::Value,
     /// The original record as it was in the flow's stream (what a dead letter keeps).

@@ -9,6 +9,12 @@ pub const TRACEPARENT: &str = "traceparent";
 pub const KEY: &str = "Flowplane-Key";
 /// The record's source version (a number that grows with each change of the key).
 pub const SOURCE_VERSION: &str = "Flowplane-Source-Version";
+/// When the record changed at the source, Unix milliseconds: its cursor field's value when
+/// that is a timestamp (RFC 3339 or OData v2 `/Date(ms)/`), else, for an event, when the
+/// capture stream stored it. Absent when the source gives no change time.
+pub const CHANGED_AT: &str = "Flowplane-Changed-At";
+/// When the extractor read the record, Unix milliseconds.
+pub const READ_AT: &str = "Flowplane-Read-At";
 /// Why a record was dead-lettered: a short, bounded reason such as `ContractViolation`.
 pub const REASON: &str = "Flowplane-Reason";
 /// The human-readable detail of the reason (never contains credentials).
@@ -24,3 +30,6 @@ pub const DELIVERIES: &str = "Flowplane-Deliveries";
 /// On a dead letter cut to its first 64 KiB (a record larger than the flow takes): the size
 /// of the record the source sent, in bytes.
 pub const TRUNCATED: &str = "Flowplane-Truncated";
+/// On a record a replay republished: the replay's request id. A later replay skips such
+/// copies (it replays the records the flow received, not earlier replays of them).
+pub const REPLAY: &str = "Flowplane-Replay";

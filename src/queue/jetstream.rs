@@ -563,6 +563,29 @@ pub async fn reset_cursor(js: &jetstream::Context, names: &QueueNames) -> Result
     Ok(())
 }
 
+/// Sets the extraction cursor to `value` (the operator's `flowplane.io/cursor` annotation);
+/// returns the cursor it replaced. The extractor stores its cursor by compare-and-set, so a
+/// pass running meanwhile stops at its next page and the next one starts from `value`.
+pub async fn set_cursor(
+    js: &jetstream::Context,
+    names: &QueueNames,
+    value: &str,
+) -> Result<Option<String>, QueueError> {
+    let store = bucket(js, names).await?;
+    let previous = store
+        .get(CURSOR_KEY)
+        .await
+        .map_err(|e| bucket_error(&names.kv_bucket, e))?
+        .and_then(|v| String::from_utf8(v.to_vec()).ok())
+        .filter(|c| !c.is_empty());
+    store
+        .put(CURSOR_KEY, Bytes::from(value.to_string()))
+        .await
+        .map_err(|e| bucket_error(&names.kv_bucket, e))?;
+    update_progress(&store, |p| p.cursor = Some(value.to_string())).await?;
+    Ok(previous)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,14 +15,16 @@ pub mod codes;
 pub mod headers;
 pub mod identity;
 pub mod jetstream;
+pub mod operations;
 pub mod quota;
 pub mod redrive;
+pub mod replay;
 pub mod replication;
 pub mod settled;
 
 pub use jetstream::{
     QueueError, QueuePolicy, delete_queue, ensure_capture, ensure_queue, read_progress,
-    reset_cursor,
+    reset_cursor, set_cursor,
 };
 pub use quota::{QuotaState, binding_quota_bucket, read_quota};
 pub use redrive::{DeadLetter, RedriveReport, list_dead_letters, redrive};
@@ -124,6 +126,10 @@ pub struct FlowProgress {
     /// retry. Not data lost: the first copy was stored.
     #[serde(default)]
     pub duplicates: u64,
+    /// Records replays republished to the flow's stream (written by the operator when a
+    /// replay is done), so that read + replayed = delivered + dead-lettered (+ in flight).
+    #[serde(default)]
+    pub replayed: u64,
     /// Source cursor (or delta token) the extractor resumes from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
@@ -146,6 +152,10 @@ pub struct FlowProgress {
     /// reply was lost (a bucket leader's failover) is not added a second time when retried.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub flushes: BTreeMap<String, FlushMark>,
+    /// Unix seconds of the last delivery per value of the flow's `freshnessBy` field (declared
+    /// codes only, at most its `maxValues` plus `_other`); empty without one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub last_success_by: BTreeMap<String, i64>,
 }
 
 /// One worker process's last flush of progress.

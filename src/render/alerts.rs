@@ -1,5 +1,6 @@
-//! Alert rules of a flow: freshness (the flow's SLA and its contract's warnAfter/errorAfter),
-//! error ratio, dead letters and their age, quality rules with action Alert, lag growth,
+//! Alert rules of a flow: freshness (the flow's SLA and its contract's warnAfter/errorAfter,
+//! and per value of its freshnessBy field), error ratio, dead letters and their age, failed
+//! deliveries, the age of pending reviews, quality rules with action Alert, lag growth,
 //! throttling and workers down. A PrometheusRule + ServiceMonitor with the Prometheus Operator, otherwise a
 //! ConfigMap holding a rule file for a plain Prometheus.
 //!
@@ -21,6 +22,7 @@ use crate::api::IntegrationFlow;
 use crate::api::common::parse_duration;
 use crate::api::data_contract::QualityAction;
 use crate::api::integration_flow::RESERVED_ALERT_LABELS;
+use crate::worker_config::OTHER_KEY;
 
 use super::ResolvedContract;
 use super::labels::{flow_name, metadata, namespace, rules_name, worker_selector, workers_name};
@@ -50,6 +52,20 @@ const DEFAULT_FRESHNESS_SECS: u64 = 3600;
 
 /// The freshness metric, its never-delivered zero left out.
 const LAST_SUCCESS: &str = "flowplane_worker_last_success_timestamp_seconds";
+/// The freshness per value of the flow's freshnessBy field.
+const KEY_LAST_SUCCESS: &str = "flowplane_worker_key_last_success_timestamp_seconds";
+/// Review timeout when the flow sets none (as the worker's).
+const DEFAULT_REVIEW_TIMEOUT_SECS: u64 = 24 * 3600;
+
+/// How long a freshness-style condition must hold before its alert fires: a quarter of the
+/// threshold it measures, 1m at most (a scrape or two at the Prometheus Operator's 30s) and
+/// 5s at least. A fixed minute would double the time to detection of a 60s SLA.
+fn hold_for(threshold_secs: u64) -> String {
+    match threshold_secs / 4 {
+        60.. => "1m".to_string(),
+        secs => format!("{}s", secs.max(5)),
+    }
+}
 
 /// The rules of a flow that runs `contract`.
 pub fn rule_groups(flow: &IntegrationFlow, contract: &ResolvedContract) -> Vec<RuleGroup> {
@@ -101,7 +117,7 @@ pub fn rule_groups(flow: &IntegrationFlow, contract: &ResolvedContract) -> Vec<R
             stale_after(freshness_secs),
             // The metric survives restarts (it comes from the progress record), so waiting
             // only covers a scrape or two, not a rollout.
-            "1m",
+            &hold_for(freshness_secs),
             "critical",
             format!("Flow {ns}/{name} has delivered nothing for more than {freshness_secs}s"),
             "Check the flow's Fresh and WorkersAvailable conditions, the source binding's Reachable condition and the worker logs.",
@@ -150,6 +166,19 @@ pub fn rule_groups(flow: &IntegrationFlow, contract: &ResolvedContract) -> Vec<R
             "Inspect with `flowplane dlq list`, fix the cause, then annotate the flow with flowplane.io/redrive; the redrive removes what it takes back.",
         ),
         rule(
+            "FlowplaneFlowFailing",
+            // Calls or records retried while nothing reached the target: a source or target
+            // outage, seen before the flow's data is older than its SLA. The 1m windows need
+            // two scrapes in them (the ServiceMonitor scrapes every 30s).
+            format!(
+                "sum(increase(flowplane_worker_records_retried_total{{{selector}}}[1m])) > 0 unless sum(increase(flowplane_worker_records_delivered_total{{{selector}}}[1m])) > 0"
+            ),
+            &hold_for(freshness_secs),
+            "critical",
+            format!("Flow {ns}/{name}'s workers retry failing calls and deliver nothing"),
+            "The source or target binding fails: check its Reachable condition, `kubectl get iflow <flow> -o jsonpath='{.status.sync.blocked}'` and the worker logs (5xx, timeouts, an open circuit breaker); records are retried with backoff, and those that used up delivery.maxDeliver are dead-lettered MaxDeliveries: redrive them once it answers again.",
+        ),
+        rule(
             "FlowplaneLagGrowing",
             format!(
                 "max({LAG_METRIC}{{{selector}}}) > {lag_ceiling} and deriv(max({LAG_METRIC}{{{selector}}})[15m:1m]) > 0"
@@ -179,6 +208,72 @@ pub fn rule_groups(flow: &IntegrationFlow, contract: &ResolvedContract) -> Vec<R
             "Check the flow's WorkersAvailable condition and the worker pods' events.",
         ),
     ];
+    // The flow's target will never take these records: in a forecast -> ERP flow (one with
+    // approval routing), replenishment proposals that did not post, so the ERP will not
+    // replenish what the plan asks for.
+    let proposals = flow.spec.approval.is_some();
+    rules.push(rule(
+        "FlowplaneDeliveryFailed",
+        format!(
+            "sum by (target) (increase(flowplane_worker_records_delivery_failed_total{{{selector}}}[15m])) > 0"
+        ),
+        "0m",
+        if proposals { "critical" } else { "warning" },
+        if proposals {
+            format!(
+                "Replenishment proposals of flow {ns}/{name} failed to post to the {{{{ $labels.target }}}} and were dead-lettered"
+            )
+        } else {
+            format!(
+                "Records of flow {ns}/{name} failed to post to the {{{{ $labels.target }}}} and were dead-lettered"
+            )
+        },
+        "List them with `flowplane dlq list` (reason TargetRejected or MaxDeliveries, stage deliver or approval); fix the target's cause, then redrive.",
+    ));
+    if let Some(approval) = &flow.spec.approval {
+        // Half the review timeout gone: time to decide before onTimeout decides instead.
+        let timeout = approval
+            .review_timeout
+            .as_deref()
+            .and_then(|t| parse_duration(t).ok())
+            .map(|d| d.as_secs())
+            .unwrap_or(DEFAULT_REVIEW_TIMEOUT_SECS);
+        let review_sla = (timeout / 2).max(60);
+        rules.push(rule(
+            "FlowplaneReviewAged",
+            format!(
+                "time() - min(flowplane_worker_oldest_pending_review_timestamp_seconds{{{selector}}} > 0) > {review_sla}"
+            ),
+            "1m",
+            "warning",
+            format!(
+                "A forecast delta of flow {ns}/{name} has waited for a planner's decision for more than {review_sla}s (half its {timeout}s review timeout)"
+            ),
+            "List the pending reviews with `flowplane review list` and approve or reject them (annotation on the flow), before approval.onTimeout decides.",
+        ));
+    }
+    if let Some(by) = flow
+        .spec
+        .observability
+        .as_ref()
+        .and_then(|o| o.freshness_by.as_ref())
+    {
+        // One value (one warehouse) stale while the flow as a whole is fresh; when the whole
+        // flow is stale, FlowplaneFlowStale says so once instead of once per value.
+        rules.push(rule(
+            "FlowplaneKeyStale",
+            format!(
+                r#"(time() - max by (key_field, key) ({KEY_LAST_SUCCESS}{{{selector},key!="{OTHER_KEY}"}} > 0) > {freshness_secs}) and on() (time() - max({LAST_SUCCESS}{{{selector}}} > 0) <= {freshness_secs})"#
+            ),
+            "1m",
+            "critical",
+            format!(
+                "Flow {ns}/{name} has delivered nothing for {} {{{{ $labels.key }}}} for more than {freshness_secs}s while it delivers for others",
+                by.field
+            ),
+            "Check the source for that value (e.g. the warehouse's system or its interface job), and the flow's status.sync.staleKeys; the other values are flowing, so the flow itself works.",
+        ));
+    }
     let contract_name = &contract.name;
     if let Some(sla) = &contract.sla {
         let thresholds = [
@@ -204,7 +299,7 @@ pub fn rule_groups(flow: &IntegrationFlow, contract: &ResolvedContract) -> Vec<R
             rules.push(rule(
                 alert,
                 stale_after(secs),
-                "1m",
+                &hold_for(secs),
                 severity,
                 format!(
                     "Flow {ns}/{name} has delivered no {contract_name} data for more than {secs}s (the DataContract's sla.freshness.{field})"
@@ -271,4 +366,18 @@ pub fn service_monitor(flow: &IntegrationFlow) -> DynamicObject {
         "endpoints": [{"port": "metrics", "interval": "30s"}]
     }});
     object
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hold_for;
+
+    #[test]
+    fn freshness_alerts_wait_a_quarter_of_their_threshold_between_5s_and_a_minute() {
+        assert_eq!(hold_for(3600), "1m");
+        assert_eq!(hold_for(240), "1m");
+        assert_eq!(hold_for(60), "15s");
+        assert_eq!(hold_for(20), "5s");
+        assert_eq!(hold_for(0), "5s");
+    }
 }

@@ -4,11 +4,13 @@
 use crate::api::ConnectorBinding;
 use crate::api::common::{CircuitBreaker, Resilience, RetryPolicy};
 use crate::api::connector_binding::{AuthType, Protocol, RestRead, RestWrite};
+use crate::api::data_contract::FieldType;
 use crate::queue::DeliveryConfig;
 use crate::queue::QueueNames;
 use crate::worker_config::{
-    ApprovalConfig, CodeTable, ContractConfig, EndpointConfig, FieldMappingConfig, MappingConfig,
-    NATS_DIR, ResilienceConfig, SECRETS_DIR, SourceConfig, TargetConfig, WorkerConfig,
+    ApprovalConfig, CodeTable, ContractConfig, EndpointConfig, FieldMappingConfig,
+    FreshnessByConfig, MappingConfig, NATS_DIR, ResilienceConfig, SECRETS_DIR, SourceConfig,
+    TargetConfig, WorkerConfig, is_code,
 };
 
 use super::labels::{flow_name, namespace};
@@ -238,11 +240,75 @@ pub fn build(inputs: &FlowInputs<'_>) -> Result<WorkerConfig, RenderError> {
         },
         approval,
         limits: spec.limits.clone(),
+        freshness_by: None,
+    };
+    let config = WorkerConfig {
+        freshness_by: freshness_by(inputs, &config)?,
+        ..config
     };
     match config.problem().or_else(|| drop_volume_problem(inputs)) {
         Some(message) => Err(RenderError { message }),
         None => Ok(config),
     }
+}
+
+/// `spec.observability.freshnessBy` with the codes its values may be: the contract field's
+/// Enum values, or the values of the code map that translates the field. Any other field is
+/// refused: its values would be free record values, which must not become label values.
+fn freshness_by(
+    inputs: &FlowInputs<'_>,
+    config: &WorkerConfig,
+) -> Result<Option<FreshnessByConfig>, RenderError> {
+    let Some(by) = inputs
+        .flow
+        .spec
+        .observability
+        .as_ref()
+        .and_then(|o| o.freshness_by.as_ref())
+    else {
+        return Ok(None);
+    };
+    let contract = &config.contract;
+    let Some(field) = contract.schema.fields.iter().find(|f| f.name == by.field) else {
+        return Err(RenderError {
+            message: format!(
+                "observability.freshnessBy.field {:?} is not a field of contract {} {}",
+                by.field, contract.name, contract.version
+            ),
+        });
+    };
+    let translated = config
+        .mapping
+        .fields
+        .iter()
+        .filter(|m| m.to == by.field)
+        .find_map(|m| m.code_map.as_ref())
+        .and_then(|name| config.mapping.code_maps.get(name));
+    let mut codes: Vec<String> = match (field.type_, translated) {
+        (_, Some(table)) => table
+            .entries
+            .values()
+            .chain(table.default.iter())
+            .cloned()
+            .collect(),
+        (FieldType::Enum, None) => field.values.clone(),
+        _ => {
+            return Err(RenderError {
+                message: format!(
+                    "observability.freshnessBy.field {:?} is neither an Enum field of contract {} nor translated by a code map: its values would be free record values, which are never used as metric labels",
+                    by.field, contract.name
+                ),
+            });
+        }
+    };
+    codes.retain(|c| is_code(c));
+    codes.sort();
+    codes.dedup();
+    Ok(Some(FreshnessByConfig {
+        field: by.field.clone(),
+        codes,
+        max_values: by.max_values,
+    }))
 }
 
 /// A Files binding with a file:// directory the workers would not see: no `dropVolume`, or

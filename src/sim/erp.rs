@@ -94,11 +94,22 @@ impl ErpSeed {
 /// A record with the sequence of its last change.
 type Row = (u64, Map<String, Value>);
 
+/// Change timestamps: from [`EPOCH_MS`], one millisecond per change, until
+/// [`ErpState::stamp_wall_clock`] switches to the wall clock (still strictly increasing).
+struct Stamps {
+    last_ms: i64,
+    wall_clock: bool,
+    /// Stamp -> sequence of every change stamped from the wall clock, so a `$filter` on the
+    /// change timestamp still finds its first candidate without a scan.
+    live: BTreeMap<i64, u64>,
+}
+
 /// A current record: the sequence of its last change, its fields, and its JSON text
 /// (serialised once per change, so a page without `$select` is served by concatenation,
 /// as a real service streams rows, instead of cloning and re-serialising every record).
 struct Stored {
     sequence: u64,
+    stamp_ms: i64,
     record: Map<String, Value>,
     json: Bytes,
 }
@@ -113,6 +124,7 @@ struct EntitySet {
 /// The simulator's data and faults; share it with tests through `Arc`.
 pub struct ErpState {
     sets: Mutex<(u64, HashMap<String, EntitySet>)>,
+    stamps: Mutex<Stamps>,
     /// Switchable misbehaviour.
     pub faults: Faults,
     page_size: usize,
@@ -126,6 +138,11 @@ impl ErpState {
     pub fn new(seed: &ErpSeed) -> Arc<ErpState> {
         let state = Arc::new(ErpState {
             sets: Mutex::new((0, HashMap::new())),
+            stamps: Mutex::new(Stamps {
+                last_ms: EPOCH_MS,
+                wall_clock: false,
+                live: BTreeMap::new(),
+            }),
             faults: Faults::default(),
             page_size: seed.page_size.max(1),
             requests: Default::default(),
@@ -157,12 +174,25 @@ impl ErpState {
         let (clock, sets) = &mut *guard;
         *clock += 1;
         let sequence = *clock;
-        let stamp = format_rfc3339_millis(EPOCH_MS + sequence as i64);
+        let stamp_ms = {
+            let mut stamps = lock(&self.stamps);
+            let next = stamps.last_ms + 1;
+            stamps.last_ms = if stamps.wall_clock {
+                let now = jiff::Timestamp::now().as_millisecond().max(next);
+                stamps.live.insert(now, sequence);
+                now
+            } else {
+                next
+            };
+            stamps.last_ms
+        };
+        let stamp = format_rfc3339_millis(stamp_ms);
         record.insert(CHANGE_FIELD.into(), Value::String(stamp.clone()));
         let json = Bytes::from(serde_json::to_vec(&record).unwrap_or_default());
         let entities = sets.entry(set.to_string()).or_default();
         let stored = Stored {
             sequence,
+            stamp_ms,
             record,
             json,
         };
@@ -171,6 +201,29 @@ impl ErpState {
         }
         entities.by_change.insert(sequence, key);
         stamp
+    }
+
+    /// From now on, changes are stamped with the wall-clock time (strictly increasing, and
+    /// later than every earlier change), so a change's `LastChangeDateTime` is when it
+    /// happened: what end-to-end latency is measured from.
+    pub fn stamp_wall_clock(&self) {
+        lock(&self.stamps).wall_clock = true;
+    }
+
+    /// The first sequence that can have a change timestamp at or after `ms`.
+    fn first_sequence_at(&self, ms: i64) -> u64 {
+        let stamps = lock(&self.stamps);
+        // Changes before the wall clock: change n has timestamp EPOCH + n ms.
+        let counted = (ms - EPOCH_MS).max(0) as u64;
+        match stamps.live.first_key_value() {
+            None => counted,
+            Some((first_ms, first_sequence)) if ms < *first_ms => counted.min(*first_sequence),
+            Some(_) => stamps
+                .live
+                .range(ms..)
+                .next()
+                .map_or(u64::MAX, |(_, sequence)| *sequence),
+        }
     }
 
     /// Changes fields of an existing record; returns its new change timestamp, or None when
@@ -244,15 +297,17 @@ impl ErpState {
         let entities = sets.get(set)?;
         let mut start = after + 1;
         if let Some((nanos, _)) = changed_after_nanos {
-            // Change n has timestamp EPOCH + n ms: skip straight to the first candidate.
-            let first = (nanos / 1_000_000 - EPOCH_MS).max(0) as u64;
-            start = start.max(first);
+            // Skip straight to the first candidate.
+            start = start.max(self.first_sequence_at(nanos.div_euclid(1_000_000)));
         }
         let mut rows = Vec::with_capacity(limit.min(1024));
         let mut more = false;
         for (sequence, key) in entities.by_change.range(start..) {
+            let Some(stored) = entities.records.get(key) else {
+                continue;
+            };
             if let Some((nanos, inclusive)) = changed_after_nanos {
-                let own = (EPOCH_MS + *sequence as i64) * 1_000_000;
+                let own = stored.stamp_ms * 1_000_000;
                 if own < nanos || (own == nanos && !inclusive) {
                     continue;
                 }
@@ -261,9 +316,7 @@ impl ErpState {
                 more = true;
                 break;
             }
-            if let Some(stored) = entities.records.get(key) {
-                rows.push((*sequence, row(stored)));
-            }
+            rows.push((*sequence, row(stored)));
         }
         Some((rows, more))
     }
@@ -404,19 +457,34 @@ fn odata_error(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-/// `LastChangeDateTime gt 2024-01-01T00:00:00.001Z` (or `ge`, value optionally quoted).
-fn parse_change_filter(filter: &str) -> Result<(i64, bool), String> {
+/// `LastChangeDateTime gt 2024-01-01T00:00:00.001Z` (or `ge`, value optionally quoted),
+/// optionally followed by `and LastChangeDateTime lt <timestamp>` (a window): the lower bound
+/// (nanoseconds, inclusive or not) and the exclusive upper bound.
+fn parse_change_filter(filter: &str) -> Result<((i64, bool), Option<i64>), String> {
+    let unsupported = || {
+        format!(
+            "unsupported $filter {filter:?}: this service filters on '{CHANGE_FIELD} gt|ge <timestamp>[ and {CHANGE_FIELD} lt <timestamp>]'"
+        )
+    };
+    let literal = |value: &str| {
+        let value = value.trim_matches('\'');
+        parse_rfc3339_nanos(value)
+            .ok_or_else(|| format!("{value:?} is not a DateTimeOffset literal"))
+    };
     let parts: Vec<&str> = filter.split_whitespace().collect();
     match parts.as_slice() {
         [field, op, value] if *field == CHANGE_FIELD && (*op == "gt" || *op == "ge") => {
-            let value = value.trim_matches('\'');
-            let nanos = parse_rfc3339_nanos(value)
-                .ok_or_else(|| format!("{value:?} is not a DateTimeOffset literal"))?;
-            Ok((nanos, *op == "ge"))
+            Ok(((literal(value)?, *op == "ge"), None))
         }
-        _ => Err(format!(
-            "unsupported $filter {filter:?}: this service filters on '{CHANGE_FIELD} gt|ge <timestamp>'"
-        )),
+        [field, op, value, and, upper_field, "lt", upper]
+            if *field == CHANGE_FIELD
+                && (*op == "gt" || *op == "ge")
+                && *and == "and"
+                && *upper_field == CHANGE_FIELD =>
+        {
+            Ok(((literal(value)?, *op == "ge"), Some(literal(upper)?)))
+        }
+        _ => Err(unsupported()),
     }
 }
 
@@ -447,10 +515,10 @@ async fn query(
     if let Some(failure) = state.faults.intercept().await {
         return failure;
     }
-    let changed_after = match options.filter.as_deref().map(parse_change_filter) {
+    let (changed_after, changed_before) = match options.filter.as_deref().map(parse_change_filter) {
         Some(Err(message)) => return odata_error(StatusCode::BAD_REQUEST, &message),
-        Some(Ok(bound)) => Some(bound),
-        None => None,
+        Some(Ok((bound, before))) => (Some(bound), before),
+        None => (None, None),
     };
     let limit = max_page_size(&headers)
         .unwrap_or(state.page_size)
@@ -490,6 +558,16 @@ async fn query(
             (rows, more)
         }
     };
+    // A window's end: rows come in change order, so the first one at or past it ends the set.
+    let (mut rows, mut more) = (rows, more);
+    if let Some(before) = changed_before
+        && let Some(cut) = rows
+            .iter()
+            .position(|(sequence, _)| (EPOCH_MS + *sequence as i64) * 1_000_000 >= before)
+    {
+        rows.truncate(cut);
+        more = false;
+    }
     let last_sequence = rows.last().map(|(s, _)| *s);
     let host = headers
         .get("host")
@@ -621,5 +699,41 @@ mod tests {
             .filter(|r| r["Plant"] == UNKNOWN_PLANT || r["RequestedQuantity"] == "-3")
             .count();
         assert_eq!(bad, 5);
+    }
+
+    #[test]
+    fn wall_clock_changes_are_stamped_now_and_found_by_the_change_filter() {
+        let state = ErpState::new(&ErpSeed {
+            order_lines: 10,
+            inventory: 0,
+            returns: 0,
+            bad_every: 0,
+            page_size: 10,
+        });
+        state.stamp_wall_clock();
+        let before = jiff::Timestamp::now().as_millisecond();
+        let change = |i: u32| {
+            let stamp = state.upsert(SALES_ORDER_LINES, sales_order_line(100 + i, None));
+            parse_rfc3339_nanos(&stamp).unwrap()
+        };
+        let (first, second) = (change(0), change(1));
+        assert!(first / 1_000_000 >= before && second > first);
+        // After a seeded change: the later seeded ones and both live ones.
+        let seeded = parse_rfc3339_nanos(&format_rfc3339_millis(EPOCH_MS + 8)).unwrap();
+        let (rows, _) = state
+            .page(SALES_ORDER_LINES, 0, Some((seeded, false)), 100)
+            .unwrap();
+        assert_eq!(rows.len(), 4);
+        // From the first live change, inclusively, and after it.
+        for (inclusive, expected) in [(true, 2), (false, 1)] {
+            let (rows, _) = state
+                .page(SALES_ORDER_LINES, 0, Some((first, inclusive)), 100)
+                .unwrap();
+            assert_eq!(rows.len(), expected);
+        }
+        let (rows, _) = state
+            .page(SALES_ORDER_LINES, 0, Some((second + 1_000_000, true)), 100)
+            .unwrap();
+        assert!(rows.is_empty());
     }
 }

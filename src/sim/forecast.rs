@@ -10,7 +10,8 @@
 //! `GET /admin/received/{entity}` reports exactly what arrived, per key: writes applied,
 //! duplicates, stale writes, the applied versions and the last value, plus request totals, so
 //! tests can check exactly-once delivery; `GET /admin/applied/{entity}` is just the count.
-//! `/admin/faults` switches latency, 5xx and 429s. What the platform publishes (replenishment
+//! `/admin/faults` switches latency, 5xx and 429s for every entity, `/admin/faults/{entity}` for
+//! one (a single ingest endpoint down while the others work). What the platform publishes (replenishment
 //! proposals, the published forecast) is served by [`super::planning`].
 
 use std::collections::{BTreeMap, HashMap};
@@ -115,6 +116,8 @@ pub struct ForecastState {
     entities: Mutex<BTreeMap<String, Entity>>,
     /// Switchable misbehaviour.
     pub faults: Faults,
+    /// Switchable misbehaviour of one entity's endpoint, by entity.
+    entity_faults: Mutex<HashMap<String, Arc<Faults>>>,
     /// Replenishment proposals it publishes (`super::planning`).
     pub proposals: super::planning::Proposals,
 }
@@ -297,6 +300,10 @@ pub fn router(state: Arc<ForecastState>) -> Router {
         .route("/admin/applied/{entity}", get(applied))
         .route("/admin/reset", post(reset))
         .route("/admin/faults", post(set_faults).delete(clear_faults))
+        .route(
+            "/admin/faults/{entity}",
+            post(set_entity_faults).delete(clear_entity_faults),
+        )
         .merge(super::planning::routes())
         .with_state(state)
 }
@@ -315,6 +322,12 @@ async fn bulk_upsert(
     body: axum::body::Bytes,
 ) -> Response {
     if let Some(failure) = state.faults.intercept().await {
+        return failure;
+    }
+    let entity_faults = lock(&state.entity_faults).get(&entity).cloned();
+    if let Some(faults) = entity_faults
+        && let Some(failure) = faults.intercept().await
+    {
         return failure;
     }
     match serde_json::from_slice::<RawBulkUpsert>(&body) {
@@ -359,6 +372,25 @@ async fn set_faults(
 
 async fn clear_faults(State(state): State<Arc<ForecastState>>) -> StatusCode {
     state.faults.clear();
+    StatusCode::NO_CONTENT
+}
+
+async fn set_entity_faults(
+    State(state): State<Arc<ForecastState>>,
+    Path(entity): Path<String>,
+    Json(spec): Json<FaultSpec>,
+) -> StatusCode {
+    let faults = Faults::default();
+    faults.set(spec);
+    lock(&state.entity_faults).insert(entity, Arc::new(faults));
+    StatusCode::NO_CONTENT
+}
+
+async fn clear_entity_faults(
+    State(state): State<Arc<ForecastState>>,
+    Path(entity): Path<String>,
+) -> StatusCode {
+    lock(&state.entity_faults).remove(&entity);
     StatusCode::NO_CONTENT
 }
 

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use super::clock::now_unix_ms;
 use super::connectors::target::{Outgoing, Target};
 use super::http::CallError;
-use super::metrics::Metrics;
+use super::metrics::{Metrics, TargetLabel};
 use super::progress::ProgressDeltas;
 use super::transform::Reason;
 use crate::api::common::parse_duration;
@@ -162,6 +162,7 @@ impl Approvals {
             version,
             delta_percent: delta.is_finite().then_some(delta),
             expires: (now_unix_ms() / 1000) + self.review_timeout.as_secs() as i64,
+            parked_unix: Some(now_unix_ms() / 1000),
             record: serde_json::from_slice(mapped)?,
             original: String::from_utf8_lossy(&message.payload).into_owned(),
             subject: message.subject.to_string(),
@@ -219,10 +220,16 @@ impl Approvals {
 
     /// One pass over the parked records.
     pub async fn tick(&self, resolver: &Resolver) -> anyhow::Result<()> {
+        // The exception queue's age: the review waiting longest (0: none waits).
+        let mut oldest: Option<i64> = None;
         for id in parked_ids(&self.store).await? {
             let Some((parked, revision)) = read_parked(&self.store, &id).await? else {
                 continue;
             };
+            let parked_at = parked
+                .parked_unix
+                .unwrap_or(parked.expires - self.review_timeout.as_secs() as i64);
+            oldest = Some(oldest.map_or(parked_at, |o| o.min(parked_at)));
             let now_ms = now_unix_ms();
             if let Some(claim) = &parked.claim
                 && claim.holder != resolver.worker_id
@@ -310,6 +317,10 @@ impl Approvals {
                 }
             }
         }
+        resolver
+            .metrics
+            .oldest_pending_review
+            .set(oldest.unwrap_or(0));
         Ok(())
     }
 }
@@ -354,6 +365,7 @@ impl Resolver {
             )),
             Ok(outcome) => match outcome.rejected.into_iter().next() {
                 Some(refused) => {
+                    self.delivery_failed(target);
                     self.dead_letter(parked, Reason::TargetRejected, &refused.reason)
                         .await
                 }
@@ -365,6 +377,7 @@ impl Resolver {
                 }
             },
             Err(CallError::Permanent { status, body }) => {
+                self.delivery_failed(target);
                 self.dead_letter(
                     parked,
                     Reason::TargetRejected,
@@ -380,6 +393,19 @@ impl Resolver {
                 | CallError::OverQuota(_)),
             ) => Err(anyhow::anyhow!("delivery failed: {e}")),
         }
+    }
+
+    /// Counts a reviewed record that `target` will never take.
+    fn delivery_failed(&self, target: &Target) {
+        let which = if std::ptr::eq(target, &*self.target) {
+            "target"
+        } else {
+            "escalation"
+        };
+        self.metrics
+            .delivery_failed
+            .get_or_create(&TargetLabel { target: which })
+            .inc();
     }
 
     /// Publishes a parked record to the dead-letter stream, as `dead_letter` does for messages.

@@ -26,7 +26,8 @@ use super::approval::Approvals;
 use super::connectors::target::{Outgoing, Target};
 use super::dead_letter::dead_letter;
 use super::http::CallError;
-use super::metrics::Metrics;
+use super::key_freshness::KeyFreshness;
+use super::metrics::{KeyLabel, Metrics, SinceLabel, TargetLabel};
 use super::progress::{Outcome, ProgressDeltas};
 use super::quality::{self, Facts, Judgement};
 use super::resilience::Backoff;
@@ -68,6 +69,8 @@ pub struct Consumer {
     pub ack_wait: Duration,
     /// Ends a hold at shutdown (the held records are NAKed and come back).
     pub shutdown: watch::Receiver<bool>,
+    /// Freshness per value of the freshnessBy field, when the flow has one.
+    pub key_freshness: Option<Arc<KeyFreshness>>,
 }
 
 /// A record mapped and ready to deliver.
@@ -610,10 +613,12 @@ impl Consumer {
                     }
                 }
                 let mut delivered = 0;
+                let now_ms = super::clock::now_unix_ms();
                 for (r, refusal) in ready.iter().zip(refused) {
                     let message = &messages[r.message];
                     match refusal {
                         Some(Ok(reason)) => {
+                            self.delivery_failed(target);
                             self.reject(message, Reason::TargetRejected, "deliver", &reason)
                                 .await
                         }
@@ -634,6 +639,7 @@ impl Consumer {
                             let _ = message.ack().await;
                             self.settle(message, Outcome::Delivered);
                             delivered += 1;
+                            self.observe_delivered(message, &buffer[r.range.clone()], now_ms);
                         }
                     }
                 }
@@ -654,6 +660,7 @@ impl Consumer {
             }
             Err(CallError::Permanent { status, body }) => {
                 let message = &messages[ready[0].message];
+                self.delivery_failed(target);
                 self.reject(
                     message,
                     Reason::TargetRejected,
@@ -675,6 +682,50 @@ impl Consumer {
                         .await;
                 }
             }
+        }
+    }
+
+    /// Counts a record that `target` (the flow's or the escalation target) will never take.
+    fn delivery_failed(&self, target: &Target) {
+        let which = if std::ptr::eq(target, &*self.target) {
+            "target"
+        } else {
+            "escalation"
+        };
+        self.metrics
+            .delivery_failed
+            .get_or_create(&TargetLabel { target: which })
+            .inc();
+    }
+
+    /// A record reached the target at `now_ms`: its end-to-end latency, from its change at the
+    /// source where the source gives one (else from when it was read), and the freshness of
+    /// its freshnessBy value. Redriven records carry neither time and are not timed.
+    fn observe_delivered(&self, message: &jetstream::Message, mapped: &[u8], now_ms: i64) {
+        let changed = header(message, headers::CHANGED_AT).parse::<i64>().ok();
+        let (since, from) = match changed {
+            Some(ms) => ("change", Some(ms)),
+            None => (
+                "read",
+                header(message, headers::READ_AT).parse::<i64>().ok(),
+            ),
+        };
+        if let Some(from) = from {
+            self.metrics
+                .end_to_end_seconds
+                .get_or_create(&SinceLabel { since })
+                .observe(now_ms.saturating_sub(from).max(0) as f64 / 1000.0);
+        }
+        if let Some(keys) = &self.key_freshness {
+            let key = keys.label_of(mapped);
+            self.metrics
+                .key_last_success
+                .get_or_create(&KeyLabel {
+                    key_field: keys.field().to_string(),
+                    key: key.clone(),
+                })
+                .set(now_ms / 1000);
+            self.progress.add_delivered_key(key, now_ms / 1000);
         }
     }
 
@@ -721,6 +772,7 @@ impl Consumer {
     ) {
         let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
         if delivered >= self.max_deliver {
+            self.delivery_failed(target);
             self.reject(
                 message,
                 Reason::MaxDeliveries,

@@ -20,7 +20,8 @@ use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use tokio::sync::mpsc;
 
-use super::connectors::{Page, Records, Source, raw};
+use super::clock::now_unix_ms;
+use super::connectors::{Page, Records, Source, Window, raw};
 use super::http::CallError;
 use super::lease::Lease;
 use super::metrics::Metrics;
@@ -29,10 +30,11 @@ use super::quota::SharedQuota;
 use super::trace::{new_traceparent, trace_id};
 use super::transform::Plan;
 use super::transform::Reason;
-use super::version::version_of;
+use super::version::{change_time_ms, version_of};
 use crate::api::common::parse_duration;
 use crate::api::integration_flow::SyncMode;
 use crate::queue::jetstream::{PARTITIONS, partition_of, partition_subject};
+use crate::queue::operations::{BackfillRecord, BackfillState, pending_backfill, write_backfill};
 use crate::queue::{CURSOR_KEY, QueueNames, headers};
 use crate::worker_config::WorkerConfig;
 
@@ -67,6 +69,8 @@ const MSG_ID: HeaderName = HeaderName::from_static(headers::MSG_ID);
 const TRACEPARENT: HeaderName = HeaderName::from_static(headers::TRACEPARENT);
 const KEY: HeaderName = HeaderName::from_static(headers::KEY);
 const SOURCE_VERSION: HeaderName = HeaderName::from_static(headers::SOURCE_VERSION);
+const CHANGED_AT: HeaderName = HeaderName::from_static(headers::CHANGED_AT);
+const READ_AT: HeaderName = HeaderName::from_static(headers::READ_AT);
 
 /// What a full-refresh run did.
 #[derive(Serialize, Debug, Default, Clone, PartialEq, Eq)]
@@ -142,13 +146,18 @@ impl Extractor {
         subjects: &[Subject],
     ) -> (Subject, HeaderMap) {
         let key = self.plan.source_key(record);
-        let cursor_version = self
+        let cursor_value = self
             .config
             .source
             .cursor_field
             .as_deref()
-            .and_then(|field| record.get(field))
-            .and_then(version_of);
+            .and_then(|field| record.get(field));
+        let cursor_version = cursor_value.and_then(version_of);
+        // For the end-to-end latency: the source's own change time where it has one.
+        let changed_at = cursor_value.and_then(change_time_ms).or(match origin {
+            Origin::Event { stored_unix_ns, .. } => Some((stored_unix_ns / 1_000_000) as i64),
+            Origin::Pass { .. } => None,
+        });
         let (id, version) = identity(key.as_deref(), cursor_version, origin, content);
         let key = key.unwrap_or_default();
         let traceparent = new_traceparent();
@@ -159,6 +168,10 @@ impl Extractor {
         map.insert(TRACEPARENT, HeaderValue::from(traceparent));
         map.insert(KEY, HeaderValue::from(key));
         map.insert(SOURCE_VERSION, HeaderValue::from(version));
+        map.insert(READ_AT, HeaderValue::from(now_unix_ms()));
+        if let Some(ms) = changed_at {
+            map.insert(CHANGED_AT, HeaderValue::from(ms));
+        }
         (subject, map)
     }
 
@@ -395,11 +408,19 @@ impl Extractor {
         Ok((ack, reason))
     }
 
-    async fn stored_cursor(&self) -> Option<String> {
-        let value = self.store.get(CURSOR_KEY).await.ok()??;
-        String::from_utf8(value.to_vec())
-            .ok()
-            .filter(|c| !c.is_empty())
+    /// The stored cursor and its revision in the bucket (0 when it was never written), which
+    /// the pass's cursor writes compare against.
+    async fn stored_cursor(&self) -> anyhow::Result<(Option<String>, u64)> {
+        Ok(match self.store.entry(CURSOR_KEY).await? {
+            Some(entry) => {
+                let cursor = (entry.operation == kv::Operation::Put)
+                    .then(|| String::from_utf8(entry.value.to_vec()).ok())
+                    .flatten()
+                    .filter(|c| !c.is_empty());
+                (cursor, entry.revision)
+            }
+            None => (None, 0),
+        })
     }
 
     /// One pass over the source. `full` ignores and keeps the stored cursor.
@@ -409,12 +430,58 @@ impl Extractor {
         lease: Option<&Lease>,
         full: bool,
     ) -> anyhow::Result<RefreshReport> {
-        let cursor = if full {
+        let revision = if full {
+            source.begin(None);
             None
         } else {
-            self.stored_cursor().await
+            let (cursor, revision) = self.stored_cursor().await?;
+            source.begin(cursor.as_deref());
+            Some(revision)
         };
-        source.begin(cursor.as_deref());
+        self.read_pass(source, lease, revision).await
+    }
+
+    /// Runs the backfill `request` (the window of the source's cursor field it names) while
+    /// holding the lease, leaving the live cursor alone, and records its outcome.
+    async fn backfill(&self, source: &mut Source, lease: &Lease, request: BackfillRecord) {
+        let window = Window {
+            from: request.from.clone(),
+            to: request.to.clone(),
+        };
+        let outcome = match source.begin_window(&window) {
+            Ok(()) => self.read_pass(source, Some(lease), None).await,
+            Err(e) => Err(e),
+        };
+        let mut record = request;
+        match outcome {
+            Ok(report) => {
+                record.state = BackfillState::Done;
+                record.read = report.read;
+                record.published = report.published;
+                record.duplicates = report.duplicates;
+                record.dead_lettered = report.dead_lettered;
+                tracing::info!(id = %record.id, read = report.read, published = report.published, duplicates = report.duplicates, "backfill done");
+            }
+            Err(e) => {
+                let why = super::trace::log_safe_chain(&e);
+                tracing::warn!(id = %record.id, error = %why, "backfill failed");
+                record.state = BackfillState::Failed;
+                record.message = Some(why);
+            }
+        }
+        if let Err(e) = write_backfill(&self.store, &record).await {
+            tracing::warn!(id = %record.id, error = %e, "backfill outcome not recorded");
+        }
+    }
+
+    /// The pass `source` was begun for. `revision` is the stored cursor's revision when the
+    /// pass moves the cursor; None keeps it (a full refresh, a backfill window).
+    async fn read_pass(
+        &self,
+        source: &mut Source,
+        lease: Option<&Lease>,
+        revision: Option<u64>,
+    ) -> anyhow::Result<RefreshReport> {
         // Without a cursor field, a polled pass's records are newer than every earlier pass's.
         let pass_version = super::clock::now_unix_ms() as u64 * 1_000_000;
         // A bounded pipeline: the next pages are fetched while earlier ones are published
@@ -430,7 +497,7 @@ impl Extractor {
                 }
             }
         };
-        let publisher = self.publish_pages(pages_rx, lease, full, pass_version);
+        let publisher = self.publish_pages(pages_rx, lease, revision, pass_version);
         tokio::pin!(fetcher, publisher);
         let mut fetching = true;
         loop {
@@ -444,12 +511,14 @@ impl Extractor {
 
     /// The publishing half of a pass: publishes pages as they come, keeps at most
     /// `IN_FLIGHT_PAGES` of them waiting for acks, and stores the cursor after each page
-    /// whose acks (and all earlier pages' acks) arrived.
+    /// whose acks (and all earlier pages' acks) arrived, by compare-and-set on `revision`:
+    /// when someone else wrote the cursor meanwhile (a `flowplane.io/cursor` or reset-cursor
+    /// request), the pass stops there and the next one starts from their value.
     async fn publish_pages(
         &self,
         mut pages: mpsc::Receiver<Result<Option<Page>, CallError>>,
         lease: Option<&Lease>,
-        full: bool,
+        mut revision: Option<u64>,
         pass_version: u64,
     ) -> anyhow::Result<RefreshReport> {
         let mut report = RefreshReport::default();
@@ -485,11 +554,27 @@ impl Extractor {
                     // letters + in flight; the repeats are counted as duplicates.
                     self.progress.add_read(stored);
                     self.progress.add_duplicates(duplicates);
-                    if !full && !lease_lost && let Some(cursor) = cursor {
-                        self.store
-                            .put(CURSOR_KEY, Bytes::from(cursor.clone()))
-                            .await?;
-                        self.progress.set_cursor(Some(cursor));
+                    if !lease_lost && let (Some(expected), Some(cursor)) = (revision, cursor) {
+                        let value = Bytes::from(cursor.clone());
+                        let written = if expected == 0 {
+                            self.store.create(CURSOR_KEY, value).await.map_err(|e| e.to_string())
+                        } else {
+                            self.store
+                                .update(CURSOR_KEY, value, expected)
+                                .await
+                                .map_err(|e| e.to_string())
+                        };
+                        match written {
+                            Ok(next) => {
+                                revision = Some(next);
+                                self.progress.set_cursor(Some(cursor));
+                            }
+                            Err(e) => {
+                                tracing::info!(error = %e, "the cursor changed under this pass; the next pass starts from it");
+                                revision = None;
+                                fetching = false;
+                            }
+                        }
                     }
                 }
                 page = pages.recv(), if fetching && in_flight.len() < IN_FLIGHT_PAGES => {
@@ -557,6 +642,12 @@ impl Extractor {
                 let pass = match opened {
                     Ok(mut opened) => {
                         let pass = self.pass(&mut opened, Some(&lease), full).await;
+                        if pass.is_ok()
+                            && !events
+                            && let Ok(Some(request)) = pending_backfill(&self.store).await
+                        {
+                            self.backfill(&mut opened, &lease, request).await;
+                        }
                         // A failing capture consumer is ensured again (its stream may have
                         // been removed); an HTTP source keeps its client and circuit breaker.
                         if pass.is_ok() || !matches!(opened, Source::Nats(_)) {
@@ -638,7 +729,13 @@ impl Extractor {
                     _ = tokio::time::sleep(step) => {}
                     _ = shutdown.changed() => {}
                 }
-                lease.acquire().await;
+                // A backfill requested meanwhile runs now, not after the poll interval.
+                if lease.acquire().await
+                    && !events
+                    && matches!(pending_backfill(&self.store).await, Ok(Some(_)))
+                {
+                    break;
+                }
             }
         }
         lease.release().await;

@@ -1,5 +1,7 @@
 //! The worker's Prometheus metrics and its `/metrics`, `/healthz` and `/readyz` endpoints.
-//! Labels are bounded: the flow (constant per process) and the dead-letter reason (a fixed set).
+//! Labels are bounded: the flow (constant per process), the dead-letter reason, the task, the
+//! target and the latency's basis (fixed sets), and the freshnessBy field's values (declared
+//! codes only, at most `maxValues` plus `_other`: see `key_freshness`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +32,37 @@ pub struct ReasonLabel {
 pub struct TaskLabel {
     /// `extractor` or `consumer`.
     pub task: &'static str,
+}
+
+/// Label of the per-value freshness gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabel {
+    /// The freshnessBy field.
+    pub key_field: String,
+    /// A declared code, or `_other`.
+    pub key: String,
+}
+
+/// Label of the failed-delivery counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabel {
+    /// `target` (the flow's target) or `escalation` (approval.escalateTo).
+    pub target: &'static str,
+}
+
+/// Label of the end-to-end latency: what the clock starts at.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinceLabel {
+    /// `change` (the record's change timestamp from the source's cursor field) or `read`
+    /// (when the extractor read it: the source has no change timestamp).
+    pub since: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn end_to_end_histogram() -> Histogram {
+    // 10 ms to about 90 minutes.
+    Histogram::new(exponential_buckets(0.01, 2.0, 20))
 }
 
 /// Everything the worker counts.
@@ -63,6 +96,15 @@ pub struct Metrics {
     pub task_restarts: Family<TaskLabel, Counter>,
     /// 1 while the target refuses the binding's access (401, 403, 404 of a whole request).
     pub target_refused: Gauge,
+    /// Unix time of the last delivery per value of the freshnessBy field.
+    pub key_last_success: Family<KeyLabel, Gauge>,
+    /// Unix time the oldest review still pending was parked; 0 when none.
+    pub oldest_pending_review: Gauge,
+    /// Records a target refused for good or that used up their deliveries to it (dead-lettered
+    /// at delivery): replenishment proposals that did not post, in a forecast -> ERP flow.
+    pub delivery_failed: Family<TargetLabel, Counter>,
+    /// Seconds from a record's source change (or read) to its delivery.
+    pub end_to_end_seconds: HistogramFamily<SinceLabel>,
     ready: AtomicBool,
     /// Why the worker is not ready, by what says so (`target`, a task): reasons only.
     not_ready: Mutex<BTreeMap<&'static str, String>>,
@@ -94,6 +136,31 @@ impl Metrics {
         let oldest_dead_letter = Gauge::default();
         let task_restarts = Family::<TaskLabel, Counter>::default();
         let target_refused = Gauge::default();
+        let key_last_success = Family::<KeyLabel, Gauge>::default();
+        let oldest_pending_review = Gauge::default();
+        let delivery_failed = Family::<TargetLabel, Counter>::default();
+        let end_to_end_seconds: HistogramFamily<SinceLabel> =
+            Family::new_with_constructor(end_to_end_histogram);
+        registry.register(
+            "key_last_success_timestamp_seconds",
+            "Unix time of the last delivery per value of the flow's freshnessBy field (from its progress record: survives restarts)",
+            key_last_success.clone(),
+        );
+        registry.register(
+            "oldest_pending_review_timestamp_seconds",
+            "Unix time the oldest forecast delta still waiting for a planner's decision was parked; 0 when none",
+            oldest_pending_review.clone(),
+        );
+        registry.register(
+            "records_delivery_failed",
+            "Records a target refused for good or that used up their deliveries (dead-lettered at delivery)",
+            delivery_failed.clone(),
+        );
+        registry.register(
+            "end_to_end_latency_seconds",
+            "Seconds from a record's change at the source (since=change: its change timestamp; since=read: when it was read) to its delivery",
+            end_to_end_seconds.clone(),
+        );
         registry.register(
             "task_restarts",
             "Supervised tasks (extractor, consume loops) restarted after they failed",
@@ -161,6 +228,7 @@ impl Metrics {
                 reason: reason.as_str(),
             });
         }
+        let _ = delivery_failed.get_or_create(&TargetLabel { target: "target" });
         Arc::new(Metrics {
             registry,
             read,
@@ -176,6 +244,10 @@ impl Metrics {
             oldest_dead_letter,
             task_restarts,
             target_refused,
+            key_last_success,
+            oldest_pending_review,
+            delivery_failed,
+            end_to_end_seconds,
             ready: AtomicBool::new(false),
             not_ready: Mutex::new(BTreeMap::new()),
             failing: Mutex::new(BTreeMap::new()),
@@ -195,6 +267,18 @@ impl Metrics {
     pub fn observe_last_success(&self, unix: Option<i64>) {
         if let Some(unix) = unix {
             self.last_success.set(self.last_success.get().max(unix));
+        }
+    }
+
+    /// Raises the last delivery of each value of the freshnessBy field `field` to what the
+    /// flow's progress record holds.
+    pub fn observe_key_success(&self, field: &str, recorded: &BTreeMap<String, i64>) {
+        for (key, unix) in recorded {
+            let gauge = self.key_last_success.get_or_create(&KeyLabel {
+                key_field: field.to_string(),
+                key: key.clone(),
+            });
+            gauge.set(gauge.get().max(*unix));
         }
     }
 

@@ -12,6 +12,7 @@ pub mod consume;
 pub mod dead_letter;
 pub mod extract;
 pub mod http;
+pub mod key_freshness;
 pub mod lease;
 pub mod metrics;
 pub mod progress;
@@ -119,13 +120,17 @@ impl Flow {
         }
         let store = bucket(&js, &config.queue).await?;
         let metrics = Metrics::new(&config.namespace, &config.flow);
+        let key_cap = config
+            .freshness_by
+            .as_ref()
+            .map_or(0, |f| f.max_values as usize);
         Ok(Flow {
             js,
             store,
             plan: Arc::new(plan),
             config: Arc::new(config),
             metrics,
-            progress: Arc::new(ProgressDeltas::default()),
+            progress: Arc::new(ProgressDeltas::with_key_cap(key_cap)),
         })
     }
 
@@ -226,6 +231,20 @@ pub async fn run(
         }
         None => None,
     };
+    let key_freshness = flow
+        .config
+        .freshness_by
+        .as_ref()
+        .map(|f| Arc::new(key_freshness::KeyFreshness::new(f)));
+    // Freshness per value, like the flow's: from the progress record, whichever worker
+    // delivered.
+    let observe_keys = |progress: &crate::queue::FlowProgress| {
+        if let Some(keys) = &key_freshness {
+            keys.observe(&progress.last_success_by);
+            flow.metrics
+                .observe_key_success(keys.field(), &progress.last_success_by);
+        }
+    };
     let consumer = Arc::new(consume::Consumer {
         js: flow.js.clone(),
         names: names.clone(),
@@ -242,6 +261,7 @@ pub async fn run(
         ack_wait: crate::api::common::parse_duration(&flow.config.delivery.ack_wait)
             .unwrap_or(Duration::from_secs(30)),
         shutdown: shutdown.clone(),
+        key_freshness: key_freshness.clone(),
     });
     for _ in 0..options.concurrency.max(1) {
         let consumer = consumer.clone();
@@ -266,9 +286,11 @@ pub async fn run(
     )
     .await
     {
-        Ok((progress, _)) => flow
-            .metrics
-            .observe_last_success(progress.last_success_unix),
+        Ok((progress, _)) => {
+            flow.metrics
+                .observe_last_success(progress.last_success_unix);
+            observe_keys(&progress);
+        }
         Err(e) => tracing::warn!(error = %e, "progress record not read; freshness starts unknown"),
     }
     flow.metrics.set_ready(true);
@@ -301,9 +323,11 @@ pub async fn run(
         }
         match flow.progress.flush(&flow.store, &version).await {
             // Also what other workers of the flow delivered.
-            Ok(Some(progress)) => flow
-                .metrics
-                .observe_last_success(progress.last_success_unix),
+            Ok(Some(progress)) => {
+                flow.metrics
+                    .observe_last_success(progress.last_success_unix);
+                observe_keys(&progress);
+            }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "progress not written; retrying"),
         }

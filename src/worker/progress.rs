@@ -8,6 +8,7 @@
 //! ([`crate::queue::settled`]); and each flush carries this process's flush number, so a
 //! flush retried after its write went through unconfirmed is not added twice.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -15,6 +16,7 @@ use async_nats::jetstream::kv;
 
 use crate::queue::jetstream::{read_json_entry, update_progress};
 use crate::queue::{FLUSH_MARK_KEPT_SECS, FlowProgress, FlushMark, PROGRESS_KEY, QueueError};
+use crate::worker_config::OTHER_KEY;
 
 /// What became of a record of the flow's stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,7 +51,12 @@ pub struct ProgressDeltas {
     flushes: AtomicU64,
     /// A flush whose write was not confirmed: written again, as it is, before anything new.
     unconfirmed: Mutex<Option<Flush>>,
+    /// Last delivery per value of the freshnessBy field (label values, see `key_freshness`).
+    delivered_by: Mutex<BTreeMap<String, i64>>,
+    /// Most values the progress record keeps (besides `_other`); 0 without freshnessBy.
+    key_cap: usize,
 }
+
 
 impl Default for ProgressDeltas {
     fn default() -> Self {
@@ -70,6 +77,8 @@ impl Default for ProgressDeltas {
             blocked_written: Mutex::default(),
             flushes: AtomicU64::default(),
             unconfirmed: Mutex::default(),
+            delivered_by: Mutex::default(),
+            key_cap: 0,
         }
     }
 }
@@ -87,6 +96,8 @@ struct Flush {
     cursor: Option<String>,
     lag: Option<u64>,
     blocked: Option<Option<String>>,
+    /// Last delivery per value of the freshnessBy field.
+    delivered_by: BTreeMap<String, i64>,
 }
 
 impl Flush {
@@ -99,10 +110,19 @@ impl Flush {
             && self.cursor.is_none()
             && self.lag.is_none()
             && self.blocked.is_none()
+            && self.delivered_by.is_empty()
     }
 
     /// Adds this flush to the shared record, unless the record has it already.
-    fn apply(&self, p: &mut FlowProgress, writer: &str, contract_version: &str, now: i64) {
+    /// `key_cap`: most freshnessBy values the record keeps besides `_other`.
+    fn apply(
+        &self,
+        p: &mut FlowProgress,
+        writer: &str,
+        contract_version: &str,
+        key_cap: usize,
+        now: i64,
+    ) {
         if p.flushes
             .get(writer)
             .is_some_and(|m| m.number >= self.number)
@@ -148,6 +168,21 @@ impl Flush {
             // since stopped, wrote it) holds no more.
             p.blocked = None;
         }
+        for (value, at) in &self.delivered_by {
+            // Workers admit values on their own: the record stays within the cap however
+            // their choices differ.
+            let kept = p.last_success_by.keys().filter(|k| *k != OTHER_KEY).count();
+            let value = if value == OTHER_KEY
+                || p.last_success_by.contains_key(value)
+                || kept < key_cap
+            {
+                value.as_str()
+            } else {
+                OTHER_KEY
+            };
+            let last = p.last_success_by.entry(value.to_string()).or_default();
+            *last = (*last).max(*at);
+        }
         p.contract_version = Some(contract_version.to_string());
     }
 }
@@ -157,6 +192,22 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl ProgressDeltas {
+    /// Bookkeeping that keeps the last delivery of at most `key_cap` values of the
+    /// freshnessBy field (0: none).
+    pub fn with_key_cap(key_cap: usize) -> ProgressDeltas {
+        ProgressDeltas {
+            key_cap,
+            ..ProgressDeltas::default()
+        }
+    }
+
+    /// Records of `value` (a label value) delivered just now.
+    pub fn add_delivered_key(&self, value: String, unix: i64) {
+        let mut by = lock(&self.delivered_by);
+        let at = by.entry(value).or_default();
+        *at = (*at).max(unix);
+    }
+
     /// Records read from the source.
     pub fn add_read(&self, n: u64) {
         self.read.fetch_add(n, Ordering::Relaxed);
@@ -275,6 +326,7 @@ impl ProgressDeltas {
                 .swap(false, Ordering::Relaxed)
                 .then(|| self.lag.load(Ordering::Relaxed)),
             blocked: lock(&self.blocked).take(),
+            delivered_by: std::mem::take(&mut *lock(&self.delivered_by)),
             number: 0,
         };
         if !flush.is_empty() {
@@ -291,7 +343,7 @@ impl ProgressDeltas {
     ) -> Result<FlowProgress, QueueError> {
         let now = super::clock::now_unix_ms() / 1000;
         let result = update_progress(store, |p: &mut FlowProgress| {
-            flush.apply(p, &self.writer, contract_version, now)
+            flush.apply(p, &self.writer, contract_version, self.key_cap, now)
         })
         .await;
         match &result {
@@ -324,9 +376,9 @@ mod tests {
             ],
             ..Flush::default()
         };
-        first.apply(&mut record, "w1", "1.0.0", 100);
+        first.apply(&mut record, "w1", "1.0.0", 0, 100);
         // The same flush again (its write went through, its reply was lost): no change.
-        first.apply(&mut record, "w1", "1.0.0", 101);
+        first.apply(&mut record, "w1", "1.0.0", 0, 101);
         assert_eq!(
             (record.read, record.delivered, record.dead_lettered),
             (3, 1, 1)
@@ -341,7 +393,7 @@ mod tests {
             ],
             ..Flush::default()
         };
-        again.apply(&mut record, "w2", "1.0.0", 102);
+        again.apply(&mut record, "w2", "1.0.0", 0, 102);
         assert_eq!((record.delivered, record.dead_lettered), (2, 1));
         assert!(record.settled.contains(4) && !record.settled.contains(5));
         // A writer's mark is dropped once old; the others stay.
@@ -350,7 +402,7 @@ mod tests {
             read: 1,
             ..Flush::default()
         };
-        later.apply(&mut record, "w2", "1.0.0", 102 + FLUSH_MARK_KEPT_SECS);
+        later.apply(&mut record, "w2", "1.0.0", 0, 102 + FLUSH_MARK_KEPT_SECS);
         assert_eq!(record.read, 4);
         assert_eq!(record.flushes.keys().collect::<Vec<_>>(), ["w2"]);
     }

@@ -242,5 +242,6 @@ pub fn sales_order_flow(
         },
         approval: None,
         limits: Default::default(),
+        freshness_by: None,
     }
 }

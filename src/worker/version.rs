@@ -30,10 +30,41 @@ pub fn version_of(value: &Value) -> Option<u64> {
     }
 }
 
+/// The instant a cursor-field value names, Unix milliseconds: RFC 3339 timestamps and OData v2
+/// `/Date(ms)/`; `None` for a change counter or anything else that is no time.
+pub fn change_time_ms(value: &Value) -> Option<i64> {
+    let Value::String(s) = value else {
+        return None;
+    };
+    if let Some(ms) = s
+        .strip_prefix("/Date(")
+        .and_then(|rest| rest.strip_suffix(")/"))
+        .and_then(|ms| ms.split(['+', '-']).next())
+        .and_then(|ms| ms.parse::<i64>().ok())
+    {
+        return Some(ms);
+    }
+    parse_rfc3339_nanos(s).map(|ns| ns / 1_000_000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn change_times_come_only_from_timestamps() {
+        assert_eq!(
+            change_time_ms(&json!("2024-01-01T00:00:00.025Z")),
+            Some(1_704_067_200_025)
+        );
+        assert_eq!(
+            change_time_ms(&json!("/Date(1704067200025)/")),
+            Some(1_704_067_200_025)
+        );
+        assert_eq!(change_time_ms(&json!("42")), None);
+        assert_eq!(change_time_ms(&json!(42)), None);
+    }
 
     #[test]
     fn later_changes_have_larger_versions() {

@@ -105,9 +105,19 @@ pub struct InProcessWorker {
 
 impl InProcessWorker {
     pub fn start(config: WorkerConfig, id: &str) -> InProcessWorker {
+        InProcessWorker::start_listening(config, id, None)
+    }
+
+    /// Like [`InProcessWorker::start`], serving /metrics and health on `listen`.
+    pub fn start_listening(
+        config: WorkerConfig,
+        id: &str,
+        listen: Option<std::net::SocketAddr>,
+    ) -> InProcessWorker {
         let (stop, shutdown) = watch::channel(false);
         let options = RunOptions {
             lease_ttl: Duration::from_secs(3),
+            listen,
             ..RunOptions::new(id)
         };
         let handle = tokio::spawn(run(with_flow_identity(config), options, shutdown));
@@ -221,6 +231,27 @@ pub fn peak_rss_kib(status: &str) -> Option<u64> {
         .trim()
         .parse()
         .ok()
+}
+
+/// A free loopback address for a worker's /metrics.
+pub fn free_listen_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The value of the series of `/metrics` on `listen` whose line starts with `series` (name
+/// and labels as the worker writes them, e.g. `name{a="b"}`), or None.
+pub async fn scrape(listen: std::net::SocketAddr, series: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{listen}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// A directory removed on drop.

@@ -6,6 +6,7 @@ pub mod changes;
 pub mod dereference;
 pub mod drift;
 pub mod nats_user;
+pub mod operations;
 pub mod redrive_gate;
 pub mod status;
 pub mod stores;
@@ -617,7 +618,19 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
     let redrive_waits = redrive_requested
         .then(|| redrive_gate::wait_reason(flow, blocked.as_ref(), deployment.as_ref()))
         .flatten();
-    let operations = handle_operations(flow, ctx, &names, redrive_waits.is_none()).await;
+    let mut operations = handle_operations(flow, ctx, &names, redrive_waits.is_none()).await;
+    let progress_cursor = queue.as_ref().ok().and_then(|q| q.progress.cursor.clone());
+    let source_facts = operations::SourceFacts {
+        sync_mode: flow.spec.source.sync_mode,
+        has_cursor_field: flow.spec.source.cursor_field.is_some(),
+        protocol: deref.source.as_ref().map(|b| b.spec.protocol),
+        cursor: progress_cursor.as_deref(),
+        cursor_is_time: cursor_is_time(flow, choice.resolved.as_ref()),
+    };
+    let reports = match &queue {
+        Ok(_) => operations::handle(flow, ctx, &names, source_facts, &mut operations).await,
+        Err(_) => operations::Reports::previous(flow),
+    };
     let pending_approvals = match &queue {
         Ok(_) if flow.spec.approval.is_some() => list_pending(&ctx.jetstream, &names)
             .await
@@ -683,12 +696,14 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
         flow,
         bindings,
         contract: choice.condition,
+        contract_sla: deref.contract.as_ref().and_then(|c| c.spec.sla.clone()),
         contract_version,
         blocked,
         queue,
         deployment: deployment.as_ref(),
         autoscaler: render::scaling::autoscaler(flow, &settings),
         operations,
+        reports,
         redrive_waits: redrive_waits.map(|why| {
             let value = redrive_gate::requested(flow).unwrap_or_default();
             format!("{REDRIVE_ANNOTATION}={value} {why}")
@@ -729,6 +744,33 @@ async fn ensured_queue_state(
     dereference::queue_state(&ctx.jetstream, names)
         .await
         .inspect_err(|_| ctx.applied.forget(&key))
+}
+
+/// Whether the flow's cursor field holds times or numbers, from the type of the contract field
+/// it is mapped to (an unmapped contract field comes from the source field of its name).
+fn cursor_is_time(
+    flow: &IntegrationFlow,
+    contract: Option<&render::ResolvedContract>,
+) -> Option<bool> {
+    use crate::api::data_contract::FieldType;
+    let field = flow.spec.source.cursor_field.as_deref()?;
+    let canonical = flow
+        .spec
+        .mapping
+        .iter()
+        .flat_map(|m| &m.fields)
+        .find(|m| m.from.as_deref() == Some(field))
+        .map_or(field, |m| m.to.as_str());
+    let spec = contract?
+        .schema
+        .fields
+        .iter()
+        .find(|f| f.name == canonical)?;
+    match spec.type_ {
+        FieldType::Timestamp | FieldType::Date => Some(true),
+        FieldType::Int => Some(false),
+        _ => None,
+    }
 }
 
 /// Records a planner's decision on each listed review, by `decided_by`. A review that is no

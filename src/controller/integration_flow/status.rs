@@ -8,6 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::api::IntegrationFlow;
 use crate::api::common::parse_duration;
+use crate::api::data_contract::ContractSla;
 use crate::api::integration_flow::{
     CodeDrift, IntegrationFlowStatus, PendingApproval, QueueStatus, ReplicaStatus, RouteCounts,
     SyncStatus,
@@ -16,6 +17,7 @@ use crate::controller::conditions::{Desired, merge};
 use crate::queue::approvals::PendingReview;
 use crate::render::labels::{worker_selector_string, workers_name};
 use crate::render::scaling::{Autoscaler, LAG_METRIC, fixed_replicas};
+use crate::worker_config::OTHER_KEY;
 
 use super::dereference::QueueState;
 
@@ -27,6 +29,8 @@ pub struct Observed<'a> {
     pub flow: &'a IntegrationFlow,
     pub bindings: Desired,
     pub contract: Desired,
+    /// The contract's freshness SLA: its `errorAfter` makes the flow not Fresh too.
+    pub contract_sla: Option<ContractSla>,
     /// Contract version the workers run (from the applied configuration).
     pub contract_version: Option<String>,
     /// A spec problem that blocks the flow: (reason, message).
@@ -37,6 +41,8 @@ pub struct Observed<'a> {
     /// What sets the worker count, as rendered for the cluster's APIs.
     pub autoscaler: Autoscaler,
     pub operations: BTreeMap<String, String>,
+    /// Replay, backfill and cursor changes as handled.
+    pub reports: super::operations::Reports,
     /// A requested redrive held back until every worker runs the applied configuration, and why.
     pub redrive_waits: Option<String>,
     /// Reviews parked by the workers, undecided.
@@ -146,16 +152,15 @@ fn autoscaled(flow: &IntegrationFlow, autoscaler: Autoscaler) -> Desired {
 
 fn freshness(
     flow: &IntegrationFlow,
+    contract_sla: Option<&ContractSla>,
     queue: &Result<QueueState, String>,
     now: Timestamp,
 ) -> Desired {
-    let limit = flow
-        .spec
-        .sla
-        .as_ref()
-        .and_then(|s| parse_duration(&s.freshness).ok())
-        .map(|d| d.as_secs())
-        .unwrap_or(DEFAULT_FRESHNESS_SECS);
+    let limit = flow_freshness_secs(flow);
+    // The data domain's promise, the same threshold as FlowplaneContractFreshnessBreached.
+    let error_after = contract_sla
+        .and_then(|s| parse_duration(&s.freshness.error_after).ok())
+        .map(|d| d.as_secs());
     let Ok(state) = queue else {
         return Desired::new(
             "Fresh",
@@ -173,23 +178,71 @@ fn freshness(
         ),
         Some(last) => {
             let age = now.as_second().saturating_sub(last).max(0) as u64;
-            if age <= limit {
-                Desired::new(
-                    "Fresh",
-                    true,
-                    "Fresh",
-                    format!("last delivery within the {limit}s freshness SLA"),
-                )
-            } else {
-                Desired::new(
+            match error_after {
+                _ if age > limit => Desired::new(
                     "Fresh",
                     false,
                     "Stale",
                     format!("last delivery is older than the {limit}s freshness SLA"),
-                )
+                ),
+                Some(error_after) if age > error_after => Desired::new(
+                    "Fresh",
+                    false,
+                    "ContractFreshnessBreached",
+                    format!(
+                        "last delivery is older than the DataContract's sla.freshness.errorAfter ({error_after}s)"
+                    ),
+                ),
+                Some(error_after) => Desired::new(
+                    "Fresh",
+                    true,
+                    "Fresh",
+                    format!(
+                        "last delivery within the {limit}s freshness SLA and the DataContract's errorAfter ({error_after}s)"
+                    ),
+                ),
+                None => Desired::new(
+                    "Fresh",
+                    true,
+                    "Fresh",
+                    format!("last delivery within the {limit}s freshness SLA"),
+                ),
             }
         }
     }
+}
+
+/// Most stale freshnessBy values status lists.
+const STALE_KEYS_SHOWN: usize = 20;
+
+/// The freshnessBy values (declared codes, not `_other`) whose last delivery is older than
+/// the flow's freshness SLA, oldest first: what `FlowplaneKeyStale` fires for.
+fn stale_keys(
+    flow: &IntegrationFlow,
+    last_by: &BTreeMap<String, i64>,
+    now: Timestamp,
+) -> Vec<String> {
+    let limit = flow_freshness_secs(flow) as i64;
+    let mut stale: Vec<(&i64, &String)> = last_by
+        .iter()
+        .filter(|(key, at)| key.as_str() != OTHER_KEY && now.as_second() - **at > limit)
+        .map(|(key, at)| (at, key))
+        .collect();
+    stale.sort();
+    stale
+        .into_iter()
+        .take(STALE_KEYS_SHOWN)
+        .map(|(_, key)| key.clone())
+        .collect()
+}
+
+fn flow_freshness_secs(flow: &IntegrationFlow) -> u64 {
+    flow.spec
+        .sla
+        .as_ref()
+        .and_then(|s| parse_duration(&s.freshness).ok())
+        .map(|d| d.as_secs())
+        .unwrap_or(DEFAULT_FRESHNESS_SECS)
 }
 
 /// A parked review as status shows it (expiry in RFC 3339; an infinite delta, from a zero
@@ -233,7 +286,12 @@ pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
         },
         Err(e) => Desired::new("QueueReady", false, "QueueUnavailable", e.clone()),
     };
-    let fresh = freshness(flow, &observed.queue, observed.now);
+    let fresh = freshness(
+        flow,
+        observed.contract_sla.as_ref(),
+        &observed.queue,
+        observed.now,
+    );
     let autoscaled = autoscaled(flow, observed.autoscaler);
     let running_contract = observed.contract_version.is_some();
     let stalled = match &observed.blocked {
@@ -302,22 +360,19 @@ pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
-    let conditions = merge(
-        previous,
-        &[
-            ready,
-            reconciling,
-            stalled,
-            observed.contract,
-            observed.bindings,
-            queue_condition,
-            workers_condition,
-            fresh,
-            autoscaled,
-        ],
-        generation,
-        observed.now,
-    );
+    let mut desired_conditions = vec![
+        ready,
+        reconciling,
+        stalled,
+        observed.contract,
+        observed.bindings,
+        queue_condition,
+        workers_condition,
+        fresh,
+        autoscaled,
+    ];
+    desired_conditions.extend(observed.reports.condition());
+    let conditions = merge(previous, &desired_conditions, generation, observed.now);
     let sync = observed.queue.as_ref().ok().map(|q| SyncStatus {
         last_success_time: q
             .progress
@@ -328,8 +383,10 @@ pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
         dead_letters: q.dead_letters,
         delivered: q.progress.delivered,
         duplicates: q.progress.duplicates,
+        replayed: q.progress.replayed,
         cursor: q.progress.cursor.clone(),
         blocked: q.progress.blocked.clone(),
+        stale_keys: stale_keys(flow, &q.progress.last_success_by, observed.now),
     });
     IntegrationFlowStatus {
         observed_generation: generation,
@@ -357,5 +414,87 @@ pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
         routes: observed.routes,
         operations: observed.operations,
         code_drift: observed.code_drift,
+        replay: observed.reports.replay,
+        backfill: observed.reports.backfill,
+        cursor_change: observed.reports.cursor_change,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::common::Freshness;
+    use crate::queue::FlowProgress;
+
+    fn flow() -> IntegrationFlow {
+        serde_yaml::from_str(
+            r#"
+apiVersion: flowplane.io/v1alpha1
+kind: IntegrationFlow
+metadata: {name: orders, namespace: eu}
+spec:
+  source: {bindingRef: erp, entity: A_SalesOrderItem, syncMode: FullRefresh}
+  target: {bindingRef: forecasting, entity: /v1/sales}
+  contract: {name: sales-order-lines}
+  sla: {freshness: 3h}
+"#,
+        )
+        .unwrap()
+    }
+
+    fn delivered_ago(secs: i64, now: Timestamp) -> Result<QueueState, String> {
+        Ok(QueueState {
+            progress: FlowProgress {
+                last_success_unix: Some(now.as_second() - secs),
+                ..FlowProgress::default()
+            },
+            lag: 0,
+            dead_letters: 0,
+            health: Default::default(),
+        })
+    }
+
+    #[test]
+    fn the_contracts_error_after_makes_the_flow_not_fresh() {
+        let now = Timestamp::now();
+        let sla = ContractSla {
+            freshness: Freshness {
+                warn_after: "30m".into(),
+                error_after: "2h".into(),
+            },
+        };
+        // Inside both: Fresh.
+        let fresh = freshness(&flow(), Some(&sla), &delivered_ago(3600, now), now);
+        assert!(fresh.status, "{fresh:?}");
+        // Past errorAfter (2h), inside the flow's own 3h: not Fresh, and says why.
+        let breached = freshness(&flow(), Some(&sla), &delivered_ago(2 * 3600 + 60, now), now);
+        assert!(!breached.status);
+        assert_eq!(breached.reason, "ContractFreshnessBreached");
+        assert!(
+            breached.message.contains("errorAfter (7200s)"),
+            "{}",
+            breached.message
+        );
+        // Without the contract's SLA the same age is within the flow's.
+        assert!(freshness(&flow(), None, &delivered_ago(2 * 3600 + 60, now), now).status);
+        // Past the flow's own SLA: Stale.
+        let stale = freshness(&flow(), Some(&sla), &delivered_ago(4 * 3600, now), now);
+        assert_eq!((stale.status, stale.reason.as_str()), (false, "Stale"));
+    }
+
+    #[test]
+    fn stale_keys_are_the_declared_values_past_the_sla_oldest_first() {
+        let now = Timestamp::now();
+        let at = |ago: i64| now.as_second() - ago;
+        let last_by = BTreeMap::from([
+            ("DC-EAST".to_string(), at(60)),
+            ("DC-WEST".to_string(), at(4 * 3600)),
+            ("DC-NORTH".to_string(), at(5 * 3600)),
+            (OTHER_KEY.to_string(), at(9 * 3600)),
+        ]);
+        assert_eq!(
+            stale_keys(&flow(), &last_by, now),
+            vec!["DC-NORTH", "DC-WEST"]
+        );
     }
 }

@@ -70,6 +70,15 @@ impl From<Vec<Value>> for Records {
     }
 }
 
+/// A backfill window of the cursor field: from (inclusive) to (exclusive), RFC 3339.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// Start, inclusive.
+    pub from: String,
+    /// End, exclusive.
+    pub to: String,
+}
+
 /// A source of one flow.
 pub enum Source {
     /// OData v4 entity set.
@@ -131,6 +140,20 @@ impl Source {
             Source::Nats(s) => s.begin(),
             Source::Files(s) => s.begin(cursor),
         }
+    }
+
+    /// Starts a pass over the records whose cursor field lies in `window`, leaving the live
+    /// cursor alone (OData `$filter`, REST `sinceParam`/`untilParam`); other sources cannot
+    /// read a window.
+    pub fn begin_window(&mut self, window: &Window) -> anyhow::Result<()> {
+        match self {
+            Source::OData(s) => s.begin_window(window),
+            Source::Rest(s) => s.begin_window(window),
+            Source::Nats(_) | Source::Files(_) => {
+                anyhow::bail!("this source cannot read a backfill window: OData and REST can")
+            }
+        }
+        Ok(())
     }
 
     /// The next page of the pass; None when the pass is complete.

@@ -12,7 +12,7 @@ use reqwest::Url;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Page, Records, raw};
+use super::{Page, Records, Window, raw};
 use crate::api::integration_flow::{Limits, SyncMode};
 use crate::worker::http::{CallError, HttpClient};
 use crate::worker_config::SourceConfig;
@@ -47,6 +47,8 @@ pub struct ODataSource {
     reached: Option<String>,
     /// Why the pass cannot go on (a link to another origin), reported on the next call.
     refused: Option<CallError>,
+    /// Whether this pass reads a backfill window (no delta link asked for).
+    windowed: bool,
 }
 
 impl ODataSource {
@@ -59,6 +61,7 @@ impl ODataSource {
             next: None,
             reached: None,
             refused: None,
+            windowed: false,
         }
     }
 
@@ -66,26 +69,47 @@ impl ODataSource {
     pub fn begin(&mut self, cursor: Option<&str>) {
         self.reached = cursor.map(str::to_string);
         self.refused = None;
+        self.windowed = false;
         if let Some(link) = cursor.and_then(|c| c.strip_prefix(DELTA_PREFIX)) {
             self.next = Some(link.to_string());
             return;
         }
+        let incremental = self.config.sync_mode != SyncMode::FullRefresh;
+        // Inclusive: the cursor is the newest change of the last page stored, and rows of
+        // that same timestamp may still be on the next page when a pass ends between pages.
+        // `gt` would skip them for good; `ge` reads them again and the key+version dedupe
+        // (Nats-Msg-Id, the target's version check) drops the repeats.
+        let filter = match (incremental, &self.config.cursor_field, cursor) {
+            (true, Some(field), Some(after)) => Some(format!("{field} ge {after}")),
+            _ => None,
+        };
+        self.next = Some(self.query(filter));
+    }
+
+    /// Starts a pass over the records whose cursor field lies in `window` (`ge` its start and
+    /// `lt` its end), without a delta link: the live cursor is not this pass's business.
+    pub fn begin_window(&mut self, window: &Window) {
+        self.reached = None;
+        self.refused = None;
+        self.windowed = true;
+        let filter = self
+            .config
+            .cursor_field
+            .as_ref()
+            .map(|field| format!("{field} ge {} and {field} lt {}", window.from, window.to));
+        self.next = Some(self.query(filter));
+    }
+
+    /// The first request of a pass: the entity set with `$filter`, `$orderby` and `$select`.
+    fn query(&self, filter: Option<String>) -> String {
         let base = format!(
             "{}/{}",
             self.config.endpoint.url.trim_end_matches('/'),
             self.config.entity
         );
         let mut params = Vec::new();
-        let incremental = self.config.sync_mode != SyncMode::FullRefresh;
-        if let (true, Some(field), Some(after)) = (incremental, &self.config.cursor_field, cursor) {
-            // Inclusive: the cursor is the newest change of the last page stored, and rows of
-            // that same timestamp may still be on the next page when a pass ends between
-            // pages. `gt` would skip them for good; `ge` reads them again and the
-            // key+version dedupe (Nats-Msg-Id, the target's version check) drops the repeats.
-            params.push(format!(
-                "$filter={}",
-                encode(&format!("{field} ge {after}"))
-            ));
+        if let Some(filter) = filter {
+            params.push(format!("$filter={}", encode(&filter)));
         }
         if let Some(field) = &self.config.cursor_field {
             params.push(format!("$orderby={}", encode(field)));
@@ -99,11 +123,11 @@ impl ODataSource {
             }
             params.push(format!("$select={}", encode(&select.join(","))));
         }
-        self.next = Some(if params.is_empty() {
+        if params.is_empty() {
             base
         } else {
             format!("{base}?{}", params.join("&"))
-        });
+        }
     }
 
     /// The next page of the pass.
@@ -114,7 +138,7 @@ impl ODataSource {
         let Some(url) = self.next.take() else {
             return Ok(None);
         };
-        let track = self.config.sync_mode == SyncMode::Incremental;
+        let track = self.config.sync_mode == SyncMode::Incremental && !self.windowed;
         // No larger than the flow takes (a larger page is refused whole).
         let page_size = PAGE_SIZE.min(self.limits.max_page_records);
         let response = self

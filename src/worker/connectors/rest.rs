@@ -16,7 +16,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use super::odata::encode;
-use super::{Page, Records, raw};
+use super::{Page, Records, Window, raw};
 use crate::api::connector_binding::{Pagination, RestRead};
 use crate::api::integration_flow::{Limits, SyncMode};
 use crate::worker::http::{CallError, HttpClient};
@@ -75,15 +75,29 @@ impl RestSource {
     /// Starts a pass after `cursor`.
     pub fn begin(&mut self, cursor: Option<&str>) {
         self.reached = cursor.map(str::to_string);
-        self.refused = None;
         let since = match (self.config.sync_mode, cursor) {
             (SyncMode::Incremental, Some(after)) => Some(after),
             _ => None,
         };
+        self.start(since, None);
+    }
+
+    /// Starts a pass over the records changed in `window`: its start in the since parameter,
+    /// its end (exclusive) in the until parameter.
+    pub fn begin_window(&mut self, window: &Window) {
+        self.reached = None;
+        self.start(Some(&window.from), Some(&window.to));
+    }
+
+    fn start(&mut self, since: Option<&str>, until: Option<&str>) {
+        self.refused = None;
         let Some(read) = self.config.rest.clone() else {
             let mut url = format!("{}?limit={}", self.base(), self.page_size(PAGE_SIZE));
             if let Some(after) = since {
                 url.push_str(&format!("&since={}", encode(after)));
+            }
+            if let Some(before) = until {
+                url.push_str(&format!("&until={}", encode(before)));
             }
             self.next = Some(url);
             return;
@@ -104,6 +118,9 @@ impl RestSource {
         }
         if let Some(after) = since {
             url.query_pairs_mut().append_pair(&read.since_param, after);
+        }
+        if let Some(before) = until {
+            url.query_pairs_mut().append_pair(&read.until_param, before);
         }
         self.first = Some(url.clone());
         self.largest = 0;
