@@ -397,15 +397,8 @@ impl Resolver {
 
     /// Counts a reviewed record that `target` will never take.
     fn delivery_failed(&self, target: &Target) {
-        let which = if std::ptr::eq(target, &*self.target) {
-            "target"
-        } else {
-            "escalation"
-        };
         self.metrics
-            .delivery_failed
-            .get_or_create(&TargetLabel { target: which })
-            .inc();
+            .count_delivery_failed(!std::ptr::eq(target, &*self.target));
     }
 
     /// Publishes a parked record to the dead-letter stream, as `dead_letter` does for messages.

@@ -687,15 +687,8 @@ impl Consumer {
 
     /// Counts a record that `target` (the flow's or the escalation target) will never take.
     fn delivery_failed(&self, target: &Target) {
-        let which = if std::ptr::eq(target, &*self.target) {
-            "target"
-        } else {
-            "escalation"
-        };
         self.metrics
-            .delivery_failed
-            .get_or_create(&TargetLabel { target: which })
-            .inc();
+            .count_delivery_failed(!std::ptr::eq(target, &*self.target));
     }
 
     /// A record reached the target at `now_ms`: its end-to-end latency, from its change at the

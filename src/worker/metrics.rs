@@ -113,6 +113,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts a record a target will never take: the flow's own target, or (`escalation`) the
+    /// one its approval rules escalate to.
+    pub fn count_delivery_failed(&self, escalation: bool) {
+        let target = if escalation { "escalation" } else { "target" };
+        self.delivery_failed
+            .get_or_create(&TargetLabel { target })
+            .inc();
+    }
     /// Metrics labelled with the flow they belong to.
     pub fn new(namespace: &str, flow: &str) -> Arc<Metrics> {
         let mut registry = Registry::with_prefix_and_labels(

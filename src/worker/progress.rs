@@ -57,7 +57,6 @@ pub struct ProgressDeltas {
     key_cap: usize,
 }
 
-
 impl Default for ProgressDeltas {
     fn default() -> Self {
         ProgressDeltas {
@@ -172,14 +171,12 @@ impl Flush {
             // Workers admit values on their own: the record stays within the cap however
             // their choices differ.
             let kept = p.last_success_by.keys().filter(|k| *k != OTHER_KEY).count();
-            let value = if value == OTHER_KEY
-                || p.last_success_by.contains_key(value)
-                || kept < key_cap
-            {
-                value.as_str()
-            } else {
-                OTHER_KEY
-            };
+            let value =
+                if value == OTHER_KEY || p.last_success_by.contains_key(value) || kept < key_cap {
+                    value.as_str()
+                } else {
+                    OTHER_KEY
+                };
             let last = p.last_success_by.entry(value.to_string()).or_default();
             *last = (*last).max(*at);
         }
