@@ -4,6 +4,7 @@
 #   FLOWS=10000 RUNS=3 scripts/bench-operator.sh
 # RUNS repeats the whole run, each on a fresh control plane and NATS (this machine is shared
 # and noisy: every run is printed with the load average, then the median ratio).
+# SKIP_FLOOR=1 measures the operator alone (time to settle, idle writes, peak RSS; no ratio).
 # KCM_API_QPS (default 20) is kube-controller-manager's request rate: at 10,000 flows its
 # default makes it the slowest part (a ReplicaSet, a Pod and status updates per Deployment),
 # and the idle measurement waits for it.
@@ -34,4 +35,5 @@ for run in $(seq "$runs"); do
 done
 read -ra ratios <<<"$(awk '/^ratio operator \/ floor:/ {print $NF}' "$results" | tr '\n' ' ')"
 rm -f "$results"
+[ "${#ratios[@]}" -gt 0 ] || exit 0
 echo "ratios operator / floor: ${ratios[*]}; median $(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END {print (NR % 2 ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2)}')"

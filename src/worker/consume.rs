@@ -19,7 +19,6 @@ use async_nats::StatusCode;
 use async_nats::jetstream::consumer::pull::BatchConfig;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, kv};
 use futures::StreamExt;
-use serde_json::Value;
 use tokio::sync::watch;
 
 use super::approval::Approvals;
@@ -32,7 +31,7 @@ use super::progress::{Outcome, ProgressDeltas};
 use super::quality::{self, Facts, Judgement};
 use super::resilience::Backoff;
 use super::trace::{log_safe, trace_id};
-use super::transform::{Plan, Reason};
+use super::transform::{Plan, Reason, Record};
 use crate::api::integration_flow::ApprovalAction;
 use crate::queue::approvals::Route;
 use crate::queue::{QueueNames, headers};
@@ -289,7 +288,7 @@ impl Consumer {
                 continue;
             }
             let traceparent = header(message, headers::TRACEPARENT);
-            let record: Value = match serde_json::from_slice(&message.payload) {
+            let record: Record = match serde_json::from_slice(&message.payload) {
                 Ok(record) => record,
                 Err(e) => {
                     self.reject(message, Reason::Undecodable, "decode", &e.to_string())
@@ -298,7 +297,7 @@ impl Consumer {
                 }
             };
             let start = buffer.len();
-            match self.plan.map_into_with(&record, buffer, &mut facts) {
+            match self.plan.map_record(&record, buffer, &mut facts) {
                 Ok(alerts) => {
                     if alerts.0 > 0 {
                         self.metrics.quality_alerts.inc_by(u64::from(alerts.0));

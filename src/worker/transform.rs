@@ -5,6 +5,8 @@
 //! into segments, code tables in hash maps, patterns compiled, quality rules attached to the
 //! field they check, and each output field's `"name":` prefix pre-escaped. Mapping a record
 //! writes straight into a caller-owned buffer; the only allocations are on the error path.
+//! The record itself is read from the message bytes as a [`Record`]: strings and keys borrowed
+//! from the payload, not a `serde_json::Value` with an allocation per field.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
@@ -13,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use regex::Regex;
 use serde_json::Value;
+use serde_json_borrow::Value as Borrowed;
 
 use crate::api::data_contract::{
     AdditionalFields, FieldSpec, FieldType, QualityAction, QualityCheck, QualityRule,
@@ -161,6 +164,10 @@ pub struct Plan {
     /// A code was seen for the first time since the last [`Plan::take_new_codes`].
     new_codes: AtomicBool,
 }
+
+/// One source record as the consumer decodes it from the message bytes: a JSON tree whose
+/// strings and keys borrow from the payload where they have no escapes.
+pub type Record<'a> = Borrowed<'a>;
 
 /// Counts of Alert-action quality violations, reported by the caller as a metric.
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
@@ -353,9 +360,19 @@ impl Plan {
         out: &mut Vec<u8>,
         facts: &mut Facts,
     ) -> Result<Alerts, Rejection> {
+        self.map_record(&Record::from(record), out, facts)
+    }
+
+    /// [`Plan::map_into_with`] on a record decoded from message bytes (the consumer's path).
+    pub fn map_record(
+        &self,
+        record: &Record<'_>,
+        out: &mut Vec<u8>,
+        facts: &mut Facts,
+    ) -> Result<Alerts, Rejection> {
         facts.nulls = 0;
         facts.key = self.wants_key.then(String::new);
-        let Value::Object(object) = record else {
+        let Borrowed::Object(object) = record else {
             return Err(reject(
                 Reason::Undecodable,
                 "the record is not a JSON object".into(),
@@ -364,7 +381,7 @@ impl Plan {
         if self.reject_additional
             && let Some(extra) = object
                 .keys()
-                .find(|k| !k.starts_with("@odata.") && !self.fields.iter().any(|f| &f.name == *k))
+                .find(|k| !k.starts_with("@odata.") && !self.fields.iter().any(|f| f.name == *k))
         {
             return Err(reject(
                 Reason::ContractViolation,
@@ -376,16 +393,16 @@ impl Plan {
         let mut first = true;
         for field in &self.fields {
             let found = match &field.origin {
-                Origin::Path(path) => lookup(record, path),
+                Origin::Path(path) => lookup_borrowed(record, path),
                 Origin::Constant(_) => None,
             };
             let mut number_text = NumberText::new();
             let raw: Option<&str> = match (&field.origin, found) {
                 (Origin::Constant(c), _) => Some(c.as_str()),
-                (_, Some(Value::String(s))) => Some(s.as_str()),
-                (_, Some(Value::Number(n))) => Some(number_text.write(n)),
-                (_, Some(Value::Bool(b))) => Some(if *b { "true" } else { "false" }),
-                (_, Some(Value::Null)) | (_, None) => None,
+                (_, Some(Borrowed::Str(s))) => Some(s.as_ref()),
+                (_, Some(Borrowed::Number(n))) => Some(number_text.write_borrowed(n)),
+                (_, Some(Borrowed::Bool(b))) => Some(if *b { "true" } else { "false" }),
+                (_, Some(Borrowed::Null)) | (_, None) => None,
                 (_, Some(_)) => {
                     return Err(reject(
                         Reason::ContractViolation,
@@ -410,7 +427,7 @@ impl Plan {
                     ));
                 }
                 check_rules(field, None, &mut alerts)?;
-                if matches!(found, Some(Value::Null)) {
+                if matches!(found, Some(Borrowed::Null)) {
                     write_field(out, &mut first, &field.prefix, b"null");
                 }
                 continue;
@@ -580,6 +597,21 @@ fn lookup<'a>(record: &'a Value, path: &[String]) -> Option<&'a Value> {
     Some(current)
 }
 
+/// As [`lookup`]; of duplicate keys the last counts, as `serde_json` decides (and so the
+/// extraction that computed the record's key).
+fn lookup_borrowed<'r, 'a>(record: &'r Record<'a>, path: &[String]) -> Option<&'r Record<'a>> {
+    let mut current = record;
+    for segment in path {
+        current = current
+            .as_object()?
+            .as_vec()
+            .iter()
+            .rev()
+            .find_map(|(key, value)| (&**key == segment.as_str()).then_some(value))?;
+    }
+    Some(current)
+}
+
 fn write_field(out: &mut Vec<u8>, first: &mut bool, prefix: &[u8], value: &[u8]) {
     if !*first {
         out.push(b',');
@@ -613,6 +645,20 @@ impl NumberText {
             buffer: [0; 40],
             len: 0,
         }
+    }
+
+    /// Writes a decoded number as `serde_json` writes it (floats by the shortest
+    /// round-tripping form, `10.0` stays `10.0`).
+    fn write_borrowed(&mut self, number: &serde_json_borrow::Number) -> &str {
+        let number = match (number.as_u64(), number.as_i64(), number.as_f64()) {
+            (Some(u), _, _) => serde_json::Number::from(u),
+            (None, Some(i), _) => serde_json::Number::from(i),
+            (None, None, Some(f)) => {
+                serde_json::Number::from_f64(f).unwrap_or_else(|| serde_json::Number::from(0))
+            }
+            (None, None, None) => serde_json::Number::from(0),
+        };
+        self.write(&number)
     }
 
     fn write(&mut self, number: &serde_json::Number) -> &str {

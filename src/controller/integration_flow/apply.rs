@@ -34,23 +34,36 @@ use crate::render::labels::{
 };
 use crate::render::optional_kinds;
 
-/// What this process last did to each child: the hash of the object it applied, or `absent`
-/// after it pruned one. Lost on restart, which then re-applies once (a no-op on the server).
+/// What this process last did to each child: the fingerprint of the object it applied, or
+/// [`ABSENT`] after it pruned one. Lost on restart, which then re-applies once (a no-op on the
+/// server).
 #[derive(Default)]
 pub struct AppliedCache {
-    entries: Mutex<HashMap<String, String>>,
+    entries: Mutex<HashMap<String, Fingerprint>>,
     /// The resourceVersion each child had when this process last wrote it: the watch event
     /// of that very write tells the flow nothing it does not know (see [`Self::is_own_write`]).
     own_versions: Mutex<HashMap<String, String>>,
 }
 
-const ABSENT: &str = "absent";
+/// The first 128 bits of a SHA-256: as safe against an accidental match as the whole digest
+/// here, and a quarter of the memory of its hex text (this cache holds several per flow).
+pub type Fingerprint = [u8; 16];
+
+/// What the cache holds for a child this process pruned.
+const ABSENT: Fingerprint = [0; 16];
+
+pub fn fingerprint(bytes: impl AsRef<[u8]>) -> Fingerprint {
+    let digest = Sha256::digest(bytes);
+    let mut print = [0; 16];
+    print.copy_from_slice(&digest[..16]);
+    print
+}
 
 impl AppliedCache {
-    pub fn get(&self, key: &str) -> Option<String> {
-        self.entries.lock().ok()?.get(key).cloned()
+    pub fn get(&self, key: &str) -> Option<Fingerprint> {
+        self.entries.lock().ok()?.get(key).copied()
     }
-    pub fn set(&self, key: String, value: String) {
+    pub fn set(&self, key: String, value: Fingerprint) {
         if let Ok(mut entries) = self.entries.lock() {
             entries.insert(key, value);
         }
@@ -95,9 +108,8 @@ impl AppliedCache {
     }
 }
 
-fn hash_of<T: Serialize>(object: &T) -> Result<String> {
-    let json = serde_json::to_vec(object)?;
-    Ok(format!("{:x}", Sha256::digest(&json)))
+fn hash_of<T: Serialize>(object: &T) -> Result<Fingerprint> {
+    Ok(fingerprint(serde_json::to_vec(object)?))
 }
 
 /// A child the API server refuses as invalid (422) was built from a spec it does not accept
@@ -170,7 +182,7 @@ impl Applier<'_> {
         let name = object.meta().name.clone().unwrap_or_default();
         let key = format!("{}/{}/{name}", K::kind(&()), self.namespace);
         let hash = hash_of(object)?;
-        if self.cache.get(&key).as_deref() == Some(hash.as_str()) && live_exists != Some(false) {
+        if self.cache.get(&key) == Some(hash) && live_exists != Some(false) {
             return Ok(None);
         }
         let api: Api<K> = Api::namespaced(self.client.clone(), self.namespace);
@@ -195,7 +207,7 @@ impl Applier<'_> {
         let name = object.metadata.name.clone().unwrap_or_default();
         let key = format!("{}/{}/{name}", resource.kind, self.namespace);
         let hash = hash_of(object)?;
-        if self.cache.get(&key).as_deref() == Some(hash.as_str()) {
+        if self.cache.get(&key) == Some(hash) {
             return Ok(());
         }
         let api: Api<DynamicObject> =
@@ -224,7 +236,7 @@ impl Applier<'_> {
             + std::fmt::Debug,
     {
         let key = format!("{}/{}/{name}", K::kind(&()), self.namespace);
-        match self.cache.get(&key).as_deref() {
+        match self.cache.get(&key) {
             Some(ABSENT) => return Ok(()),
             None if !live_exists => return Ok(()),
             _ => {}
@@ -233,7 +245,7 @@ impl Applier<'_> {
         let live = api.get_metadata_opt(name).await?;
         self.delete_if_ours(&api, name, live.map(|l| l.metadata))
             .await?;
-        self.cache.set(key, ABSENT.into());
+        self.cache.set(key, ABSENT);
         Ok(())
     }
 
@@ -263,7 +275,7 @@ impl Applier<'_> {
 
     async fn prune_dynamic(&self, name: &str, resource: &ApiResource) -> Result<()> {
         let key = format!("{}/{}/{name}", resource.kind, self.namespace);
-        if self.cache.get(&key).as_deref() == Some(ABSENT) {
+        if self.cache.get(&key) == Some(ABSENT) {
             return Ok(());
         }
         let api: Api<DynamicObject> =
@@ -271,7 +283,7 @@ impl Applier<'_> {
         let live = api.get_metadata_opt(name).await?;
         self.delete_if_ours(&api, name, live.map(|l| l.metadata))
             .await?;
-        self.cache.set(key, ABSENT.into());
+        self.cache.set(key, ABSENT);
         Ok(())
     }
 }

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use futures::{Stream, StreamExt, future};
-use k8s_openapi::api::apps::v1::Deployment;
 use kube::Resource;
 
+use super::stores::WorkerDeployment;
 use crate::api::{ConnectorBinding, DataContract, IntegrationFlow};
 use kube::runtime::watcher::{self, Event};
 
@@ -50,7 +50,7 @@ fn hash_of(value: impl Hash) -> u64 {
 
 /// What the flow's status reads of its Deployment (WorkersAvailable, the worker counts, the
 /// rollout): kube-controller-manager's condition timestamps and other churn leave it alone.
-pub fn deployment_fingerprint(deployment: &Deployment) -> u64 {
+pub fn deployment_fingerprint(deployment: &WorkerDeployment) -> u64 {
     let status = deployment.status.as_ref();
     hash_of((
         deployment.metadata.generation,
@@ -135,8 +135,8 @@ mod tests {
     use futures::TryStreamExt;
     use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentStatus};
 
-    fn deployment(ready: i32, condition_reason: &str) -> Deployment {
-        let mut d = Deployment::default();
+    fn deployment(ready: i32, condition_reason: &str) -> WorkerDeployment {
+        let mut d = WorkerDeployment::default();
         d.metadata.name = Some("w".into());
         d.metadata.namespace = Some("ns".into());
         d.metadata.generation = Some(1);
@@ -163,7 +163,7 @@ mod tests {
             Event::Apply(deployment(1, "ReplicaSetUpdated")),
         ])
         .map(Ok);
-        let passed: Vec<Deployment> = worth_reconciling(events, deployment_fingerprint)
+        let passed: Vec<WorkerDeployment> = worth_reconciling(events, deployment_fingerprint)
             .try_collect()
             .await
             .unwrap();

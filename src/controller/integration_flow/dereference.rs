@@ -72,7 +72,8 @@ pub async fn dereference(
             .and_then(|to| binding(&to.binding_ref)),
         code_maps,
         missing_code_maps,
-        deployment: Stores::get(&stores.deployments, &ns, &workers_name(flow)),
+        deployment: Stores::get(&stores.deployments, &ns, &workers_name(flow))
+            .map(|d| d.to_deployment()),
         applied_config: stores.config_maps.exists(&ns, &config_map_name(flow)),
     })
 }

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -47,7 +46,7 @@ use crate::queue::jetstream::{QueuePolicy, delete_queue, ensure_queue, reset_cur
 use crate::queue::redrive::redrive;
 use crate::render::labels::{cron_job_name, flow_name, namespace, rules_name, workers_name};
 use crate::render::{self, FlowInputs, RenderSettings};
-use stores::{ConfigMaps, Stores};
+use stores::{ConfigMaps, Stores, WorkerDeployment};
 
 pub const KIND: &str = "IntegrationFlow";
 /// Flows reconciled at the same time.
@@ -155,17 +154,31 @@ pub struct FlowContext {
     pub stores: Stores,
 }
 
-/// Keeps stored objects small: the field-ownership bookkeeping is never read here.
+/// Keeps stored flows small: the field-ownership bookkeeping and the copy of the whole object
+/// a client-side `kubectl apply` leaves in an annotation are never read here.
+fn slim_flow(flow: &mut IntegrationFlow) {
+    flow.metadata.managed_fields = None;
+    if let Some(annotations) = flow.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED_ANNOTATION);
+    }
+}
+
+const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// The field-ownership bookkeeping is never read here.
 fn without_managed_fields<K: Resource>(object: &mut K) {
     object.meta_mut().managed_fields = None;
 }
 
-/// Keeps of a worker Deployment what the flow's status reads (replicas, generation, status
-/// counts): the pod template and condition history were most of the store at 10,000 flows.
-fn slim_deployment(deployment: &mut Deployment) {
-    without_managed_fields(deployment);
-    deployment.metadata.annotations = None;
-    deployment.spec.template = Default::default();
+/// Keeps of a stored child what the controller reads (`stores::slim_metadata`).
+fn slim<K: Resource>(object: &mut K) {
+    stores::slim_metadata(object.meta_mut());
+}
+
+/// Keeps of a worker Deployment what the flow's status reads: the condition history was
+/// most of its status.
+fn slim_deployment(deployment: &mut WorkerDeployment) {
+    stores::slim_metadata(&mut deployment.metadata);
     if let Some(status) = deployment.status.as_mut() {
         status.conditions = None;
     }
@@ -199,7 +212,7 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
         watcher::Config::default().any_semantic(),
     )
     .default_backoff()
-    .modify(without_managed_fields)
+    .modify(slim_flow)
     .reflect(flow_writer)
     .applied_objects()
     .predicate_filter(changes::flow_fingerprint, Default::default());
@@ -227,7 +240,7 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
             managed.clone(),
         )
         .default_backoff()
-        .modify(without_managed_fields)
+        .modify(slim)
         .reflect(cron_job_writer),
         changes::generation_fingerprint,
     );
@@ -237,14 +250,14 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
             managed.clone(),
         )
         .default_backoff()
-        .modify(without_managed_fields)
+        .modify(slim)
         .reflect(autoscaler_writer),
         changes::generation_fingerprint,
     );
     // kube-controller-manager updates a new Deployment's status several times, most of them
     // condition bookkeeping the flow's status does not show.
     let deployment_changes = changes::worth_reconciling(
-        watcher(scope.api::<Deployment>(&client), managed)
+        watcher(scope.api::<WorkerDeployment>(&client), managed)
             .default_backoff()
             .modify(slim_deployment)
             .reflect(deployment_writer),
@@ -257,7 +270,7 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
         Default::default(),
     )
     .default_backoff()
-    .modify(without_managed_fields)
+    .modify(slim)
     .reflect(config_map_writer)
     .touched_objects();
 
@@ -734,8 +747,8 @@ async fn ensured_queue_state(
     policy: &QueuePolicy,
 ) -> std::result::Result<dereference::QueueState, String> {
     let key = format!("queue/{}", names.stream);
-    let fingerprint = format!("{policy:?}");
-    if ctx.applied.get(&key).as_deref() != Some(fingerprint.as_str()) {
+    let fingerprint = apply::fingerprint(format!("{policy:?}"));
+    if ctx.applied.get(&key) != Some(fingerprint) {
         ensure_queue(&ctx.jetstream, names, policy)
             .await
             .map_err(|e| e.to_string())?;

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
-use sha2::{Digest, Sha256};
 
 use crate::api::connector_binding::Protocol;
 use crate::api::{ConnectorBinding, IntegrationFlow};
@@ -54,13 +53,11 @@ pub async fn ensure(
     let user = format!("{ns}/{name}");
     let secret_name = nats_secret_name(flow);
     let key = format!("Secret/{ns}/{secret_name}");
-    let fingerprint = {
-        let mut hasher = Sha256::new();
-        hasher.update(format!("{user}\n{permissions:?}\n"));
-        hasher.update(ctx.nats_ca.as_deref().unwrap_or_default());
-        format!("{:x}", hasher.finalize())
-    };
-    if ctx.applied.get(&key).as_deref() == Some(fingerprint.as_str()) {
+    let fingerprint = super::apply::fingerprint(format!(
+        "{user}\n{permissions:?}\n{}",
+        ctx.nats_ca.as_deref().unwrap_or_default()
+    ));
+    if ctx.applied.get(&key) == Some(fingerprint) {
         return Ok(());
     }
     if let Some(subject) = event_subject(flow, source)

@@ -8,14 +8,17 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::OnceCell;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
+use serde::Deserialize;
 
 use crate::api::{ConnectorBinding, DataContract, IntegrationFlow};
 use crate::controller::Result;
@@ -27,7 +30,7 @@ pub struct Stores {
     pub contracts: Store<DataContract>,
     pub bindings: Store<ConnectorBinding>,
     /// The flows' worker Deployments (label-selected), for WorkersAvailable.
-    pub deployments: Store<Deployment>,
+    pub deployments: Store<WorkerDeployment>,
     /// Children that may have to be pruned, metadata only (label-selected).
     pub cron_jobs: Store<PartialObjectMeta<CronJob>>,
     pub autoscalers: Store<PartialObjectMeta<HorizontalPodAutoscaler>>,
@@ -42,7 +45,7 @@ impl Stores {
         flows: Store<IntegrationFlow>,
         contracts: Store<DataContract>,
         bindings: Store<ConnectorBinding>,
-        deployments: Store<Deployment>,
+        deployments: Store<WorkerDeployment>,
         (cron_jobs, autoscalers): (
             Store<PartialObjectMeta<CronJob>>,
             Store<PartialObjectMeta<HorizontalPodAutoscaler>>,
@@ -95,6 +98,72 @@ impl Stores {
             .get(&ObjectRef::new(name).within(namespace))
             .map(|object| (*object).clone())
     }
+}
+
+/// What the flow controller reads of a worker Deployment: its metadata (owner, generation),
+/// the desired replicas and the status counts. Decoded straight from the watch into this
+/// type: a whole `Deployment` (pod template, conditions, labels) was a third of the stores'
+/// memory per flow.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct WorkerDeployment {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: WorkerDeploymentSpec,
+    pub status: Option<DeploymentStatus>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct WorkerDeploymentSpec {
+    pub replicas: Option<i32>,
+}
+
+impl WorkerDeployment {
+    /// As a `Deployment` with only the fields this type keeps, for the status builders.
+    pub fn to_deployment(&self) -> Deployment {
+        Deployment {
+            metadata: self.metadata.clone(),
+            spec: DeploymentSpec {
+                replicas: self.spec.replicas,
+                ..Default::default()
+            },
+            status: self.status.clone(),
+        }
+    }
+}
+
+impl Resource for WorkerDeployment {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        <Deployment as k8s_openapi::Resource>::KIND.into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        <Deployment as k8s_openapi::Resource>::GROUP.into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        <Deployment as k8s_openapi::Resource>::VERSION.into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        <Deployment as k8s_openapi::Resource>::URL_PATH_SEGMENT.into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// Keeps of a stored object's metadata what the controller reads: name, namespace, version,
+/// uid, generation and owners. Labels were only the watch's selector; annotations (a
+/// client-side `kubectl apply` copies the whole object into one) and field ownership are
+/// never read.
+pub fn slim_metadata(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    meta.labels = None;
+    meta.annotations = None;
+    meta.creation_timestamp = None;
 }
 
 /// ConfigMaps, watched as metadata only (the cluster's ConfigMap data never sits in this
