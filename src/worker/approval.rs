@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use super::clock::now_unix_ms;
 use super::connectors::target::{Outgoing, Target};
 use super::http::CallError;
-use super::metrics::{Metrics, TargetLabel};
+use super::metrics::Metrics;
 use super::progress::ProgressDeltas;
 use super::transform::Reason;
 use crate::api::common::parse_duration;

@@ -26,7 +26,7 @@ use super::connectors::target::{Outgoing, Target};
 use super::dead_letter::dead_letter;
 use super::http::CallError;
 use super::key_freshness::KeyFreshness;
-use super::metrics::{KeyLabel, Metrics, SinceLabel, TargetLabel};
+use super::metrics::{KeyLabel, Metrics, SinceLabel};
 use super::progress::{Outcome, ProgressDeltas};
 use super::quality::{self, Facts, Judgement};
 use super::resilience::Backoff;

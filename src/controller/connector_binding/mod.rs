@@ -32,6 +32,7 @@ use crate::api::ConnectorBinding;
 use crate::api::common::parse_duration;
 use crate::api::connector_binding::ConnectorBindingStatus;
 use crate::controller::conditions::transitions;
+use crate::controller::integration_flow::apply::fingerprint;
 use crate::controller::{Context, Error, Result, WatchScope};
 use crate::queue::jetstream::{read_json_entry, scale_bucket};
 use crate::queue::quota::{QUOTA_KEY, QuotaState, binding_quota_bucket, quota_bucket};
@@ -197,9 +198,10 @@ async fn reconcile(binding: Arc<ConnectorBinding>, ctx: Arc<Context>) -> Result<
         let key = format!("quota/{bucket}");
         let state = match quota_bucket(&ctx.jetstream, &ns, &binding.name_any(), replicas).await {
             Ok(store) => {
-                if ctx.applied.get(&key).as_deref() != Some(replicas.to_string().as_str()) {
+                let scaled_to = fingerprint(replicas.to_string());
+                if ctx.applied.get(&key) != Some(scaled_to) {
                     match scale_bucket(&ctx.jetstream, &bucket, replicas).await {
-                        Ok(()) => ctx.applied.set(key, replicas.to_string()),
+                        Ok(()) => ctx.applied.set(key, scaled_to),
                         Err(e) => tracing::warn!(error = %e, "quota bucket not scaled"),
                     }
                 }
