@@ -21,6 +21,10 @@
                              Ready and Fresh with a delivery at or after SINCE (RFC 3339, UTC),
                              every entity received records, and the loop reached the ERP's
                              replenishment entity and the supplier portal; else print why.
+  scraped PROMETHEUS_URL NS FLOW..
+                             exit 0 when Prometheus' last scrape of the operator pod and of a
+                             worker pod of every FLOW in NS succeeded (up == 1); else print which
+                             are missing (--real-node: the pods at their pod IPs).
 """
 
 import base64
@@ -33,6 +37,7 @@ import socket
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 
@@ -278,6 +283,20 @@ def check(namespace, since, forecast_url, erp_url, portal_url, entities):
     sys.exit(1 if problems else 0)
 
 
+def scraped(prometheus_url, namespace, flows):
+    query = urllib.parse.quote('up{pod!=""} == 1')
+    result = get_json(prometheus_url.rstrip("/") + "/api/v1/query?query=" + query)
+    series = [r["metric"] for r in result.get("data", {}).get("result", [])]
+    missing = ["flow %s's worker pods" % flow for flow in flows
+               if not any(m.get("namespace") == namespace and m.get("service") == flow + "-worker"
+                          for m in series)]
+    if not any(m.get("component") == "operator" for m in series):
+        missing.append("the operator pod")
+    for what in missing:
+        print("  waiting: Prometheus has not scraped %s yet" % what)
+    sys.exit(1 if missing else 0)
+
+
 def main():
     command, args = sys.argv[1], sys.argv[2:]
     if command == "worker-config":
@@ -290,6 +309,8 @@ def main():
         received(args[0], args[1:])
     elif command == "check":
         check(args[0], args[1], args[2], args[3], args[4], args[5:])
+    elif command == "scraped":
+        scraped(args[0], args[1], args[2:])
     else:
         sys.exit(__doc__)
 

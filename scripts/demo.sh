@@ -393,7 +393,13 @@ show() {
 }
 flows_ready() {
   kubectl get integrationflows -n "$NS" -o json |
-    python3 scripts/demo-helper.py check "$NS" "$started_at" "$FORECAST_URL" "$ERP_URL" "$PORTAL_URL" "${ENTITIES[@]}"
+    python3 scripts/demo-helper.py check "$NS" "$started_at" "$FORECAST_URL" "$ERP_URL" "$PORTAL_URL" "${ENTITIES[@]}" || return 1
+  # With real pods, the check also needs Prometheus scraping them at their pod IPs.
+  if $real_node && [ -n "${PROMETHEUS_URL:-}" ]; then
+    scripts/demo-prometheus.sh pods "$NS" flowplane-system || return 1
+    python3 scripts/demo-helper.py scraped "$PROMETHEUS_URL" "$NS" \
+      $(kubectl get integrationflows -n "$NS" -o jsonpath='{.items[*].metadata.name}')
+  fi
 }
 # The planner: approves the oldest pending review about every 20 s (the flowplane.io/approve
 # annotation, docs/operations.md), so the demo shows a parked change reaching the ERP.

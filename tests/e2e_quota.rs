@@ -194,20 +194,17 @@ async fn three_workers_of_two_flows_share_one_binding_rate() {
         max_concurrent: 4,
         requests_per_day: None,
     };
-    let TwoFlows {
-        a,
-        b,
-        binding: planner,
-        log,
-        nats,
-        ..
-    } = two_flows(&limit).await;
+    // Bound whole: a pattern taking only some fields would drop the simulators and the
+    // queues' cleanup at once.
+    let flows = two_flows(&limit).await;
+    let (a, b) = (flows.a.clone(), flows.b.clone());
+    let (planner, log, nats) = (&flows.binding, &flows.log, &flows.nats);
     let workers = [
         InProcessWorker::start(a.clone(), "a-1"),
         InProcessWorker::start(a.clone(), "a-2"),
         InProcessWorker::start(b.clone(), "b-1"),
     ];
-    deliver_every_line(&log, workers).await;
+    deliver_every_line(log, workers).await;
 
     let times: Vec<Instant> = log.lock().unwrap().requests.iter().map(|r| r.0).collect();
     let span = times[times.len() - 1].duration_since(times[0]);
@@ -244,7 +241,7 @@ async fn three_workers_of_two_flows_share_one_binding_rate() {
         let p = progress(&js, &config.queue).await;
         assert_eq!((p.read, p.delivered, p.dead_lettered), (150, 150, 0));
     }
-    let state = read_quota(&js, "e2e", &planner).await.unwrap().unwrap();
+    let state = read_quota(&js, "e2e", planner).await.unwrap().unwrap();
     assert_eq!(state.used_today, 2 * u64::from(LINES));
 }
 
@@ -256,14 +253,11 @@ async fn at_the_daily_quota_workers_stop_say_so_and_lose_nothing() {
         max_concurrent: 4,
         requests_per_day: Some(100),
     };
-    let TwoFlows {
-        a,
-        b,
-        binding: planner,
-        log,
-        nats,
-        ..
-    } = two_flows(&limit).await;
+    // Bound whole: a pattern taking only some fields would drop the simulators and the
+    // queues' cleanup at once.
+    let flows = two_flows(&limit).await;
+    let (a, b) = (flows.a.clone(), flows.b.clone());
+    let (planner, log, nats) = (&flows.binding, &flows.log, &flows.nats);
     let js = jetstream(&nats.url()).await;
     let workers = [
         InProcessWorker::start(a.clone(), "a-1"),
@@ -281,16 +275,16 @@ async fn at_the_daily_quota_workers_stop_say_so_and_lose_nothing() {
         assert!(blocked.contains("daily quota"), "{blocked}");
     }
     // The binding's status, as the binding controller builds it from the shared record.
-    let state = read_quota(&js, "e2e", &planner).await.unwrap();
+    let state = read_quota(&js, "e2e", planner).await.unwrap();
     let now = jiff::Timestamp::now().as_millisecond();
-    let usage = quota_usage(&binding(&planner, &limit), state.as_ref(), now).unwrap();
+    let usage = quota_usage(&binding(planner, &limit), state.as_ref(), now).unwrap();
     assert_eq!(usage.state, QuotaState::Exhausted);
     assert_eq!((usage.used_today, usage.requests_per_day), (100, Some(100)));
     assert!(usage.message.unwrap().contains("used up"));
     // Held, not lost, not sent: exactly the day's quota reached the server, nothing is
     // dead-lettered.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(requests(&log), 100);
+    assert_eq!(requests(log), 100);
     for config in [&a, &b] {
         assert_eq!(progress(&js, &config.queue).await.dead_lettered, 0);
     }
@@ -312,7 +306,7 @@ async fn at_the_daily_quota_workers_stop_say_so_and_lose_nothing() {
         InProcessWorker::start(b.clone(), "b-3"),
     ];
     eventually(TIMEOUT, "every line at both paths", || async {
-        every_line_once(&log).then_some(())
+        every_line_once(log).then_some(())
     })
     .await;
     for config in [&a, &b] {
@@ -329,7 +323,7 @@ async fn at_the_daily_quota_workers_stop_say_so_and_lose_nothing() {
     for worker in workers {
         worker.stop().await.unwrap();
     }
-    assert_eq!(requests(&log), 2 * LINES as usize);
+    assert_eq!(requests(log), 2 * LINES as usize);
     for config in [&a, &b] {
         let p = progress(&js, &config.queue).await;
         assert_eq!((p.read, p.delivered, p.dead_lettered), (150, 150, 0));
@@ -340,8 +334,8 @@ async fn at_the_daily_quota_workers_stop_say_so_and_lose_nothing() {
                 .is_empty()
         );
     }
-    let state = read_quota(&js, "e2e", &planner).await.unwrap();
-    let usage = quota_usage(&binding(&planner, &limit), state.as_ref(), now).unwrap();
+    let state = read_quota(&js, "e2e", planner).await.unwrap();
+    let usage = quota_usage(&binding(planner, &limit), state.as_ref(), now).unwrap();
     assert_eq!(usage.state, QuotaState::Available);
     assert_eq!(usage.used_today, 2 * u64::from(LINES));
 }
