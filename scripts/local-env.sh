@@ -146,7 +146,10 @@ listen: $LISTEN_HOST:$1
 http: $LISTEN_HOST:$2
 # A flow's user JWT (its allow-lists) goes in CONNECT: more than the default 4 KiB.
 max_control_line: 32768
-jetstream { store_dir: "$STATE/jetstream" }
+# nats-server reserves every stream's max_bytes (a flow's default is 1 GiB) against this limit,
+# whose default is 75% of the free disk: a test run's many flows need more than this box has
+# free. A ceiling, not an allocation.
+jetstream { store_dir: "$STATE/jetstream", max_file_store: 1TB }
 tls { cert_file: "$d/server.crt", key_file: "$d/server.key", timeout: 5 }
 include auth.conf
 CONF
