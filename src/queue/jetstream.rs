@@ -174,14 +174,14 @@ pub enum QueueError {
     Bucket { name: String, message: String },
 }
 
-fn stream_error(name: &str, e: impl std::fmt::Display) -> QueueError {
+pub(crate) fn stream_error(name: &str, e: impl std::fmt::Display) -> QueueError {
     QueueError::Stream {
         name: name.to_string(),
         message: e.to_string(),
     }
 }
 
-fn bucket_error(name: &str, e: impl std::fmt::Display) -> QueueError {
+pub(crate) fn bucket_error(name: &str, e: impl std::fmt::Display) -> QueueError {
     QueueError::Bucket {
         name: name.to_string(),
         message: e.to_string(),

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::jetstream::{QueueError, bucket, update_progress};
+use super::jetstream::{QueueError, bucket, bucket_error, stream_error, update_progress};
 use super::{QueueNames, headers};
 
 /// Publishes awaited together (bounds what a large replay holds in flight).
@@ -37,20 +37,6 @@ pub struct ReplayReport {
     /// Whether the replay ran to its end (a record per id in the bucket says so).
     #[serde(default)]
     pub done: bool,
-}
-
-fn stream_error(name: &str, e: impl std::fmt::Display) -> QueueError {
-    QueueError::Stream {
-        name: name.to_string(),
-        message: e.to_string(),
-    }
-}
-
-fn bucket_error(name: &str, e: impl std::fmt::Display) -> QueueError {
-    QueueError::Bucket {
-        name: name.to_string(),
-        message: e.to_string(),
-    }
 }
 
 /// Key of a replay's record in the flow's bucket.
