@@ -67,6 +67,7 @@ fn rendered_children(
         nats_identity: true,
         nats_tls: true,
         queue_replicas: 1,
+        queue_max_bytes: flowplane::api::integration_flow::DEFAULT_QUEUE_MAX_BYTES,
         nats_account: "$G".into(),
         namespace: namespace.into(),
     };

@@ -217,6 +217,13 @@ fn helm_template_renders_a_production_install() {
         "flowplane-system"
     );
     assert_eq!(env("FLOWPLANE_PROBE_MIN_INTERVAL_SECONDS")["value"], "10");
+    // A whole number of bytes the operator's flag takes (Helm reads YAML numbers as floats).
+    let max_bytes = env("FLOWPLANE_QUEUE_MAX_BYTES")["value"].clone();
+    assert_eq!(
+        flowplane::api::integration_flow::parse_queue_max_bytes(max_bytes.as_str().unwrap()),
+        Ok(1 << 30),
+        "{max_bytes}"
+    );
     // The credentials are a mounted file, never an environment value.
     assert_eq!(pod["volumes"][0]["secret"]["secretName"], "nats-creds");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");

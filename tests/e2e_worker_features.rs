@@ -12,7 +12,9 @@ use std::time::Duration;
 use e2e_support::*;
 use flowplane::api::connector_binding::{Protocol, System};
 use flowplane::api::integration_flow::{Delivery, WriteMode};
-use flowplane::queue::{QueueNames, QueuePolicy, ensure_queue, headers, list_dead_letters};
+use flowplane::queue::{
+    QueueError, QueueNames, QueuePolicy, ensure_queue, headers, list_dead_letters,
+};
 use flowplane::sim::erp::{ErpSeed, SALES_ORDER_LINES, key_of, sales_order_line};
 use flowplane::sim::erp_write::{PLANNED_INDEPENDENT_REQUIREMENTS, WriteRule};
 use flowplane::sim::faults::FaultSpec;
@@ -30,6 +32,47 @@ async fn stream_limits(js: &async_nats::jetstream::Context, name: &str) -> (Dura
     (info.config.max_age, info.config.duplicate_window)
 }
 
+/// nats-server reserves every stream's max bytes against its JetStream storage limit when it
+/// creates the stream, whether or not anything is stored: flows that together ask for more
+/// than the server has are refused, with an error that says what to size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_beyond_the_servers_storage_are_refused_with_a_sizing_error() {
+    let nats = PrivateNats::start_with_file_store(100 << 20);
+    let js = jetstream(&nats.url()).await;
+    let sized = |max_bytes: i64| Delivery {
+        max_bytes: Some(max_bytes),
+        ..Delivery::default()
+    };
+    // 2 x 32 MiB reserved (the stream and its dead-letter stream): room left for 36 MiB.
+    let first = QueueNames::for_flow("e2e", &unique_flow("room"));
+    let policy = QueuePolicy::from_delivery(&sized(32 << 20), 100, Default::default()).unwrap();
+    ensure_queue(&js, &first, &policy).await.unwrap();
+
+    let second = QueueNames::for_flow("e2e", &unique_flow("noroom"));
+    let error = ensure_queue(&js, &second, &policy).await.unwrap_err();
+    let QueueError::NoStorage { max_bytes, .. } = &error else {
+        panic!("expected NoStorage, got {error}");
+    };
+    assert_eq!(*max_bytes, 32 << 20);
+    for hint in ["delivery.maxBytes", "--queue-max-bytes", "max_file_store"] {
+        assert!(error.to_string().contains(hint), "{hint} missing: {error}");
+    }
+
+    // The operator's default of 1 GiB does not fit at all on this server.
+    let third = QueueNames::for_flow("e2e", &unique_flow("default"));
+    let defaulted = QueuePolicy::from_delivery(&Delivery::default(), 100, Default::default());
+    let error = ensure_queue(&js, &third, &defaulted.unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, QueueError::NoStorage { max_bytes, .. } if max_bytes == 1 << 30));
+
+    // Sized within what is left (at least 4 MiB, whether or not the refused flow's stream was
+    // made before its dead-letter stream was refused), another flow gets its queue.
+    let small = QueueNames::for_flow("e2e", &unique_flow("small"));
+    let policy = QueuePolicy::from_delivery(&sized(1 << 20), 100, Default::default()).unwrap();
+    ensure_queue(&js, &small, &policy).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_queue_policy_creates_the_streams_and_updates_them_in_place() {
     let nats = PrivateNats::start();
@@ -41,7 +84,7 @@ async fn the_queue_policy_creates_the_streams_and_updates_them_in_place() {
         dedupe_window: "10m".into(),
         ..Delivery::default()
     };
-    let policy = QueuePolicy::from_delivery(&delivery, 100, 1).unwrap();
+    let policy = QueuePolicy::from_delivery(&delivery, 100, Default::default()).unwrap();
     ensure_queue(&js, &names, &policy).await.unwrap();
     assert_eq!(
         stream_limits(&js, &names.stream).await,
@@ -65,7 +108,7 @@ async fn the_queue_policy_creates_the_streams_and_updates_them_in_place() {
         max_deliver: 3,
         ..delivery
     };
-    let policy = QueuePolicy::from_delivery(&changed, 100, 1).unwrap();
+    let policy = QueuePolicy::from_delivery(&changed, 100, Default::default()).unwrap();
     ensure_queue(&js, &names, &policy).await.unwrap();
     assert_eq!(
         stream_limits(&js, &names.stream).await,
@@ -642,7 +685,8 @@ fn every_example_flow_renders_a_worker_configuration_with_its_queue_policy() {
         let name = flow.metadata.name.as_deref().unwrap();
         let config = configs.iter().find(|c| c.flow == name).unwrap();
         let rendered = QueuePolicy::from_rendered(&config.delivery).unwrap();
-        let wanted = QueuePolicy::from_delivery(&flow.spec.delivery, 1, 1).unwrap();
+        let wanted =
+            QueuePolicy::from_delivery(&flow.spec.delivery, 1, Default::default()).unwrap();
         assert_eq!(
             (
                 rendered.retention,

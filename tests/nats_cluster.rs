@@ -229,6 +229,7 @@ fn start_operator(nats_url: String, namespace: String) -> tokio::task::JoinHandl
             http_addr: "127.0.0.1:0".parse().unwrap(),
             resync_seconds: 2,
             queue_replicas: 3,
+            queue_max_bytes: flowplane::api::integration_flow::DEFAULT_QUEUE_MAX_BYTES,
             watch_namespaces: vec![namespace],
             probe: flowplane::controller::connector_binding::policy::ProbePolicyConfig {
                 allow_cidrs: Vec::new(),
@@ -382,7 +383,15 @@ async fn a_flow_on_three_replicas_loses_a_follower_then_its_leader_and_delivers_
         async move { (replicas.await? == NODES).then_some(()) }
     })
     .await;
-    let policy = QueuePolicy::from_delivery(&Default::default(), 1, NODES as u8).unwrap();
+    let policy = QueuePolicy::from_delivery(
+        &Default::default(),
+        1,
+        flowplane::queue::QueueDefaults {
+            replicas: NODES as u8,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let events = QueueNames::for_flow(&namespace.name, "events");
     let subject = "wms.cluster.returns";
     flowplane::queue::ensure_capture(&admin, &events, subject, policy.retention, Some(&policy))

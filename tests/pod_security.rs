@@ -57,7 +57,7 @@ fn worker_pod(namespace: &str) -> Pod {
         nats_identity: true,
         nats_tls: true,
         nats_monitoring_endpoint: "127.0.0.1:8222".into(),
-        queue_replicas: 1,
+        queue_defaults: Default::default(),
         nats_account: "$G".into(),
         keda: false,
         external_metrics: false,

@@ -489,11 +489,13 @@ pub struct Delivery {
     #[x_kube(validation = Rule::new("self == 1 || self == 3 || self == 5").message("delivery.replicas must be 1, 3 or 5: an even number adds a copy but no tolerance of a lost node"))]
     pub replicas: Option<u8>,
     /// Most bytes the flow's stream may hold (its JetStream max bytes); the dead-letter stream
-    /// has the same bound of its own. Bounds what one flow can take of the JetStream disk.
-    /// 1 MiB to 1 TiB; 1 GiB by default.
-    #[serde(default = "default_max_bytes")]
+    /// has the same bound of its own. Bounds what one flow can take of the JetStream disk, and
+    /// nats-server reserves both bounds on each replica's server when it creates the streams
+    /// (see docs/operations.md, "Sizing JetStream storage"). 1 MiB to 1 TiB. Unset: the
+    /// operator's default (`--queue-max-bytes`, the chart's `nats.queueMaxBytes`, 1 GiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1048576, max = 1099511627776_i64))]
-    pub max_bytes: i64,
+    pub max_bytes: Option<i64>,
     /// What the flow's stream does when it reaches `maxBytes`: `Old` (default) removes its
     /// oldest records, delivered or not, to take new ones; `New` refuses new records, so the
     /// extractor waits and retries until `retention` frees room (no record is lost, the flow
@@ -513,6 +515,20 @@ pub fn parse_queue_replicas(text: &str) -> Result<u8, String> {
     match text.trim().parse::<u8>() {
         Ok(n @ (1 | 3 | 5)) => Ok(n),
         _ => Err(format!("queue replicas must be 1, 3 or 5, not {text:?}")),
+    }
+}
+
+/// Most bytes of a flow's stream when neither the flow nor the operator's configuration says.
+pub const DEFAULT_QUEUE_MAX_BYTES: i64 = 1 << 30;
+
+/// A stream size as the operator's and `render`'s `--queue-max-bytes` take it: bytes, within
+/// the bounds `delivery.maxBytes` admits (1 MiB to 1 TiB).
+pub fn parse_queue_max_bytes(text: &str) -> Result<i64, String> {
+    match text.trim().parse::<i64>() {
+        Ok(n) if ((1 << 20)..=(1 << 40)).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "queue max bytes must be a number of bytes from 1048576 (1 MiB) to 1099511627776 (1 TiB), not {text:?}"
+        )),
     }
 }
 
@@ -554,7 +570,7 @@ impl Default for Delivery {
             dead_letter_retention: default_dead_letter_retention(),
             dedupe_window: default_dedupe_window(),
             replicas: None,
-            max_bytes: default_max_bytes(),
+            max_bytes: None,
             discard: Discard::Old,
             placement: None,
         }
@@ -575,9 +591,6 @@ fn default_dead_letter_retention() -> String {
 }
 fn default_dedupe_window() -> String {
     "2m".into()
-}
-fn default_max_bytes() -> i64 {
-    1 << 30
 }
 
 /// What a worker accepts from untrusted systems, and how much memory it may use. See

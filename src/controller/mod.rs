@@ -69,6 +69,17 @@ pub struct OperatorConfig {
         value_parser = crate::api::integration_flow::parse_queue_replicas
     )]
     pub queue_replicas: u8,
+    /// Most bytes of each flow's stream (and, separately, of its dead-letter stream) when the
+    /// flow's `delivery.maxBytes` is unset. nats-server reserves both on every replica's server,
+    /// so the flows' sum must fit its JetStream storage (docs/operations.md, "Sizing JetStream
+    /// storage").
+    #[arg(
+        long,
+        env = "FLOWPLANE_QUEUE_MAX_BYTES",
+        default_value_t = crate::api::integration_flow::DEFAULT_QUEUE_MAX_BYTES,
+        value_parser = crate::api::integration_flow::parse_queue_max_bytes
+    )]
+    pub queue_max_bytes: i64,
     /// Image of the sync workers (the operator's own image by default).
     #[arg(
         long,
@@ -89,6 +100,16 @@ pub struct OperatorConfig {
     /// What ConnectorBinding health probes may reach (the SSRF guard).
     #[command(flatten)]
     pub probe: connector_binding::policy::ProbePolicyConfig,
+}
+
+impl OperatorConfig {
+    /// What a flow's queue gets where the flow says nothing.
+    pub fn queue_defaults(&self) -> crate::queue::QueueDefaults {
+        crate::queue::QueueDefaults {
+            replicas: self.queue_replicas,
+            max_bytes: self.queue_max_bytes,
+        }
+    }
 }
 
 /// Where a controller watches: the whole cluster, or one namespace.

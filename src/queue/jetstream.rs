@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::ErrorCode;
-use async_nats::jetstream::context::CreateStreamErrorKind;
+use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};
 use async_nats::jetstream::{self, consumer, kv, stream};
 use bytes::Bytes;
 use serde::Serialize;
@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use super::{CURSOR_KEY, DeliveryConfig, FlowProgress, PROGRESS_KEY, QueueNames};
 use crate::api::common::parse_duration;
-use crate::api::integration_flow::{Delivery, Discard, QueuePlacement};
+use crate::api::integration_flow::{DEFAULT_QUEUE_MAX_BYTES, Delivery, Discard, QueuePlacement};
 
 /// Number of subject partitions records are spread over (`<subject>.<partition>`), by a hash of
 /// the record's primary key. Fixed, because changing it would move keys between partitions.
@@ -43,6 +43,24 @@ pub struct QueuePolicy {
     pub placement: Option<stream::Placement>,
 }
 
+/// What a flow's queue gets where its `delivery` says nothing: the operator's configuration
+/// (`--queue-replicas`, `--queue-max-bytes`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueDefaults {
+    pub replicas: u8,
+    pub max_bytes: i64,
+}
+
+impl Default for QueueDefaults {
+    /// A single nats-server's: one replica, 1 GiB streams.
+    fn default() -> Self {
+        QueueDefaults {
+            replicas: 1,
+            max_bytes: DEFAULT_QUEUE_MAX_BYTES,
+        }
+    }
+}
+
 /// Smallest `delivery.maxBytes`, as the admission rules say.
 const MIN_MAX_BYTES: i64 = 1 << 20;
 
@@ -57,11 +75,11 @@ struct Bounds<'a> {
 impl QueuePolicy {
     /// The policy an IntegrationFlow's `delivery` asks for. `max_ack_pending` comes from the
     /// source binding's rate limit when it has one (the operator knows it); 1000 otherwise.
-    /// `default_replicas` is the operator's, for a flow that sets none.
+    /// `defaults` are the operator's, for what the flow leaves unset.
     pub fn from_delivery(
         delivery: &Delivery,
         max_ack_pending: u32,
-        default_replicas: u8,
+        defaults: QueueDefaults,
     ) -> Result<QueuePolicy, String> {
         QueuePolicy::parse(
             [
@@ -72,8 +90,8 @@ impl QueuePolicy {
             ],
             max_ack_pending,
             Bounds {
-                replicas: delivery.replicas.unwrap_or(default_replicas),
-                max_bytes: delivery.max_bytes,
+                replicas: delivery.replicas.unwrap_or(defaults.replicas),
+                max_bytes: delivery.max_bytes.unwrap_or(defaults.max_bytes),
                 discard: delivery.discard,
                 placement: delivery.placement.as_ref(),
             },
@@ -155,7 +173,7 @@ impl QueuePolicy {
 
 impl Default for QueuePolicy {
     fn default() -> Self {
-        QueuePolicy::from_delivery(&Delivery::default(), 1000, 1)
+        QueuePolicy::from_delivery(&Delivery::default(), 1000, QueueDefaults::default())
             .unwrap_or_else(|_| unreachable!("the default delivery durations parse"))
     }
 }
@@ -172,6 +190,16 @@ pub enum QueueError {
     /// The key-value bucket could not be created, read or written.
     #[error("key-value bucket {name}: {message}")]
     Bucket { name: String, message: String },
+    /// JetStream refused to reserve the stream's `max_bytes`: nats-server reserves every
+    /// stream's bound against its storage limit, and the other streams' bounds took it.
+    #[error(
+        "stream {name}: JetStream has no room to reserve its {max_bytes} bytes (delivery.maxBytes, else the operator's --queue-max-bytes): {message}; lower them, or raise the servers' max_file_store (docs/operations.md, \"Sizing JetStream storage\")"
+    )]
+    NoStorage {
+        name: String,
+        max_bytes: i64,
+        message: String,
+    },
 }
 
 pub(crate) fn stream_error(name: &str, e: impl std::fmt::Display) -> QueueError {
@@ -297,18 +325,33 @@ pub async fn ensure_queue(
 /// Creates the stream, or brings an existing one with another configuration to this one.
 async fn put_stream(js: &jetstream::Context, config: stream::Config) -> Result<(), QueueError> {
     let name = config.name.clone();
+    let max_bytes = config.max_bytes;
+    let refused = |e: CreateStreamError| match create_stream_code(&e) {
+        Some(
+            ErrorCode::STORAGE_RESOURCES_EXCEEDED
+            | ErrorCode::INSUFFICIENT_RESOURCES
+            | ErrorCode::ACCOUNT_RESOURCES_EXCEEDED,
+        ) => QueueError::NoStorage {
+            name: name.clone(),
+            max_bytes,
+            message: e.to_string(),
+        },
+        _ => stream_error(&name, e),
+    };
     match js.create_stream(config.clone()).await {
         Ok(_) => Ok(()),
-        Err(e)
-            if matches!(e.kind(), CreateStreamErrorKind::JetStream(ref j)
-                if j.error_code() == ErrorCode::STREAM_NAME_EXIST) =>
-        {
-            js.update_stream(config)
-                .await
-                .map(|_| ())
-                .map_err(|e| stream_error(&name, e))
+        Err(e) if create_stream_code(&e) == Some(ErrorCode::STREAM_NAME_EXIST) => {
+            js.update_stream(config).await.map(|_| ()).map_err(refused)
         }
-        Err(e) => Err(stream_error(&name, e)),
+        Err(e) => Err(refused(e)),
+    }
+}
+
+/// The JetStream error code of a refused stream creation or update.
+fn create_stream_code(e: &CreateStreamError) -> Option<ErrorCode> {
+    match e.kind() {
+        CreateStreamErrorKind::JetStream(j) => Some(j.error_code()),
+        _ => None,
     }
 }
 
@@ -371,10 +414,6 @@ pub async fn ensure_capture(
         placement,
         ..Default::default()
     };
-    let code = |e: &async_nats::jetstream::context::CreateStreamError| match e.kind() {
-        CreateStreamErrorKind::JetStream(j) => Some(j.error_code()),
-        _ => None,
-    };
     let in_place = |found: &stream::Config| {
         found.subjects == config.subjects && found.num_replicas.max(1) == replicas
     };
@@ -383,13 +422,13 @@ pub async fn ensure_capture(
         Some(found) if in_place(&found) => name,
         _ => match js.create_stream(config.clone()).await {
             Ok(_) => name,
-            Err(e) if code(&e) == Some(ErrorCode::STREAM_NAME_EXIST) => {
+            Err(e) if create_stream_code(&e) == Some(ErrorCode::STREAM_NAME_EXIST) => {
                 js.update_stream(config)
                     .await
                     .map_err(|e| stream_error(&name, e))?;
                 name
             }
-            Err(e) if code(&e) == Some(ErrorCode::STREAM_SUBJECT_OVERLAP) => js
+            Err(e) if create_stream_code(&e) == Some(ErrorCode::STREAM_SUBJECT_OVERLAP) => js
                 .stream_by_subject(subject)
                 .await
                 .map_err(|_| stream_error(&name, e))?,
@@ -608,7 +647,7 @@ mod tests {
             dead_letter_retention: "720h".into(),
             ..Delivery::default()
         };
-        let policy = QueuePolicy::from_delivery(&delivery, 10, 1).unwrap();
+        let policy = QueuePolicy::from_delivery(&delivery, 10, QueueDefaults::default()).unwrap();
         assert_eq!(policy.retention, Duration::from_secs(3600));
         assert_eq!(policy.dedupe_window, Duration::from_secs(600));
         assert_eq!(
@@ -616,13 +655,15 @@ mod tests {
             Duration::from_secs(720 * 3600)
         );
         delivery.dedupe_window = "2h".into();
-        let error = QueuePolicy::from_delivery(&delivery, 10, 1).unwrap_err();
+        let error =
+            QueuePolicy::from_delivery(&delivery, 10, QueueDefaults::default()).unwrap_err();
         assert!(error.contains("dedupeWindow (2h)"), "{error}");
         delivery.dedupe_window = "2m".into();
         delivery.dead_letter_retention = "0s".into();
-        assert!(QueuePolicy::from_delivery(&delivery, 10, 1).is_err());
+        assert!(QueuePolicy::from_delivery(&delivery, 10, QueueDefaults::default()).is_err());
         delivery.dead_letter_retention = "2 weeks".into();
-        let error = QueuePolicy::from_delivery(&delivery, 10, 1).unwrap_err();
+        let error =
+            QueuePolicy::from_delivery(&delivery, 10, QueueDefaults::default()).unwrap_err();
         assert!(
             error.starts_with("delivery.deadLetterRetention:"),
             "{error}"
@@ -674,11 +715,22 @@ mod tests {
     }
 
     #[test]
-    fn replicas_come_from_the_flow_else_the_operator_and_bounds_are_checked() {
+    fn replicas_and_size_come_from_the_flow_else_the_operator_and_bounds_are_checked() {
+        const THREE: QueueDefaults = QueueDefaults {
+            replicas: 3,
+            max_bytes: 64 << 20,
+        };
         let mut delivery = Delivery::default();
-        let policy = QueuePolicy::from_delivery(&delivery, 10, 3).unwrap();
+        let policy = QueuePolicy::from_delivery(&delivery, 10, THREE).unwrap();
         assert_eq!(policy.replicas, 3);
-        assert_eq!(policy.max_bytes, 1 << 30);
+        assert_eq!(policy.max_bytes, 64 << 20);
+        delivery.max_bytes = Some(2 << 30);
+        assert_eq!(
+            QueuePolicy::from_delivery(&delivery, 10, THREE)
+                .unwrap()
+                .max_bytes,
+            2 << 30
+        );
         assert_eq!(policy.discard, stream::DiscardPolicy::Old);
         assert_eq!(policy.placement, None);
         delivery.replicas = Some(5);
@@ -687,19 +739,19 @@ mod tests {
             cluster: Some("eu".into()),
             tags: vec!["az:a".into()],
         });
-        let policy = QueuePolicy::from_delivery(&delivery, 10, 3).unwrap();
+        let policy = QueuePolicy::from_delivery(&delivery, 10, THREE).unwrap();
         assert_eq!(policy.replicas, 5);
         assert_eq!(policy.discard, stream::DiscardPolicy::New);
         assert_eq!(policy.placement.unwrap().tags, ["az:a"]);
         delivery.replicas = Some(2);
-        let error = QueuePolicy::from_delivery(&delivery, 10, 3).unwrap_err();
+        let error = QueuePolicy::from_delivery(&delivery, 10, THREE).unwrap_err();
         assert!(
             error.contains("delivery.replicas must be 1, 3 or 5"),
             "{error}"
         );
         delivery.replicas = None;
-        delivery.max_bytes = 1000;
-        let error = QueuePolicy::from_delivery(&delivery, 10, 3).unwrap_err();
+        delivery.max_bytes = Some(1000);
+        let error = QueuePolicy::from_delivery(&delivery, 10, THREE).unwrap_err();
         assert!(error.starts_with("delivery.maxBytes"), "{error}");
     }
 

@@ -23,8 +23,8 @@ pub mod replication;
 pub mod settled;
 
 pub use jetstream::{
-    QueueError, QueuePolicy, delete_queue, ensure_capture, ensure_queue, read_progress,
-    reset_cursor, set_cursor,
+    QueueDefaults, QueueError, QueuePolicy, delete_queue, ensure_capture, ensure_queue,
+    read_progress, reset_cursor, set_cursor,
 };
 pub use quota::{QuotaState, binding_quota_bucket, read_quota};
 pub use redrive::{DeadLetter, RedriveReport, list_dead_letters, redrive};
@@ -222,7 +222,7 @@ fn default_replicas() -> u8 {
     1
 }
 fn default_max_bytes() -> i64 {
-    crate::api::integration_flow::Delivery::default().max_bytes
+    crate::api::integration_flow::DEFAULT_QUEUE_MAX_BYTES
 }
 
 #[cfg(test)]

@@ -47,6 +47,10 @@ pub struct RenderArgs {
     /// Replicas of a flow's queue when the flow sets none, as the operator's `--queue-replicas`.
     #[arg(long, default_value_t = 1, value_parser = crate::api::integration_flow::parse_queue_replicas)]
     pub queue_replicas: u8,
+    /// Most bytes of a flow's stream when the flow sets none, as the operator's
+    /// `--queue-max-bytes`.
+    #[arg(long, default_value_t = crate::api::integration_flow::DEFAULT_QUEUE_MAX_BYTES, value_parser = crate::api::integration_flow::parse_queue_max_bytes)]
+    pub queue_max_bytes: i64,
     /// The NATS account the flows' streams live in, for KEDA's scaler: the flowplane account's
     /// public key (`A...`) in operator mode.
     #[arg(long, default_value = "$G")]
@@ -154,7 +158,10 @@ pub fn render(args: &RenderArgs) -> anyhow::Result<String> {
         nats_identity: args.nats_identity,
         nats_tls: args.nats_identity && args.nats_tls,
         nats_monitoring_endpoint: "nats.flowplane-system.svc:8222".into(),
-        queue_replicas: args.queue_replicas,
+        queue_defaults: crate::queue::QueueDefaults {
+            replicas: args.queue_replicas,
+            max_bytes: args.queue_max_bytes,
+        },
         nats_account: args.nats_account.clone(),
         keda: args.keda,
         external_metrics: args.external_metrics,

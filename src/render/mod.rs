@@ -36,8 +36,9 @@ pub struct RenderSettings {
     pub nats_tls: bool,
     /// host:port of the NATS monitoring endpoint, for KEDA's nats-jetstream scaler.
     pub nats_monitoring_endpoint: String,
-    /// Replicas of a flow's queue when the flow sets none (the operator's `--queue-replicas`).
-    pub queue_replicas: u8,
+    /// What a flow's queue gets where the flow says nothing (the operator's `--queue-replicas`
+    /// and `--queue-max-bytes`).
+    pub queue_defaults: crate::queue::QueueDefaults,
     /// The NATS account the flows' streams live in, as the monitoring endpoint names it: the
     /// flowplane account's public key (`A...`) in operator mode, `$G` without accounts.
     pub nats_account: String,

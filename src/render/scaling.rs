@@ -135,7 +135,7 @@ mod tests {
             nats_tls: false,
             nats_monitoring_endpoint: "n:8222".into(),
             nats_account: "$G".into(),
-            queue_replicas: 1,
+            queue_defaults: Default::default(),
             keda,
             external_metrics,
             prometheus_operator: false,

@@ -233,8 +233,11 @@ pub fn build(inputs: &FlowInputs<'_>) -> Result<WorkerConfig, RenderError> {
             replicas: spec
                 .delivery
                 .replicas
-                .unwrap_or(inputs.settings.queue_replicas),
-            max_bytes: spec.delivery.max_bytes,
+                .unwrap_or(inputs.settings.queue_defaults.replicas),
+            max_bytes: spec
+                .delivery
+                .max_bytes
+                .unwrap_or(inputs.settings.queue_defaults.max_bytes),
             discard: spec.delivery.discard,
             placement: spec.delivery.placement.clone(),
         },

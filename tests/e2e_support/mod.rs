@@ -276,10 +276,22 @@ pub struct PrivateNats {
     child: Option<Child>,
     pub port: u16,
     store: TempDir,
+    /// JetStream's file storage limit in bytes (its `max_file_store`); None: nats-server's
+    /// default, 75% of the free disk.
+    max_file_store: Option<u64>,
 }
 
 impl PrivateNats {
     pub fn start() -> PrivateNats {
+        PrivateNats::start_with(None)
+    }
+
+    /// A server whose JetStream may use at most `bytes` of disk.
+    pub fn start_with_file_store(bytes: u64) -> PrivateNats {
+        PrivateNats::start_with(Some(bytes))
+    }
+
+    fn start_with(max_file_store: Option<u64>) -> PrivateNats {
         let port = StdListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -289,6 +301,7 @@ impl PrivateNats {
             child: None,
             port,
             store: TempDir::new("nats-store"),
+            max_file_store,
         };
         nats.restart();
         nats
@@ -308,7 +321,13 @@ impl PrivateNats {
     /// (Re)starts the server and waits until it accepts connections.
     pub fn restart(&mut self) {
         self.stop();
-        let child = Command::new(crate::support::tool("nats-server"))
+        let mut command = Command::new(crate::support::tool("nats-server"));
+        if let Some(bytes) = self.max_file_store {
+            let conf = self.store.0.join("limits.conf");
+            std::fs::write(&conf, format!("jetstream {{ max_file_store: {bytes} }}\n")).unwrap();
+            command.arg("-c").arg(conf);
+        }
+        let child = command
             .args([
                 "-js",
                 "-a",

@@ -643,6 +643,7 @@ pub fn operator() -> &'static Operator {
                     http_addr: "127.0.0.1:0".parse().unwrap(),
                     resync_seconds: 5,
                     queue_replicas: 1,
+                    queue_max_bytes: flowplane::api::integration_flow::DEFAULT_QUEUE_MAX_BYTES,
                     watch_namespaces: Vec::new(),
                     // Health probes reach loopback only at 127.0.0.2, where the probe tests
                     // listen ([`PROBE_ALLOWED_HOST`]): every other loopback address, the API

@@ -550,7 +550,7 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
         nats_identity: ctx.nats_signer.is_some(),
         nats_tls: ctx.nats_signer.is_some() && ctx.config.nats_ca_file.is_some(),
         nats_monitoring_endpoint: ctx.config.nats_monitoring_endpoint.clone(),
-        queue_replicas: ctx.config.queue_replicas,
+        queue_defaults: ctx.config.queue_defaults(),
         nats_account: ctx
             .nats_signer
             .as_ref()
@@ -622,10 +622,10 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
     let queue = match QueuePolicy::from_delivery(
         &flow.spec.delivery,
         max_ack_pending,
-        ctx.config.queue_replicas,
+        ctx.config.queue_defaults(),
     ) {
         Ok(policy) => ensured_queue_state(ctx, &names, &policy).await,
-        Err(e) => Err(format!("spec.{e}")),
+        Err(e) => Err(status::QueueProblem::unavailable(format!("spec.{e}"))),
     };
 
     let redrive_waits = redrive_requested
@@ -745,17 +745,16 @@ async fn ensured_queue_state(
     ctx: &Context,
     names: &QueueNames,
     policy: &QueuePolicy,
-) -> std::result::Result<dereference::QueueState, String> {
+) -> std::result::Result<dereference::QueueState, status::QueueProblem> {
     let key = format!("queue/{}", names.stream);
     let fingerprint = apply::fingerprint(format!("{policy:?}"));
     if ctx.applied.get(&key) != Some(fingerprint) {
-        ensure_queue(&ctx.jetstream, names, policy)
-            .await
-            .map_err(|e| e.to_string())?;
+        ensure_queue(&ctx.jetstream, names, policy).await?;
         ctx.applied.set(key.clone(), fingerprint);
     }
     dereference::queue_state(&ctx.jetstream, names)
         .await
+        .map_err(status::QueueProblem::unavailable)
         .inspect_err(|_| ctx.applied.forget(&key))
 }
 

@@ -64,8 +64,9 @@ pub async fn ensure(
         .filter(|_| same_server(&source.spec.endpoint.url, &ctx.config.nats_url))
     {
         // The capture's max age and replicas are the flow's queue's; its ack limits unused.
-        let policy = QueuePolicy::from_delivery(&flow.spec.delivery, 1, ctx.config.queue_replicas)
-            .map_err(|e| Error::spec("InvalidSpec", format!("spec.{e}")))?;
+        let policy =
+            QueuePolicy::from_delivery(&flow.spec.delivery, 1, ctx.config.queue_defaults())
+                .map_err(|e| Error::spec("InvalidSpec", format!("spec.{e}")))?;
         ensure_capture(
             &ctx.jetstream,
             &names,

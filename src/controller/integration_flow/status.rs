@@ -14,6 +14,7 @@ use crate::api::integration_flow::{
     SyncStatus,
 };
 use crate::controller::conditions::{Desired, merge};
+use crate::queue::QueueError;
 use crate::queue::approvals::PendingReview;
 use crate::render::labels::{worker_selector_string, workers_name};
 use crate::render::scaling::{Autoscaler, LAG_METRIC, fixed_replicas};
@@ -35,8 +36,8 @@ pub struct Observed<'a> {
     pub contract_version: Option<String>,
     /// A spec problem that blocks the flow: (reason, message).
     pub blocked: Option<(&'static str, String)>,
-    /// Queue readiness: Ok(state) or the error talking to JetStream.
-    pub queue: Result<QueueState, String>,
+    /// Queue readiness: Ok(state) or why the queue cannot be made or read.
+    pub queue: Result<QueueState, QueueProblem>,
     pub deployment: Option<&'a Deployment>,
     /// What sets the worker count, as rendered for the cluster's APIs.
     pub autoscaler: Autoscaler,
@@ -150,10 +151,39 @@ fn autoscaled(flow: &IntegrationFlow, autoscaler: Autoscaler) -> Desired {
     Desired::new("Autoscaled", status, reason, message)
 }
 
+/// Why a flow's queue cannot be made or read: QueueReady's reason and message.
+#[derive(Debug)]
+pub struct QueueProblem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl QueueProblem {
+    /// NATS or the flow's queue policy failed in a way the flow's owner cannot size away.
+    pub fn unavailable(message: String) -> QueueProblem {
+        QueueProblem {
+            reason: "QueueUnavailable",
+            message,
+        }
+    }
+}
+
+impl From<QueueError> for QueueProblem {
+    fn from(error: QueueError) -> QueueProblem {
+        match error {
+            QueueError::NoStorage { .. } => QueueProblem {
+                reason: "StorageExhausted",
+                message: error.to_string(),
+            },
+            _ => QueueProblem::unavailable(error.to_string()),
+        }
+    }
+}
+
 fn freshness(
     flow: &IntegrationFlow,
     contract_sla: Option<&ContractSla>,
-    queue: &Result<QueueState, String>,
+    queue: &Result<QueueState, QueueProblem>,
     now: Timestamp,
 ) -> Desired {
     let limit = flow_freshness_secs(flow);
@@ -284,7 +314,7 @@ pub fn build(observed: Observed<'_>) -> IntegrationFlowStatus {
                 ),
             ),
         },
-        Err(e) => Desired::new("QueueReady", false, "QueueUnavailable", e.clone()),
+        Err(problem) => Desired::new("QueueReady", false, problem.reason, problem.message.clone()),
     };
     let fresh = freshness(
         flow,
@@ -426,6 +456,26 @@ mod tests {
     use crate::api::common::Freshness;
     use crate::queue::FlowProgress;
 
+    #[test]
+    fn a_stream_without_room_is_its_own_reason_and_other_queue_errors_are_unavailable() {
+        let no_room = QueueProblem::from(QueueError::NoStorage {
+            name: "FP_eu_orders".into(),
+            max_bytes: 1 << 30,
+            message: "insufficient storage resources available".into(),
+        });
+        assert_eq!(no_room.reason, "StorageExhausted");
+        assert!(
+            no_room.message.contains("1073741824 bytes"),
+            "{}",
+            no_room.message
+        );
+        let down = QueueProblem::from(QueueError::Stream {
+            name: "FP_eu_orders".into(),
+            message: "timed out".into(),
+        });
+        assert_eq!(down.reason, "QueueUnavailable");
+    }
+
     fn flow() -> IntegrationFlow {
         serde_yaml::from_str(
             r#"
@@ -442,7 +492,7 @@ spec:
         .unwrap()
     }
 
-    fn delivered_ago(secs: i64, now: Timestamp) -> Result<QueueState, String> {
+    fn delivered_ago(secs: i64, now: Timestamp) -> Result<QueueState, QueueProblem> {
         Ok(QueueState {
             progress: FlowProgress {
                 last_success_unix: Some(now.as_second() - secs),
