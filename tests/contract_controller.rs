@@ -13,7 +13,6 @@ use kube::api::Api;
 
 use flowplane::api::data_contract::DataContractStatus;
 use flowplane::api::{ConnectorBinding, DataContract, IntegrationFlow};
-use flowplane::worker_config::{CONFIG_FILE, WorkerConfig};
 use support::{TestNamespace, apply_yaml, client, eventually, operator};
 
 const BINDINGS: [&str; 2] = [
@@ -97,12 +96,12 @@ fn versions(status: &DataContractStatus) -> Vec<&str> {
 
 /// The contract version in a flow's worker ConfigMap.
 async fn worker_contract_version(client: &Client, ns: &str, flow: &str) -> Option<String> {
-    let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
-        .get_opt(&format!("{flow}-worker-config"))
-        .await
-        .ok()??;
-    let config: WorkerConfig = serde_json::from_str(cm.data?.get(CONFIG_FILE)?).ok()?;
-    Some(config.contract.version)
+    Some(
+        support::rendered_worker_config(client, ns, flow)
+            .await?
+            .contract
+            .version,
+    )
 }
 
 /// Waits until the flow runs `version` (status and worker ConfigMap) and returns the flow.

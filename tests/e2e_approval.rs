@@ -183,11 +183,7 @@ async fn deltas_are_applied_reviewed_or_escalated_and_reviews_are_approved_or_re
         ReviewTimeoutAction::Reject,
     );
     let names = config.queue.clone();
-    let _cleanup = QueueCleanup {
-        url: nats_url.clone(),
-        names: names.clone(),
-    };
-    let js = jetstream(&nats_url).await;
+    let (js, _cleanup) = flow_queue(&nats_url, &names).await;
     // The terminal below works with the flow's own credentials, as a planner would.
     let own = with_flow_identity(config.clone());
     let listen = free_listen_addr();

@@ -58,11 +58,7 @@ async fn a_target_answering_401_for_a_while_dead_letters_nothing_and_is_not_read
         sample::sales_order_flow("e2e", &flow, &nats_url, &sims.erp_url, &sims.forecast_url);
     // Few deliveries: a refusal that used one up per trial call would dead-letter soon.
     config.delivery.max_deliver = 3;
-    let _cleanup = QueueCleanup {
-        url: nats_url.clone(),
-        names: config.queue.clone(),
-    };
-    let js = jetstream(&nats_url).await;
+    let (js, _cleanup) = flow_queue(&nats_url, &config.queue).await;
     let names = config.queue.clone();
     let entity = config.target.entity.clone();
     let listen = free_port();
@@ -174,11 +170,7 @@ async fn the_worker_log_carries_keys_and_reasons_never_record_values() {
     std::fs::write(dir.0.join("token"), TOKEN).unwrap();
     config.target.endpoint.auth = flowplane::api::connector_binding::AuthType::Bearer;
     config.target.endpoint.secret_dir = Some(dir.0.display().to_string());
-    let _cleanup = QueueCleanup {
-        url: nats_url.clone(),
-        names: config.queue.clone(),
-    };
-    let js = jetstream(&nats_url).await;
+    let (js, _cleanup) = flow_queue(&nats_url, &config.queue).await;
     let names = config.queue.clone();
     let log = dir.0.join("worker.log");
     let worker =
@@ -234,11 +226,7 @@ async fn a_5_mib_record_and_a_too_deep_record_are_dead_lettered_at_extraction() 
     let flow = unique_flow("limits");
     let config =
         sample::sales_order_flow("e2e", &flow, &nats_url, &sims.erp_url, &sims.forecast_url);
-    let _cleanup = QueueCleanup {
-        url: nats_url.clone(),
-        names: config.queue.clone(),
-    };
-    let js = jetstream(&nats_url).await;
+    let (js, _cleanup) = flow_queue(&nats_url, &config.queue).await;
     let names = config.queue.clone();
     let entity = config.target.entity.clone();
     let started = std::time::Instant::now();
@@ -304,11 +292,7 @@ async fn a_target_answering_with_a_nested_multipart_bomb_is_survived_with_exact_
         flowplane::sim::erp_write::PLANNED_INDEPENDENT_REQUIREMENTS,
         &["salesOrder", "salesOrderItem"],
     );
-    let _cleanup = QueueCleanup {
-        url: nats_url.clone(),
-        names: config.queue.clone(),
-    };
-    let js = jetstream(&nats_url).await;
+    let (js, _cleanup) = flow_queue(&nats_url, &config.queue).await;
     let names = config.queue.clone();
     let started = std::time::Instant::now();
     let dir = TempDir::new("bomb");
@@ -546,11 +530,7 @@ async fn a_record_with_invalid_utf8_is_dead_lettered_and_the_page_flows() {
     let url = source.serve().await;
     let flow = unique_flow("utf8");
     let config = rest_orders_flow(&flow, &nats_url, &url, &sims.forecast_url);
-    let _cleanup = QueueCleanup {
-        url: nats_url.clone(),
-        names: config.queue.clone(),
-    };
-    let js = jetstream(&nats_url).await;
+    let (js, _cleanup) = flow_queue(&nats_url, &config.queue).await;
     let names = config.queue.clone();
     let entity = config.target.entity.clone();
     let dir = TempDir::new("utf8");
@@ -598,11 +578,7 @@ async fn a_page_over_max_page_records_is_refused_until_the_source_pages_smaller(
     let flow = unique_flow("pagesize");
     let mut config = rest_orders_flow(&flow, &nats_url, &url, &sims.forecast_url);
     config.limits.max_page_records = 20;
-    let _cleanup = QueueCleanup {
-        url: nats_url.clone(),
-        names: config.queue.clone(),
-    };
-    let js = jetstream(&nats_url).await;
+    let (js, _cleanup) = flow_queue(&nats_url, &config.queue).await;
     let names = config.queue.clone();
     let entity = config.target.entity.clone();
     let dir = TempDir::new("pagesize");
@@ -657,11 +633,7 @@ async fn a_response_over_max_response_bytes_is_refused_until_it_fits() {
     let mut config =
         sample::sales_order_flow("e2e", &flow, &nats_url, &sims.erp_url, &sims.forecast_url);
     config.limits.max_response_bytes = 64 * 1024;
-    let _cleanup = QueueCleanup {
-        url: nats_url.clone(),
-        names: config.queue.clone(),
-    };
-    let js = jetstream(&nats_url).await;
+    let (js, _cleanup) = flow_queue(&nats_url, &config.queue).await;
     let names = config.queue.clone();
     let entity = config.target.entity.clone();
     let dir = TempDir::new("response");

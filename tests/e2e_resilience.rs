@@ -123,11 +123,7 @@ async fn a_target_failing_with_500s_then_429s_gets_everything_once_after_recover
     let flow = unique_flow("outage");
     let config =
         sample::sales_order_flow("e2e", &flow, &nats_url, &sims.erp_url, &sims.forecast_url);
-    let _cleanup = QueueCleanup {
-        url: nats_url.clone(),
-        names: config.queue.clone(),
-    };
-    let js = jetstream(&nats_url).await;
+    let (js, _cleanup) = flow_queue(&nats_url, &config.queue).await;
     let names = config.queue.clone();
     let entity = config.target.entity.clone();
 

@@ -34,11 +34,7 @@ async fn every_record_arrives_once_bad_ones_are_dead_lettered_and_redrive_recove
     let config =
         sample::sales_order_flow("e2e", &flow, &nats_url, &sims.erp_url, &sims.forecast_url);
     let names = config.queue.clone();
-    let _cleanup = QueueCleanup {
-        url: nats_url.clone(),
-        names: names.clone(),
-    };
-    let js = jetstream(&nats_url).await;
+    let (js, _cleanup) = flow_queue(&nats_url, &names).await;
     let entity = config.target.entity.clone();
 
     let worker = InProcessWorker::start(config.clone(), "w1");

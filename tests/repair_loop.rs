@@ -14,36 +14,16 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use e2e_support::{InProcessWorker, QueueCleanup, jetstream, progress, start_sims};
+use e2e_support::{InProcessWorker, flow_queue, progress, start_sims};
 use flowplane::api::integration_flow::CodeDrift;
 use flowplane::api::{ConnectorBinding, DataContract, IntegrationFlow};
 use flowplane::queue::{QueueNames, list_dead_letters};
 use flowplane::sim::erp::{ErpSeed, UNKNOWN_PLANT};
-use flowplane::worker_config::{CONFIG_FILE, WorkerConfig};
+use flowplane::worker_config::WorkerConfig;
 use support::{TestNamespace, apply_yaml, client, eventually, operator};
 
 const FLOW: &str = "orders";
 const ENTITY: &str = "sales-history";
-
-fn bindings(erp_url: &str, forecast_url: &str) -> String {
-    format!(
-        r#"
-apiVersion: flowplane.io/v1alpha1
-kind: ConnectorBinding
-metadata: {{name: erp}}
-spec: {{system: Erp, protocol: OData, endpoint: {{url: "{erp_url}"}}}}
----
-apiVersion: flowplane.io/v1alpha1
-kind: ConnectorBinding
-metadata: {{name: forecasting}}
-spec:
-  system: Forecasting
-  protocol: Rest
-  endpoint: {{url: "{forecast_url}"}}
-  rest: {{write: {{method: POST, body: VersionedUpsert}}}}
-"#
-    )
-}
 
 const CONTRACT: &str = r#"
 apiVersion: flowplane.io/v1alpha1
@@ -101,13 +81,8 @@ spec:
 /// The worker configuration the operator rendered, once its code map knows (or not) the
 /// unknown plant; with the flow's NATS identity as a pod would mount it.
 async fn rendered_config(client: &Client, ns: &str, knows_unknown_plant: bool) -> WorkerConfig {
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let mut config = eventually(60, "the worker configuration", || async {
-        let cm = config_maps
-            .get_opt(&format!("{FLOW}-worker-config"))
-            .await
-            .ok()??;
-        let config: WorkerConfig = serde_json::from_str(cm.data?.get(CONFIG_FILE)?).ok()?;
+        let config = support::rendered_worker_config(client, ns, FLOW).await?;
         let table = &config.mapping.code_maps.get("plants")?.entries;
         (table.contains_key(UNKNOWN_PLANT) == knows_unknown_plant).then_some(config)
     })
@@ -152,13 +127,9 @@ async fn a_redrive_during_the_rollout_of_the_fix_delivers_every_record_once() {
     .await;
     let nats_url = support::local_env().nats_url.clone();
     let names = QueueNames::for_flow(&ns.name, FLOW);
-    let _cleanup = QueueCleanup {
-        url: nats_url.clone(),
-        names: names.clone(),
-    };
-    let js = jetstream(&nats_url).await;
-    for doc in bindings(&sims.erp_url, &sims.forecast_url).split("---") {
-        let _: ConnectorBinding = apply_yaml(&client, &ns.name, doc).await;
+    let (js, _cleanup) = flow_queue(&nats_url, &names).await;
+    for doc in support::erp_and_forecasting_bindings(&sims.erp_url, &sims.forecast_url) {
+        let _: ConnectorBinding = apply_yaml(&client, &ns.name, &doc).await;
     }
     let _: DataContract = apply_yaml(&client, &ns.name, CONTRACT).await;
     let _: ConfigMap = apply_yaml(&client, &ns.name, &code_map(false)).await;

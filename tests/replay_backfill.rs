@@ -11,18 +11,17 @@
 mod e2e_support;
 mod support;
 
-use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 
-use e2e_support::{InProcessWorker, QueueCleanup, jetstream, progress, start_sims};
+use e2e_support::{InProcessWorker, flow_queue, progress, start_sims};
 use flowplane::api::integration_flow::{IntegrationFlowStatus, OperationState};
 use flowplane::api::{ConnectorBinding, DataContract, IntegrationFlow};
 use flowplane::queue::{CURSOR_KEY, QueueNames};
 use flowplane::sim::erp::{ErpSeed, SALES_ORDER_LINES, key_of};
-use flowplane::worker_config::{CONFIG_FILE, WorkerConfig};
+use flowplane::worker_config::WorkerConfig;
 use support::{TestNamespace, apply_yaml, client, eventually, operator};
 
 const FLOW: &str = "orders";
@@ -37,14 +36,9 @@ fn change_time(change: i64) -> String {
     format!("{time:.3}")
 }
 
-fn manifests(erp_url: &str, forecast_url: &str) -> Vec<String> {
-    vec![
-        format!(
-            "apiVersion: flowplane.io/v1alpha1\nkind: ConnectorBinding\nmetadata: {{name: erp}}\nspec: {{system: Erp, protocol: OData, endpoint: {{url: \"{erp_url}\"}}}}\n"
-        ),
-        format!(
-            "apiVersion: flowplane.io/v1alpha1\nkind: ConnectorBinding\nmetadata: {{name: forecasting}}\nspec:\n  system: Forecasting\n  protocol: Rest\n  endpoint: {{url: \"{forecast_url}\"}}\n  rest: {{write: {{method: POST, body: VersionedUpsert}}}}\n"
-        ),
+/// The flow's contract and the flow.
+fn manifests() -> [&'static str; 2] {
+    [
         r#"
 apiVersion: flowplane.io/v1alpha1
 kind: DataContract
@@ -61,8 +55,7 @@ spec:
     - {name: salesOrderItem, type: String, required: true}
     - {name: quantity, type: String, required: true}
     - {name: changedAt, type: Timestamp, required: true}
-"#
-        .to_string(),
+"#,
         r#"
 apiVersion: flowplane.io/v1alpha1
 kind: IntegrationFlow
@@ -79,19 +72,13 @@ spec:
     - {to: quantity, from: RequestedQuantity}
     - {to: changedAt, from: LastChangeDateTime}
   deletionPolicy: Delete
-"#
-        .to_string(),
+"#,
     ]
 }
 
 async fn rendered_config(client: &Client, ns: &str) -> WorkerConfig {
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    let mut config = eventually(60, "the worker configuration", || async {
-        let cm = config_maps
-            .get_opt(&format!("{FLOW}-worker-config"))
-            .await
-            .ok()??;
-        serde_json::from_str::<WorkerConfig>(cm.data?.get(CONFIG_FILE)?).ok()
+    let mut config = eventually(60, "the worker configuration", || {
+        support::rendered_worker_config(client, ns, FLOW)
     })
     .await;
     config.nats_creds_file = None;
@@ -158,18 +145,13 @@ async fn replay_and_backfill_redeliver_exactly_what_they_name_once() {
     .await;
     let nats_url = support::local_env().nats_url.clone();
     let names = QueueNames::for_flow(&ns.name, FLOW);
-    let _cleanup = QueueCleanup {
-        url: nats_url.clone(),
-        names: names.clone(),
-    };
-    let js = jetstream(&nats_url).await;
-    let [erp, forecasting, contract, flow] = manifests(&sims.erp_url, &sims.forecast_url)
-        .try_into()
-        .unwrap();
-    let _: ConnectorBinding = apply_yaml(&client, &ns.name, &erp).await;
-    let _: ConnectorBinding = apply_yaml(&client, &ns.name, &forecasting).await;
-    let _: DataContract = apply_yaml(&client, &ns.name, &contract).await;
-    let _: IntegrationFlow = apply_yaml(&client, &ns.name, &flow).await;
+    let (js, _cleanup) = flow_queue(&nats_url, &names).await;
+    for doc in support::erp_and_forecasting_bindings(&sims.erp_url, &sims.forecast_url) {
+        let _: ConnectorBinding = apply_yaml(&client, &ns.name, &doc).await;
+    }
+    let [contract, flow] = manifests();
+    let _: DataContract = apply_yaml(&client, &ns.name, contract).await;
+    let _: IntegrationFlow = apply_yaml(&client, &ns.name, flow).await;
     let flows: Api<IntegrationFlow> = Api::namespaced(client.clone(), &ns.name);
 
     let worker = InProcessWorker::start(rendered_config(&client, &ns.name).await, "worker-0");

@@ -473,6 +473,19 @@ pub async fn settled(
     .await
 }
 
+/// An administrator's JetStream on the NATS at `url`, and a guard that deletes the flow's
+/// queue (`names`) when the test ends.
+pub async fn flow_queue(
+    url: &str,
+    names: &QueueNames,
+) -> (async_nats::jetstream::Context, QueueCleanup) {
+    let cleanup = QueueCleanup {
+        url: url.to_string(),
+        names: names.clone(),
+    };
+    (jetstream(url).await, cleanup)
+}
+
 /// Deletes the flow's JetStream resources when the test ends.
 pub struct QueueCleanup {
     pub url: String,

@@ -402,6 +402,33 @@ metadata: {name: forecasting}
 spec: {system: Forecasting, protocol: Rest, endpoint: {url: "http://127.0.0.1:9/api"}}
 "#;
 
+/// The bindings of an order-lines flow on the simulators: `erp` (OData) and `forecasting`
+/// (REST, versioned upserts), one YAML document each.
+pub fn erp_and_forecasting_bindings(erp_url: &str, forecast_url: &str) -> [String; 2] {
+    [
+        format!(
+            "apiVersion: flowplane.io/v1alpha1\nkind: ConnectorBinding\nmetadata: {{name: erp}}\nspec: {{system: Erp, protocol: OData, endpoint: {{url: \"{erp_url}\"}}}}\n"
+        ),
+        format!(
+            "apiVersion: flowplane.io/v1alpha1\nkind: ConnectorBinding\nmetadata: {{name: forecasting}}\nspec:\n  system: Forecasting\n  protocol: Rest\n  endpoint: {{url: \"{forecast_url}\"}}\n  rest: {{write: {{method: POST, body: VersionedUpsert}}}}\n"
+        ),
+    ]
+}
+
+/// The worker configuration the operator rendered for `flow` (its `<flow>-worker-config`
+/// ConfigMap), if there is one yet.
+pub async fn rendered_worker_config(
+    client: &Client,
+    ns: &str,
+    flow: &str,
+) -> Option<flowplane::worker_config::WorkerConfig> {
+    let cm = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), ns)
+        .get_opt(&format!("{flow}-worker-config"))
+        .await
+        .ok()??;
+    serde_json::from_str(cm.data?.get(flowplane::worker_config::CONFIG_FILE)?).ok()
+}
+
 /// The smallest DataContract `name` (and domain) 1.0.0: one required String field `key`, the
 /// primary key.
 pub fn minimal_contract(name: &str, key: &str) -> String {
