@@ -17,7 +17,7 @@ set -euo pipefail
 # a plain run builds, so all the test command may use; OPT_IN_TOOLS are built only on request,
 # for benchmarks that skip them, saying so, when they are absent.
 DEFAULT_TOOLS=(etcd nats-server kube-apiserver kube-controller-manager kubectl helm prometheus promtool flowplane-verdicts cds-serve json-server checkov sshd
-  buildah kube-scheduler kubelet containerd containerd-shim ctr runc cni-plugins cargo-fuzz keda-operator keda-adapter)
+  buildah kube-scheduler kubelet containerd containerd-shim ctr runc cni-plugins cargo-fuzz keda-operator keda-adapter prometheus-adapter)
 OPT_IN_TOOLS=(benthos)
 # Tools an earlier version built and nothing starts any more: removed from the cache, so
 # check-tools.sh does not take a developer's old cache for a hidden dependency.
@@ -36,6 +36,7 @@ ETCD_VERSION="${ETCD_VERSION:-3.6.16}"
 NATS_VERSION="${NATS_VERSION:-2.15.2}"
 HELM_VERSION="${HELM_VERSION:-3.22.0}"
 KEDA_VERSION="${KEDA_VERSION:-2.21.0}"
+PROMETHEUS_ADAPTER_VERSION="${PROMETHEUS_ADAPTER_VERSION:-0.12.0}"
 PROMETHEUS_OPERATOR_VERSION="${PROMETHEUS_OPERATOR_VERSION:-0.90.1}"
 BENTHOS_VERSION="${BENTHOS_VERSION:-4.60.0}"
 CONTAINERD_VERSION="${CONTAINERD_VERSION:-2.4.2}"
@@ -338,6 +339,12 @@ keda_tool() {
 keda_tool
 link "keda-operator-v$KEDA_VERSION" keda-operator
 link "keda-adapter-v$KEDA_VERSION" keda-adapter
+
+# prometheus-adapter: the general external.metrics.k8s.io server a cluster without KEDA uses
+# for the flows' fallback HPA (docs/autoscaling.md, tests/hpa_adapter.rs).
+go_tool "prometheus-adapter-v$PROMETHEUS_ADAPTER_VERSION" "sigs.k8s.io/prometheus-adapter@v$PROMETHEUS_ADAPTER_VERSION" \
+  sigs.k8s.io/prometheus-adapter/cmd/adapter
+link "prometheus-adapter-v$PROMETHEUS_ADAPTER_VERSION" prometheus-adapter
 
 for kind in prometheusrules servicemonitors; do
   crd_from_module "github.com/prometheus-operator/prometheus-operator@v$PROMETHEUS_OPERATOR_VERSION" \

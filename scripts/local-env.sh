@@ -18,6 +18,10 @@
 #                               also KEDA (docs/autoscaling.md): its CRDs, operator and metrics
 #                               API server as processes, the latter registered as the APIService
 #                               of external.metrics.k8s.io; keda-down removes all of it again
+#   scripts/local-env.sh adapter-up
+#                               instead of KEDA, prometheus-adapter (docs/autoscaling.md) over
+#                               the environment's Prometheus, registered as the APIService of
+#                               external.metrics.k8s.io; adapter-down removes it again
 #   scripts/local-env.sh down   stop only the processes this script started (and the node)
 #   scripts/local-env.sh env    print the env file path (fails if not up)
 #   scripts/local-env.sh reload-rules
@@ -291,25 +295,61 @@ ENV
 # for loopback. A Service of type ExternalName is resolved by the aggregator to its name, so
 # `localhost` reaches the metrics server on loopback; the aggregator verifies the server as
 # keda-metrics-apiserver.keda.svc against the APIService's caBundle.
+# A CA and a server certificate in DIR for an extension API server, valid for loopback and the
+# given Service DNS names (the aggregator verifies the server as <service>.<namespace>.svc).
+extension_server_cert() { # dir, DNS names...
+  local d="$1"
+  shift
+  mkdir -p "$d"
+  [ -f "$d/tls.crt" ] && return 0
+  local sans="IP:127.0.0.1, DNS:localhost" name
+  for name in "$@"; do sans="$sans, DNS:$name"; done
+  (
+    cd "$d"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 -subj "/CN=flowplane-local-$(basename "$d")-ca" 2>/dev/null
+    printf 'subjectAltName = %s\nextendedKeyUsage = serverAuth, clientAuth\n' "$sans" >tls.ext
+    openssl req -newkey rsa:2048 -nodes -keyout tls.key -out tls.csr -subj "/CN=$(basename "$d")" 2>/dev/null
+    openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out tls.crt -days 3650 -extfile tls.ext 2>/dev/null
+  )
+}
+
+# Registers the server on 127.0.0.1:PORT as external.metrics.k8s.io, through an ExternalName
+# Service NAMESPACE/SERVICE, and waits until the aggregator serves it.
+register_external_metrics() { # namespace, service, port, CA file, process name
+  local kubectl="$BIN/kubectl"
+  "$kubectl" create namespace "$1" --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
+  "$kubectl" apply --server-side --force-conflicts -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Service
+metadata: {name: $2, namespace: $1}
+spec:
+  type: ExternalName
+  externalName: localhost
+  ports: [{name: https, port: $3}]
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {name: v1beta1.external.metrics.k8s.io}
+spec:
+  group: external.metrics.k8s.io
+  version: v1beta1
+  service: {namespace: $1, name: $2, port: $3}
+  caBundle: $(base64 -w0 <"$4")
+  groupPriorityMinimum: 100
+  versionPriority: 100
+YAML
+  wait_for "$5" 120 "$kubectl" get --raw /apis/external.metrics.k8s.io/v1beta1
+}
+
 keda_up() {
   [ -f "$ENV_FILE" ] || { log "not up"; exit 1; }
   # shellcheck disable=SC1090
   . "$ENV_FILE"
   local d="$STATE/keda" kubectl="$BIN/kubectl"
-  mkdir -p "$d"
-  if [ ! -f "$d/tls.crt" ]; then
-    (
-      cd "$d"
-      openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 -subj "/CN=flowplane-local-keda-ca" 2>/dev/null
-      printf 'subjectAltName = IP:127.0.0.1, DNS:localhost, DNS:keda-metrics-apiserver.keda.svc, DNS:keda-operator.keda.svc\nextendedKeyUsage = serverAuth, clientAuth\n' >tls.ext
-      openssl req -newkey rsa:2048 -nodes -keyout tls.key -out tls.csr -subj "/CN=keda" 2>/dev/null
-      openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out tls.crt -days 3650 -extfile tls.ext 2>/dev/null
-    )
-  fi
+  extension_server_cert "$d" keda-metrics-apiserver.keda.svc keda-operator.keda.svc
   local crds=("$CACHE"/crds/keda-*.yaml)
   for f in "${crds[@]}"; do "$kubectl" apply --server-side --force-conflicts -f "$f" >/dev/null; done
   for f in "${crds[@]}"; do "$kubectl" wait --for condition=established --timeout 60s -f "$f" >/dev/null; done
-  "$kubectl" create namespace keda --dry-run=client -o yaml | "$kubectl" apply -f - >/dev/null
   local grpc_port adapter_port
   grpc_port=$(free_port); adapter_port=$(free_port)
   stop keda-operator; stop keda-adapter
@@ -323,27 +363,7 @@ keda_up() {
     --tls-cert-file "$d/tls.crt" --tls-private-key-file "$d/tls.key" --cert-dir "$d" \
     --metrics-service-address "127.0.0.1:$grpc_port" --metrics-service-grpc-authority keda-operator.keda.svc \
     --authentication-kubeconfig "$KUBECONFIG" --authorization-kubeconfig "$KUBECONFIG" --lister-kubeconfig "$KUBECONFIG"
-  "$kubectl" apply --server-side --force-conflicts -f - >/dev/null <<YAML
-apiVersion: v1
-kind: Service
-metadata: {name: keda-metrics-apiserver, namespace: keda}
-spec:
-  type: ExternalName
-  externalName: localhost
-  ports: [{name: https, port: $adapter_port}]
----
-apiVersion: apiregistration.k8s.io/v1
-kind: APIService
-metadata: {name: v1beta1.external.metrics.k8s.io}
-spec:
-  group: external.metrics.k8s.io
-  version: v1beta1
-  service: {namespace: keda, name: keda-metrics-apiserver, port: $adapter_port}
-  caBundle: $(base64 -w0 <"$d/ca.crt")
-  groupPriorityMinimum: 100
-  versionPriority: 100
-YAML
-  wait_for keda-adapter 120 "$kubectl" get --raw /apis/external.metrics.k8s.io/v1beta1
+  register_external_metrics keda keda-metrics-apiserver "$adapter_port" "$d/ca.crt" keda-adapter
   alive keda-operator || { log "keda-operator exited"; tail -n 20 "$STATE/keda-operator.log" >&2; return 1; }
   log "KEDA up: external.metrics.k8s.io served by keda-adapter on 127.0.0.1:$adapter_port"
 }
@@ -359,12 +379,52 @@ keda_down() {
   stop keda-operator
 }
 
+# prometheus-adapter over the environment's Prometheus, for a flow's fallback HPA (no KEDA):
+# one external rule, the workers' lag gauge, taken as max by flow since every worker of a flow
+# reports the whole consumer's lag (docs/autoscaling.md). Relists Prometheus' series every 5 s
+# (10 min by default) so a new flow's series is served within a test.
+adapter_up() {
+  [ -f "$ENV_FILE" ] || { log "not up"; exit 1; }
+  # shellcheck disable=SC1090
+  . "$ENV_FILE"
+  local d="$STATE/prometheus-adapter"
+  extension_server_cert "$d" prometheus-adapter.flowplane-metrics.svc
+  cat >"$d/config.yaml" <<'RULES'
+externalRules:
+- seriesQuery: 'flowplane_worker_lag_records{namespace!="",flow!=""}'
+  resources:
+    overrides:
+      namespace: {resource: namespace}
+  name: {as: flowplane_worker_lag_records}
+  metricsQuery: 'max by (namespace, flow) (<<.Series>>{<<.LabelMatchers>>})'
+RULES
+  local port
+  port=$(free_port)
+  stop prometheus-adapter
+  start prometheus-adapter "$BIN/prometheus-adapter" --prometheus-url "$PROMETHEUS_URL" \
+    --config "$d/config.yaml" --metrics-relist-interval 5s \
+    --secure-port "$port" --bind-address 127.0.0.1 --tls-cert-file "$d/tls.crt" --tls-private-key-file "$d/tls.key" \
+    --authentication-kubeconfig "$KUBECONFIG" --authorization-kubeconfig "$KUBECONFIG" --lister-kubeconfig "$KUBECONFIG"
+  register_external_metrics flowplane-metrics prometheus-adapter "$port" "$d/ca.crt" prometheus-adapter
+  log "prometheus-adapter up: external.metrics.k8s.io on 127.0.0.1:$port"
+}
+
+adapter_down() {
+  if [ -f "$ENV_FILE" ]; then
+    # shellcheck disable=SC1090
+    . "$ENV_FILE"
+    "$BIN/kubectl" delete apiservice v1beta1.external.metrics.k8s.io --ignore-not-found >/dev/null 2>&1 || true
+  fi
+  stop prometheus-adapter
+}
+
 down_quiet() {
   # The operator (started by demo.sh with the same pid files) first, then the node, then the
   # control plane.
   stop operator
   stop keda-adapter
   stop keda-operator
+  stop prometheus-adapter
   node_down
   for p in prometheus kube-controller-manager kube-apiserver nats-server etcd; do stop "$p"; done
   rm -f "$ENV_FILE"
@@ -383,6 +443,8 @@ case "${1:-}" in
     up ;;
   keda-up) keda_up ;;
   keda-down) keda_down; log "KEDA stopped" ;;
+  adapter-up) adapter_up ;;
+  adapter-down) adapter_down; log "prometheus-adapter stopped" ;;
   down) down_quiet; log "stopped" ;;
   env) [ -f "$ENV_FILE" ] && echo "$ENV_FILE" || { log "not up"; exit 1; } ;;
   reload-rules)
@@ -390,5 +452,5 @@ case "${1:-}" in
     # shellcheck disable=SC1090
     . "$ENV_FILE"
     curl -sf -X POST "$PROMETHEUS_URL/-/reload" >/dev/null ;;
-  *) echo "usage: $0 up|keda-up|keda-down|down|env|reload-rules" >&2; exit 2 ;;
+  *) echo "usage: $0 up|keda-up|keda-down|adapter-up|adapter-down|down|env|reload-rules" >&2; exit 2 ;;
 esac

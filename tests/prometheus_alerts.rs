@@ -10,7 +10,6 @@
 mod e2e_support;
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use e2e_support::*;
@@ -54,13 +53,6 @@ spec:
 /// The example contract the sample flow validates with.
 fn contract() -> ResolvedContract {
     support::example_contract("sales-order-lines.yaml")
-}
-
-/// Writes `text` to `dir/name` in one step (Prometheus watches the directory).
-fn write_atomically(dir: &Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join(name)).unwrap();
 }
 
 fn free_port() -> u16 {

@@ -271,6 +271,13 @@ impl Drop for TempDir {
     }
 }
 
+/// Writes `text` to `dir/name` in one step (Prometheus watches the directory).
+pub fn write_atomically(dir: &std::path::Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
 /// A nats-server of the test's own, restartable on the same port and store.
 pub struct PrivateNats {
     child: Option<Child>,
