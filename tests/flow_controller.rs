@@ -1255,7 +1255,9 @@ async fn each_flow_gets_its_own_nats_user_in_a_secret_its_workers_mount() {
         "A read B's stream"
     );
     assert!(
-        js.get_key_value(&other.kv_bucket).await.is_err(),
+        flowplane::queue::jetstream::bucket(&js, &other)
+            .await
+            .is_err(),
         "A opened B's bucket"
     );
 }

@@ -16,7 +16,7 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::QueueNames;
-use super::jetstream::{QueueError, bucket};
+use super::jetstream::{PURGE_MARKER_TTL, QueueError, bucket};
 
 /// Key prefix of parked records.
 pub const REVIEW_PREFIX: &str = "review.";
@@ -232,13 +232,13 @@ pub async fn parked_ids(store: &kv::Store) -> Result<Vec<String>, QueueError> {
     Ok(ids)
 }
 
-/// Drops a carried-out review's delete markers from the bucket's stream, so review listings
-/// ([`parked_ids`]) do not grow with every review ever made. Best effort: a marker left behind
-/// only costs a read in later listings.
+/// Drops a carried-out review's keys from the bucket, so review listings ([`parked_ids`]) do
+/// not grow with every review ever made: a purge whose marker expires after
+/// [`PURGE_MARKER_TTL`] (a flow's user may not purge the namespace bucket's stream). Best
+/// effort: a marker left behind only costs a read in later listings.
 pub async fn forget_review(store: &kv::Store, id: &str) {
     for key in [review_key(id), decision_key(id)] {
-        let subject = format!("{}{key}", store.prefix);
-        if let Err(e) = store.stream.purge().filter(subject).await {
+        if let Err(e) = store.purge_with_ttl(&key, PURGE_MARKER_TTL).await {
             tracing::debug!(error = %e, "review marker kept");
         }
     }
@@ -314,7 +314,7 @@ pub async fn decide(
     let store = bucket(js, names).await?;
     if read_parked(&store, id).await?.is_none() {
         return Err(bucket_error(
-            &names.kv_bucket,
+            &names.state_bucket,
             format!("no pending review {id}"),
         ));
     }
@@ -330,7 +330,7 @@ pub async fn decide(
     store
         .put(decision_key(id), value)
         .await
-        .map_err(|e| bucket_error(&names.kv_bucket, e))?;
+        .map_err(|e| bucket_error(&names.state_bucket, e))?;
     Ok(())
 }
 

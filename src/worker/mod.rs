@@ -112,7 +112,7 @@ impl Flow {
         // The operator creates the queue with the flow's full policy; a worker only creates
         // what is missing (so tests and a worker started first work) and never overrides it.
         if js.get_stream(&config.queue.stream).await.is_err()
-            || js.get_key_value(&config.queue.kv_bucket).await.is_err()
+            || bucket(&js, &config.queue).await.is_err()
         {
             let policy = QueuePolicy::from_rendered(&config.delivery)
                 .map_err(|e| anyhow::anyhow!("worker configuration: {e}"))?;
