@@ -1,0 +1,187 @@
+//! The namespace's state bucket against the real nats-server of the local environment: a flow
+//! upgraded from the per-flow layout (its records in `FP_<ns>_<flow>_STATE`) finds every record
+//! under its keys in the namespace bucket, its cursor and settled sequences included, so its
+//! workers neither re-read the source from the start nor deliver a settled record again; the
+//! move happens once, the old bucket is gone, and the neighbours' records are untouched.
+
+mod support;
+
+use async_nats::jetstream::{self, kv, stream};
+use bytes::Bytes;
+use flowplane::queue::jetstream::{
+    QueuePolicy, bucket, delete_queue, ensure_queue, migrate_legacy_bucket, read_progress,
+};
+use flowplane::queue::{CURSOR_KEY, FlowProgress, PROGRESS_KEY, QueueNames, SettledSequences};
+
+/// The progress record a worker of the previous release left: a cursor, counts, and the
+/// stream sequences it settled (delivered or dead-lettered), one of them out of order.
+fn progress_of_the_previous_release() -> FlowProgress {
+    let mut settled = SettledSequences::default();
+    for sequence in (1..=40).chain([45]) {
+        settled.insert(sequence);
+    }
+    FlowProgress {
+        last_success_unix: Some(1_764_000_000),
+        read: 45,
+        delivered: 40,
+        dead_lettered: 1,
+        cursor: Some("2026-11-30T21:00:00Z".into()),
+        settled,
+        ..FlowProgress::default()
+    }
+}
+
+/// The flow's bucket as the previous release made it, with its records.
+async fn legacy_bucket(admin: &jetstream::Context, names: &QueueNames) -> kv::Store {
+    let store = admin
+        .create_key_value(kv::Config {
+            bucket: names.legacy_state_bucket(),
+            history: 1,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let progress = serde_json::to_vec(&progress_of_the_previous_release()).unwrap();
+    store.put(PROGRESS_KEY, progress.into()).await.unwrap();
+    store
+        .put(CURSOR_KEY, "2026-11-30T21:00:00Z".into())
+        .await
+        .unwrap();
+    store.put("review.00ff", "parked".into()).await.unwrap();
+    store.put("audit.approved.00ee", "{}".into()).await.unwrap();
+    store.put("gone", "x".into()).await.unwrap();
+    store.delete("gone").await.unwrap();
+    store
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flows_records_move_from_its_own_bucket_to_the_namespace_bucket_once() {
+    let env = support::local_env();
+    let admin = jetstream::new(support::nats_admin(&env.nats_url).await);
+    let namespace = format!("upgrade-{}", std::process::id());
+    let names = QueueNames::for_flow(&namespace, "orders.history");
+    let neighbour = QueueNames::for_flow(&namespace, "stock");
+    let policy = QueuePolicy::default();
+
+    // A neighbour already on the namespace bucket, and the flow on the per-flow layout.
+    ensure_queue(&admin, &neighbour, &policy).await.unwrap();
+    let theirs = bucket(&admin, &neighbour).await.unwrap();
+    theirs.put(PROGRESS_KEY, "theirs".into()).await.unwrap();
+    let old = legacy_bucket(&admin, &names).await;
+
+    // The operator of this release ensures the queue: the records move, the old bucket goes.
+    ensure_queue(&admin, &names, &policy).await.unwrap();
+    let progress = read_progress(&admin, &names).await.unwrap();
+    assert_eq!(progress, progress_of_the_previous_release());
+    // Every settled sequence is still settled: none is sent or counted again.
+    assert!((1..=40).chain([45]).all(|s| progress.settled.contains(s)));
+    assert!(!progress.settled.contains(41));
+    let store = bucket(&admin, &names).await.unwrap();
+    for (key, value) in [
+        (CURSOR_KEY, "2026-11-30T21:00:00Z"),
+        ("review.00ff", "parked"),
+        ("audit.approved.00ee", "{}"),
+    ] {
+        assert_eq!(
+            store.get(key).await.unwrap(),
+            Some(Bytes::from(value)),
+            "{key}"
+        );
+    }
+    assert_eq!(store.get("gone").await.unwrap(), None);
+    // Exactly these four keys of the flow, under its token.
+    let state = admin
+        .get_stream(format!("KV_{}", names.state_bucket))
+        .await
+        .unwrap();
+    let keys: Vec<(String, usize)> = futures::TryStreamExt::try_collect(
+        state
+            .info_with_subjects(format!("{}>", names.state_key_prefix()))
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    assert!(
+        admin
+            .get_stream(format!("KV_{}", names.legacy_state_bucket()))
+            .await
+            .is_err(),
+        "the old bucket is left"
+    );
+    // A worker of the previous release still holding the old bucket can no longer write.
+    assert!(old.put(PROGRESS_KEY, "late".into()).await.is_err());
+    assert_eq!(
+        theirs.get(PROGRESS_KEY).await.unwrap(),
+        Some(Bytes::from("theirs"))
+    );
+
+    // Again (every reconcile, every worker start): nothing moves, nothing changes.
+    store
+        .put(CURSOR_KEY, "2026-11-30T22:00:00Z".into())
+        .await
+        .unwrap();
+    ensure_queue(&admin, &names, &policy).await.unwrap();
+    assert_eq!(
+        store.get(CURSOR_KEY).await.unwrap(),
+        Some(Bytes::from("2026-11-30T22:00:00Z"))
+    );
+
+    for flow in [&names, &neighbour] {
+        delete_queue(&admin, flow).await.unwrap();
+    }
+    admin.delete_key_value(&names.state_bucket).await.unwrap();
+}
+
+/// A move that stopped after sealing and copying (the operator restarted before deleting the
+/// old bucket) is finished by the next pass with the same records.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_move_is_finished_with_the_same_records() {
+    let env = support::local_env();
+    let admin = jetstream::new(support::nats_admin(&env.nats_url).await);
+    let namespace = format!("upgrade-again-{}", std::process::id());
+    let names = QueueNames::for_flow(&namespace, "orders");
+    let policy = QueuePolicy::default();
+    legacy_bucket(&admin, &names).await;
+    // The first pass's effect, by hand: the old bucket sealed, its progress already copied.
+    let mut old = admin
+        .get_stream(format!("KV_{}", names.legacy_state_bucket()))
+        .await
+        .unwrap();
+    let mut config = old.info().await.unwrap().config.clone();
+    config.sealed = true;
+    admin.update_stream(config).await.unwrap();
+    ensure_queue(&admin, &QueueNames::for_flow(&namespace, "other"), &policy)
+        .await
+        .unwrap();
+    let store = bucket(&admin, &names).await.unwrap();
+    let progress = serde_json::to_vec(&progress_of_the_previous_release()).unwrap();
+    store.put(PROGRESS_KEY, progress.into()).await.unwrap();
+
+    migrate_legacy_bucket(&admin, &names).await.unwrap();
+    assert_eq!(
+        read_progress(&admin, &names).await.unwrap(),
+        progress_of_the_previous_release()
+    );
+    assert_eq!(
+        store.get("review.00ff").await.unwrap(),
+        Some(Bytes::from("parked"))
+    );
+    assert!(
+        admin
+            .get_stream(format!("KV_{}", names.legacy_state_bucket()))
+            .await
+            .is_err()
+    );
+    // Nothing left to move.
+    migrate_legacy_bucket(&admin, &names).await.unwrap();
+
+    for flow in ["orders", "other"] {
+        delete_queue(&admin, &QueueNames::for_flow(&namespace, flow))
+            .await
+            .unwrap();
+    }
+    admin.delete_key_value(&names.state_bucket).await.unwrap();
+}
