@@ -2,16 +2,24 @@
 //! upgraded from the per-flow layout (its records in `FP_<ns>_<flow>_STATE`) finds every record
 //! under its keys in the namespace bucket, its cursor and settled sequences included, so its
 //! workers neither re-read the source from the start nor deliver a settled record again; the
-//! move happens once, the old bucket is gone, and the neighbours' records are untouched.
+//! move happens once, the old bucket is gone, and the neighbours' records are untouched. And a
+//! real worker upgraded that way goes on from where it was: nothing read or delivered again.
 
+mod e2e_support;
 mod support;
+
+use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
+use e2e_support::*;
 use flowplane::queue::jetstream::{
     QueuePolicy, bucket, delete_queue, ensure_queue, migrate_legacy_bucket, read_progress,
 };
 use flowplane::queue::{CURSOR_KEY, FlowProgress, PROGRESS_KEY, QueueNames, SettledSequences};
+use flowplane::sim::erp::{ErpSeed, SALES_ORDER_LINES};
+use flowplane::worker::sample;
+use serde_json::json;
 
 /// The progress record a worker of the previous release left: a cursor, counts, and the
 /// stream sequences it settled (delivered or dead-lettered), one of them out of order.
@@ -184,4 +192,105 @@ async fn an_interrupted_move_is_finished_with_the_same_records() {
             .unwrap();
     }
     admin.delete_key_value(&names.state_bucket).await.unwrap();
+}
+
+/// A worker that delivered 200 records under the per-flow layout, upgraded: the operator's pass
+/// moves its records (here as in a pod: the queue made by an administrator before the worker
+/// starts with its flow's user), and the worker of this release delivers the two changed rows
+/// only, with the counts going on from 200. Had the progress record been lost, it would count
+/// from 0 and re-read the whole source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_worker_goes_on_from_its_moved_cursor_and_delivers_nothing_again() {
+    const TIMEOUT: Duration = Duration::from_secs(120);
+    let nats_url = support::local_env().nats_url.clone();
+    let admin = e2e_support::jetstream(&nats_url).await;
+    let sims = start_sims(ErpSeed {
+        order_lines: 200,
+        inventory: 0,
+        returns: 0,
+        bad_every: 0,
+        page_size: 100,
+    })
+    .await;
+    let flow = unique_flow("upgrade");
+    let config =
+        sample::sales_order_flow("e2e", &flow, &nats_url, &sims.erp_url, &sims.forecast_url);
+    let names = config.queue.clone();
+    let _cleanup = QueueCleanup {
+        url: nats_url.clone(),
+        names: names.clone(),
+    };
+    let entity = config.target.entity.clone();
+    let worker = InProcessWorker::start(config.clone(), "before-upgrade");
+    let before = settled(&admin, &names, 200, TIMEOUT).await;
+    worker.stop().await.unwrap();
+    assert_eq!((before.read, before.delivered), (200, 200));
+    assert!(before.cursor.is_some());
+
+    // The flow's records as the previous release kept them: in its own bucket only.
+    let store = bucket(&admin, &names).await.unwrap();
+    let state = admin
+        .get_stream(format!("KV_{}", names.state_bucket))
+        .await
+        .unwrap();
+    let prefix = names.state_key_prefix();
+    let subjects: Vec<(String, usize)> = futures::TryStreamExt::try_collect(
+        state
+            .info_with_subjects(format!("{prefix}>"))
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let legacy = admin
+        .create_key_value(kv::Config {
+            bucket: names.legacy_state_bucket(),
+            history: 1,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for (subject, _) in &subjects {
+        let key = subject.strip_prefix(&prefix).unwrap();
+        if let Some(value) = store.get(key).await.unwrap() {
+            legacy.put(key, value).await.unwrap();
+        }
+    }
+    state.purge().filter(format!("{prefix}>")).await.unwrap();
+    assert_eq!(store.get(PROGRESS_KEY).await.unwrap(), None);
+
+    // Two changes the worker has not seen; then the upgraded worker.
+    for key in ["1000003/10", "1000004/10"] {
+        sims.erp
+            .update(
+                SALES_ORDER_LINES,
+                key,
+                json!({"RequestedQuantity": "7"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            )
+            .unwrap();
+    }
+    let worker = InProcessWorker::start(config, "after-upgrade");
+    let after = settled(&admin, &names, 202, TIMEOUT).await;
+    let report = eventually(TIMEOUT, "the two changes at the target", || {
+        let report = sims.forecast.received(&entity);
+        async move { (report.applied() == 202).then_some(report) }
+    })
+    .await;
+    worker.stop().await.unwrap();
+    assert_eq!(
+        (after.read, after.delivered, after.dead_lettered),
+        (202, 202, 0)
+    );
+    assert_eq!(report.duplicates(), 0, "a record delivered twice");
+    assert_eq!(report.keys["1000003/10"].value["orderedQuantity"], 7);
+    assert!(
+        admin
+            .get_stream(format!("KV_{}", names.legacy_state_bucket()))
+            .await
+            .is_err()
+    );
 }
