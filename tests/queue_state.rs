@@ -194,11 +194,10 @@ async fn an_interrupted_move_is_finished_with_the_same_records() {
     admin.delete_key_value(&names.state_bucket).await.unwrap();
 }
 
-/// A worker that delivered 200 records under the per-flow layout, upgraded: the operator's pass
-/// moves its records (here as in a pod: the queue made by an administrator before the worker
-/// starts with its flow's user), and the worker of this release delivers the two changed rows
-/// only, with the counts going on from 200. Had the progress record been lost, it would count
-/// from 0 and re-read the whole source.
+/// A worker that delivered 200 records under the per-flow layout, upgraded: the worker of this
+/// release, started first with its flow's user, waits until the operator's pass has moved the
+/// records, then delivers the two changed rows only, with the counts going on from 200. Had the
+/// progress record been lost, it would count from 0 and re-read the whole source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgraded_worker_goes_on_from_its_moved_cursor_and_delivers_nothing_again() {
     const TIMEOUT: Duration = Duration::from_secs(120);
@@ -224,6 +223,9 @@ async fn an_upgraded_worker_goes_on_from_its_moved_cursor_and_delivers_nothing_a
     let worker = InProcessWorker::start(config.clone(), "before-upgrade");
     let before = settled(&admin, &names, 200, TIMEOUT).await;
     worker.stop().await.unwrap();
+    // The upgraded worker's configuration as a pod gets it: the flow's user (issued now,
+    // with this release's permissions) and its queue in place.
+    let upgraded = with_flow_identity(config);
     assert_eq!((before.read, before.delivered), (200, 200));
     assert!(before.cursor.is_some());
 
@@ -273,7 +275,18 @@ async fn an_upgraded_worker_goes_on_from_its_moved_cursor_and_delivers_nothing_a
             )
             .unwrap();
     }
-    let worker = InProcessWorker::start(config, "after-upgrade");
+    // The upgraded worker starts before the operator's pass has moved the records (the
+    // operator rolls the workers out first): it waits, and writes nothing meanwhile.
+    let worker = InProcessWorker::start(upgraded, "after-upgrade");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        store.get(PROGRESS_KEY).await.unwrap(),
+        None,
+        "started early"
+    );
+    ensure_queue(&admin, &names, &QueuePolicy::default())
+        .await
+        .unwrap();
     let after = settled(&admin, &names, 202, TIMEOUT).await;
     let report = eventually(TIMEOUT, "the two changes at the target", || {
         let report = sims.forecast.received(&entity);

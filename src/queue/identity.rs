@@ -119,6 +119,8 @@ fn state_api(names: &QueueNames, publish: &mut Vec<String>) {
         format!("$JS.API.STREAM.INFO.{stream}"),
         format!("$JS.API.DIRECT.GET.{stream}.{keys}>"),
         format!("{keys}>"),
+        // Whether its bucket of the per-flow layout is still to be moved (the workers wait).
+        format!("$JS.API.STREAM.INFO.KV_{}", names.legacy_state_bucket()),
     ]);
 }
 
@@ -503,7 +505,11 @@ mod tests {
             &"$JS.API.DIRECT.GET.KV_FP_STATE_team-a.$KV.FP_STATE_team-a.orders.>".into()
         ));
         let state: Vec<&String> = p.publish.iter().filter(|s| s.contains("STATE")).collect();
-        assert_eq!(state.len(), 3, "{state:?}");
+        assert_eq!(state.len(), 4, "{state:?}");
+        assert!(
+            p.publish
+                .contains(&"$JS.API.STREAM.INFO.KV_FP_team-a_orders_STATE".into())
+        );
         assert_eq!(p.subscribe, vec!["_INBOX.FP_team-a_orders.>".to_string()]);
         assert!(p.publish.contains(
             &"$JS.API.CONSUMER.MSG.NEXT.FP_team-a_orders_CAPTURE.FP_team-a_orders".into()

@@ -414,6 +414,23 @@ pub async fn migrate_legacy_bucket(
     }
 }
 
+/// Whether the flow's bucket of the per-flow layout is still there, its records not yet moved
+/// ([`migrate_legacy_bucket`]). A worker of this release waits at start while it is: the
+/// operator rolls the workers out and ensures the queue in one pass, and a worker that started
+/// on the namespace bucket first would find no cursor and read the source again. The flow's
+/// user may read this stream's information, nothing else of it.
+pub async fn legacy_bucket_pending(
+    js: &jetstream::Context,
+    names: &QueueNames,
+) -> Result<bool, QueueError> {
+    let legacy = names.legacy_state_bucket();
+    match js.get_stream(format!("KV_{legacy}")).await {
+        Ok(_) => Ok(true),
+        Err(e) if is_not_found(&e.to_string()) => Ok(false),
+        Err(e) => Err(bucket_error(&legacy, e)),
+    }
+}
+
 /// How long the capture stream remembers a `Nats-Msg-Id`: the shortest JetStream allows.
 /// Deduplication happens in the flow's stream, with the same id (the extractor keeps the
 /// source's `Nats-Msg-Id`), over the flow's dedupe window, where it is counted (`duplicates`);
