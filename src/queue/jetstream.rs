@@ -357,9 +357,9 @@ async fn ensure_state_bucket(
 ///
 /// Once and idempotent: the old bucket is sealed first (a worker of the old release still
 /// running can no longer write to it, so nothing written after the copy is lost: its write
-/// fails and the worker is replaced by one of this release, rendered after this returned), its
-/// records are copied (again, the same values, when an earlier pass stopped before deleting),
-/// and it is deleted last; without an old bucket there is nothing to do.
+/// fails, and it is being replaced), its records are copied (again, the same values, when an
+/// earlier pass stopped before deleting), and it is deleted last, which lets the workers of
+/// this release start ([`legacy_bucket_pending`]); without an old bucket there is nothing to do.
 pub async fn migrate_legacy_bucket(
     js: &jetstream::Context,
     names: &QueueNames,
