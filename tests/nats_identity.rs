@@ -12,6 +12,7 @@ use async_nats::jetstream::{self, consumer, kv};
 use async_nats::{Event, ServerError};
 use bytes::Bytes;
 use flowplane::queue::QueueNames;
+use flowplane::queue::approvals::forget_review;
 use flowplane::queue::identity::{AccountSigner, NatsAccess, flow_permissions};
 use flowplane::queue::jetstream::{QueuePolicy, bucket, ensure_queue, partition_subject};
 use futures::StreamExt;
@@ -307,12 +308,41 @@ async fn flows_of_one_namespace_reach_only_their_own_keys_in_its_bucket() {
     assert_eq!(own.get("cursor").await.unwrap(), Some(Bytes::from("a-2")));
     own.put("review.7", "a-review".into()).await.unwrap();
     own.delete("review.7").await.unwrap();
-    own.purge_with_ttl("review.7", Duration::from_secs(1))
-        .await
-        .unwrap();
+    // A carried-out review's keys go for good: the workers' expiring delete markers.
+    forget_review(&js, &own, "7").await;
     assert_eq!(own.get("review.7").await.unwrap(), None);
+    let review_subjects = format!("{ap}review.>");
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let listed = own.stream.info_with_subjects(review_subjects.clone()).await;
+            let subjects: Vec<(String, usize)> =
+                futures::TryStreamExt::try_collect(listed.unwrap())
+                    .await
+                    .unwrap();
+            if subjects.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the review's markers expire");
     assert_eq!(own.get("progress").await.unwrap(), None, "B's progress");
     assert!(errors.try_recv().is_err(), "its own keys raised an error");
+
+    // A rollup sent on its own key (with `all`, it would drop every key of the stream, B's
+    // too: no subject permission reaches a header) is refused by the bucket.
+    for rollup in ["all", "sub"] {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Rollup", rollup);
+        let stored = js
+            .publish_with_headers(format!("{ap}cursor"), headers, "x".into())
+            .await
+            .unwrap()
+            .await;
+        assert!(stored.is_err(), "a rollup {rollup} was stored");
+    }
+    assert_eq!(own.get("cursor").await.unwrap(), Some(Bytes::from("a-2")));
     // Through the store the operator names for B, nothing of B's comes back.
     let b_view = bucket(&js, &b.names).await.unwrap();
     assert!(b_view.get("cursor").await.is_err(), "read B's cursor");

@@ -101,12 +101,13 @@ fn stream_api(names: &QueueNames, publish: &mut Vec<String>) {
 
 /// The flow's own keys in its namespace's bucket, which every flow of the namespace shares:
 /// only API subjects that name the key. Reads by direct get with the key's subject in the API
-/// subject (`DIRECT.GET.<stream>.$KV.<bucket>.<token>.>`), writes, deletes and purges of a key
-/// by publishing to `$KV.<bucket>.<token>.<key>`.
+/// subject (`DIRECT.GET.<stream>.$KV.<bucket>.<token>.>`), writes and deletes of a key by
+/// publishing to `$KV.<bucket>.<token>.<key>` (rollup headers, which could drop other keys,
+/// are refused by the bucket itself: `jetstream::ensure_state_bucket`).
 ///
 /// Never `STREAM.MSG.GET` (the key is in the request body: any flow's record could be read),
 /// `STREAM.PURGE` (its filter is in the body: any flow's keys could be purged; a flow removes
-/// a key with an expiring purge marker instead) nor `CONSUMER.CREATE` (see [`bucket_api`]).
+/// a key with an expiring delete marker instead) nor `CONSUMER.CREATE` (see [`bucket_api`]).
 /// `STREAM.INFO` is needed to open the bucket (async-nats reads its configuration) and to list
 /// the flow's keys by subject; its subject filter is in the body too, so a flow's user can see
 /// the *names* of its neighbours' keys in the namespace (flow names, review, backfill and

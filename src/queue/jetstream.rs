@@ -298,11 +298,9 @@ async fn put_stream(js: &jetstream::Context, config: stream::Config) -> Result<(
     }
 }
 
-/// How long the marker of a key a flow purged stays in the namespace bucket (the least
-/// JetStream allows): a flow's user may not purge the bucket's stream, whose filter is in the
-/// request body, where no permission reaches, so a key is removed for good by a purge marker
-/// that expires ([`kv::Store::purge_with_ttl`]).
-pub const PURGE_MARKER_TTL: Duration = Duration::from_secs(1);
+/// How long the delete marker of a key a flow removed for good stays in the namespace bucket
+/// (the least JetStream allows; see `approvals::forget_review`).
+pub const DELETE_MARKER_TTL: Duration = Duration::from_secs(1);
 
 /// Creates the namespace's state bucket, or brings an existing one up to `policy`'s replicas.
 ///
@@ -311,6 +309,13 @@ pub const PURGE_MARKER_TTL: Duration = Duration::from_secs(1);
 /// scaled down by a flow asking for fewer; so no flow's state is less safe than its policy
 /// says, and flows with different policies do not scale the bucket back and forth. Placement
 /// is the first flow's, never changed after (JetStream does not move a stream in place).
+///
+/// No rollups: a message with `Nats-Rollup: all`, published by a flow's user to a key of its
+/// own, would drop every key of the stream, its neighbours' too, and no subject permission
+/// stops a header. async-nats makes key-value streams with rollups allowed, so they are
+/// switched off right after, with per-message TTL switched on (for the expiring delete markers
+/// of [`DELETE_MARKER_TTL`]; async-nats's `limit_markers` would also set subject delete markers,
+/// which nats-server allows only with rollups). Nothing of flowplane purges a key.
 async fn ensure_state_bucket(
     js: &jetstream::Context,
     name: &str,
@@ -323,27 +328,30 @@ async fn ensure_state_bucket(
         storage: stream::StorageType::File,
         num_replicas: policy.replicas,
         placement: policy.placement.clone(),
-        // Per-message TTL, for the expiring purge markers of PURGE_MARKER_TTL.
-        limit_markers: Some(PURGE_MARKER_TTL),
         ..Default::default()
     };
+    // Made now, or in place with another configuration (more replicas, another placement).
     let created = js.create_key_value(config).await;
-    let Err(e) = created else { return Ok(()) };
-    // In place with another configuration (more replicas, another flow's placement).
     let mut stream = js
         .get_stream(format!("KV_{name}"))
         .await
-        .map_err(|found| bucket_error(name, format!("{e}; in place: {found}")))?;
+        .map_err(|found| match &created {
+            Err(e) => bucket_error(name, format!("{e}; in place: {found}")),
+            Ok(_) => bucket_error(name, found),
+        })?;
     let mut config = stream
         .info()
         .await
         .map_err(|e| bucket_error(name, e))?
         .config
         .clone();
-    if config.num_replicas >= policy.replicas {
+    let replicas = config.num_replicas.max(policy.replicas);
+    if config.num_replicas == replicas && !config.allow_rollup && config.allow_message_ttl {
         return Ok(());
     }
-    config.num_replicas = policy.replicas;
+    config.num_replicas = replicas;
+    config.allow_rollup = false;
+    config.allow_message_ttl = true;
     js.update_stream(config)
         .await
         .map(|_| ())
@@ -697,7 +705,7 @@ pub async fn update_progress(
 pub async fn reset_cursor(js: &jetstream::Context, names: &QueueNames) -> Result<(), QueueError> {
     let store = bucket(js, names).await?;
     store
-        .purge(CURSOR_KEY)
+        .delete(CURSOR_KEY)
         .await
         .map_err(|e| bucket_error(&names.state_bucket, e))?;
     update_progress(&store, |p| p.cursor = None).await?;
