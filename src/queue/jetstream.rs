@@ -330,21 +330,23 @@ async fn ensure_state_bucket(
         placement: policy.placement.clone(),
         ..Default::default()
     };
-    // Made now, or in place with another configuration (more replicas, another placement).
-    let created = js.create_key_value(config).await;
-    let mut stream = js
-        .get_stream(format!("KV_{name}"))
-        .await
-        .map_err(|found| match &created {
-            Err(e) => bucket_error(name, format!("{e}; in place: {found}")),
-            Ok(_) => bucket_error(name, found),
-        })?;
-    let mut config = stream
-        .info()
-        .await
-        .map_err(|e| bucket_error(name, e))?
-        .config
-        .clone();
+    // In place (one request, on every pass of every flow of the namespace), else made now,
+    // or by another flow's pass meanwhile.
+    let stream_name = format!("KV_{name}");
+    let stream = match js.get_stream(&stream_name).await {
+        Ok(stream) => stream,
+        Err(e) if is_not_found(&e.to_string()) => {
+            let created = js.create_key_value(config).await;
+            js.get_stream(&stream_name)
+                .await
+                .map_err(|found| match &created {
+                    Err(e) => bucket_error(name, format!("{e}; then: {found}")),
+                    Ok(_) => bucket_error(name, found),
+                })?
+        }
+        Err(e) => return Err(bucket_error(name, e)),
+    };
+    let mut config = stream.cached_info().config.clone();
     let replicas = config.num_replicas.max(policy.replicas);
     if config.num_replicas == replicas && !config.allow_rollup && config.allow_message_ttl {
         return Ok(());
