@@ -307,3 +307,37 @@ async fn an_upgraded_worker_goes_on_from_its_moved_cursor_and_delivers_nothing_a
             .is_err()
     );
 }
+
+/// A flow deleted (`deletionPolicy: Delete`) before any pass moved its records takes its old
+/// bucket along, and a neighbour's keys stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flow_deleted_before_its_move_takes_its_old_bucket_along() {
+    let env = support::local_env();
+    let admin = jetstream::new(support::nats_admin(&env.nats_url).await);
+    let namespace = format!("upgrade-gone-{}", std::process::id());
+    let names = QueueNames::for_flow(&namespace, "orders");
+    let neighbour = QueueNames::for_flow(&namespace, "orders-eu");
+    ensure_queue(&admin, &neighbour, &QueuePolicy::default())
+        .await
+        .unwrap();
+    let theirs = bucket(&admin, &neighbour).await.unwrap();
+    theirs.put(CURSOR_KEY, "theirs".into()).await.unwrap();
+    legacy_bucket(&admin, &names).await;
+
+    delete_queue(&admin, &names).await.unwrap();
+    assert!(
+        admin
+            .get_stream(format!("KV_{}", names.legacy_state_bucket()))
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        theirs.get(CURSOR_KEY).await.unwrap(),
+        Some(Bytes::from("theirs"))
+    );
+    // Again, with everything gone: not an error (a finalizer retries).
+    delete_queue(&admin, &names).await.unwrap();
+
+    delete_queue(&admin, &neighbour).await.unwrap();
+    admin.delete_key_value(&names.state_bucket).await.unwrap();
+}
