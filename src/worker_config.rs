@@ -400,7 +400,15 @@ impl WorkerConfig {
                  with the operator's image"
             ));
         }
-        serde_json::from_str(text).map_err(|e| format!("is not valid: {e}"))
+        let mut config: WorkerConfig =
+            serde_json::from_str(text).map_err(|e| format!("is not valid: {e}"))?;
+        // Rendered before the namespace state bucket: the names follow from namespace and flow.
+        if config.queue.state_bucket.is_empty() {
+            let names = QueueNames::for_flow(&config.namespace, &config.flow);
+            config.queue.state_bucket = names.state_bucket;
+            config.queue.state_token = names.state_token;
+        }
+        Ok(config)
     }
 }
 
@@ -423,6 +431,9 @@ mod tests {
         assert_eq!(config.format, 1);
         assert_eq!(config.flow, "order-history-to-forecasting");
         assert!(!config.contract.schema.fields.is_empty());
+        // Rendered with the flow's own bucket: its keys in the namespace's bucket instead.
+        assert_eq!(config.queue.state_bucket, "FP_STATE_flowplane-eu");
+        assert_eq!(config.queue.state_token, "order-history-to-forecasting");
         // Written again and read back, nothing is lost.
         let again = serde_json::to_string(&config).unwrap();
         assert_eq!(WorkerConfig::parse(&again).unwrap(), config);

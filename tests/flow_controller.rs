@@ -517,6 +517,16 @@ async fn deleting_a_flow_removes_children_and_queues_per_policy() {
         })
         .await;
     }
+    // A record of each in the namespace's state bucket, as its workers keep them.
+    for flow in ["gone", "kept"] {
+        let names = QueueNames::for_flow(&ns.name, flow);
+        flowplane::queue::jetstream::bucket(&js, &names)
+            .await
+            .unwrap()
+            .put("cursor", flow.as_bytes().to_vec().into())
+            .await
+            .unwrap();
+    }
     let flows: Api<IntegrationFlow> = Api::namespaced(client.clone(), &ns.name);
     for flow in ["gone", "kept"] {
         flows
@@ -548,8 +558,27 @@ async fn deleting_a_flow_removes_children_and_queues_per_policy() {
         js.get_stream(&kept.stream).await.is_ok(),
         "Retain policy keeps the stream"
     );
+    // Delete purges the flow's keys only; the namespace's bucket stays with the kept flow's.
+    let cursor = |names: QueueNames| {
+        let js = js.clone();
+        async move {
+            let store = flowplane::queue::jetstream::bucket(&js, &names).await;
+            store.unwrap().get("cursor").await.unwrap()
+        }
+    };
+    assert_eq!(
+        cursor(gone.clone()).await,
+        None,
+        "Delete policy purges the keys"
+    );
+    assert_eq!(
+        cursor(kept.clone()).await,
+        Some("kept".into()),
+        "Retain policy keeps the keys"
+    );
     js.delete_stream(&kept.stream).await.ok();
     js.delete_stream(&kept.dead_letter_stream).await.ok();
+    js.delete_key_value(&kept.state_bucket).await.ok();
 }
 
 #[tokio::test]
@@ -1255,7 +1284,9 @@ async fn each_flow_gets_its_own_nats_user_in_a_secret_its_workers_mount() {
         "A read B's stream"
     );
     assert!(
-        js.get_key_value(&other.kv_bucket).await.is_err(),
+        flowplane::queue::jetstream::bucket(&js, &other)
+            .await
+            .is_err(),
         "A opened B's bucket"
     );
 }

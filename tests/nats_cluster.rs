@@ -383,6 +383,24 @@ async fn a_flow_on_three_replicas_loses_a_follower_then_its_leader_and_delivers_
         async move { (replicas.await? == NODES).then_some(()) }
     })
     .await;
+    // The namespace's state bucket has the most replicas its flows ask for: the watched flow's
+    // three, which a flow of the namespace asking for one does not scale down.
+    let state_stream = format!(
+        "KV_{}",
+        QueueNames::for_flow(&namespace.name, "watched").state_bucket
+    );
+    assert_eq!(replicas_of(state_stream.clone()).await, Some(NODES));
+    let single = QueueNames::for_flow(&namespace.name, "single");
+    let one_replica =
+        QueuePolicy::from_delivery(&Default::default(), 1, Default::default()).unwrap();
+    flowplane::queue::ensure_queue(&admin, &single, &one_replica)
+        .await
+        .expect("a one-replica flow's queue");
+    assert_eq!(replicas_of(single.stream.clone()).await, Some(1));
+    assert_eq!(replicas_of(state_stream).await, Some(NODES));
+    flowplane::queue::delete_queue(&admin, &single)
+        .await
+        .unwrap();
     let policy = QueuePolicy::from_delivery(
         &Default::default(),
         1,

@@ -12,8 +12,9 @@ use async_nats::jetstream::{self, consumer, kv};
 use async_nats::{Event, ServerError};
 use bytes::Bytes;
 use flowplane::queue::QueueNames;
+use flowplane::queue::approvals::forget_review;
 use flowplane::queue::identity::{AccountSigner, NatsAccess, flow_permissions};
-use flowplane::queue::jetstream::{QueuePolicy, ensure_queue, partition_subject};
+use flowplane::queue::jetstream::{QueuePolicy, bucket, ensure_queue, partition_subject};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
@@ -24,16 +25,16 @@ struct Flow {
     creds: PathBuf,
 }
 
-async fn flow(namespace: &str, admin: &jetstream::Context) -> Flow {
+async fn flow(namespace: &str, name: &str, admin: &jetstream::Context) -> Flow {
     let env = support::local_env();
-    let names = QueueNames::for_flow(namespace, "orders");
+    let names = QueueNames::for_flow(namespace, name);
     ensure_queue(admin, &names, &QueuePolicy::default())
         .await
         .expect("admin makes the queue");
     let signer = AccountSigner::load(&env.nats_signer_dir).unwrap();
     let creds = signer
         .issue(
-            &format!("{namespace}/orders"),
+            &format!("{namespace}/{name}"),
             &flow_permissions(&names, None, &[]),
         )
         .unwrap();
@@ -92,12 +93,16 @@ async fn refused_request(
     client: &async_nats::Client,
     errors: &mut mpsc::UnboundedReceiver<String>,
     subject: String,
-    body: &'static str,
+    body: &str,
 ) {
     let inbox = client.new_inbox();
     let mut replies = client.subscribe(inbox.clone()).await.unwrap();
     client
-        .publish_with_reply(subject.clone(), inbox, Bytes::from_static(body.as_bytes()))
+        .publish_with_reply(
+            subject.clone(),
+            inbox,
+            Bytes::copy_from_slice(body.as_bytes()),
+        )
         .await
         .unwrap();
     refused(errors, "publish", &subject).await;
@@ -114,8 +119,8 @@ async fn a_flows_user_reaches_its_own_queue_and_nothing_of_another_flows() {
     let env = support::local_env();
     let admin = jetstream::new(support::nats_admin(&env.nats_url).await);
     let unique = std::process::id();
-    let a = flow(&format!("team-a-{unique}"), &admin).await;
-    let b = flow(&format!("team-b-{unique}"), &admin).await;
+    let a = flow(&format!("team-a-{unique}"), "orders", &admin).await;
+    let b = flow(&format!("team-b-{unique}"), "orders", &admin).await;
 
     // B's data, written by the administrator: a record, a dead letter, a cursor.
     admin
@@ -130,7 +135,7 @@ async fn a_flows_user_reaches_its_own_queue_and_nothing_of_another_flows() {
         .unwrap()
         .await
         .unwrap();
-    let b_bucket = admin.get_key_value(&b.names.kv_bucket).await.unwrap();
+    let b_bucket = bucket(&admin, &b.names).await.unwrap();
     b_bucket.put("cursor", "b-cursor".into()).await.unwrap();
 
     let (client, mut errors) = connect_as(&a).await;
@@ -155,10 +160,10 @@ async fn a_flows_user_reaches_its_own_queue_and_nothing_of_another_flows() {
     let message = batch.next().await.expect("its own record").unwrap();
     assert_eq!(message.payload, "a-record");
     message.ack().await.unwrap();
-    let bucket: kv::Store = js.get_key_value(&a.names.kv_bucket).await.unwrap();
-    bucket.put("cursor", "a-cursor".into()).await.unwrap();
+    let a_bucket: kv::Store = bucket(&js, &a.names).await.unwrap();
+    a_bucket.put("cursor", "a-cursor".into()).await.unwrap();
     assert_eq!(
-        bucket.get("cursor").await.unwrap(),
+        a_bucket.get("cursor").await.unwrap(),
         Some(Bytes::from("a-cursor"))
     );
     js.get_stream(&a.names.dead_letter_stream)
@@ -170,7 +175,7 @@ async fn a_flows_user_reaches_its_own_queue_and_nothing_of_another_flows() {
     for subject in [
         format!("{}.>", b.names.subject),
         b.names.dead_letter_subject.clone(),
-        format!("$KV.{}.>", b.names.kv_bucket),
+        format!("{}>", b.names.state_key_prefix()),
         format!("{}.>", b.names.inbox_prefix()),
         ">".to_string(),
     ] {
@@ -181,7 +186,7 @@ async fn a_flows_user_reaches_its_own_queue_and_nothing_of_another_flows() {
     for subject in [
         partition_subject(&b.names, 0),
         b.names.dead_letter_subject.clone(),
-        format!("$KV.{}.cursor", b.names.kv_bucket),
+        format!("{}cursor", b.names.state_key_prefix()),
     ] {
         client
             .publish(subject.clone(), "from a".into())
@@ -195,7 +200,7 @@ async fn a_flows_user_reaches_its_own_queue_and_nothing_of_another_flows() {
     let (bs, dlq, kvs) = (
         &b.names.stream,
         &b.names.dead_letter_stream,
-        format!("KV_{}", b.names.kv_bucket),
+        format!("KV_{}", b.names.state_bucket),
     );
     for (subject, body) in [
         (
@@ -215,7 +220,10 @@ async fn a_flows_user_reaches_its_own_queue_and_nothing_of_another_flows() {
             r#"{"stream_name":"x","config":{}}"#,
         ),
         (
-            format!("$JS.API.DIRECT.GET.{kvs}.$KV.{}.cursor", b.names.kv_bucket),
+            format!(
+                "$JS.API.DIRECT.GET.{kvs}.{}cursor",
+                b.names.state_key_prefix()
+            ),
             "",
         ),
         (
@@ -236,7 +244,7 @@ async fn a_flows_user_reaches_its_own_queue_and_nothing_of_another_flows() {
     // subject its creator may not publish to, so a consumer on A's own bucket delivering to
     // B's subject would write into B's stream (seen with nats-server 2.15.2 when this was
     // allowed). So creating consumers is refused, on its own streams too.
-    let a_state = format!("KV_{}", a.names.kv_bucket);
+    let a_state = format!("KV_{}", a.names.state_bucket);
     for subject in [
         format!("$JS.API.CONSUMER.CREATE.{a_state}"),
         format!("$JS.API.CONSUMER.CREATE.{a_state}.x.>"),
@@ -265,6 +273,181 @@ async fn a_flows_user_reaches_its_own_queue_and_nothing_of_another_flows() {
         flowplane::queue::delete_queue(&admin, &flow.names)
             .await
             .unwrap();
+        let _ = std::fs::remove_file(&flow.creds);
+    }
+}
+
+/// Two flows of one namespace share its state bucket; each flow's user reaches its own keys
+/// and none of its neighbour's: no get (direct get by subject, direct get or message get by
+/// body), put, delete, purge or watch of them, and no smuggling another key into a request on
+/// its own. The neighbour is named so its token starts with the first flow's name.
+#[tokio::test(flavor = "multi_thread")]
+async fn flows_of_one_namespace_reach_only_their_own_keys_in_its_bucket() {
+    let env = support::local_env();
+    let admin = jetstream::new(support::nats_admin(&env.nats_url).await);
+    let namespace = format!("team-s-{}", std::process::id());
+    let a = flow(&namespace, "orders", &admin).await;
+    let b = flow(&namespace, "orders.eu", &admin).await;
+    assert_eq!(a.names.state_bucket, b.names.state_bucket);
+    let kvs = format!("KV_{}", a.names.state_bucket);
+    let (ap, bp) = (a.names.state_key_prefix(), b.names.state_key_prefix());
+
+    // B's records, as B's workers write them.
+    let b_store = bucket(&admin, &b.names).await.unwrap();
+    let b_cursor = b_store.put("cursor", "b-cursor".into()).await.unwrap();
+    b_store.put("progress", "b-progress".into()).await.unwrap();
+    b_store.put("review.42", "b-review".into()).await.unwrap();
+
+    let (client, mut errors) = connect_as(&a).await;
+    let js = jetstream::new(client.clone());
+
+    // Its own keys work, with every operation the workers use.
+    let own = bucket(&js, &a.names).await.unwrap();
+    let revision = own.create("cursor", "a-1".into()).await.unwrap();
+    own.update("cursor", "a-2".into(), revision).await.unwrap();
+    assert_eq!(own.get("cursor").await.unwrap(), Some(Bytes::from("a-2")));
+    own.put("review.7", "a-review".into()).await.unwrap();
+    own.delete("review.7").await.unwrap();
+    // A carried-out review's keys go for good: the workers' expiring delete markers.
+    forget_review(&js, &own, "7").await;
+    assert_eq!(own.get("review.7").await.unwrap(), None);
+    let review_subjects = format!("{ap}review.>");
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let listed = own.stream.info_with_subjects(review_subjects.clone()).await;
+            let subjects: Vec<(String, usize)> =
+                futures::TryStreamExt::try_collect(listed.unwrap())
+                    .await
+                    .unwrap();
+            if subjects.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the review's markers expire");
+    assert_eq!(own.get("progress").await.unwrap(), None, "B's progress");
+    assert!(errors.try_recv().is_err(), "its own keys raised an error");
+
+    // A rollup sent on its own key (with `all`, it would drop every key of the stream, B's
+    // too: no subject permission reaches a header) is refused by the bucket.
+    for rollup in ["all", "sub"] {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Rollup", rollup);
+        let stored = js
+            .publish_with_headers(format!("{ap}cursor"), headers, "x".into())
+            .await
+            .unwrap()
+            .await;
+        assert!(stored.is_err(), "a rollup {rollup} was stored");
+    }
+    assert_eq!(own.get("cursor").await.unwrap(), Some(Bytes::from("a-2")));
+    // Through the store the operator names for B, nothing of B's comes back.
+    let b_view = bucket(&js, &b.names).await.unwrap();
+    assert!(b_view.get("cursor").await.is_err(), "read B's cursor");
+    refused(
+        &mut errors,
+        "publish",
+        &format!("$JS.API.DIRECT.GET.{kvs}.{bp}cursor"),
+    )
+    .await;
+    assert!(b_view.watch("cursor").await.is_err(), "watched B's cursor");
+
+    // Each way to B's keys, refused by nats-server and never answered.
+    let last_of_b = format!(r#"{{"last_by_subj":"{bp}cursor"}}"#);
+    let b_filter = format!(r#"{{"filter":"{bp}>"}}"#);
+    let watch_b = format!(r#"{{"config":{{"filter_subject":"{bp}>"}}}}"#);
+    for (subject, body) in [
+        // get
+        (format!("$JS.API.DIRECT.GET.{kvs}.{bp}cursor"), ""),
+        (format!("$JS.API.DIRECT.GET.{kvs}.{bp}>"), ""),
+        (format!("$JS.API.DIRECT.GET.{kvs}"), last_of_b.as_str()),
+        (format!("$JS.API.STREAM.MSG.GET.{kvs}"), last_of_b.as_str()),
+        (format!("$JS.API.STREAM.MSG.GET.{kvs}"), r#"{"seq":1}"#),
+        // put and delete: a key's write and its delete or purge marker are all publishes to
+        // the key's subject
+        (format!("{bp}cursor"), "from a"),
+        // delete by sequence, and purge with B's keys in the filter
+        (format!("$JS.API.STREAM.MSG.DELETE.{kvs}"), r#"{"seq":1}"#),
+        (format!("$JS.API.STREAM.PURGE.{kvs}"), b_filter.as_str()),
+        // watch: consumers with B's keys as filter, in the subject or only in the body
+        (
+            format!("$JS.API.CONSUMER.CREATE.{kvs}.watch.{bp}>"),
+            watch_b.as_str(),
+        ),
+        (format!("$JS.API.CONSUMER.CREATE.{kvs}"), watch_b.as_str()),
+        // and its own keys' watch too: no consumers for a flow's user (see above)
+        (format!("$JS.API.CONSUMER.CREATE.{kvs}.watch.{ap}>"), "{}"),
+    ] {
+        refused_request(&client, &mut errors, subject, body).await;
+    }
+    // B's key updates cannot be subscribed to either.
+    let _sub = client.subscribe(format!("{bp}>")).await.unwrap();
+    refused(&mut errors, "subscription", &format!("{bp}>")).await;
+
+    // A request on its own key carrying B's record's sequence in the body gets A's key or
+    // nothing: nats-server reads the key from the subject.
+    let answer = client
+        .request(
+            format!("$JS.API.DIRECT.GET.{kvs}.{ap}cursor"),
+            Bytes::from(format!(r#"{{"seq":{b_cursor}}}"#)),
+        )
+        .await
+        .expect("its own direct get is answered");
+    assert_ne!(answer.payload, "b-cursor");
+    assert!(
+        !answer
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Nats-Subject"))
+            .is_some_and(|s| s.as_str().starts_with(&bp)),
+        "answered with B's record"
+    );
+
+    // What a flow's user does see of its neighbours (docs/security.md): the names of their
+    // keys, from the stream's subject list (STREAM.INFO, which opening the bucket needs, takes
+    // its filter in the body). Never a value, as above.
+    let stream = js.get_stream(&kvs).await.unwrap();
+    let names: Vec<(String, usize)> = futures::TryStreamExt::try_collect(
+        stream.info_with_subjects(format!("{bp}>")).await.unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(names.len(), 3);
+
+    // B's records are untouched.
+    for (key, value) in [
+        ("cursor", "b-cursor"),
+        ("progress", "b-progress"),
+        ("review.42", "b-review"),
+    ] {
+        assert_eq!(b_store.get(key).await.unwrap(), Some(Bytes::from(value)));
+    }
+
+    // Deleting A purges A's keys only; the namespace's bucket stays for B.
+    flowplane::queue::delete_queue(&admin, &a.names)
+        .await
+        .unwrap();
+    let a_after = bucket(&admin, &a.names).await.unwrap();
+    assert_eq!(a_after.get("cursor").await.unwrap(), None);
+    let state = admin.get_stream(&kvs).await.unwrap();
+    let left: Vec<(String, usize)> =
+        futures::TryStreamExt::try_collect(state.info_with_subjects(">").await.unwrap())
+            .await
+            .unwrap();
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert!(left.iter().all(|(subject, _)| subject.starts_with(&bp)));
+    assert_eq!(
+        b_store.get("cursor").await.unwrap(),
+        Some(Bytes::from("b-cursor"))
+    );
+
+    flowplane::queue::delete_queue(&admin, &b.names)
+        .await
+        .unwrap();
+    admin.delete_key_value(&b.names.state_bucket).await.unwrap();
+    for flow in [&a, &b] {
         let _ = std::fs::remove_file(&flow.creds);
     }
 }

@@ -196,7 +196,7 @@ async fn forecast_sims() -> Sims {
 }
 
 async fn stored_cursor(js: &async_nats::jetstream::Context, names: &QueueNames) -> Option<String> {
-    let bucket = js.get_key_value(&names.kv_bucket).await.ok()?;
+    let bucket = flowplane::queue::jetstream::bucket(js, names).await.ok()?;
     let value = bucket.get(CURSOR_KEY).await.ok()??;
     String::from_utf8(value.to_vec()).ok()
 }

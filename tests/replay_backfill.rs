@@ -125,7 +125,9 @@ async fn stream_messages(js: &async_nats::jetstream::Context, names: &QueueNames
 }
 
 async fn stored_cursor(js: &async_nats::jetstream::Context, names: &QueueNames) -> String {
-    let store = js.get_key_value(&names.kv_bucket).await.unwrap();
+    let store = flowplane::queue::jetstream::bucket(js, names)
+        .await
+        .unwrap();
     String::from_utf8(store.get(CURSOR_KEY).await.unwrap().unwrap().to_vec()).unwrap()
 }
 

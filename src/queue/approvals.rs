@@ -16,7 +16,7 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::QueueNames;
-use super::jetstream::{QueueError, bucket};
+use super::jetstream::{DELETE_MARKER_TTL, QueueError, bucket};
 
 /// Key prefix of parked records.
 pub const REVIEW_PREFIX: &str = "review.";
@@ -232,13 +232,27 @@ pub async fn parked_ids(store: &kv::Store) -> Result<Vec<String>, QueueError> {
     Ok(ids)
 }
 
-/// Drops a carried-out review's delete markers from the bucket's stream, so review listings
-/// ([`parked_ids`]) do not grow with every review ever made. Best effort: a marker left behind
-/// only costs a read in later listings.
-pub async fn forget_review(store: &kv::Store, id: &str) {
+/// Drops a carried-out review's keys from the bucket for good, so review listings
+/// ([`parked_ids`]) do not grow with every review ever made: a delete marker that expires after
+/// [`DELETE_MARKER_TTL`] takes the place of each key's last entry (the bucket keeps one per key).
+/// Published by hand: async-nats gives a TTL only to a purge, which is a rollup, and the
+/// namespace bucket refuses rollups (see `jetstream::ensure_state_bucket`). Best effort: a
+/// marker left behind only costs a read in later listings.
+pub async fn forget_review(js: &jetstream::Context, store: &kv::Store, id: &str) {
     for key in [review_key(id), decision_key(id)] {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("KV-Operation", "DEL");
+        let ttl = DELETE_MARKER_TTL.as_secs().to_string();
+        headers.insert(async_nats::header::NATS_MESSAGE_TTL, ttl.as_str());
         let subject = format!("{}{key}", store.prefix);
-        if let Err(e) = store.stream.purge().filter(subject).await {
+        let stored = match js
+            .publish_with_headers(subject, headers, Bytes::new())
+            .await
+        {
+            Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = stored {
             tracing::debug!(error = %e, "review marker kept");
         }
     }
@@ -314,7 +328,7 @@ pub async fn decide(
     let store = bucket(js, names).await?;
     if read_parked(&store, id).await?.is_none() {
         return Err(bucket_error(
-            &names.kv_bucket,
+            &names.state_bucket,
             format!("no pending review {id}"),
         ));
     }
@@ -330,7 +344,7 @@ pub async fn decide(
     store
         .put(decision_key(id), value)
         .await
-        .map_err(|e| bucket_error(&names.kv_bucket, e))?;
+        .map_err(|e| bucket_error(&names.state_bucket, e))?;
     Ok(())
 }
 

@@ -84,12 +84,7 @@ pub struct SubjectPermissions {
 /// subject permission reaches, so a user allowed to create its own stream could make it capture
 /// another flow's subjects or reply inboxes. The operator creates every stream.
 fn stream_api(names: &QueueNames, publish: &mut Vec<String>) {
-    let (records, consumer, dead, state) = (
-        &names.stream,
-        &names.consumer,
-        &names.dead_letter_stream,
-        format!("KV_{}", names.kv_bucket),
-    );
+    let (records, consumer, dead) = (&names.stream, &names.consumer, &names.dead_letter_stream);
     publish.extend([
         // Records: the workers' shared pull consumer (the operator makes it).
         format!("$JS.API.STREAM.INFO.{records}"),
@@ -100,14 +95,38 @@ fn stream_api(names: &QueueNames, publish: &mut Vec<String>) {
         format!("$JS.API.STREAM.INFO.{dead}"),
         format!("$JS.API.STREAM.MSG.GET.{dead}"),
         format!("$JS.API.STREAM.MSG.DELETE.{dead}"),
-        // Its own state only: drops carried-out reviews' delete markers.
-        format!("$JS.API.STREAM.PURGE.{state}"),
     ]);
-    bucket_api(&state, &names.kv_bucket, publish);
+    state_api(names, publish);
 }
 
-/// A key-value bucket: reads by direct get, writes to `$KV.<bucket>.<key>`, key listings by
-/// the stream's subjects (`STREAM.INFO` with a filter).
+/// The flow's own keys in its namespace's bucket, which every flow of the namespace shares:
+/// only API subjects that name the key. Reads by direct get with the key's subject in the API
+/// subject (`DIRECT.GET.<stream>.$KV.<bucket>.<token>.>`), writes and deletes of a key by
+/// publishing to `$KV.<bucket>.<token>.<key>` (rollup headers, which could drop other keys,
+/// are refused by the bucket itself: `jetstream::ensure_state_bucket`).
+///
+/// Never `STREAM.MSG.GET` (the key is in the request body: any flow's record could be read),
+/// `STREAM.PURGE` (its filter is in the body: any flow's keys could be purged; a flow removes
+/// a key with an expiring delete marker instead) nor `CONSUMER.CREATE` (see [`bucket_api`]).
+/// `STREAM.INFO` is needed to open the bucket (async-nats reads its configuration) and to list
+/// the flow's keys by subject; its subject filter is in the body too, so a flow's user can see
+/// the *names* of its neighbours' keys in the namespace (flow names, review, backfill and
+/// replay ids: nothing of a record's value) and their counts, never a value
+/// (docs/security.md).
+fn state_api(names: &QueueNames, publish: &mut Vec<String>) {
+    let stream = format!("KV_{}", names.state_bucket);
+    let keys = names.state_key_prefix();
+    publish.extend([
+        format!("$JS.API.STREAM.INFO.{stream}"),
+        format!("$JS.API.DIRECT.GET.{stream}.{keys}>"),
+        format!("{keys}>"),
+        // Whether its bucket of the per-flow layout is still to be moved (the workers wait).
+        format!("$JS.API.STREAM.INFO.KV_{}", names.legacy_state_bucket()),
+    ]);
+}
+
+/// A key-value bucket whose every key the flow may use (a binding's quota bucket): reads by direct get, writes to
+/// `$KV.<bucket>.<key>`, key listings by the stream's subjects (`STREAM.INFO` with a filter).
 ///
 /// Never `CONSUMER.CREATE` (so no `keys()`/`watch()`, whose ordered consumers need it): a
 /// consumer's deliver subject is in the request body, and nats-server 2.15 accepts a push
@@ -122,8 +141,8 @@ fn bucket_api(stream: &str, bucket: &str, publish: &mut Vec<String>) {
     ]);
 }
 
-/// The permissions of one flow's user: its own stream, dead-letter stream, consumer and
-/// key-value bucket, the quota buckets of the bindings it uses, and, for an event flow whose
+/// The permissions of one flow's user: its own stream, dead-letter stream, consumer and keys
+/// in its namespace's state bucket, the quota buckets of the bindings it uses, and, for an event flow whose
 /// source is this NATS server, its consumer on its capture stream, whose filter is exactly the
 /// source subject (the operator creates both, see [`super::jetstream::ensure_capture`]).
 pub fn flow_permissions(
@@ -451,7 +470,7 @@ mod tests {
         for subject in [
             "flowplane.x.records.1",
             "$JS.API.STREAM.PURGE.FP_a_b",
-            "$KV.FP_a_b_STATE.cursor",
+            "$KV.FP_STATE_a.b.cursor",
             "_INBOX.FP_a_b.x",
             "_INBOX_other.x",
             "$SYS.REQ.SERVER.PING",
@@ -472,14 +491,26 @@ mod tests {
         let names = QueueNames::for_flow("team-a", "orders");
         let p = flow_permissions(&names, Some("wms.stock"), &[]);
         assert!(p.publish.iter().all(|s| !s.contains("$JS.API.>")
-            && (!s.starts_with("$JS.API.STREAM.PURGE")
-                || s == "$JS.API.STREAM.PURGE.KV_FP_team-a_orders_STATE")
+            && !s.starts_with("$JS.API.STREAM.PURGE")
+            && !s.starts_with("$JS.API.STREAM.MSG.GET.KV_")
             && !s.starts_with("$JS.API.STREAM.DELETE")
             && !s.starts_with("$JS.API.STREAM.NAMES")
             && !s.starts_with("$JS.API.STREAM.LIST")));
         assert!(p.publish.iter().all(|s| !s.contains('>')
             || s.contains("FP_team-a_orders")
-            || s.starts_with("flowplane.team-a_orders.")));
+            || s.starts_with("flowplane.team-a_orders.")
+            || s.ends_with("$KV.FP_STATE_team-a.orders.>")));
+        // In the namespace's bucket: its own keys, by subject, nothing else.
+        assert!(p.publish.contains(&"$KV.FP_STATE_team-a.orders.>".into()));
+        assert!(p.publish.contains(
+            &"$JS.API.DIRECT.GET.KV_FP_STATE_team-a.$KV.FP_STATE_team-a.orders.>".into()
+        ));
+        let state: Vec<&String> = p.publish.iter().filter(|s| s.contains("STATE")).collect();
+        assert_eq!(state.len(), 4, "{state:?}");
+        assert!(
+            p.publish
+                .contains(&"$JS.API.STREAM.INFO.KV_FP_team-a_orders_STATE".into())
+        );
         assert_eq!(p.subscribe, vec!["_INBOX.FP_team-a_orders.>".to_string()]);
         assert!(p.publish.contains(
             &"$JS.API.CONSUMER.MSG.NEXT.FP_team-a_orders_CAPTURE.FP_team-a_orders".into()

@@ -9,6 +9,7 @@ use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};
 use async_nats::jetstream::{self, consumer, kv, stream};
 use bytes::Bytes;
+use futures::TryStreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -231,8 +232,10 @@ pub fn partition_of(key: &str) -> u32 {
     hash % PARTITIONS
 }
 
-/// Creates the flow's stream, dead-letter stream, durable consumer and key-value bucket, or
-/// brings existing ones to `policy`. Safe to call from every worker and every reconcile.
+/// Creates the flow's stream, dead-letter stream and durable consumer, and its namespace's
+/// key-value bucket, or brings existing ones to `policy`; moves the records of a flow's bucket
+/// of the per-flow layout into the namespace bucket ([`migrate_legacy_bucket`]). Safe to call
+/// from every worker and every reconcile.
 pub async fn ensure_queue(
     js: &jetstream::Context,
     names: &QueueNames,
@@ -284,15 +287,6 @@ pub async fn ensure_queue(
         num_replicas: policy.replicas,
         ..Default::default()
     };
-    let bucket = kv::Config {
-        bucket: names.kv_bucket.clone(),
-        description: "flowplane flow state: cursor, progress, leases, reviews".into(),
-        history: 1,
-        storage: stream::StorageType::File,
-        num_replicas: policy.replicas,
-        placement: policy.placement.clone(),
-        ..Default::default()
-    };
     // Independent but for the consumer, which needs its stream. Creating is idempotent for
     // an identical configuration, so each is one request whether new or already in place.
     futures::try_join!(
@@ -307,16 +301,8 @@ pub async fn ensure_queue(
         },
         put_stream(js, dead_letters),
         async {
-            match js.create_key_value(bucket).await {
-                Ok(_) => Ok(()),
-                // Made by an earlier version with another description or replica count, say:
-                // in place, brought to the flow's replicas.
-                Err(e) => scale_bucket(js, &names.kv_bucket, policy.replicas)
-                    .await
-                    .map_err(|scaling| {
-                        bucket_error(&names.kv_bucket, format!("{e}; in place: {scaling}"))
-                    }),
-            }
+            ensure_state_bucket(js, &names.state_bucket, policy).await?;
+            migrate_legacy_bucket(js, names).await
         },
     )?;
     Ok(())
@@ -352,6 +338,149 @@ fn create_stream_code(e: &CreateStreamError) -> Option<ErrorCode> {
     match e.kind() {
         CreateStreamErrorKind::JetStream(j) => Some(j.error_code()),
         _ => None,
+    }
+}
+
+/// How long the delete marker of a key a flow removed for good stays in the namespace bucket
+/// (the least JetStream allows; see `approvals::forget_review`).
+pub const DELETE_MARKER_TTL: Duration = Duration::from_secs(1);
+
+/// Creates the namespace's state bucket, or brings an existing one up to `policy`'s replicas.
+///
+/// Replicas: the bucket holds every flow of the namespace, so it has the most replicas any of
+/// them asked for (each flow's policy: its own, else the operator's default), and is never
+/// scaled down by a flow asking for fewer; so no flow's state is less safe than its policy
+/// says, and flows with different policies do not scale the bucket back and forth. Placement
+/// is the first flow's, never changed after (JetStream does not move a stream in place).
+///
+/// No rollups: a message with `Nats-Rollup: all`, published by a flow's user to a key of its
+/// own, would drop every key of the stream, its neighbours' too, and no subject permission
+/// stops a header. async-nats makes key-value streams with rollups allowed, so they are
+/// switched off right after, with per-message TTL switched on (for the expiring delete markers
+/// of [`DELETE_MARKER_TTL`]; async-nats's `limit_markers` would also set subject delete markers,
+/// which nats-server allows only with rollups). Nothing of flowplane purges a key.
+async fn ensure_state_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    policy: &QueuePolicy,
+) -> Result<(), QueueError> {
+    let config = kv::Config {
+        bucket: name.to_string(),
+        description: "flowplane state of the namespace's flows, under each flow's own keys".into(),
+        history: 1,
+        storage: stream::StorageType::File,
+        num_replicas: policy.replicas,
+        placement: policy.placement.clone(),
+        ..Default::default()
+    };
+    // In place (one request, on every pass of every flow of the namespace), else made now,
+    // or by another flow's pass meanwhile.
+    let stream_name = format!("KV_{name}");
+    let stream = match js.get_stream(&stream_name).await {
+        Ok(stream) => stream,
+        Err(e) if is_not_found(&e.to_string()) => {
+            let created = js.create_key_value(config).await;
+            js.get_stream(&stream_name)
+                .await
+                .map_err(|found| match &created {
+                    Err(e) => bucket_error(name, format!("{e}; then: {found}")),
+                    Ok(_) => bucket_error(name, found),
+                })?
+        }
+        Err(e) => return Err(bucket_error(name, e)),
+    };
+    let mut config = stream.cached_info().config.clone();
+    let replicas = config.num_replicas.max(policy.replicas);
+    if config.num_replicas == replicas && !config.allow_rollup && config.allow_message_ttl {
+        return Ok(());
+    }
+    config.num_replicas = replicas;
+    config.allow_rollup = false;
+    config.allow_message_ttl = true;
+    js.update_stream(config)
+        .await
+        .map(|_| ())
+        .map_err(|e| bucket_error(name, e))
+}
+
+/// Moves the records of the flow's own bucket of releases before the namespace bucket
+/// ([`QueueNames::legacy_state_bucket`]) under the flow's keys in the namespace bucket, then
+/// deletes it: the progress record holds the flow's cursor and settled sequences, and losing
+/// them would re-read the source and deliver settled records again.
+///
+/// Once and idempotent: the old bucket is sealed first (a worker of the old release still
+/// running can no longer write to it, so nothing written after the copy is lost: its write
+/// fails, and it is being replaced), its records are copied (again, the same values, when an
+/// earlier pass stopped before deleting), and it is deleted last, which lets the workers of
+/// this release start ([`legacy_bucket_pending`]); without an old bucket there is nothing to do.
+pub async fn migrate_legacy_bucket(
+    js: &jetstream::Context,
+    names: &QueueNames,
+) -> Result<(), QueueError> {
+    let legacy = names.legacy_state_bucket();
+    let mut stream = match js.get_stream(format!("KV_{legacy}")).await {
+        Ok(stream) => stream,
+        Err(e) if is_not_found(&e.to_string()) => return Ok(()),
+        Err(e) => return Err(bucket_error(&legacy, e)),
+    };
+    let mut config = stream
+        .info()
+        .await
+        .map_err(|e| bucket_error(&legacy, e))?
+        .config
+        .clone();
+    if !config.sealed {
+        config.sealed = true;
+        js.update_stream(config)
+            .await
+            .map_err(|e| bucket_error(&legacy, format!("sealing: {e}")))?;
+    }
+    let old = js
+        .get_key_value(&legacy)
+        .await
+        .map_err(|e| bucket_error(&legacy, e))?;
+    let new = bucket(js, names).await?;
+    let old_prefix = old.prefix.clone();
+    // Listed from the stream's subjects, as `approvals` lists reviews: every key once.
+    let subjects: Vec<(String, usize)> = stream
+        .info_with_subjects(format!("{old_prefix}>"))
+        .await
+        .map_err(|e| bucket_error(&legacy, e))?
+        .try_collect()
+        .await
+        .map_err(|e| bucket_error(&legacy, e))?;
+    for (subject, _) in subjects {
+        let Some(key) = subject.strip_prefix(&old_prefix) else {
+            continue;
+        };
+        let entry = old.entry(key).await.map_err(|e| bucket_error(&legacy, e))?;
+        // Deleted or purged keys are markers only: nothing to keep.
+        if let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) {
+            new.put(key, entry.value)
+                .await
+                .map_err(|e| bucket_error(&names.state_bucket, e))?;
+        }
+    }
+    match js.delete_key_value(&legacy).await {
+        Err(e) if !is_not_found(&e.to_string()) => Err(bucket_error(&legacy, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Whether the flow's bucket of the per-flow layout is still there, its records not yet moved
+/// ([`migrate_legacy_bucket`]). A worker of this release waits at start while it is: the
+/// operator rolls the workers out and ensures the queue in one pass, and a worker that started
+/// on the namespace bucket first would find no cursor and read the source again. The flow's
+/// user may read this stream's information, nothing else of it.
+pub async fn legacy_bucket_pending(
+    js: &jetstream::Context,
+    names: &QueueNames,
+) -> Result<bool, QueueError> {
+    let legacy = names.legacy_state_bucket();
+    match js.get_stream(format!("KV_{legacy}")).await {
+        Ok(_) => Ok(true),
+        Err(e) if is_not_found(&e.to_string()) => Ok(false),
+        Err(e) => Err(bucket_error(&legacy, e)),
     }
 }
 
@@ -466,8 +595,11 @@ pub async fn ensure_capture(
         })
 }
 
-/// Deletes the flow's streams (with their consumer) and bucket. Resources already gone are
-/// not an error, so a finalizer can call it again after a partial failure.
+/// Deletes the flow's streams (with their consumer) and its keys in the namespace bucket
+/// (and its bucket of the per-flow layout, when it was never moved). The namespace bucket
+/// stays, empty or not: deleting it could race with another flow of the namespace creating
+/// it, and it costs one stream per namespace. Resources already gone are not an error, so a
+/// finalizer can call it again after a partial failure.
 pub async fn delete_queue(js: &jetstream::Context, names: &QueueNames) -> Result<(), QueueError> {
     for name in [&names.stream, &names.dead_letter_stream] {
         if let Err(e) = js.delete_stream(name).await
@@ -476,10 +608,22 @@ pub async fn delete_queue(js: &jetstream::Context, names: &QueueNames) -> Result
             return Err(stream_error(name, e));
         }
     }
-    if let Err(e) = js.delete_key_value(&names.kv_bucket).await
+    match js.get_stream(format!("KV_{}", names.state_bucket)).await {
+        Ok(stream) => {
+            stream
+                .purge()
+                .filter(format!("{}>", names.state_key_prefix()))
+                .await
+                .map_err(|e| bucket_error(&names.state_bucket, e))?;
+        }
+        Err(e) if is_not_found(&e.to_string()) => {}
+        Err(e) => return Err(bucket_error(&names.state_bucket, e)),
+    }
+    let legacy = names.legacy_state_bucket();
+    if let Err(e) = js.delete_key_value(&legacy).await
         && !is_not_found(&e.to_string())
     {
-        return Err(bucket_error(&names.kv_bucket, e));
+        return Err(bucket_error(&legacy, e));
     }
     Ok(())
 }
@@ -516,11 +660,18 @@ pub async fn scale_bucket(
         .map_err(|e| bucket_error(name, e))
 }
 
-/// Opens the flow's bucket.
+/// The flow's records: the namespace bucket, seen through the flow's key prefix. Every key the
+/// returned store reads, writes, lists or purges is `<state_token>.<key>`, because the store's
+/// own subject prefix (which async-nats puts before every key, and strips from every entry's
+/// key) is the flow's ([`QueueNames::state_key_prefix`]); so the record modules use their keys
+/// (`progress`, `review.<id>`, ...) as before, and the flow's NATS user reaches exactly these.
 pub async fn bucket(js: &jetstream::Context, names: &QueueNames) -> Result<kv::Store, QueueError> {
-    js.get_key_value(&names.kv_bucket)
+    let mut store = js
+        .get_key_value(&names.state_bucket)
         .await
-        .map_err(|e| bucket_error(&names.kv_bucket, e))
+        .map_err(|e| bucket_error(&names.state_bucket, e))?;
+    store.prefix = names.state_key_prefix();
+    Ok(store)
 }
 
 /// The progress record of a flow, as workers last wrote it (the default when none wrote yet).
@@ -595,9 +746,9 @@ pub async fn update_progress(
 pub async fn reset_cursor(js: &jetstream::Context, names: &QueueNames) -> Result<(), QueueError> {
     let store = bucket(js, names).await?;
     store
-        .purge(CURSOR_KEY)
+        .delete(CURSOR_KEY)
         .await
-        .map_err(|e| bucket_error(&names.kv_bucket, e))?;
+        .map_err(|e| bucket_error(&names.state_bucket, e))?;
     update_progress(&store, |p| p.cursor = None).await?;
     Ok(())
 }
@@ -614,13 +765,13 @@ pub async fn set_cursor(
     let previous = store
         .get(CURSOR_KEY)
         .await
-        .map_err(|e| bucket_error(&names.kv_bucket, e))?
+        .map_err(|e| bucket_error(&names.state_bucket, e))?
         .and_then(|v| String::from_utf8(v.to_vec()).ok())
         .filter(|c| !c.is_empty());
     store
         .put(CURSOR_KEY, Bytes::from(value.to_string()))
         .await
-        .map_err(|e| bucket_error(&names.kv_bucket, e))?;
+        .map_err(|e| bucket_error(&names.state_bucket, e))?;
     update_progress(&store, |p| p.cursor = Some(value.to_string())).await?;
     Ok(previous)
 }

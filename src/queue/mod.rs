@@ -1,6 +1,7 @@
 //! The JetStream side of a flow, shared by the operator (which creates and inspects it) and the
 //! worker (which uses it): resource names, and the progress record workers keep in the
-//! key-value bucket so the operator can tell whether data is flowing and fresh.
+//! namespace's key-value bucket, under the flow's own keys, so the operator can tell whether
+//! data is flowing and fresh.
 
 use std::collections::BTreeMap;
 
@@ -46,8 +47,18 @@ pub struct QueueNames {
     pub dead_letter_stream: String,
     /// Subject of the dead-letter stream.
     pub dead_letter_subject: String,
-    /// Key-value bucket holding the cursor and the progress record.
-    pub kv_bucket: String,
+    /// Key-value bucket of the flow's namespace, shared by its flows: each flow's records
+    /// (cursor, progress, codes, reviews, backfills, replays) are under its own keys,
+    /// `<state_token>.<key>` (see [`jetstream::bucket`]). One bucket per namespace, not per
+    /// flow: every bucket is a stream nats-server keeps files and memory for.
+    /// Rendered before the namespace bucket: absent, filled from namespace and flow.
+    #[serde(default)]
+    pub state_bucket: String,
+    /// First token of every key of the flow in `state_bucket`: unique in the namespace, one
+    /// subject token, so the flow's NATS user is allowed `$KV.<state_bucket>.<state_token>.>`
+    /// and nothing of its neighbours' keys.
+    #[serde(default)]
+    pub state_token: String,
 }
 
 impl QueueNames {
@@ -60,8 +71,23 @@ impl QueueNames {
             consumer: "workers".to_string(),
             dead_letter_stream: format!("FP_{id}_DLQ"),
             dead_letter_subject: format!("flowplane.{id}.dead"),
-            kv_bucket: format!("FP_{id}_STATE"),
+            state_bucket: namespace_state_bucket(namespace),
+            state_token: key_token(name),
         }
+    }
+
+    /// The flow's own key-value bucket of releases before the namespace bucket; the operator
+    /// moves its records into [`QueueNames::state_bucket`] and deletes it
+    /// (see [`jetstream::ensure_queue`]).
+    pub fn legacy_state_bucket(&self) -> String {
+        format!("{}_STATE", self.stream)
+    }
+
+    /// Subject prefix of the flow's keys in the namespace bucket (`$KV.<bucket>.<token>.`):
+    /// what the flow's NATS user may write, read by direct get, and what the operator purges
+    /// when the flow goes away.
+    pub fn state_key_prefix(&self) -> String {
+        format!("$KV.{}.{}.", self.state_bucket, self.state_token)
     }
 
     /// Stream on the source's NATS server that captures an event flow's source subject, so
@@ -83,6 +109,29 @@ impl QueueNames {
     }
 }
 
+/// The key-value bucket of a namespace's flow state. Namespaces are DNS labels (`[a-z0-9-]`), so
+/// the name is distinct per namespace and never a flow's `FP_<namespace>_<flow>` stream nor a
+/// binding's quota bucket (`FP_QUOTA_...`: `QUOTA` is no namespace, which is lowercase).
+pub fn namespace_state_bucket(namespace: &str) -> String {
+    format!("FP_STATE_{}", sanitize(namespace))
+}
+
+/// One NATS subject token for a flow's name, distinct for distinct names of any characters:
+/// letters, digits and `-` stay, `.` (the subject separator, common in Kubernetes names)
+/// becomes `_`, and every other byte (`_`, `=` included) becomes `=<hex>`, so no two names
+/// meet. The characters used are all valid in key-value keys.
+pub fn key_token(name: &str) -> String {
+    let mut token = String::with_capacity(name.len());
+    for byte in name.bytes() {
+        match byte {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' => token.push(char::from(byte)),
+            b'.' => token.push('_'),
+            other => token.push_str(&format!("={other:02X}")),
+        }
+    }
+    token
+}
+
 fn sanitize(part: &str) -> String {
     part.chars()
         .map(|c| {
@@ -95,9 +144,9 @@ fn sanitize(part: &str) -> String {
         .collect()
 }
 
-/// Key of the progress record in the flow's bucket.
+/// Key of the progress record among the flow's keys.
 pub const PROGRESS_KEY: &str = "progress";
-/// Key of the extraction cursor in the flow's bucket.
+/// Key of the extraction cursor among the flow's keys.
 pub const CURSOR_KEY: &str = "cursor";
 
 /// What the workers report about a flow's data. Written by workers after each delivered batch,
@@ -240,6 +289,38 @@ mod tests {
         );
         let b = QueueNames::for_flow("team-us", "orders.history");
         assert_ne!(a.stream, b.stream);
-        assert_ne!(a.kv_bucket, b.kv_bucket);
+        assert_ne!(a.state_bucket, b.state_bucket);
+        assert_eq!(a.state_bucket, "FP_STATE_team-eu");
+        assert_eq!(a.state_token, "orders_history");
+        assert_eq!(a.legacy_state_bucket(), "FP_team-eu_orders_history_STATE");
+        assert_eq!(a.state_key_prefix(), "$KV.FP_STATE_team-eu.orders_history.");
+    }
+
+    #[test]
+    fn key_tokens_are_one_subject_token_and_never_meet() {
+        let names = [
+            "orders.history",
+            "orders_history",
+            "orders=5Fhistory",
+            "orders-history",
+            "a.b.c",
+            "a_b.c",
+            "x*y",
+            "x>y",
+            "x y",
+            "Ünïcode",
+        ];
+        let tokens: std::collections::BTreeSet<String> =
+            names.iter().map(|n| key_token(n)).collect();
+        assert_eq!(tokens.len(), names.len(), "{tokens:?}");
+        for token in &tokens {
+            assert!(
+                token
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '='))
+            );
+        }
+        // A legal Kubernetes name reads as itself, but for its dots.
+        assert_eq!(key_token("order-history.v2"), "order-history_v2");
     }
 }

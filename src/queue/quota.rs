@@ -116,7 +116,7 @@ mod tests {
         assert_eq!(name, "FP_QUOTA_team-eu_erp_prod");
         assert_ne!(
             name,
-            super::super::QueueNames::for_flow("team-eu", "erp.prod").kv_bucket
+            super::super::QueueNames::for_flow("team-eu", "erp.prod").state_bucket
         );
         assert_eq!(utc_day(1_704_067_199_999), "2023-12-31");
         assert_eq!(utc_day(1_704_067_200_000), "2024-01-01");

@@ -68,7 +68,7 @@ pub async fn finished_replay(
     let entry = store
         .get(replay_key(id))
         .await
-        .map_err(|e| bucket_error(&names.kv_bucket, e))?;
+        .map_err(|e| bucket_error(&names.state_bucket, e))?;
     Ok(entry
         .and_then(|value| serde_json::from_slice::<ReplayReport>(&value).ok())
         .filter(|report| report.done))
@@ -161,7 +161,7 @@ pub async fn replay(
             Bytes::from(serde_json::to_vec(&report).unwrap_or_default()),
         )
         .await
-        .map_err(|e| bucket_error(&names.kv_bucket, e))?;
+        .map_err(|e| bucket_error(&names.state_bucket, e))?;
     let replayed = report.replayed;
     update_progress(&store, |p| p.replayed += replayed).await?;
     Ok(report)

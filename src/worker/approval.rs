@@ -309,7 +309,7 @@ impl Approvals {
                         .await
                         .map_err(|e| anyhow::anyhow!("removing review {id}: {e}"))?;
                     let _ = self.store.delete(decision_key(&id)).await;
-                    forget_review(&self.store, &id).await;
+                    forget_review(&resolver.js, &self.store, &id).await;
                     tracing::info!(review = %id, key = %parked.key, ?outcome, "review carried out");
                 }
                 Err(e) => {

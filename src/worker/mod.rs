@@ -34,7 +34,7 @@ use clap::Args;
 use tokio::sync::watch;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::queue::jetstream::{QueuePolicy, bucket, ensure_queue};
+use crate::queue::jetstream::{QueuePolicy, bucket, ensure_queue, legacy_bucket_pending};
 use crate::worker_config::WorkerConfig;
 use connectors::target::Target;
 use metrics::Metrics;
@@ -109,10 +109,17 @@ impl Flow {
             .connect(config.nats_url.as_str())
             .await?;
         let js = jetstream::new(client);
+        // Upgraded from the per-flow bucket: its records are moved into the namespace bucket by
+        // the operator, in the pass that rolled this worker out (the flow's own user may not),
+        // and must be before this worker reads a cursor there; it waits meanwhile.
+        while legacy_bucket_pending(&js, &config.queue).await? {
+            tracing::info!("waiting for the operator to move the flow's state to its namespace");
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
         // The operator creates the queue with the flow's full policy; a worker only creates
         // what is missing (so tests and a worker started first work) and never overrides it.
         if js.get_stream(&config.queue.stream).await.is_err()
-            || js.get_key_value(&config.queue.kv_bucket).await.is_err()
+            || bucket(&js, &config.queue).await.is_err()
         {
             let policy = QueuePolicy::from_rendered(&config.delivery)
                 .map_err(|e| anyhow::anyhow!("worker configuration: {e}"))?;
