@@ -16,7 +16,7 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::QueueNames;
-use super::jetstream::{DELETE_MARKER_TTL, QueueError, bucket};
+use super::jetstream::{DELETE_MARKER_TTL, QueueError, bucket, bucket_error};
 
 /// Key prefix of parked records.
 pub const REVIEW_PREFIX: &str = "review.";
@@ -202,13 +202,6 @@ pub fn review_key(id: &str) -> String {
 /// Bucket key of a decision.
 pub fn decision_key(id: &str) -> String {
     format!("{DECISION_PREFIX}{id}")
-}
-
-fn bucket_error(name: &str, e: impl std::fmt::Display) -> QueueError {
-    QueueError::Bucket {
-        name: name.to_string(),
-        message: e.to_string(),
-    }
 }
 
 /// Ids of all parked records in the bucket (a deleted one too: [`read_parked`] says None).

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::QueueNames;
-use super::jetstream::{QueueError, bucket};
+use super::jetstream::{QueueError, bucket, bucket_error};
 
 /// Key naming the backfill the extractor should run.
 pub const BACKFILL_KEY: &str = "backfill";
@@ -58,13 +58,6 @@ pub struct BackfillRecord {
     pub message: Option<String>,
 }
 
-fn bucket_error(store: &kv::Store, e: impl std::fmt::Display) -> QueueError {
-    QueueError::Bucket {
-        name: store.name.clone(),
-        message: e.to_string(),
-    }
-}
-
 /// The record of backfill `id`, if any.
 pub async fn read_backfill(
     store: &kv::Store,
@@ -73,7 +66,7 @@ pub async fn read_backfill(
     let value = store
         .get(backfill_key(id))
         .await
-        .map_err(|e| bucket_error(store, e))?;
+        .map_err(|e| bucket_error(&store.name, e))?;
     Ok(value.and_then(|v| serde_json::from_slice(&v).ok()))
 }
 
@@ -93,7 +86,7 @@ pub async fn request_backfill(
     store
         .put(BACKFILL_KEY, Bytes::from(record.id.clone()))
         .await
-        .map_err(|e| bucket_error(&store, e))?;
+        .map_err(|e| bucket_error(&store.name, e))?;
     Ok(record.clone())
 }
 
@@ -106,7 +99,7 @@ pub async fn write_backfill(store: &kv::Store, record: &BackfillRecord) -> Resul
         )
         .await
         .map(|_| ())
-        .map_err(|e| bucket_error(store, e))
+        .map_err(|e| bucket_error(&store.name, e))
 }
 
 /// The backfill waiting for the extractor, if one is.
@@ -114,7 +107,7 @@ pub async fn pending_backfill(store: &kv::Store) -> Result<Option<BackfillRecord
     let Some(id) = store
         .get(BACKFILL_KEY)
         .await
-        .map_err(|e| bucket_error(store, e))?
+        .map_err(|e| bucket_error(&store.name, e))?
     else {
         return Ok(None);
     };

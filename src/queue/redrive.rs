@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::QueueNames;
 use super::headers;
-use super::jetstream::QueueError;
+use super::jetstream::{QueueError, stream_error};
 
 /// One dead letter as `flowplane dlq list` shows it.
 #[derive(Serialize, Clone, Debug, PartialEq)]
@@ -49,13 +49,6 @@ fn header(headers: &HeaderMap, name: &str) -> String {
         .get(name)
         .map(|v| v.as_str().to_string())
         .unwrap_or_default()
-}
-
-fn stream_error(name: &str, e: impl std::fmt::Display) -> QueueError {
-    QueueError::Stream {
-        name: name.to_string(),
-        message: e.to_string(),
-    }
 }
 
 /// Walks the dead-letter stream from its first to its last message (as of the call).
