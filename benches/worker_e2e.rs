@@ -119,7 +119,9 @@ async fn raw_jetstream(
         message.ack().await.expect("ack");
         seen += 1;
     }
-    (started.elapsed(), cpu.report())
+    let (elapsed, cpu) = (started.elapsed(), cpu.report());
+    js.delete_stream(name).await.expect("delete the raw stream");
+    (elapsed, cpu)
 }
 
 /// CPU seconds (user + system) process `pid` has used so far (Linux /proc; 0 elsewhere).
@@ -576,6 +578,9 @@ async fn workers_end_to_end(
     config.target.batch_size = 500;
     config.delivery.max_ack_pending = 10_000;
     config.delivery.replicas = NODES as u8;
+    // nats-server reserves each stream's max_bytes on every replica's node against its disk:
+    // 256 MiB is room enough for the run's 30,000-odd records, and the queue goes after it.
+    config.delivery.max_bytes = 256 << 20;
     let js = cluster.admin(0).await;
     let policy = QueuePolicy::from_rendered(&config.delivery).expect("policy");
     flowplane::queue::ensure_queue(&js, &config.queue, &policy)
@@ -643,6 +648,9 @@ async fn workers_end_to_end(
     );
     assert_eq!(report.duplicates(), 0, "{n} workers: nothing sent twice");
     drop(processes);
+    flowplane::queue::delete_queue(&js, &config.queue)
+        .await
+        .expect("delete the flow's queue");
     Run {
         elapsed,
         extracted,

@@ -16,8 +16,8 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use futures::StreamExt;
 use futures::stream::FuturesOrdered;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 
 use super::clock::now_unix_ms;
@@ -532,29 +532,50 @@ impl Extractor {
             tokio::select! {
                 biased;
                 settled = in_flight.next(), if !in_flight.is_empty() => {
-                    let Some(settled) = settled else { continue };
-                    let (n, cursor, acks): (u64, Option<String>, anyhow::Result<Settled>) = settled;
-                    let Settled { stored, duplicates, dead } = acks?;
-                    report.read += n;
-                    report.published += stored;
-                    report.duplicates += duplicates;
-                    report.dead_lettered += dead.len() as u64;
-                    self.metrics.read.inc_by(n);
-                    self.metrics.duplicates.inc_by(duplicates);
-                    for reason in &dead {
-                        self.metrics.dead_letter(*reason);
+                    let Some(first) = settled else { continue };
+                    // Pages whose acks are all in already settle together, with one cursor
+                    // write for them (the last page's cursor covers the ones before it).
+                    let mut ready: Vec<(u64, Option<String>, anyhow::Result<Settled>)> =
+                        vec![first];
+                    while let Some(Some(next)) = in_flight.next().now_or_never() {
+                        ready.push(next);
                     }
-                    // A record dead-lettered here was read and is in the dead-letter stream:
-                    // read = delivered + dead letters holds for it too.
-                    self.progress.add_read(dead.len() as u64);
-                    self.progress.add_dead_lettered(dead.len() as u64);
-                    // The flow's figure counts what entered the stream: an incremental pass
-                    // re-reads the rows of its cursor's timestamp (the filter is inclusive),
-                    // and JetStream drops those repeats, so read stays delivered + dead
-                    // letters + in flight; the repeats are counted as duplicates.
-                    self.progress.add_read(stored);
-                    self.progress.add_duplicates(duplicates);
-                    if !lease_lost && let (Some(expected), Some(cursor)) = (revision, cursor) {
+                    let mut latest_cursor = None;
+                    let mut failed = None;
+                    for (n, cursor, acks) in ready {
+                        let Settled { stored, duplicates, dead } = match acks {
+                            Ok(settled) => settled,
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        };
+                        report.read += n;
+                        report.published += stored;
+                        report.duplicates += duplicates;
+                        report.dead_lettered += dead.len() as u64;
+                        self.metrics.read.inc_by(n);
+                        self.metrics.duplicates.inc_by(duplicates);
+                        for reason in &dead {
+                            self.metrics.dead_letter(*reason);
+                        }
+                        // A record dead-lettered here was read and is in the dead-letter
+                        // stream: read = delivered + dead letters holds for it too.
+                        self.progress.add_read(dead.len() as u64);
+                        self.progress.add_dead_lettered(dead.len() as u64);
+                        // The flow's figure counts what entered the stream: an incremental
+                        // pass re-reads the rows of its cursor's timestamp (the filter is
+                        // inclusive), and JetStream drops those repeats, so read stays
+                        // delivered + dead letters + in flight; the repeats are counted as
+                        // duplicates.
+                        self.progress.add_read(stored);
+                        self.progress.add_duplicates(duplicates);
+                        if cursor.is_some() {
+                            latest_cursor = cursor;
+                        }
+                    }
+                    // The pages settled before a failure keep their cursor.
+                    if !lease_lost && let (Some(expected), Some(cursor)) = (revision, latest_cursor) {
                         let value = Bytes::from(cursor.clone());
                         let written = if expected == 0 {
                             self.store.create(CURSOR_KEY, value).await.map_err(|e| e.to_string())
@@ -575,6 +596,9 @@ impl Extractor {
                                 fetching = false;
                             }
                         }
+                    }
+                    if let Some(e) = failed {
+                        return Err(e);
                     }
                 }
                 page = pages.recv(), if fetching && in_flight.len() < IN_FLIGHT_PAGES => {
