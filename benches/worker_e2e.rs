@@ -15,10 +15,16 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use flowplane::sim::erp::{ErpSeed, ErpState, SALES_ORDER_LINES};
+#[path = "../tests/e2e_support/mod.rs"]
+mod e2e_support;
 #[path = "../tests/support/mod.rs"]
 mod support;
+use e2e_support::{TempDir, WorkerProcess, settled};
+use flowplane::queue::QueuePolicy;
+use flowplane::sim::forecast::EntityReport;
 use flowplane::worker::{RunOptions, run, sample};
 use futures::StreamExt;
+use support::nats_cluster::{NODES, NatsCluster};
 use support::tool;
 
 struct Nats(Child, PathBuf);
@@ -60,14 +66,22 @@ fn start_nats() -> (Nats, String) {
     (nats, format!("nats://127.0.0.1:{port}"))
 }
 
-/// Publishes every payload (pipelined, all acks awaited), then consumes and acks them all.
-async fn raw_jetstream(url: &str, payloads: &[Bytes], nats: u32) -> (Duration, String) {
+/// Publishes every payload (pipelined, all acks awaited), then consumes and acks them all,
+/// through stream `name` with `replicas` replicas; `servers` are the nats-server processes.
+async fn raw_jetstream(
+    url: &str,
+    (name, replicas): (&str, usize),
+    payloads: &[Bytes],
+    servers: &[(&'static str, u32)],
+) -> (Duration, String) {
     let js = jetstream::new(async_nats::connect(url).await.expect("connect"));
+    let subject = name.to_lowercase();
     let stream = js
         .create_stream(stream::Config {
-            name: "RAW".into(),
-            subjects: vec!["raw.>".into()],
+            name: name.into(),
+            subjects: vec![format!("{subject}.>")],
             storage: stream::StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
         })
         .await
@@ -81,13 +95,15 @@ async fn raw_jetstream(url: &str, payloads: &[Bytes], nats: u32) -> (Duration, S
         })
         .await
         .expect("consumer");
-    let cpu = Cpu::start(&[("bench", std::process::id()), ("nats-server", nats)]);
+    let mut processes = vec![("bench", std::process::id())];
+    processes.extend_from_slice(servers);
+    let cpu = Cpu::start(&processes);
     let started = Instant::now();
     for chunk in payloads.chunks(1000) {
         let mut acks = Vec::with_capacity(chunk.len());
         for (i, payload) in chunk.iter().enumerate() {
             acks.push(
-                js.publish(format!("raw.{}", i % 16), payload.clone())
+                js.publish(format!("{subject}.{}", i % 16), payload.clone())
                     .await
                     .expect("publish"),
             );
@@ -103,7 +119,9 @@ async fn raw_jetstream(url: &str, payloads: &[Bytes], nats: u32) -> (Duration, S
         message.ack().await.expect("ack");
         seen += 1;
     }
-    (started.elapsed(), cpu.report())
+    let (elapsed, cpu) = (started.elapsed(), cpu.report());
+    js.delete_stream(name).await.expect("delete the raw stream");
+    (elapsed, cpu)
 }
 
 /// CPU seconds (user + system) process `pid` has used so far (Linux /proc; 0 elsewhere).
@@ -486,6 +504,160 @@ output:
         - mapping: 'root = {"key": ["salesOrder", "salesOrderItem"], "records": this}'
 "#;
 
+/// The 1-minute, 5-minute and 15-minute load averages.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Horizontal scaling (`WORKERS=1,2,4`): on one 3-node cluster (routes on loopback, every
+/// stream with 3 replicas), each of `runs` rounds measures raw JetStream (one publisher,
+/// one consumer, the same payloads) and then one flow run by each number of worker
+/// processes in `workers`, each process connected to another node. Every run asserts the
+/// exact counts: read = delivered + dead-lettered, every key applied once, no duplicate.
+async fn scaling(payloads: &[Bytes], workers: &[usize], runs: usize) {
+    const SERVERS: [&str; NODES] = ["n0", "n1", "n2"];
+    let cluster = NatsCluster::start_plain();
+    cluster.wait_for_jetstream().await;
+    let servers: Vec<(&'static str, u32)> = (0..NODES)
+        .map(|i| (SERVERS[i], cluster.pid(i).expect("node runs")))
+        .collect();
+    let dir = TempDir::new("bench-workers");
+    let count = payloads.len() as u32;
+    for run in 1..=runs {
+        let load = load_average();
+        let (raw, raw_cpu) = raw_jetstream(
+            &cluster.url(0),
+            (&format!("RAW{run}"), NODES),
+            payloads,
+            &servers,
+        )
+        .await;
+        let raw_rate = rate(count, raw);
+        println!(
+            "run {run}: raw JetStream R3:   {raw_rate:>10.0} records/s ({:.2}s; load {load}; {raw_cpu})",
+            raw.as_secs_f64()
+        );
+        for &n in workers {
+            let load = load_average();
+            let result = workers_end_to_end(&cluster, &servers, &dir, count, n, run).await;
+            let e2e_rate = rate(count, result.elapsed);
+            println!(
+                "run {run}: {n} worker{} end to end: {e2e_rate:>10.0} records/s ({:.2}s, {:.1}% of raw{}; load {load}; {})",
+                if n == 1 { " " } else { "s" },
+                result.elapsed.as_secs_f64(),
+                100.0 * e2e_rate / raw_rate,
+                result.extracted.map_or(String::new(), |d| format!(
+                    ", all in the stream after {:.2}s",
+                    d.as_secs_f64()
+                )),
+                result.cpu
+            );
+        }
+    }
+}
+
+/// One flow on the cluster, `n` worker processes (`flowplane worker`), each connected to
+/// another node; the flow's queue made first with three replicas, as the operator makes it.
+async fn workers_end_to_end(
+    cluster: &NatsCluster,
+    servers: &[(&'static str, u32)],
+    dir: &TempDir,
+    count: u32,
+    n: usize,
+    run: usize,
+) -> Run {
+    const WORKERS: [&str; 8] = ["w1", "w2", "w3", "w4", "w5", "w6", "w7", "w8"];
+    assert!(n <= WORKERS.len(), "at most {} workers", WORKERS.len());
+    let (erp_process, erp) = start_erp(count);
+    let (forecast_process, forecast) = start_sim(&["forecast"]);
+    let erp_url = format!("{erp}/odata");
+    let flow = format!("scale-{n}-{run}");
+    let mut config = sample::sales_order_flow("bench", &flow, &cluster.url(0), &erp_url, &forecast);
+    config.target.batch_size = 500;
+    config.delivery.max_ack_pending = 10_000;
+    config.delivery.replicas = NODES as u8;
+    // nats-server reserves each stream's max_bytes on every replica's node against its disk:
+    // 256 MiB is room enough for the run's 30,000-odd records, and the queue goes after it.
+    config.delivery.max_bytes = 256 << 20;
+    let js = cluster.admin(0).await;
+    let policy = QueuePolicy::from_rendered(&config.delivery).expect("policy");
+    flowplane::queue::ensure_queue(&js, &config.queue, &policy)
+        .await
+        .expect("the flow's queue");
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let mut processes: Vec<WorkerProcess> = (0..n)
+        .map(|i| {
+            let mut config = config.clone();
+            config.nats_url = cluster.url(i % NODES);
+            WorkerProcess::start_as_configured(&config, &dir.0, &format!("{flow}-{i}"))
+        })
+        .collect();
+    let mut cpu = Cpu::start(servers);
+    for (i, process) in processes.iter().enumerate() {
+        cpu.0.insert(i, (WORKERS[i], process.pid(), 0.0));
+    }
+    cpu.0.push(("erp sim", erp_process.0.id(), 0.0));
+    cpu.0.push(("forecast sim", forecast_process.0.id(), 0.0));
+    let extracted = wait_done(
+        &js,
+        (&config.queue.stream, &config.queue.consumer),
+        &http,
+        (&forecast, &config.target.entity),
+        u64::from(count),
+        started,
+        &mut || processes.iter_mut().all(WorkerProcess::running),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    let cpu = cpu.report();
+    // Exact counts: every record read once, delivered once (none is bad), applied once.
+    let progress = settled(
+        &js,
+        &config.queue,
+        u64::from(count),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        (progress.read, progress.delivered, progress.dead_lettered),
+        (u64::from(count), u64::from(count), 0),
+        "{n} workers: read = delivered + dead-lettered, each once"
+    );
+    let report: EntityReport = http
+        .get(format!(
+            "{forecast}/admin/received/{}",
+            config.target.entity
+        ))
+        .send()
+        .await
+        .expect("the forecast simulator's report")
+        .json()
+        .await
+        .expect("its report");
+    assert_eq!(
+        report.keys.len(),
+        count as usize,
+        "{n} workers: every key arrived"
+    );
+    assert!(
+        report.keys.values().all(|k| k.applied_versions.len() == 1),
+        "{n} workers: every key applied exactly once"
+    );
+    assert_eq!(report.duplicates(), 0, "{n} workers: nothing sent twice");
+    drop(processes);
+    flowplane::queue::delete_queue(&js, &config.queue)
+        .await
+        .expect("delete the flow's queue");
+    Run {
+        elapsed,
+        extracted,
+        cpu,
+    }
+}
+
 fn rate(count: u32, elapsed: Duration) -> f64 {
     f64::from(count) / elapsed.as_secs_f64()
 }
@@ -508,25 +680,39 @@ fn main() {
     }
     flowplane::worker::http::install_crypto_provider();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    // The payloads the simulator serves (same seed, same records).
+    let erp = ErpState::new(&ErpSeed {
+        order_lines: count,
+        inventory: 0,
+        returns: 0,
+        bad_every: 0,
+        page_size: 1000,
+    });
+    let payloads: Vec<Bytes> = erp
+        .all(SALES_ORDER_LINES)
+        .into_iter()
+        .map(|r| Bytes::from(serde_json::to_vec(&r).expect("json")))
+        .collect();
+    drop(erp);
+    let average = payloads.iter().map(|p| p.len()).sum::<usize>() / payloads.len().max(1);
+    if let Ok(workers) = std::env::var("WORKERS") {
+        let workers: Vec<usize> = workers
+            .split(',')
+            .map(|n| n.trim().parse().expect("WORKERS: numbers, e.g. 1,2,4"))
+            .collect();
+        let runs = std::env::var("RUNS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        println!("records: {count} sales order lines, {average} bytes each");
+        runtime.block_on(scaling(&payloads, &workers, runs));
+        return;
+    }
     runtime.block_on(async {
         let (nats, url) = start_nats();
         let nats_pid = nats.0.id();
-        // The payloads the simulator serves (same seed, same records).
-        let erp = ErpState::new(&ErpSeed {
-            order_lines: count,
-            inventory: 0,
-            returns: 0,
-            bad_every: 0,
-            page_size: 1000,
-        });
-        let payloads: Vec<Bytes> = erp
-            .all(SALES_ORDER_LINES)
-            .into_iter()
-            .map(|r| Bytes::from(serde_json::to_vec(&r).expect("json")))
-            .collect();
-        drop(erp);
-        let average = payloads.iter().map(|p| p.len()).sum::<usize>() / payloads.len().max(1);
-        let (raw, raw_cpu) = raw_jetstream(&url, &payloads, nats_pid).await;
+        let (raw, raw_cpu) =
+            raw_jetstream(&url, ("RAW", 1), &payloads, &[("nats-server", nats_pid)]).await;
         if std::env::var("EXTRACT_ONLY").is_ok_and(|v| v == "1") {
             let alone = extraction_alone(&url, count).await;
             println!(

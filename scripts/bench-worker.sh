@@ -5,6 +5,9 @@
 #   RECORDS=50000 RUNS=3 scripts/bench-worker.sh
 # RUNS repeats the end-to-end benchmark (this machine is shared and noisy: report every run);
 # BENTHOS_BENCH=0 skips Benthos; EXTRACT_ONLY=1 also times extraction alone.
+# Horizontal scaling instead: WORKERS=1,2,4 RUNS=5 RECORDS=30000 scripts/bench-worker.sh runs
+# one flow with 1, 2 and 4 worker processes on a 3-node nats-server cluster (streams with 3
+# replicas), after raw JetStream on the same cluster, RUNS rounds on one cluster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 with_benthos=1
@@ -12,6 +15,11 @@ with_benthos=1
 WITH_BENTHOS="$with_benthos" bash scripts/install-tools.sh >/dev/null
 runs="${RUNS:-1}"
 cargo bench --bench worker_e2e --no-run
+if [ -n "${WORKERS:-}" ]; then
+  echo "--- $runs rounds of raw JetStream and $WORKERS workers on a 3-node cluster ($(date -u +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg))"
+  RUNS="$runs" cargo bench --bench worker_e2e
+  exit 0
+fi
 for run in $(seq "$runs"); do
   echo "--- worker end to end, run $run of $runs ($(date -u +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg))"
   cargo bench --bench worker_e2e

@@ -5,190 +5,28 @@
 //! moving, nothing is lost or applied twice (read = delivered + dead-lettered, exact counts),
 //! and the operator reports the lost replica (QueueReady=False, ReplicaLost) and the recovery.
 //!
-//! Only this tier starts a cluster: the rest of the suite runs on the environment's single
+//! Only this tier (and the worker benchmark's scaling run) starts a cluster
+//! (`support::nats_cluster`): the rest of the suite runs on the environment's single
 //! server (docs/operations.md, "NATS cluster").
 
 mod e2e_support;
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream;
 use e2e_support::*;
 use flowplane::api::{ConnectorBinding, IntegrationFlow};
-use flowplane::queue::identity::{AccountSigner, NatsAccess, OPERATOR_INBOX_PREFIX};
+use flowplane::queue::identity::AccountSigner;
 use flowplane::queue::{QueueNames, QueuePolicy, ReplicaState, stream_health};
 use flowplane::sim::erp::ErpSeed;
 use flowplane::sim::faults::FaultSpec;
 use flowplane::worker::sample;
 use flowplane::worker_config::WorkerConfig;
 use kube::Api;
+use support::nats_cluster::{NODES, NatsCluster};
 
 const TIMEOUT: Duration = Duration::from_secs(180);
-const NODES: usize = 3;
-
-/// Three nats-servers forming one JetStream cluster; each node can be killed and restarted on
-/// the same ports and store. Every process is killed on drop.
-struct NatsCluster {
-    dir: TempDir,
-    nodes: Vec<Node>,
-}
-
-struct Node {
-    name: String,
-    client_port: u16,
-    child: Option<Child>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl NatsCluster {
-    /// Writes each node's configuration (the environment's auth.conf, its server certificate
-    /// for clients, its route certificate for the routes) and starts the three nodes.
-    fn start(trust: &Path) -> NatsCluster {
-        for file in [
-            "auth.conf",
-            "server.crt",
-            "server.key",
-            "route.crt",
-            "ca.crt",
-        ] {
-            assert!(
-                trust.join(file).exists(),
-                "{} is missing: restart the local environment (scripts/local-env.sh down; up) \
-                 so it makes the cluster's route certificate",
-                trust.join(file).display()
-            );
-        }
-        let dir = TempDir::new("nats-cluster");
-        std::fs::copy(trust.join("auth.conf"), dir.0.join("auth.conf")).unwrap();
-        let route_ports: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
-        let routes: Vec<String> = route_ports
-            .iter()
-            .map(|p| format!("nats-route://127.0.0.1:{p}"))
-            .collect();
-        let file = |name: &str| trust.join(name).display().to_string();
-        let mut nodes = Vec::new();
-        for (i, route_port) in route_ports.iter().enumerate() {
-            let name = format!("n{i}");
-            let client_port = free_port();
-            let config = format!(
-                r#"server_name: {name}
-listen: 127.0.0.1:{client_port}
-max_control_line: 32768
-jetstream {{ store_dir: "{store}" }}
-tls {{ cert_file: "{server_crt}", key_file: "{server_key}", timeout: 5 }}
-cluster {{
-  name: flowplane-test
-  listen: 127.0.0.1:{route_port}
-  routes: [{routes}]
-  tls {{ cert_file: "{route_crt}", key_file: "{route_key}", ca_file: "{ca}", timeout: 5 }}
-}}
-include auth.conf
-"#,
-                store = dir.0.join(&name).display(),
-                server_crt = file("server.crt"),
-                server_key = file("server.key"),
-                routes = routes.join(", "),
-                route_crt = file("route.crt"),
-                route_key = file("route.key"),
-                ca = file("ca.crt"),
-            );
-            std::fs::write(dir.0.join(format!("{name}.conf")), config).unwrap();
-            nodes.push(Node {
-                name,
-                client_port,
-                child: None,
-            });
-        }
-        let mut cluster = NatsCluster { dir, nodes };
-        for i in 0..NODES {
-            cluster.start_node(i);
-        }
-        cluster
-    }
-
-    fn url(&self, i: usize) -> String {
-        format!("nats://127.0.0.1:{}", self.nodes[i].client_port)
-    }
-
-    fn index(&self, name: &str) -> usize {
-        self.nodes
-            .iter()
-            .position(|n| n.name == name)
-            .unwrap_or_else(|| panic!("no node {name}"))
-    }
-
-    fn start_node(&mut self, i: usize) {
-        let node = &mut self.nodes[i];
-        assert!(node.child.is_none(), "{} runs already", node.name);
-        let log = std::fs::File::create(self.dir.0.join(format!("{}.log", node.name))).unwrap();
-        let child = Command::new(support::tool("nats-server"))
-            .arg("-c")
-            .arg(self.dir.0.join(format!("{}.conf", node.name)))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start nats-server");
-        node.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", node.client_port)).is_err() {
-            assert!(Instant::now() < deadline, "{} did not start", node.name);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Kills the node at once (SIGKILL): no goodbye to its peers, as when a machine dies.
-    fn kill_node(&mut self, i: usize) {
-        if let Some(mut child) = self.nodes[i].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// The environment's NATS trust chain (operator, account signing key).
-    fn trust(&self) -> PathBuf {
-        support::local_env().nats_signer_dir.clone()
-    }
-
-    /// An administrator's connection to node `i` (the client learns the others from it).
-    async fn admin(&self, i: usize) -> jetstream::Context {
-        let env = support::local_env();
-        let access = NatsAccess {
-            url: self.url(i),
-            creds_file: Some(env.nats_creds.clone()),
-            ca_file: Some(env.nats_ca.clone()),
-            inbox_prefix: Some(OPERATOR_INBOX_PREFIX.into()),
-        };
-        jetstream::new(access.connect().await.expect("connect to the cluster"))
-    }
-}
-
-impl Drop for NatsCluster {
-    fn drop(&mut self) {
-        for i in 0..NODES {
-            self.kill_node(i);
-        }
-    }
-}
-
-/// The JetStream API answers once the cluster has elected its meta leader.
-async fn wait_for_jetstream(js: &jetstream::Context) {
-    eventually(
-        Duration::from_secs(60),
-        "the cluster's JetStream meta leader",
-        || async { js.query_account().await.ok().map(|_| ()) },
-    )
-    .await;
-}
 
 /// The leader of the flow's stream and the state of each follower.
 async fn replication(
@@ -274,7 +112,7 @@ async fn queue_ready(
 /// environment's account signing key, as the operator issues it), the server's CA, and the
 /// queue with three replicas, made by an administrator as the operator makes it.
 async fn on_cluster(mut config: WorkerConfig, cluster: &NatsCluster) -> WorkerConfig {
-    let signer = AccountSigner::load(&cluster.trust()).expect("the account signer");
+    let signer = AccountSigner::load(cluster.trust()).expect("the account signer");
     let quota_buckets: Vec<String> = [&config.source.endpoint, &config.target.endpoint]
         .into_iter()
         .map(|e| flowplane::queue::binding_quota_bucket(&config.namespace, &e.binding))
@@ -287,7 +125,7 @@ async fn on_cluster(mut config: WorkerConfig, cluster: &NatsCluster) -> WorkerCo
             &permissions,
         )
         .expect("issue the flow's user");
-    let path = cluster.dir.0.join(format!("{}.creds", config.queue.stream));
+    let path = cluster.dir.join(format!("{}.creds", config.queue.stream));
     std::fs::write(&path, creds).unwrap();
     config.nats_creds_file = Some(path.display().to_string());
     config.nats_ca_file = Some(support::local_env().nats_ca.display().to_string());
@@ -316,7 +154,7 @@ async fn wait_applied(sims: &Sims, entity: &str, at_least: u64, what: &str) {
 async fn a_flow_on_three_replicas_loses_a_follower_then_its_leader_and_delivers_exactly_once() {
     let env = support::local_env();
     let mut cluster = NatsCluster::start(&env.nats_signer_dir);
-    wait_for_jetstream(&cluster.admin(0).await).await;
+    cluster.wait_for_jetstream().await;
 
     // The operator on the cluster, and a flow it keeps (its bindings do not exist: the queue
     // is made and watched all the same), with the operator's default of three replicas.

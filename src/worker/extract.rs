@@ -17,6 +17,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
 use tokio::sync::mpsc;
 
@@ -54,6 +55,9 @@ fn too_large(size: usize, max: usize) -> String {
         "the record is {size} bytes, more than the {max} the flow takes (limits.maxRecordBytes, the NATS max payload)"
     )
 }
+
+/// A cursor written (or not: the error) by compare-and-set.
+type CursorWrite = (String, Result<u64, String>);
 
 /// What one published page came to once JetStream answered.
 #[derive(Default)]
@@ -510,10 +514,12 @@ impl Extractor {
     }
 
     /// The publishing half of a pass: publishes pages as they come, keeps at most
-    /// `IN_FLIGHT_PAGES` of them waiting for acks, and stores the cursor after each page
+    /// `IN_FLIGHT_PAGES` of them waiting for acks, and stores the cursor of the newest page
     /// whose acks (and all earlier pages' acks) arrived, by compare-and-set on `revision`:
     /// when someone else wrote the cursor meanwhile (a `flowplane.io/cursor` or reset-cursor
-    /// request), the pass stops there and the next one starts from their value.
+    /// request), the pass stops there and the next one starts from their value. One cursor
+    /// write runs at a time beside the publishing (a write per page, awaited in line, held
+    /// the next page back); pages that settle meanwhile are covered by the next write.
     async fn publish_pages(
         &self,
         mut pages: mpsc::Receiver<Result<Option<Page>, CallError>>,
@@ -528,13 +534,38 @@ impl Extractor {
         let mut lease_lost = false;
         let mut failure: Option<CallError> = None;
         let mut fetching = true;
-        while fetching || !in_flight.is_empty() {
+        // The newest settled page's cursor not yet written, and the write under way.
+        let mut pending_cursor: Option<String> = None;
+        let mut writing: Option<BoxFuture<'static, CursorWrite>> = None;
+        while fetching || !in_flight.is_empty() || writing.is_some() || pending_cursor.is_some() {
+            if writing.is_none()
+                && let Some(cursor) = pending_cursor.take()
+            {
+                if !lease_lost && let Some(expected) = revision {
+                    writing = Some(self.write_cursor(cursor, expected));
+                }
+                continue;
+            }
             tokio::select! {
                 biased;
                 settled = in_flight.next(), if !in_flight.is_empty() => {
-                    let Some(settled) = settled else { continue };
-                    let (n, cursor, acks): (u64, Option<String>, anyhow::Result<Settled>) = settled;
-                    let Settled { stored, duplicates, dead } = acks?;
+                    let settled: Option<(u64, Option<String>, anyhow::Result<Settled>)> = settled;
+                    let Some((n, cursor, acks)) = settled else { continue };
+                    let Settled { stored, duplicates, dead } = match acks {
+                        Ok(settled) => settled,
+                        Err(e) => {
+                            // The pages settled before the failure keep their cursor.
+                            if let Some(write) = writing.take() {
+                                revision = self.cursor_written(write.await);
+                            }
+                            if !lease_lost
+                                && let (Some(expected), Some(cursor)) = (revision, pending_cursor.take())
+                            {
+                                self.cursor_written(self.write_cursor(cursor, expected).await);
+                            }
+                            return Err(e);
+                        }
+                    };
                     report.read += n;
                     report.published += stored;
                     report.duplicates += duplicates;
@@ -554,27 +585,16 @@ impl Extractor {
                     // letters + in flight; the repeats are counted as duplicates.
                     self.progress.add_read(stored);
                     self.progress.add_duplicates(duplicates);
-                    if !lease_lost && let (Some(expected), Some(cursor)) = (revision, cursor) {
-                        let value = Bytes::from(cursor.clone());
-                        let written = if expected == 0 {
-                            self.store.create(CURSOR_KEY, value).await.map_err(|e| e.to_string())
-                        } else {
-                            self.store
-                                .update(CURSOR_KEY, value, expected)
-                                .await
-                                .map_err(|e| e.to_string())
-                        };
-                        match written {
-                            Ok(next) => {
-                                revision = Some(next);
-                                self.progress.set_cursor(Some(cursor));
-                            }
-                            Err(e) => {
-                                tracing::info!(error = %e, "the cursor changed under this pass; the next pass starts from it");
-                                revision = None;
-                                fetching = false;
-                            }
-                        }
+                    if cursor.is_some() && revision.is_some() {
+                        pending_cursor = cursor;
+                    }
+                }
+                written = async { writing.as_mut().expect("a cursor write").await }, if writing.is_some() => {
+                    writing = None;
+                    revision = self.cursor_written(written);
+                    if revision.is_none() {
+                        pending_cursor = None;
+                        fetching = false;
                     }
                 }
                 page = pages.recv(), if fetching && in_flight.len() < IN_FLIGHT_PAGES => {
@@ -609,6 +629,41 @@ impl Extractor {
         match failure {
             Some(e) => Err(e.into()),
             None => Ok(report),
+        }
+    }
+
+    /// Writes `cursor` by compare-and-set on revision `expected` (0: the first cursor).
+    fn write_cursor(&self, cursor: String, expected: u64) -> BoxFuture<'static, CursorWrite> {
+        let store = self.store.clone();
+        Box::pin(async move {
+            let value = Bytes::from(cursor.clone());
+            let written = if expected == 0 {
+                store
+                    .create(CURSOR_KEY, value)
+                    .await
+                    .map_err(|e| e.to_string())
+            } else {
+                store
+                    .update(CURSOR_KEY, value, expected)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            (cursor, written)
+        })
+    }
+
+    /// The cursor's new revision after a write, or None when someone else wrote it first
+    /// (the pass stops writing it; the next pass starts from their value).
+    fn cursor_written(&self, (cursor, written): CursorWrite) -> Option<u64> {
+        match written {
+            Ok(next) => {
+                self.progress.set_cursor(Some(cursor));
+                Some(next)
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "the cursor changed under this pass; the next pass starts from it");
+                None
+            }
         }
     }
 

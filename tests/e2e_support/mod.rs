@@ -154,9 +154,18 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     pub fn start(config: &WorkerConfig, dir: &std::path::Path, id: &str) -> WorkerProcess {
+        Self::start_as_configured(&with_flow_identity(config.clone()), dir, id)
+    }
+
+    /// Like [`WorkerProcess::start`], with `config` as it is: on a server other than the
+    /// local environment's, without starting that environment.
+    pub fn start_as_configured(
+        config: &WorkerConfig,
+        dir: &std::path::Path,
+        id: &str,
+    ) -> WorkerProcess {
         let path = dir.join(format!("{id}.json"));
-        let config = with_flow_identity(config.clone());
-        std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        std::fs::write(&path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_flowplane"))
             .args(["worker", "--config"])
             .arg(&path)
@@ -194,6 +203,11 @@ impl WorkerProcess {
             .spawn()
             .expect("start worker process");
         WorkerProcess { child }
+    }
+
+    /// Whether the process still runs (it has not exited).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// The process id.

@@ -16,6 +16,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Config};
 
+pub mod nats_cluster;
+
 /// The running local environment.
 pub struct LocalEnv {
     pub kubeconfig: PathBuf,
