@@ -21,7 +21,7 @@ use flowplane::api::{ConnectorBinding, DataContract, IntegrationFlow};
 use flowplane::queue::QueueNames;
 use flowplane::sim::erp::ErpSeed;
 use flowplane::sim::faults::FaultSpec;
-use support::{TestNamespace, apply_yaml, client, eventually, local_env, operator, repo_root};
+use support::{TestNamespace, apply_yaml, client, eventually, local_env, operator};
 
 const RECORDS: u32 = 2000;
 const ENTITY: &str = "sales-history";
@@ -61,38 +61,6 @@ spec:
   scaling: {minReplicas: 1, maxReplicas: 3, lagPerReplica: 500}
   deletionPolicy: Delete
 "#;
-
-/// `scripts/local-env.sh adapter-up` for the life of the test, `adapter-down` on drop, so the
-/// other tiers see a cluster without external metrics.
-struct Adapter;
-
-impl Adapter {
-    fn up() -> Adapter {
-        local_env();
-        let adapter = Adapter;
-        adapter.script("adapter-up");
-        adapter
-    }
-
-    fn script(&self, command: &str) {
-        let out = std::process::Command::new("bash")
-            .arg(repo_root().join("scripts/local-env.sh"))
-            .arg(command)
-            .output()
-            .expect("run scripts/local-env.sh");
-        assert!(
-            out.status.success(),
-            "local-env.sh {command}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Adapter {
-    fn drop(&mut self) {
-        self.script("adapter-down");
-    }
-}
 
 /// The lag as the HPA reads it: from the aggregated external metrics API, through
 /// prometheus-adapter and Prometheus.
@@ -156,7 +124,7 @@ async fn timeline(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fallback_hpa_scales_on_the_workers_lag_through_prometheus_adapter() {
     flowplane::worker::http::install_crypto_provider();
-    let _adapter = Adapter::up();
+    let _adapter = support::EnvAddon::up("adapter");
     let client = client().await;
     operator();
     let ns = TestNamespace::new(&client, "hpa").await;

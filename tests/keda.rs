@@ -15,7 +15,7 @@ use flowplane::api::{ConnectorBinding, DataContract, IntegrationFlow};
 use flowplane::queue::QueueNames;
 use support::{
     TestNamespace, UNREACHABLE_BINDINGS, apply_yaml, client, eventually, local_env,
-    minimal_contract, nats_admin, operator, operator_forbidden, repo_root,
+    minimal_contract, nats_admin, operator, operator_forbidden,
 };
 
 const FLOW: &str = r#"
@@ -32,38 +32,6 @@ spec:
 
 /// Records published: four workers' worth of lag, so KEDA asks for more than maxReplicas.
 const RECORDS: usize = 2000;
-
-/// `scripts/local-env.sh keda-up` for the life of the test; `keda-down` on drop, whatever
-/// happened, so the other tiers see a cluster without KEDA.
-struct Keda;
-
-impl Keda {
-    fn up() -> Keda {
-        local_env();
-        let keda = Keda;
-        keda.script("keda-up");
-        keda
-    }
-
-    fn script(&self, command: &str) {
-        let out = std::process::Command::new("bash")
-            .arg(repo_root().join("scripts/local-env.sh"))
-            .arg(command)
-            .output()
-            .expect("run scripts/local-env.sh");
-        assert!(
-            out.status.success(),
-            "local-env.sh {command}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Keda {
-    fn drop(&mut self) {
-        self.script("keda-down");
-    }
-}
 
 /// Samples lag and worker count every 5 s, printing each sample, until `done` holds for the
 /// Deployment's replica count; fails after `secs`.
@@ -113,7 +81,7 @@ async fn timeline(
 
 #[tokio::test]
 async fn keda_scales_a_flows_workers_on_consumer_lag_from_min_to_max_and_back() {
-    let _keda = Keda::up();
+    let _keda = support::EnvAddon::up("keda");
     let client = client().await;
     operator();
     let ns = TestNamespace::new(&client, "keda").await;

@@ -404,6 +404,40 @@ metadata: {name: forecasting}
 spec: {system: Forecasting, protocol: Rest, endpoint: {url: "http://127.0.0.1:9/api"}}
 "#;
 
+/// An optional part of the local environment (`scripts/local-env.sh <name>-up`, e.g. `keda`,
+/// `adapter`) for the life of a test; `<name>-down` on drop, whatever happened, so the other
+/// tiers see a cluster without it.
+pub struct EnvAddon(&'static str);
+
+impl EnvAddon {
+    pub fn up(name: &'static str) -> EnvAddon {
+        local_env();
+        let addon = EnvAddon(name);
+        addon.script("up");
+        addon
+    }
+
+    fn script(&self, action: &str) {
+        let command = format!("{}-{action}", self.0);
+        let out = std::process::Command::new("bash")
+            .arg(repo_root().join("scripts/local-env.sh"))
+            .arg(&command)
+            .output()
+            .expect("run scripts/local-env.sh");
+        assert!(
+            out.status.success(),
+            "local-env.sh {command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for EnvAddon {
+    fn drop(&mut self) {
+        self.script("down");
+    }
+}
+
 /// The bindings of an order-lines flow on the simulators: `erp` (OData) and `forecasting`
 /// (REST, versioned upserts), one YAML document each.
 pub fn erp_and_forecasting_bindings(erp_url: &str, forecast_url: &str) -> [String; 2] {
