@@ -228,6 +228,7 @@ fn start_operator(nats_url: String, namespace: String) -> tokio::task::JoinHandl
             worker_image: support::WORKER_IMAGE.into(),
             http_addr: "127.0.0.1:0".parse().unwrap(),
             resync_seconds: 2,
+            resync_per_second: 10.0,
             queue_replicas: 3,
             watch_namespaces: vec![namespace],
             probe: flowplane::controller::connector_binding::policy::ProbePolicyConfig {

@@ -642,6 +642,7 @@ pub fn operator() -> &'static Operator {
                     worker_image: WORKER_IMAGE.into(),
                     http_addr: "127.0.0.1:0".parse().unwrap(),
                     resync_seconds: 5,
+                    resync_per_second: 10.0,
                     queue_replicas: 1,
                     watch_namespaces: Vec::new(),
                     // Health probes reach loopback only at 127.0.0.2, where the probe tests
