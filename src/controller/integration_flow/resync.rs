@@ -204,4 +204,47 @@ mod tests {
     fn no_budget_means_the_minimum() {
         assert_eq!(period(MINUTE, 10_000, 0.0, 0.0), MINUTE);
     }
+
+    fn stored(names: &[&str]) -> Store<IntegrationFlow> {
+        let (store, mut writer) = kube::runtime::reflector::store();
+        for name in names {
+            let flow: IntegrationFlow = serde_yaml::from_str(&format!(
+                "apiVersion: flowplane.io/v1alpha1\nkind: IntegrationFlow\nmetadata: {{name: {name}, namespace: n}}\nspec:\n  source: {{bindingRef: a, entity: x, syncMode: FullRefresh}}\n  target: {{bindingRef: b, entity: y}}\n  contract: {{name: c}}\n"
+            ))
+            .unwrap();
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(flow));
+        }
+        store
+    }
+
+    fn named(name: &str) -> ObjectRef<IntegrationFlow> {
+        ObjectRef::new(name).within("n")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resyncs_come_in_due_order_skip_deleted_flows_and_wait_for_free_slots() {
+        use futures::{FutureExt, StreamExt};
+        let resyncs = std::sync::Arc::new(Resyncs::new(1));
+        resyncs.after(named("late"), Duration::from_secs(20));
+        resyncs.after(named("early"), Duration::from_secs(10));
+        resyncs.after(named("deleted"), Duration::from_secs(5));
+        // Rescheduling replaces the earlier due time.
+        resyncs.after(named("late"), Duration::from_secs(30));
+        let mut due = Box::pin(resyncs.clone().due(stored(&["early", "late"])));
+
+        assert!(due.next().now_or_never().is_none(), "nothing is due yet");
+        assert_eq!(due.next().await, Some(named("early")));
+        // One slot, taken by the resync of `early` until its pass has run.
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        assert!(due.next().now_or_never().is_none(), "the slot is taken");
+        drop(resyncs.started(&named("early")));
+        assert_eq!(due.next().await, Some(named("late")));
+        // A pass running for another reason also takes the slot.
+        resyncs.after(named("early"), Duration::ZERO);
+        let running = resyncs.started(&named("late"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(due.next().now_or_never().is_none(), "a pass is running");
+        drop(running);
+        assert_eq!(due.next().await, Some(named("early")));
+    }
 }
