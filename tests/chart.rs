@@ -217,6 +217,7 @@ fn helm_template_renders_a_production_install() {
         "flowplane-system"
     );
     assert_eq!(env("FLOWPLANE_PROBE_MIN_INTERVAL_SECONDS")["value"], "10");
+    assert_eq!(env("FLOWPLANE_RESYNC_PER_SECOND")["value"], "10");
     // The credentials are a mounted file, never an environment value.
     assert_eq!(pod["volumes"][0]["secret"]["secretName"], "nats-creds");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
