@@ -232,7 +232,18 @@ enum Seen {
 
 /// Returns once every flow's status has its current observedGeneration and its Deployment and
 /// its two ConfigMaps (worker configuration, rules) exist, plus the contract's history.
-async fn settled(client: Client, ns: String, flows: usize) -> anyhow::Result<()> {
+/// Where `settled` reads the operator's figures for its progress lines.
+struct Progress {
+    metrics_url: String,
+    pid: u32,
+}
+
+async fn settled(
+    client: Client,
+    ns: String,
+    flows: usize,
+    progress_of: Progress,
+) -> anyhow::Result<()> {
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=flowplane");
     let flow_events = watcher(
         Api::<IntegrationFlow>::namespaced(client.clone(), &ns),
@@ -263,7 +274,38 @@ async fn settled(client: Client, ns: String, flows: usize) -> anyhow::Result<()>
     ]);
     let mut current = HashMap::new();
     let (mut deployments, mut config_maps) = (HashSet::new(), HashSet::new());
-    while let Some(seen) = events.try_next().await? {
+    // How far it got, every 30 s on stderr: at 10,000 flows a run that does not converge in
+    // the time limit has no other figures.
+    let started = Instant::now();
+    let mut progress = tokio::time::interval(Duration::from_secs(30));
+    progress.tick().await;
+    loop {
+        let seen = tokio::select! {
+            seen = events.try_next() => seen?,
+            _ = progress.tick() => {
+                let metrics = reqwest::get(&progress_of.metrics_url).await?.text().await?;
+                let resyncs = metrics
+                    .lines()
+                    .find(|l| l.contains(r#"trigger="resync""#))
+                    .and_then(|l| l.rsplit(' ').next())
+                    .unwrap_or("0")
+                    .to_string();
+                eprintln!(
+                    "  [{:>5.0} s, load {}] flows seen {}, current {}, deployments {}, config maps {}; operator: {} reconciles ({} resyncs), peak RSS {:.1} MiB",
+                    started.elapsed().as_secs_f64(),
+                    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split(' ').next().unwrap_or(""),
+                    current.len(),
+                    current.values().filter(|c| **c).count(),
+                    deployments.len(),
+                    config_maps.len(),
+                    flow_reconciles(&metrics),
+                    resyncs,
+                    peak_rss_mib_of(progress_of.pid),
+                );
+                continue;
+            }
+        };
+        let Some(seen) = seen else { break };
         match seen {
             Seen::Flow(name, is_current) => {
                 current.insert(name, is_current);
@@ -409,7 +451,15 @@ async fn main() -> anyhow::Result<()> {
     }
     // Watched, not polled: listing 1,000 flows every half second would load the apiserver the
     // operator is measured against.
-    let settled = tokio::spawn(settled(client.clone(), ns.clone(), flows));
+    let settled = tokio::spawn(settled(
+        client.clone(),
+        ns.clone(),
+        flows,
+        Progress {
+            metrics_url: metrics_url.clone(),
+            pid: operator.id(),
+        },
+    ));
     let start = Instant::now();
     stream::iter(0..flows)
         .map(|i| apply(&client, &ns, flow(i)))

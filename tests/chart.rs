@@ -224,6 +224,7 @@ fn helm_template_renders_a_production_install() {
         Ok(1 << 30),
         "{max_bytes}"
     );
+    assert_eq!(env("FLOWPLANE_RESYNC_PER_SECOND")["value"], "10");
     // The credentials are a mounted file, never an environment value.
     assert_eq!(pod["volumes"][0]["secret"]["secretName"], "nats-creds");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");

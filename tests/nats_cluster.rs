@@ -66,6 +66,7 @@ fn start_operator(nats_url: String, namespace: String) -> tokio::task::JoinHandl
             worker_image: support::WORKER_IMAGE.into(),
             http_addr: "127.0.0.1:0".parse().unwrap(),
             resync_seconds: 2,
+            resync_per_second: 10.0,
             queue_replicas: 3,
             queue_max_bytes: flowplane::api::integration_flow::DEFAULT_QUEUE_MAX_BYTES,
             watch_namespaces: vec![namespace],

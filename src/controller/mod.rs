@@ -90,9 +90,15 @@ pub struct OperatorConfig {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "FLOWPLANE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
-    /// How often a flow is re-reconciled without any event, to re-evaluate freshness (seconds).
+    /// How often a flow is re-reconciled without any event, to re-evaluate freshness (seconds);
+    /// at most, with many flows: see `resync_per_second`.
     #[arg(long, env = "FLOWPLANE_RESYNC_SECONDS", default_value_t = 60)]
     pub resync_seconds: u64,
+    /// The resyncs' budget: all flows together are resynced at most this often a second, so
+    /// with more than `resync_seconds x resync_per_second` flows each one's period grows with
+    /// the number of flows (10,000 flows at 10 a second: every ~17 minutes). 0: no limit.
+    #[arg(long, env = "FLOWPLANE_RESYNC_PER_SECOND", default_value_t = 10.0)]
+    pub resync_per_second: f64,
     /// Watch only these namespaces (comma-separated) instead of the whole cluster, for an
     /// operator granted Roles in those namespaces only.
     #[arg(long, env = "FLOWPLANE_WATCH_NAMESPACES", value_delimiter = ',')]
@@ -162,6 +168,8 @@ pub struct Context {
     pub probe_cluster: connector_binding::policy::ClusterAddresses,
     /// When each binding was last probed (the minimum interval).
     pub recent_probes: connector_binding::policy::RecentProbes,
+    /// The flows every watch scope holds, for the resync period.
+    pub watched_flows: integration_flow::resync::WatchedFlows,
 }
 
 impl Context {
@@ -225,6 +233,7 @@ impl Context {
             applied: Default::default(),
             probe_cluster: Default::default(),
             recent_probes: Default::default(),
+            watched_flows: Default::default(),
         }))
     }
 }

@@ -705,6 +705,7 @@ pub fn operator() -> &'static Operator {
                     worker_image: WORKER_IMAGE.into(),
                     http_addr: "127.0.0.1:0".parse().unwrap(),
                     resync_seconds: 5,
+                    resync_per_second: 10.0,
                     queue_replicas: 1,
                     queue_max_bytes: flowplane::api::integration_flow::DEFAULT_QUEUE_MAX_BYTES,
                     watch_namespaces: Vec::new(),

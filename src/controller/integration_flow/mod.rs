@@ -8,6 +8,7 @@ pub mod drift;
 pub mod nats_user;
 pub mod operations;
 pub mod redrive_gate;
+pub mod resync;
 pub mod status;
 pub mod stores;
 pub mod validate;
@@ -51,6 +52,9 @@ use stores::{ConfigMaps, Stores, WorkerDeployment};
 pub const KIND: &str = "IntegrationFlow";
 /// Flows reconciled at the same time.
 const RECONCILE_CONCURRENCY: u16 = 32;
+/// Reconciles running or waiting to start above which no resync is started: the rest of the
+/// slots are kept for event-driven passes (`resync`).
+const RESYNC_SLOTS: usize = RECONCILE_CONCURRENCY as usize / 2;
 /// How often the operator asks API discovery whether `external.metrics.k8s.io` is served (a
 /// metrics adapter has no CRD to watch, and its APIService can go unavailable at any time).
 const OPTIONAL_APIS_RECHECK: Duration = Duration::from_secs(30);
@@ -152,6 +156,7 @@ where
 pub struct FlowContext {
     pub ctx: Arc<Context>,
     pub stores: Stores,
+    pub resyncs: Arc<resync::Resyncs>,
 }
 
 /// Keeps stored flows small: the field-ownership bookkeeping and the copy of the whole object
@@ -284,7 +289,10 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
             (cron_jobs, autoscalers),
             ConfigMaps::new(config_maps),
         ),
+        resyncs: Arc::new(resync::Resyncs::new(RESYNC_SLOTS)),
     });
+    ctx.watched_flows.add(flows.clone());
+    let resyncs = fctx.resyncs.clone().due(flows.clone());
     let (contract_store, binding_store, cm_store) = (flows.clone(), flows.clone(), flows.clone());
 
     // Installing or removing KEDA or the Prometheus Operator changes every flow's children.
@@ -325,6 +333,8 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
     let (contract_metrics, binding_metrics, cm_metrics) =
         (metrics.clone(), metrics.clone(), metrics.clone());
     let cm_ctx = ctx.clone();
+    let resync_metrics = metrics.clone();
+    let resyncs = resyncs.inspect(move |_| resync_metrics.triggered(KIND, "resync", 1));
     Controller::for_stream(counted(flow_changes, metrics, "flow"), flows)
         .owns_stream(counted(
             not_own_writes(deployment_changes, &ctx),
@@ -377,6 +387,7 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
             flows
         })
         .reconcile_all_on(futures::stream::select(optional_crds, rechecks))
+        .reconcile_on(resyncs)
         // Bounded: thousands of flows reconciling at once only queue at the apiserver and NATS
         // and inflate memory; a few in flight keep both busy.
         // Debounced: kube-controller-manager updates a new Deployment's status several times
@@ -400,6 +411,8 @@ fn error_policy(_flow: Arc<IntegrationFlow>, error: &Error, fctx: Arc<FlowContex
 async fn reconcile(flow: Arc<IntegrationFlow>, fctx: Arc<FlowContext>) -> Result<Action> {
     let ctx = &fctx.ctx;
     let _timer = ctx.metrics.reconcile(KIND);
+    let flow_ref = ObjectRef::from_obj(&*flow);
+    let _running = fctx.resyncs.started(&flow_ref);
     if !in_region(&flow, ctx.config.region.as_deref()) {
         return Ok(Action::await_change());
     }
@@ -733,9 +746,15 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
         status_ms = (started.elapsed() - queued_at).as_millis() as u64,
         "flow reconciled"
     );
-    Ok(Action::requeue(Duration::from_secs(
-        ctx.config.resync_seconds,
-    )))
+    // The next resync, to re-evaluate freshness (paced: `resync`).
+    let period = resync::period(
+        Duration::from_secs(ctx.config.resync_seconds),
+        ctx.watched_flows.count(),
+        ctx.config.resync_per_second,
+        rand::random(),
+    );
+    fctx.resyncs.after(ObjectRef::from_obj(flow), period);
+    Ok(Action::await_change())
 }
 
 /// The queue's state, ensuring the queue first unless this process already did so with the
