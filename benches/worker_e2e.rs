@@ -23,6 +23,7 @@ use e2e_support::{TempDir, WorkerProcess, settled};
 use flowplane::queue::QueuePolicy;
 use flowplane::sim::forecast::EntityReport;
 use flowplane::worker::{RunOptions, run, sample};
+use flowplane::worker_config::WorkerConfig;
 use futures::StreamExt;
 use support::nats_cluster::{NODES, NatsCluster};
 use support::tool;
@@ -284,14 +285,21 @@ async fn wait_done(
     }
 }
 
+/// The benchmarked flow: the sample sales-order flow with batches of 500 and room for 10,000
+/// records awaiting ack.
+fn bench_flow(flow: &str, nats: &str, erp_url: &str, forecast: &str) -> WorkerConfig {
+    let mut config = sample::sales_order_flow("bench", flow, nats, erp_url, forecast);
+    config.target.batch_size = 500;
+    config.delivery.max_ack_pending = 10_000;
+    config
+}
+
 /// ERP simulator -> worker -> forecast simulator, until every record is applied.
 async fn end_to_end(url: &str, count: u32, nats: u32) -> Run {
     let (erp_process, erp) = start_erp(count);
     let (forecast_process, forecast) = start_sim(&["forecast"]);
     let erp_url = format!("{erp}/odata");
-    let mut config = sample::sales_order_flow("bench", "orders", url, &erp_url, &forecast);
-    config.target.batch_size = 500;
-    config.delivery.max_ack_pending = 10_000;
+    let config = bench_flow("orders", url, &erp_url, &forecast);
     let http = reqwest::Client::new();
     let js = jetstream::new(async_nats::connect(url).await.expect("connect"));
     let (stop, shutdown) = tokio::sync::watch::channel(false);
@@ -574,9 +582,7 @@ async fn workers_end_to_end(
     let (forecast_process, forecast) = start_sim(&["forecast"]);
     let erp_url = format!("{erp}/odata");
     let flow = format!("scale-{n}-{run}");
-    let mut config = sample::sales_order_flow("bench", &flow, &cluster.url(0), &erp_url, &forecast);
-    config.target.batch_size = 500;
-    config.delivery.max_ack_pending = 10_000;
+    let mut config = bench_flow(&flow, &cluster.url(0), &erp_url, &forecast);
     config.delivery.replicas = NODES as u8;
     // nats-server reserves each stream's max_bytes on every replica's node against its disk:
     // 256 MiB is room enough for the run's 30,000-odd records, and the queue goes after it.

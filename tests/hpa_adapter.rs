@@ -9,7 +9,7 @@
 mod e2e_support;
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -21,26 +21,12 @@ use flowplane::api::{ConnectorBinding, DataContract, IntegrationFlow};
 use flowplane::queue::QueueNames;
 use flowplane::sim::erp::ErpSeed;
 use flowplane::sim::faults::FaultSpec;
-use support::{TestNamespace, apply_yaml, client, eventually, local_env, operator};
+use support::{
+    TestNamespace, apply_yaml, client, eventually, local_env, operator, replica_timeline,
+};
 
 const RECORDS: u32 = 2000;
 const ENTITY: &str = "sales-history";
-
-const CONTRACT: &str = r#"
-apiVersion: flowplane.io/v1alpha1
-kind: DataContract
-metadata: {name: order-lines}
-spec:
-  domain: sales-order-lines
-  version: 1.0.0
-  owner: {team: demand-planning}
-  schema:
-    primaryKey: [salesOrder, salesOrderItem]
-    additionalFields: Ignore
-    fields:
-    - {name: salesOrder, type: String, required: true}
-    - {name: salesOrderItem, type: String, required: true}
-"#;
 
 /// 2,000 records at 500 a worker ask for four workers: capped at three. Deliveries are many,
 /// so records wait out the target's outage instead of being dead-lettered.
@@ -85,42 +71,6 @@ async fn served_lag(client: &kube::Client, ns: &str) -> Option<i64> {
     Some((number.parse::<f64>().ok()? * scale).round() as i64)
 }
 
-/// Samples the served lag and the worker count every 5 s, printing each sample, until `done`
-/// holds for the Deployment's replica count; fails after `secs`.
-async fn timeline(
-    phase: &str,
-    secs: u64,
-    started: Instant,
-    client: &kube::Client,
-    ns: &str,
-    done: impl Fn(i32) -> bool,
-) {
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let lag = served_lag(client, ns).await;
-        let replicas = deployments
-            .get("orders-worker")
-            .await
-            .ok()
-            .and_then(|d| d.spec.replicas)
-            .unwrap_or(0);
-        println!(
-            "hpa timeline: t={:>4}s phase={phase} served_lag={} replicas={replicas}",
-            started.elapsed().as_secs(),
-            lag.map_or("-".into(), |l| l.to_string())
-        );
-        if done(replicas) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{phase}: {replicas} workers after {secs}s"
-        );
-        tokio::time::sleep(Duration::from_secs(5)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fallback_hpa_scales_on_the_workers_lag_through_prometheus_adapter() {
     flowplane::worker::http::install_crypto_provider();
@@ -144,7 +94,7 @@ async fn the_fallback_hpa_scales_on_the_workers_lag_through_prometheus_adapter()
     for doc in support::erp_and_forecasting_bindings(&sims.erp_url, &sims.forecast_url) {
         let _: ConnectorBinding = apply_yaml(&client, &ns.name, &doc).await;
     }
-    let _: DataContract = apply_yaml(&client, &ns.name, CONTRACT).await;
+    let _: DataContract = apply_yaml(&client, &ns.name, &support::order_lines_contract(&[])).await;
     let _: IntegrationFlow = apply_yaml(&client, &ns.name, FLOW).await;
 
     // No KEDA, external metrics served: the flow gets an HPA on the lag metric.
@@ -194,8 +144,24 @@ async fn the_fallback_hpa_scales_on_the_workers_lag_through_prometheus_adapter()
     );
     let _targets = TargetFile(target_file);
 
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     let started = Instant::now();
-    timeline("lag", 300, started, &client, &ns.name, |r| r == 3).await;
+    replica_timeline(
+        ("hpa", "lag"),
+        300,
+        started,
+        (&deployments, "orders-worker"),
+        async || {
+            format!(
+                "served_lag={}",
+                served_lag(&client, &ns.name)
+                    .await
+                    .map_or("-".into(), |l| l.to_string())
+            )
+        },
+        |r| r == 3,
+    )
+    .await;
     let served = served_lag(&client, &ns.name).await.unwrap_or(0);
     assert!(
         served > 1500,
@@ -209,7 +175,22 @@ async fn the_fallback_hpa_scales_on_the_workers_lag_through_prometheus_adapter()
     // the workers back to minReplicas (the local kube-controller-manager's scale-down
     // stabilization is 30 s, the default 5 min).
     sims.forecast.faults.set(FaultSpec::default());
-    timeline("drained", 300, started, &client, &ns.name, |r| r == 1).await;
+    replica_timeline(
+        ("hpa", "drained"),
+        300,
+        started,
+        (&deployments, "orders-worker"),
+        async || {
+            format!(
+                "served_lag={}",
+                served_lag(&client, &ns.name)
+                    .await
+                    .map_or("-".into(), |l| l.to_string())
+            )
+        },
+        |r| r == 1,
+    )
+    .await;
     let p = progress(&js, &names).await;
     assert_eq!(
         (p.read, p.delivered, p.dead_lettered),

@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
@@ -15,7 +15,7 @@ use flowplane::api::{ConnectorBinding, DataContract, IntegrationFlow};
 use flowplane::queue::QueueNames;
 use support::{
     TestNamespace, UNREACHABLE_BINDINGS, apply_yaml, client, eventually, local_env,
-    minimal_contract, nats_admin, operator, operator_forbidden,
+    minimal_contract, nats_admin, operator, operator_forbidden, replica_timeline,
 };
 
 const FLOW: &str = r#"
@@ -33,50 +33,22 @@ spec:
 /// Records published: four workers' worth of lag, so KEDA asks for more than maxReplicas.
 const RECORDS: usize = 2000;
 
-/// Samples lag and worker count every 5 s, printing each sample, until `done` holds for the
-/// Deployment's replica count; fails after `secs`.
-async fn timeline(
-    phase: &str,
-    secs: u64,
-    started: Instant,
-    deployments: &Api<Deployment>,
-    js: &async_nats::jetstream::Context,
-    names: &QueueNames,
-    done: impl Fn(i32) -> bool,
-) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        assert!(
-            operator_forbidden().is_empty(),
-            "{:?}",
-            operator_forbidden()
-        );
-        let lag = match js.get_stream(&names.stream).await {
-            Ok(stream) => match stream.consumer_info(&names.consumer).await {
-                Ok(info) => info.num_pending + info.num_ack_pending as u64,
-                Err(_) => 0,
-            },
+/// The consumer's lag as KEDA's NATS scaler reads it (pending + awaiting ack), checking on
+/// each sample that the operator was never refused a request.
+async fn consumer_lag(js: &async_nats::jetstream::Context, names: &QueueNames) -> String {
+    assert!(
+        operator_forbidden().is_empty(),
+        "{:?}",
+        operator_forbidden()
+    );
+    let lag = match js.get_stream(&names.stream).await {
+        Ok(stream) => match stream.consumer_info(&names.consumer).await {
+            Ok(info) => info.num_pending + info.num_ack_pending as u64,
             Err(_) => 0,
-        };
-        let replicas = deployments
-            .get("orders-worker")
-            .await
-            .ok()
-            .and_then(|d| d.spec.replicas)
-            .unwrap_or(0);
-        println!(
-            "keda timeline: t={:>4}s phase={phase} lag={lag} replicas={replicas}",
-            started.elapsed().as_secs()
-        );
-        if done(replicas) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{phase}: {replicas} workers after {secs}s"
-        );
-        tokio::time::sleep(Duration::from_secs(5)).await;
-    }
+        },
+        Err(_) => 0,
+    };
+    format!("lag={lag}")
 }
 
 #[tokio::test]
@@ -145,7 +117,15 @@ async fn keda_scales_a_flows_workers_on_consumer_lag_from_min_to_max_and_back() 
     .await;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
     let started = Instant::now();
-    timeline("idle", 120, started, &deployments, &js, &names, |r| r == 1).await;
+    replica_timeline(
+        ("keda", "idle"),
+        120,
+        started,
+        (&deployments, "orders-worker"),
+        async || consumer_lag(&js, &names).await,
+        |r| r == 1,
+    )
+    .await;
 
     // Lag: records nobody consumes (no worker runs here).
     for i in 0..RECORDS {
@@ -158,7 +138,15 @@ async fn keda_scales_a_flows_workers_on_consumer_lag_from_min_to_max_and_back() 
         .await
         .unwrap();
     }
-    timeline("lag", 300, started, &deployments, &js, &names, |r| r == 3).await;
+    replica_timeline(
+        ("keda", "lag"),
+        300,
+        started,
+        (&deployments, "orders-worker"),
+        async || consumer_lag(&js, &names).await,
+        |r| r == 3,
+    )
+    .await;
 
     // The lag gone, KEDA's HPA brings the workers back to minReplicas (the local
     // kube-controller-manager's scale-down stabilization is 30 s, the default 5 min).
@@ -168,8 +156,13 @@ async fn keda_scales_a_flows_workers_on_consumer_lag_from_min_to_max_and_back() 
         .purge()
         .await
         .unwrap();
-    timeline("drained", 300, started, &deployments, &js, &names, |r| {
-        r == 1
-    })
+    replica_timeline(
+        ("keda", "drained"),
+        300,
+        started,
+        (&deployments, "orders-worker"),
+        async || consumer_lag(&js, &names).await,
+        |r| r == 1,
+    )
     .await;
 }

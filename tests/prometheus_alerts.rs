@@ -21,6 +21,7 @@ use flowplane::sim::erp::ErpSeed;
 use flowplane::worker::sample;
 use flowplane::worker_config::{FreshnessByConfig, WorkerConfig};
 use serde_json::{Value, json};
+use support::nats_cluster::free_port;
 
 const NAMESPACE: &str = "e2e";
 const RECORDS: u64 = 20;
@@ -53,14 +54,6 @@ spec:
 /// The example contract the sample flow validates with.
 fn contract() -> ResolvedContract {
     support::example_contract("sales-order-lines.yaml")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One flow as Prometheus sees it: its rule file, its worker process, its scrape target.

@@ -39,9 +39,9 @@ fn progress_of_the_previous_release() -> FlowProgress {
     }
 }
 
-/// The flow's bucket as the previous release made it, with its records.
-async fn legacy_bucket(admin: &jetstream::Context, names: &QueueNames) -> kv::Store {
-    let store = admin
+/// The flow's own bucket as the previous release made it, empty.
+async fn empty_legacy_bucket(admin: &jetstream::Context, names: &QueueNames) -> kv::Store {
+    admin
         .create_key_value(kv::Config {
             bucket: names.legacy_state_bucket(),
             history: 1,
@@ -49,7 +49,39 @@ async fn legacy_bucket(admin: &jetstream::Context, names: &QueueNames) -> kv::St
             ..Default::default()
         })
         .await
+        .unwrap()
+}
+
+/// Whether the flow's own bucket of the previous release is gone.
+async fn legacy_bucket_gone(admin: &jetstream::Context, names: &QueueNames) -> bool {
+    admin
+        .get_stream(format!("KV_{}", names.legacy_state_bucket()))
+        .await
+        .is_err()
+}
+
+/// The subjects of the flow's keys in the namespace bucket, with their message counts.
+async fn flow_state_subjects(
+    admin: &jetstream::Context,
+    names: &QueueNames,
+) -> Vec<(String, usize)> {
+    let state = admin
+        .get_stream(format!("KV_{}", names.state_bucket))
+        .await
         .unwrap();
+    futures::TryStreamExt::try_collect(
+        state
+            .info_with_subjects(format!("{}>", names.state_key_prefix()))
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+/// The flow's bucket as the previous release made it, with its records.
+async fn legacy_bucket(admin: &jetstream::Context, names: &QueueNames) -> kv::Store {
+    let store = empty_legacy_bucket(admin, names).await;
     let progress = serde_json::to_vec(&progress_of_the_previous_release()).unwrap();
     store.put(PROGRESS_KEY, progress.into()).await.unwrap();
     store
@@ -99,24 +131,10 @@ async fn a_flows_records_move_from_its_own_bucket_to_the_namespace_bucket_once()
     }
     assert_eq!(store.get("gone").await.unwrap(), None);
     // Exactly these four keys of the flow, under its token.
-    let state = admin
-        .get_stream(format!("KV_{}", names.state_bucket))
-        .await
-        .unwrap();
-    let keys: Vec<(String, usize)> = futures::TryStreamExt::try_collect(
-        state
-            .info_with_subjects(format!("{}>", names.state_key_prefix()))
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let keys = flow_state_subjects(&admin, &names).await;
     assert_eq!(keys.len(), 4, "{keys:?}");
     assert!(
-        admin
-            .get_stream(format!("KV_{}", names.legacy_state_bucket()))
-            .await
-            .is_err(),
+        legacy_bucket_gone(&admin, &names).await,
         "the old bucket is left"
     );
     // A worker of the previous release still holding the old bucket can no longer write.
@@ -177,12 +195,7 @@ async fn an_interrupted_move_is_finished_with_the_same_records() {
         store.get("review.00ff").await.unwrap(),
         Some(Bytes::from("parked"))
     );
-    assert!(
-        admin
-            .get_stream(format!("KV_{}", names.legacy_state_bucket()))
-            .await
-            .is_err()
-    );
+    assert!(legacy_bucket_gone(&admin, &names).await);
     // Nothing left to move.
     migrate_legacy_bucket(&admin, &names).await.unwrap();
 
@@ -231,35 +244,23 @@ async fn an_upgraded_worker_goes_on_from_its_moved_cursor_and_delivers_nothing_a
 
     // The flow's records as the previous release kept them: in its own bucket only.
     let store = bucket(&admin, &names).await.unwrap();
-    let state = admin
-        .get_stream(format!("KV_{}", names.state_bucket))
-        .await
-        .unwrap();
     let prefix = names.state_key_prefix();
-    let subjects: Vec<(String, usize)> = futures::TryStreamExt::try_collect(
-        state
-            .info_with_subjects(format!("{prefix}>"))
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    let legacy = admin
-        .create_key_value(kv::Config {
-            bucket: names.legacy_state_bucket(),
-            history: 1,
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let subjects = flow_state_subjects(&admin, &names).await;
+    let legacy = empty_legacy_bucket(&admin, &names).await;
     for (subject, _) in &subjects {
         let key = subject.strip_prefix(&prefix).unwrap();
         if let Some(value) = store.get(key).await.unwrap() {
             legacy.put(key, value).await.unwrap();
         }
     }
-    state.purge().filter(format!("{prefix}>")).await.unwrap();
+    admin
+        .get_stream(format!("KV_{}", names.state_bucket))
+        .await
+        .unwrap()
+        .purge()
+        .filter(format!("{prefix}>"))
+        .await
+        .unwrap();
     assert_eq!(store.get(PROGRESS_KEY).await.unwrap(), None);
 
     // Two changes the worker has not seen; then the upgraded worker.
@@ -300,12 +301,7 @@ async fn an_upgraded_worker_goes_on_from_its_moved_cursor_and_delivers_nothing_a
     );
     assert_eq!(report.duplicates(), 0, "a record delivered twice");
     assert_eq!(report.keys["1000003/10"].value["orderedQuantity"], 7);
-    assert!(
-        admin
-            .get_stream(format!("KV_{}", names.legacy_state_bucket()))
-            .await
-            .is_err()
-    );
+    assert!(legacy_bucket_gone(&admin, &names).await);
 }
 
 /// A flow deleted (`deletionPolicy: Delete`) before any pass moved its records takes its old
@@ -325,12 +321,7 @@ async fn a_flow_deleted_before_its_move_takes_its_old_bucket_along() {
     legacy_bucket(&admin, &names).await;
 
     delete_queue(&admin, &names).await.unwrap();
-    assert!(
-        admin
-            .get_stream(format!("KV_{}", names.legacy_state_bucket()))
-            .await
-            .is_err()
-    );
+    assert!(legacy_bucket_gone(&admin, &names).await);
     assert_eq!(
         theirs.get(CURSOR_KEY).await.unwrap(),
         Some(Bytes::from("theirs"))

@@ -25,23 +25,6 @@ use support::{TestNamespace, apply_yaml, client, eventually, operator};
 const FLOW: &str = "orders";
 const ENTITY: &str = "sales-history";
 
-const CONTRACT: &str = r#"
-apiVersion: flowplane.io/v1alpha1
-kind: DataContract
-metadata: {name: order-lines}
-spec:
-  domain: sales-order-lines
-  version: 1.0.0
-  owner: {team: demand-planning}
-  schema:
-    primaryKey: [salesOrder, salesOrderItem]
-    additionalFields: Ignore
-    fields:
-    - {name: salesOrder, type: String, required: true}
-    - {name: salesOrderItem, type: String, required: true}
-    - {name: location, type: String, required: true}
-"#;
-
 /// The plant table: the simulator's four plants and 1050, which the ERP never sends.
 fn code_map(knows_unknown_plant: bool) -> String {
     let extra = if knows_unknown_plant {
@@ -131,7 +114,12 @@ async fn a_redrive_during_the_rollout_of_the_fix_delivers_every_record_once() {
     for doc in support::erp_and_forecasting_bindings(&sims.erp_url, &sims.forecast_url) {
         let _: ConnectorBinding = apply_yaml(&client, &ns.name, &doc).await;
     }
-    let _: DataContract = apply_yaml(&client, &ns.name, CONTRACT).await;
+    let _: DataContract = apply_yaml(
+        &client,
+        &ns.name,
+        &support::order_lines_contract(&["{name: location, type: String, required: true}"]),
+    )
+    .await;
     let _: ConfigMap = apply_yaml(&client, &ns.name, &code_map(false)).await;
     let _: IntegrationFlow = apply_yaml(&client, &ns.name, FLOW_YAML).await;
 

@@ -36,27 +36,8 @@ fn change_time(change: i64) -> String {
     format!("{time:.3}")
 }
 
-/// The flow's contract and the flow.
-fn manifests() -> [&'static str; 2] {
-    [
-        r#"
-apiVersion: flowplane.io/v1alpha1
-kind: DataContract
-metadata: {name: order-lines}
-spec:
-  domain: sales-order-lines
-  version: 1.0.0
-  owner: {team: demand-planning}
-  schema:
-    primaryKey: [salesOrder, salesOrderItem]
-    additionalFields: Ignore
-    fields:
-    - {name: salesOrder, type: String, required: true}
-    - {name: salesOrderItem, type: String, required: true}
-    - {name: quantity, type: String, required: true}
-    - {name: changedAt, type: Timestamp, required: true}
-"#,
-        r#"
+/// The flow.
+const FLOW_MANIFEST: &str = r#"
 apiVersion: flowplane.io/v1alpha1
 kind: IntegrationFlow
 metadata: {name: orders}
@@ -72,9 +53,7 @@ spec:
     - {to: quantity, from: RequestedQuantity}
     - {to: changedAt, from: LastChangeDateTime}
   deletionPolicy: Delete
-"#,
-    ]
-}
+"#;
 
 async fn rendered_config(client: &Client, ns: &str) -> WorkerConfig {
     let mut config = eventually(60, "the worker configuration", || {
@@ -151,9 +130,12 @@ async fn replay_and_backfill_redeliver_exactly_what_they_name_once() {
     for doc in support::erp_and_forecasting_bindings(&sims.erp_url, &sims.forecast_url) {
         let _: ConnectorBinding = apply_yaml(&client, &ns.name, &doc).await;
     }
-    let [contract, flow] = manifests();
-    let _: DataContract = apply_yaml(&client, &ns.name, contract).await;
-    let _: IntegrationFlow = apply_yaml(&client, &ns.name, flow).await;
+    let contract = support::order_lines_contract(&[
+        "{name: quantity, type: String, required: true}",
+        "{name: changedAt, type: Timestamp, required: true}",
+    ]);
+    let _: DataContract = apply_yaml(&client, &ns.name, &contract).await;
+    let _: IntegrationFlow = apply_yaml(&client, &ns.name, FLOW_MANIFEST).await;
     let flows: Api<IntegrationFlow> = Api::namespaced(client.clone(), &ns.name);
 
     let worker = InProcessWorker::start(rendered_config(&client, &ns.name).await, "worker-0");

@@ -485,6 +485,68 @@ spec:
     )
 }
 
+/// Samples the lag (`sample` says it as text) and the replicas of `deployment` every 5 s,
+/// printing each sample as `{label} timeline: ...`, until `done` holds for the replica count;
+/// fails after `secs`. The autoscaling tiers' record of lag and workers over time.
+pub async fn replica_timeline(
+    (label, phase): (&str, &str),
+    secs: u64,
+    started: std::time::Instant,
+    deployment: (&Api<k8s_openapi::api::apps::v1::Deployment>, &str),
+    sample: impl AsyncFn() -> String,
+    done: impl Fn(i32) -> bool,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let lag = sample().await;
+        let replicas = deployment
+            .0
+            .get(deployment.1)
+            .await
+            .ok()
+            .and_then(|d| d.spec.replicas)
+            .unwrap_or(0);
+        println!(
+            "{label} timeline: t={:>4}s phase={phase} {lag} replicas={replicas}",
+            started.elapsed().as_secs()
+        );
+        if done(replicas) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{phase}: {replicas} workers after {secs}s"
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// The order-lines contract the end-to-end tiers share: keyed by sales order and item, other
+/// source fields ignored, with `extra_fields` (YAML list items, one per line) after the key.
+pub fn order_lines_contract(extra_fields: &[&str]) -> String {
+    let mut fields = String::from(
+        "    - {name: salesOrder, type: String, required: true}\n    - {name: salesOrderItem, type: String, required: true}\n",
+    );
+    for field in extra_fields {
+        fields.push_str(&format!("    - {field}\n"));
+    }
+    format!(
+        r#"
+apiVersion: flowplane.io/v1alpha1
+kind: DataContract
+metadata: {{name: order-lines}}
+spec:
+  domain: sales-order-lines
+  version: 1.0.0
+  owner: {{team: demand-planning}}
+  schema:
+    primaryKey: [salesOrder, salesOrderItem]
+    additionalFields: Ignore
+    fields:
+{fields}"#
+    )
+}
+
 /// A contract of `examples/base/contracts/` as the flow controller resolves it.
 pub fn example_contract(file: &str) -> flowplane::render::ResolvedContract {
     let text =

@@ -28,7 +28,8 @@ pub struct Node {
     child: Option<Child>,
 }
 
-fn free_port() -> u16 {
+/// A port free on loopback now (another process may take it before it is bound).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
