@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -337,6 +337,26 @@ async fn namespace(client: &Client, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The operator's worker Deployments whose status kube-controller-manager has not yet brought
+/// up to date: not observed at their generation, or not yet with their replicas made.
+async fn deployments_not_updated(client: &Client, ns: &str) -> anyhow::Result<usize> {
+    let deployments = Api::<Deployment>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=flowplane"))
+        .await?;
+    Ok(deployments
+        .items
+        .iter()
+        .filter(|d| {
+            let wanted = d.spec.replicas.unwrap_or(1);
+            d.status.as_ref().is_none_or(|s| {
+                s.observed_generation < d.metadata.generation
+                    || s.replicas.unwrap_or(0) != wanted
+                    || s.updated_replicas.unwrap_or(0) != wanted
+            })
+        })
+        .count())
+}
+
 /// Write requests the operator has sent so far, from its own /metrics.
 async fn operator_writes(metrics_url: &str) -> anyhow::Result<f64> {
     let text = reqwest::get(metrics_url).await?.text().await?;
@@ -473,18 +493,32 @@ async fn main() -> anyhow::Result<()> {
     let requests_after_operator = apiserver_request_seconds(&client).await?;
 
     // Quiet: the reconciles that owned-object events queue up (Deployment status from
-    // kube-controller-manager, and so on) drain; wait until no write for 20 s (at most 10 min,
-    // or 0.2 s per flow: kube-controller-manager's own rate limit sets the pace).
+    // kube-controller-manager, and so on) drain; wait until kube-controller-manager has
+    // brought every worker Deployment's status up to date and the operator has then written
+    // nothing for 20 s (at most 10 min, or 0.2 s per flow: kube-controller-manager's own rate
+    // limit sets the pace). A lull in the operator's writes alone is not the end: at 20
+    // requests/s, kube-controller-manager was still updating Deployments after 20 s without an
+    // operator write, and the operator's status reports of that counted as idle writes.
     let quiet_limit = Duration::from_secs(600).max(Duration::from_millis(200) * flows as u32);
     let quiet_start = Instant::now();
     let mut last = operator_writes(&metrics_url).await?;
     let mut quiet_since = Instant::now();
-    while quiet_since.elapsed() < Duration::from_secs(20) {
+    let mut deployments_behind = usize::MAX;
+    let mut checked = Instant::now() - Duration::from_secs(5);
+    while deployments_behind > 0 || quiet_since.elapsed() < Duration::from_secs(20) {
         anyhow::ensure!(
             quiet_start.elapsed() < quiet_limit,
-            "the operator never went quiet"
+            "the operator never went quiet ({deployments_behind} Deployments not yet updated by kube-controller-manager)"
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
+        // Listing every Deployment costs the apiserver: every 5 s, until they are done.
+        if deployments_behind > 0 && checked.elapsed() >= Duration::from_secs(5) {
+            checked = Instant::now();
+            deployments_behind = deployments_not_updated(&client, &ns).await?;
+            if deployments_behind == 0 {
+                quiet_since = Instant::now();
+            }
+        }
         let now = operator_writes(&metrics_url).await?;
         if now != last {
             last = now;
