@@ -59,6 +59,14 @@ async fn streams_beyond_the_servers_storage_are_refused_with_a_sizing_error() {
     for hint in ["delivery.maxBytes", "--queue-max-bytes", "max_file_store"] {
         assert!(error.to_string().contains(hint), "{hint} missing: {error}");
     }
+    // Both streams are refused, and every pass says so the same way (the flow's stream first),
+    // so a resync does not rewrite the flow's status with the other stream's name.
+    for _ in 0..5 {
+        match ensure_queue(&js, &second, &policy).await {
+            Err(QueueError::NoStorage { name, .. }) => assert_eq!(name, second.stream),
+            other => panic!("expected NoStorage, got {other:?}"),
+        }
+    }
 
     // The operator's default of 1 GiB does not fit at all on this server.
     let third = QueueNames::for_flow("e2e", &unique_flow("default"));

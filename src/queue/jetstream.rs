@@ -289,7 +289,11 @@ pub async fn ensure_queue(
     };
     // Independent but for the consumer, which needs its stream. Creating is idempotent for
     // an identical configuration, so each is one request whether new or already in place.
-    futures::try_join!(
+    // All three are awaited and their errors reported in this order, not whichever failed
+    // first: the error becomes the flow's QueueReady message, and a message that changed with
+    // the timing (the stream's name one pass, its dead-letter stream's the next) made every
+    // resync of a flow without room write its status again.
+    let (records_made, dead_letters_made, state_made) = futures::join!(
         async {
             put_stream(js, records).await?;
             js.create_consumer_on_stream(consumer_config, &names.stream)
@@ -304,8 +308,8 @@ pub async fn ensure_queue(
             ensure_state_bucket(js, &names.state_bucket, policy).await?;
             migrate_legacy_bucket(js, names).await
         },
-    )?;
-    Ok(())
+    );
+    records_made.and(dead_letters_made).and(state_made)
 }
 
 /// Creates the stream, or brings an existing one with another configuration to this one.
