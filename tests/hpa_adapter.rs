@@ -145,20 +145,21 @@ async fn the_fallback_hpa_scales_on_the_workers_lag_through_prometheus_adapter()
     let _targets = TargetFile(target_file);
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let sample_served_lag = async || {
+        format!(
+            "served_lag={}",
+            served_lag(&client, &ns.name)
+                .await
+                .map_or("-".into(), |l| l.to_string())
+        )
+    };
     let started = Instant::now();
     replica_timeline(
         ("hpa", "lag"),
         300,
         started,
         (&deployments, "orders-worker"),
-        async || {
-            format!(
-                "served_lag={}",
-                served_lag(&client, &ns.name)
-                    .await
-                    .map_or("-".into(), |l| l.to_string())
-            )
-        },
+        &sample_served_lag,
         |r| r == 3,
     )
     .await;
@@ -180,14 +181,7 @@ async fn the_fallback_hpa_scales_on_the_workers_lag_through_prometheus_adapter()
         300,
         started,
         (&deployments, "orders-worker"),
-        async || {
-            format!(
-                "served_lag={}",
-                served_lag(&client, &ns.name)
-                    .await
-                    .map_or("-".into(), |l| l.to_string())
-            )
-        },
+        &sample_served_lag,
         |r| r == 1,
     )
     .await;
