@@ -483,8 +483,7 @@ output:
     headers:
       Nats-Msg-Id: ${! @key }@${! @version }
       traceparent: 00-${! uuid_v4().replace_all("-", "") }-${! uuid_v4().replace_all("-", "").slice(0, 16) }-01
-      Flowplane-Key: ${! @key }
-      Flowplane-Source-Version: ${! @version }
+      Flowplane-Record: v=${! @version } k=${! @key }
 "#;
 
 /// JetStream -> batches of 500 -> bulk upsert; messages are acked once their batch is accepted.

@@ -172,7 +172,8 @@ async fn a_record_whose_deliveries_all_end_without_an_outcome_is_dead_lettered()
     let names = config.queue.clone();
     let policy = QueuePolicy::from_rendered(&config.delivery).unwrap();
     ensure_queue(&js, &names, &policy).await.unwrap();
-    // A record in the flow's stream, as the extractor publishes it.
+    // A record in the flow's stream as workers before the `Flowplane-Record` header stored it
+    // (one header per field): still read, so the dead letter below has its key.
     let mut record_headers = async_nats::HeaderMap::new();
     record_headers.insert(headers::MSG_ID, "1000001/10@1");
     record_headers.insert(headers::KEY, "1000001/10");
@@ -458,6 +459,21 @@ async fn erp_to_erp_over_odata_batches_arrives_exactly_once() {
         ),
     )
     .await;
+    // Every delivered record timed from its change at the source: the envelope header carried
+    // the change time from extraction to delivery.
+    let metrics = reqwest::get(format!("http://{listen}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let timed_since_change: Option<f64> = metrics.lines().find_map(|l| {
+        let rest = l.strip_prefix("flowplane_worker_end_to_end_latency_seconds_count{")?;
+        let (labels, value) = rest.split_once("} ")?;
+        labels
+            .contains(r#"since="change""#)
+            .then(|| value.parse().ok())?
+    });
     worker.stop().await.unwrap();
 
     let report = sims.erp.received(PLANNED_INDEPENDENT_REQUIREMENTS);
@@ -495,6 +511,7 @@ async fn erp_to_erp_over_odata_batches_arrives_exactly_once() {
     assert_eq!(progress.delivered, expected_delivered as u64);
     assert_eq!(progress.dead_lettered, 20 + expected_refused as u64);
     assert_eq!(failed_posts, Some(expected_refused as f64));
+    assert_eq!(timed_since_change, Some(expected_delivered as f64));
     for letter in letters.iter().filter(|l| l.reason == "TargetRejected") {
         assert_eq!(letter.stage, "deliver");
         assert!(

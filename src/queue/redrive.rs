@@ -9,7 +9,7 @@ use async_nats::jetstream;
 use serde::Serialize;
 
 use super::QueueNames;
-use super::headers;
+use super::headers::{self, Envelope};
 use super::jetstream::{QueueError, stream_error};
 
 /// One dead letter as `flowplane dlq list` shows it.
@@ -95,7 +95,7 @@ pub async fn list_dead_letters(
             deliveries: header(&message.headers, headers::DELIVERIES)
                 .parse()
                 .unwrap_or(0),
-            key: header(&message.headers, headers::KEY),
+            key: Envelope::of(Some(&message.headers)).key.to_string(),
             traceparent: header(&message.headers, headers::TRACEPARENT),
             record: serde_json::from_slice(&message.payload).unwrap_or_else(|_| {
                 serde_json::Value::String(String::from_utf8_lossy(&message.payload).into_owned())
@@ -135,11 +135,11 @@ pub async fn redrive(
     .await?;
     for message in moved {
         let mut republished = HeaderMap::new();
-        for name in [headers::TRACEPARENT, headers::KEY, headers::SOURCE_VERSION] {
-            if let Some(value) = message.headers.get(name) {
-                republished.insert(name, value.as_str());
-            }
+        if let Some(value) = message.headers.get(headers::TRACEPARENT) {
+            republished.insert(headers::TRACEPARENT, value.as_str());
         }
+        let envelope = Envelope::of(Some(&message.headers)).untimed();
+        republished.insert(headers::RECORD, envelope.to_header().as_str());
         let original_id = header(&message.headers, headers::MSG_ID);
         republished.insert(
             headers::MSG_ID,

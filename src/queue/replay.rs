@@ -18,8 +18,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use super::QueueNames;
+use super::headers::{self, Envelope};
 use super::jetstream::{QueueError, bucket, bucket_error, stream_error, update_progress};
-use super::{QueueNames, headers};
 
 /// Publishes awaited together (bounds what a large replay holds in flight).
 const ACK_BATCH: usize = 256;
@@ -130,11 +131,11 @@ pub async fn replay(
                     .map(|v| base_identity(v.as_str()).to_string())
                     .unwrap_or_else(|| format!("sequence-{sequence}"));
                 let mut copy = HeaderMap::new();
-                for name in [headers::TRACEPARENT, headers::KEY, headers::SOURCE_VERSION] {
-                    if let Some(value) = original.get(name) {
-                        copy.insert(name, value.as_str());
-                    }
+                if let Some(value) = original.get(headers::TRACEPARENT) {
+                    copy.insert(headers::TRACEPARENT, value.as_str());
                 }
+                let envelope = Envelope::of(Some(&original)).untimed();
+                copy.insert(headers::RECORD, envelope.to_header().as_str());
                 copy.insert(headers::MSG_ID, format!("{identity}/replay/{id}").as_str());
                 copy.insert(headers::REPLAY, id);
                 let payload: Bytes = message.payload.clone();

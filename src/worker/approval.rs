@@ -31,12 +31,13 @@ use super::progress::ProgressDeltas;
 use super::transform::Reason;
 use crate::api::common::parse_duration;
 use crate::api::integration_flow::{ApprovalAction, ReviewTimeoutAction};
+use crate::queue::QueueNames;
 use crate::queue::approvals::{
     Claim, Decision, ParkedReview, Route, RouteRecord, decide, decision_key, forget_review,
     list_pending, list_routes, parked_ids, read_decision, read_parked, record_route, review_id,
     review_key,
 };
-use crate::queue::{QueueNames, headers};
+use crate::queue::headers::{self, Envelope};
 use crate::worker_config::ApprovalConfig;
 
 /// Review timeout when the configuration has none (the CRD requires one with Review rules).
@@ -154,7 +155,7 @@ impl Approvals {
                 .map(|v| v.as_str().to_string())
                 .unwrap_or_default()
         };
-        let key = header(headers::KEY);
+        let key = Envelope::of(message.headers.as_ref()).key.to_string();
         let id = review_id(&key, version);
         let parked = ParkedReview {
             id: id.clone(),
@@ -187,12 +188,7 @@ impl Approvals {
         delta: f64,
         route: Route,
     ) -> anyhow::Result<()> {
-        let key = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(headers::KEY))
-            .map(|v| v.as_str().to_string())
-            .unwrap_or_default();
+        let key = Envelope::of(message.headers.as_ref()).key.to_string();
         let record = RouteRecord {
             id: review_id(&key, version),
             key,
@@ -411,8 +407,12 @@ impl Resolver {
         let mut entry = HeaderMap::new();
         entry.insert(headers::MSG_ID, parked.msg_id.as_str());
         entry.insert(headers::TRACEPARENT, parked.traceparent.as_str());
-        entry.insert(headers::KEY, parked.key.as_str());
-        entry.insert(headers::SOURCE_VERSION, parked.version.to_string().as_str());
+        let envelope = Envelope {
+            key: &parked.key,
+            version: parked.version,
+            ..Envelope::default()
+        };
+        entry.insert(headers::RECORD, envelope.to_header().as_str());
         entry.insert(headers::REASON, reason.as_str());
         let detail: String = detail
             .chars()

@@ -15,9 +15,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::StatusCode;
 use async_nats::jetstream::consumer::pull::BatchConfig;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, kv};
+use async_nats::{HeaderName, StatusCode};
 use futures::StreamExt;
 use tokio::sync::watch;
 
@@ -33,8 +33,9 @@ use super::resilience::Backoff;
 use super::trace::{log_safe, trace_id};
 use super::transform::{Plan, Reason, Record};
 use crate::api::integration_flow::ApprovalAction;
+use crate::queue::QueueNames;
 use crate::queue::approvals::Route;
-use crate::queue::{QueueNames, headers};
+use crate::queue::headers::{Envelope, names};
 
 /// Everything a consume loop needs.
 pub struct Consumer {
@@ -81,7 +82,12 @@ struct Ready {
     facts: Facts,
 }
 
-fn header<'a>(message: &'a jetstream::Message, name: &str) -> &'a str {
+/// The record's key, version and times (see [`Envelope::of`]).
+fn envelope(message: &jetstream::Message) -> Envelope<'_> {
+    Envelope::of(message.headers.as_ref())
+}
+
+fn header(message: &jetstream::Message, name: HeaderName) -> &str {
     message
         .headers
         .as_ref()
@@ -287,7 +293,7 @@ impl Consumer {
                 .await;
                 continue;
             }
-            let traceparent = header(message, headers::TRACEPARENT);
+            let traceparent = header(message, names::TRACEPARENT);
             let record: Record = match serde_json::from_slice(&message.payload) {
                 Ok(record) => record,
                 Err(e) => {
@@ -310,9 +316,7 @@ impl Consumer {
                     ready.push(Ready {
                         message: index,
                         range: start..buffer.len(),
-                        version: header(message, headers::SOURCE_VERSION)
-                            .parse()
-                            .unwrap_or(0),
+                        version: envelope(message).version,
                         facts: std::mem::take(&mut facts),
                     });
                 }
@@ -321,7 +325,7 @@ impl Consumer {
                     if rejection.fails_batch && failed_batch.is_none() {
                         failed_batch = Some(format!(
                             "batch failed: record {}: {}",
-                            header(message, headers::KEY),
+                            envelope(message).key,
                             rejection.detail
                         ));
                     }
@@ -441,7 +445,7 @@ impl Consumer {
             let data = &buffer[r.range.clone()];
             let message = &messages[r.message];
             let (action, delta) = approvals.evaluate(data);
-            let trace = trace_id(header(message, headers::TRACEPARENT));
+            let trace = trace_id(header(message, names::TRACEPARENT));
             tracing::debug!(
                 trace_id = trace,
                 stage = "approval",
@@ -502,12 +506,12 @@ impl Consumer {
         stage: &str,
         detail: &str,
     ) {
-        let traceparent = header(message, headers::TRACEPARENT);
+        let traceparent = header(message, names::TRACEPARENT);
         // Keys and reasons only: the detail can quote record values, and is kept with the
         // record in the dead-letter stream (`flowplane dlq list`), not in the log.
         tracing::warn!(
             trace_id = trace_id(traceparent),
-            key = header(message, headers::KEY),
+            key = envelope(message).key,
             reason = reason.as_str(),
             stage,
             "record dead-lettered"
@@ -536,7 +540,7 @@ impl Consumer {
         let outgoing: Vec<Outgoing<'_>> = ready
             .iter()
             .map(|r| Outgoing {
-                key: header(&messages[r.message], headers::KEY),
+                key: envelope(&messages[r.message]).key,
                 version: r.version,
                 data: &buffer[r.range.clone()],
             })
@@ -623,7 +627,7 @@ impl Consumer {
                         }
                         Some(Err((error, after))) => {
                             tracing::debug!(
-                                trace_id = trace_id(header(message, headers::TRACEPARENT)),
+                                trace_id = trace_id(header(message, names::TRACEPARENT)),
                                 stage = "deliver",
                                 "target asked to send the record again later"
                             );
@@ -631,7 +635,7 @@ impl Consumer {
                         }
                         None => {
                             tracing::debug!(
-                                trace_id = trace_id(header(message, headers::TRACEPARENT)),
+                                trace_id = trace_id(header(message, names::TRACEPARENT)),
                                 stage = "deliver",
                                 "record delivered"
                             );
@@ -694,13 +698,10 @@ impl Consumer {
     /// source where the source gives one (else from when it was read), and the freshness of
     /// its freshnessBy value. Redriven records carry neither time and are not timed.
     fn observe_delivered(&self, message: &jetstream::Message, mapped: &[u8], now_ms: i64) {
-        let changed = header(message, headers::CHANGED_AT).parse::<i64>().ok();
-        let (since, from) = match changed {
+        let envelope = envelope(message);
+        let (since, from) = match envelope.changed_at {
             Some(ms) => ("change", Some(ms)),
-            None => (
-                "read",
-                header(message, headers::READ_AT).parse::<i64>().ok(),
-            ),
+            None => ("read", envelope.read_at),
         };
         if let Some(from) = from {
             self.metrics

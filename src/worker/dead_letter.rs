@@ -19,9 +19,11 @@ pub async fn dead_letter(
 ) -> anyhow::Result<()> {
     let mut entry = HeaderMap::new();
     if let Some(original) = &message.headers {
+        // A record stored before the envelope header keeps its separate ones.
         for name in [
             headers::MSG_ID,
             headers::TRACEPARENT,
+            headers::RECORD,
             headers::KEY,
             headers::SOURCE_VERSION,
         ] {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use async_nats::{HeaderMap, HeaderName, HeaderValue, Subject};
+use async_nats::{HeaderMap, HeaderValue, Subject};
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
@@ -34,9 +34,10 @@ use super::transform::Reason;
 use super::version::{change_time_ms, version_of};
 use crate::api::common::parse_duration;
 use crate::api::integration_flow::SyncMode;
+use crate::queue::headers::{self, Envelope, names};
 use crate::queue::jetstream::{PARTITIONS, partition_of, partition_subject};
 use crate::queue::operations::{BackfillRecord, BackfillState, pending_backfill, write_backfill};
-use crate::queue::{CURSOR_KEY, QueueNames, headers};
+use crate::queue::{CURSOR_KEY, QueueNames};
 use crate::worker_config::WorkerConfig;
 
 /// Pages fetched ahead of the one being published.
@@ -67,14 +68,6 @@ struct Settled {
     /// Reasons of the records dead-lettered at extraction.
     dead: Vec<Reason>,
 }
-
-// The per-record headers, named once (a `&str` name is re-checked and copied per record).
-const MSG_ID: HeaderName = HeaderName::from_static(headers::MSG_ID);
-const TRACEPARENT: HeaderName = HeaderName::from_static(headers::TRACEPARENT);
-const KEY: HeaderName = HeaderName::from_static(headers::KEY);
-const SOURCE_VERSION: HeaderName = HeaderName::from_static(headers::SOURCE_VERSION);
-const CHANGED_AT: HeaderName = HeaderName::from_static(headers::CHANGED_AT);
-const READ_AT: HeaderName = HeaderName::from_static(headers::READ_AT);
 
 /// What a full-refresh run did.
 #[derive(Serialize, Debug, Default, Clone, PartialEq, Eq)]
@@ -168,14 +161,15 @@ impl Extractor {
         tracing::debug!(trace_id = trace_id(&traceparent), key = %key, version, stage = "extract", "record read");
         let subject = subjects[partition_of(&key) as usize].clone();
         let mut map = HeaderMap::new();
-        map.insert(MSG_ID, HeaderValue::from(id));
-        map.insert(TRACEPARENT, HeaderValue::from(traceparent));
-        map.insert(KEY, HeaderValue::from(key));
-        map.insert(SOURCE_VERSION, HeaderValue::from(version));
-        map.insert(READ_AT, HeaderValue::from(now_unix_ms()));
-        if let Some(ms) = changed_at {
-            map.insert(CHANGED_AT, HeaderValue::from(ms));
-        }
+        map.insert(names::MSG_ID, HeaderValue::from(id));
+        map.insert(names::TRACEPARENT, HeaderValue::from(traceparent));
+        let envelope = Envelope {
+            key: &key,
+            version,
+            read_at: Some(now_unix_ms()),
+            changed_at,
+        };
+        map.insert(names::RECORD, HeaderValue::from(envelope.to_header()));
         (subject, map)
     }
 
@@ -389,7 +383,7 @@ impl Extractor {
         detail: String,
     ) -> anyhow::Result<(async_nats::jetstream::context::PublishAckFuture, Reason)> {
         tracing::warn!(
-            key = headers.get(KEY).map(|v| v.as_str()).unwrap_or(""),
+            key = Envelope::of(Some(&headers)).key,
             reason = reason.as_str(),
             stage = "extract",
             bytes = text.len(),
