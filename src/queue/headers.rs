@@ -68,7 +68,9 @@ impl<'a> Envelope<'a> {
     /// The header value. The key goes last, so that it may hold any character a header may.
     pub fn to_header(&self) -> String {
         use std::fmt::Write;
-        let mut value = format!("v={}", self.version);
+        // Sized once: the numbers take at most 20 digits each.
+        let mut value = String::with_capacity(72 + self.key.len());
+        let _ = write!(value, "v={}", self.version);
         if let Some(ms) = self.read_at {
             let _ = write!(value, " r={ms}");
         }

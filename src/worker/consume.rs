@@ -74,10 +74,11 @@ pub struct Consumer {
 }
 
 /// A record mapped and ready to deliver.
-struct Ready {
+struct Ready<'m> {
     message: usize,
     range: std::ops::Range<usize>,
-    version: u64,
+    /// Its key, version and times, read once from its message.
+    envelope: Envelope<'m>,
     /// What the batch quality rules need to know of it.
     facts: Facts,
 }
@@ -316,7 +317,7 @@ impl Consumer {
                     ready.push(Ready {
                         message: index,
                         range: start..buffer.len(),
-                        version: envelope(message).version,
+                        envelope: envelope(message),
                         facts: std::mem::take(&mut facts),
                     });
                 }
@@ -374,20 +375,22 @@ impl Consumer {
 
     /// Batch quality rules (see [`super::quality`]): dead-letters what they refuse (all of the
     /// batch when a FailBatch rule failed) and returns what may be delivered.
-    async fn judge(
+    async fn judge<'m>(
         &self,
-        messages: &[jetstream::Message],
-        ready: Vec<Ready>,
+        messages: &'m [jetstream::Message],
+        ready: Vec<Ready<'m>>,
         failed_batch: Option<String>,
-    ) -> Vec<Ready> {
+    ) -> Vec<Ready<'m>> {
         let judgement = match failed_batch {
             Some(detail) => Judgement {
                 failed: Some(detail),
                 ..Judgement::default()
             },
             None => {
-                let records: Vec<(&Facts, u64)> =
-                    ready.iter().map(|r| (&r.facts, r.version)).collect();
+                let records: Vec<(&Facts, u64)> = ready
+                    .iter()
+                    .map(|r| (&r.facts, r.envelope.version))
+                    .collect();
                 quality::judge(self.plan.batch_rules(), &records)
             }
         };
@@ -432,13 +435,13 @@ impl Consumer {
 
     /// Approval routing: keeps the Apply records in `ready`, parks the Review ones (acked once
     /// parked, NAKed if parking failed) and returns the Escalate ones.
-    async fn route(
+    async fn route<'m>(
         &self,
         approvals: &Approvals,
-        messages: &[jetstream::Message],
+        messages: &'m [jetstream::Message],
         buffer: &[u8],
-        ready: &mut Vec<Ready>,
-    ) -> Vec<Ready> {
+        ready: &mut Vec<Ready<'m>>,
+    ) -> Vec<Ready<'m>> {
         let mut apply = Vec::with_capacity(ready.len());
         let mut escalate = Vec::new();
         for r in ready.drain(..) {
@@ -460,7 +463,7 @@ impl Consumer {
                         Route::Escalated
                     };
                     match approvals
-                        .record_ruled(message, r.version, delta, route)
+                        .record_ruled(message, r.envelope.version, delta, route)
                         .await
                     {
                         Ok(()) if route == Route::Applied => apply.push(r),
@@ -474,7 +477,10 @@ impl Consumer {
                     }
                 }
                 ApprovalAction::Review => {
-                    match approvals.park(message, data, r.version, delta).await {
+                    match approvals
+                        .park(message, data, r.envelope.version, delta)
+                        .await
+                    {
                         Ok(id) => {
                             tracing::info!(trace_id = trace, stage = "approval", review = %id, "delta parked for review");
                             self.settle(message, Outcome::Parked);
@@ -535,13 +541,13 @@ impl Consumer {
         target: &Target,
         messages: &[jetstream::Message],
         buffer: &[u8],
-        ready: &[Ready],
+        ready: &[Ready<'_>],
     ) {
         let outgoing: Vec<Outgoing<'_>> = ready
             .iter()
             .map(|r| Outgoing {
-                key: envelope(&messages[r.message]).key,
-                version: r.version,
+                key: r.envelope.key,
+                version: r.envelope.version,
                 data: &buffer[r.range.clone()],
             })
             .collect();
@@ -642,7 +648,7 @@ impl Consumer {
                             let _ = message.ack().await;
                             self.settle(message, Outcome::Delivered);
                             delivered += 1;
-                            self.observe_delivered(message, &buffer[r.range.clone()], now_ms);
+                            self.observe_delivered(&r.envelope, &buffer[r.range.clone()], now_ms);
                         }
                     }
                 }
@@ -697,8 +703,7 @@ impl Consumer {
     /// A record reached the target at `now_ms`: its end-to-end latency, from its change at the
     /// source where the source gives one (else from when it was read), and the freshness of
     /// its freshnessBy value. Redriven records carry neither time and are not timed.
-    fn observe_delivered(&self, message: &jetstream::Message, mapped: &[u8], now_ms: i64) {
-        let envelope = envelope(message);
+    fn observe_delivered(&self, envelope: &Envelope<'_>, mapped: &[u8], now_ms: i64) {
         let (since, from) = match envelope.changed_at {
             Some(ms) => ("change", Some(ms)),
             None => ("read", envelope.read_at),
@@ -728,7 +733,7 @@ impl Consumer {
         &self,
         target: &Target,
         messages: &[jetstream::Message],
-        ready: &[Ready],
+        ready: &[Ready<'_>],
     ) -> bool {
         let mut shutdown = self.shutdown.clone();
         let step = (self.ack_wait / 3).max(Duration::from_millis(100));
