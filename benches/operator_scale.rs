@@ -146,14 +146,20 @@ impl CpuAccount {
 
 /// The apiserver's own account of its request time, by verb and resource (from its
 /// /metrics), so a phase's cost can be attributed.
-async fn apiserver_request_seconds(client: &Client) -> anyhow::Result<HashMap<String, f64>> {
+async fn apiserver_request_seconds(client: &Client) -> anyhow::Result<RequestFigures> {
     let request = http::Request::get("/metrics").body(Vec::new())?;
     let text = client.request_text(request).await?;
-    let mut seconds = HashMap::new();
+    let mut figures = RequestFigures::new();
     for line in text.lines() {
-        let Some(labels) = line.strip_prefix("apiserver_request_duration_seconds_sum{") else {
-            continue;
-        };
+        // The histogram's sum is the handler time, its count the number of requests.
+        let (labels, is_count) =
+            if let Some(l) = line.strip_prefix("apiserver_request_duration_seconds_sum{") {
+                (l, false)
+            } else if let Some(l) = line.strip_prefix("apiserver_request_duration_seconds_count{") {
+                (l, true)
+            } else {
+                continue;
+            };
         let label = |name: &str| {
             labels
                 .split(',')
@@ -176,23 +182,34 @@ async fn apiserver_request_seconds(client: &Client) -> anyhow::Result<HashMap<St
             .unwrap_or("0")
             .parse()
             .unwrap_or(0.0);
-        *seconds.entry(key).or_insert(0.0) += value;
+        let entry = figures.entry(key).or_insert((0.0, 0.0));
+        if is_count {
+            entry.1 += value;
+        } else {
+            entry.0 += value;
+        }
     }
-    Ok(seconds)
+    Ok(figures)
 }
 
-/// The largest request-time differences between two readings.
-fn top_request_seconds(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> String {
-    let mut spent: Vec<(String, f64)> = after
+/// Per verb and resource: handler seconds and requests, as kube-apiserver counted them.
+type RequestFigures = HashMap<String, (f64, f64)>;
+
+/// The largest request-time differences between two readings, each with its request count.
+fn top_request_seconds(before: &RequestFigures, after: &RequestFigures) -> String {
+    let mut spent: Vec<(String, f64, f64)> = after
         .iter()
-        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
-        .filter(|(_, v)| *v > 0.05)
+        .map(|(k, (seconds, count))| {
+            let (s0, c0) = before.get(k).copied().unwrap_or((0.0, 0.0));
+            (k.clone(), seconds - s0, count - c0)
+        })
+        .filter(|(_, seconds, _)| *seconds > 0.05)
         .collect();
     spent.sort_by(|a, b| b.1.total_cmp(&a.1));
     spent
         .iter()
         .take(8)
-        .map(|(k, v)| format!("{k} {v:.1}"))
+        .map(|(k, seconds, count)| format!("{k} {seconds:.1} s ({count:.0})"))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -677,7 +694,9 @@ async fn main() -> anyhow::Result<()> {
             None => println!("  {name:<24} {:>7} | {operator_seconds:>7.1}", "-"),
         }
     }
-    println!("apiserver request seconds by verb and resource (wall time in handlers, top 8):");
+    println!(
+        "apiserver request seconds (requests) by verb and resource (wall time in handlers, top 8):"
+    );
     println!(
         "  floor:    {}",
         top_request_seconds(&requests_at_start, &requests_after_floor)
