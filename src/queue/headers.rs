@@ -136,6 +136,19 @@ impl<'a> Envelope<'a> {
     }
 }
 
+/// The headers a copy of a stored record starts from when it is published again (redrive,
+/// replay): its trace context and its key and version, without times; the caller adds the
+/// copy's own `Nats-Msg-Id`.
+pub fn for_copy_of(original: &HeaderMap) -> HeaderMap {
+    let mut copy = HeaderMap::new();
+    if let Some(value) = original.get(names::TRACEPARENT) {
+        copy.insert(names::TRACEPARENT, value.as_str());
+    }
+    let envelope = Envelope::of(Some(original)).untimed();
+    copy.insert(names::RECORD, envelope.to_header().as_str());
+    copy
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -134,12 +134,7 @@ pub async fn redrive(
     })
     .await?;
     for message in moved {
-        let mut republished = HeaderMap::new();
-        if let Some(value) = message.headers.get(headers::TRACEPARENT) {
-            republished.insert(headers::TRACEPARENT, value.as_str());
-        }
-        let envelope = Envelope::of(Some(&message.headers)).untimed();
-        republished.insert(headers::RECORD, envelope.to_header().as_str());
+        let mut republished = headers::for_copy_of(&message.headers);
         let original_id = header(&message.headers, headers::MSG_ID);
         republished.insert(
             headers::MSG_ID,

@@ -12,14 +12,13 @@
 //! (`replay.<id>`) and never runs an id it finished. Copies made by earlier replays carry
 //! [`headers::REPLAY`] and are skipped: a replay sends what the flow received, once.
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::QueueNames;
-use super::headers::{self, Envelope};
+use super::headers;
 use super::jetstream::{QueueError, bucket, bucket_error, stream_error, update_progress};
 
 /// Publishes awaited together (bounds what a large replay holds in flight).
@@ -130,12 +129,7 @@ pub async fn replay(
                     .get(headers::MSG_ID)
                     .map(|v| base_identity(v.as_str()).to_string())
                     .unwrap_or_else(|| format!("sequence-{sequence}"));
-                let mut copy = HeaderMap::new();
-                if let Some(value) = original.get(headers::TRACEPARENT) {
-                    copy.insert(headers::TRACEPARENT, value.as_str());
-                }
-                let envelope = Envelope::of(Some(&original)).untimed();
-                copy.insert(headers::RECORD, envelope.to_header().as_str());
+                let mut copy = headers::for_copy_of(&original);
                 copy.insert(headers::MSG_ID, format!("{identity}/replay/{id}").as_str());
                 copy.insert(headers::REPLAY, id);
                 let payload: Bytes = message.payload.clone();
