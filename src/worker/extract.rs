@@ -31,7 +31,7 @@ use super::quota::SharedQuota;
 use super::trace::{new_traceparent, trace_id};
 use super::transform::Plan;
 use super::transform::Reason;
-use super::version::{change_time_ms, version_of};
+use super::version::read_cursor_value;
 use crate::api::common::parse_duration;
 use crate::api::integration_flow::SyncMode;
 use crate::queue::headers::{self, Envelope, names};
@@ -143,15 +143,17 @@ impl Extractor {
         subjects: &[Subject],
     ) -> (Subject, HeaderMap) {
         let key = self.plan.source_key(record);
-        let cursor_value = self
+        let cursor = self
             .config
             .source
             .cursor_field
             .as_deref()
-            .and_then(|field| record.get(field));
-        let cursor_version = cursor_value.and_then(version_of);
+            .and_then(|field| record.get(field))
+            .map(read_cursor_value)
+            .unwrap_or_default();
+        let cursor_version = cursor.version;
         // For the end-to-end latency: the source's own change time where it has one.
-        let changed_at = cursor_value.and_then(change_time_ms).or(match origin {
+        let changed_at = cursor.changed_ms.or(match origin {
             Origin::Event { stored_unix_ns, .. } => Some((stored_unix_ns / 1_000_000) as i64),
             Origin::Pass { .. } => None,
         });

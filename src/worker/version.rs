@@ -7,14 +7,26 @@ use serde_json::Value;
 
 use super::clock::parse_rfc3339_nanos;
 
-/// The version a cursor-field value stands for: integers as they are, RFC 3339 timestamps as
-/// Unix nanoseconds, OData v2 `/Date(ms)/` as nanoseconds.
-pub fn version_of(value: &Value) -> Option<u64> {
+/// What a cursor-field value says, read once per record: the version it stands for (integers
+/// as they are, RFC 3339 timestamps as Unix nanoseconds, OData v2 `/Date(ms)/` as
+/// nanoseconds), and the instant of the change in Unix milliseconds when it is a timestamp
+/// (none for a change counter).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CursorValue {
+    pub version: Option<u64>,
+    pub changed_ms: Option<i64>,
+}
+
+pub fn read_cursor_value(value: &Value) -> CursorValue {
+    let counter = |version| CursorValue {
+        version,
+        changed_ms: None,
+    };
     match value {
-        Value::Number(n) => n.as_u64(),
+        Value::Number(n) => counter(n.as_u64()),
         Value::String(s) => {
             if let Ok(n) = s.parse::<u64>() {
-                return Some(n);
+                return counter(Some(n));
             }
             if let Some(ms) = s
                 .strip_prefix("/Date(")
@@ -22,29 +34,24 @@ pub fn version_of(value: &Value) -> Option<u64> {
                 .and_then(|ms| ms.split(['+', '-']).next())
                 .and_then(|ms| ms.parse::<u64>().ok())
             {
-                return ms.checked_mul(1_000_000);
+                return CursorValue {
+                    version: ms.checked_mul(1_000_000),
+                    changed_ms: i64::try_from(ms).ok(),
+                };
             }
-            parse_rfc3339_nanos(s).and_then(|n| u64::try_from(n).ok())
+            let nanos = parse_rfc3339_nanos(s);
+            CursorValue {
+                version: nanos.and_then(|n| u64::try_from(n).ok()),
+                changed_ms: nanos.map(|n| n / 1_000_000),
+            }
         }
-        _ => None,
+        _ => CursorValue::default(),
     }
 }
 
-/// The instant a cursor-field value names, Unix milliseconds: RFC 3339 timestamps and OData v2
-/// `/Date(ms)/`; `None` for a change counter or anything else that is no time.
-pub fn change_time_ms(value: &Value) -> Option<i64> {
-    let Value::String(s) = value else {
-        return None;
-    };
-    if let Some(ms) = s
-        .strip_prefix("/Date(")
-        .and_then(|rest| rest.strip_suffix(")/"))
-        .and_then(|ms| ms.split(['+', '-']).next())
-        .and_then(|ms| ms.parse::<i64>().ok())
-    {
-        return Some(ms);
-    }
-    parse_rfc3339_nanos(s).map(|ns| ns / 1_000_000)
+/// The version a cursor-field value stands for (see [`read_cursor_value`]).
+pub fn version_of(value: &Value) -> Option<u64> {
+    read_cursor_value(value).version
 }
 
 #[cfg(test)]
@@ -54,16 +61,45 @@ mod tests {
 
     #[test]
     fn change_times_come_only_from_timestamps() {
+        let changed = |value| read_cursor_value(&value).changed_ms;
         assert_eq!(
-            change_time_ms(&json!("2024-01-01T00:00:00.025Z")),
+            changed(json!("2024-01-01T00:00:00.025Z")),
             Some(1_704_067_200_025)
         );
         assert_eq!(
-            change_time_ms(&json!("/Date(1704067200025)/")),
+            changed(json!("/Date(1704067200025)/")),
             Some(1_704_067_200_025)
         );
-        assert_eq!(change_time_ms(&json!("42")), None);
-        assert_eq!(change_time_ms(&json!(42)), None);
+        assert_eq!(changed(json!("42")), None);
+        assert_eq!(changed(json!(42)), None);
+        assert_eq!(changed(json!("yesterday")), None);
+    }
+
+    #[test]
+    fn one_reading_gives_the_version_and_the_change_time() {
+        assert_eq!(
+            read_cursor_value(&json!("2024-01-01T00:00:00.025Z")),
+            CursorValue {
+                version: Some(1_704_067_200_025_000_000),
+                changed_ms: Some(1_704_067_200_025),
+            }
+        );
+        assert_eq!(
+            read_cursor_value(&json!("/Date(1704067200025+0000)/")),
+            CursorValue {
+                version: Some(1_704_067_200_025_000_000),
+                changed_ms: Some(1_704_067_200_025),
+            }
+        );
+        // Before 1970: a change time, but no version (versions are unsigned).
+        assert_eq!(
+            read_cursor_value(&json!("1969-12-31T23:59:59.000Z")),
+            CursorValue {
+                version: None,
+                changed_ms: Some(-1_000),
+            }
+        );
+        assert_eq!(read_cursor_value(&json!(null)), CursorValue::default());
     }
 
     #[test]
