@@ -7,7 +7,7 @@ use rand::Rng;
 /// worker records no trace (it exports no spans; the id only correlates log lines and dead
 /// letters). nats-server reads a sampled `traceparent` as a request for its message tracing:
 /// it builds a map of the headers of every such message it receives and looks for the
-/// account's trace destination, which was about 5% of its CPU in the worker benchmark.
+/// account's trace destination (work the worker benchmark measured, BENCHMARKS.md).
 pub fn new_traceparent() -> String {
     let mut rng = rand::thread_rng();
     let trace: u128 = rng.gen_range(1..=u128::MAX);
