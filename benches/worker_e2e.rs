@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
+use async_nats::{HeaderMap, HeaderValue};
 use bytes::Bytes;
 use flowplane::sim::erp::{ErpSeed, ErpState, SALES_ORDER_LINES};
 #[path = "../tests/e2e_support/mod.rs"]
@@ -21,7 +22,9 @@ mod e2e_support;
 mod support;
 use e2e_support::{TempDir, WorkerProcess, settled};
 use flowplane::queue::QueuePolicy;
+use flowplane::queue::headers::{Envelope, names};
 use flowplane::sim::forecast::EntityReport;
+use flowplane::worker::trace::new_traceparent;
 use flowplane::worker::{RunOptions, run, sample};
 use flowplane::worker_config::WorkerConfig;
 use futures::StreamExt;
@@ -69,11 +72,14 @@ fn start_nats() -> (Nats, String) {
 
 /// Publishes every payload (pipelined, all acks awaited), then consumes and acks them all,
 /// through stream `name` with `replicas` replicas; `servers` are the nats-server processes.
+/// With `headers` (one per payload, made before the clock starts), each payload is published
+/// with its headers.
 async fn raw_jetstream(
     url: &str,
     (name, replicas): (&str, usize),
     payloads: &[Bytes],
     servers: &[(&'static str, u32)],
+    mut headers: Vec<HeaderMap>,
 ) -> (Duration, String) {
     let js = jetstream::new(async_nats::connect(url).await.expect("connect"));
     let subject = name.to_lowercase();
@@ -100,14 +106,19 @@ async fn raw_jetstream(
     processes.extend_from_slice(servers);
     let cpu = Cpu::start(&processes);
     let started = Instant::now();
+    headers.reverse();
     for chunk in payloads.chunks(1000) {
         let mut acks = Vec::with_capacity(chunk.len());
         for (i, payload) in chunk.iter().enumerate() {
-            acks.push(
-                js.publish(format!("{subject}.{}", i % 16), payload.clone())
-                    .await
-                    .expect("publish"),
-            );
+            let subject = format!("{subject}.{}", i % 16);
+            let published = match headers.pop() {
+                Some(headers) => {
+                    js.publish_with_headers(subject, headers, payload.clone())
+                        .await
+                }
+                None => js.publish(subject, payload.clone()).await,
+            };
+            acks.push(published.expect("publish"));
         }
         for ack in acks {
             ack.await.expect("ack");
@@ -123,6 +134,29 @@ async fn raw_jetstream(
     let (elapsed, cpu) = (started.elapsed(), cpu.report());
     js.delete_stream(name).await.expect("delete the raw stream");
     (elapsed, cpu)
+}
+
+/// Headers of the shape and sizes extraction gives records (`Nats-Msg-Id` = key@version, an
+/// unsampled `traceparent`, the `Flowplane-Record` envelope with both times), one per record.
+fn pipeline_headers(count: usize) -> Vec<HeaderMap> {
+    let now = flowplane::worker::clock::now_unix_ms();
+    (0..count)
+        .map(|n| {
+            let key = format!("{:010}/{:06}", n / 10, n % 10);
+            let version = 1_704_067_200_000_000_000 + n as u64;
+            let envelope = Envelope {
+                key: &key,
+                version,
+                read_at: Some(now),
+                changed_at: Some(now - 1_000),
+            };
+            let mut map = HeaderMap::new();
+            map.insert(names::MSG_ID, HeaderValue::from(format!("{key}@{version}")));
+            map.insert(names::TRACEPARENT, HeaderValue::from(new_traceparent()));
+            map.insert(names::RECORD, HeaderValue::from(envelope.to_header()));
+            map
+        })
+        .collect()
 }
 
 /// CPU seconds (user + system) process `pid` has used so far (Linux /proc; 0 elsewhere).
@@ -539,6 +573,7 @@ async fn scaling(payloads: &[Bytes], workers: &[usize], runs: usize) {
             (&format!("RAW{run}"), NODES),
             payloads,
             &servers,
+            Vec::new(),
         )
         .await;
         let raw_rate = rate(count, raw);
@@ -716,8 +751,25 @@ fn main() {
     runtime.block_on(async {
         let (nats, url) = start_nats();
         let nats_pid = nats.0.id();
-        let (raw, raw_cpu) =
-            raw_jetstream(&url, ("RAW", 1), &payloads, &[("nats-server", nats_pid)]).await;
+        let (raw, raw_cpu) = raw_jetstream(
+            &url,
+            ("RAW", 1),
+            &payloads,
+            &[("nats-server", nats_pid)],
+            Vec::new(),
+        )
+        .await;
+        // The same payloads with headers of the pipeline's shape and sizes: what carrying a
+        // deduplication id, a trace id and the envelope costs the transport alone. Context
+        // for the ratio, which stays against the floor without headers.
+        let (headed, headed_cpu) = raw_jetstream(
+            &url,
+            ("RAWHEADERS", 1),
+            &payloads,
+            &[("nats-server", nats_pid)],
+            pipeline_headers(payloads.len()),
+        )
+        .await;
         if std::env::var("EXTRACT_ONLY").is_ok_and(|v| v == "1") {
             let alone = extraction_alone(&url, count).await;
             println!(
@@ -743,6 +795,11 @@ fn main() {
         println!(
             "raw JetStream publish+consume: {raw_rate:>10.0} records/s ({:.2}s; {raw_cpu})",
             raw.as_secs_f64()
+        );
+        println!(
+            "raw JetStream, with headers:   {:>10.0} records/s ({:.2}s; {headed_cpu})",
+            rate(count, headed),
+            headed.as_secs_f64()
         );
         println!(
             "flowplane worker end to end:   {e2e_rate:>10.0} records/s ({:.2}s{}; {})",
