@@ -79,7 +79,7 @@ async fn raw_jetstream(
     (name, replicas): (&str, usize),
     payloads: &[Bytes],
     servers: &[(&'static str, u32)],
-    mut headers: Vec<HeaderMap>,
+    headers: Vec<HeaderMap>,
 ) -> (Duration, String) {
     let js = jetstream::new(async_nats::connect(url).await.expect("connect"));
     let subject = name.to_lowercase();
@@ -106,12 +106,12 @@ async fn raw_jetstream(
     processes.extend_from_slice(servers);
     let cpu = Cpu::start(&processes);
     let started = Instant::now();
-    headers.reverse();
+    let mut headers = headers.into_iter();
     for chunk in payloads.chunks(1000) {
         let mut acks = Vec::with_capacity(chunk.len());
         for (i, payload) in chunk.iter().enumerate() {
             let subject = format!("{subject}.{}", i % 16);
-            let published = match headers.pop() {
+            let published = match headers.next() {
                 Some(headers) => {
                     js.publish_with_headers(subject, headers, payload.clone())
                         .await
