@@ -24,6 +24,7 @@ use serde_json::json;
 use serde::Deserialize;
 
 use flowplane::api::IntegrationFlow;
+use flowplane::api::integration_flow::IntegrationFlowStatus;
 use flowplane::controller::conditions::Desired;
 use flowplane::controller::integration_flow::dereference::QueueState;
 use flowplane::controller::integration_flow::status;
@@ -276,8 +277,24 @@ async fn apply_rest_of_flow(client: &Client, ns: &str, i: usize) -> anyhow::Resu
         }),
     )
     .await?;
-    // The status the operator writes for a flow whose queue is made and whose worker is not
-    // yet available, built by the operator's own status function from that world.
+    let status = json!({
+        "apiVersion": "flowplane.io/v1alpha1", "kind": "IntegrationFlow",
+        "status": settled_status(ns, i)?,
+    });
+    Api::<IntegrationFlow>::namespaced(client.clone(), ns)
+        .patch_status(
+            &name,
+            &PatchParams::apply("bench").force(),
+            &Patch::Apply(&status),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The status the operator writes for flow `i` once its queue is made and before its worker
+/// is available, built by the operator's own status function from that world.
+fn settled_status(ns: &str, i: usize) -> anyhow::Result<IntegrationFlowStatus> {
+    let name = format!("flow-{i:04}");
     let mut applied: IntegrationFlow = serde_json::from_value(flow(i))?;
     applied.metadata.namespace = Some(ns.to_string());
     applied.metadata.generation = Some(1);
@@ -293,7 +310,7 @@ async fn apply_rest_of_flow(client: &Client, ns: &str, i: usize) -> anyhow::Resu
         },
         status: None,
     };
-    let built = status::build(status::Observed {
+    Ok(status::build(status::Observed {
         flow: &applied,
         bindings: Desired::new(
             "BindingsReady",
@@ -327,19 +344,7 @@ async fn apply_rest_of_flow(client: &Client, ns: &str, i: usize) -> anyhow::Resu
         routes: None,
         code_drift: Vec::new(),
         now: k8s_openapi::jiff::Timestamp::now(),
-    });
-    let status = json!({
-        "apiVersion": "flowplane.io/v1alpha1", "kind": "IntegrationFlow",
-        "status": built,
-    });
-    Api::<IntegrationFlow>::namespaced(client.clone(), ns)
-        .patch_status(
-            &name,
-            &PatchParams::apply("bench").force(),
-            &Patch::Apply(&status),
-        )
-        .await?;
-    Ok(())
+    }))
 }
 
 /// What the watches have seen of one object.
