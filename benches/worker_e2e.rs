@@ -24,7 +24,6 @@ use e2e_support::{TempDir, WorkerProcess, settled};
 use flowplane::queue::QueuePolicy;
 use flowplane::queue::headers::{Envelope, names};
 use flowplane::sim::forecast::EntityReport;
-use flowplane::worker::trace::new_traceparent;
 use flowplane::worker::{RunOptions, run, sample};
 use flowplane::worker_config::WorkerConfig;
 use futures::StreamExt;
@@ -136,8 +135,8 @@ async fn raw_jetstream(
     (elapsed, cpu)
 }
 
-/// Headers of the shape and sizes extraction gives records (`Nats-Msg-Id` = key@version, an
-/// unsampled `traceparent`, the `Flowplane-Record` envelope with both times), one per record.
+/// Headers of the shape and sizes extraction gives records (`Nats-Msg-Id` = key@version, the
+/// `Flowplane-Record` envelope with both times), one per record.
 fn pipeline_headers(count: usize) -> Vec<HeaderMap> {
     let now = flowplane::worker::clock::now_unix_ms();
     (0..count)
@@ -152,7 +151,6 @@ fn pipeline_headers(count: usize) -> Vec<HeaderMap> {
             };
             let mut map = HeaderMap::new();
             map.insert(names::MSG_ID, HeaderValue::from(format!("{key}@{version}")));
-            map.insert(names::TRACEPARENT, HeaderValue::from(new_traceparent()));
             map.insert(names::RECORD, HeaderValue::from(envelope.to_header()));
             map
         })
@@ -471,7 +469,7 @@ logger:
 /// ERP -> map + check -> JetStream. Bloblang does what the flow's mapping does: the same
 /// fields, the two code maps (an unknown plant fails the record), the contract's patterns,
 /// enum, range and date checks, the source version and the key-partitioned subject; the
-/// headers are the worker's (dedupe id, traceparent, key, version).
+/// headers are the worker's (dedupe id, key, version).
 const BENTHOS_EXTRACT: &str = r#"
 input:
   http_client:
@@ -516,7 +514,6 @@ output:
     subject: benthos.records.${! @partition }
     headers:
       Nats-Msg-Id: ${! @key }@${! @version }
-      traceparent: 00-${! uuid_v4().replace_all("-", "") }-${! uuid_v4().replace_all("-", "").slice(0, 16) }-01
       Flowplane-Record: v=${! @version } k=${! @key }
 "#;
 

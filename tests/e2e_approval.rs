@@ -299,7 +299,7 @@ async fn deltas_are_applied_reviewed_or_escalated_and_reviews_are_approved_or_re
     assert_eq!(letters[0].reason, "ReviewRejected");
     assert_eq!(letters[0].stage, "approval");
     assert_eq!(letters[0].record["sku"], "SKU-D");
-    assert_eq!(letters[0].traceparent.len(), 55);
+    assert_eq!(letters[0].trace_id.len(), 32, "{}", letters[0].trace_id);
 
     eventually(
         TIMEOUT,

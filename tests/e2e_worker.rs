@@ -108,13 +108,16 @@ async fn every_record_arrives_once_bad_ones_are_dead_lettered_and_redrive_recove
             "{}",
             letter.detail
         );
-        assert_eq!(
-            letter.traceparent.len(),
-            55,
-            "W3C traceparent: {}",
-            letter.traceparent
+        assert!(
+            letter.trace_id.len() == 32 && letter.trace_id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "trace id: {}",
+            letter.trace_id
         );
     }
+    // Derived from each record's identity: ten records, ten ids.
+    let traces: std::collections::HashSet<&str> =
+        unmapped.iter().map(|l| l.trace_id.as_str()).collect();
+    assert_eq!(traces.len(), 10, "{traces:?}");
     for letter in &invalid {
         assert_eq!(letter.record["RequestedQuantity"], "-3");
         assert!(

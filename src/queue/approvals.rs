@@ -166,7 +166,10 @@ pub struct ParkedReview {
     pub subject: String,
     /// Its `Nats-Msg-Id`.
     pub msg_id: String,
-    /// Its correlation id.
+    /// The W3C `traceparent` of a record stored with one (before the correlation id was
+    /// derived from its identity, `headers::trace_id`); empty for any other. Still written,
+    /// empty, because workers of the release before require the field.
+    #[serde(default)]
     pub traceparent: String,
     /// Set while a worker carries out the outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -174,6 +177,12 @@ pub struct ParkedReview {
 }
 
 impl ParkedReview {
+    /// The record's correlation id (`headers::trace_id`).
+    pub fn trace_id(&self) -> String {
+        let legacy = Some(self.traceparent.as_str()).filter(|tp| !tp.is_empty());
+        super::headers::trace_id(&self.msg_id, legacy)
+    }
+
     /// The delta with infinity restored.
     pub fn delta(&self) -> f64 {
         self.delta_percent.unwrap_or(f64::INFINITY)

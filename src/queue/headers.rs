@@ -2,10 +2,12 @@
 //! anyone reading the streams with the `nats` CLI.
 
 use async_nats::HeaderMap;
+use sha2::{Digest, Sha256};
 
 /// JetStream's deduplication id: the record's idempotency key (primary key + source version).
 pub const MSG_ID: &str = "Nats-Msg-Id";
-/// W3C trace context: the record's correlation id, from extraction to the target or the DLQ.
+/// W3C trace context, which records stored before the correlation id was derived from the
+/// record's identity ([`trace_id`]) carry: their trace id is theirs. Nothing writes it any more.
 pub const TRACEPARENT: &str = "traceparent";
 /// The record's [`Envelope`], one header: `v=<version> [r=<read at>] [c=<changed at>] k=<key>`.
 pub const RECORD: &str = "Flowplane-Record";
@@ -43,11 +45,55 @@ pub mod names {
     use async_nats::HeaderName;
 
     pub const MSG_ID: HeaderName = HeaderName::from_static(super::MSG_ID);
-    pub const TRACEPARENT: HeaderName = HeaderName::from_static(super::TRACEPARENT);
     pub const RECORD: HeaderName = HeaderName::from_static(super::RECORD);
 }
 
-/// What a flow's record carries besides its body and trace context, in one header ([`RECORD`]):
+/// The identity a stored record was published with: its `Nats-Msg-Id` without the suffixes a
+/// redrive (`/redrive/<dead-letter sequence>`) or a replay (`/replay/<request id>`) added, so a
+/// record and its copies replay as one and share one correlation id.
+pub fn record_identity(msg_id: &str) -> &str {
+    let mut identity = msg_id;
+    loop {
+        let stripped = [("/redrive/", true), ("/replay/", false)]
+            .into_iter()
+            .find_map(|(marker, digits)| {
+                let (base, suffix) = identity.rsplit_once(marker)?;
+                let copy_suffix = !suffix.is_empty()
+                    && !suffix.contains('/')
+                    && (!digits || suffix.bytes().all(|b| b.is_ascii_digit()));
+                copy_suffix.then_some(base)
+            });
+        match stripped {
+            Some(base) => identity = base,
+            None => return identity,
+        }
+    }
+}
+
+/// A record's correlation id, what log lines show as `trace_id` and `flowplane dlq list` as
+/// `traceId`: 32 hex digits of the SHA-256 of its [`record_identity`], so extraction, delivery,
+/// a dead letter and every copy of one record version share it without carrying it. Records
+/// stored with a W3C `traceparent` header (before this) keep that header's trace id.
+///
+/// Derived, not carried: a `traceparent` header was 55 of a record's ~230 header bytes and cost
+/// the transport 9% of its throughput (BENCHMARKS.md), for an id that only correlates, since the
+/// worker exports no spans. A fixed-size digest, unlike the identity itself, puts neither a
+/// publisher's message id nor a key's characters into log lines.
+pub fn trace_id(msg_id: &str, legacy_traceparent: Option<&str>) -> String {
+    if let Some(trace) = legacy_traceparent.and_then(|tp| tp.split('-').nth(1)) {
+        return trace.to_string();
+    }
+    let digest = Sha256::digest(record_identity(msg_id).as_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// [`trace_id`] of a message's headers.
+pub fn trace_id_of(headers: Option<&HeaderMap>) -> String {
+    let value = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.as_str());
+    trace_id(value(MSG_ID).unwrap_or(""), value(TRACEPARENT))
+}
+
+/// What a flow's record carries besides its body and identity, in one header ([`RECORD`]):
 /// each header costs the worker a parse and allocations per record and nats-server a larger
 /// message, and four separate ones were about a quarter of the worker's CPU.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -137,12 +183,12 @@ impl<'a> Envelope<'a> {
 }
 
 /// The headers a copy of a stored record starts from when it is published again (redrive,
-/// replay): its trace context and its key and version, without times; the caller adds the
-/// copy's own `Nats-Msg-Id`.
+/// replay): its key and version, without times, and a `traceparent` if it was stored with one;
+/// the caller adds the copy's own `Nats-Msg-Id`.
 pub fn for_copy_of(original: &HeaderMap) -> HeaderMap {
     let mut copy = HeaderMap::new();
-    if let Some(value) = original.get(names::TRACEPARENT) {
-        copy.insert(names::TRACEPARENT, value.as_str());
+    if let Some(value) = original.get(TRACEPARENT) {
+        copy.insert(TRACEPARENT, value.as_str());
     }
     let envelope = Envelope::of(Some(original)).untimed();
     copy.insert(names::RECORD, envelope.to_header().as_str());
@@ -175,6 +221,43 @@ mod tests {
         };
         assert_eq!(changed.to_header(), "v=7 r=2 c=1 k=A");
         assert_eq!(Envelope::parse("v=7 r=2 c=1 k=A"), Some(changed));
+    }
+
+    #[test]
+    fn a_copy_has_the_identity_and_the_trace_id_of_its_record() {
+        assert_eq!(record_identity("4711/10@5/redrive/17"), "4711/10@5");
+        assert_eq!(
+            record_identity("4711/10@5/replay/r1/redrive/3"),
+            "4711/10@5"
+        );
+        assert_eq!(record_identity("4711/10@5"), "4711/10@5");
+        // A key that merely contains the words is left alone.
+        for id in [
+            "a/redrive/b@5",
+            "a@5/redrive/",
+            "a/replay/b/c@5",
+            "a@5/replay/",
+        ] {
+            assert_eq!(record_identity(id), id);
+        }
+        let trace = trace_id("4711/10@5", None);
+        assert_eq!(trace.len(), 32);
+        assert!(trace.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(trace_id("4711/10@5/redrive/17", None), trace);
+        assert_ne!(trace_id("4711/10@6", None), trace);
+        let legacy = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+        assert_eq!(
+            trace_id("4711/10@5", Some(legacy)),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(MSG_ID, "4711/10@5/replay/r1");
+        assert_eq!(trace_id_of(Some(&headers)), trace);
+        headers.insert(TRACEPARENT, legacy);
+        assert_eq!(
+            trace_id_of(Some(&headers)),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
     }
 
     #[test]

@@ -28,8 +28,8 @@ pub struct DeadLetter {
     pub deliveries: u64,
     /// Primary key of the record.
     pub key: String,
-    /// Correlation id (W3C traceparent).
-    pub traceparent: String,
+    /// The record's correlation id, as log lines show it (`headers::trace_id`).
+    pub trace_id: String,
     /// The original record.
     pub record: serde_json::Value,
 }
@@ -96,7 +96,7 @@ pub async fn list_dead_letters(
                 .parse()
                 .unwrap_or(0),
             key: Envelope::of(Some(&message.headers)).key.to_string(),
-            traceparent: header(&message.headers, headers::TRACEPARENT),
+            trace_id: headers::trace_id_of(Some(&message.headers)),
             record: serde_json::from_slice(&message.payload).unwrap_or_else(|_| {
                 serde_json::Value::String(String::from_utf8_lossy(&message.payload).into_owned())
             }),

@@ -44,20 +44,6 @@ pub fn replay_key(id: &str) -> String {
     format!("replay.{id}")
 }
 
-/// The identity a stored record was published with, without the suffix a redrive added
-/// (`<identity>/redrive/<dead-letter sequence>`), so a record and its redriven copy replay as
-/// one.
-pub fn base_identity(msg_id: &str) -> &str {
-    match msg_id.rsplit_once("/redrive/") {
-        Some((identity, sequence))
-            if !sequence.is_empty() && sequence.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            identity
-        }
-        _ => msg_id,
-    }
-}
-
 /// The report of the replay `id` when one ran to its end, from the flow's bucket.
 pub async fn finished_replay(
     js: &jetstream::Context,
@@ -127,7 +113,7 @@ pub async fn replay(
             } else {
                 let identity = original
                     .get(headers::MSG_ID)
-                    .map(|v| base_identity(v.as_str()).to_string())
+                    .map(|v| headers::record_identity(v.as_str()).to_string())
                     .unwrap_or_else(|| format!("sequence-{sequence}"));
                 let mut copy = headers::for_copy_of(&original);
                 copy.insert(headers::MSG_ID, format!("{identity}/replay/{id}").as_str());
@@ -179,18 +165,4 @@ async fn settle(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_redriven_copy_has_the_identity_of_its_record() {
-        assert_eq!(base_identity("4711/10@5/redrive/17"), "4711/10@5");
-        assert_eq!(base_identity("4711/10@5"), "4711/10@5");
-        // A key that merely contains the word is left alone.
-        assert_eq!(base_identity("a/redrive/b@5"), "a/redrive/b@5");
-        assert_eq!(base_identity("a@5/redrive/"), "a@5/redrive/");
-    }
 }

@@ -309,7 +309,7 @@ impl Approvals {
                     tracing::info!(review = %id, key = %parked.key, ?outcome, "review carried out");
                 }
                 Err(e) => {
-                    tracing::warn!(review = %id, error = super::trace::log_safe_chain(&e), "review outcome not carried out yet; retrying");
+                    tracing::warn!(review = %id, error = super::redact::log_safe_chain(&e), "review outcome not carried out yet; retrying");
                 }
             }
         }
@@ -406,7 +406,9 @@ impl Resolver {
     ) -> anyhow::Result<()> {
         let mut entry = HeaderMap::new();
         entry.insert(headers::MSG_ID, parked.msg_id.as_str());
-        entry.insert(headers::TRACEPARENT, parked.traceparent.as_str());
+        if !parked.traceparent.is_empty() {
+            entry.insert(headers::TRACEPARENT, parked.traceparent.as_str());
+        }
         let envelope = Envelope {
             key: &parked.key,
             version: parked.version,
@@ -433,7 +435,7 @@ impl Resolver {
             .await
             .map_err(|e| anyhow::anyhow!("dead letter not stored: {e}"))?;
         tracing::warn!(
-            trace_id = super::trace::trace_id(&parked.traceparent),
+            trace_id = parked.trace_id(),
             key = %parked.key,
             reason = reason.as_str(),
             stage = "approval",

@@ -15,9 +15,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_nats::StatusCode;
 use async_nats::jetstream::consumer::pull::BatchConfig;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, kv};
-use async_nats::{HeaderName, StatusCode};
 use futures::StreamExt;
 use tokio::sync::watch;
 
@@ -29,13 +29,13 @@ use super::key_freshness::KeyFreshness;
 use super::metrics::{KeyLabel, Metrics, SinceLabel};
 use super::progress::{Outcome, ProgressDeltas};
 use super::quality::{self, Facts, Judgement};
+use super::redact::log_safe;
 use super::resilience::Backoff;
-use super::trace::{log_safe, trace_id};
 use super::transform::{Plan, Reason, Record};
 use crate::api::integration_flow::ApprovalAction;
 use crate::queue::QueueNames;
 use crate::queue::approvals::Route;
-use crate::queue::headers::{Envelope, names};
+use crate::queue::headers::{Envelope, trace_id_of};
 
 /// Everything a consume loop needs.
 pub struct Consumer {
@@ -86,15 +86,6 @@ struct Ready<'m> {
 /// The record's key, version and times (see [`Envelope::of`]).
 fn envelope(message: &jetstream::Message) -> Envelope<'_> {
     Envelope::of(message.headers.as_ref())
-}
-
-fn header(message: &jetstream::Message, name: HeaderName) -> &str {
-    message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(name))
-        .map(|v| v.as_str())
-        .unwrap_or("")
 }
 
 impl Consumer {
@@ -294,7 +285,6 @@ impl Consumer {
                 .await;
                 continue;
             }
-            let traceparent = header(message, names::TRACEPARENT);
             let record: Record = match serde_json::from_slice(&message.payload) {
                 Ok(record) => record,
                 Err(e) => {
@@ -310,7 +300,7 @@ impl Consumer {
                         self.metrics.quality_alerts.inc_by(u64::from(alerts.0));
                     }
                     tracing::debug!(
-                        trace_id = trace_id(traceparent),
+                        trace_id = trace_id_of(message.headers.as_ref()),
                         stage = "validate",
                         "record mapped"
                     );
@@ -448,7 +438,7 @@ impl Consumer {
             let data = &buffer[r.range.clone()];
             let message = &messages[r.message];
             let (action, delta) = approvals.evaluate(data);
-            let trace = trace_id(header(message, names::TRACEPARENT));
+            let trace = trace_id_of(message.headers.as_ref());
             tracing::debug!(
                 trace_id = trace,
                 stage = "approval",
@@ -512,11 +502,11 @@ impl Consumer {
         stage: &str,
         detail: &str,
     ) {
-        let traceparent = header(message, names::TRACEPARENT);
+        let trace_id = trace_id_of(message.headers.as_ref());
         // Keys and reasons only: the detail can quote record values, and is kept with the
         // record in the dead-letter stream (`flowplane dlq list`), not in the log.
         tracing::warn!(
-            trace_id = trace_id(traceparent),
+            trace_id,
             key = envelope(message).key,
             reason = reason.as_str(),
             stage,
@@ -528,7 +518,7 @@ impl Consumer {
                 self.settle(message, Outcome::DeadLettered);
             }
             Err(e) => {
-                tracing::warn!(trace_id = trace_id(traceparent), error = %e, "dead-lettering failed; redelivering");
+                tracing::warn!(trace_id, error = %e, "dead-lettering failed; redelivering");
                 let _ = message
                     .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
                     .await;
@@ -633,7 +623,7 @@ impl Consumer {
                         }
                         Some(Err((error, after))) => {
                             tracing::debug!(
-                                trace_id = trace_id(header(message, names::TRACEPARENT)),
+                                trace_id = trace_id_of(message.headers.as_ref()),
                                 stage = "deliver",
                                 "target asked to send the record again later"
                             );
@@ -641,7 +631,7 @@ impl Consumer {
                         }
                         None => {
                             tracing::debug!(
-                                trace_id = trace_id(header(message, names::TRACEPARENT)),
+                                trace_id = trace_id_of(message.headers.as_ref()),
                                 stage = "deliver",
                                 "record delivered"
                             );

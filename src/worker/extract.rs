@@ -28,7 +28,6 @@ use super::lease::Lease;
 use super::metrics::Metrics;
 use super::progress::ProgressDeltas;
 use super::quota::SharedQuota;
-use super::trace::{new_traceparent, trace_id};
 use super::transform::Plan;
 use super::transform::Reason;
 use super::version::read_cursor_value;
@@ -159,12 +158,10 @@ impl Extractor {
         });
         let (id, version) = identity(key.as_deref(), cursor_version, origin, content);
         let key = key.unwrap_or_default();
-        let traceparent = new_traceparent();
-        tracing::debug!(trace_id = trace_id(&traceparent), key = %key, version, stage = "extract", "record read");
+        tracing::debug!(trace_id = headers::trace_id(&id, None), key = %key, version, stage = "extract", "record read");
         let subject = subjects[partition_of(&key) as usize].clone();
         let mut map = HeaderMap::new();
         map.insert(names::MSG_ID, HeaderValue::from(id));
-        map.insert(names::TRACEPARENT, HeaderValue::from(traceparent));
         let envelope = Envelope {
             key: &key,
             version,
@@ -463,7 +460,7 @@ impl Extractor {
                 tracing::info!(id = %record.id, read = report.read, published = report.published, duplicates = report.duplicates, "backfill done");
             }
             Err(e) => {
-                let why = super::trace::log_safe_chain(&e);
+                let why = super::redact::log_safe_chain(&e);
                 tracing::warn!(id = %record.id, error = %why, "backfill failed");
                 record.state = BackfillState::Failed;
                 record.message = Some(why);
@@ -763,7 +760,7 @@ impl Extractor {
                     Err(e) => {
                         failures += 1;
                         tracing::warn!(
-                            error = super::trace::log_safe_chain(&e),
+                            error = super::redact::log_safe_chain(&e),
                             "extraction pass failed; retrying from the stored cursor"
                         );
                         backoff.delay(failures.min(10))

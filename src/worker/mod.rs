@@ -18,9 +18,9 @@ pub mod metrics;
 pub mod progress;
 pub mod quality;
 pub mod quota;
+pub mod redact;
 pub mod resilience;
 pub mod sample;
-pub mod trace;
 pub mod transform;
 pub mod version;
 

@@ -166,7 +166,7 @@ impl Target {
             Ok(text) => text,
             Err(e) => {
                 tracing::warn!(
-                    error = super::super::trace::log_safe(&e.to_string()),
+                    error = super::super::redact::log_safe(&e.to_string()),
                     "bulk-upsert answer not read; no refusals taken from it"
                 );
                 Bytes::new()

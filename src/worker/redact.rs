@@ -1,24 +1,5 @@
-//! Correlation ids: a W3C `traceparent` per record, minted at extraction and carried in the
-//! message headers to the target or the dead-letter stream.
-
-use rand::Rng;
-
-/// A fresh `traceparent`: `00-<trace id>-<parent id>-00`. Not flagged sampled, because the
-/// worker records no trace (it exports no spans; the id only correlates log lines and dead
-/// letters). nats-server reads a sampled `traceparent` as a request for its message tracing:
-/// it builds a map of the headers of every such message it receives and looks for the
-/// account's trace destination (work the worker benchmark measured, BENCHMARKS.md).
-pub fn new_traceparent() -> String {
-    let mut rng = rand::thread_rng();
-    let trace: u128 = rng.gen_range(1..=u128::MAX);
-    let span: u64 = rng.gen_range(1..=u64::MAX);
-    format!("00-{trace:032x}-{span:016x}-00")
-}
-
-/// The trace id part of a `traceparent` (what logs show), or the whole value when malformed.
-pub fn trace_id(traceparent: &str) -> &str {
-    traceparent.split('-').nth(1).unwrap_or(traceparent)
-}
+//! What of a record's errors may be logged. A record's correlation id is derived from its
+//! identity where it is needed (`queue::headers::trace_id`), not minted and carried.
 
 /// What of an error may be logged: its words up to the first colon, brace or line break, and
 /// of an HTTP status only the status (`HTTP 500`), at most 120 characters. Bodies a system
@@ -50,19 +31,6 @@ pub fn log_safe_chain(error: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn traceparents_are_w3c_shaped() {
-        let tp = new_traceparent();
-        let parts: Vec<&str> = tp.split('-').collect();
-        assert_eq!(parts.len(), 4);
-        assert_eq!(
-            (parts[0], parts[1].len(), parts[2].len(), parts[3]),
-            ("00", 32, 16, "00")
-        );
-        assert_eq!(trace_id(&tp), parts[1]);
-        assert_ne!(tp, new_traceparent());
-    }
 
     #[test]
     fn a_logged_error_keeps_its_status_and_drops_the_body() {
