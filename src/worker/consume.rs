@@ -643,9 +643,10 @@ impl Consumer {
                     }
                 }
                 self.metrics.delivered.inc_by(delivered);
-                self.metrics
-                    .last_success
-                    .set(super::clock::now_unix_ms() / 1000);
+                if delivered > 0 {
+                    self.progress.delivered_at(now_ms / 1000);
+                }
+                self.metrics.last_success.set(now_ms / 1000);
             }
             Err(CallError::Permanent { status, .. }) if ready.len() > 1 => {
                 // One bad record must not sink its batch: find it by sending one at a time.

@@ -139,7 +139,7 @@ impl Extractor {
         record: &Value,
         origin: Origin<'_>,
         content: &[u8],
-        subjects: &[Subject],
+        page: &PageHeaders,
     ) -> (Subject, HeaderMap) {
         let key = self.plan.source_key(record);
         let cursor = self
@@ -159,13 +159,13 @@ impl Extractor {
         let (id, version) = identity(key.as_deref(), cursor_version, origin, content);
         let key = key.unwrap_or_default();
         tracing::debug!(trace_id = headers::trace_id(&id, None), key = %key, version, stage = "extract", "record read");
-        let subject = subjects[partition_of(&key) as usize].clone();
+        let subject = page.subjects[partition_of(&key) as usize].clone();
         let mut map = HeaderMap::new();
         map.insert(names::MSG_ID, HeaderValue::from(id));
         let envelope = Envelope {
             key: &key,
             version,
-            read_at: Some(now_unix_ms()),
+            read_at: Some(page.read_at),
             changed_at,
         };
         map.insert(names::RECORD, HeaderValue::from(envelope.to_header()));
@@ -184,9 +184,12 @@ impl Extractor {
         let mut acks = Vec::with_capacity(records.len());
         let mut dead = Vec::new();
         let max_record = self.max_record_bytes();
-        let subjects: Vec<Subject> = (0..PARTITIONS)
-            .map(|p| Subject::from(partition_subject(&self.names, p)))
-            .collect();
+        let page = PageHeaders {
+            subjects: (0..PARTITIONS)
+                .map(|p| Subject::from(partition_subject(&self.names, p)))
+                .collect(),
+            read_at: now_unix_ms(),
+        };
         let pass = Origin::Pass {
             version: pass_version,
         };
@@ -195,7 +198,7 @@ impl Extractor {
             Records::Values(values) => {
                 for record in &values {
                     let body = Bytes::from(serde_json::to_vec(record)?);
-                    let (subject, headers) = self.envelope(record, pass, &body, &subjects);
+                    let (subject, headers) = self.envelope(record, pass, &body, &page);
                     self.publish_or_refuse(
                         subject, headers, body, max_record, &mut acks, &mut dead,
                     )
@@ -211,7 +214,7 @@ impl Extractor {
                         let fields = raw::fields_of(text, &wanted)
                             .map(Value::Object)
                             .unwrap_or(Value::Null);
-                        let (_, headers) = self.envelope(&fields, pass, text, &subjects);
+                        let (_, headers) = self.envelope(&fields, pass, text, &page);
                         dead.push(
                             self.refuse(
                                 headers,
@@ -229,13 +232,13 @@ impl Extractor {
                         None => serde_json::from_slice(text)?,
                     };
                     let (subject, headers) = match self.plan.source_key(&fields) {
-                        Some(_) => self.envelope(&fields, pass, text, &subjects),
+                        Some(_) => self.envelope(&fields, pass, text, &page),
                         // Keyless records are deduplicated by their canonical content, so the
                         // id must not depend on how the source spaced or ordered the text.
                         None => {
                             let record: Value = serde_json::from_slice(text)?;
                             let canonical = serde_json::to_vec(&record)?;
-                            self.envelope(&record, pass, &canonical, &subjects)
+                            self.envelope(&record, pass, &canonical, &page)
                         }
                     };
                     acks.push(
@@ -275,7 +278,7 @@ impl Extractor {
                             ),
                         },
                     };
-                    let (subject, headers) = self.envelope(&fields, origin, &body, &subjects);
+                    let (subject, headers) = self.envelope(&fields, origin, &body, &page);
                     // The source's server may take larger messages than the flow's.
                     self.publish_or_refuse(
                         subject, headers, body, max_record, &mut acks, &mut dead,
@@ -293,7 +296,7 @@ impl Extractor {
                 let fields = raw::fields_of(&record.text, &wanted)
                     .map(Value::Object)
                     .unwrap_or(Value::Null);
-                let (_, headers) = self.envelope(&fields, pass, &record.text, &subjects);
+                let (_, headers) = self.envelope(&fields, pass, &record.text, &page);
                 dead.push(
                     self.refuse(
                         headers,
@@ -835,6 +838,13 @@ enum Origin<'a> {
         /// When the capture stream stored it, Unix nanoseconds.
         stored_unix_ns: u64,
     },
+}
+
+/// What the headers of every record of one page share: the partition subjects, and when the
+/// page was read (one clock read a page, not one a record).
+struct PageHeaders {
+    subjects: Vec<Subject>,
+    read_at: i64,
 }
 
 /// A record's identity: its `Nats-Msg-Id`, on which the flow's stream drops a copy of a record

@@ -223,16 +223,19 @@ impl ProgressDeltas {
 
     /// The outcome of the record at `sequence` of the flow's stream; counted once per
     /// sequence, however often the record was delivered.
+    /// A delivered record's caller says when with [`Progress::delivered_at`], once per batch.
     pub fn settle(&self, sequence: u64, outcome: Outcome) {
         lock(&self.outcomes).push((sequence, outcome));
-        if outcome == Outcome::Delivered {
-            self.delivered_now();
-        }
+    }
+
+    /// Records were delivered at `unix_seconds`: the flow's last success.
+    pub fn delivered_at(&self, unix_seconds: i64) {
+        self.last_success_unix
+            .fetch_max(unix_seconds, Ordering::Relaxed);
     }
 
     fn delivered_now(&self) {
-        self.last_success_unix
-            .store(super::clock::now_unix_ms() / 1000, Ordering::Relaxed);
+        self.delivered_at(super::clock::now_unix_ms() / 1000);
     }
 
     /// Which of `sequences` (records JetStream delivered again) have an outcome already, here
