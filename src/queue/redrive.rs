@@ -138,7 +138,13 @@ pub async fn redrive(
         let original_id = header(&message.headers, headers::MSG_ID);
         republished.insert(
             headers::MSG_ID,
-            format!("{original_id}/redrive/{}", message.sequence).as_str(),
+            // From the record's identity, so a copy redriven again has one suffix, not two.
+            format!(
+                "{}/redrive/{}",
+                headers::record_identity(&original_id),
+                message.sequence
+            )
+            .as_str(),
         );
         let subject = match header(&message.headers, headers::ORIGINAL_SUBJECT) {
             s if s.starts_with(&names.subject) => s,
