@@ -195,6 +195,33 @@ async fn every_record_arrives_once_bad_ones_are_dead_lettered_and_redrive_recove
         "only the invalid quantities stay dead-lettered"
     );
     assert!(letters.iter().all(|l| l.reason != "UnmappedCode"));
+
+    // Redriven and refused again, twice: each record keeps its correlation id.
+    let traces: std::collections::BTreeSet<String> =
+        letters.iter().map(|l| l.trace_id.clone()).collect();
+    assert_eq!(traces.len(), 10, "{traces:?}");
+    let mut last_sequence = letters.iter().map(|l| l.sequence).max().unwrap();
+    for round in 1..=2 {
+        let moved = redrive(&js, &names, None).await.unwrap();
+        assert_eq!((moved.redriven, moved.skipped), (10, 0), "redrive {round}");
+        let again = eventually(
+            TIMEOUT,
+            "the invalid quantities dead-lettered again",
+            || {
+                let (js, names) = (js.clone(), names.clone());
+                async move {
+                    let letters = list_dead_letters(&js, &names, None).await.ok()?;
+                    (letters.len() == 10 && letters.iter().all(|l| l.sequence > last_sequence))
+                        .then_some(letters)
+                }
+            },
+        )
+        .await;
+        let again_traces: std::collections::BTreeSet<String> =
+            again.iter().map(|l| l.trace_id.clone()).collect();
+        assert_eq!(again_traces, traces, "redrive {round}");
+        last_sequence = again.iter().map(|l| l.sequence).max().unwrap();
+    }
     worker.stop().await.unwrap();
 }
 
