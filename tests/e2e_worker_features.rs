@@ -173,9 +173,14 @@ async fn a_record_whose_deliveries_all_end_without_an_outcome_is_dead_lettered()
     let policy = QueuePolicy::from_rendered(&config.delivery).unwrap();
     ensure_queue(&js, &names, &policy).await.unwrap();
     // A record in the flow's stream as workers before the `Flowplane-Record` header stored it
-    // (one header per field): still read, so the dead letter below has its key.
+    // (one header per field, and a W3C `traceparent`): still read, so the dead letter below
+    // has its key and the trace id its log lines had.
     let mut record_headers = async_nats::HeaderMap::new();
     record_headers.insert(headers::MSG_ID, "1000001/10@1");
+    record_headers.insert(
+        headers::TRACEPARENT,
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    );
     record_headers.insert(headers::KEY, "1000001/10");
     record_headers.insert(headers::SOURCE_VERSION, "1");
     let record = serde_json::to_vec(&sample::order_line("1010", "5")).unwrap();
@@ -235,6 +240,7 @@ async fn a_record_whose_deliveries_all_end_without_an_outcome_is_dead_lettered()
         ),
         ("MaxDeliveries", 3, "1000001/10")
     );
+    assert_eq!(letter.trace_id, "0af7651916cd43dd8448eb211c80319c");
     assert!(
         letter
             .detail
