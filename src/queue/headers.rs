@@ -65,13 +65,13 @@ pub fn record_identity(msg_id: &str) -> &str {
 /// A record's correlation id, what log lines show as `trace_id` and `flowplane dlq list` as
 /// `traceId`: 32 hex digits of the SHA-256 of its [`record_identity`], so extraction, delivery,
 /// a dead letter and every redriven or replayed copy of one record version share it without
-/// carrying it. Records
-/// stored with a W3C `traceparent` header (before this) keep that header's trace id.
+/// carrying it. Records stored with a W3C `traceparent` header (before this) keep that
+/// header's trace id.
 ///
 /// Derived, not carried: a `traceparent` header was 55 of a record's ~230 header bytes and cost
 /// the transport 9% of its throughput (BENCHMARKS.md), for an id that only correlates, since the
-/// worker exports no spans. A fixed-size digest, unlike the identity itself, puts neither a
-/// publisher's message id nor a key's characters into log lines.
+/// worker exports no spans. A digest rather than the identity itself, because an event's
+/// identity is its publisher's message id, of any length and any characters.
 pub fn trace_id(msg_id: &str, legacy_traceparent: Option<&str>) -> String {
     if let Some(trace) = legacy_traceparent.and_then(|tp| tp.split('-').nth(1)) {
         return trace.to_string();
