@@ -94,10 +94,7 @@ pub fn canonical_json(schema: &RecordSchema) -> String {
 
 /// SHA-256 of [`canonical_json`], as 64 lowercase hex digits.
 pub fn schema_hash(schema: &RecordSchema) -> String {
-    Sha256::digest(canonical_json(schema).as_bytes())
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(canonical_json(schema).as_bytes()))
 }
 
 #[cfg(test)]

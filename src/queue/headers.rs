@@ -83,7 +83,7 @@ pub fn trace_id(msg_id: &str, legacy_traceparent: Option<&str>) -> String {
         .rsplit_once("/replay/")
         .map_or(msg_id, |(record, _)| record);
     let digest = Sha256::digest(record_identity(identity).as_bytes());
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&digest[..16])
 }
 
 /// [`trace_id`] of a message's headers.

@@ -63,7 +63,7 @@ impl FilesTarget {
     pub async fn deliver(&self, records: &[Outgoing<'_>]) -> Result<BatchOutcome, CallError> {
         let csv = batch_csv(records)
             .map_err(|e| CallError::Transient(format!("writing the batch file: {e}")))?;
-        let sha256 = hex(&Sha256::digest(&csv));
+        let sha256 = hex::encode(Sha256::digest(&csv));
         let now = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%S%.3fZ");
         let batch = format!("{}-{now}-{}.csv", self.prefix, &sha256[..12]);
         self.dir.write_atomic(&batch, &csv).await?;
@@ -159,12 +159,6 @@ fn outcome(records: &[Outgoing<'_>], rejects: &[u8]) -> BatchOutcome {
             .collect(),
         retry: Vec::new(),
     }
-}
-
-/// Lower-case hex, as the idempotency key (`target.rs`) and schema hashes spell digests; two
-/// lines are not worth a crate.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -300,7 +300,7 @@ pub fn idempotency_key(records: &[Outgoing<'_>]) -> String {
         hash.update(record.version.to_string().as_bytes());
         hash.update(b"\n");
     }
-    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(hash.finalize())
 }
 
 #[cfg(test)]
