@@ -40,7 +40,10 @@ ENV CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc \
     CC_aarch64_unknown_linux_musl=aarch64-linux-gnu-gcc
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin flowplane --target "$(cat /rust-target)" \
+    # jemalloc's page size is fixed when it is built, and a cross build cannot ask the target:
+    # on arm64, 64 KiB (2^16) runs on 4, 16 and 64 KiB kernels alike.
+    if [ "$TARGETARCH" = arm64 ]; then export JEMALLOC_SYS_WITH_LG_PAGE=16; fi \
+ && cargo build --release --locked --bin flowplane --target "$(cat /rust-target)" \
  && mkdir /out \
  && cp "target/$(cat /rust-target)/release/flowplane" /out/flowplane \
  && cp /etc/ssl/certs/ca-certificates.crt /out/ca-certificates.crt

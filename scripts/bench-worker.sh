@@ -4,7 +4,9 @@
 # micro-benchmark. Not a test.
 #   RECORDS=50000 RUNS=3 scripts/bench-worker.sh
 # RUNS repeats the end-to-end benchmark (this machine is shared and noisy: report every run);
-# BENTHOS_BENCH=0 skips Benthos; EXTRACT_ONLY=1 also times extraction alone.
+# BENTHOS_BENCH=0 skips Benthos; EXTRACT_ONLY=1 also times extraction alone. MUSL=1 builds the
+# benchmark as the image's binary is built (static musl, scripts/build-image.sh), so that the
+# worker runs with the image's libc and allocator.
 # Horizontal scaling instead: WORKERS=1,2,4 RUNS=5 RECORDS=30000 scripts/bench-worker.sh runs
 # one flow with 1, 2 and 4 worker processes on a 3-node nats-server cluster (streams with 3
 # replicas), after raw JetStream on the same cluster, RUNS rounds on one cluster.
@@ -14,14 +16,21 @@ with_benthos=1
 [ "${BENTHOS_BENCH:-1}" = 0 ] && with_benthos=0
 WITH_BENTHOS="$with_benthos" bash scripts/install-tools.sh >/dev/null
 runs="${RUNS:-1}"
-cargo bench --bench worker_e2e --no-run
+target=()
+if [ "${MUSL:-0}" = 1 ]; then
+  target=(--target x86_64-unknown-linux-musl)
+  rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl \
+    || rustup target add x86_64-unknown-linux-musl >&2
+  export CC_x86_64_unknown_linux_musl="${CC_x86_64_unknown_linux_musl:-gcc}"
+fi
+cargo bench "${target[@]}" --bench worker_e2e --no-run
 if [ -n "${WORKERS:-}" ]; then
   echo "--- $runs rounds of raw JetStream and $WORKERS workers on a 3-node cluster ($(date -u +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg))"
-  RUNS="$runs" cargo bench --bench worker_e2e
+  RUNS="$runs" cargo bench "${target[@]}" --bench worker_e2e
   exit 0
 fi
 for run in $(seq "$runs"); do
   echo "--- worker end to end, run $run of $runs ($(date -u +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg))"
-  cargo bench --bench worker_e2e
+  cargo bench "${target[@]}" --bench worker_e2e
 done
 cargo bench --bench map_validate -- --noplot 2>/dev/null | grep -E "map_validate|thrpt"
