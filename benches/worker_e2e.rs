@@ -649,7 +649,15 @@ async fn workers_end_to_end(
     )
     .await;
     let elapsed = started.elapsed();
-    let cpu = cpu.report();
+    let peaks: Vec<String> = processes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let kib = p.peak_rss_kib().unwrap_or(0);
+            format!("{} {:.1}", WORKERS[i], kib as f64 / 1024.0)
+        })
+        .collect();
+    let cpu = format!("{}; peak RSS MiB: {}", cpu.report(), peaks.join(", "));
     // Exact counts: every record read once, delivered once (none is bad), applied once.
     let progress = settled(
         &js,
