@@ -32,6 +32,11 @@ ca_bundle=/etc/ssl/certs/ca-certificates.crt
 [ -s "$ca_bundle" ] || { log "$ca_bundle is missing: install Debian's ca-certificates"; exit 1; }
 rm -rf "$REPO/.image" && mkdir -p "$REPO/.image"
 strip -o "$REPO/.image/flowplane" "$TARGET_DIR/$RUST_TARGET/release/flowplane"
+# The image's binary must allocate with jemalloc, not musl's allocator (src/lib.rs says why):
+# jemalloc prints its statistics at exit when asked.
+allocator_stats="$(_RJEM_MALLOC_CONF=stats_print:true "$REPO/.image/flowplane" --version 2>&1)"
+[[ "$allocator_stats" == *"Begin jemalloc statistics"* ]] \
+  || { log "the static binary does not allocate with jemalloc"; exit 1; }
 cp "$ca_bundle" "$REPO/.image/ca-certificates.crt"
 
 # buildah's storage lives only for this build: the archive is the product.
