@@ -17,6 +17,7 @@ pub mod headers;
 pub mod identity;
 pub mod jetstream;
 pub mod operations;
+pub mod publish;
 pub mod quota;
 pub mod redrive;
 pub mod replay;

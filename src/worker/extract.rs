@@ -36,14 +36,19 @@ use crate::api::integration_flow::SyncMode;
 use crate::queue::headers::{self, Envelope, names};
 use crate::queue::jetstream::{PARTITIONS, partition_of, partition_subject};
 use crate::queue::operations::{BackfillRecord, BackfillState, pending_backfill, write_backfill};
+use crate::queue::publish::{PageAcks, PagePublish};
 use crate::queue::{CURSOR_KEY, QueueNames};
 use crate::worker_config::WorkerConfig;
 
 /// Pages fetched ahead of the one being published.
 const PREFETCH_PAGES: usize = 2;
-/// Published pages whose acks may be outstanding at once (bounded by the client's
-/// `max_ack_inflight` too).
+/// Published pages whose acks may be outstanding at once: what bounds the records waiting
+/// for JetStream's acks.
 const IN_FLIGHT_PAGES: usize = 4;
+
+/// How long a published page may wait for JetStream's next ack before it fails and is
+/// published again (async-nats' default wait for one publish ack).
+const ACK_IDLE: Duration = Duration::from_secs(5);
 
 /// Room left for a record's headers below the NATS server's max payload.
 pub(super) const HEADER_ROOM: usize = 8 * 1024;
@@ -181,7 +186,7 @@ impl Extractor {
         refused: Vec<raw::Refused>,
         pass_version: u64,
     ) -> anyhow::Result<impl Future<Output = anyhow::Result<Settled>> + Send + 'static> {
-        let mut acks = Vec::with_capacity(records.len());
+        let mut page_publish = PagePublish::new(self.js.client());
         let mut dead = Vec::new();
         let max_record = self.max_record_bytes();
         let page = PageHeaders {
@@ -200,7 +205,12 @@ impl Extractor {
                     let body = Bytes::from(serde_json::to_vec(record)?);
                     let (subject, headers) = self.envelope(record, pass, &body, &page);
                     self.publish_or_refuse(
-                        subject, headers, body, max_record, &mut acks, &mut dead,
+                        subject,
+                        headers,
+                        body,
+                        max_record,
+                        &mut page_publish,
+                        &mut dead,
                     )
                     .await?;
                 }
@@ -241,11 +251,7 @@ impl Extractor {
                             self.envelope(&record, pass, &canonical, &page)
                         }
                     };
-                    acks.push(
-                        self.js
-                            .publish_with_headers(subject, headers, text.clone())
-                            .await?,
-                    );
+                    page_publish.publish(subject, headers, text.clone()).await?;
                 }
             }
             Records::Events(fetched) => {
@@ -281,7 +287,12 @@ impl Extractor {
                     let (subject, headers) = self.envelope(&fields, origin, &body, &page);
                     // The source's server may take larger messages than the flow's.
                     self.publish_or_refuse(
-                        subject, headers, body, max_record, &mut acks, &mut dead,
+                        subject,
+                        headers,
+                        body,
+                        max_record,
+                        &mut page_publish,
+                        &mut dead,
                     )
                     .await?;
                 }
@@ -309,14 +320,12 @@ impl Extractor {
             }
         }
         Ok(async move {
-            let mut settled = Settled::default();
-            for ack in acks {
-                if ack.await?.duplicate {
-                    settled.duplicates += 1;
-                } else {
-                    settled.stored += 1;
-                }
-            }
+            let PageAcks { stored, duplicates } = page_publish.acks(ACK_IDLE).await?;
+            let mut settled = Settled {
+                stored,
+                duplicates,
+                dead: Vec::new(),
+            };
             for (ack, reason) in dead {
                 // Dead letters are deduplicated by the record's identity as well: a record
                 // read again (an inclusive incremental restart) is not dead-lettered twice.
@@ -362,7 +371,7 @@ impl Extractor {
         headers: HeaderMap,
         body: Bytes,
         max_record: usize,
-        acks: &mut Vec<async_nats::jetstream::context::PublishAckFuture>,
+        page_publish: &mut PagePublish,
         dead: &mut Vec<(async_nats::jetstream::context::PublishAckFuture, Reason)>,
     ) -> anyhow::Result<()> {
         if body.len() > max_record {
@@ -372,7 +381,7 @@ impl Extractor {
                     .await?,
             );
         } else {
-            acks.push(self.js.publish_with_headers(subject, headers, body).await?);
+            page_publish.publish(subject, headers, body).await?;
         }
         Ok(())
     }
