@@ -236,7 +236,8 @@ pub fn raw_fields(data: &[u8]) {
     let (kept, refused) = checked.partition(records);
     assert_eq!(kept.len() + refused.len(), count);
     assert_publishable(&kept);
-    let _ = raw::max_cursor(&kept, "LastChangeDateTime");
+    let cursor = ["LastChangeDateTime".to_string()];
+    let _ = raw::max_cursor(&raw::with_fields(kept, &cursor), "LastChangeDateTime");
 }
 
 /// The timestamp and number readers: the cursor's version, RFC 3339 by jiff, the contract's

@@ -134,7 +134,7 @@ async fn read_pass(config: SourceConfig, cursor: Option<&str>) -> (Vec<usize>, V
         };
         pages.push(records.len());
         for record in records {
-            let record: Value = serde_json::from_slice(&record).unwrap();
+            let record: Value = serde_json::from_slice(&record.text).unwrap();
             seqs.push(record["seq"].as_u64().unwrap());
         }
         assert!(pages.len() < 100, "the pass does not end");

@@ -215,20 +215,17 @@ impl Extractor {
                     .await?;
                 }
             }
-            Records::Json(texts) => {
+            Records::Json(records) => {
                 // The record is published as the source sent it; only the envelope's fields
-                // are parsed out of it.
-                let wanted = self.envelope_fields();
-                for text in &texts {
+                // were parsed out of it, by the source.
+                for raw::JsonRecord { text, fields } in records {
                     if text.len() > max_record {
-                        let fields = raw::fields_of(text, &wanted)
-                            .map(Value::Object)
-                            .unwrap_or(Value::Null);
-                        let (_, headers) = self.envelope(&fields, pass, text, &page);
+                        let fields = fields.map(Value::Object).unwrap_or(Value::Null);
+                        let (_, headers) = self.envelope(&fields, pass, &text, &page);
                         dead.push(
                             self.refuse(
                                 headers,
-                                text,
+                                &text,
                                 Reason::RecordTooLarge,
                                 too_large(text.len(), max_record),
                             )
@@ -236,22 +233,22 @@ impl Extractor {
                         );
                         continue;
                     }
-                    let fields = match raw::fields_of(text, &wanted) {
+                    let fields = match fields {
                         Some(fields) => Value::Object(fields),
                         // Not an object: no key fields to read, but keep the whole value.
-                        None => serde_json::from_slice(text)?,
+                        None => serde_json::from_slice(&text)?,
                     };
                     let (subject, headers) = match self.plan.source_key(&fields) {
-                        Some(_) => self.envelope(&fields, pass, text, &page),
+                        Some(_) => self.envelope(&fields, pass, &text, &page),
                         // Keyless records are deduplicated by their canonical content, so the
                         // id must not depend on how the source spaced or ordered the text.
                         None => {
-                            let record: Value = serde_json::from_slice(text)?;
+                            let record: Value = serde_json::from_slice(&text)?;
                             let canonical = serde_json::to_vec(&record)?;
                             self.envelope(&record, pass, &canonical, &page)
                         }
                     };
-                    page_publish.publish(subject, headers, text.clone()).await?;
+                    page_publish.publish(subject, headers, text).await?;
                 }
             }
             Records::Events(fetched) => {
@@ -829,6 +826,7 @@ impl Extractor {
             quota,
         )
         .await
+        .map(|source| source.with_envelope_fields(self.envelope_fields()))
     }
 }
 

@@ -15,7 +15,6 @@ pub mod target;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde_json::Value;
 
 use super::http::{CallError, HttpClient};
@@ -42,8 +41,8 @@ pub enum Records {
     /// Parsed records (files).
     Values(Vec<Value>),
     /// Each record's JSON text, as the system sent it (HTTP sources: slices of the response
-    /// body, published as they are, see `raw`).
-    Json(Vec<Bytes>),
+    /// body, published as they are, see `raw`), with the fields extraction reads of it.
+    Json(Vec<raw::JsonRecord>),
     /// Events fetched from the capture stream, each acked once the flow's stream stored it.
     Events(Vec<async_nats::jetstream::Message>),
 }
@@ -130,6 +129,22 @@ impl Source {
             )),
             Protocol::Files => Source::Files(files::FileSource::new(config)?),
         })
+    }
+
+    /// The top-level fields an HTTP source parses out of each record for extraction
+    /// (`raw::JsonRecord`), besides its cursor field; other sources hand over whole records.
+    pub fn with_envelope_fields(mut self, fields: Vec<String>) -> Source {
+        let wanted = match &mut self {
+            Source::OData(s) => &mut s.envelope_fields,
+            Source::Rest(s) => &mut s.envelope_fields,
+            Source::Nats(_) | Source::Files(_) => return self,
+        };
+        for field in fields {
+            if !wanted.contains(&field) {
+                wanted.push(field);
+            }
+        }
+        self
     }
 
     /// Starts a pass after `cursor` (None: from the beginning).

@@ -42,6 +42,9 @@ pub struct ODataSource {
     http: HttpClient,
     /// The flow's limits on pages and records.
     pub limits: Limits,
+    /// The top-level fields parsed out of each record (`raw::JsonRecord`); at least the
+    /// cursor field, which is all a source reads of them.
+    pub envelope_fields: Vec<String>,
     next: Option<String>,
     /// The cursor reached so far in this pass.
     reached: Option<String>,
@@ -54,10 +57,12 @@ pub struct ODataSource {
 impl ODataSource {
     /// A source reading `config.entity` below the endpoint URL.
     pub fn new(config: SourceConfig, http: HttpClient) -> ODataSource {
+        let envelope_fields = config.cursor_field.iter().cloned().collect();
         ODataSource {
             config,
             http,
             limits: Limits::default(),
+            envelope_fields,
             next: None,
             reached: None,
             refused: None,
@@ -157,7 +162,7 @@ impl ODataSource {
             })
             .await?;
         let page = split_page(self.http.read_body(response).await?, &self.limits)?;
-        let records = page.records;
+        let records = raw::with_fields(page.records, &self.envelope_fields);
         let base = base_url(&url, page.context.as_deref());
         self.next = page
             .next_link

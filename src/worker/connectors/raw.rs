@@ -28,19 +28,38 @@ pub fn fields_of(json: &[u8], wanted: &[String]) -> Option<Map<String, Value>> {
     Some(fields)
 }
 
-/// The largest value of `field` among `records`, compared as source versions, as text: the
-/// cursor a page reached.
-pub fn max_cursor(records: &[Bytes], field: &str) -> Option<String> {
-    let wanted = [field.to_string()];
+/// One record as the source sent it, with the top-level fields extraction reads of it (its
+/// primary key's source fields and the cursor field), parsed once where the page is read: the
+/// page's cursor and each record's envelope both come from them.
+pub struct JsonRecord {
+    pub text: Bytes,
+    /// None when the record is not a JSON object.
+    pub fields: Option<Map<String, Value>>,
+}
+
+/// `records` with their `wanted` fields parsed.
+pub fn with_fields(records: Vec<Bytes>, wanted: &[String]) -> Vec<JsonRecord> {
+    records
+        .into_iter()
+        .map(|text| JsonRecord {
+            fields: fields_of(&text, wanted),
+            text,
+        })
+        .collect()
+}
+
+/// The largest value of `field` among `records` (which must have it parsed), compared as
+/// source versions, as text: the cursor a page reached.
+pub fn max_cursor(records: &[JsonRecord], field: &str) -> Option<String> {
     records
         .iter()
         .filter_map(|record| {
-            let value = fields_of(record, &wanted)?.remove(field)?;
-            Some((crate::worker::version::version_of(&value)?, value))
+            let value = record.fields.as_ref()?.get(field)?;
+            Some((crate::worker::version::version_of(value)?, value))
         })
         .max_by_key(|(version, _)| *version)
         .map(|(_, value)| match value {
-            Value::String(s) => s,
+            Value::String(s) => s.clone(),
             other => other.to_string(),
         })
 }
@@ -414,16 +433,18 @@ mod tests {
 
     #[test]
     fn the_cursor_is_the_newest_version() {
-        let records: Vec<Bytes> = [
+        let texts: Vec<Bytes> = [
             r#"{"T":"2024-01-01T00:00:00.002Z"}"#,
             r#"{"T":"2024-01-01T00:00:00.010Z"}"#,
             r#"{"T":"not a time"}"#,
             r#"{"U":1}"#,
             r#"{"T":"2024-01-01T00:00:00.003Z"}"#,
+            "[1]",
         ]
         .into_iter()
         .map(Bytes::from)
         .collect();
+        let records = with_fields(texts, &["T".to_string(), "V".to_string()]);
         assert_eq!(
             max_cursor(&records, "T").as_deref(),
             Some("2024-01-01T00:00:00.010Z")

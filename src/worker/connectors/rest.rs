@@ -30,6 +30,9 @@ pub struct RestSource {
     http: HttpClient,
     /// The flow's limits on pages and records.
     pub limits: Limits,
+    /// The top-level fields parsed out of each record (`raw::JsonRecord`); at least the
+    /// cursor field, which is all a source reads of them.
+    pub envelope_fields: Vec<String>,
     next: Option<String>,
     reached: Option<String>,
     /// The pass's first request (Cursor, Page and Offset pages are made from it).
@@ -45,10 +48,12 @@ pub struct RestSource {
 impl RestSource {
     /// A source reading `config.entity` below the endpoint URL.
     pub fn new(config: SourceConfig, http: HttpClient) -> RestSource {
+        let envelope_fields = config.cursor_field.iter().cloned().collect();
         RestSource {
             config,
             http,
             limits: Limits::default(),
+            envelope_fields,
             next: None,
             reached: None,
             first: None,
@@ -208,6 +213,7 @@ impl RestSource {
             }
         };
         let (records, refused) = raw::admit(&checked, records, &self.limits)?;
+        let records = raw::with_fields(records, &self.envelope_fields);
         if let Some(field) = &self.config.cursor_field
             && let Some(max) = raw::max_cursor(&records, field)
         {
