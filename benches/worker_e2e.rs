@@ -206,9 +206,16 @@ impl Drop for Process {
     }
 }
 
-/// Starts `flowplane sim <args>` on a free port; returns it and its base URL.
+/// Starts `flowplane sim <args>` on a free port; returns it and its base URL. The binary is
+/// `FLOWPLANE_SIM_BINARY` when set: the simulators stand in for SAP and the forecast service,
+/// which run elsewhere, so a comparison of worker builds (glibc, musl) keeps one simulator
+/// build for all and measures only the worker's (`scripts/bench-worker.sh`, MUSL=1).
 fn start_sim(args: &[&str]) -> (Process, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flowplane"))
+    let binary = std::env::var_os("FLOWPLANE_SIM_BINARY").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_flowplane")),
+        PathBuf::from,
+    );
+    let mut child = Command::new(binary)
         .arg("sim")
         .args(args)
         .args(["--listen", "127.0.0.1:0"])

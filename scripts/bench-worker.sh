@@ -4,9 +4,10 @@
 # micro-benchmark. Not a test.
 #   RECORDS=50000 RUNS=3 scripts/bench-worker.sh
 # RUNS repeats the end-to-end benchmark (this machine is shared and noisy: report every run);
-# BENTHOS_BENCH=0 skips Benthos; EXTRACT_ONLY=1 also times extraction alone. MUSL=1 builds the
-# benchmark as the image's binary is built (static musl, scripts/build-image.sh), so that the
-# worker runs with the image's libc and allocator.
+# BENTHOS_BENCH=0 skips Benthos; EXTRACT_ONLY=1 also times extraction alone. The default build is
+# the image's (glibc, jemalloc: scripts/build-image.sh). MUSL=1 runs the worker as the static musl
+# binary the image shipped until it moved to glibc, for comparison; the simulators stay the
+# host build (FLOWPLANE_SIM_BINARY).
 # Horizontal scaling instead: WORKERS=1,2,4 RUNS=5 RECORDS=30000 scripts/bench-worker.sh runs
 # one flow with 1, 2 and 4 worker processes on a 3-node nats-server cluster (streams with 3
 # replicas), after raw JetStream on the same cluster, RUNS rounds on one cluster.
@@ -22,6 +23,12 @@ if [ "${MUSL:-0}" = 1 ]; then
   rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl \
     || rustup target add x86_64-unknown-linux-musl >&2
   export CC_x86_64_unknown_linux_musl="${CC_x86_64_unknown_linux_musl:-gcc}"
+  # Only the worker is the musl build: the simulators, standing in for systems that run
+  # elsewhere, are the host build in both modes, so their libc does not move the ratio.
+  cargo build --release --bin flowplane
+  target_dir=$(cargo metadata --format-version 1 --no-deps \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+  export FLOWPLANE_SIM_BINARY="${FLOWPLANE_SIM_BINARY:-$target_dir/release/flowplane}"
 fi
 cargo bench "${target[@]}" --bench worker_e2e --no-run
 if [ -n "${WORKERS:-}" ]; then
