@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds the project's image from the Dockerfile without a Docker daemon and without any registry:
-# the static musl binary is compiled here (cargo), then Debian's buildah (unpacked into the tool
-# cache by install-tools.sh, run from there, rootful, vfs storage in a throwaway directory) builds
-# the Dockerfile's runtime stage with BINARY_FROM=prebuilt (FROM scratch: nothing to pull) and
-# writes an OCI archive.
+# the binary is compiled here (cargo, release, this Debian's glibc) and put in a root file system
+# with the C libraries it loads, copied from this machine (Debian's libc6 and libgcc-s1, the ones
+# it was linked against); then Debian's buildah (unpacked into the tool cache by
+# install-tools.sh, run from there, rootful, vfs storage in a throwaway directory) builds the
+# Dockerfile's runtime stage with BINARY_FROM=prebuilt (FROM scratch: nothing to pull) and writes
+# an OCI archive.
 #
 #   scripts/build-image.sh [ARCHIVE]    default: $CARGO_TARGET_DIR/image/flowplane.oci.tar
 #
@@ -16,28 +18,35 @@ BIN="${FLOWPLANE_TOOLS:-$CACHE/bin}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$REPO/target}"
 IMAGE="${FLOWPLANE_IMAGE:-flowplane.local/flowplane:dev}"
 ARCHIVE="${1:-$TARGET_DIR/image/flowplane.oci.tar}"
-RUST_TARGET=x86_64-unknown-linux-musl
-
 log() { printf '[build-image] %s\n' "$*" >&2; }
 
 "$REPO/scripts/install-tools.sh"
-rustup target list --installed 2>/dev/null | grep -qx "$RUST_TARGET" || rustup target add "$RUST_TARGET" >&2
-# ring's C and assembly need no libc headers, so the system's gcc compiles them for musl; rustc
-# links the static binary with its own musl (self-contained), so musl-tools is not needed.
-log "building the static binary ($RUST_TARGET, release)"
-(cd "$REPO" && CC_x86_64_unknown_linux_musl="${CC_x86_64_unknown_linux_musl:-gcc}" \
-  cargo build --release --locked --bin flowplane --target "$RUST_TARGET" >&2)
+# glibc, not a static musl binary: musl's memcpy made the worker spend about a sixth more CPU per
+# record (BENCHMARKS.md, "The image on glibc"); the libraries cost the image about 3 MiB.
+log "building the binary (release)"
+(cd "$REPO" && cargo build --release --locked --bin flowplane >&2)
 
 ca_bundle=/etc/ssl/certs/ca-certificates.crt
 [ -s "$ca_bundle" ] || { log "$ca_bundle is missing: install Debian's ca-certificates"; exit 1; }
-rm -rf "$REPO/.image" && mkdir -p "$REPO/.image"
-strip -o "$REPO/.image/flowplane" "$TARGET_DIR/$RUST_TARGET/release/flowplane"
-# The image's binary must allocate with jemalloc, not musl's allocator (src/lib.rs says why):
-# jemalloc prints its statistics at exit when asked.
-allocator_stats="$(_RJEM_MALLOC_CONF=stats_print:true "$REPO/.image/flowplane" --version 2>&1)"
+rootfs="$REPO/.image/rootfs"
+rm -rf "$REPO/.image" && mkdir -p "$rootfs/etc/ssl/certs"
+strip -o "$rootfs/flowplane" "$TARGET_DIR/release/flowplane"
+cp "$ca_bundle" "$rootfs/etc/ssl/certs/ca-certificates.crt"
+# The dynamic loader and every library it resolves for the binary, at the same paths.
+libraries="$(ldd "$rootfs/flowplane" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')"
+[ -n "$libraries" ] || { log "ldd found no libraries for the binary"; exit 1; }
+for library in $libraries; do
+  mkdir -p "$rootfs$(dirname "$library")"
+  cp -L "$library" "$rootfs$library"
+done
+# The image's root must be enough to run it: no library of this machine may be missing.
+chroot "$rootfs" /flowplane --version >/dev/null \
+  || { log "the binary does not start in the image's root file system"; exit 1; }
+# The image's binary must allocate with jemalloc (src/lib.rs says why): jemalloc prints its
+# statistics at exit when asked.
+allocator_stats="$(_RJEM_MALLOC_CONF=stats_print:true chroot "$rootfs" /flowplane --version 2>&1)"
 [[ "$allocator_stats" == *"Begin jemalloc statistics"* ]] \
-  || { log "the static binary does not allocate with jemalloc"; exit 1; }
-cp "$ca_bundle" "$REPO/.image/ca-certificates.crt"
+  || { log "the binary does not allocate with jemalloc"; exit 1; }
 
 # buildah's storage lives only for this build: the archive is the product.
 work="$(mktemp -d "${TMPDIR:-/tmp}/flowplane-image.XXXXXX")"
@@ -56,5 +65,5 @@ rm -f "$ARCHIVE"
 buildah push --signature-policy "$work/policy.json" --quiet "$IMAGE" "oci-archive:$ARCHIVE:$IMAGE" >&2
 user="$(buildah inspect --type image --format '{{.OCIv1.Config.User}}' "$IMAGE")"
 size="$(du -k "$ARCHIVE" | cut -f1)"
-log "$IMAGE: $ARCHIVE, $((size / 1024)) MiB ($size KiB), user $user, entrypoint /flowplane, no shell"
+log "$IMAGE: $ARCHIVE, $((size / 1024)) MiB ($size KiB), user $user, entrypoint /flowplane, no shell, glibc $(ldd --version | head -1 | awk '{print $NF}')"
 echo "$ARCHIVE"
