@@ -468,7 +468,7 @@ async fn a_queue_deleted_behind_the_operators_back_is_reported_and_created_again
     }
     // No event tells the operator; its periodic pass (every 5 s here) finds out.
     let message = eventually(60, "QueueReady=False", queue_ready("False")).await;
-    assert!(message.contains(&names.consumer), "{message}");
+    assert!(message.contains(&names.stream), "{message}");
     eventually(60, "QueueReady=True again", queue_ready("True")).await;
     assert!(js.get_stream(&names.stream).await.is_ok());
 }

@@ -108,8 +108,10 @@ pub async fn queue_state(
     names: &QueueNames,
 ) -> std::result::Result<QueueState, String> {
     // Four independent lookups, sent together; looking a consumer or stream up returns its
-    // info, so no second request for it.
-    let (progress, consumer, stream, dead_letter_stream) = futures::try_join!(
+    // info, so no second request for it. All four are awaited and the first failure is taken in
+    // a fixed order, the stream first (without it the consumer is gone too): the first to
+    // arrive would make the condition's message, and so the status, change with timing.
+    let (progress, consumer, stream, dead_letter_stream) = futures::join!(
         async { read_progress(js, names).await.map_err(|e| e.to_string()) },
         async {
             js.get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(
@@ -129,7 +131,11 @@ pub async fn queue_state(
                 .await
                 .map_err(|e| format!("stream {}: {e}", names.dead_letter_stream))
         },
-    )?;
+    );
+    let stream = stream?;
+    let consumer = consumer?;
+    let dead_letter_stream = dead_letter_stream?;
+    let progress = progress?;
     let info = consumer.cached_info();
     let lag = info.num_pending + info.num_ack_pending as u64;
     let dead_letters = dead_letter_stream.cached_info().state.messages;
