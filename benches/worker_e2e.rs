@@ -630,6 +630,10 @@ async fn workers_end_to_end(
     flowplane::queue::ensure_queue(&js, &config.queue, &policy)
         .await
         .expect("the flow's queue");
+    // No operator answers here for the dead-letter stream (made on demand): made up front.
+    flowplane::queue::jetstream::ensure_dead_letter_stream(&js, &config.queue, &policy)
+        .await
+        .expect("the flow's dead-letter stream");
     let http = reqwest::Client::new();
     let started = Instant::now();
     let mut processes: Vec<WorkerProcess> = (0..n)

@@ -12,6 +12,7 @@ use std::time::Duration;
 use e2e_support::*;
 use flowplane::api::connector_binding::{Protocol, System};
 use flowplane::api::integration_flow::{Delivery, WriteMode};
+use flowplane::queue::jetstream::ensure_dead_letter_stream;
 use flowplane::queue::{
     QueueError, QueueNames, QueuePolicy, ensure_queue, headers, list_dead_letters,
 };
@@ -43,12 +44,14 @@ async fn streams_beyond_the_servers_storage_are_refused_with_a_sizing_error() {
         max_bytes: Some(max_bytes),
         ..Delivery::default()
     };
-    // 2 x 40 MiB reserved (the stream and its dead-letter stream): 20 MiB left. Each of the
-    // next flow's streams alone exceeds that: nats-server checks and reserves concurrent stream
-    // creations one by one but not atomically, so two that fit only together can both pass.
+    // 2 x 40 MiB reserved (the stream and its dead-letter stream, made once a worker asked
+    // for it): 20 MiB left. The next flow's stream alone exceeds that.
     let first = QueueNames::for_flow("e2e", &unique_flow("room"));
     let policy = QueuePolicy::from_delivery(&sized(40 << 20), 100, Default::default()).unwrap();
     ensure_queue(&js, &first, &policy).await.unwrap();
+    ensure_dead_letter_stream(&js, &first, &policy)
+        .await
+        .unwrap();
 
     let second = QueueNames::for_flow("e2e", &unique_flow("noroom"));
     let error = ensure_queue(&js, &second, &policy).await.unwrap_err();
@@ -59,8 +62,7 @@ async fn streams_beyond_the_servers_storage_are_refused_with_a_sizing_error() {
     for hint in ["delivery.maxBytes", "--queue-max-bytes", "max_file_store"] {
         assert!(error.to_string().contains(hint), "{hint} missing: {error}");
     }
-    // Both streams are refused, and every pass says so the same way (the flow's stream first),
-    // so a resync does not rewrite the flow's status with the other stream's name.
+    // Every pass says so the same way, so a resync does not rewrite the flow's status.
     for _ in 0..5 {
         match ensure_queue(&js, &second, &policy).await {
             Err(QueueError::NoStorage { name, .. }) => assert_eq!(name, second.stream),
@@ -71,10 +73,20 @@ async fn streams_beyond_the_servers_storage_are_refused_with_a_sizing_error() {
     // The operator's default of 1 GiB does not fit at all on this server.
     let third = QueueNames::for_flow("e2e", &unique_flow("default"));
     let defaulted = QueuePolicy::from_delivery(&Delivery::default(), 100, Default::default());
-    let error = ensure_queue(&js, &third, &defaulted.unwrap())
+    let error = ensure_queue(&js, &third, defaulted.as_ref().unwrap())
         .await
         .unwrap_err();
     assert!(matches!(error, QueueError::NoStorage { max_bytes, .. } if max_bytes == 1 << 30));
+
+    // A dead-letter stream asked for when there is no room is refused the same way (the
+    // operator answers the worker with it; the record waits).
+    let error = ensure_dead_letter_stream(&js, &third, &defaulted.unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, QueueError::NoStorage { name, .. } if *name == third.dead_letter_stream),
+        "{error}"
+    );
 
     // Sized within what is left (20 MiB), another flow gets its queue.
     let small = QueueNames::for_flow("e2e", &unique_flow("small"));
@@ -99,6 +111,12 @@ async fn the_queue_policy_creates_the_streams_and_updates_them_in_place() {
         stream_limits(&js, &names.stream).await,
         (Duration::from_secs(48 * 3600), Duration::from_secs(600))
     );
+    // The dead-letter stream is made on demand (a worker's first dead letter), not with the
+    // queue; then the queue's policy keeps it current.
+    assert!(js.get_stream(&names.dead_letter_stream).await.is_err());
+    ensure_dead_letter_stream(&js, &names, &policy)
+        .await
+        .unwrap();
     assert_eq!(
         stream_limits(&js, &names.dead_letter_stream).await.0,
         Duration::from_secs(720 * 3600)
@@ -172,6 +190,9 @@ async fn a_record_whose_deliveries_all_end_without_an_outcome_is_dead_lettered()
     let names = config.queue.clone();
     let policy = QueuePolicy::from_rendered(&config.delivery).unwrap();
     ensure_queue(&js, &names, &policy).await.unwrap();
+    ensure_dead_letter_stream(&js, &names, &policy)
+        .await
+        .unwrap();
     // A record in the flow's stream as workers before the `Flowplane-Record` header stored it
     // (one header per field, and a W3C `traceparent`): still read, so the dead letter below
     // has its key and the trace id its log lines had.

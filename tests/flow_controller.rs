@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -1212,7 +1212,6 @@ async fn a_foreign_object_named_like_a_child_is_left_alone_and_the_flow_says_why
 /// in another namespace, is refused by nats-server.
 #[tokio::test]
 async fn each_flow_gets_its_own_nats_user_in_a_secret_its_workers_mount() {
-    use flowplane::queue::identity::NatsAccess;
     use k8s_openapi::api::core::v1::Secret;
     let _shared = OPTIONAL_APIS.read().await;
     let client = client().await;
@@ -1270,22 +1269,9 @@ async fn each_flow_gets_its_own_nats_user_in_a_secret_its_workers_mount() {
     assert_eq!(again.data.unwrap()["user.creds"].0, data["user.creds"].0);
 
     // With A's Secret: A's queue yes, B's no.
-    let file = std::env::temp_dir().join(format!("{}-orders.creds", a.name));
-    std::fs::write(&file, &creds).unwrap();
     let own = QueueNames::for_flow(&a.name, "orders");
     let other = QueueNames::for_flow(&b.name, "orders");
-    let js = async_nats::jetstream::new(
-        NatsAccess {
-            url: local_env().nats_url.clone(),
-            creds_file: Some(file.clone()),
-            ca_file: Some(local_env().nats_ca.clone()),
-            inbox_prefix: Some(own.inbox_prefix()),
-        }
-        .connect()
-        .await
-        .expect("A's user connects"),
-    );
-    let _ = std::fs::remove_file(&file);
+    let js = connect_as_flow(&a.name, &creds, &own).await;
     eventually(60, "A's queue, as A", || {
         let js = js.clone();
         let stream = own.stream.clone();
@@ -1307,6 +1293,108 @@ async fn each_flow_gets_its_own_nats_user_in_a_secret_its_workers_mount() {
             .is_err(),
         "A opened B's bucket"
     );
+}
+
+/// JetStream as the flow's own NATS user, from the credentials of its Secret.
+async fn connect_as_flow(
+    ns: &str,
+    creds: &str,
+    names: &QueueNames,
+) -> async_nats::jetstream::Context {
+    let file = std::env::temp_dir().join(format!("{ns}-{}.creds", names.stream));
+    std::fs::write(&file, creds).unwrap();
+    let connected = flowplane::queue::identity::NatsAccess {
+        url: local_env().nats_url.clone(),
+        creds_file: Some(file.clone()),
+        ca_file: Some(local_env().nats_ca.clone()),
+        inbox_prefix: Some(names.inbox_prefix()),
+    }
+    .connect()
+    .await
+    .expect("the flow's user connects");
+    let _ = std::fs::remove_file(&file);
+    async_nats::jetstream::new(connected)
+}
+
+/// A flow has no dead-letter stream until its worker has a record to dead-letter: then the
+/// worker, as the flow's own NATS user, asks the operator, which makes it with the flow's
+/// policy; the dead letter is stored and counted in the status. The user of another flow
+/// cannot have it made.
+#[tokio::test]
+async fn a_flows_dead_letter_stream_is_made_when_its_worker_first_needs_it() {
+    use flowplane::queue::dead_letter_requests::ask_for_dead_letter_stream;
+    use flowplane::worker::dead_letter::store_dead_letter;
+    use k8s_openapi::api::core::v1::Secret;
+    let client = client().await;
+    operator();
+    let a = TestNamespace::new(&client, "dlq-on-demand-a").await;
+    let b = TestNamespace::new(&client, "dlq-on-demand-b").await;
+    for ns in [&a, &b] {
+        dependencies(&client, &ns.name).await;
+        let flow = flow_yaml(
+            "orders",
+            "  delivery: {maxBytes: 5242880, deadLetterRetention: 72h}\n",
+        );
+        let _: IntegrationFlow = apply_yaml(&client, &ns.name, &flow).await;
+    }
+    let (own, other) = (
+        QueueNames::for_flow(&a.name, "orders"),
+        QueueNames::for_flow(&b.name, "orders"),
+    );
+    let admin = async_nats::jetstream::new(support::nats_admin(&local_env().nats_url).await);
+    for names in [&own, &other] {
+        eventually(60, "the flow's queue", || {
+            let (admin, stream) = (admin.clone(), names.stream.clone());
+            async move { admin.get_stream(stream).await.ok().map(drop) }
+        })
+        .await;
+        assert!(
+            admin.get_stream(&names.dead_letter_stream).await.is_err(),
+            "a dead-letter stream before any dead letter"
+        );
+    }
+    let creds = |ns: String| {
+        let client = client.clone();
+        async move {
+            let secret: Secret = eventually(60, "the flow's NATS Secret", || {
+                get_opt(&client, &ns, "orders-nats")
+            })
+            .await;
+            String::from_utf8(secret.data.unwrap()["user.creds"].0.clone()).unwrap()
+        }
+    };
+    let js = connect_as_flow(&a.name, &creds(a.name.clone()).await, &own).await;
+
+    // A's user cannot have B's made: the request subject is B's user's alone.
+    assert!(
+        ask_for_dead_letter_stream(&js.client(), &other)
+            .await
+            .is_err()
+    );
+    assert!(admin.get_stream(&other.dead_letter_stream).await.is_err());
+
+    let mut entry = async_nats::HeaderMap::new();
+    entry.insert(flowplane::queue::headers::REASON, "Malformed");
+    let stored = store_dead_letter(&js, &own, entry, "{\"broken\"".into())
+        .await
+        .expect("the dead letter is stored once the operator made the stream");
+    assert!(!stored.duplicate);
+    let mut made = admin.get_stream(&own.dead_letter_stream).await.unwrap();
+    let info = made.info().await.unwrap();
+    assert_eq!(info.state.messages, 1);
+    assert_eq!(info.config.max_bytes, 5_242_880, "the flow's maxBytes");
+    assert_eq!(info.config.max_age, Duration::from_secs(72 * 3600));
+    assert_eq!(
+        info.config.discard,
+        async_nats::jetstream::stream::DiscardPolicy::New
+    );
+    assert!(admin.get_stream(&other.dead_letter_stream).await.is_err());
+
+    eventually(60, "the dead letter in A's status", || async {
+        let f = flow_status(&client, &a.name, "orders").await;
+        (f.status?.sync?.dead_letters == 1).then_some(())
+    })
+    .await;
 }
 
 /// An event flow reading a subject of the platform's own (another flow's records here) is

@@ -132,9 +132,14 @@ async fn on_cluster(mut config: WorkerConfig, cluster: &NatsCluster) -> WorkerCo
     config.nats_ca_file = Some(support::local_env().nats_ca.display().to_string());
     config.delivery.replicas = NODES as u8;
     let policy = QueuePolicy::from_rendered(&config.delivery).unwrap();
-    flowplane::queue::ensure_queue(&cluster.admin(0).await, &config.queue, &policy)
+    let admin = cluster.admin(0).await;
+    flowplane::queue::ensure_queue(&admin, &config.queue, &policy)
         .await
         .expect("make the flow's replicated queue");
+    // No operator answers here for the dead-letter stream (made on demand): made up front.
+    flowplane::queue::jetstream::ensure_dead_letter_stream(&admin, &config.queue, &policy)
+        .await
+        .expect("make the flow's replicated dead-letter stream");
     config
 }
 

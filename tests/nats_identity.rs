@@ -14,7 +14,9 @@ use bytes::Bytes;
 use flowplane::queue::QueueNames;
 use flowplane::queue::approvals::forget_review;
 use flowplane::queue::identity::{AccountSigner, NatsAccess, flow_permissions};
-use flowplane::queue::jetstream::{QueuePolicy, bucket, ensure_queue, partition_subject};
+use flowplane::queue::jetstream::{
+    QueuePolicy, bucket, ensure_dead_letter_stream, ensure_queue, partition_subject,
+};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
@@ -31,6 +33,10 @@ async fn flow(namespace: &str, name: &str, admin: &jetstream::Context) -> Flow {
     ensure_queue(admin, &names, &QueuePolicy::default())
         .await
         .expect("admin makes the queue");
+    // As the operator does on the worker's first dead letter.
+    ensure_dead_letter_stream(admin, &names, &QueuePolicy::default())
+        .await
+        .expect("admin makes the dead-letter stream");
     let signer = AccountSigner::load(&env.nats_signer_dir).unwrap();
     let creds = signer
         .issue(

@@ -20,11 +20,12 @@ use std::path::{Path, PathBuf};
 use nats_jwt_rs::Claims;
 use nats_jwt_rs::account::{Account, JetStreamLimits, OperatorLimits};
 use nats_jwt_rs::operator::Operator;
-use nats_jwt_rs::types::{Permission, Permissions, SigningKey};
+use nats_jwt_rs::types::{Permission, Permissions, ResponsePermission, SigningKey};
 use nats_jwt_rs::user::User;
 use nkeys::KeyPair;
 
 use super::QueueNames;
+use super::dead_letter_requests::{DEAD_LETTER_REQUESTS, request_subject};
 
 /// First token of every flow subject (`flowplane.<flow id>.records.<partition>`, `.dead`).
 pub const FLOW_SUBJECT_ROOT: &str = "flowplane";
@@ -71,6 +72,9 @@ pub fn same_server(a: &str, b: &str) -> bool {
 pub struct SubjectPermissions {
     pub publish: Vec<String>,
     pub subscribe: Vec<String>,
+    /// May answer each request it receives once, on the request's reply subject, which no
+    /// publish permission needs to name (the requester's inbox).
+    pub respond: bool,
 }
 
 /// JetStream API subjects exactly as async-nats sends them for what each of a flow's streams is
@@ -153,6 +157,8 @@ pub fn flow_permissions(
     let mut publish = vec![
         format!("{}.>", names.subject),
         names.dead_letter_subject.clone(),
+        // Asking the operator for its dead-letter stream, made on demand.
+        request_subject(names),
     ];
     stream_api(names, &mut publish);
     for bucket in quota_buckets {
@@ -171,12 +177,14 @@ pub fn flow_permissions(
     SubjectPermissions {
         publish,
         subscribe: vec![format!("{}.>", names.inbox_prefix())],
+        respond: false,
     }
 }
 
 /// The operator's own user: the JetStream API of the account (it creates, updates and deletes
 /// every flow's queue), the key-value buckets and flow subjects (progress, cursor reset,
-/// redrive), and its own inbox.
+/// redrive), its own inbox, and the workers' requests for dead-letter streams, which it
+/// answers.
 pub fn operator_permissions() -> SubjectPermissions {
     SubjectPermissions {
         publish: vec![
@@ -186,7 +194,11 @@ pub fn operator_permissions() -> SubjectPermissions {
             "$KV.>".into(),
             format!("{FLOW_SUBJECT_ROOT}.>"),
         ],
-        subscribe: vec![format!("{OPERATOR_INBOX_PREFIX}.>")],
+        subscribe: vec![
+            format!("{OPERATOR_INBOX_PREFIX}.>"),
+            DEAD_LETTER_REQUESTS.into(),
+        ],
+        respond: true,
     }
 }
 
@@ -271,7 +283,11 @@ fn jwt_permissions(permissions: &SubjectPermissions) -> Permissions {
             allow: permissions.subscribe.clone(),
             deny: Vec::new(),
         },
-        resp: None,
+        // One answer per request, within nats-server's default two minutes.
+        resp: permissions.respond.then_some(ResponsePermission {
+            max_messages: 1,
+            ttl: std::time::Duration::ZERO,
+        }),
     }
 }
 

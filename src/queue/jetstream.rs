@@ -232,10 +232,16 @@ pub fn partition_of(key: &str) -> u32 {
     hash % PARTITIONS
 }
 
-/// Creates the flow's stream, dead-letter stream and durable consumer, and its namespace's
-/// key-value bucket, or brings existing ones to `policy`; moves the records of a flow's bucket
-/// of the per-flow layout into the namespace bucket ([`migrate_legacy_bucket`]). Safe to call
-/// from every worker and every reconcile.
+/// Creates the flow's stream and durable consumer, and its namespace's key-value bucket, or
+/// brings existing ones to `policy`; brings the flow's dead-letter stream to `policy` when it
+/// has one; moves the records of a flow's bucket of the per-flow layout into the namespace
+/// bucket ([`migrate_legacy_bucket`]). Safe to call from every worker and every reconcile.
+///
+/// The dead-letter stream is made on demand ([`ensure_dead_letter_stream`], when a worker
+/// first has a record to dead-letter), not here: nats-server checks every new stream against
+/// every stream of the account (subjects, reserved storage), so a second stream per flow
+/// made creating 10,000 flows' queues cost nats-server about 3.5 times the CPU of one
+/// (BENCHMARKS.md), and most flows never dead-letter anything.
 pub async fn ensure_queue(
     js: &jetstream::Context,
     names: &QueueNames,
@@ -252,22 +258,6 @@ pub async fn ensure_queue(
         discard: policy.discard,
         num_replicas: policy.replicas,
         placement: policy.placement.clone(),
-        ..Default::default()
-    };
-    let dead_letters = stream::Config {
-        name: names.dead_letter_stream.clone(),
-        subjects: vec![names.dead_letter_subject.clone()],
-        retention: stream::RetentionPolicy::Limits,
-        storage: stream::StorageType::File,
-        max_age: policy.dead_letter_retention,
-        // Refused when full, never an old dead letter dropped: the worker terminates a record
-        // only once its dead letter is stored, so the record waits in the flow's stream.
-        max_bytes: policy.max_bytes,
-        discard: stream::DiscardPolicy::New,
-        num_replicas: policy.replicas,
-        placement: policy.placement.clone(),
-        // Redrive deletes single dead letters; keep that possible.
-        deny_delete: false,
         ..Default::default()
     };
     let consumer_config = consumer::pull::Config {
@@ -303,13 +293,69 @@ pub async fn ensure_queue(
                     message: e.to_string(),
                 })
         },
-        put_stream(js, dead_letters),
+        update_dead_letter_stream(js, names, policy),
         async {
             ensure_state_bucket(js, &names.state_bucket, policy).await?;
             migrate_legacy_bucket(js, names).await
         },
     );
     records_made.and(dead_letters_made).and(state_made)
+}
+
+/// The flow's dead-letter stream as `policy` has it.
+fn dead_letter_stream_config(names: &QueueNames, policy: &QueuePolicy) -> stream::Config {
+    stream::Config {
+        name: names.dead_letter_stream.clone(),
+        subjects: vec![names.dead_letter_subject.clone()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: policy.dead_letter_retention,
+        // Refused when full, never an old dead letter dropped: the worker terminates a record
+        // only once its dead letter is stored, so the record waits in the flow's stream.
+        max_bytes: policy.max_bytes,
+        discard: stream::DiscardPolicy::New,
+        num_replicas: policy.replicas,
+        placement: policy.placement.clone(),
+        // Redrive deletes single dead letters; keep that possible.
+        deny_delete: false,
+        ..Default::default()
+    }
+}
+
+/// Creates the flow's dead-letter stream, or brings an existing one to `policy`: what the
+/// operator does when a worker asks for it (`flowplane.api.<stream>.dead-letters`), and a
+/// worker that made its queue itself.
+pub async fn ensure_dead_letter_stream(
+    js: &jetstream::Context,
+    names: &QueueNames,
+    policy: &QueuePolicy,
+) -> Result<(), QueueError> {
+    put_stream(js, dead_letter_stream_config(names, policy)).await
+}
+
+/// Brings the flow's dead-letter stream to `policy` if it has one; makes none.
+async fn update_dead_letter_stream(
+    js: &jetstream::Context,
+    names: &QueueNames,
+    policy: &QueuePolicy,
+) -> Result<(), QueueError> {
+    match dead_letter_stream(js, names).await? {
+        Some(_) => ensure_dead_letter_stream(js, names, policy).await,
+        None => Ok(()),
+    }
+}
+
+/// The flow's dead-letter stream; None while it has none (it is made on demand, for the
+/// flow's first dead letter).
+pub async fn dead_letter_stream(
+    js: &jetstream::Context,
+    names: &QueueNames,
+) -> Result<Option<stream::Stream>, QueueError> {
+    match js.get_stream(&names.dead_letter_stream).await {
+        Ok(stream) => Ok(Some(stream)),
+        Err(e) if is_not_found(&e.to_string()) => Ok(None),
+        Err(e) => Err(stream_error(&names.dead_letter_stream, e)),
+    }
 }
 
 /// Creates the stream, or brings an existing one with another configuration to this one.

@@ -13,6 +13,7 @@ use crate::api::integration_flow::{Discard, QueuePlacement};
 pub mod approvals;
 pub mod cli;
 pub mod codes;
+pub mod dead_letter_requests;
 pub mod headers;
 pub mod identity;
 pub mod jetstream;

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::QueueNames;
 use super::headers::{self, Envelope};
-use super::jetstream::{QueueError, stream_error};
+use super::jetstream::{QueueError, dead_letter_stream, stream_error};
 
 /// One dead letter as `flowplane dlq list` shows it.
 #[derive(Serialize, Clone, Debug, PartialEq)]
@@ -61,10 +61,9 @@ where
     F: FnMut(jetstream::message::StreamMessage) -> Fut,
     Fut: std::future::Future<Output = Result<(), QueueError>>,
 {
-    let stream = js
-        .get_stream(&names.dead_letter_stream)
-        .await
-        .map_err(|e| stream_error(&names.dead_letter_stream, e))?;
+    let Some(stream) = dead_letter_stream(js, names).await? else {
+        return Ok(());
+    };
     let state = stream.cached_info().state.clone();
     if state.messages == 0 {
         return Ok(());
@@ -117,11 +116,10 @@ pub async fn redrive(
     names: &QueueNames,
     reason: Option<&str>,
 ) -> Result<RedriveReport, QueueError> {
-    let dead_letters = js
-        .get_stream(&names.dead_letter_stream)
-        .await
-        .map_err(|e| stream_error(&names.dead_letter_stream, e))?;
     let mut report = RedriveReport::default();
+    let Some(dead_letters) = dead_letter_stream(js, names).await? else {
+        return Ok(report);
+    };
     let mut moved = Vec::new();
     for_each_dead_letter(js, names, |message| {
         let matches = reason.is_none_or(|r| header(&message.headers, headers::REASON) == r);

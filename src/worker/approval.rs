@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 use super::clock::now_unix_ms;
 use super::connectors::target::{Outgoing, Target};
+use super::dead_letter::store_dead_letter;
 use super::http::CallError;
 use super::metrics::Metrics;
 use super::progress::ProgressDeltas;
@@ -424,16 +425,13 @@ impl Resolver {
         entry.insert(headers::DETAIL, detail.as_str());
         entry.insert(headers::STAGE, "approval");
         entry.insert(headers::ORIGINAL_SUBJECT, parked.subject.as_str());
-        self.js
-            .publish_with_headers(
-                self.names.dead_letter_subject.clone(),
-                entry,
-                Bytes::from(parked.original.clone().into_bytes()),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("publishing dead letter: {e}"))?
-            .await
-            .map_err(|e| anyhow::anyhow!("dead letter not stored: {e}"))?;
+        store_dead_letter(
+            &self.js,
+            &self.names,
+            entry,
+            Bytes::from(parked.original.clone().into_bytes()),
+        )
+        .await?;
         tracing::warn!(
             trace_id = parked.trace_id(),
             key = %parked.key,

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 
 use super::clock::now_unix_ms;
 use super::connectors::{Page, Records, Source, Window, raw};
+use super::dead_letter::store_dead_letter;
 use super::http::CallError;
 use super::lease::Lease;
 use super::metrics::Metrics;
@@ -323,10 +324,10 @@ impl Extractor {
                 duplicates,
                 dead: Vec::new(),
             };
-            for (ack, reason) in dead {
+            for (duplicate, reason) in dead {
                 // Dead letters are deduplicated by the record's identity as well: a record
                 // read again (an inclusive incremental restart) is not dead-lettered twice.
-                if ack.await?.duplicate {
+                if duplicate {
                     settled.duplicates += 1;
                 } else {
                     settled.dead.push(reason);
@@ -369,7 +370,7 @@ impl Extractor {
         body: Bytes,
         max_record: usize,
         page_publish: &mut PagePublish,
-        dead: &mut Vec<(async_nats::jetstream::context::PublishAckFuture, Reason)>,
+        dead: &mut Vec<(bool, Reason)>,
     ) -> anyhow::Result<()> {
         if body.len() > max_record {
             let detail = too_large(body.len(), max_record);
@@ -389,7 +390,7 @@ impl Extractor {
         text: &Bytes,
         reason: Reason,
         detail: String,
-    ) -> anyhow::Result<(async_nats::jetstream::context::PublishAckFuture, Reason)> {
+    ) -> anyhow::Result<(bool, Reason)> {
         tracing::warn!(
             key = Envelope::of(Some(&headers)).key,
             reason = reason.as_str(),
@@ -406,12 +407,10 @@ impl Extractor {
         } else {
             text.clone()
         };
-        let ack = self
-            .js
-            .publish_with_headers(self.names.dead_letter_subject.clone(), headers, payload)
-            .await
-            .map_err(|e| anyhow::anyhow!("publishing dead letter: {e}"))?;
-        Ok((ack, reason))
+        // Stored before the page's records are acknowledged, not with them: rare, and the
+        // first of a flow may have to wait for its dead-letter stream to be made.
+        let ack = store_dead_letter(&self.js, &self.names, headers, payload).await?;
+        Ok((ack.duplicate, reason))
     }
 
     /// The stored cursor and its revision in the bucket (0 when it was never written), which

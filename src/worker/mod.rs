@@ -34,7 +34,9 @@ use clap::Args;
 use tokio::sync::watch;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::queue::jetstream::{QueuePolicy, bucket, ensure_queue, legacy_bucket_pending};
+use crate::queue::jetstream::{
+    QueuePolicy, bucket, ensure_dead_letter_stream, ensure_queue, legacy_bucket_pending,
+};
 use crate::worker_config::WorkerConfig;
 use connectors::target::Target;
 use metrics::Metrics;
@@ -118,12 +120,15 @@ impl Flow {
         }
         // The operator creates the queue with the flow's full policy; a worker only creates
         // what is missing (so tests and a worker started first work) and never overrides it.
+        // Where no operator made the queue, none may answer for the dead-letter stream
+        // either (it is made on demand), so that one is made here too.
         if js.get_stream(&config.queue.stream).await.is_err()
             || bucket(&js, &config.queue).await.is_err()
         {
             let policy = QueuePolicy::from_rendered(&config.delivery)
                 .map_err(|e| anyhow::anyhow!("worker configuration: {e}"))?;
             ensure_queue(&js, &config.queue, &policy).await?;
+            ensure_dead_letter_stream(&js, &config.queue, &policy).await?;
         }
         let store = bucket(&js, &config.queue).await?;
         let metrics = Metrics::new(&config.namespace, &config.flow);

@@ -435,6 +435,11 @@ pub fn with_flow_identity(mut config: WorkerConfig) -> WorkerConfig {
             flowplane::queue::ensure_queue(&js, &names, &policy)
                 .await
                 .expect("make the flow's queue");
+            // No operator answers here for the dead-letter stream (made on demand on the
+            // flow's first dead letter, which its user may not make itself): made up front.
+            flowplane::queue::jetstream::ensure_dead_letter_stream(&js, &names, &policy)
+                .await
+                .expect("make the flow's dead-letter stream");
             if let Some(subject) = event_subject {
                 flowplane::queue::ensure_capture(
                     &js,

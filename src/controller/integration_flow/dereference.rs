@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use super::stores::{ConfigMapData, Stores};
 use crate::api::{ConnectorBinding, DataContract, IntegrationFlow};
 use crate::controller::Result;
-use crate::queue::jetstream::read_progress;
+use crate::queue::jetstream::{dead_letter_stream, read_progress};
 use crate::queue::{FlowProgress, QueueNames, StreamHealth, stream_health};
 use crate::render::labels::{config_map_name, namespace, workers_name};
 
@@ -111,7 +111,7 @@ pub async fn queue_state(
     // info, so no second request for it. All four are awaited and the first failure is taken in
     // a fixed order, the stream first (without it the consumer is gone too): the first to
     // arrive would make the condition's message, and so the status, change with timing.
-    let (progress, consumer, stream, dead_letter_stream) = futures::join!(
+    let (progress, consumer, stream, dead_letters) = futures::join!(
         async { read_progress(js, names).await.map_err(|e| e.to_string()) },
         async {
             js.get_consumer_from_stream::<jetstream::consumer::pull::Config, _, _>(
@@ -127,18 +127,18 @@ pub async fn queue_state(
                 .map_err(|e| format!("stream {}: {e}", names.stream))
         },
         async {
-            js.get_stream(&names.dead_letter_stream)
+            let stream = dead_letter_stream(js, names)
                 .await
-                .map_err(|e| format!("stream {}: {e}", names.dead_letter_stream))
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(stream.map_or(0, |s| s.cached_info().state.messages))
         },
     );
     let stream = stream?;
     let consumer = consumer?;
-    let dead_letter_stream = dead_letter_stream?;
+    let dead_letters = dead_letters?;
     let progress = progress?;
     let info = consumer.cached_info();
     let lag = info.num_pending + info.num_ack_pending as u64;
-    let dead_letters = dead_letter_stream.cached_info().state.messages;
     Ok(QueueState {
         progress,
         lag,

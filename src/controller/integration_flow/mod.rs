@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod changes;
+pub mod dead_letter_requests;
 pub mod dereference;
 pub mod drift;
 pub mod nats_user;
@@ -335,7 +336,8 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
     let cm_ctx = ctx.clone();
     let resync_metrics = metrics.clone();
     let resyncs = resyncs.inspect(move |_| resync_metrics.triggered(KIND, "resync", 1));
-    Controller::for_stream(counted(flow_changes, metrics, "flow"), flows)
+    let dead_letter_requests = dead_letter_requests::serve(ctx.clone(), flows.clone());
+    let controller = Controller::for_stream(counted(flow_changes, metrics, "flow"), flows)
         .owns_stream(counted(
             not_own_writes(deployment_changes, &ctx),
             metrics,
@@ -398,8 +400,12 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
                 .debounce(Duration::from_secs(1)),
         )
         .run(reconcile, error_policy, fctx)
-        .for_each(|_| std::future::ready(()))
-        .await;
+        .for_each(|_| std::future::ready(()));
+    // The requests are served for as long as the controller runs (never ends by itself).
+    tokio::select! {
+        () = controller => {}
+        () = dead_letter_requests => {}
+    }
 }
 
 fn error_policy(_flow: Arc<IntegrationFlow>, error: &Error, fctx: Arc<FlowContext>) -> Action {
