@@ -490,8 +490,9 @@ pub struct Delivery {
     pub replicas: Option<u8>,
     /// Most bytes the flow's stream may hold (its JetStream max bytes); the dead-letter stream
     /// has the same bound of its own. Bounds what one flow can take of the JetStream disk, and
-    /// nats-server reserves both bounds on each replica's server when it creates the streams
-    /// (see docs/operations.md, "Sizing JetStream storage"). 1 MiB to 1 TiB. Unset: the
+    /// nats-server reserves each bound on each replica's server when it creates the stream (the
+    /// dead-letter stream on the flow's first dead letter; see docs/operations.md, "Sizing
+    /// JetStream storage"). 1 MiB to 1 TiB. Unset: the
     /// operator's default (`--queue-max-bytes`, the chart's `nats.queueMaxBytes`, 1 GiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1048576, max = 1099511627776_i64))]
