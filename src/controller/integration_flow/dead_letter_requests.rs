@@ -10,14 +10,14 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::in_region;
 use crate::api::IntegrationFlow;
 use crate::controller::{Context, publish_event};
 use crate::queue::QueueNames;
 use crate::queue::dead_letter_requests::{Answer, DEAD_LETTER_REQUESTS, requested_stream};
-use crate::queue::jetstream::{QueuePolicy, ensure_dead_letter_stream};
+use crate::queue::jetstream::{QueuePolicy, dead_letter_stream, ensure_dead_letter_stream};
 use crate::render::labels::{flow_name, namespace};
 
 /// Requests answered at once: each is a stream creation, rare and short.
@@ -66,7 +66,7 @@ async fn answer(ctx: &Context, flows: &Store<IntegrationFlow>, request: async_na
         tracing::info!(
             namespace = namespace(&flow),
             flow = flow_name(&flow),
-            "made the flow's dead-letter stream"
+            "the flow's dead-letter stream is in place for its workers"
         );
     }
     let answer = Answer { error: made.err() };
@@ -76,25 +76,88 @@ async fn answer(ctx: &Context, flows: &Store<IntegrationFlow>, request: async_na
     }
 }
 
-/// The flow whose stream is `stream`. A scan of the operator's flows: requests are rare (one
-/// per flow's first dead letter), and a flow's stream name cannot be turned back into its
-/// namespace and name.
+/// The flow whose stream is `stream` (`FP_<namespace>_<name>`, `QueueNames::for_flow`), looked
+/// up directly: a namespace has no `_`, and a flow's name has none either (its `.` become `_`),
+/// so the first `_` ends the namespace. A request costs no scan of every flow, however many
+/// a flow's user sends; the name made back is checked by making the stream's name from it.
 fn flow_of_stream(flows: &Store<IntegrationFlow>, stream: &str) -> Option<Arc<IntegrationFlow>> {
-    flows
-        .state()
-        .into_iter()
-        .find(|flow| QueueNames::for_flow(&namespace(flow), &flow_name(flow)).stream == stream)
+    let (ns, name) = stream.strip_prefix("FP_")?.split_once('_')?;
+    let name = name.replace('_', ".");
+    let flow = flows.get(&ObjectRef::new(&name).within(ns))?;
+    (QueueNames::for_flow(&namespace(&flow), &flow_name(&flow)).stream == stream).then_some(flow)
 }
 
 async fn make(ctx: &Context, flow: &IntegrationFlow) -> Result<(), String> {
     if flow.metadata.deletion_timestamp.is_some() {
         return Err("the flow is being deleted".into());
     }
+    let names = QueueNames::for_flow(&namespace(flow), &flow_name(flow));
+    // Already there (another worker asked first): one cheap lookup, where creating it again
+    // would have nats-server check it against every stream of the account. Its policy is the
+    // flow's reconcile's to keep (`ensure_queue`).
+    if dead_letter_stream(&ctx.jetstream, &names)
+        .await
+        .map_err(|e| e.to_string())?
+        .is_some()
+    {
+        return Ok(());
+    }
     // The stream's bounds are the flow's queue's; its ack limits unused.
     let policy = QueuePolicy::from_delivery(&flow.spec.delivery, 1, ctx.config.queue_defaults())
         .map_err(|e| format!("spec.{e}"))?;
-    let names = QueueNames::for_flow(&namespace(flow), &flow_name(flow));
     ensure_dead_letter_stream(&ctx.jetstream, &names, &policy)
         .await
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::reflector;
+    use kube::runtime::watcher::Event;
+
+    use super::*;
+
+    fn flow(ns: &str, name: &str) -> IntegrationFlow {
+        let mut flow: IntegrationFlow = serde_json::from_value(serde_json::json!({
+            "apiVersion": "flowplane.io/v1alpha1",
+            "kind": "IntegrationFlow",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "source": {"bindingRef": "erp", "entity": "A", "syncMode": "Incremental"},
+                "target": {"bindingRef": "fc", "entity": "/v1/x"},
+                "contract": {"name": "c", "versions": "^1"}
+            }
+        }))
+        .expect("a flow");
+        flow.metadata.uid = Some(format!("{ns}/{name}"));
+        flow
+    }
+
+    #[test]
+    fn a_stream_name_finds_its_flow_and_no_other() {
+        let (store, mut writer) = reflector::store();
+        for (ns, name) in [
+            ("team-a", "orders.daily"),
+            ("team-a", "orders"),
+            ("team-b", "x"),
+        ] {
+            writer.apply_watcher_event(&Event::Apply(flow(ns, name)));
+        }
+        let found = |stream: &str| flow_of_stream(&store, stream).map(|f| flow_name(&f));
+        assert_eq!(
+            found("FP_team-a_orders_daily").as_deref(),
+            Some("orders.daily")
+        );
+        assert_eq!(found("FP_team-a_orders").as_deref(), Some("orders"));
+        assert_eq!(found("FP_team-b_x").as_deref(), Some("x"));
+        for unknown in [
+            "FP_team-a_missing",
+            "FP_team-c_x",
+            "FP_team-a",
+            "team-a_orders",
+            "",
+        ] {
+            assert_eq!(found(unknown), None, "{unknown}");
+        }
+    }
 }
