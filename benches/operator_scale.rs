@@ -687,6 +687,10 @@ async fn main() -> anyhow::Result<()> {
     let mut quiet_since = Instant::now();
     let mut deployments_behind = usize::MAX;
     let mut controllers_done = operator_time;
+    // What the processes did, and which requests were made, after the operator settled until
+    // kube-controller-manager was done: the tail the floor's clock has too.
+    let mut operator_tail_cpu = HashMap::new();
+    let mut requests_at_controllers_done = requests_after_operator.clone();
     let mut checked = Instant::now() - Duration::from_secs(5);
     while deployments_behind > 0 || quiet_since.elapsed() < Duration::from_secs(20) {
         anyhow::ensure!(
@@ -701,6 +705,8 @@ async fn main() -> anyhow::Result<()> {
             if deployments_behind == 0 {
                 quiet_since = Instant::now();
                 controllers_done = start.elapsed();
+                operator_tail_cpu = cpu.since_last()?.into_iter().collect();
+                requests_at_controllers_done = apiserver_request_seconds(&client).await?;
             }
         }
         let now = operator_writes(&metrics_url).await?;
@@ -726,7 +732,7 @@ async fn main() -> anyhow::Result<()> {
         "operator: all children + current status {:.1} s",
         operator_time.as_secs_f64()
     );
-    match floor {
+    match &floor {
         Some(floor) => {
             println!(
                 "floor: plain SSA loop of the same {objects} objects  {:.1} s (concurrency {CONCURRENCY})",
@@ -783,6 +789,19 @@ async fn main() -> anyhow::Result<()> {
             None => println!("  {name:<24} {:>7} | {operator_seconds:>7.1}", "-"),
         }
     }
+    if let Some(floor) = &floor {
+        println!(
+            "CPU seconds by process after the last apply until kube-controller-manager is done, floor | operator:"
+        );
+        for (name, _) in &cpu.processes {
+            let seconds = |tail: &HashMap<String, f64>| tail.get(name).copied().unwrap_or(0.0);
+            println!(
+                "  {name:<24} {:>7.1} | {:>7.1}",
+                seconds(&floor.controllers_tail_cpu),
+                seconds(&operator_tail_cpu)
+            );
+        }
+    }
     println!(
         "apiserver request seconds (requests) by verb and resource (wall time in handlers, top 8):"
     );
@@ -793,6 +812,10 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "  operator: {}",
         top_request_seconds(&requests_before_operator, &requests_after_operator)
+    );
+    println!(
+        "  operator, after it settled until kube-controller-manager was done: {}",
+        top_request_seconds(&requests_after_operator, &requests_at_controllers_done)
     );
     println!(
         "IntegrationFlow reconciles per flow:    {:.2} until settled, {:.2} at the end",
