@@ -78,6 +78,17 @@ impl QueueNames {
         }
     }
 
+    /// The namespace and name of the flow whose stream is `stream`, the inverse of
+    /// [`QueueNames::for_flow`]: a namespace has no `_`, and a flow's name has none either (its
+    /// `.` become `_`), so the first `_` ends the namespace. None for a name `for_flow` does not
+    /// make from the pair read back.
+    pub fn flow_of_stream(stream: &str) -> Option<(String, String)> {
+        let (namespace, name) = stream.strip_prefix("FP_")?.split_once('_')?;
+        let name = name.replace('_', ".");
+        (QueueNames::for_flow(namespace, &name).stream == stream)
+            .then(|| (namespace.to_string(), name))
+    }
+
     /// The flow's own key-value bucket of releases before the namespace bucket; the operator
     /// moves its records into [`QueueNames::state_bucket`] and deletes it
     /// (see [`jetstream::ensure_queue`]).
@@ -296,6 +307,20 @@ mod tests {
         assert_eq!(a.state_token, "orders_history");
         assert_eq!(a.legacy_state_bucket(), "FP_team-eu_orders_history_STATE");
         assert_eq!(a.state_key_prefix(), "$KV.FP_STATE_team-eu.orders_history.");
+    }
+
+    #[test]
+    fn a_flows_stream_name_reads_back_as_its_flow() {
+        for (namespace, name) in [("team-a", "orders.daily"), ("team-b", "x")] {
+            let stream = QueueNames::for_flow(namespace, name).stream;
+            assert_eq!(
+                QueueNames::flow_of_stream(&stream),
+                Some((namespace.to_string(), name.to_string()))
+            );
+        }
+        for other in ["FP_team-a", "team-a_orders", "FP_", "FP_a b_c", ""] {
+            assert_eq!(QueueNames::flow_of_stream(other), None, "{other}");
+        }
     }
 
     #[test]

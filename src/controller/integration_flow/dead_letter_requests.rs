@@ -12,12 +12,12 @@ use futures::StreamExt;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use super::in_region;
+use super::{in_region, queue_policy};
 use crate::api::IntegrationFlow;
 use crate::controller::{Context, publish_event};
 use crate::queue::QueueNames;
 use crate::queue::dead_letter_requests::{Answer, DEAD_LETTER_REQUESTS, requested_stream};
-use crate::queue::jetstream::{QueuePolicy, dead_letter_stream, ensure_dead_letter_stream};
+use crate::queue::jetstream::{dead_letter_stream, ensure_dead_letter_stream};
 use crate::render::labels::{flow_name, namespace};
 
 /// Requests answered at once: each is a stream creation, rare and short.
@@ -31,7 +31,7 @@ pub async fn serve(ctx: Arc<Context>, flows: Store<IntegrationFlow>) {
             Ok(requests) => {
                 requests
                     .for_each_concurrent(CONCURRENT_REQUESTS, |request| {
-                        answer(&ctx, &flows, request)
+                        answer(&ctx, &client, &flows, request)
                     })
                     .await
             }
@@ -41,7 +41,12 @@ pub async fn serve(ctx: Arc<Context>, flows: Store<IntegrationFlow>) {
     }
 }
 
-async fn answer(ctx: &Context, flows: &Store<IntegrationFlow>, request: async_nats::Message) {
+async fn answer(
+    ctx: &Context,
+    client: &async_nats::Client,
+    flows: &Store<IntegrationFlow>,
+    request: async_nats::Message,
+) {
     let Some(reply) = request.reply.clone() else {
         return;
     };
@@ -71,20 +76,16 @@ async fn answer(ctx: &Context, flows: &Store<IntegrationFlow>, request: async_na
     }
     let answer = Answer { error: made.err() };
     let body = serde_json::to_vec(&answer).unwrap_or_default();
-    if let Err(e) = ctx.jetstream.client().publish(reply, body.into()).await {
+    if let Err(e) = client.publish(reply, body.into()).await {
         tracing::debug!(error = %e, "could not answer a request for a dead-letter stream");
     }
 }
 
-/// The flow whose stream is `stream` (`FP_<namespace>_<name>`, `QueueNames::for_flow`), looked
-/// up directly: a namespace has no `_`, and a flow's name has none either (its `.` become `_`),
-/// so the first `_` ends the namespace. A request costs no scan of every flow, however many
-/// a flow's user sends; the name made back is checked by making the stream's name from it.
+/// The flow whose stream is `stream`, looked up directly: a request costs no scan of every
+/// flow, however many a flow's user sends.
 fn flow_of_stream(flows: &Store<IntegrationFlow>, stream: &str) -> Option<Arc<IntegrationFlow>> {
-    let (ns, name) = stream.strip_prefix("FP_")?.split_once('_')?;
-    let name = name.replace('_', ".");
-    let flow = flows.get(&ObjectRef::new(&name).within(ns))?;
-    (QueueNames::for_flow(&namespace(&flow), &flow_name(&flow)).stream == stream).then_some(flow)
+    let (namespace, name) = QueueNames::flow_of_stream(stream)?;
+    flows.get(&ObjectRef::new(&name).within(&namespace))
 }
 
 async fn make(ctx: &Context, flow: &IntegrationFlow) -> Result<(), String> {
@@ -103,8 +104,7 @@ async fn make(ctx: &Context, flow: &IntegrationFlow) -> Result<(), String> {
         return Ok(());
     }
     // The stream's bounds are the flow's queue's; its ack limits unused.
-    let policy = QueuePolicy::from_delivery(&flow.spec.delivery, 1, ctx.config.queue_defaults())
-        .map_err(|e| format!("spec.{e}"))?;
+    let policy = queue_policy(flow, ctx, 1)?;
     ensure_dead_letter_stream(&ctx.jetstream, &names, &policy)
         .await
         .map_err(|e| e.to_string())

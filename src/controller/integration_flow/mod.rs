@@ -408,6 +408,21 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
     }
 }
 
+/// The flow's queue policy: its `spec.delivery` over the operator's defaults. The error names
+/// the field (`spec.delivery...`).
+fn queue_policy(
+    flow: &IntegrationFlow,
+    ctx: &Context,
+    max_ack_pending: u32,
+) -> std::result::Result<QueuePolicy, String> {
+    QueuePolicy::from_delivery(
+        &flow.spec.delivery,
+        max_ack_pending,
+        ctx.config.queue_defaults(),
+    )
+    .map_err(|e| format!("spec.{e}"))
+}
+
 fn error_policy(_flow: Arc<IntegrationFlow>, error: &Error, fctx: Arc<FlowContext>) -> Action {
     fctx.ctx.metrics.error(KIND, error.metric_label());
     tracing::warn!(error = %error, "reconcile failed");
@@ -638,13 +653,9 @@ async fn apply_flow(flow: &IntegrationFlow, fctx: &FlowContext) -> Result<Action
     let applied_at = started.elapsed();
     // queues
     let names = QueueNames::for_flow(&ns, &flow_name(flow));
-    let queue = match QueuePolicy::from_delivery(
-        &flow.spec.delivery,
-        max_ack_pending,
-        ctx.config.queue_defaults(),
-    ) {
+    let queue = match queue_policy(flow, ctx, max_ack_pending) {
         Ok(policy) => ensured_queue_state(ctx, &names, &policy).await,
-        Err(e) => Err(status::QueueProblem::unavailable(format!("spec.{e}"))),
+        Err(e) => Err(status::QueueProblem::unavailable(e)),
     };
 
     let redrive_waits = redrive_requested

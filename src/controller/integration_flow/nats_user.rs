@@ -13,7 +13,7 @@ use crate::api::connector_binding::Protocol;
 use crate::api::{ConnectorBinding, IntegrationFlow};
 use crate::controller::{Context, Error, FIELD_MANAGER, Result};
 use crate::queue::identity::{CA_KEY, CREDS_KEY, flow_permissions, reserved_subject, same_server};
-use crate::queue::{QueueNames, QueuePolicy, binding_quota_bucket, ensure_capture};
+use crate::queue::{QueueNames, binding_quota_bucket, ensure_capture};
 use crate::render::labels::{flow_name, metadata, namespace, nats_secret_name};
 
 /// The subject a flow with a NATS source reads (through its capture stream, whatever its
@@ -65,8 +65,7 @@ pub async fn ensure(
     {
         // The capture's max age and replicas are the flow's queue's; its ack limits unused.
         let policy =
-            QueuePolicy::from_delivery(&flow.spec.delivery, 1, ctx.config.queue_defaults())
-                .map_err(|e| Error::spec("InvalidSpec", format!("spec.{e}")))?;
+            super::queue_policy(flow, ctx, 1).map_err(|e| Error::spec("InvalidSpec", e))?;
         ensure_capture(
             &ctx.jetstream,
             &names,
