@@ -225,6 +225,7 @@ fn helm_template_renders_a_production_install() {
         "{max_bytes}"
     );
     assert_eq!(env("FLOWPLANE_RESYNC_PER_SECOND")["value"], "10");
+    assert_eq!(env("FLOWPLANE_KUBE_API_CONCURRENCY")["value"], "16");
     // The credentials are a mounted file, never an environment value.
     assert_eq!(pod["volumes"][0]["secret"]["secretName"], "nats-creds");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");

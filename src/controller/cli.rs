@@ -10,10 +10,13 @@ use super::metrics::Metrics;
 use super::{Context, OperatorConfig};
 
 /// A client that counts the write requests it sends, so "a settled operator writes nothing"
-/// is visible in production as `flowplane_operator_kube_write_requests_total`.
-async fn counting_client(
+/// is visible in production as `flowplane_operator_kube_write_requests_total`. With
+/// `in_flight`, at most that many requests are sent at once and the rest wait in the client's
+/// queue (a watch holds its place only until its response starts).
+fn counting_client(
     writes: prometheus_client::metrics::counter::Counter,
     config: kube::Config,
+    in_flight: Option<u16>,
 ) -> anyhow::Result<Client> {
     let count = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
         if req.method() != http::Method::GET {
@@ -22,8 +25,11 @@ async fn counting_client(
         }
         req
     });
+    let layers = tower::ServiceBuilder::new().layer(count).option_layer(
+        in_flight.map(|limit| tower::limit::ConcurrencyLimitLayer::new(usize::from(limit))),
+    );
     Ok(kube::client::ClientBuilder::try_from(config)?
-        .with_layer(&count)
+        .with_layer(&layers)
         .build())
 }
 
@@ -43,6 +49,18 @@ pub struct ControllerArgs {
     /// How long a lease lasts without renewal (seconds).
     #[arg(long, default_value_t = 15)]
     pub lease_seconds: u64,
+    /// Requests to the Kubernetes API in flight at once, at most; the rest wait in the
+    /// operator. Thousands of flows reconciling at once (each applying its children together)
+    /// otherwise crowd the API server's other clients out: at 10,000 new flows
+    /// kube-controller-manager fell behind on the workers' Deployments by thousands. The lease
+    /// is renewed outside this limit.
+    #[arg(
+        long,
+        env = "FLOWPLANE_KUBE_API_CONCURRENCY",
+        default_value_t = 16,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub kube_api_concurrency: u16,
 }
 
 pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
@@ -62,7 +80,12 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
             let mut operator = args.operator;
             // Health probes never reach the API server at the address this client uses.
             operator.probe.api_server_urls = vec![config.cluster_url.to_string()];
-            let client = counting_client(metrics.kube_writes.clone(), config).await?;
+            let lease_client = counting_client(metrics.kube_writes.clone(), config.clone(), None)?;
+            let client = counting_client(
+                metrics.kube_writes.clone(),
+                config,
+                Some(args.kube_api_concurrency),
+            )?;
             let ctx = Context::with_metrics(client.clone(), operator, metrics).await?;
             tokio::spawn(super::serve_http(ctx.clone()));
             tracing::info!(region = ?ctx.config.region, "flowplane operator starting");
@@ -71,7 +94,7 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
             }
             let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("flowplane-{}", std::process::id()));
             let elector = LeaderElector::new(
-                client,
+                lease_client,
                 &args.lease_namespace,
                 &args.lease_name,
                 &identity,
