@@ -108,3 +108,51 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
             }
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::Api;
+
+    use super::*;
+
+    /// The most requests a stand-in API server had at once, of `requests` sent together
+    /// through a client built with `in_flight` (each answer takes 50 ms).
+    async fn most_at_once(in_flight: Option<u16>, requests: usize) -> usize {
+        let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (counted_now, counted_most) = (now.clone(), most.clone());
+        let app = axum::Router::new().fallback(move || {
+            let (now, most) = (counted_now.clone(), counted_most.clone());
+            async move {
+                most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                axum::Json(serde_json::json!({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "x", "namespace": "default"}
+                }))
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let url = format!("http://{}", listener.local_addr().expect("an address"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let config = kube::Config::new(url.parse().expect("a URL"));
+        let client = counting_client(Default::default(), config, in_flight).expect("a client");
+        let config_maps: Api<ConfigMap> = Api::namespaced(client, "default");
+        let answers = futures::future::join_all((0..requests).map(|_| config_maps.get("x"))).await;
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        most.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn the_operators_client_sends_at_most_its_limit_at_once() {
+        assert_eq!(most_at_once(Some(4), 20).await, 4);
+        // Without the limit the same requests do go out together.
+        assert!(most_at_once(None, 20).await > 4);
+    }
+}
