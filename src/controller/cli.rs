@@ -80,7 +80,11 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
             let mut operator = args.operator;
             // Health probes never reach the API server at the address this client uses.
             operator.probe.api_server_urls = vec![config.cluster_url.to_string()];
-            let lease_client = counting_client(metrics.kube_writes.clone(), config.clone(), None)?;
+            // Only a replica that elects a leader renews a Lease, outside the request limit.
+            let lease_client = args
+                .leader_election
+                .then(|| counting_client(metrics.kube_writes.clone(), config.clone(), None))
+                .transpose()?;
             let client = counting_client(
                 metrics.kube_writes.clone(),
                 config,
@@ -89,9 +93,9 @@ pub fn main(args: ControllerArgs) -> anyhow::Result<()> {
             let ctx = Context::with_metrics(client.clone(), operator, metrics).await?;
             tokio::spawn(super::serve_http(ctx.clone()));
             tracing::info!(region = ?ctx.config.region, "flowplane operator starting");
-            if !args.leader_election {
+            let Some(lease_client) = lease_client else {
                 return super::run(ctx).await;
-            }
+            };
             let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("flowplane-{}", std::process::id()));
             let elector = LeaderElector::new(
                 lease_client,
