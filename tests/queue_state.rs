@@ -332,3 +332,61 @@ async fn a_flow_deleted_before_its_move_takes_its_old_bucket_along() {
     delete_queue(&admin, &neighbour).await.unwrap();
     admin.delete_key_value(&names.state_bucket).await.unwrap();
 }
+
+/// What a worker knows of the records' outcomes, against the real bucket: its own outcomes
+/// at once and without a read (written or not, the write failed or not), every worker's as of
+/// its own last write, and another worker's newer ones by reading the record; a record that
+/// cannot be read answers "unknown", not "no outcome" (the consumer then holds a record
+/// delivered again rather than send it a second time).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_knows_its_own_outcomes_and_every_workers_as_of_its_last_write() {
+    use flowplane::worker::progress::{Outcome, ProgressDeltas};
+    let env = support::local_env();
+    let admin = jetstream::new(support::nats_admin(&env.nats_url).await);
+    let namespace = format!("settled-{}", std::process::id());
+    let names = QueueNames::for_flow(&namespace, "orders");
+    ensure_queue(&admin, &names, &QueuePolicy::default())
+        .await
+        .unwrap();
+    let store = bucket(&admin, &names).await.unwrap();
+    let worker = ProgressDeltas::default();
+    let other = ProgressDeltas::default();
+
+    worker.settle(7, Outcome::Delivered);
+    assert!(worker.settled_here(7) && !worker.settled_here(8));
+    assert!(!other.settled_here(7));
+    assert_eq!(
+        other.settled_in_record(&store, &[7]).await,
+        Some(vec![false])
+    );
+    worker.flush(&store, "1.0.0").await.unwrap().unwrap();
+    assert!(worker.settled_here(7), "still known once written");
+    assert_eq!(
+        other.settled_in_record(&store, &[7, 8]).await,
+        Some(vec![true, false])
+    );
+    assert!(
+        !other.settled_here(7),
+        "not read, not written: unknown here"
+    );
+
+    // The other worker writes: from then on it knows 7 without a read (a late copy of 7
+    // delivered to it is acked as it comes), and the first worker knows 9 once it writes.
+    other.settle(9, Outcome::DeadLettered);
+    other.flush(&store, "1.0.0").await.unwrap().unwrap();
+    assert!(other.settled_here(7) && other.settled_here(9));
+    assert!(!worker.settled_here(9));
+    worker.settle(10, Outcome::Delivered);
+    worker.flush(&store, "1.0.0").await.unwrap().unwrap();
+    assert!(worker.settled_here(9) && worker.settled_here(10));
+    let progress = read_progress(&admin, &names).await.unwrap();
+    assert_eq!((progress.delivered, progress.dead_lettered), (2, 1));
+
+    // No bucket: the record cannot be read, and an outcome whose write failed is still known.
+    delete_queue(&admin, &names).await.unwrap();
+    admin.delete_key_value(&names.state_bucket).await.unwrap();
+    assert_eq!(worker.settled_in_record(&store, &[11]).await, None);
+    worker.settle(11, Outcome::Delivered);
+    assert!(worker.flush(&store, "1.0.0").await.is_err());
+    assert!(worker.settled_here(11) && worker.settled_here(7));
+}

@@ -12,7 +12,8 @@
 //! with ordered consumers because it also survives the case partition leases cannot: a paused
 //! worker that wakes up after losing its lease and still sends its old batch.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::StatusCode;
@@ -26,6 +27,7 @@ use super::connectors::target::{Outgoing, Target};
 use super::dead_letter::dead_letter;
 use super::http::CallError;
 use super::key_freshness::KeyFreshness;
+use super::lock;
 use super::metrics::{KeyLabel, Metrics, SinceLabel};
 use super::progress::{Outcome, ProgressDeltas};
 use super::quality::{self, Facts, Judgement};
@@ -71,6 +73,24 @@ pub struct Consumer {
     pub shutdown: watch::Receiver<bool>,
     /// Freshness per value of the freshnessBy field, when the flow has one.
     pub key_freshness: Option<Arc<KeyFreshness>>,
+    /// Stream sequences the loops of this worker are processing: a copy of one of them
+    /// delivered to another loop is left to the first.
+    pub held: Mutex<HashSet<u64>>,
+}
+
+/// A loop's records of a batch in [`Consumer::held`], until dropped.
+struct Holding<'c> {
+    held: &'c Mutex<HashSet<u64>>,
+    sequences: Vec<u64>,
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        let mut held = lock(self.held);
+        for sequence in &self.sequences {
+            held.remove(sequence);
+        }
+    }
 }
 
 /// A record mapped and ready to deliver.
@@ -233,42 +253,81 @@ impl Consumer {
         (delivered > self.max_deliver).then_some(delivered)
     }
 
-    /// Records of the batch that JetStream delivered again although their outcome is recorded
-    /// (an ack lost when the consumer's leader failed over): acked here, not sent again.
-    async fn settled_already(
-        &self,
+    /// Which records of the batch are answered here, not sent, and the records this loop
+    /// holds until the batch is done. JetStream delivers a record again when an ack was lost
+    /// (the consumer's leader failed over) or its ackWait ran out, and a failover can bring
+    /// the copies out of order, a later one before an earlier one:
+    /// - a record with an outcome here is acked, whichever copy it is;
+    /// - a record another loop of this worker holds is left to that loop's answer;
+    /// - a copy delivered more than once is looked up in the shared record (another worker's
+    ///   outcome) and acked if there; while that record cannot be read it is held (NAKed for
+    ///   an ackWait) instead: sending it could send it twice.
+    async fn answer_known<'c>(
+        &'c self,
         messages: &[jetstream::Message],
         deliveries: &[Option<Delivery>],
-    ) -> Vec<bool> {
-        let mut settled = vec![false; messages.len()];
-        let again: Vec<(usize, u64)> = deliveries
-            .iter()
-            .enumerate()
-            .filter_map(|(i, d)| {
-                let d = (*d)?;
-                (d.delivered > 1).then_some((i, d.stream_sequence))
-            })
-            .collect();
-        if again.is_empty() {
-            return settled;
-        }
-        let sequences: Vec<u64> = again.iter().map(|&(_, s)| s).collect();
-        let known = self.progress.settled_of(&self.store, &sequences).await;
-        let mut acked = 0;
-        for (&(i, _), known) in again.iter().zip(known) {
-            if known {
-                settled[i] = true;
-                let _ = messages[i].ack().await;
-                acked += 1;
+    ) -> (Vec<bool>, Holding<'c>) {
+        let mut answered = vec![false; messages.len()];
+        let mut holding = Holding {
+            held: &self.held,
+            sequences: Vec::with_capacity(messages.len()),
+        };
+        let mut settled = Vec::new();
+        let mut again = Vec::new();
+        {
+            let mut held = lock(&self.held);
+            for (i, d) in deliveries.iter().enumerate() {
+                let Some(d) = d else { continue };
+                if self.progress.settled_here(d.stream_sequence) {
+                    settled.push(i);
+                } else if held.insert(d.stream_sequence) {
+                    holding.sequences.push(d.stream_sequence);
+                    if d.delivered > 1 {
+                        again.push((i, d.stream_sequence));
+                    }
+                } else {
+                    answered[i] = true;
+                }
             }
         }
-        if acked > 0 {
+        if !again.is_empty() {
+            let sequences: Vec<u64> = again.iter().map(|&(_, s)| s).collect();
+            match self
+                .progress
+                .settled_in_record(&self.store, &sequences)
+                .await
+            {
+                Some(known) => settled.extend(
+                    again
+                        .iter()
+                        .zip(known)
+                        .filter_map(|(&(i, _), known)| known.then_some(i)),
+                ),
+                None => {
+                    for &(i, _) in &again {
+                        answered[i] = true;
+                        let _ = messages[i]
+                            .ack_with(AckKind::Nak(Some(self.ack_wait)))
+                            .await;
+                    }
+                    tracing::warn!(
+                        records = again.len(),
+                        "records delivered again whose outcome cannot be read yet; held, not sent"
+                    );
+                }
+            }
+        }
+        for &i in &settled {
+            answered[i] = true;
+            let _ = messages[i].ack().await;
+        }
+        if !settled.is_empty() {
             tracing::info!(
-                records = acked,
+                records = settled.len(),
                 "records delivered again after their outcome was recorded; acked, not sent again"
             );
         }
-        settled
+        (answered, holding)
     }
 
     /// Records `message`'s outcome in the flow's progress, once per record.
@@ -298,9 +357,10 @@ impl Consumer {
         let mut failed_batch: Option<String> = None;
         let mut facts = Facts::default();
         let deliveries: Vec<Option<Delivery>> = messages.iter().map(delivery_of).collect();
-        let settled = self.settled_already(messages, &deliveries).await;
+        // Released when the batch is done: each of its records has its outcome or was NAKed.
+        let (answered, _holding) = self.answer_known(messages, &deliveries).await;
         for (index, message) in messages.iter().enumerate() {
-            if settled[index] {
+            if answered[index] {
                 continue;
             }
             if let Some(delivered) = self.delivered_too_often(deliveries[index]) {

@@ -43,6 +43,12 @@ use metrics::Metrics;
 use progress::ProgressDeltas;
 use transform::Plan;
 
+/// A lock whose holder panicked still guards plain bookkeeping (sets, counters, lists) in a
+/// usable state: keep using it rather than fail every later caller.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// `flowplane worker`
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
@@ -274,6 +280,7 @@ pub async fn run(
             .unwrap_or(Duration::from_secs(30)),
         shutdown: shutdown.clone(),
         key_freshness: key_freshness.clone(),
+        held: Default::default(),
     });
     for _ in 0..options.concurrency.max(1) {
         let consumer = consumer.clone();

@@ -14,8 +14,11 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use async_nats::jetstream::kv;
 
+use super::lock;
 use crate::queue::jetstream::{read_json_entry, update_progress};
-use crate::queue::{FLUSH_MARK_KEPT_SECS, FlowProgress, FlushMark, PROGRESS_KEY, QueueError};
+use crate::queue::{
+    FLUSH_MARK_KEPT_SECS, FlowProgress, FlushMark, PROGRESS_KEY, QueueError, SettledSequences,
+};
 use crate::worker_config::OTHER_KEY;
 
 /// What became of a record of the flow's stream.
@@ -38,6 +41,9 @@ pub struct ProgressDeltas {
     dead_lettered: AtomicU64,
     /// Outcomes of records of the flow's stream, by stream sequence.
     outcomes: Mutex<Vec<(u64, Outcome)>>,
+    /// Every sequence this process knows to have an outcome: the shared record's settled
+    /// sequences as it last wrote them, and its own outcomes since (written or not).
+    known: Mutex<SettledSequences>,
     duplicates: AtomicU64,
     last_success_unix: AtomicI64,
     lag: AtomicU64,
@@ -67,6 +73,7 @@ impl Default for ProgressDeltas {
             delivered: AtomicU64::default(),
             dead_lettered: AtomicU64::default(),
             outcomes: Mutex::default(),
+            known: Mutex::default(),
             duplicates: AtomicU64::default(),
             last_success_unix: AtomicI64::default(),
             lag: AtomicU64::default(),
@@ -184,10 +191,6 @@ impl Flush {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl ProgressDeltas {
     /// Bookkeeping that keeps the last delivery of at most `key_cap` values of the
     /// freshnessBy field (0: none).
@@ -226,6 +229,7 @@ impl ProgressDeltas {
     /// A delivered record's caller says when with [`Progress::delivered_at`], once per batch.
     pub fn settle(&self, sequence: u64, outcome: Outcome) {
         lock(&self.outcomes).push((sequence, outcome));
+        lock(&self.known).insert(sequence);
     }
 
     /// Records were delivered at `unix_seconds`: the flow's last success.
@@ -238,29 +242,32 @@ impl ProgressDeltas {
         self.delivered_at(super::clock::now_unix_ms() / 1000);
     }
 
-    /// Which of `sequences` (records JetStream delivered again) have an outcome already, here
-    /// or in the shared record. A record whose outcome is only in another worker's unwritten
-    /// changes is not found: it is sent again, and still counted once.
-    pub async fn settled_of(&self, store: &kv::Store, sequences: &[u64]) -> Vec<bool> {
-        let shared = match read_json_entry::<FlowProgress>(store, PROGRESS_KEY).await {
-            Ok((progress, _)) => progress.settled,
+    /// Whether `sequence` has an outcome as far as this process knows, without a read: its
+    /// own outcomes, and every worker's as of its last write of the shared record.
+    pub fn settled_here(&self, sequence: u64) -> bool {
+        lock(&self.known).contains(sequence)
+    }
+
+    /// Which of `sequences` have an outcome in the shared record as it reads now (any replica
+    /// answers); `None` when it cannot be read. Another worker's outcome not yet written is
+    /// not found: that record is sent again, and still counted once.
+    pub async fn settled_in_record(
+        &self,
+        store: &kv::Store,
+        sequences: &[u64],
+    ) -> Option<Vec<bool>> {
+        match read_json_entry::<FlowProgress>(store, PROGRESS_KEY).await {
+            Ok((progress, _)) => Some(
+                sequences
+                    .iter()
+                    .map(|&s| progress.settled.contains(s))
+                    .collect(),
+            ),
             Err(e) => {
-                tracing::warn!(error = %e, "progress record not read; redelivered records are sent again");
-                Default::default()
+                tracing::warn!(error = %e, "progress record not read");
+                None
             }
-        };
-        let outcomes = lock(&self.outcomes);
-        let unconfirmed = lock(&self.unconfirmed);
-        let here = |sequence: u64| {
-            outcomes.iter().any(|&(s, _)| s == sequence)
-                || unconfirmed
-                    .as_ref()
-                    .is_some_and(|f| f.outcomes.iter().any(|&(s, _)| s == sequence))
-        };
-        sequences
-            .iter()
-            .map(|&s| shared.contains(s) || here(s))
-            .collect()
+        }
     }
 
     /// Records the flow's stream dropped as already stored.
@@ -347,7 +354,14 @@ impl ProgressDeltas {
         })
         .await;
         match &result {
-            Ok(_) => {
+            Ok(written) => {
+                // What every worker settled as of this write, and what this one settled since.
+                let outcomes = lock(&self.outcomes);
+                let mut known = written.settled.clone();
+                for &(sequence, _) in outcomes.iter() {
+                    known.insert(sequence);
+                }
+                *lock(&self.known) = known;
                 if let Some(blocked) = flush.blocked {
                     *lock(&self.blocked_written) = blocked;
                 }

@@ -17,6 +17,7 @@ use regex::Regex;
 use serde_json::Value;
 use serde_json_borrow::Value as Borrowed;
 
+use super::lock;
 use crate::api::data_contract::{
     AdditionalFields, FieldSpec, FieldType, QualityAction, QualityCheck, QualityRule,
 };
@@ -525,13 +526,6 @@ fn compile_code_map(name: &str, table: &CodeTable) -> CodeMapPlan {
             .collect(),
         unmapped: Mutex::default(),
     }
-}
-
-/// A panic elsewhere while holding the lock leaves a plain set behind; keep using it.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn compile_rule(rule: &QualityRule) -> Result<CompiledRule, String> {
