@@ -150,19 +150,24 @@ impl CpuAccount {
     }
 }
 
-/// The apiserver's own account of its request time, by verb and resource (from its
-/// /metrics), so a phase's cost can be attributed.
+/// The apiserver's own account of its request time, by verb and resource, and of the watch
+/// events it sent, by resource (from its /metrics), so a phase's cost can be attributed.
 async fn apiserver_request_seconds(client: &Client) -> anyhow::Result<RequestFigures> {
     let request = http::Request::get("/metrics").body(Vec::new())?;
     let text = client.request_text(request).await?;
     let mut figures = RequestFigures::new();
     for line in text.lines() {
-        // The histogram's sum is the handler time, its count the number of requests.
-        let (labels, is_count) =
+        // The histogram's sum is the handler time, its count the number of requests; for
+        // watch events, the bytes sent and the number of events.
+        let (labels, is_count, is_watch_event) =
             if let Some(l) = line.strip_prefix("apiserver_request_duration_seconds_sum{") {
-                (l, false)
+                (l, false, false)
             } else if let Some(l) = line.strip_prefix("apiserver_request_duration_seconds_count{") {
-                (l, true)
+                (l, true, false)
+            } else if let Some(l) = line.strip_prefix("apiserver_watch_events_sizes_sum{") {
+                (l, false, true)
+            } else if let Some(l) = line.strip_prefix("apiserver_watch_events_total{") {
+                (l, true, true)
             } else {
                 continue;
             };
@@ -178,9 +183,12 @@ async fn apiserver_request_seconds(client: &Client) -> anyhow::Result<RequestFig
         if verb == "WATCH" || verb == "CONNECT" {
             continue; // long-running: their duration is how long they stayed open
         }
-        let key = match subresource.as_str() {
-            "" => format!("{verb} {resource}"),
-            sub => format!("{verb} {resource}/{sub}"),
+        let key = match (is_watch_event, subresource.as_str()) {
+            // Labelled by resource in recent releases, by kind before.
+            (true, _) if resource.is_empty() => format!("{WATCH_EVENTS}{}", label("kind")),
+            (true, _) => format!("{WATCH_EVENTS}{resource}"),
+            (false, "") => format!("{verb} {resource}"),
+            (false, sub) => format!("{verb} {resource}/{sub}"),
         };
         let value: f64 = line
             .rsplit(' ')
@@ -198,24 +206,52 @@ async fn apiserver_request_seconds(client: &Client) -> anyhow::Result<RequestFig
     Ok(figures)
 }
 
-/// Per verb and resource: handler seconds and requests, as kube-apiserver counted them.
+/// Per verb and resource: handler seconds and requests; per watched resource (keys starting with
+/// [`WATCH_EVENTS`]): watch event bytes and events; as kube-apiserver counted them.
 type RequestFigures = HashMap<String, (f64, f64)>;
+
+const WATCH_EVENTS: &str = "watch events of ";
+
+/// The differences between two readings, per key: (amount, count).
+fn differences(before: &RequestFigures, after: &RequestFigures) -> Vec<(String, f64, f64)> {
+    after
+        .iter()
+        .map(|(k, (amount, count))| {
+            let (a0, c0) = before.get(k).copied().unwrap_or((0.0, 0.0));
+            (k.clone(), amount - a0, count - c0)
+        })
+        .collect()
+}
 
 /// The largest request-time differences between two readings, each with its request count.
 fn top_request_seconds(before: &RequestFigures, after: &RequestFigures) -> String {
-    let mut spent: Vec<(String, f64, f64)> = after
-        .iter()
-        .map(|(k, (seconds, count))| {
-            let (s0, c0) = before.get(k).copied().unwrap_or((0.0, 0.0));
-            (k.clone(), seconds - s0, count - c0)
-        })
-        .filter(|(_, seconds, _)| *seconds > 0.05)
+    let mut spent: Vec<_> = differences(before, after)
+        .into_iter()
+        .filter(|(k, seconds, _)| !k.starts_with(WATCH_EVENTS) && *seconds > 0.05)
         .collect();
     spent.sort_by(|a, b| b.1.total_cmp(&a.1));
     spent
         .iter()
         .take(8)
         .map(|(k, seconds, count)| format!("{k} {seconds:.1} s ({count:.0})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The resources the apiserver sent the most watch events of between two readings (to every
+/// watcher: kube-controller-manager's informers, and the operator's in its phase), with bytes.
+fn top_watch_events(before: &RequestFigures, after: &RequestFigures) -> String {
+    let mut sent: Vec<_> = differences(before, after)
+        .into_iter()
+        .filter_map(|(k, bytes, events)| {
+            let kind = k.strip_prefix(WATCH_EVENTS)?.to_string();
+            (events > 0.0).then_some((kind, bytes, events))
+        })
+        .collect();
+    sent.sort_by(|a, b| b.2.total_cmp(&a.2));
+    sent.iter()
+        .take(8)
+        .map(|(kind, bytes, events)| format!("{kind} {events:.0} ({:.1} MiB)", bytes / 1048576.0))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -259,6 +295,9 @@ struct Floor {
     /// `same_objects` until then.
     controllers_done: Duration,
     controllers_tail_cpu: HashMap<String, f64>,
+    /// The apiserver's request figures at `controllers_done`: the tail's requests, as the
+    /// operator phase's are printed.
+    requests_at_controllers_done: RequestFigures,
 }
 
 /// The objects of flow `i` besides its children, as the operator phase has them: the flow
@@ -611,6 +650,7 @@ async fn main() -> anyhow::Result<()> {
             same_objects,
             controllers_done,
             controllers_tail_cpu,
+            requests_at_controllers_done: apiserver_request_seconds(&client).await?,
         };
         // Gone before the operator starts, so kube-controller-manager's work on the floor's
         // Deployments and autoscalers does not load the operator's run.
@@ -809,6 +849,12 @@ async fn main() -> anyhow::Result<()> {
         "  floor:    {}",
         top_request_seconds(&requests_at_start, &requests_after_floor)
     );
+    if let Some(floor) = &floor {
+        println!(
+            "  floor, after its applies until kube-controller-manager was done: {}",
+            top_request_seconds(&requests_after_floor, &floor.requests_at_controllers_done)
+        );
+    }
     println!(
         "  operator: {}",
         top_request_seconds(&requests_before_operator, &requests_after_operator)
@@ -816,6 +862,25 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "  operator, after it settled until kube-controller-manager was done: {}",
         top_request_seconds(&requests_after_operator, &requests_at_controllers_done)
+    );
+    println!("apiserver watch events sent, by resource (top 8):");
+    println!(
+        "  floor:    {}",
+        top_watch_events(&requests_at_start, &requests_after_floor)
+    );
+    if let Some(floor) = &floor {
+        println!(
+            "  floor, after its applies until kube-controller-manager was done: {}",
+            top_watch_events(&requests_after_floor, &floor.requests_at_controllers_done)
+        );
+    }
+    println!(
+        "  operator: {}",
+        top_watch_events(&requests_before_operator, &requests_after_operator)
+    );
+    println!(
+        "  operator, after it settled until kube-controller-manager was done: {}",
+        top_watch_events(&requests_after_operator, &requests_at_controllers_done)
     );
     println!(
         "IntegrationFlow reconciles per flow:    {:.2} until settled, {:.2} at the end",
