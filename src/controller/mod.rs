@@ -11,6 +11,7 @@ pub mod leader;
 pub mod metrics;
 pub mod operations_cli;
 pub mod optional_apis;
+pub mod written_status;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -170,6 +171,8 @@ pub struct Context {
     pub recent_probes: connector_binding::policy::RecentProbes,
     /// The flows every watch scope holds, for the resync period.
     pub watched_flows: integration_flow::resync::WatchedFlows,
+    /// The statuses this process wrote that its watch caches may not show yet.
+    pub written_statuses: written_status::WrittenStatuses,
 }
 
 impl Context {
@@ -234,6 +237,7 @@ impl Context {
             probe_cluster: Default::default(),
             recent_probes: Default::default(),
             watched_flows: Default::default(),
+            written_statuses: Default::default(),
         }))
     }
 }
@@ -280,17 +284,16 @@ pub async fn publish_condition_event<K: kube::Resource<DynamicType = ()>>(
 }
 
 /// Server-side applies `status` to the status subresource of `object` under the operator's
-/// field manager. Callers compare before calling: an unchanged status is never written.
-pub async fn apply_status<K>(
-    ctx: &Context,
-    object: &K,
-    status: &impl serde::Serialize,
-) -> Result<()>
+/// field manager, and remembers it as stored ([`written_status`]). Callers compare before
+/// calling: an unchanged status is never written.
+pub async fn apply_status<K>(ctx: &Context, object: &K, status: &K::Status) -> Result<()>
 where
     K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + kube::core::object::HasStatus
         + Clone
         + serde::de::DeserializeOwned
         + std::fmt::Debug,
+    K::Status: serde::Serialize + Clone + Send + Sync + 'static,
 {
     use kube::ResourceExt;
     let api: kube::Api<K> =
@@ -300,12 +303,14 @@ where
         "kind": K::kind(&()),
         "status": status,
     });
-    api.patch_status(
-        &object.name_any(),
-        &kube::api::PatchParams::apply(FIELD_MANAGER).force(),
-        &kube::api::Patch::Apply(&patch),
-    )
-    .await?;
+    let stored = api
+        .patch_status(
+            &object.name_any(),
+            &kube::api::PatchParams::apply(FIELD_MANAGER).force(),
+            &kube::api::Patch::Apply(&patch),
+        )
+        .await?;
+    ctx.written_statuses.record(&stored);
     Ok(())
 }
 

@@ -139,6 +139,7 @@ async fn reconcile(binding: Arc<ConnectorBinding>, ctx: Arc<Context>) -> Result<
     if binding.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
+    let binding = ctx.written_statuses.current(binding);
     let secrets = read_secrets(&binding, &ctx).await?;
     let secret = status::secret_resolved(&binding, &secrets.states);
 

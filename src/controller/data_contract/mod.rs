@@ -63,6 +63,7 @@ async fn reconcile(contract: Arc<DataContract>, ctx: Arc<Context>) -> Result<Act
         // The history ConfigMap goes with the contract (owner reference).
         return Ok(Action::await_change());
     }
+    let contract = ctx.written_statuses.current(contract);
     let ns = contract.namespace().unwrap_or_default();
     let name = contract.name_any();
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);

@@ -439,7 +439,7 @@ async fn reconcile(flow: Arc<IntegrationFlow>, fctx: Arc<FlowContext>) -> Result
     }
     fctx.stores.ready().await;
     let api: Api<IntegrationFlow> = Api::namespaced(ctx.client.clone(), &namespace(&flow));
-    let mut flow = flow;
+    let mut flow = ctx.written_statuses.current(flow);
     if flow.metadata.deletion_timestamp.is_none()
         && !flow.finalizers().iter().any(|f| f == FINALIZER)
     {
