@@ -842,46 +842,42 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
-    println!(
-        "apiserver request seconds (requests) by verb and resource (wall time in handlers, top 8):"
-    );
-    println!(
-        "  floor:    {}",
-        top_request_seconds(&requests_at_start, &requests_after_floor)
-    );
+    // The four stretches each printer reports: (label, reading at its start, at its end).
+    let mut stretches = vec![("floor:   ", &requests_at_start, &requests_after_floor)];
     if let Some(floor) = &floor {
-        println!(
-            "  floor, after its applies until kube-controller-manager was done: {}",
-            top_request_seconds(&requests_after_floor, &floor.requests_at_controllers_done)
-        );
+        stretches.push((
+            "floor, after its applies until kube-controller-manager was done:",
+            &requests_after_floor,
+            &floor.requests_at_controllers_done,
+        ));
     }
-    println!(
-        "  operator: {}",
-        top_request_seconds(&requests_before_operator, &requests_after_operator)
-    );
-    println!(
-        "  operator, after it settled until kube-controller-manager was done: {}",
-        top_request_seconds(&requests_after_operator, &requests_at_controllers_done)
-    );
-    println!("apiserver watch events sent, by resource (top 8):");
-    println!(
-        "  floor:    {}",
-        top_watch_events(&requests_at_start, &requests_after_floor)
-    );
-    if let Some(floor) = &floor {
-        println!(
-            "  floor, after its applies until kube-controller-manager was done: {}",
-            top_watch_events(&requests_after_floor, &floor.requests_at_controllers_done)
-        );
+    stretches.push((
+        "operator:",
+        &requests_before_operator,
+        &requests_after_operator,
+    ));
+    stretches.push((
+        "operator, after it settled until kube-controller-manager was done:",
+        &requests_after_operator,
+        &requests_at_controllers_done,
+    ));
+    type Printer = fn(&RequestFigures, &RequestFigures) -> String;
+    let printers: [(&str, Printer); 2] = [
+        (
+            "apiserver request seconds (requests) by verb and resource (wall time in handlers, top 8):",
+            top_request_seconds,
+        ),
+        (
+            "apiserver watch events sent, by resource (top 8):",
+            top_watch_events,
+        ),
+    ];
+    for (title, printer) in printers {
+        println!("{title}");
+        for (label, before, after) in &stretches {
+            println!("  {label} {}", printer(before, after));
+        }
     }
-    println!(
-        "  operator: {}",
-        top_watch_events(&requests_before_operator, &requests_after_operator)
-    );
-    println!(
-        "  operator, after it settled until kube-controller-manager was done: {}",
-        top_watch_events(&requests_after_operator, &requests_at_controllers_done)
-    );
     println!(
         "IntegrationFlow reconciles per flow:    {:.2} until settled, {:.2} at the end",
         flow_reconciles(&settled_figures) / flows as f64,
