@@ -288,6 +288,8 @@ async fn apply(client: &Client, ns: &str, value: serde_json::Value) -> anyhow::R
 /// The floor phase's two clocks: the operator's children alone, and everything the operator
 /// phase's clock covers.
 struct Floor {
+    /// When it started, for matching profiles taken meanwhile (`PROFILE=1`).
+    started_unix: u64,
     children: Duration,
     same_objects: Duration,
     /// From the same start until kube-controller-manager has every Deployment's status
@@ -570,6 +572,12 @@ fn flow_reconciles(metrics: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -603,9 +611,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(1000);
     let bin = std::env::var("FLOWPLANE_BIN")?;
     let client = Client::try_default().await?;
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
+    let stamp = unix_now();
 
     let references = references();
     let mut cpu = CpuAccount::new()?;
@@ -622,6 +628,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         namespace(&client, &floor_ns).await?;
         let start = Instant::now();
+        let started_unix = unix_now();
         stream::iter(children)
             .map(|object| apply(&client, &floor_ns, object))
             .buffer_unordered(CONCURRENCY)
@@ -646,6 +653,7 @@ async fn main() -> anyhow::Result<()> {
         let controllers_done = until_deployments_updated(&client, &floor_ns, start).await?;
         let controllers_tail_cpu: HashMap<String, f64> = cpu.since_last()?.into_iter().collect();
         let floor = Floor {
+            started_unix,
             children: children_floor,
             same_objects,
             controllers_done,
@@ -703,6 +711,7 @@ async fn main() -> anyhow::Result<()> {
         },
     ));
     let start = Instant::now();
+    let started_unix = unix_now();
     stream::iter(0..flows)
         .map(|i| apply(&client, &ns, flow(i)))
         .buffer_unordered(CONCURRENCY)
@@ -878,6 +887,18 @@ async fn main() -> anyhow::Result<()> {
             println!("  {label} {}", printer(before, after));
         }
     }
+    // For scripts/bench-operator.sh to pick the profiles taken in each phase (PROFILE=1).
+    if let Some(floor) = &floor {
+        println!(
+            "phase window (unix seconds): floor {} {}",
+            floor.started_unix,
+            floor.started_unix + floor.controllers_done.as_secs()
+        );
+    }
+    println!(
+        "phase window (unix seconds): operator {started_unix} {}",
+        started_unix + controllers_done.as_secs()
+    );
     println!(
         "IntegrationFlow reconciles per flow:    {:.2} until settled, {:.2} at the end",
         flow_reconciles(&settled_figures) / flows as f64,

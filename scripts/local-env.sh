@@ -30,6 +30,8 @@
 # State (certs, data, logs, pids) lives in $FLOWPLANE_STATE (default ~/.cache/flowplane/run/<name>).
 # KCM_API_QPS: kube-controller-manager's request rate (default 20, its own default; burst 1.5x);
 # scripts/bench-operator.sh raises it for 10,000 flows, as large clusters do.
+# PROFILING=1: kube-apiserver and kube-controller-manager serve /debug/pprof (the env file
+# then names KCM_URL); scripts/bench-operator.sh uses it to say where their CPU goes.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -233,6 +235,8 @@ up() {
     --web.listen-address "127.0.0.1:$prom_port" --web.enable-lifecycle --log.level warn
   wait_for etcd 30 curl -sf "http://127.0.0.1:$etcd_port/health"
   local pki="$STATE/pki"
+  local profiling=false
+  [ "${PROFILING:-0}" = 1 ] && profiling=true
   start kube-apiserver "$BIN/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$etcd_port" \
     --bind-address "$LISTEN_HOST" --advertise-address "$LISTEN_HOST" --secure-port "$api_port" \
@@ -247,17 +251,20 @@ up() {
     --service-cluster-ip-range 10.96.0.0/16 \
     --authorization-mode RBAC --allow-privileged=true \
     --endpoint-reconciler-type none \
-    --enable-priority-and-fairness=false --profiling=false \
+    --enable-priority-and-fairness=false --profiling="$profiling" \
     --kubelet-preferred-address-types=InternalIP
   kubeconfig "$STATE/kubeconfig" "https://$LISTEN_HOST:$api_port"
   wait_for kube-apiserver 120 "$BIN/kubectl" --kubeconfig "$STATE/kubeconfig" get --raw /readyz
+  # Without profiling, kube-controller-manager serves nothing (port 0).
+  local kcm_port=0
+  [ "$profiling" = true ] && kcm_port=$(free_port)
   local node_controllers=""
   # A node needs the kube-root-ca.crt ConfigMap (service-account tokens) and the not-ready taint
   # lifted once the kubelet reports Ready.
   [ "$WITH_NODE" = 1 ] && node_controllers=",root-ca-certificate-publisher-controller,node-lifecycle-controller"
   start kube-controller-manager "$BIN/kube-controller-manager" \
     --kubeconfig "$STATE/kubeconfig" --authentication-kubeconfig "$STATE/kubeconfig" --authorization-kubeconfig "$STATE/kubeconfig" \
-    --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false \
+    --bind-address 127.0.0.1 --secure-port "$kcm_port" --cert-dir "$STATE/kcm" --profiling="$profiling" --leader-elect=false \
     --controllers garbage-collector-controller,namespace-controller,deployment-controller,replicaset-controller,serviceaccount-controller,serviceaccount-token-controller,job-controller,cronjob-controller,horizontal-pod-autoscaler-controller,disruption-controller$node_controllers \
     --root-ca-file "$pki/ca.crt" --service-account-private-key-file "$pki/sa.key" \
     --concurrent-gc-syncs 5 --horizontal-pod-autoscaler-downscale-stabilization 30s \
@@ -279,6 +286,7 @@ export FLOWPLANE_PROMETHEUS_TARGETS="$STATE/prometheus/targets"
 export FLOWPLANE_PROMETHEUS_RULES="$STATE/prometheus/rules"
 export PATH="$BIN:\$PATH"
 ENV
+  [ "$profiling" = true ] && echo "export KCM_URL=\"https://127.0.0.1:$kcm_port\"" >>"$ENV_FILE"
   [ "$WITH_NODE" = 1 ] && cat >>"$ENV_FILE" <<ENV
 export FLOWPLANE_NODE_IP="$NODE_IP"
 export FLOWPLANE_NODE_NAME="$NODE_NAME"
