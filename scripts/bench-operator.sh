@@ -49,7 +49,7 @@ phase_profile() {
   go tool pprof -proto "${files[@]}" >"$profiles/$2-$1.pb.gz" 2>/dev/null
   echo "  $1, ${#files[@]} profiles of 30 s, heaviest Kubernetes frames (cumulative):"
   go tool pprof -top -cum -nodecount=400 "$profiles/$2-$1.pb.gz" 2>/dev/null |
-    grep -E 'Total samples|k8s\.io|sigs\.k8s\.io' | head -40 | sed 's/^/    /'
+    grep -E 'Total samples|k8s\.io|sigs\.k8s\.io' | awk 'NR <= 40' | sed 's/^/    /' || true
 }
 # Where process $1 spent more CPU in the operator phase than in the floor's.
 profile_difference() {
@@ -57,7 +57,7 @@ profile_difference() {
   echo "  $1, operator phase minus floor phase (CPU-seconds, cumulative):"
   go tool pprof -top -cum -nodecount=400 -diff_base="$profiles/floor-$1.pb.gz" \
     "$profiles/operator-$1.pb.gz" 2>/dev/null |
-    grep -E 'k8s\.io|sigs\.k8s\.io' | head -40 | sed 's/^/    /'
+    grep -E 'k8s\.io|sigs\.k8s\.io' | awk 'NR <= 40' | sed 's/^/    /' || true
 }
 for run in $(seq "$runs"); do
   # A subshell per run: the sourced environment (PATH with the tool cache first) must not
