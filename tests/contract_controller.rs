@@ -350,3 +350,37 @@ async fn an_invalid_schema_is_not_ready_with_a_precise_message() {
     );
     assert!(status.history.is_empty());
 }
+
+#[tokio::test]
+async fn a_deleted_history_config_map_is_made_again_at_once() {
+    let client = client().await;
+    operator();
+    let ns = TestNamespace::new(&client, "contract-history").await;
+    let ns = ns.name.as_str();
+    let _: DataContract = apply_yaml(&client, ns, &contract("1.0.0", "")).await;
+    let (_, published) = checked(&client, ns, "1.0.0 published").await;
+    assert_eq!(versions(&published), ["1.0.0"]);
+    let keys = history_keys(&client, ns).await;
+    assert!(!keys.is_empty());
+
+    // The controller watches its history ConfigMaps (and only those): a deletion is acted on
+    // within seconds, not at the ten-minute resync.
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), ns);
+    config_maps
+        .delete("order-lines-contract-history", &Default::default())
+        .await
+        .unwrap();
+    let made_again = eventually(30, "the history ConfigMap made again", || async {
+        let cm = config_maps
+            .get_opt("order-lines-contract-history")
+            .await
+            .ok()??;
+        cm.metadata.deletion_timestamp.is_none().then_some(cm)
+    })
+    .await;
+    let mut again: Vec<String> = made_again.data.unwrap_or_default().into_keys().collect();
+    again.sort();
+    let mut before = keys;
+    before.sort();
+    assert_eq!(again, before);
+}
