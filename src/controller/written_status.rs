@@ -28,9 +28,13 @@ struct Written {
 
 pub struct WrittenStatuses {
     patience: Duration,
+    inner: Mutex<Entries>,
+}
+
+struct Entries {
     /// By object uid: a recreated object under the same name starts afresh.
-    entries: Mutex<HashMap<String, Written>>,
-    last_sweep: Mutex<Instant>,
+    by_uid: HashMap<String, Written>,
+    last_sweep: Instant,
 }
 
 impl Default for WrittenStatuses {
@@ -43,8 +47,10 @@ impl WrittenStatuses {
     pub fn with_patience(patience: Duration) -> Self {
         WrittenStatuses {
             patience,
-            entries: Mutex::default(),
-            last_sweep: Mutex::new(Instant::now()),
+            inner: Mutex::new(Entries {
+                by_uid: HashMap::new(),
+                last_sweep: Instant::now(),
+            }),
         }
     }
 
@@ -58,10 +64,10 @@ impl WrittenStatuses {
         let Some(uid) = object.meta().uid.as_deref() else {
             return object;
         };
-        let Ok(mut entries) = self.entries.lock() else {
+        let Ok(mut entries) = self.inner.lock() else {
             return object;
         };
-        let Some(written) = entries.get(uid) else {
+        let Some(written) = entries.by_uid.get(uid) else {
             return object;
         };
         match written.status.downcast_ref::<K::Status>() {
@@ -74,7 +80,7 @@ impl WrittenStatuses {
             }
             // The cache has caught up (or the wait is over): it is the truth again.
             _ => {
-                entries.remove(uid);
+                entries.by_uid.remove(uid);
                 object
             }
         }
@@ -90,11 +96,11 @@ impl WrittenStatuses {
         else {
             return;
         };
-        let Ok(mut entries) = self.entries.lock() else {
+        let Ok(mut entries) = self.inner.lock() else {
             return;
         };
         let now = Instant::now();
-        entries.insert(
+        entries.by_uid.insert(
             uid,
             Written {
                 status: Box::new(status),
@@ -102,17 +108,18 @@ impl WrittenStatuses {
             },
         );
         // Objects not reconciled again (or deleted) are dropped here, once per patience.
-        if let Ok(mut last_sweep) = self.last_sweep.lock()
-            && now.duration_since(*last_sweep) >= self.patience
-        {
-            *last_sweep = now;
-            entries.retain(|_, w| now.duration_since(w.at) < self.patience);
+        if now.duration_since(entries.last_sweep) >= self.patience {
+            entries.last_sweep = now;
+            let patience = self.patience;
+            entries
+                .by_uid
+                .retain(|_, w| now.duration_since(w.at) < patience);
         }
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+        self.inner.lock().map(|e| e.by_uid.len()).unwrap_or(0)
     }
 }
 
