@@ -90,6 +90,19 @@ async fn checked(client: &Client, ns: &str, what: &str) -> (DataContract, DataCo
     .await
 }
 
+/// A fresh namespace (dropped with the returned guard) with order-lines 1.0.0 published.
+async fn with_1_0_0_published(
+    client: &Client,
+    prefix: &str,
+) -> (TestNamespace, DataContractStatus) {
+    operator();
+    let ns = TestNamespace::new(client, prefix).await;
+    let _: DataContract = apply_yaml(client, &ns.name, &contract("1.0.0", "")).await;
+    let (_, published) = checked(client, &ns.name, "1.0.0 published").await;
+    assert_eq!(versions(&published), ["1.0.0"]);
+    (ns, published)
+}
+
 fn versions(status: &DataContractStatus) -> Vec<&str> {
     status.history.iter().map(|h| h.version.as_str()).collect()
 }
@@ -264,12 +277,8 @@ async fn contract_versions_gate_flow_rollouts() {
 #[tokio::test]
 async fn editing_a_published_version_is_refused() {
     let client = client().await;
-    operator();
-    let ns = TestNamespace::new(&client, "contract-edit").await;
+    let (ns, published) = with_1_0_0_published(&client, "contract-edit").await;
     let ns = ns.name.as_str();
-    let _: DataContract = apply_yaml(&client, ns, &contract("1.0.0", "")).await;
-    let (_, published) = checked(&client, ns, "1.0.0 published").await;
-    assert_eq!(versions(&published), ["1.0.0"]);
     let stored = Api::<ConfigMap>::namespaced(client.clone(), ns)
         .get("order-lines-contract-history")
         .await
@@ -354,12 +363,8 @@ async fn an_invalid_schema_is_not_ready_with_a_precise_message() {
 #[tokio::test]
 async fn a_deleted_history_config_map_is_made_again_at_once() {
     let client = client().await;
-    operator();
-    let ns = TestNamespace::new(&client, "contract-history").await;
+    let (ns, _) = with_1_0_0_published(&client, "contract-history").await;
     let ns = ns.name.as_str();
-    let _: DataContract = apply_yaml(&client, ns, &contract("1.0.0", "")).await;
-    let (_, published) = checked(&client, ns, "1.0.0 published").await;
-    assert_eq!(versions(&published), ["1.0.0"]);
     let keys = history_keys(&client, ns).await;
     assert!(!keys.is_empty());
 
