@@ -612,8 +612,13 @@ async fn optional_apis_swap_autoscaler_and_alert_objects() {
     })
     .await;
     // No metrics API yet: the operator holds the worker count (minReplicas) until KEDA comes.
-    let d: Deployment = get_opt(&client, &ns.name, "scaled-worker").await.unwrap();
-    assert!(operator_owns_replicas(&d));
+    // The Deployment is applied concurrently with the ConfigMap, so it may land a moment later.
+    eventually(30, "operator holds the worker count", || async {
+        get_opt::<Deployment>(&client, &ns.name, "scaled-worker")
+            .await
+            .filter(operator_owns_replicas)
+    })
+    .await;
 
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let cache = support::cache_dir().join("crds");
@@ -663,8 +668,13 @@ async fn optional_apis_swap_autoscaler_and_alert_objects() {
                 .then_some(())
         })
         .await;
-        let d: Deployment = get_opt(&client, &ns, "scaled-worker").await.unwrap();
-        assert!(!operator_owns_replicas(&d));
+        // Likewise the pass that prunes the ConfigMap applies the Deployment.
+        eventually(30, "operator gives the worker count to KEDA", || async {
+            get_opt::<Deployment>(&client, &ns, "scaled-worker")
+                .await
+                .filter(|d| !operator_owns_replicas(d))
+        })
+        .await;
     };
     // Remove the CRDs whatever happened, so other tests see a cluster without them.
     let outcome = tokio::spawn(result).await;
