@@ -13,9 +13,9 @@
 # KCM_API_QPS (default 20) is kube-controller-manager's request rate: at 10,000 flows its
 # default makes it the slowest part (a ReplicaSet, a Pod and status updates per Deployment),
 # and the idle measurement waits for it.
-# PROFILE=1 takes back-to-back 30 s CPU profiles of kube-apiserver and kube-controller-manager
-# through the run, keeps them in PROFILE_DIR (default ~/.cache/flowplane/profiles/<time>) and
-# prints each phase's top functions (`go tool pprof`, so it needs Go): where the operator run's
+# PROFILE=1 takes back-to-back 30 s CPU profiles of kube-apiserver, kube-controller-manager and
+# nats-server through the run, keeps them in PROFILE_DIR (default
+# ~/.cache/flowplane/profiles/<time>) and prints each phase's top functions (`go tool pprof`, so it needs Go): where the operator run's
 # extra CPU goes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,11 +34,19 @@ profile_loop() {
     kubectl get --raw "/debug/pprof/profile?seconds=30" >"$profiles/kube-apiserver-$t.pb.gz" 2>/dev/null &
     curl -sfk --cert "$pki/admin.crt" --key "$pki/admin.key" \
       "$KCM_URL/debug/pprof/profile?seconds=30" >"$profiles/kube-controller-manager-$t.pb.gz" &
+    curl -sf "$NATS_PROFILE_URL/debug/pprof/profile?seconds=30" >"$profiles/nats-server-$t.pb.gz" &
     wait
   done
 }
+# The frames worth printing of process $1: its own code's, not the Go runtime's.
+own_frames() {
+  case "$1" in
+    nats-server) echo 'nats-io/nats-server' ;;
+    *) echo 'k8s\.io|sigs\.k8s\.io' ;;
+  esac
+}
 # Process $1's profiles that lie mostly in phase $2 [$3, $4), merged into $profiles/$2-$1.pb.gz;
-# prints its heaviest Kubernetes frames (cumulative CPU-seconds).
+# prints its heaviest own frames (cumulative CPU-seconds).
 phase_profile() {
   local files=() f t
   for f in "$profiles/$1"-*.pb.gz; do
@@ -47,9 +55,9 @@ phase_profile() {
   done
   [ "${#files[@]}" -gt 0 ] || { echo "  (no profile of $1 in this phase)"; return; }
   go tool pprof -proto "${files[@]}" >"$profiles/$2-$1.pb.gz" 2>/dev/null
-  echo "  $1, ${#files[@]} profiles of 30 s, heaviest Kubernetes frames (cumulative):"
+  echo "  $1, ${#files[@]} profiles of 30 s, heaviest own frames (cumulative):"
   go tool pprof -top -cum -nodecount=400 "$profiles/$2-$1.pb.gz" 2>/dev/null |
-    grep -E 'Total samples|k8s\.io|sigs\.k8s\.io' | awk 'NR <= 40' | sed 's/^/    /' || true
+    grep -E "Total samples|$(own_frames "$1")" | awk 'NR <= 40' | sed 's/^/    /' || true
 }
 # Where process $1 spent more CPU in the operator phase than in the floor's.
 profile_difference() {
@@ -57,7 +65,7 @@ profile_difference() {
   echo "  $1, operator phase minus floor phase (CPU-seconds, cumulative):"
   go tool pprof -top -cum -nodecount=400 -diff_base="$profiles/floor-$1.pb.gz" \
     "$profiles/operator-$1.pb.gz" 2>/dev/null |
-    grep -E 'k8s\.io|sigs\.k8s\.io' | awk 'NR <= 40' | sed 's/^/    /' || true
+    grep -E "$(own_frames "$1")" | awk 'NR <= 40' | sed 's/^/    /' || true
 }
 for run in $(seq "$runs"); do
   # A subshell per run: the sourced environment (PATH with the tool cache first) must not
@@ -88,7 +96,7 @@ for run in $(seq "$runs"); do
       awk '/^phase window/ {print $(NF-2), $(NF-1), $NF}' "$results.run" |
         while read -r phase from to; do
           echo " $phase phase, until kube-controller-manager was done:"
-          for process in kube-apiserver kube-controller-manager; do
+          for process in kube-apiserver kube-controller-manager nats-server; do
             phase_profile "$process" "$phase" "$from" "$to"
           done
         done

@@ -30,8 +30,9 @@
 # State (certs, data, logs, pids) lives in $FLOWPLANE_STATE (default ~/.cache/flowplane/run/<name>).
 # KCM_API_QPS: kube-controller-manager's request rate (default 20, its own default; burst 1.5x);
 # scripts/bench-operator.sh raises it for 10,000 flows, as large clusters do.
-# PROFILING=1: kube-apiserver and kube-controller-manager serve /debug/pprof (the env file
-# then names KCM_URL); scripts/bench-operator.sh uses it to say where their CPU goes.
+# PROFILING=1: kube-apiserver, kube-controller-manager and nats-server serve /debug/pprof (the
+# env file then names KCM_URL and NATS_PROFILE_URL); scripts/bench-operator.sh uses it to say
+# where their CPU goes.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -145,9 +146,10 @@ nats_auth() {
   "$flowplane" nats-bootstrap --dir "$d" >/dev/null
 }
 
-nats_config() { # port, monitoring port
+nats_config() { # port, monitoring port[, profiling port]
   local d="$STATE/nats"
   cat >"$d/server.conf" <<CONF
+${3:+prof_port: $3}
 listen: $LISTEN_HOST:$1
 http: $LISTEN_HOST:$2
 # A flow's user JWT (its allow-lists) goes in CONNECT: more than the default 4 KiB.
@@ -226,7 +228,9 @@ up() {
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
     --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
     --initial-cluster "flowplane=http://127.0.0.1:$etcd_peer" --unsafe-no-fsync --quota-backend-bytes 4294967296
-  nats_config "$nats_port" "$nats_mon"
+  local nats_prof=""
+  [ "${PROFILING:-0}" = 1 ] && nats_prof=$(free_port)
+  nats_config "$nats_port" "$nats_mon" "$nats_prof"
   start nats-server "$BIN/nats-server" -c "$STATE/nats/server.conf"
   local prom_port; prom_port=$(free_port)
   prometheus_config
@@ -287,6 +291,7 @@ export FLOWPLANE_PROMETHEUS_RULES="$STATE/prometheus/rules"
 export PATH="$BIN:\$PATH"
 ENV
   [ "$profiling" = true ] && echo "export KCM_URL=\"https://127.0.0.1:$kcm_port\"" >>"$ENV_FILE"
+  [ -n "$nats_prof" ] && echo "export NATS_PROFILE_URL=\"http://$LISTEN_HOST:$nats_prof\"" >>"$ENV_FILE"
   [ "$WITH_NODE" = 1 ] && cat >>"$ENV_FILE" <<ENV
 export FLOWPLANE_NODE_IP="$NODE_IP"
 export FLOWPLANE_NODE_NAME="$NODE_NAME"
