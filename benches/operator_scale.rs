@@ -16,7 +16,6 @@ use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -293,7 +292,7 @@ struct Floor {
     children: Duration,
     same_objects: Duration,
     /// From the same start until kube-controller-manager has every Deployment's status
-    /// current ([`deployments_not_updated`]), and the CPU each process used after
+    /// current ([`deployments_updated`]), and the CPU each process used after
     /// `same_objects` until then.
     controllers_done: Duration,
     controllers_tail_cpu: HashMap<String, f64>,
@@ -393,15 +392,14 @@ fn settled_status(ns: &str, i: usize) -> anyhow::Result<IntegrationFlowStatus> {
     }))
 }
 
-/// What the watches have seen of one object.
-enum Seen {
-    Flow(String, bool),
-    Deployment(String),
-    ConfigMap(String),
-}
+/// The label of everything the operator (and the floor) makes.
+const MANAGED: &str = "app.kubernetes.io/managed-by=flowplane";
 
-/// Returns once every flow's status has its current observedGeneration and its Deployment and
-/// its two ConfigMaps (worker configuration, rules) exist, plus the contract's history.
+/// Returns once every flow's status has its current observedGeneration and QueueReady=True,
+/// and its Deployment and its two ConfigMaps (worker configuration, rules) exist, plus the
+/// contract's history. The flows are watched; the children are listed (metadata only) once
+/// the flows are current: a flow's status is written after its children are applied, so
+/// watching them too only cost the apiserver two more watchers in this phase alone.
 /// Where `settled` reads the operator's figures for its progress lines.
 struct Progress {
     metrics_url: String,
@@ -414,8 +412,7 @@ async fn settled(
     flows: usize,
     progress_of: Progress,
 ) -> anyhow::Result<()> {
-    let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=flowplane");
-    let flow_events = watcher(
+    let mut flow_events = watcher(
         Api::<IntegrationFlow>::namespaced(client.clone(), &ns),
         Default::default(),
     )
@@ -429,27 +426,10 @@ async fn settled(
                     .iter()
                     .any(|c| c.type_ == "QueueReady" && c.status == "True")
             });
-        Seen::Flow(f.name_any(), current)
-    });
-    let deployment_events = watcher(
-        Api::<PartialObjectMeta<Deployment>>::namespaced(client.clone(), &ns),
-        managed.clone(),
-    )
-    .applied_objects()
-    .map_ok(|d| Seen::Deployment(d.name_any()));
-    let config_map_events = watcher(
-        Api::<PartialObjectMeta<ConfigMap>>::namespaced(client.clone(), &ns),
-        managed,
-    )
-    .applied_objects()
-    .map_ok(|c| Seen::ConfigMap(c.name_any()));
-    let mut events = stream::select_all([
-        flow_events.boxed(),
-        deployment_events.boxed(),
-        config_map_events.boxed(),
-    ]);
+        (f.name_any(), current)
+    })
+    .boxed();
     let mut current = HashMap::new();
-    let (mut deployments, mut config_maps) = (HashSet::new(), HashSet::new());
     // How far it got, every 30 s on stderr: at 10,000 flows a run that does not converge in
     // the time limit has no other figures.
     let started = Instant::now();
@@ -457,7 +437,7 @@ async fn settled(
     progress.tick().await;
     loop {
         let seen = tokio::select! {
-            seen = events.try_next() => seen?,
+            seen = flow_events.try_next() => seen?,
             _ = progress.tick() => {
                 let metrics = reqwest::get(&progress_of.metrics_url).await?.text().await?;
                 let resyncs = metrics
@@ -467,13 +447,11 @@ async fn settled(
                     .unwrap_or("0")
                     .to_string();
                 eprintln!(
-                    "  [{:>5.0} s, load {}] flows seen {}, current {}, deployments {}, config maps {}; operator: {} reconciles ({} resyncs), peak RSS {:.1} MiB",
+                    "  [{:>5.0} s, load {}] flows seen {}, current {}; operator: {} reconciles ({} resyncs), peak RSS {:.1} MiB",
                     started.elapsed().as_secs_f64(),
                     std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split(' ').next().unwrap_or(""),
                     current.len(),
                     current.values().filter(|c| **c).count(),
-                    deployments.len(),
-                    config_maps.len(),
                     flow_reconciles(&metrics),
                     resyncs,
                     peak_rss_mib_of(progress_of.pid),
@@ -481,26 +459,33 @@ async fn settled(
                 continue;
             }
         };
-        let Some(seen) = seen else { break };
-        match seen {
-            Seen::Flow(name, is_current) => {
-                current.insert(name, is_current);
-            }
-            Seen::Deployment(name) => {
-                deployments.insert(name);
-            }
-            Seen::ConfigMap(name) => {
-                config_maps.insert(name);
-            }
-        }
-        if current.values().filter(|c| **c).count() == flows
-            && deployments.len() == flows
-            && config_maps.len() > 2 * flows
-        {
-            return Ok(());
+        let Some((name, is_current)) = seen else {
+            anyhow::bail!("the flows' watch ended before they settled")
+        };
+        current.insert(name, is_current);
+        if current.values().filter(|c| **c).count() == flows {
+            break;
         }
     }
-    anyhow::bail!("the watches ended before the flows settled")
+    let managed = ListParams::default().labels(MANAGED);
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &ns);
+    let config_maps = Api::<ConfigMap>::namespaced(client.clone(), &ns);
+    loop {
+        let made = (
+            deployments.list_metadata(&managed).await?.items.len(),
+            config_maps.list_metadata(&managed).await?.items.len(),
+        );
+        if made.0 == flows && made.1 > 2 * flows {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(1800),
+            "every flow is current, but only {} Deployments and {} ConfigMaps exist",
+            made.0,
+            made.1
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 async fn namespace(client: &Client, name: &str) -> anyhow::Result<()> {
@@ -513,45 +498,47 @@ async fn namespace(client: &Client, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The operator's worker Deployments whose status kube-controller-manager has not yet brought
-/// up to date: not observed at their generation, or not yet with their replicas made.
-async fn deployments_not_updated(client: &Client, ns: &str) -> anyhow::Result<usize> {
-    let deployments = Api::<Deployment>::namespaced(client.clone(), ns)
-        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=flowplane"))
-        .await?;
-    Ok(deployments
-        .items
-        .iter()
-        .filter(|d| {
-            let wanted = d.spec.replicas.unwrap_or(1);
-            d.status.as_ref().is_none_or(|s| {
-                s.observed_generation < d.metadata.generation
-                    || s.replicas.unwrap_or(0) != wanted
-                    || s.updated_replicas.unwrap_or(0) != wanted
-            })
-        })
-        .count())
+/// Whether kube-controller-manager has brought a worker Deployment's status up to date:
+/// observed at its generation, with its replicas made.
+fn is_updated(d: &Deployment) -> bool {
+    let wanted = d.spec.replicas.unwrap_or(1);
+    d.status.as_ref().is_some_and(|s| {
+        s.observed_generation >= d.metadata.generation
+            && s.replicas.unwrap_or(0) == wanted
+            && s.updated_replicas.unwrap_or(0) == wanted
+    })
 }
 
-/// Time from `start` until kube-controller-manager has brought every worker Deployment of
-/// `ns` up to date, checked every 5 s as the operator phase's quiet wait checks it (a list of
-/// every Deployment costs the apiserver).
-async fn until_deployments_updated(
-    client: &Client,
-    ns: &str,
-    start: Instant,
-) -> anyhow::Result<Duration> {
-    let limit = Duration::from_secs(1800);
-    loop {
-        if deployments_not_updated(client, ns).await? == 0 {
-            return Ok(start.elapsed());
+/// Returns once kube-controller-manager has brought all `expected` worker Deployments of `ns`
+/// up to date, watching them from the end of a phase's applies. Both phases wait so; listing
+/// every Deployment every 5 s instead cost the apiserver about 0.9 CPU-seconds a list at 10,000
+/// flows, and more lists the longer a phase's tail (65 in an operator run against 31).
+/// Returns when that was.
+async fn deployments_updated(
+    client: Client,
+    ns: String,
+    expected: usize,
+) -> anyhow::Result<Instant> {
+    let mut events = watcher(
+        Api::<Deployment>::namespaced(client, &ns),
+        watcher::Config::default().labels(MANAGED),
+    )
+    .applied_objects()
+    .boxed();
+    let (mut seen, mut behind) = (HashSet::new(), HashSet::new());
+    while let Some(deployment) = events.try_next().await? {
+        let name = deployment.name_any();
+        if is_updated(&deployment) {
+            behind.remove(&name);
+        } else {
+            behind.insert(name.clone());
         }
-        anyhow::ensure!(
-            start.elapsed() < limit,
-            "kube-controller-manager did not update the Deployments of {ns} in {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        seen.insert(name);
+        if seen.len() == expected && behind.is_empty() {
+            return Ok(Instant::now());
+        }
     }
+    anyhow::bail!("the Deployments' watch ended before kube-controller-manager was done")
 }
 
 /// Write requests the operator has sent so far, from its own /metrics.
@@ -650,7 +637,17 @@ async fn main() -> anyhow::Result<()> {
         // kube-controller-manager's work on these Deployments (a ReplicaSet, a Pod, status
         // updates) goes on after the applies return; the operator phase's clock runs longer
         // and contains more of it. Timed the same way for both phases, for a third ratio.
-        let controllers_done = until_deployments_updated(&client, &floor_ns, start).await?;
+        let controllers_done = tokio::time::timeout(
+            Duration::from_secs(1800),
+            deployments_updated(client.clone(), floor_ns.clone(), flows),
+        )
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "kube-controller-manager did not update the floor's Deployments in 30 min"
+            )
+        })??
+        .duration_since(start);
         let controllers_tail_cpu: HashMap<String, f64> = cpu.since_last()?.into_iter().collect();
         let floor = Floor {
             started_unix,
@@ -734,29 +731,28 @@ async fn main() -> anyhow::Result<()> {
     let quiet_start = Instant::now();
     let mut last = operator_writes(&metrics_url).await?;
     let mut quiet_since = Instant::now();
-    let mut deployments_behind = usize::MAX;
+    let mut controllers = Some(tokio::spawn(deployments_updated(
+        client.clone(),
+        ns.clone(),
+        flows,
+    )));
     let mut controllers_done = operator_time;
     // What the processes did, and which requests were made, after the operator settled until
     // kube-controller-manager was done: the tail the floor's clock has too.
     let mut operator_tail_cpu = HashMap::new();
     let mut requests_at_controllers_done = requests_after_operator.clone();
-    let mut checked = Instant::now() - Duration::from_secs(5);
-    while deployments_behind > 0 || quiet_since.elapsed() < Duration::from_secs(20) {
+    while controllers.is_some() || quiet_since.elapsed() < Duration::from_secs(20) {
         anyhow::ensure!(
             quiet_start.elapsed() < quiet_limit,
-            "the operator never went quiet ({deployments_behind} Deployments not yet updated by kube-controller-manager)"
+            "the operator never went quiet (kube-controller-manager done: {})",
+            controllers.is_none()
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
-        // Listing every Deployment costs the apiserver: every 5 s, until they are done.
-        if deployments_behind > 0 && checked.elapsed() >= Duration::from_secs(5) {
-            checked = Instant::now();
-            deployments_behind = deployments_not_updated(&client, &ns).await?;
-            if deployments_behind == 0 {
-                quiet_since = Instant::now();
-                controllers_done = start.elapsed();
-                operator_tail_cpu = cpu.since_last()?.into_iter().collect();
-                requests_at_controllers_done = apiserver_request_seconds(&client).await?;
-            }
+        if let Some(watching) = controllers.take_if(|w| w.is_finished()) {
+            controllers_done = watching.await??.duration_since(start);
+            quiet_since = Instant::now();
+            operator_tail_cpu = cpu.since_last()?.into_iter().collect();
+            requests_at_controllers_done = apiserver_request_seconds(&client).await?;
         }
         let now = operator_writes(&metrics_url).await?;
         if now != last {
