@@ -395,17 +395,17 @@ fn settled_status(ns: &str, i: usize) -> anyhow::Result<IntegrationFlowStatus> {
 /// The label of everything the operator (and the floor) makes.
 const MANAGED: &str = "app.kubernetes.io/managed-by=flowplane";
 
-/// Returns once every flow's status has its current observedGeneration and QueueReady=True,
-/// and its Deployment and its two ConfigMaps (worker configuration, rules) exist, plus the
-/// contract's history. The flows are watched; the children are listed (metadata only) once
-/// the flows are current: a flow's status is written after its children are applied, so
-/// watching them too only cost the apiserver two more watchers in this phase alone.
 /// Where `settled` reads the operator's figures for its progress lines.
 struct Progress {
     metrics_url: String,
     pid: u32,
 }
 
+/// Returns once every flow's status has its current observedGeneration and QueueReady=True,
+/// and its Deployment and its two ConfigMaps (worker configuration, rules) exist, plus the
+/// contract's history. The flows are watched; the children are listed (metadata only) once
+/// the flows are current: a flow's status is written after its children are applied, so
+/// watching them too only cost the apiserver two more watchers in this phase alone.
 async fn settled(
     client: Client,
     ns: String,
