@@ -15,8 +15,8 @@
 # and the idle measurement waits for it.
 # PROFILE=1 takes back-to-back 30 s CPU profiles of kube-apiserver, kube-controller-manager and
 # nats-server through the run, keeps them in PROFILE_DIR (default
-# ~/.cache/flowplane/profiles/<time>) and prints each phase's top functions (`go tool pprof`, so it needs Go): where the operator run's
-# extra CPU goes.
+# ~/.cache/flowplane/profiles/<time>) and prints each phase's top functions (`go tool pprof`,
+# so it needs Go): where the operator run's extra CPU goes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export FLOWPLANE_CACHE="${FLOWPLANE_CACHE:-$HOME/.cache/flowplane}"
