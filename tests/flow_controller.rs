@@ -15,7 +15,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams,
 };
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
 use flowplane::api::{ConnectorBinding, DataContract, IntegrationFlow};
@@ -525,18 +525,34 @@ async fn deleting_a_flow_removes_children_and_queues_per_policy() {
     let ns = TestNamespace::new(&client, "flow-delete").await;
     dependencies(&client, &ns.name).await;
     let _: IntegrationFlow = apply_yaml(&client, &ns.name, &flow_yaml("gone", "")).await;
-    let retain = flow_yaml("kept", "").replace("deletionPolicy: Delete", "deletionPolicy: Retain");
-    let _: IntegrationFlow = apply_yaml(&client, &ns.name, &retain).await;
+    let retain =
+        |name| flow_yaml(name, "").replace("deletionPolicy: Delete", "deletionPolicy: Retain");
+    let _: IntegrationFlow = apply_yaml(&client, &ns.name, &retain("kept")).await;
+    // Made with Retain, switched to Delete before it is deleted: the switch must add the finalizer.
+    let _: IntegrationFlow = apply_yaml(&client, &ns.name, &retain("switched")).await;
     let js = async_nats::jetstream::new(support::nats_admin(&local_env().nats_url).await);
-    for flow in ["gone", "kept"] {
+    let has_finalizer =
+        |f: &IntegrationFlow| f.finalizers().iter().any(|f| f == "flowplane.io/queues");
+    for flow in ["gone", "kept", "switched"] {
         eventually(60, "queue", || async {
             let f = flow_status(&client, &ns.name, flow).await;
             (condition(&f, "QueueReady")?.0 == "True").then_some(())
         })
         .await;
+        let f = flow_status(&client, &ns.name, flow).await;
+        assert_eq!(
+            has_finalizer(&f),
+            flow == "gone",
+            "{flow}: only a flow whose queue is deleted with it carries the finalizer"
+        );
     }
+    let _: IntegrationFlow = apply_yaml(&client, &ns.name, &flow_yaml("switched", "")).await;
+    eventually(60, "finalizer added on the switch to Delete", || async {
+        has_finalizer(&flow_status(&client, &ns.name, "switched").await).then_some(())
+    })
+    .await;
     // A record of each in the namespace's state bucket, as its workers keep them.
-    for flow in ["gone", "kept"] {
+    for flow in ["gone", "kept", "switched"] {
         let names = QueueNames::for_flow(&ns.name, flow);
         flowplane::queue::jetstream::bucket(&js, &names)
             .await
@@ -546,13 +562,13 @@ async fn deleting_a_flow_removes_children_and_queues_per_policy() {
             .unwrap();
     }
     let flows: Api<IntegrationFlow> = Api::namespaced(client.clone(), &ns.name);
-    for flow in ["gone", "kept"] {
+    for flow in ["gone", "kept", "switched"] {
         flows
             .delete(flow, &DeleteParams::background())
             .await
             .unwrap();
     }
-    for flow in ["gone", "kept"] {
+    for flow in ["gone", "kept", "switched"] {
         eventually(60, "flow deleted (finalizer done)", || async {
             flows.get_opt(flow).await.unwrap().is_none().then_some(())
         })
@@ -567,11 +583,15 @@ async fn deleting_a_flow_removes_children_and_queues_per_policy() {
     }
     let gone = QueueNames::for_flow(&ns.name, "gone");
     let kept = QueueNames::for_flow(&ns.name, "kept");
-    assert!(
-        js.get_stream(&gone.stream).await.is_err(),
-        "Delete policy removes the stream"
-    );
-    assert!(js.get_stream(&gone.dead_letter_stream).await.is_err());
+    let switched = QueueNames::for_flow(&ns.name, "switched");
+    for names in [&gone, &switched] {
+        assert!(
+            js.get_stream(&names.stream).await.is_err(),
+            "Delete policy removes the stream of {}",
+            names.stream
+        );
+        assert!(js.get_stream(&names.dead_letter_stream).await.is_err());
+    }
     assert!(
         js.get_stream(&kept.stream).await.is_ok(),
         "Retain policy keeps the stream"
@@ -584,11 +604,9 @@ async fn deleting_a_flow_removes_children_and_queues_per_policy() {
             store.unwrap().get("cursor").await.unwrap()
         }
     };
-    assert_eq!(
-        cursor(gone.clone()).await,
-        None,
-        "Delete policy purges the keys"
-    );
+    for names in [gone, switched] {
+        assert_eq!(cursor(names).await, None, "Delete policy purges the keys");
+    }
     assert_eq!(
         cursor(kept.clone()).await,
         Some("kept".into()),

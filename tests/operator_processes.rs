@@ -19,11 +19,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
 use flowplane::api::IntegrationFlow;
+use flowplane::queue::QueueNames;
+use flowplane::queue::codes::{ObservedCodes, add_observed_codes};
+use flowplane::queue::jetstream::bucket;
 use support::{TestNamespace, UNREACHABLE_BINDINGS, apply_yaml, client, eventually, local_env};
 
 fn flow_yaml(name: &str, region: &str) -> String {
@@ -503,4 +507,74 @@ async fn reconciles_per_flow_stay_bounded_at_200_flows() {
         per_flow <= BOUND,
         "{per_flow:.2} reconciles per flow (bound {BOUND}); requests by watch: {triggers:#?}"
     );
+}
+
+/// A deleted flow leaves nothing behind in the operator's /metrics: with `deletionPolicy:
+/// Retain` it has no finalizer, so no cleanup pass runs, and its code maps' drift gauges go
+/// with the flow watch's Delete event.
+#[tokio::test]
+async fn a_deleted_flows_code_map_gauges_leave_the_metrics() {
+    let client = client().await;
+    let ns = TestNamespace::new(&client, "gauges").await;
+    apply_references(&ns.name);
+    let _: ConfigMap = apply_yaml(
+        &client,
+        &ns.name,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: plants}\ndata: {\"1000\": DC-NORTH}\n",
+    )
+    .await;
+    let mapped = format!(
+        "{}  mapping:\n    fields:\n    - {{to: id, from: Plant, codeMap: plants}}\n    codeMaps:\n    - {{name: plants, configMapRef: plants}}\n",
+        flow_yaml("mapped", "region-gauges")
+    );
+    let _: IntegrationFlow = apply_yaml(&client, &ns.name, &mapped).await;
+    let flows: Api<IntegrationFlow> = Api::namespaced(client.clone(), &ns.name);
+    let operator = OperatorProcess::start(
+        "operator-gauges",
+        &["--region", "region-gauges", "--resync-seconds", "2"],
+    );
+    reconciled(&flows, "mapped").await;
+    assert!(
+        flows.get("mapped").await.unwrap().finalizers().is_empty(),
+        "a Retain flow carries no finalizer"
+    );
+
+    // What a worker reports having seen: 1000 is in the table, 9999 is not.
+    let js = async_nats::jetstream::new(support::nats_admin(&local_env().nats_url).await);
+    let names = QueueNames::for_flow(&ns.name, "mapped");
+    let seen = ObservedCodes {
+        maps: [(
+            "plants".to_string(),
+            ["1000", "9999"].map(String::from).into(),
+        )]
+        .into(),
+        dropped: Default::default(),
+    };
+    let state = eventually(60, "the flow's state bucket", || async {
+        bucket(&js, &names).await.ok()
+    })
+    .await;
+    add_observed_codes(&state, &seen).await.unwrap();
+    let gauge = format!(
+        r#"flowplane_operator_flow_unmapped_codes{{namespace="{}",flow="mapped",code_map="plants"}}"#,
+        ns.name
+    );
+    eventually(60, "the unmapped-codes gauge at 1", || async {
+        let metrics = operator.metrics().await?;
+        metrics
+            .lines()
+            .any(|l| l == format!("{gauge} 1"))
+            .then_some(())
+    })
+    .await;
+
+    flows.delete("mapped", &Default::default()).await.unwrap();
+    eventually(30, "the flow gone, its gauge with it", || async {
+        let gone = flows.get_opt("mapped").await.ok()?.is_none();
+        let metrics = operator.metrics().await?;
+        (gone && !metrics.contains(&gauge)).then_some(())
+    })
+    .await;
+    js.delete_stream(&names.stream).await.ok();
+    js.delete_key_value(&names.state_bucket).await.ok();
 }

@@ -151,7 +151,8 @@ pub struct IntegrationFlowSpec {
     /// Stops the flow: workers scale to zero, extraction and refresh stop; the queue is kept.
     #[serde(default)]
     pub suspend: bool,
-    /// What happens to the flow's JetStream streams when the flow is deleted.
+    /// What happens to the flow's JetStream streams when the flow is deleted. With Delete the
+    /// finalizer `flowplane.io/queues` holds the flow until they are removed; Retain needs none.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 }

@@ -1,5 +1,6 @@
 //! The IntegrationFlow controller: dereference -> validate -> build (crate::render) -> apply ->
-//! status, plus the flow's queues on JetStream (finalizer) and one-off operations by annotation.
+//! status, plus the flow's queues on JetStream (removed through a finalizer where the policy
+//! says Delete) and one-off operations by annotation.
 
 pub mod apply;
 pub mod changes;
@@ -59,7 +60,7 @@ const RESYNC_SLOTS: usize = RECONCILE_CONCURRENCY as usize / 2;
 /// How often the operator asks API discovery whether `external.metrics.k8s.io` is served (a
 /// metrics adapter has no CRD to watch, and its APIService can go unavailable at any time).
 const OPTIONAL_APIS_RECHECK: Duration = Duration::from_secs(30);
-/// Finalizer that removes (or deliberately keeps) the flow's JetStream resources.
+/// Finalizer that removes the JetStream resources of a flow with `deletionPolicy: Delete`.
 pub const FINALIZER: &str = "flowplane.io/queues";
 /// Annotation asking to move dead letters back to the stream (any new value; "reason=X" for one reason).
 pub const REDRIVE_ANNOTATION: &str = "flowplane.io/redrive";
@@ -220,6 +221,14 @@ pub async fn run(ctx: Arc<Context>, scope: &WatchScope) {
     .default_backoff()
     .modify(slim_flow)
     .reflect(flow_writer)
+    .inspect({
+        let ctx = ctx.clone();
+        move |event| {
+            if let Ok(watcher::Event::Delete(flow)) = event {
+                forget(flow, &ctx);
+            }
+        }
+    })
     .applied_objects()
     .predicate_filter(changes::flow_fingerprint, Default::default());
     // A contract or binding change re-reconciles every flow that uses it: only what flows
@@ -440,9 +449,18 @@ async fn reconcile(flow: Arc<IntegrationFlow>, fctx: Arc<FlowContext>) -> Result
     fctx.stores.ready().await;
     let api: Api<IntegrationFlow> = Api::namespaced(ctx.client.clone(), &namespace(&flow));
     let mut flow = ctx.written_statuses.current(flow);
-    if flow.metadata.deletion_timestamp.is_none()
-        && !flow.finalizers().iter().any(|f| f == FINALIZER)
-    {
+    let deleting = flow.metadata.deletion_timestamp.is_some();
+    let has_finalizer = flow.finalizers().iter().any(|f| f == FINALIZER);
+    if !has_finalizer && flow.spec.deletion_policy == DeletionPolicy::Retain {
+        // A kept queue leaves nothing to do outside Kubernetes when the flow goes, so no
+        // finalizer holds it (nor its namespace, should the operator be gone): one write per
+        // flow fewer. What this process remembers of it goes with the watch's Delete event.
+        if deleting {
+            return Ok(Action::await_change());
+        }
+        return apply_flow(&flow, &fctx).await;
+    }
+    if !deleting && !has_finalizer {
         // kube's helper adds a missing finalizer and ends the pass there, waiting for the
         // watch event of its own patch: a second pass for every new flow. Here the pass goes
         // on with the finalizer in place (the event is not news: `changes::flow_fingerprint`).
@@ -473,8 +491,9 @@ fn finalizer_error(e: finalizer::Error<Error>) -> Error {
     }
 }
 
-/// Deletes or keeps the flow's queues per `deletionPolicy`; the children go with the flow
-/// through their owner references (garbage collector).
+/// Deletes or keeps the flow's queues per `deletionPolicy` (a flow whose policy became Retain
+/// after it got the finalizer keeps them); the children go with the flow through their owner
+/// references (garbage collector).
 async fn cleanup(flow: &IntegrationFlow, ctx: &Context) -> Result<Action> {
     let names = QueueNames::for_flow(&namespace(flow), &flow_name(flow));
     if flow.spec.deletion_policy == DeletionPolicy::Delete {
@@ -482,13 +501,18 @@ async fn cleanup(flow: &IntegrationFlow, ctx: &Context) -> Result<Action> {
             .await
             .map_err(|e| Error::Nats(e.to_string()))?;
     }
+    Ok(Action::await_change())
+}
+
+/// Forgets what this process holds of a deleted flow: its children's fingerprints and its
+/// code maps' gauges. From the flow watch's Delete event, with or without a finalizer.
+fn forget(flow: &IntegrationFlow, ctx: &Context) {
     ctx.applied.forget_flow(&namespace(flow), &flow_name(flow));
     for map in flow.spec.mapping.iter().flat_map(|m| &m.code_maps) {
         let labels = code_map_labels(flow, &map.name);
         ctx.metrics.unmapped_codes.remove(&labels);
         ctx.metrics.orphaned_codes.remove(&labels);
     }
-    Ok(Action::await_change())
 }
 
 fn code_map_labels(flow: &IntegrationFlow, code_map: &str) -> CodeMapLabels {
