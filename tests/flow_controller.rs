@@ -19,6 +19,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
 use flowplane::api::{ConnectorBinding, DataContract, IntegrationFlow};
+use flowplane::controller::integration_flow::FINALIZER;
 use flowplane::queue::QueueNames;
 use flowplane::queue::jetstream::{bucket, update_progress};
 use support::{TestNamespace, apply_yaml, client, eventually, local_env, operator};
@@ -531,8 +532,7 @@ async fn deleting_a_flow_removes_children_and_queues_per_policy() {
     // Made with Retain, switched to Delete before it is deleted: the switch must add the finalizer.
     let _: IntegrationFlow = apply_yaml(&client, &ns.name, &retain("switched")).await;
     let js = async_nats::jetstream::new(support::nats_admin(&local_env().nats_url).await);
-    let has_finalizer =
-        |f: &IntegrationFlow| f.finalizers().iter().any(|f| f == "flowplane.io/queues");
+    let has_finalizer = |f: &IntegrationFlow| f.finalizers().iter().any(|f| f == FINALIZER);
     for flow in ["gone", "kept", "switched"] {
         eventually(60, "queue", || async {
             let f = flow_status(&client, &ns.name, flow).await;
